@@ -1,0 +1,84 @@
+"""The root of the command line: registers the commands, and maps every error to one line on
+stderr and an exit code (0 ok · 1 runtime error · 2 usage error · 130 interrupted)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from . import output
+from .run import run
+
+app = typer.Typer(
+    name="infer",
+    help="Run open LLMs locally: GGUF models from the Hugging Face Hub, in-process via llama.cpp.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command(no_args_is_help=True)(run)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print infer's version and exit."),
+) -> None:
+    if version:
+        from infer import __version__
+
+        sys.stdout.write(f"infer {__version__}\n")
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(_run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
+    import click
+    from typer.main import get_command
+
+    from infer.runtime.errors import InferError, Interrupted
+
+    try:
+        result = get_command(app).main(args=argv, prog_name="infer", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        output.error(_usage_message(e))
+        return e.exit_code
+    except Interrupted:
+        return 130
+    except InferError as e:
+        if os.environ.get("INFER_DEBUG"):
+            raise
+        output.error(str(e))
+        return e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        sys.stderr.write("\n")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly; silence the flush at exit too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as e:  # a bug: still one line, unless debugging
+        if os.environ.get("INFER_DEBUG"):
+            raise
+        output.error(f"unexpected {type(e).__name__}: {e} (INFER_DEBUG=1 shows the traceback)")
+        return 1
+
+
+def _usage_message(e: object) -> str:
+    import click
+
+    assert isinstance(e, click.ClickException)
+    message = e.format_message().replace("\n", " ")
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message

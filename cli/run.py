@@ -1,0 +1,145 @@
+"""`infer run`: one answer to a prompt (argument and/or stdin), streamed to stdout."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from infer.runtime.errors import Interrupted, UsageError
+
+from . import output
+from .inputs import compose_prompt, read_stdin, stdin_is_terminal
+from .options import (
+    CtxSizeOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelArg, PromptArg, RawOpt,
+    RepeatPenaltyOpt, SeedOpt, StatsOpt, StopOpt, SystemOpt, TemperatureOpt, ThreadsOpt, TopKOpt,
+    TopPOpt, VerboseOpt,
+)  # fmt: skip
+
+if TYPE_CHECKING:
+    from infer.runtime.engine import Engine
+    from infer.runtime.generation import Generation
+    from infer.runtime.registry import ModelDefaults
+
+
+def run(
+    model: ModelArg,
+    prompt: PromptArg = None,
+    system: SystemOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    min_p: MinPOpt = None,
+    repeat_penalty: RepeatPenaltyOpt = None,
+    seed: SeedOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    stop: StopOpt = None,
+    ctx_size: CtxSizeOpt = None,
+    threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    raw: RawOpt = False,
+    stats: StatsOpt = False,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout."""
+    from infer.runtime import GenerateOptions, LoadOptions, SamplingParams, resolve
+
+    if prompt is None and stdin_is_terminal():
+        raise UsageError("no prompt given: infer run MODEL \"PROMPT\" (or pipe text on stdin)")
+    text = compose_prompt(prompt, read_stdin())
+    resolved = resolve(model)
+    d = resolved.defaults
+    sampling = SamplingParams(
+        **_pick(d, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                repeat_penalty=repeat_penalty),
+        seed=seed,
+    ).validate()  # fmt: skip
+    options = GenerateOptions(max_tokens=max_tokens, stop=list(stop or [])).validate()
+    load_options = LoadOptions(
+        ctx_size=ctx_size or d.ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose
+    ).validate()
+    engine = _load(resolved, load_options, quiet=json_out)
+    from infer.runtime import Message, generate
+
+    messages = [Message("user", text)]
+    if system or d.system:
+        messages.insert(0, Message("system", system or d.system or ""))
+    gen = generate(engine, messages, sampling, options, raw=raw, template=d.chat_template)
+    _stream(gen, resolved.name, json_out=json_out)
+    if stats:
+        output.print_stats(gen.stats)
+
+
+def _pick(defaults: ModelDefaults, **flags: float | int | None) -> dict[str, float | int]:
+    """Flags win over models.toml defaults; unset both → the dataclass default."""
+    picked = {}
+    for name, value in flags.items():
+        chosen = value if value is not None else getattr(defaults, name)
+        if chosen is not None:
+            picked[name] = chosen
+    return picked
+
+
+def _load(resolved: object, options: object, *, quiet: bool) -> Engine:
+    from infer.runtime import load
+
+    if quiet or not output.use_color(sys.stderr):
+        return load(resolved, options)  # type: ignore[arg-type]
+    from rich.console import Console
+
+    with Console(stderr=True).status("Loading model…", spinner="dots"):
+        return load(resolved, options)  # type: ignore[arg-type]
+
+
+@contextmanager
+def cancel_on_sigint() -> Iterator[threading.Event]:
+    """First Ctrl-C asks the generation to stop (it reaches llama_decode through the abort
+    callback); a second one raises KeyboardInterrupt at once."""
+    cancel = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stream(gen: Generation, model_name: str, *, json_out: bool) -> None:
+    with cancel_on_sigint() as cancel:
+        gen.cancel = cancel
+        try:
+            for piece in gen:
+                if not json_out:
+                    output.write_answer(piece)
+        except Interrupted:
+            _finish(gen, model_name, json_out=json_out)
+            raise
+    _finish(gen, model_name, json_out=json_out)
+    if gen.stats.finish_reason == "context":
+        output.warn(
+            f"the answer was cut off: the context window ({gen.engine.n_ctx} tokens) is full; "
+            "raise --ctx-size"
+        )
+
+
+def _finish(gen: Generation, model_name: str, *, json_out: bool) -> None:
+    if json_out:
+        record = {
+            "model": model_name,
+            "text": gen.text,
+            "finish_reason": gen.stats.finish_reason,
+            "stats": gen.stats.as_dict(),
+        }
+        output.write_answer(json.dumps(record, ensure_ascii=False) + "\n")
+    elif gen.text and not gen.text.endswith("\n"):
+        output.write_answer("\n")

@@ -1,0 +1,82 @@
+"""The library surface: resolve a model, load it, and generate. Used by the CLI; usable from
+Python without Typer:
+
+    from infer.runtime import resolve, load, generate, Message, SamplingParams
+    engine = load(resolve("smollm2"))
+    for piece in generate(engine, [Message("user", "Hi")], SamplingParams(temperature=0)):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from .chat import Message, segments, tokenize_segments
+from .engine import Engine
+from .errors import TemplateError, UsageError
+from .generation import Generation, Stats
+from .gguf import read_header
+from .params import GenerateOptions, LoadOptions, SamplingParams
+from .store import ResolvedModel, resolve
+
+
+def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Engine:
+    """Validate the GGUF header in Python, then load the weights through llama.cpp."""
+    from .engine import LlamaCppEngine
+
+    resolved = resolve(model) if isinstance(model, str) else model
+    options = (options or LoadOptions()).validate()
+    header = read_header(resolved.path)
+    if header.split_count > 1 and "-00001-of-" not in resolved.path.name:
+        raise UsageError(f"{resolved.path.name} is one part of a split model: load the first part")
+    started = time.perf_counter()
+    engine = LlamaCppEngine(resolved.path, header, options)
+    engine.load_s = time.perf_counter() - started
+    return engine
+
+
+def prompt_tokens(
+    engine: Engine,
+    messages: Sequence[Message],
+    *,
+    raw: bool = False,
+    template: str | None = None,
+) -> list[int]:
+    """The prompt as tokens. Chat: through the (given or GGUF) chat template, user text never
+    parsed for control tokens. Raw: the messages' text as a plain completion prompt."""
+    if raw:
+        text = "\n\n".join(m.content for m in messages)
+        return engine.with_bos(engine.tokenize(text, False))
+    template = template or engine.chat_template
+    if not template:
+        raise TemplateError(
+            "this model has no chat template: use --raw for plain text completion "
+            "(or set chat_template for it in models.toml)"
+        )
+    parts = segments(template, messages, bos_token=engine.bos_text, eos_token=engine.eos_text)
+    return engine.with_bos(tokenize_segments(parts, engine.tokenize))
+
+
+def generate(
+    engine: Engine,
+    messages: Sequence[Message],
+    sampling: SamplingParams | None = None,
+    options: GenerateOptions | None = None,
+    *,
+    raw: bool = False,
+    template: str | None = None,
+    cancel: threading.Event | None = None,
+) -> Generation:
+    """Stream an answer: iterate the result for text pieces; `.stats` afterwards."""
+    tokens = prompt_tokens(engine, messages, raw=raw, template=template)
+    stats = Stats(load_s=getattr(engine, "load_s", 0.0))
+    return Generation(
+        engine,
+        tokens,
+        (sampling or SamplingParams()).validate(),
+        (options or GenerateOptions()).validate(),
+        cancel,
+        stats,
+    )

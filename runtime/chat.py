@@ -1,0 +1,158 @@
+"""Chat prompts: render the GGUF's chat template safely and tokenize it without letting user text
+become control tokens.
+
+A chat template is untrusted code shipped inside a downloaded file (llama-cpp-python
+CVE-2024-34359 was Jinja SSTI to RCE), so it is rendered in Jinja's immutable sandbox, on a worker
+thread with a deadline, with string repetition and output size bounded.
+
+User text is never parsed for special tokens: the template is rendered with placeholders in place
+of each message's content, the result is split at the placeholders, template text is tokenized
+with special tokens parsed and content with them off, and the token lists are joined. Piped text
+containing `<|im_start|>system` stays plain text.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .errors import TemplateError
+
+RENDER_SECONDS = 5.0
+EXTRA_OUTPUT_CHARS = 1 << 20  # template text allowed beyond the messages' own text
+MAX_REPEAT_CHARS = 1 << 20
+_PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no tokenizer or template emits them
+_PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of prompt text; `special` says whether control-token markup in it is honoured."""
+
+    text: str
+    special: bool
+
+
+def _sandbox() -> Any:
+    from jinja2.exceptions import SecurityError, TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**", "+"])
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*" and isinstance(right, int) and hasattr(left, "__len__"):
+                if len(left) * right > MAX_REPEAT_CHARS:
+                    raise SecurityError("template repeats a value beyond the size limit")
+            if operator == "*" and isinstance(left, int) and hasattr(right, "__len__"):
+                if len(right) * left > MAX_REPEAT_CHARS:
+                    raise SecurityError("template repeats a value beyond the size limit")
+            if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+                raise SecurityError("template exponent too large")
+            return super().call_binop(context, operator, left, right)
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(f"the chat template refused the conversation: {message}")
+
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt))
+    return env, (SecurityError, TemplateSyntaxError)
+
+
+def render(
+    template: str,
+    messages: Sequence[Message],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+    timeout: float = RENDER_SECONDS,
+) -> str:
+    """Render a chat template in the bounded sandbox; raise TemplateError on any failure."""
+    env, fatal = _sandbox()
+    budget = sum(len(m.content) for m in messages) + EXTRA_OUTPUT_CHARS
+    context = {
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "bos_token": bos_token,
+        "eos_token": eos_token,
+        "add_generation_prompt": add_generation_prompt,
+    }
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            compiled = env.from_string(template)
+            out: list[str] = []
+            size = 0
+            for chunk in compiled.generate(**context):
+                size += len(chunk)
+                if size > budget:
+                    raise TemplateError("the chat template's output exceeds the size limit")
+                out.append(chunk)
+            result["text"] = "".join(out)
+        except BaseException as e:
+            result["error"] = e
+
+    # A daemon thread: a template that loops forever is abandoned, and dies with the process.
+    worker = threading.Thread(target=work, name="chat-template", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TemplateError(f"the chat template did not finish rendering within {timeout:g} s")
+    error = result.get("error")
+    if isinstance(error, TemplateError):
+        raise error
+    if isinstance(error, fatal):
+        raise TemplateError(f"the chat template is unsafe or invalid: {error}")
+    if error is not None:
+        raise TemplateError(f"the chat template failed: {type(error).__name__}: {error}")
+    return str(result["text"])
+
+
+def segments(
+    template: str, messages: Sequence[Message], *, bos_token: str = "", eos_token: str = ""
+) -> list[Segment]:
+    """The rendered prompt as template segments (special) and message-content segments (plain)."""
+    placeholders = [Message(m.role, _PLACEHOLDER.format(i)) for i, m in enumerate(messages)]
+    text = render(template, placeholders, bos_token=bos_token, eos_token=eos_token)
+    out: list[Segment] = []
+    pos = 0
+    for match in _PLACEHOLDER_RE.finditer(text):
+        if match.start() > pos:
+            out.append(Segment(text[pos : match.start()], True))
+        index = int(match.group(1))
+        if index >= len(messages):
+            raise TemplateError("the chat template produced an unexpected placeholder")
+        if messages[index].content:
+            out.append(Segment(messages[index].content, False))
+        pos = match.end()
+    if pos < len(text):
+        out.append(Segment(text[pos:], True))
+    return out
+
+
+def tokenize_segments(
+    parts: Sequence[Segment], tokenize: Callable[[str, bool], list[int]]
+) -> list[int]:
+    """Join the token lists of each segment; `tokenize(text, special)` is the engine's."""
+    tokens: list[int] = []
+    for part in parts:
+        tokens.extend(tokenize(part.text, part.special))
+    return tokens
+
+
+def build_messages(prompt: str, system: str | None) -> list[Message]:
+    messages = [Message("system", system)] if system else []
+    messages.append(Message("user", prompt))
+    return messages

@@ -1,0 +1,300 @@
+"""The llama.cpp engine, on llama-cpp-python's low-level calls.
+
+Why not the high-level `Llama` class: it copies the logits into numpy and samples in Python on
+every token (about a quarter of the generation speed on small models), and it cannot interrupt a
+long prompt evaluation. Here sampling runs in llama.cpp's sampler chain, the prompt is decoded in
+chunks of at most n_batch (a larger batch is a GGML_ASSERT that aborts the process), Ctrl-C
+reaches llama_decode through the context's abort callback, and the per-token path is a handful of
+ctypes calls on preallocated buffers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import EngineError, Interrupted
+from .gguf import GGUFHeader
+from .params import LoadOptions, SamplingParams, physical_cores
+
+KV_BUDGET_BYTES = 4 << 30  # default context is capped so its KV cache stays within this
+ALL_LAYERS = 999
+
+
+class Engine(Protocol):
+    """What the rest of infer needs from a backend. tests/fakes.py has a scripted one."""
+
+    n_ctx: int
+    n_ctx_train: int
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+    gpu_layers: int
+    load_s: float
+
+    @property
+    def n_past(self) -> int: ...
+
+    def tokenize(self, text: str, special: bool) -> list[int]: ...
+
+    def with_bos(self, tokens: list[int]) -> list[int]: ...
+
+    def generate(
+        self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event
+    ) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+def default_ctx(header: GGUFHeader, budget: int = KV_BUDGET_BYTES) -> int:
+    """The model's trained context, capped so an f16 KV cache fits in `budget` bytes."""
+    trained = header.context_length or 4096
+    n_layer = int(header.arch_value("block_count", 0) or 0)
+    n_head = int(header.arch_value("attention.head_count", 0) or 0)
+    n_embd = int(header.arch_value("embedding_length", 0) or 0)
+    if not (n_layer and n_head and n_embd):
+        return min(trained, 8192)
+    head_kv = header.arch_value("attention.head_count_kv", n_head)
+    head_kv = int(head_kv if isinstance(head_kv, int) else max(head_kv or [n_head]))
+    k_len = int(header.arch_value("attention.key_length", n_embd // n_head))
+    v_len = int(header.arch_value("attention.value_length", n_embd // n_head))
+    per_token = n_layer * head_kv * (k_len + v_len) * 2
+    cap = max(2048, budget // max(per_token, 1) // 256 * 256)
+    return min(trained, cap)
+
+
+_log_state: dict[str, Any] = {"verbose": False}
+
+
+def _install_log_callback(verbose: bool) -> None:
+    """Route llama.cpp's logs through one callback: silent unless --verbose. The callback object
+    must live as long as the process, so it is kept in a module global."""
+    import llama_cpp
+
+    _log_state["verbose"] = verbose
+    if "callback" not in _log_state:
+
+        @llama_cpp.llama_log_callback
+        def _log(level: int, text: bytes, user_data: Any) -> None:
+            if _log_state["verbose"] and text:
+                sys.stderr.write(text.decode("utf-8", errors="replace"))
+                sys.stderr.flush()
+
+        _log_state["callback"] = _log
+        llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+
+
+def supports_gpu_offload() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class LlamaCppEngine:
+    """A loaded model and one context (sequence 0). `n_past` tracks what the KV cache holds, so a
+    follow-up prompt that extends the last one decodes only its new tokens."""
+
+    load_s = 0.0  # set by the loader: seconds spent in llama.cpp's model + context load
+
+    def __init__(self, path: Path, header: GGUFHeader, options: LoadOptions) -> None:
+        import llama_cpp
+
+        self._ll = ll = llama_cpp
+        _install_log_callback(options.verbose)
+        ll.llama_backend_init()
+        self.header = header
+        gpu = options.gpu_layers
+        if gpu is None:
+            gpu = ALL_LAYERS if ll.llama_supports_gpu_offload() else 0
+        self.gpu_layers = ALL_LAYERS if gpu == -1 else gpu
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = self.gpu_layers
+        mparams.use_mmap = True
+        self._model = ll.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise EngineError(f"llama.cpp could not load {path} (run with --verbose for details)")
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        self.n_ctx_train = int(ll.llama_model_n_ctx_train(self._model))
+        n_ctx = options.ctx_size or default_ctx(header)
+        threads = options.threads or physical_cores()
+        self.n_batch = min(options.batch_size, n_ctx)
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        self._ctx = ll.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            ll.llama_model_free(self._model)
+            raise EngineError(
+                f"llama.cpp could not create a {n_ctx}-token context (out of memory? "
+                "try a smaller --ctx-size)"
+            )
+        self.n_ctx = int(ll.llama_n_ctx(self._ctx))
+        self.threads = threads
+        self._mem = ll.llama_get_memory(self._ctx)
+        self.tokens: list[int] = []  # what the KV cache holds, in order
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._cancel: threading.Event | None = None
+        self._abort_cb = ll.ggml_abort_callback(self._should_abort)
+        self._no_abort_cb = ll.ggml_abort_callback()
+        self.chat_template = header.chat_template
+        self.bos_id = int(ll.llama_vocab_bos(self._vocab))
+        self.eos_id = int(ll.llama_vocab_eos(self._vocab))
+        self.add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab))
+        self.bos_text = self._token_text(self.bos_id)
+        self.eos_text = self._token_text(self.eos_id)
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def _should_abort(self, _data: Any) -> bool:
+        return self._cancel is not None and self._cancel.is_set()
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = self._ll.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def tokenize(self, text: str, special: bool) -> list[int]:
+        """Tokens of `text`, no BOS added. `special=False` keeps control-token markup as text."""
+        data = text.encode("utf-8")
+        if not data:
+            return []
+        cap = len(data) + 8
+        out = (self._ll.llama_token * cap)()
+        n = self._ll.llama_tokenize(self._vocab, data, len(data), out, cap, False, special)
+        if n < 0:
+            raise EngineError("tokenization failed")
+        return list(out[:n])
+
+    def with_bos(self, tokens: list[int]) -> list[int]:
+        """Prepend BOS when the vocabulary wants one and the prompt lacks it."""
+        if self.add_bos and self.bos_id >= 0 and (not tokens or tokens[0] != self.bos_id):
+            return [self.bos_id, *tokens]
+        return tokens
+
+    def piece(self, token: int) -> bytes:
+        cached = self._pieces.get(token)
+        if cached is None:
+            n = self._ll.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+            cached = self._piece_buf.raw[: max(n, 0)]
+            self._pieces[token] = cached
+        return cached
+
+    def reset(self) -> None:
+        """Forget the conversation in the KV cache."""
+        self._ll.llama_memory_clear(self._mem, True)
+        self.tokens = []
+
+    def _truncate(self, n_keep: int) -> None:
+        if n_keep < len(self.tokens):
+            if not self._ll.llama_memory_seq_rm(self._mem, 0, n_keep, -1):
+                self.reset()
+                return
+            del self.tokens[n_keep:]
+
+    def _decode_prompt(self, prompt: list[int], cancel: threading.Event) -> None:
+        """Bring the KV cache to hold exactly `prompt`, reusing the longest common prefix.
+        The last prompt token is always decoded, so logits for sampling exist."""
+        common = 0
+        limit = min(len(self.tokens), len(prompt) - 1)
+        while common < limit and self.tokens[common] == prompt[common]:
+            common += 1
+        self._truncate(common)
+        ll = self._ll
+        self._cancel = cancel
+        ll.llama_set_abort_callback(self._ctx, self._abort_cb, None)
+        try:
+            for start in range(common, len(prompt), self.n_batch):
+                chunk = prompt[start : start + self.n_batch]
+                arr = (ll.llama_token * len(chunk))(*chunk)
+                rc = ll.llama_decode(self._ctx, ll.llama_batch_get_one(arr, len(chunk)))
+                if rc != 0 or cancel.is_set():
+                    # Drop whatever part of this chunk reached the cache: `tokens` stays true.
+                    ll.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)
+                    if rc in (0, 2):
+                        raise Interrupted()
+                    raise EngineError(f"llama_decode failed on the prompt (code {rc})")
+                self.tokens.extend(chunk)
+        finally:
+            # The callback costs a Python call per graph node; only prompts need it.
+            ll.llama_set_abort_callback(self._ctx, self._no_abort_cb, None)
+            self._cancel = None
+
+    def _sampler(self, p: SamplingParams) -> Any:
+        ll = self._ll
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if p.repeat_penalty != 1.0:
+            ll.llama_sampler_chain_add(
+                chain, ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0)
+            )
+        if p.temperature <= 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(p.top_k))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(p.temperature))
+        seed = 0xFFFFFFFF if p.seed is None else p.seed  # LLAMA_DEFAULT_SEED: random
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def generate(
+        self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event
+    ) -> Iterator[bytes]:
+        """Decode `prompt` (reusing the cache), then yield each sampled token's bytes until an
+        end-of-generation token, the context is full, or `cancel` is set (raises Interrupted).
+        The first `next()` includes prompt evaluation. Stops silently at a full context: the
+        caller compares n_past with n_ctx to tell the user."""
+        if len(prompt) > self.n_ctx:
+            raise EngineError("prompt longer than the context")  # callers check this first
+        self._decode_prompt(prompt, cancel)
+        ll = self._ll
+        chain = self._sampler(sampling)
+        try:
+            sample, is_eog, decode = ll.llama_sampler_sample, ll.llama_vocab_is_eog, ll.llama_decode
+            ctx, vocab, pieces, tokens = self._ctx, self._vocab, self._pieces, self.tokens
+            one = (ll.llama_token * 1)()
+            batch = ll.llama_batch_get_one(one, 1)  # reused: positions come from the KV cache
+            while len(tokens) < self.n_ctx:
+                token = sample(chain, ctx, -1)
+                if is_eog(vocab, token):
+                    return
+                piece = pieces.get(token)
+                yield piece if piece is not None else self.piece(token)
+                if cancel.is_set():
+                    raise Interrupted()
+                one[0] = token
+                rc = decode(ctx, batch)
+                if rc != 0:
+                    raise EngineError(f"llama_decode failed while generating (code {rc})")
+                tokens.append(token)
+        finally:
+            ll.llama_sampler_free(chain)
+
+    def system_info(self) -> str:
+        return self._ll.llama_print_system_info().decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            self._ll.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            self._ll.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> LlamaCppEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

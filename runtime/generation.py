@@ -1,0 +1,140 @@
+"""From prompt tokens to text: UTF-8-safe pieces, stop strings, token limits and timings."""
+
+from __future__ import annotations
+
+import codecs
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from .engine import Engine
+from .errors import ContextOverflowError, Interrupted
+from .params import GenerateOptions, SamplingParams
+
+
+@dataclass
+class Stats:
+    load_s: float = 0.0
+    prompt_tokens: int = 0  # tokens in the prompt
+    prompt_eval_tokens: int = 0  # of those, evaluated now (the rest came from the KV cache)
+    prompt_s: float = 0.0
+    ttft_s: float = 0.0  # request start -> first token sampled (prompt evaluation included)
+    generated_tokens: int = 0
+    generate_s: float = 0.0
+    finish_reason: str = ""  # stop | length | context | interrupted
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_eval_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
+
+    @property
+    def generate_tps(self) -> float:
+        # The first token is sampled from the prompt's logits; the rate counts the decode steps.
+        steps = self.generated_tokens - 1
+        return steps / self.generate_s if self.generate_s > 0 and steps > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        data: dict[str, float | int | str] = asdict(self)
+        data["prompt_tokens_per_s"] = round(self.prompt_tps, 2)
+        data["generate_tokens_per_s"] = round(self.generate_tps, 2)
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
+
+
+def check_fits(engine: Engine, prompt: list[int]) -> None:
+    if len(prompt) >= engine.n_ctx:
+        raise ContextOverflowError(len(prompt), engine.n_ctx, engine.n_ctx_train)
+
+
+class Generation:
+    """Iterate for text pieces as they are generated; afterwards `.text` and `.stats` hold the
+    whole answer. Stop strings never leak: text that could begin a stop string is held back
+    until it is known not to."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prompt: list[int],
+        sampling: SamplingParams,
+        options: GenerateOptions,
+        cancel: threading.Event | None = None,
+        stats: Stats | None = None,
+    ) -> None:
+        check_fits(engine, prompt)
+        self.engine, self.prompt, self.sampling, self.options = engine, prompt, sampling, options
+        self.cancel = cancel or threading.Event()
+        self.stats = stats or Stats()
+        self.pieces: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def __iter__(self) -> Iterator[str]:
+        stats, stops, limit = self.stats, self.options.stop, self.options.max_tokens
+        stats.prompt_tokens = len(self.prompt)
+        stats.prompt_eval_tokens = len(self.prompt) - self._common_prefix()
+        stats.finish_reason = "length" if limit == 0 else "stop"
+        if limit == 0:
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        held, hit = "", False
+        start = first = time.perf_counter()
+        tokens = self.engine.generate(self.prompt, self.sampling, self.cancel)
+        try:
+            for raw in tokens:
+                if stats.generated_tokens == 0:
+                    first = time.perf_counter()
+                    stats.ttft_s = stats.prompt_s = first - start
+                stats.generated_tokens += 1
+                out, held, hit = _split_stop(held + decoder.decode(raw), stops)
+                if out:
+                    self.pieces.append(out)
+                    yield out
+                if hit:
+                    break
+                if limit is not None and stats.generated_tokens >= limit:
+                    stats.finish_reason = "length"
+                    break
+            else:
+                if self.engine.n_past >= self.engine.n_ctx:
+                    stats.finish_reason = "context"
+        except Interrupted:
+            stats.finish_reason = "interrupted"
+            raise Interrupted(self.text) from None
+        finally:
+            tokens.close()
+            now = time.perf_counter()
+            if stats.generated_tokens == 0:
+                stats.prompt_s = stats.ttft_s = now - start
+            stats.generate_s = now - first if stats.generated_tokens else 0.0
+        # Text held back as a possible stop-string start, or an unfinished UTF-8 sequence.
+        tail = "" if hit else held + decoder.decode(b"", final=True)
+        if tail:
+            self.pieces.append(tail)
+            yield tail
+
+    def _common_prefix(self) -> int:
+        held = getattr(self.engine, "tokens", None)
+        if not held:
+            return 0
+        n, limit = 0, min(len(held), len(self.prompt) - 1)
+        while n < limit and held[n] == self.prompt[n]:
+            n += 1
+        return n
+
+
+def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
+    """Split `text` into (safe to emit, held back, stop string found)."""
+    if not stops:
+        return text, "", False
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], "", True
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return text[: len(text) - hold], text[len(text) - hold :], False

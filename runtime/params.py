@@ -1,0 +1,102 @@
+"""Options for loading a model and for sampling, validated once for every front end."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+
+DEFAULT_BATCH = 512
+
+
+@dataclass
+class SamplingParams:
+    """llama.cpp's defaults; temperature 0 means greedy decoding."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None  # None: a fresh random seed per run
+
+    def validate(self) -> SamplingParams:
+        checks = [
+            (self.temperature >= 0, f"--temperature must be >= 0 (got {self.temperature})"),
+            (self.top_k >= 0, f"--top-k must be >= 0 (got {self.top_k})"),
+            (0 <= self.top_p <= 1, f"--top-p must be between 0 and 1 (got {self.top_p})"),
+            (0 <= self.min_p <= 1, f"--min-p must be between 0 and 1 (got {self.min_p})"),
+            (self.repeat_penalty > 0, f"--repeat-penalty must be > 0 (got {self.repeat_penalty})"),
+            (self.seed is None or 0 <= self.seed < 2**32, "--seed must be in 0..4294967295"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        return self
+
+
+@dataclass
+class GenerateOptions:
+    max_tokens: int | None = None  # None: until end-of-generation or the context is full
+    stop: list[str] = field(default_factory=list)
+
+    def validate(self) -> GenerateOptions:
+        if self.max_tokens is not None and self.max_tokens < 0:
+            raise UsageError(f"--max-tokens must be >= 0 (got {self.max_tokens})")
+        if any(s == "" for s in self.stop):
+            raise UsageError("--stop must not be empty")
+        return self
+
+
+@dataclass
+class LoadOptions:
+    ctx_size: int | None = None  # None: the model's trained context, capped by memory
+    threads: int | None = None  # None: physical cores
+    gpu_layers: int | None = None  # None: all on a GPU build, 0 on CPU; -1: all
+    batch_size: int = DEFAULT_BATCH
+    verbose: bool = False
+
+    def validate(self) -> LoadOptions:
+        if self.ctx_size is not None and self.ctx_size < 16:
+            raise UsageError(f"--ctx-size must be >= 16 (got {self.ctx_size})")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1 (got {self.threads})")
+        if self.gpu_layers is not None and self.gpu_layers < -1:
+            raise UsageError(f"--gpu-layers must be >= -1 (got {self.gpu_layers})")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        return self
+
+
+def physical_cores() -> int:
+    """Cores this process may use, counting hyperthread siblings once (llama.cpp does the same:
+    generation is memory-bound and extra SMT threads slow it down)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        allowed = os.cpu_count() or 1
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            cores = {
+                (block.get("physical id"), block.get("core id"))
+                for block in _cpuinfo_blocks(f.read())
+            }
+        cores.discard((None, None))
+        if cores:
+            return max(1, min(allowed, len(cores)))
+    except OSError:
+        pass
+    return max(1, allowed)
+
+
+def _cpuinfo_blocks(text: str) -> list[dict[str, str]]:
+    blocks = []
+    for chunk in text.split("\n\n"):
+        entry = {}
+        for line in chunk.splitlines():
+            key, _, value = line.partition(":")
+            entry[key.strip()] = value.strip()
+        blocks.append(entry)
+    return blocks

@@ -1,0 +1,146 @@
+"""Model aliases: the built-in models.toml (shipped in the wheel) merged with the user's own.
+
+Entries are validated on load; an error names the file, the entry and the field.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import BadReferenceError, ConfigError
+from .refs import HubRef, parse_ref
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Per-model defaults; a command-line flag always wins over these."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    system: str | None = None
+    ctx_size: int | None = None
+    chat_template: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str = ""
+    hub: HubRef | None = None
+    bundled: str | None = None  # "package/file.gguf"
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
+    source_file: str = ""
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "top_k": (int,),
+    "min_p": (int, float),
+    "repeat_penalty": (int, float),
+    "system": (str,),
+    "ctx_size": (int,),
+    "chat_template": (str,),
+}
+
+
+def builtin_text() -> str:
+    return resources.files("infer.runtime").joinpath("models.toml").read_text("utf-8")
+
+
+def load_registry(user_file: Path | None = None) -> dict[str, ModelSpec]:
+    """All aliases: built-in entries, then the user's file adding or overriding them."""
+    raw = _parse(builtin_text(), "built-in models.toml")
+    user_file = user_file or paths.user_models_file()
+    if user_file.is_file():
+        user = _parse(user_file.read_text("utf-8"), str(user_file))
+        for name, entry in user.items():
+            base = raw.get(name, {})
+            merged = {**base, **entry}
+            if isinstance(base.get("defaults"), dict) and isinstance(entry.get("defaults"), dict):
+                merged["defaults"] = {**base["defaults"], **entry["defaults"]}
+            merged["__file__"] = str(user_file)
+            raw[name] = merged
+    return {
+        name: _spec(name, entry, entry.get("__file__", "built-in models.toml"))
+        for name, entry in raw.items()
+    }
+
+
+def _parse(text: str, source: str) -> dict[str, dict[str, Any]]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f"{source}: [models] must be a table")
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: models.{name} must be a table")
+    return {name: dict(entry) for name, entry in models.items()}
+
+
+def _spec(name: str, entry: dict[str, Any], source: str) -> ModelSpec:
+    where = f"{source}: models.{name}"
+    allowed = {"description", "hub", "bundled", "defaults", "__file__"}
+    for key in entry:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown field '{key}'")
+    for key in ("description", "hub", "bundled"):
+        if key in entry and not isinstance(entry[key], str):
+            raise ConfigError(f"{where}.{key}: must be a string")
+    hub = None
+    if "hub" in entry:
+        try:
+            ref = parse_ref(entry["hub"])
+        except BadReferenceError as e:
+            raise ConfigError(f"{where}.hub: {e}") from None
+        if not isinstance(ref, HubRef):
+            raise ConfigError(f"{where}.hub: '{entry['hub']}' is not a Hub reference")
+        hub = ref
+    bundled = entry.get("bundled")
+    if bundled is not None and (bundled.count("/") != 1 or not bundled.endswith(".gguf")):
+        raise ConfigError(f"{where}.bundled: must look like 'package/file.gguf'")
+    if hub is None and bundled is None:
+        raise ConfigError(f"{where}: needs 'hub' or 'bundled'")
+    return ModelSpec(
+        name,
+        entry.get("description", ""),
+        hub,
+        bundled,
+        _defaults(entry.get("defaults", {}), f"{where}.defaults"),
+        source,
+    )
+
+
+def _defaults(raw: Any, where: str) -> ModelDefaults:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table")
+    known = {f.name for f in fields(ModelDefaults)}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown field '{key}'")
+        if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[key]):
+            raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
+    for key in ("temperature", "min_p", "repeat_penalty", "top_k"):
+        if key in raw and raw[key] < 0:
+            raise ConfigError(f"{where}.{key}: must not be negative")
+    if "top_p" in raw and not 0 <= raw["top_p"] <= 1:
+        raise ConfigError(f"{where}.top_p: must be between 0 and 1")
+    if "ctx_size" in raw and raw["ctx_size"] <= 0:
+        raise ConfigError(f"{where}.ctx_size: must be positive")
+    return ModelDefaults(**raw)

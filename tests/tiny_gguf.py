@@ -1,0 +1,69 @@
+"""Writes a tiny random-weight llama GGUF (about half a megabyte) for fast engine tests.
+
+A 2-layer llama, n_embd 64, 4 heads, f32, with an SPM vocabulary of 4 control tokens and the 256
+byte tokens. Its random output includes invalid UTF-8 byte sequences: exactly what the
+detokeniser must survive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+N_EMBD, N_HEAD, N_FF, N_LAYER, N_CTX = 64, 4, 128, 2, 256
+CONTROL = ["<unk>", "<s>", "</s>", "<|im_start|>"]
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_gguf(path: Path, *, template: str | None = TEMPLATE, seed: int = 0) -> Path:
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    tokens = [t.encode() for t in CONTROL] + [f"<0x{i:02X}>".encode() for i in range(256)]
+    types = [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.BYTE] * 256
+    n_vocab = len(tokens)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(N_CTX)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD)
+    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(0)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores([0.0] * n_vocab)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    if template is not None:
+        w.add_chat_template(template)
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
+
+    tensor("token_embd.weight", n_vocab, N_EMBD)
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+    tensor("output.weight", n_vocab, N_EMBD)
+    for i in range(N_LAYER):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        for part in ("q", "k", "v", "output"):
+            tensor(f"blk.{i}.attn_{part}.weight", N_EMBD, N_EMBD)
+        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
