@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 
@@ -14,15 +15,15 @@ from .run import run
 app = typer.Typer(
     name="infer",
     help="Run open LLMs locally: GGUF models from the Hugging Face Hub, in-process via llama.cpp.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command(no_args_is_help=True)(run)
+app.command()(run)
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print infer's version and exit."),
 ) -> None:
     if version:
@@ -30,6 +31,8 @@ def _root(
 
         sys.stdout.write(f"infer {__version__}\n")
         raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        sys.stdout.write(ctx.get_help() + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,16 +40,26 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(_run(argv))
 
 
+def _click_exceptions() -> Any:
+    """Typer >= 0.22 vendors click as typer._click; older Typer uses click itself."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older Typer
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
+
+
 def _run(argv: list[str] | None) -> int:
-    import click
     from typer.main import get_command
+
+    click = _click_exceptions()
 
     from infer.runtime.errors import InferError, Interrupted
 
     try:
         result = get_command(app).main(args=argv, prog_name="infer", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as e:
+    except (getattr(click, "Exit", typer.Exit), typer.Exit) as e:
         return e.exit_code
     except click.ClickException as e:
         output.error(_usage_message(e))
@@ -58,10 +71,10 @@ def _run(argv: list[str] | None) -> int:
             raise
         output.error(str(e))
         return e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, getattr(click, "Abort", typer.Abort), typer.Abort):
         sys.stderr.write("\n")
         return 130
-    except BrokenPipeError:
+    except (output.OutputClosed, BrokenPipeError):
         # The reader went away (`| head`): stop quietly; silence the flush at exit too.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -73,10 +86,8 @@ def _run(argv: list[str] | None) -> int:
         return 1
 
 
-def _usage_message(e: object) -> str:
-    import click
-
-    assert isinstance(e, click.ClickException)
+def _usage_message(e: Any) -> str:
+    click = _click_exceptions()
     message = e.format_message().replace("\n", " ")
     ctx = getattr(e, "ctx", None)
     if isinstance(e, click.UsageError) and ctx is not None:

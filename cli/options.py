@@ -27,10 +27,14 @@ SystemOpt = Annotated[
 ]
 TemperatureOpt = Annotated[
     float | None,
-    typer.Option("--temperature", "--temp", help="Sampling temperature; 0 = greedy. [default: 0.8]"),
+    typer.Option(
+        "--temperature", "--temp", help="Sampling temperature; 0 = greedy. [default: 0.8]"
+    ),
 ]
 TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling. [default: 0.95]")]
-TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Top-k sampling; 0 = off. [default: 40]")]
+TopKOpt = Annotated[
+    int | None, typer.Option("--top-k", help="Top-k sampling; 0 = off. [default: 40]")
+]
 MinPOpt = Annotated[float | None, typer.Option("--min-p", help="Min-p sampling. [default: 0.05]")]
 RepeatPenaltyOpt = Annotated[
     float | None,
@@ -73,9 +77,7 @@ GpuLayersOpt = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
-RawOpt = Annotated[
-    bool, typer.Option("--raw", help="Plain text completion: no chat template.")
-]
+RawOpt = Annotated[bool, typer.Option("--raw", help="Plain text completion: no chat template.")]
 StatsOpt = Annotated[
     bool,
     typer.Option(

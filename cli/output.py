@@ -15,10 +15,18 @@ def use_color(stream: object) -> bool:
     return bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
 
 
+class OutputClosed(Exception):
+    """stdout's reader went away (`infer run ... | head`). Not an OSError, so that Typer's
+    own EPIPE handling (exit 1) leaves it to infer's quiet exit."""
+
+
 def write_answer(piece: str) -> None:
     """One piece of the answer, flushed at once so a reader sees tokens as they come."""
-    sys.stdout.write(piece)
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed() from None
 
 
 def error(message: str) -> None:

@@ -15,15 +15,32 @@ from infer.runtime.errors import Interrupted, UsageError
 from . import output
 from .inputs import compose_prompt, read_stdin, stdin_is_terminal
 from .options import (
-    CtxSizeOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelArg, PromptArg, RawOpt,
-    RepeatPenaltyOpt, SeedOpt, StatsOpt, StopOpt, SystemOpt, TemperatureOpt, ThreadsOpt, TopKOpt,
-    TopPOpt, VerboseOpt,
+    CtxSizeOpt,
+    GpuLayersOpt,
+    JsonOpt,
+    MaxTokensOpt,
+    MinPOpt,
+    ModelArg,
+    PromptArg,
+    RawOpt,
+    RepeatPenaltyOpt,
+    SeedOpt,
+    StatsOpt,
+    StopOpt,
+    SystemOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    VerboseOpt,
 )  # fmt: skip
 
 if TYPE_CHECKING:
     from infer.runtime.engine import Engine
     from infer.runtime.generation import Generation
+    from infer.runtime.params import LoadOptions
     from infer.runtime.registry import ModelDefaults
+    from infer.runtime.store import ResolvedModel
 
 
 def run(
@@ -50,7 +67,7 @@ def run(
     from infer.runtime import GenerateOptions, LoadOptions, SamplingParams, resolve
 
     if prompt is None and stdin_is_terminal():
-        raise UsageError("no prompt given: infer run MODEL \"PROMPT\" (or pipe text on stdin)")
+        raise UsageError('no prompt given: infer run MODEL "PROMPT" (or pipe text on stdin)')
     text = compose_prompt(prompt, read_stdin())
     resolved = resolve(model)
     d = resolved.defaults
@@ -85,15 +102,15 @@ def _pick(defaults: ModelDefaults, **flags: float | int | None) -> dict[str, flo
     return picked
 
 
-def _load(resolved: object, options: object, *, quiet: bool) -> Engine:
+def _load(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Engine:
     from infer.runtime import load
 
     if quiet or not output.use_color(sys.stderr):
-        return load(resolved, options)  # type: ignore[arg-type]
+        return load(resolved, options)
     from rich.console import Console
 
     with Console(stderr=True).status("Loading model…", spinner="dots"):
-        return load(resolved, options)  # type: ignore[arg-type]
+        return load(resolved, options)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,7 +45,7 @@ class Engine(Protocol):
 
     def generate(
         self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event
-    ) -> Iterator[bytes]: ...
+    ) -> Generator[bytes, None, None]: ...
 
     def close(self) -> None: ...
 
@@ -251,7 +251,7 @@ class LlamaCppEngine:
 
     def generate(
         self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         """Decode `prompt` (reusing the cache), then yield each sampled token's bytes until an
         end-of-generation token, the context is full, or `cancel` is set (raises Interrupted).
         The first `next()` includes prompt evaluation. Stops silently at a full context: the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InferError, ModelFileError, ModelNotFoundError
@@ -18,7 +18,7 @@ class ResolvedModel:
 
     path: Path
     name: str
-    defaults: ModelDefaults = ModelDefaults()
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
     spec: ModelSpec | None = None
 
 
