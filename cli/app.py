@@ -19,6 +19,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command()(run)
+app.command(
+    "chat", help="Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt)."
+)(run)
 
 
 @app.callback(invoke_without_command=True)

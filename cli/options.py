@@ -91,3 +91,12 @@ JsonOpt = Annotated[
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own logs on stderr.")
 ]
+ContinueOpt = Annotated[
+    bool,
+    typer.Option(
+        "--continue", help="Chat: reopen the last conversation with this model.",
+    ),
+]  # fmt: skip
+MarkdownOpt = Annotated[
+    bool, typer.Option("--markdown", help="Chat: render answers as Markdown on a terminal.")
+]

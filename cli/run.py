@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
+
+import typer
 
 from infer.runtime.errors import Interrupted, UsageError
 
 from . import output
 from .inputs import compose_prompt, read_stdin, stdin_is_terminal
 from .options import (
+    ContinueOpt,
     CtxSizeOpt,
     GpuLayersOpt,
     JsonOpt,
+    MarkdownOpt,
     MaxTokensOpt,
     MinPOpt,
     ModelArg,
@@ -34,6 +34,7 @@ from .options import (
     TopPOpt,
     VerboseOpt,
 )  # fmt: skip
+from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
     from infer.runtime.engine import Engine
@@ -62,13 +63,17 @@ def run(
     stats: StatsOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
+    continue_: ContinueOpt = False,
+    markdown: MarkdownOpt = False,
 ) -> None:
-    """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout."""
+    """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
+    with no PROMPT, open an interactive chat."""
     from infer.runtime import GenerateOptions, LoadOptions, SamplingParams, resolve
 
-    if prompt is None and stdin_is_terminal():
+    interactive = prompt is None and stdin_is_terminal() and sys.stdout.isatty()
+    if prompt is None and stdin_is_terminal() and not interactive:
         raise UsageError('no prompt given: infer run MODEL "PROMPT" (or pipe text on stdin)')
-    text = compose_prompt(prompt, read_stdin())
+    text = None if interactive else compose_prompt(prompt, read_stdin())
     resolved = resolve(model)
     d = resolved.defaults
     sampling = SamplingParams(
@@ -81,11 +86,16 @@ def run(
         ctx_size=ctx_size or d.ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose
     ).validate()
     engine = _load(resolved, load_options, quiet=json_out)
+    system = system or d.system
+    if text is None:
+        from .chat import ChatSettings, start
+
+        settings = ChatSettings(sampling, options, raw, d.chat_template, stats, markdown)
+        raise typer.Exit(start(engine, resolved.name, resolved.path, settings, system, continue_))
     from infer.runtime import Message, generate
 
-    messages = [Message("user", text)]
-    if system or d.system:
-        messages.insert(0, Message("system", system or d.system or ""))
+    messages = [Message("system", system)] if system else []
+    messages.append(Message("user", text))
     gen = generate(engine, messages, sampling, options, raw=raw, template=d.chat_template)
     _stream(gen, resolved.name, json_out=json_out)
     if stats:
@@ -111,24 +121,6 @@ def _load(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Engi
 
     with Console(stderr=True).status("Loading model…", spinner="dots"):
         return load(resolved, options)
-
-
-@contextmanager
-def cancel_on_sigint() -> Iterator[threading.Event]:
-    """First Ctrl-C asks the generation to stop (it reaches llama_decode through the abort
-    callback); a second one raises KeyboardInterrupt at once."""
-    cancel = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield cancel
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _stream(gen: Generation, model_name: str, *, json_out: bool) -> None:

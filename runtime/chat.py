@@ -25,6 +25,7 @@ from .errors import TemplateError
 RENDER_SECONDS = 5.0
 EXTRA_OUTPUT_CHARS = 1 << 20  # template text allowed beyond the messages' own text
 MAX_REPEAT_CHARS = 1 << 20
+MAX_INT_BITS = 1 << 12
 _PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no tokenizer or template emits them
 _PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
 
@@ -43,7 +44,28 @@ class Segment:
     special: bool
 
 
-def _sandbox() -> Any:
+def _oversized(operator: str, left: Any, right: Any, concat_limit: int) -> str | None:
+    """Why `left OPERATOR right` would build a value past the limits, or None. Doubling in a loop
+    (`s = s + s`, `n = n * n`) grows memory exponentially with each iteration. Templates join
+    message content with `+`, so concatenation is allowed up to the size of the whole output."""
+    sized = hasattr(left, "__len__"), hasattr(right, "__len__")
+    ints = isinstance(left, int), isinstance(right, int)
+    if operator == "*" and ((sized[0] and ints[1]) or (ints[0] and sized[1])):
+        length, times = (len(left), right) if sized[0] else (len(right), left)
+        if length * times > MAX_REPEAT_CHARS:
+            return "template repeats a value beyond the size limit"
+    if operator == "+" and all(sized) and len(left) + len(right) > concat_limit:
+        return "template builds a value beyond the size limit"
+    if operator == "*" and all(ints) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+        return "template builds a number beyond the size limit"
+    if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+        return "template exponent too large"
+    if operator == "**" and all(ints) and left.bit_length() * right > MAX_INT_BITS:
+        return "template builds a number beyond the size limit"
+    return None
+
+
+def _sandbox(concat_limit: int) -> Any:
     from jinja2.exceptions import SecurityError, TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -51,20 +73,21 @@ def _sandbox() -> Any:
         intercepted_binops = frozenset(["*", "**", "+"])
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            if operator == "*" and isinstance(right, int) and hasattr(left, "__len__"):
-                if len(left) * right > MAX_REPEAT_CHARS:
-                    raise SecurityError("template repeats a value beyond the size limit")
-            if operator == "*" and isinstance(left, int) and hasattr(right, "__len__"):
-                if len(right) * left > MAX_REPEAT_CHARS:
-                    raise SecurityError("template repeats a value beyond the size limit")
-            if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
-                raise SecurityError("template exponent too large")
+            refused = _oversized(operator, left, right, concat_limit)
+            if refused:
+                raise SecurityError(refused)
             return super().call_binop(context, operator, left, right)
 
     def raise_exception(message: str) -> None:
         raise TemplateError(f"the chat template refused the conversation: {message}")
 
-    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    # loopcontrols ({% break %}, {% continue %}): transformers enables it and templates use it.
+    env = BoundedSandbox(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        extensions=["jinja2.ext.loopcontrols"],
+    )
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt))
     return env, (SecurityError, TemplateSyntaxError)
@@ -80,8 +103,8 @@ def render(
     timeout: float = RENDER_SECONDS,
 ) -> str:
     """Render a chat template in the bounded sandbox; raise TemplateError on any failure."""
-    env, fatal = _sandbox()
     budget = sum(len(m.content) for m in messages) + EXTRA_OUTPUT_CHARS
+    env, fatal = _sandbox(budget)
     context = {
         "messages": [{"role": m.role, "content": m.content} for m in messages],
         "bos_token": bos_token,
@@ -104,11 +127,12 @@ def render(
         except BaseException as e:
             result["error"] = e
 
-    # A daemon thread: a template that loops forever is abandoned, and dies with the process.
+    # A daemon thread, so that a template that never yields cannot keep the process alive.
     worker = threading.Thread(target=work, name="chat-template", daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
+        _stop(worker)
         raise TemplateError(f"the chat template did not finish rendering within {timeout:g} s")
     error = result.get("error")
     if isinstance(error, TemplateError):
@@ -118,6 +142,22 @@ def render(
     if error is not None:
         raise TemplateError(f"the chat template failed: {type(error).__name__}: {error}")
     return str(result["text"])
+
+
+class _RenderCancelled(BaseException):
+    """Raised inside a render thread that ran past its deadline."""
+
+
+def _stop(worker: threading.Thread) -> None:
+    """Make a runaway render thread stop: left alone it would spin, holding the GIL, for as long
+    as the template loops (hours), slowing every other thread of the process. Compiled templates
+    are Python code, so an asynchronous exception ends them at the next bytecode."""
+    import ctypes
+
+    if worker.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(worker.ident), ctypes.py_object(_RenderCancelled)
+        )
 
 
 def segments(

@@ -8,6 +8,8 @@ file. It also gives `show`/`list` the metadata without loading weights.
 from __future__ import annotations
 
 import mmap
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,8 +197,16 @@ def read_header(path: str | Path) -> GGUFHeader:
     """Validate a GGUF file's header and tensor table; raise ModelFileError if anything is off."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            size = path.stat().st_size
+        # O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; the size and type
+        # come from the open descriptor, so the file checked is the file mapped.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise ModelFileError(path, "not a regular file")
+            size = st.st_size
             if size < 4:
                 raise ModelFileError(path, "not a GGUF file (too small)")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -207,6 +217,8 @@ def read_header(path: str | Path) -> GGUFHeader:
         raise ModelFileError(path, "is a directory, not a GGUF file") from None
     except PermissionError:
         raise ModelFileError(path, "permission denied") from None
+    except OSError as e:  # a symlink loop, a name too long, an I/O error...
+        raise ModelFileError(path, f"cannot read: {e.strerror or e}") from None
 
 
 def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:

@@ -53,10 +53,8 @@ ModelRef = AliasRef | PathRef | HubRef
 
 
 def looks_like_path(text: str) -> bool:
-    return (
-        text.startswith(("./", "../", "/", "~", ".\\"))
-        or text.lower().endswith(".gguf")
-        and not text.startswith("hf://")
+    return text.startswith(("./", "../", "/", "~", ".\\")) or (
+        text.lower().endswith(".gguf") and not text.startswith("hf://")
     )
 
 
@@ -81,7 +79,10 @@ def _check_repo(repo: str, original: str) -> str:
 
 
 def _check_revision(rev: str | None, original: str) -> str | None:
-    if rev is not None and (not _REVISION.match(rev) or ".." in rev or "//" in rev):
+    # A branch name like "refs/pr/1" becomes a path under the cache: no ".", "..", or empty part.
+    if rev is not None and (
+        not _REVISION.match(rev) or ".." in rev or any(p in ("", ".") for p in rev.split("/"))
+    ):
         raise BadReferenceError(f"invalid revision '{rev}' in '{original}'")
     return rev
 

@@ -5,6 +5,7 @@ Entries are validated on load; an error names the file, the entry and the field.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -13,7 +14,7 @@ from typing import Any
 
 from . import paths
 from .errors import BadReferenceError, ConfigError
-from .refs import HubRef, parse_ref
+from .refs import AliasRef, HubRef, parse_ref
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,21 +64,24 @@ def builtin_text() -> str:
 
 def load_registry(user_file: Path | None = None) -> dict[str, ModelSpec]:
     """All aliases: built-in entries, then the user's file adding or overriding them."""
-    raw = _parse(builtin_text(), "built-in models.toml")
+    builtin = "built-in models.toml"
+    raw = _parse(builtin_text(), builtin)
+    sources = dict.fromkeys(raw, builtin)
     user_file = user_file or paths.user_models_file()
     if user_file.is_file():
-        user = _parse(user_file.read_text("utf-8"), str(user_file))
+        try:
+            text = user_file.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{user_file}: cannot read: {e}") from None
+        user = _parse(text, str(user_file))
         for name, entry in user.items():
             base = raw.get(name, {})
             merged = {**base, **entry}
             if isinstance(base.get("defaults"), dict) and isinstance(entry.get("defaults"), dict):
                 merged["defaults"] = {**base["defaults"], **entry["defaults"]}
-            merged["__file__"] = str(user_file)
             raw[name] = merged
-    return {
-        name: _spec(name, entry, entry.get("__file__", "built-in models.toml"))
-        for name, entry in raw.items()
-    }
+            sources[name] = str(user_file)
+    return {name: _spec(name, entry, sources[name]) for name, entry in raw.items()}
 
 
 def _parse(text: str, source: str) -> dict[str, dict[str, Any]]:
@@ -85,18 +89,28 @@ def _parse(text: str, source: str) -> dict[str, dict[str, Any]]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    for key in data:
+        if key != "models":  # a typo such as [model.x] would otherwise be ignored silently
+            raise ConfigError(f"{source}: unknown table or key '{key}' (expected [models.NAME])")
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise ConfigError(f"{source}: [models] must be a table")
     for name, entry in models.items():
         if not isinstance(entry, dict):
             raise ConfigError(f"{source}: models.{name} must be a table")
+        # `infer run NAME` must parse back to this alias, not to a path or a Hub repository.
+        try:
+            is_alias = isinstance(parse_ref(name), AliasRef)
+        except BadReferenceError:
+            is_alias = False
+        if not is_alias:
+            raise ConfigError(f"{source}: models.{name!r}: not usable as a model name")
     return {name: dict(entry) for name, entry in models.items()}
 
 
 def _spec(name: str, entry: dict[str, Any], source: str) -> ModelSpec:
     where = f"{source}: models.{name}"
-    allowed = {"description", "hub", "bundled", "defaults", "__file__"}
+    allowed = {"description", "hub", "bundled", "defaults"}
     for key in entry:
         if key not in allowed:
             raise ConfigError(f"{where}: unknown field '{key}'")
@@ -136,11 +150,18 @@ def _defaults(raw: Any, where: str) -> ModelDefaults:
             raise ConfigError(f"{where}: unknown field '{key}'")
         if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[key]):
             raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
-    for key in ("temperature", "min_p", "repeat_penalty", "top_k"):
+        if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
+            raise ConfigError(f"{where}.{key}: must be a finite number")
+    # The same bounds as the command-line flags (params.py), so that a bad default is reported
+    # here, against the file, and not later as if the user had passed a bad flag.
+    for key in ("temperature", "top_k"):
         if key in raw and raw[key] < 0:
             raise ConfigError(f"{where}.{key}: must not be negative")
-    if "top_p" in raw and not 0 <= raw["top_p"] <= 1:
-        raise ConfigError(f"{where}.top_p: must be between 0 and 1")
-    if "ctx_size" in raw and raw["ctx_size"] <= 0:
-        raise ConfigError(f"{where}.ctx_size: must be positive")
+    for key in ("top_p", "min_p"):
+        if key in raw and not 0 <= raw[key] <= 1:
+            raise ConfigError(f"{where}.{key}: must be between 0 and 1")
+    if "repeat_penalty" in raw and raw["repeat_penalty"] <= 0:
+        raise ConfigError(f"{where}.repeat_penalty: must be positive")
+    if "ctx_size" in raw and raw["ctx_size"] < 16:
+        raise ConfigError(f"{where}.ctx_size: must be at least 16")
     return ModelDefaults(**raw)

@@ -51,5 +51,8 @@ class FakeEngine:
             self.tokens.append(0)
             yield piece
 
+    def reset(self) -> None:
+        self.tokens = []
+
     def close(self) -> None:
         pass
