@@ -10,6 +10,8 @@ from typing import Any
 import typer
 
 from . import output
+from .bench import bench
+from .models import list_models, pull, rm, show
 from .run import run
 
 app = typer.Typer(
@@ -19,6 +21,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command()(run)
+app.command()(pull)
+app.command("list")(list_models)
+app.command("ls", hidden=True)(list_models)
+app.command()(show)
+app.command()(rm)
+app.command()(bench)
 app.command(
     "chat", help="Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt)."
 )(run)

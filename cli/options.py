@@ -100,3 +100,10 @@ ContinueOpt = Annotated[
 MarkdownOpt = Annotated[
     bool, typer.Option("--markdown", help="Chat: render answers as Markdown on a terminal.")
 ]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline", help="Never touch the network: a model not in the cache is an error "
+        "(also HF_HUB_OFFLINE=1).",
+    ),
+]  # fmt: skip

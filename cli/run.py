@@ -12,6 +12,7 @@ from infer.runtime.errors import Interrupted, UsageError
 
 from . import output
 from .inputs import compose_prompt, read_stdin, stdin_is_terminal
+from .models import resolve_or_pull
 from .options import (
     ContinueOpt,
     CtxSizeOpt,
@@ -21,6 +22,7 @@ from .options import (
     MaxTokensOpt,
     MinPOpt,
     ModelArg,
+    OfflineOpt,
     PromptArg,
     RawOpt,
     RepeatPenaltyOpt,
@@ -65,16 +67,17 @@ def run(
     verbose: VerboseOpt = False,
     continue_: ContinueOpt = False,
     markdown: MarkdownOpt = False,
+    offline: OfflineOpt = False,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
-    from infer.runtime import GenerateOptions, LoadOptions, SamplingParams, resolve
+    from infer.runtime import GenerateOptions, LoadOptions, SamplingParams
 
     interactive = prompt is None and stdin_is_terminal() and sys.stdout.isatty()
     if prompt is None and stdin_is_terminal() and not interactive:
         raise UsageError('no prompt given: infer run MODEL "PROMPT" (or pipe text on stdin)')
     text = None if interactive else compose_prompt(prompt, read_stdin())
-    resolved = resolve(model)
+    resolved = resolve_or_pull(model, offline=offline)
     d = resolved.defaults
     sampling = SamplingParams(
         **_pick(d, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,

@@ -10,6 +10,8 @@ from typing import Any
 
 _EXPORTS = {
     "resolve": "store",
+    "ensure_local": "store",
+    "pull": "pull",
     "ResolvedModel": "store",
     "load": "api",
     "generate": "api",

@@ -75,3 +75,89 @@ class Interrupted(InferError):
     def __init__(self, partial: str = "") -> None:
         self.partial = partial
         super().__init__("interrupted")
+
+
+class HubError(InferError):
+    """The Hugging Face Hub refused or failed a request (base of the Hub errors below)."""
+
+
+class RepoNotFoundError(HubError):
+    """The repository (or the revision asked for) does not exist, or is private."""
+
+    def __init__(self, repo: str, revision: str | None = None, *, has_token: bool = True) -> None:
+        self.repo, self.revision = repo, revision
+        what = f"revision '{revision}' of '{repo}'" if revision else f"repository '{repo}'"
+        hint = "" if has_token else " (if it is private, set HF_TOKEN)"
+        super().__init__(f"Hub {what} not found{hint}")
+
+
+class HubFileNotFoundError(HubError):
+    """No file in the repository matches what was asked for; carries what exists."""
+
+    def __init__(self, repo: str, wanted: str, available: list[str]) -> None:
+        self.repo, self.wanted, self.available = repo, wanted, available
+        have = ", ".join(available) if available else "no .gguf files"
+        super().__init__(f"no GGUF file matching '{wanted}' in {repo}; available: {have}")
+
+
+class AmbiguousModelError(HubError):
+    """Several files match a quant tag; carries the candidates."""
+
+    def __init__(self, repo: str, tag: str, candidates: list[str]) -> None:
+        self.repo, self.tag, self.candidates = repo, tag, candidates
+        super().__init__(
+            f"'{tag}' matches several files in {repo}: {', '.join(candidates)}; "
+            f"name one with hf://{repo}/FILE"
+        )
+
+
+class GatedRepoError(HubError):
+    """The repository is gated or private and the token (if any) has no access."""
+
+    def __init__(self, repo: str) -> None:
+        self.repo = repo
+        super().__init__(
+            f"'{repo}' is gated or private: accept its terms on the Hub, then set HF_TOKEN "
+            "to a token with access"
+        )
+
+
+class NetworkError(HubError):
+    """The Hub could not be reached or the connection broke."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        self.endpoint, self.reason = endpoint, reason
+        super().__init__(
+            f"cannot reach the Hub at {endpoint} ({reason}); models already in the cache "
+            "still work offline (infer list)"
+        )
+
+
+class ChecksumError(HubError):
+    """A downloaded file does not match the checksum the Hub published for it."""
+
+    def __init__(self, filename: str, expected: str, actual: str, algo: str = "sha256") -> None:
+        self.filename, self.expected, self.actual = filename, expected, actual
+        super().__init__(
+            f"checksum mismatch for {filename}: the Hub says {algo} {expected[:12]}…, the "
+            f"download is {actual[:12]}…; the file was deleted, pull again"
+        )
+
+
+class DiskFullError(InferError):
+    """Not enough free space for a download."""
+
+    def __init__(self, where: object, needed: int, free: int) -> None:
+        self.where, self.needed, self.free = where, needed, free
+        super().__init__(
+            f"not enough disk space in {where}: the download needs {needed / 1e6:,.1f} MB, "
+            f"{free / 1e6:,.1f} MB free"
+        )
+
+
+class NotInCacheError(InferError):
+    """`rm`/`show` of a Hub model that is not in the local cache."""
+
+
+class OfflineError(HubError):
+    """A pull was asked for while offline mode is on."""

@@ -1,4 +1,7 @@
-"""Turn a model reference into a local GGUF path: a file, a bundled package file, or the cache."""
+"""Turn a model reference into a local GGUF path: a file, a bundled package file, or the cache.
+
+`resolve` never touches the network (a cached model runs offline without a single request);
+`ensure_local` is `resolve` plus a pull when a Hub model is missing and offline mode is off."""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InferError, ModelFileError, ModelNotFoundError
+from . import cache
+from .errors import InferError, ModelFileError, ModelNotFoundError, UsageError
+from .progress import PullProgress
 from .refs import AliasRef, HubRef, PathRef, parse_ref
 from .registry import ModelDefaults, ModelSpec, load_registry
 
@@ -20,15 +25,23 @@ class ResolvedModel:
     name: str
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
     spec: ModelSpec | None = None
+    manifest: cache.Manifest | None = None  # for a model from the Hub cache
 
 
 class NotDownloadedError(InferError):
     """A Hub model that is not in the local cache."""
 
-    def __init__(self, ref: HubRef, alias: str | None = None) -> None:
-        self.ref = ref
+    def __init__(self, ref: HubRef, alias: str | None = None, *, offline: bool = False) -> None:
+        self.ref, self.alias, self.offline = ref, alias, offline
         target = alias or str(ref)
-        super().__init__(f"model '{target}' is not downloaded; run: infer pull {target}")
+        if offline:
+            message = (
+                f"model '{target}' is not in the cache and offline mode is on (HF_HUB_OFFLINE); "
+                f"when online, run: infer pull {target}"
+            )
+        else:
+            message = f"model '{target}' is not downloaded; run: infer pull {target}"
+        super().__init__(message)
 
 
 def bundled_path(bundled: str) -> Path | None:
@@ -57,17 +70,56 @@ def resolve(text: str) -> ResolvedModel:
             raise ModelFileError(ref.path, "no such file")
         return ResolvedModel(ref.path, str(ref.path))
     if isinstance(ref, HubRef):
-        return ResolvedModel(_cached(ref), str(ref))
+        manifest = _cached(ref)
+        return ResolvedModel(cache.model_path(manifest), manifest.name, manifest=manifest)
     return _resolve_alias(ref)
 
 
-def _resolve_alias(ref: AliasRef) -> ResolvedModel:
+def ensure_local(
+    text: str, *, progress: PullProgress | None = None, offline: bool | None = None
+) -> ResolvedModel:
+    """`resolve`, pulling a missing Hub model first (progress goes to `progress`). Offline
+    (`offline=True`, or HF_HUB_OFFLINE when `offline` is None) a missing model is an error
+    naming the `infer pull` command."""
+    from . import hub
+
+    try:
+        return resolve(text)
+    except NotDownloadedError as e:
+        if hub.settings(offline).offline:
+            raise NotDownloadedError(e.ref, e.alias, offline=True) from None
+        from .pull import pull
+
+        pull(e.ref, progress=progress, offline=False)
+    return resolve(text)
+
+
+def hub_target(text: str) -> tuple[HubRef, ModelSpec | None]:
+    """The Hub reference behind a reference (an alias maps to its `hub` entry) for `pull` and
+    `rm`; a local path or a bundled-only alias has none."""
+    ref = parse_ref(text)
+    if isinstance(ref, HubRef):
+        return ref, None
+    if isinstance(ref, PathRef):
+        raise UsageError(f"'{text}' is a local file, not a Hub model")
+    spec = _spec(ref)
+    if spec.hub is None:
+        raise UsageError(f"model '{spec.name}' is bundled with a Python package, not on the Hub")
+    return spec.hub, spec
+
+
+def _spec(ref: AliasRef) -> ModelSpec:
     registry = load_registry()
     spec = registry.get(ref.name) or registry.get(ref.name.lower())
     if spec is None:
         names = sorted(registry)
         close = difflib.get_close_matches(ref.name.lower(), names, n=3, cutoff=0.6)
         raise ModelNotFoundError(ref.name, names, close)
+    return spec
+
+
+def _resolve_alias(ref: AliasRef) -> ResolvedModel:
+    spec = _spec(ref)
     if spec.bundled:
         path = bundled_path(spec.bundled)
         if path is not None:
@@ -75,9 +127,14 @@ def _resolve_alias(ref: AliasRef) -> ResolvedModel:
     if spec.hub is None:
         package = spec.bundled.partition("/")[0] if spec.bundled else "?"
         raise InferError(f"model '{spec.name}' needs the Python package '{package}' installed")
-    return ResolvedModel(_cached(spec.hub, spec.name), spec.name, spec.defaults, spec)
+    manifest = _cached(spec.hub, spec.name)
+    return ResolvedModel(cache.model_path(manifest), spec.name, spec.defaults, spec, manifest)
 
 
-def _cached(ref: HubRef, alias: str | None = None) -> Path:
-    # The Hub store (pull, verified cache) plugs in here; until a model is pulled it is missing.
-    raise NotDownloadedError(ref, alias)
+def _cached(ref: HubRef, alias: str | None = None) -> cache.Manifest:
+    """The cached model a Hub reference names, from local files only. A manifest whose files
+    went missing (deleted by hand) counts as not downloaded: pulling again repairs it."""
+    manifest = cache.find(ref)
+    if manifest is None or not cache.is_complete(manifest):
+        raise NotDownloadedError(ref, alias)
+    return manifest

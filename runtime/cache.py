@@ -1,0 +1,301 @@
+"""The local cache of Hub models. No network here: reading it is all an offline run needs.
+
+    <cache_dir>/hub/
+        blobs/<sha256>                            verified contents, named by their digest
+        snapshots/<owner>/<repo>/<commit>/<file>  links to blobs under the Hub's file names, so
+                                                  llama.cpp finds the parts of a split model
+        manifests/<owner>/<repo>/<id>.json        one per pulled model: the reference(s) that
+                                                  name it, the commit, each file's sha256 and size
+        tmp/<key>.part                            downloads in progress or interrupted: resumable,
+                                                  never a model
+        locks/                                    flock files for concurrent pulls and removals
+
+A model exists only once its manifest is written, and a manifest is written only after every
+blob it names has been verified and moved into blobs/ (atomic renames throughout), so a failed or
+interrupted pull leaves nothing that counts as a model. Every path is built from validated parts
+(repo names, file names, hex digests) and stays inside the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import BadReferenceError
+from .refs import HubRef, check_filename, parse_ref
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    path: str  # inside the repository
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One pulled model. `refs` are the lookup keys (see ref_key) that resolve to it."""
+
+    name: str
+    repo: str
+    revision: str | None
+    commit: str
+    files: tuple[CachedFile, ...]
+    refs: tuple[str, ...]
+    pulled_at: str  # ISO 8601, UTC
+    license: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)  # from the GGUF header at pull time
+
+    @property
+    def id(self) -> str:
+        key = f"{self.revision or ''}\0{self.files[0].path}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "format": 1}, indent=2)
+
+
+def root() -> Path:
+    return paths.cache_dir() / "hub"
+
+
+def blob_path(sha256: str) -> Path:
+    if not _HEX64.match(sha256):
+        raise ValueError(f"not a sha256 digest: {sha256!r}")
+    return root() / "blobs" / sha256
+
+
+def part_path(key: str) -> Path:
+    return root() / "tmp" / f"{key}.part"
+
+
+def _repo_parts(repo: str) -> tuple[str, str]:
+    owner, _, name = repo.lower().partition("/")
+    return owner, name
+
+
+def snapshot_path(repo: str, commit: str, filename: str) -> Path:
+    return root().joinpath("snapshots", *_repo_parts(repo), commit, *filename.split("/"))
+
+
+def model_path(m: Manifest) -> Path:
+    """The file to load: the first (or only) part."""
+    return snapshot_path(m.repo, m.commit, m.files[0].path)
+
+
+def ref_key(ref: HubRef) -> str:
+    """What a reference asks for, normalised: Hub repository names are case-insensitive, and so
+    are quant tags; no revision means the default branch."""
+    wanted = (
+        f"file={ref.filename}"
+        if ref.filename
+        else f"quant={ref.quant.upper()}"
+        if ref.quant
+        else "default"
+    )
+    revision = "" if ref.revision in (None, "main") else ref.revision  # main: the default
+    return f"{ref.repo.lower()}@{revision}#{wanted}"
+
+
+def _load(path: Path) -> Manifest | None:
+    """A manifest, validated like any input (a hand-edited one could name '../../x');
+    None if it is unreadable or invalid, as if it were not there."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        files = tuple(
+            CachedFile(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in data["files"]
+        )
+        m = Manifest(
+            str(data["name"]), str(data["repo"]), data.get("revision"), str(data["commit"]),
+            files, tuple(str(r) for r in data["refs"]), str(data["pulled_at"]),
+            data.get("license"), dict(data.get("summary") or {}),
+        )  # fmt: skip
+        ref = parse_ref(m.repo)
+        if not isinstance(ref, HubRef) or ref.quant or ref.revision or not files:
+            return None
+        for f in files:
+            check_filename(f.path)
+            if not _HEX64.match(f.sha256) or f.size < 0:
+                return None
+        if not _HEX40.match(m.commit) or (
+            m.revision is not None and not isinstance(m.revision, str)
+        ):
+            return None
+        return m
+    except (OSError, ValueError, KeyError, TypeError, BadReferenceError):
+        return None
+
+
+def manifests(repo: str | None = None) -> list[Manifest]:
+    """Every model in the cache (or in one repository), oldest pull first."""
+    base = root() / "manifests"
+    pattern = "/".join(_repo_parts(repo)) + "/*.json" if repo else "*/*/*.json"
+    found = [m for p in sorted(base.glob(pattern)) if (m := _load(p)) is not None]
+    return sorted(found, key=lambda m: m.pulled_at)
+
+
+def find(ref: HubRef) -> Manifest | None:
+    """The cached model a reference names, if any. Reads local files only."""
+    key = ref_key(ref)
+    candidates = manifests(ref.repo)
+    for m in candidates:
+        if key in m.refs:
+            return m
+    if ref.revision and _HEX40.match(ref.revision):  # a revision given as its commit id
+        for m in candidates:
+            if m.commit == ref.revision and ref_key(replace(ref, revision=m.revision)) in m.refs:
+                return m
+    return None
+
+
+def is_complete(m: Manifest) -> bool:
+    """Every file linked and of the recorded size (a cheap check: hashing GBs on every run
+    would cost more than loading the model)."""
+    for f in m.files:
+        try:
+            if snapshot_path(m.repo, m.commit, f.path).stat().st_size != f.size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def has_blob(sha256: str, size: int) -> bool:
+    try:
+        return blob_path(sha256).stat().st_size == size
+    except OSError:
+        return False
+
+
+def install_blob(part: Path, sha256: str) -> Path:
+    """Move a verified download into blobs/ (atomic: the blob is either complete or absent)."""
+    dest = blob_path(sha256)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, dest)
+    return dest
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, "utf-8")
+    os.replace(tmp, path)
+
+
+def _link(m: Manifest, f: CachedFile) -> None:
+    dest = snapshot_path(m.repo, m.commit, f.path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(blob_path(f.sha256), dest.parent), tmp)
+    os.replace(tmp, dest)
+
+
+def _manifest_file(m: Manifest) -> Path:
+    return root().joinpath("manifests", *_repo_parts(m.repo), f"{m.id}.json")
+
+
+def save(m: Manifest) -> None:
+    """Link the model's files and write its manifest. A reference names one model: any other
+    manifest of the repository that claimed one of these refs gives it up."""
+    with lock("manifests"):
+        for f in m.files:
+            _link(m, f)
+        for other in manifests(m.repo):
+            if other.id != m.id and set(other.refs) & set(m.refs):
+                kept = tuple(r for r in other.refs if r not in m.refs)
+                _atomic_write(_manifest_file(other), replace(other, refs=kept).to_json())
+        _atomic_write(_manifest_file(m), m.to_json())
+
+
+def remove(m: Manifest, on_wait: Callable[[], None] | None = None) -> int:
+    """Delete a model and every blob no other model uses; return the bytes freed. Waits for
+    running pulls (calling `on_wait` first): their new blobs have no manifest yet."""
+    with lock("gc", on_wait=on_wait):
+        _manifest_file(m).unlink(missing_ok=True)
+        return _collect()
+
+
+def collect_garbage(wait: bool = False) -> int:
+    """Delete orphaned blobs and links. Without `wait`, give up at once if a pull is running
+    (it holds the gc lock shared, and its new blobs have no manifest yet)."""
+    try:
+        with lock("gc", wait=wait):
+            return _collect()
+    except BlockingIOError:
+        return 0
+
+
+def _collect() -> int:
+    kept = manifests()
+    blobs = {f.sha256 for m in kept for f in m.files}
+    links = {snapshot_path(m.repo, m.commit, f.path) for m in kept for f in m.files}
+    freed = 0
+    for blob in (root() / "blobs").glob("*"):
+        if blob.name not in blobs:
+            with suppress(OSError):
+                freed += blob.stat().st_size
+                blob.unlink()
+    snapshots = root() / "snapshots"
+    for dirpath, _dirnames, filenames in os.walk(snapshots, topdown=False):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p not in links:
+                p.unlink(missing_ok=True)
+        if Path(dirpath) != snapshots:
+            with suppress(OSError):
+                os.rmdir(dirpath)  # only succeeds when empty
+    return freed
+
+
+def disk_usage() -> tuple[int, int]:
+    """Bytes in verified blobs, and in interrupted downloads."""
+
+    def total(d: Path) -> int:
+        return sum(p.stat().st_size for p in d.glob("*") if p.is_file()) if d.is_dir() else 0
+
+    return total(root() / "blobs"), total(root() / "tmp")
+
+
+@contextmanager
+def lock(
+    name: str, *, shared: bool = False, wait: bool = True, on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """An advisory file lock (flock) under locks/. With wait=False, raise BlockingIOError when
+    it is held; otherwise call `on_wait()` once, then block."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locking
+        yield
+        return
+    path = root() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,128 @@
+"""What `infer list` and `infer show` report, as plain dicts with stable field names (the CLI
+prints them as tables or JSON). Metadata comes from GGUF headers, never from loading weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import cache
+from .errors import ModelFileError
+from .gguf import read_header
+from .registry import load_registry
+from .store import ResolvedModel, bundled_path
+
+
+def _aliases() -> dict[str, list[str]]:
+    """Manifest id → the models.toml aliases that run it (an alias whose bundled file is
+    installed runs that file instead, so it is not listed against the cache)."""
+    found: dict[str, list[str]] = {}
+    for spec in load_registry().values():
+        if spec.hub is None or (spec.bundled and bundled_path(spec.bundled)):
+            continue
+        m = cache.find(spec.hub)
+        if m is not None:
+            found.setdefault(m.id, []).append(spec.name)
+    return found
+
+
+def _files(m: cache.Manifest) -> list[dict[str, Any]]:
+    return [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files]
+
+
+def cached_models() -> dict[str, Any]:
+    """Every model in the cache, newest first, and the cache's disk use."""
+    aliases = _aliases()
+    models = []
+    for m in reversed(cache.manifests()):
+        models.append(
+            {
+                "name": m.name,
+                "repo": m.repo,
+                "revision": m.revision,
+                "commit": m.commit,
+                "quantization": m.summary.get("quantization") or _header_quant(m),
+                "size": m.size,
+                "modified": m.pulled_at,
+                "path": str(cache.model_path(m)),
+                "aliases": sorted(aliases.get(m.id, [])),
+                "complete": cache.is_complete(m),
+                "files": _files(m),
+            }
+        )
+    blobs, partial = cache.disk_usage()
+    return {
+        "models": models,
+        "total_bytes": blobs,
+        "partial_bytes": partial,
+        "cache_dir": str(cache.root()),
+    }
+
+
+def _header_quant(m: cache.Manifest) -> str | None:
+    try:
+        return read_header(cache.model_path(m)).quantization
+    except ModelFileError:  # a broken entry still lists; `show` reports the error
+        return None
+
+
+def aliases() -> list[dict[str, Any]]:
+    """Every models.toml alias and whether it can run now (bundled, cached) or needs a pull."""
+    rows = []
+    for spec in sorted(load_registry().values(), key=lambda s: s.name):
+        bundled = bool(spec.bundled and bundled_path(spec.bundled))
+        cached = spec.hub is not None and cache.find(spec.hub) is not None
+        status = "bundled" if bundled else "cached" if cached else "not downloaded"
+        rows.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "hub": str(spec.hub) if spec.hub else None,
+                "bundled": spec.bundled,
+                "status": status,
+            }
+        )
+    return rows
+
+
+def describe(resolved: ResolvedModel) -> dict[str, Any]:
+    """Everything `infer show` prints, from the GGUF header(s) and the cache manifest."""
+    m = resolved.manifest
+    parts = [cache.snapshot_path(m.repo, m.commit, f.path) for f in m.files] if m else []
+    headers = [read_header(p) for p in parts or [resolved.path]]
+    h = headers[0]
+    license_ = h.metadata.get("general.license")
+    return {
+        "name": resolved.name,
+        "path": str(resolved.path),
+        "size": sum(x.file_size for x in headers),
+        "architecture": h.architecture,
+        "parameters": sum(x.parameter_count for x in headers),
+        "quantization": h.quantization,
+        "context_length": h.context_length,
+        "layers": _int(h.arch_value("block_count")),
+        "embedding_size": _int(h.arch_value("embedding_length")),
+        "chat_template": h.chat_template,
+        "license": license_ if isinstance(license_, str) else (m.license if m else None),
+        "source": _source(resolved),
+    }
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _source(resolved: ResolvedModel) -> dict[str, Any]:
+    m = resolved.manifest
+    if m is not None:
+        return {
+            "type": "hub",
+            "repo": m.repo,
+            "revision": m.revision,
+            "commit": m.commit,
+            "files": _files(m),
+            "pulled_at": m.pulled_at,
+        }
+    if resolved.spec is not None and resolved.spec.bundled:
+        return {"type": "bundled", "package": resolved.spec.bundled.partition("/")[0]}
+    return {"type": "file", "path": str(Path(resolved.path).resolve())}

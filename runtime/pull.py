@@ -1,0 +1,134 @@
+"""`pull`: list a Hub repository, choose the model's file(s), download and verify what the
+cache lacks, then record the model. Concurrent pulls share the work through locks: the second
+one waits for the first one's download of a file and then finds it in the cache."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import cache, hub
+from .errors import DiskFullError, HubError, ModelFileError, OfflineError
+from .gguf import read_header
+from .progress import NullProgress, PullProgress
+from .refs import HubRef
+from .selection import Choice, RemoteFile, choose, quant_label
+
+# Room left for everything else on the disk when deciding whether a download fits.
+DISK_MARGIN = 64 << 20
+
+
+def pull(
+    ref: HubRef, *, progress: PullProgress | None = None, offline: bool | None = None
+) -> cache.Manifest:
+    """Download the model `ref` names into the cache (what is already there is not fetched
+    again) and return its manifest. Always asks the Hub which commit `ref` means now."""
+    progress = progress or NullProgress()
+    if ref.revision == "main":  # the default branch: the same model as no revision at all
+        ref = replace(ref, revision=None)
+    s = hub.settings(offline)
+    if s.offline:
+        raise OfflineError(f"cannot pull {ref}: offline mode is on (HF_HUB_OFFLINE)")
+    listing = hub.list_repo(s, ref.repo, ref.revision)
+    choice = choose(listing.files, ref)
+    if choice.note:
+        progress.note(choice.note)
+    try:
+        waiting = functools.partial(progress.note, "waiting for a running `infer rm` to finish")
+        with cache.lock("gc", shared=True, on_wait=waiting):  # keeps rm off our fresh blobs
+            _check_space(choice)
+            digests = [_fetch(s, listing, f, progress) for f in choice.files]
+            manifest = _record(ref, listing, choice, digests)
+    finally:
+        cache.collect_garbage(wait=False)  # blobs of an older commit, or of a rejected file
+    return manifest
+
+
+def _part_key(f: RemoteFile) -> str:
+    return f.sha256 or f"git-{f.git_oid}"
+
+
+def _check_space(choice: Choice) -> None:
+    needed = 0
+    for f in choice.files:
+        if f.sha256 and cache.has_blob(f.sha256, f.size):
+            continue
+        part = cache.part_path(_part_key(f))
+        needed += f.size - (part.stat().st_size if part.exists() else 0)
+    where = cache.root()
+    where.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(where).free
+    if needed > 0 and needed + DISK_MARGIN > free:
+        raise DiskFullError(where, needed, free)
+
+
+def _fetch(
+    s: hub.HubSettings, listing: hub.RepoListing, f: RemoteFile, progress: PullProgress
+) -> str:
+    """One file into blobs/, unless it is there already; return its sha256."""
+    if f.sha256 and cache.has_blob(f.sha256, f.size):
+        progress.note(f"{f.path}: already in the cache")
+        return f.sha256
+    if not (f.sha256 or f.git_oid):
+        raise HubError(f"the Hub publishes no checksum for {f.path}; infer does not use it")
+    key = _part_key(f)
+
+    def waiting() -> None:
+        progress.note(f"{f.path}: waiting for another infer pull of the same file")
+
+    with cache.lock(f"file-{key}", on_wait=waiting):
+        if f.sha256 and cache.has_blob(f.sha256, f.size):  # the other pull finished it
+            return f.sha256
+        part = cache.part_path(key)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        sha256 = hub.download(s, listing.repo, listing.commit, f, part, progress)
+        cache.install_blob(part, sha256)
+        return sha256
+
+
+def _record(
+    ref: HubRef, listing: hub.RepoListing, choice: Choice, digests: list[str]
+) -> cache.Manifest:
+    """Write the manifest. The model answers to the reference pulled, to its canonical name
+    (owner/repo:QUANT, or hf://owner/repo/file when the file name has no quant) and to its
+    file."""
+    primary = choice.primary.path
+    files = tuple(
+        cache.CachedFile(f.path, d, f.size) for f, d in zip(choice.files, digests, strict=True)
+    )
+    quant = quant_label(primary)
+    by_file = HubRef(listing.repo, None, ref.revision, primary)
+    canonical = HubRef(listing.repo, quant, ref.revision) if quant else by_file
+    manifest = cache.Manifest(
+        name=str(canonical),
+        repo=listing.repo,
+        revision=ref.revision,
+        commit=listing.commit,
+        files=files,
+        refs=tuple(sorted({cache.ref_key(r) for r in (ref, canonical, by_file)})),
+        pulled_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        license=listing.license,
+        summary=_summary([cache.blob_path(d) for d in digests]),
+    )
+    cache.save(manifest)
+    return manifest
+
+
+def _summary(parts: list[Path]) -> dict[str, Any]:
+    """Header facts `infer list` shows, read once here (the header reader also rejects a file
+    that is not a sound GGUF before it counts as a model)."""
+    try:
+        headers = [read_header(p) for p in parts]
+    except ModelFileError as e:
+        raise ModelFileError(e.path, f"downloaded, but {e.reason}") from None
+    first = headers[0]
+    return {
+        "architecture": first.architecture,
+        "quantization": first.quantization,
+        "parameters": sum(h.parameter_count for h in headers),
+        "context_length": first.context_length,
+    }
