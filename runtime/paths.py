@@ -9,39 +9,29 @@ from pathlib import Path
 APP = "infer"
 
 
-def _home() -> Path | None:
+def _dir(kind: str) -> Path:
+    """$INFER_HOME/<kind> when set, else the platform's user_<kind>_dir (platformdirs)."""
     home = os.environ.get("INFER_HOME")
-    return Path(home).expanduser() if home else None
+    if home:
+        return Path(home).expanduser() / kind
+    import platformdirs
+
+    return Path(getattr(platformdirs, f"user_{kind}_dir")(APP, appauthor=False))
 
 
 def config_dir() -> Path:
     """User configuration (models.toml)."""
-    home = _home()
-    if home:
-        return home / "config"
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir(APP, appauthor=False))
+    return _dir("config")
 
 
 def cache_dir() -> Path:
     """Downloaded models and prompt caches."""
-    home = _home()
-    if home:
-        return home / "cache"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir(APP, appauthor=False))
+    return _dir("cache")
 
 
 def state_dir() -> Path:
     """REPL history, saved chats, benchmark history."""
-    home = _home()
-    if home:
-        return home / "state"
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir(APP, appauthor=False))
+    return _dir("state")
 
 
 def user_models_file() -> Path:
