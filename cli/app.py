@@ -11,7 +11,10 @@ import typer
 
 from . import output
 from .bench import bench
+from .cache import cache_app
 from .models import list_models, pull, rm, show
+from .perplexity import perplexity
+from .quantize import quantize
 from .run import run
 
 app = typer.Typer(
@@ -26,10 +29,13 @@ app.command("list")(list_models)
 app.command("ls", hidden=True)(list_models)
 app.command()(show)
 app.command()(rm)
-app.command()(bench)
 app.command(
     "chat", help="Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt)."
 )(run)
+app.command()(bench)
+app.command()(quantize)
+app.command()(perplexity)
+app.add_typer(cache_app, name="cache")
 
 
 @app.callback(invoke_without_command=True)

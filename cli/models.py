@@ -124,6 +124,9 @@ def _show_text(info: dict[str, Any]) -> str:
         rows += [("commit", src["commit"]), ("pulled", src["pulled_at"])]
         for f in src["files"]:
             rows += [("file", f["path"]), ("sha256", f["sha256"])]
+    elif src["type"] == "quantized":
+        rows += [("source", f"quantized from {src['from']}"), ("created", src["created_at"])]
+        rows.append(("sha256", src["sha256"]))
     else:
         rows.append(("source", f"bundled ({src['package']})" if "package" in src else "file"))
     width = max(len(k) for k, _ in rows)
@@ -132,11 +135,16 @@ def _show_text(info: dict[str, Any]) -> str:
 
 def rm(models: ModelsArg) -> None:
     """Remove models from the cache, and every file no other cached model uses."""
-    from infer.runtime import cache
+    from infer.runtime import cache, quantized
     from infer.runtime.errors import NotInCacheError
-    from infer.runtime.store import hub_target
+    from infer.runtime.store import hub_target, quantized_target
 
     for text in models:
+        local = quantized_target(text)  # made by `infer quantize`
+        if local is not None:
+            freed = quantized.remove(local)
+            output.write_answer(f"removed {local.name} ({human_size(freed)} freed)\n")
+            continue
         ref, _ = hub_target(text)
         m = cache.find(ref)
         if m is None:

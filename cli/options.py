@@ -100,10 +100,55 @@ ContinueOpt = Annotated[
 MarkdownOpt = Annotated[
     bool, typer.Option("--markdown", help="Chat: render answers as Markdown on a terminal.")
 ]
+NoPromptCacheOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-prompt-cache", help="Neither reuse nor save the prompt's state on disk (prompts "
+        "of 256+ tokens are cached by default; see `infer cache`).",
+    ),
+]  # fmt: skip
 OfflineOpt = Annotated[
     bool,
     typer.Option(
         "--offline", help="Never touch the network: a model not in the cache is an error "
         "(also HF_HUB_OFFLINE=1).",
+    ),
+]  # fmt: skip
+DraftOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--draft", help="Speculative decoding: 'lookup' drafts from n-grams of the prompt and "
+        "answer (fast when the answer copies the input), or a small MODEL with the same "
+        "vocabulary. Output is unchanged: drafts are only verified.", show_default=False,
+    ),
+]  # fmt: skip
+DraftMaxOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--draft-max", help="Most tokens drafted per step (default: 16 for lookup, 6 for a "
+        "model).", show_default=False,
+    ),
+]  # fmt: skip
+DraftNgramOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--draft-ngram", help="--draft lookup: longest n-gram matched (default: 3).",
+        show_default=False,
+    ),
+]  # fmt: skip
+BatchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--batch", help="Answer each prompt of FILE ('-' = stdin), several decoded together: "
+        "JSON Lines with a 'prompt' (optional 'id', 'system', 'max_tokens', 'stop', sampling "
+        "fields), or one prompt per line. One JSON result per prompt on stdout, in input order.",
+        metavar="FILE", show_default=False,
+    ),
+]  # fmt: skip
+ParallelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--parallel", help="--batch: sequences decoded at a time [default: 4]. --ctx-size is "
+        "per sequence.", show_default=False,
     ),
 ]  # fmt: skip

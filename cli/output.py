@@ -45,6 +45,11 @@ def stats_line(stats: Stats) -> str:
         f" ({stats.prompt_eval_tokens} evaluated, {stats.prompt_tps:.1f} tok/s)"
         f" · first token {stats.ttft_s * 1000:.0f} ms"
         f" · generated {stats.generated_tokens} tok, {stats.generate_tps:.1f} tok/s"
+    ) + (
+        f" · draft {stats.draft}: {stats.accepted}/{stats.drafted} accepted"
+        f" ({stats.acceptance:.0%})"
+        if stats.draft
+        else ""
     )
 
 

@@ -14,15 +14,21 @@ from . import output
 from .inputs import compose_prompt, read_stdin, stdin_is_terminal
 from .models import resolve_or_pull
 from .options import (
+    BatchOpt,
     ContinueOpt,
     CtxSizeOpt,
+    DraftMaxOpt,
+    DraftNgramOpt,
+    DraftOpt,
     GpuLayersOpt,
     JsonOpt,
     MarkdownOpt,
     MaxTokensOpt,
     MinPOpt,
     ModelArg,
+    NoPromptCacheOpt,
     OfflineOpt,
+    ParallelOpt,
     PromptArg,
     RawOpt,
     RepeatPenaltyOpt,
@@ -68,15 +74,27 @@ def run(
     continue_: ContinueOpt = False,
     markdown: MarkdownOpt = False,
     offline: OfflineOpt = False,
+    draft: DraftOpt = None,
+    draft_max: DraftMaxOpt = None,
+    draft_ngram: DraftNgramOpt = None,
+    no_prompt_cache: NoPromptCacheOpt = False,
+    batch: BatchOpt = None,
+    parallel: ParallelOpt = None,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
     from infer.runtime import GenerateOptions, LoadOptions, SamplingParams
 
-    interactive = prompt is None and stdin_is_terminal() and sys.stdout.isatty()
-    if prompt is None and stdin_is_terminal() and not interactive:
+    batched = batch is not None or parallel is not None
+    if batched:
+        from .batch import check_flags
+
+        conflicts = {"--continue": continue_, "--markdown": markdown, "--draft": bool(draft)}
+        check_flags(batch, parallel, prompt, conflicts)
+    interactive = not batched and prompt is None and stdin_is_terminal() and sys.stdout.isatty()
+    if not batched and prompt is None and stdin_is_terminal() and not interactive:
         raise UsageError('no prompt given: infer run MODEL "PROMPT" (or pipe text on stdin)')
-    text = None if interactive else compose_prompt(prompt, read_stdin())
+    text = None if interactive or batched else compose_prompt(prompt, read_stdin())
     resolved = resolve_or_pull(model, offline=offline)
     d = resolved.defaults
     sampling = SamplingParams(
@@ -84,11 +102,23 @@ def run(
                 repeat_penalty=repeat_penalty),
         seed=seed,
     ).validate()  # fmt: skip
-    options = GenerateOptions(max_tokens=max_tokens, stop=list(stop or [])).validate()
-    load_options = LoadOptions(
-        ctx_size=ctx_size or d.ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose
+    options = GenerateOptions(
+        max_tokens=max_tokens, stop=list(stop or []), draft_max=draft_max, draft_ngram=draft_ngram
     ).validate()
+    load_options = LoadOptions(
+        ctx_size=ctx_size or d.ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose,
+        prompt_cache=not no_prompt_cache,
+    ).validate()  # fmt: skip
+    if batch is not None:
+        from .batch import run_batch
+
+        return run_batch(
+            resolved, batch, parallel, sampling, options, load_options, system=system or d.system,
+            raw=raw, template=d.chat_template, stats=stats, json_out=json_out,
+        )  # fmt: skip
     engine = _load(resolved, load_options, quiet=json_out)
+    if draft:
+        options.draft = _draft(draft, engine, load_options, offline=offline, quiet=json_out)
     system = system or d.system
     if text is None:
         from .chat import ChatSettings, start
@@ -124,6 +154,28 @@ def _load(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Engi
 
     with Console(stderr=True).status("Loading model…", spinner="dots"):
         return load(resolved, options)
+
+
+def _draft(
+    draft: str, engine: Engine, options: LoadOptions, *, offline: bool, quiet: bool
+) -> str | Engine:
+    """--draft: "lookup" as is, anything else a model reference resolved like MODEL and loaded
+    with the same settings and context size (its vocabulary is checked against the model's)."""
+    from dataclasses import replace
+
+    from infer.runtime.api import load_draft
+    from infer.runtime.speculative import LOOKUP
+
+    if draft == LOOKUP:
+        return draft
+    resolved = resolve_or_pull(draft, offline=offline)
+    draft_options = replace(options, ctx_size=engine.n_ctx, prompt_cache=False)
+    if quiet or not output.use_color(sys.stderr):
+        return load_draft(resolved, engine, draft_options)
+    from rich.console import Console
+
+    with Console(stderr=True).status("Loading draft model…", spinner="dots"):
+        return load_draft(resolved, engine, draft_options)
 
 
 def _stream(gen: Generation, model_name: str, *, json_out: bool) -> None:

@@ -14,6 +14,7 @@ _EXPORTS = {
     "pull": "pull",
     "ResolvedModel": "store",
     "load": "api",
+    "load_draft": "api",
     "generate": "api",
     "prompt_tokens": "api",
     "Message": "chat",

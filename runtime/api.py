@@ -34,7 +34,30 @@ def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Engi
     started = time.perf_counter()
     engine = LlamaCppEngine(resolved.path, header, options)
     engine.load_s = time.perf_counter() - started
+    if options.prompt_cache:
+        from .prompt_cache import PromptCache
+
+        engine.prompt_cache = PromptCache(resolved)
     return engine
+
+
+def load_draft(
+    model: ResolvedModel | str, target: Engine, options: LoadOptions | None = None
+) -> Engine:
+    """Load a draft model for speculative decoding (`GenerateOptions(draft=...)`): refused
+    with IncompatibleDraftError unless it shares `target`'s vocabulary. Its context defaults
+    to the target's, since it must hold the same prompt and answer."""
+    from .speculative import check_compatible
+
+    resolved = resolve(model) if isinstance(model, str) else model
+    options = options or LoadOptions(ctx_size=target.n_ctx)
+    draft = load(resolved, options)
+    try:
+        check_compatible(target, draft, f"draft model '{resolved.name}'")
+    except BaseException:
+        draft.close()
+        raise
+    return draft
 
 
 def prompt_tokens(

@@ -11,6 +11,7 @@ ctypes calls on preallocated buffers.
 from __future__ import annotations
 
 import ctypes
+import re
 import sys
 import threading
 from collections.abc import Generator
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from .errors import EngineError, Interrupted
 from .gguf import GGUFHeader
+from .llama_lib import bindings
 from .params import LoadOptions, SamplingParams, physical_cores
 
 KV_BUDGET_BYTES = 4 << 30  # default context is capped so its KV cache stays within this
@@ -75,8 +77,7 @@ _log_state: dict[str, Any] = {"verbose": False}
 def _install_log_callback(verbose: bool) -> None:
     """Route llama.cpp's logs through one callback: silent unless --verbose. The callback object
     must live as long as the process, so it is kept in a module global."""
-    import llama_cpp
-
+    llama_cpp = bindings()
     _log_state["verbose"] = verbose
     if "callback" not in _log_state:
 
@@ -91,9 +92,20 @@ def _install_log_callback(verbose: bool) -> None:
 
 
 def supports_gpu_offload() -> bool:
-    import llama_cpp
+    return bool(bindings().llama_supports_gpu_offload())
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+
+def system_info() -> str:
+    """llama.cpp's build line: backends and CPU features, e.g. "CPU : AVX2 = 1 | ..."."""
+    return bindings().llama_print_system_info().decode("utf-8", errors="replace")
+
+
+def backends(info: str | None = None) -> list[str]:
+    """Backends compiled into llama.cpp ("CUDA", "Metal", "CPU"…), from its system-info line,
+    whose sections read "NAME : FEATURE = 1 | …"."""
+    info = system_info() if info is None else info
+    names = re.findall(r"(?:^|\|)\s*([A-Za-z][\w-]*) : ", info)
+    return list(dict.fromkeys(names)) or ["CPU"]
 
 
 class LlamaCppEngine:
@@ -101,11 +113,11 @@ class LlamaCppEngine:
     follow-up prompt that extends the last one decodes only its new tokens."""
 
     load_s = 0.0  # set by the loader: seconds spent in llama.cpp's model + context load
+    prompt_cache: Any = None  # runtime.prompt_cache.PromptCache, set by the loader when wanted
+    prompt_eval_tokens = 0  # tokens the last prompt evaluated (the rest were already in the KV)
 
     def __init__(self, path: Path, header: GGUFHeader, options: LoadOptions) -> None:
-        import llama_cpp
-
-        self._ll = ll = llama_cpp
+        self._ll = ll = bindings()
         _install_log_callback(options.verbose)
         ll.llama_backend_init()
         self.header = header
@@ -115,12 +127,20 @@ class LlamaCppEngine:
         self.gpu_layers = ALL_LAYERS if gpu == -1 else gpu
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = self.gpu_layers
-        mparams.use_mmap = True
+        # mmap on. Recent bindings have no use_mmap field (assigning it would only add a Python
+        # attribute): there the default load_mode AUTO maps the file wherever the devices can.
+        if any(name == "use_mmap" for name, *_ in mparams._fields_):
+            mparams.use_mmap = True
         self._model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path} (run with --verbose for details)")
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(self._model))
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
+        # llama.cpp offloads the repeating layers plus the output layer: "offloaded 31/31".
+        self.n_layers = int(ll.llama_model_n_layer(self._model)) + 1
+        offloading = self.gpu_layers > 0 and bool(ll.llama_supports_gpu_offload())
+        self.offloaded_layers = min(self.gpu_layers, self.n_layers) if offloading else 0
         n_ctx = options.ctx_size or default_ctx(header)
         threads = options.threads or physical_cores()
         self.n_batch = min(options.batch_size, n_ctx)
@@ -172,11 +192,15 @@ class LlamaCppEngine:
         if not data:
             return []
         cap = len(data) + 8
-        out = (self._ll.llama_token * cap)()
-        n = self._ll.llama_tokenize(self._vocab, data, len(data), out, cap, False, special)
-        if n < 0:
-            raise EngineError("tokenization failed")
-        return list(out[:n])
+        for _ in range(2):
+            out = (self._ll.llama_token * cap)()
+            n = self._ll.llama_tokenize(self._vocab, data, len(data), out, cap, False, special)
+            if n >= 0:
+                return list(out[:n])
+            # Too small: a byte-fallback vocabulary can need more tokens than there are bytes
+            # (SPM's "▁" prefix is three bytes); llama.cpp returns minus the size it needs.
+            cap = -n
+        raise EngineError("tokenization failed")
 
     def with_bos(self, tokens: list[int]) -> list[int]:
         """Prepend BOS when the vocabulary wants one and the prompt lacks it."""
@@ -207,11 +231,16 @@ class LlamaCppEngine:
     def _decode_prompt(self, prompt: list[int], cancel: threading.Event) -> None:
         """Bring the KV cache to hold exactly `prompt`, reusing the longest common prefix.
         The last prompt token is always decoded, so logits for sampling exist."""
+        cache = self.prompt_cache if not self.tokens else None
+        if cache is not None:
+            cache.restore(self, prompt)  # may fill the KV cache from disk (and `tokens`)
         common = 0
         limit = min(len(self.tokens), len(prompt) - 1)
         while common < limit and self.tokens[common] == prompt[common]:
             common += 1
         self._truncate(common)
+        common = len(self.tokens)  # 0 when the memory could not be trimmed and was reset
+        self.prompt_eval_tokens = len(prompt) - common
         ll = self._ll
         self._cancel = cancel
         ll.llama_set_abort_callback(self._ctx, self._abort_cb, None)
@@ -231,6 +260,8 @@ class LlamaCppEngine:
             # The callback costs a Python call per graph node; only prompts need it.
             ll.llama_set_abort_callback(self._ctx, self._no_abort_cb, None)
             self._cancel = None
+        if cache is not None:
+            cache.save(self, prompt, self.prompt_eval_tokens)  # the prompt only, no answer
 
     def _sampler(self, p: SamplingParams) -> Any:
         ll = self._ll
@@ -252,12 +283,18 @@ class LlamaCppEngine:
         return chain
 
     def generate(
-        self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event
+        self,
+        prompt: list[int],
+        sampling: SamplingParams,
+        cancel: threading.Event,
+        *,
+        ignore_eog: bool = False,
     ) -> Generator[bytes, None, None]:
         """Decode `prompt` (reusing the cache), then yield each sampled token's bytes until an
         end-of-generation token, the context is full, or `cancel` is set (raises Interrupted).
         The first `next()` includes prompt evaluation. Stops silently at a full context: the
-        caller compares n_past with n_ctx to tell the user."""
+        caller compares n_past with n_ctx to tell the user. `ignore_eog` keeps going past
+        end-of-generation tokens (benchmarks need an exact token count)."""
         if len(prompt) > self.n_ctx:
             raise EngineError("prompt longer than the context")  # callers check this first
         self._decode_prompt(prompt, cancel)
@@ -270,7 +307,7 @@ class LlamaCppEngine:
             batch = ll.llama_batch_get_one(one, 1)  # reused: positions come from the KV cache
             while len(tokens) < self.n_ctx:
                 token = sample(chain, ctx, -1)
-                if is_eog(vocab, token):
+                if is_eog(vocab, token) and not ignore_eog:
                     return
                 piece = pieces.get(token)
                 yield piece if piece is not None else self.piece(token)

@@ -161,3 +161,52 @@ class NotInCacheError(InferError):
 
 class OfflineError(HubError):
     """A pull was asked for while offline mode is on."""
+
+
+class UnknownQuantTypeError(UsageError):
+    """`infer quantize` was given a TYPE llama.cpp's quantizer does not offer."""
+
+    def __init__(self, given: str, valid: list[str]) -> None:
+        self.given, self.valid = given, valid
+        super().__init__(f"unknown quantization type '{given}' (valid: {', '.join(valid)})")
+
+
+class RequantizeError(UsageError):
+    """The source model is already quantized below 8 bits; requantizing needs a flag."""
+
+    def __init__(self, model: str, quantization: str) -> None:
+        self.model, self.quantization = model, quantization
+        super().__init__(
+            f"{model} is already quantized ({quantization}): quantizing it again compounds the "
+            "loss; pass --allow-requantize to do it anyway"
+        )
+
+
+class QuantizeError(InferError):
+    """llama.cpp's quantizer failed; nothing was added to the cache."""
+
+
+class NotEnoughSpaceError(InferError):
+    """Not enough free space for a quantized model (an estimate made before starting)."""
+
+    def __init__(self, where: object, needed: int, free: int) -> None:
+        self.where, self.needed, self.free = where, needed, free
+        super().__init__(
+            f"not enough disk space in {where}: the quantized model needs about "
+            f"{needed / 1e6:,.1f} MB, {free / 1e6:,.1f} MB free"
+        )
+
+
+class TextTooShortError(InputError):
+    """Perplexity needs at least two context windows of text."""
+
+    def __init__(self, tokens: int, needed: int, ctx_size: int) -> None:
+        self.tokens, self.needed, self.ctx_size = tokens, needed, ctx_size
+        super().__init__(
+            f"the text is {tokens} tokens; perplexity with --ctx-size {ctx_size} needs at least "
+            f"{needed} (two windows): give more text or a smaller --ctx-size"
+        )
+
+
+class IncompatibleDraftError(InferError):
+    """A speculative-decoding draft model whose vocabulary differs from the model's."""

@@ -23,6 +23,9 @@ class Stats:
     generated_tokens: int = 0
     generate_s: float = 0.0
     finish_reason: str = ""  # stop | length | context | interrupted
+    draft: str = ""  # speculative decoding: "lookup" or the draft model; "" when off
+    drafted: int = 0  # draft tokens verified
+    accepted: int = 0  # of those, accepted (emitted without a decode of their own)
 
     @property
     def prompt_tps(self) -> float:
@@ -34,10 +37,19 @@ class Stats:
         steps = self.generated_tokens - 1
         return steps / self.generate_s if self.generate_s > 0 and steps > 0 else 0.0
 
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
     def as_dict(self) -> dict[str, float | int | str]:
         data: dict[str, float | int | str] = asdict(self)
         data["prompt_tokens_per_s"] = round(self.prompt_tps, 2)
         data["generate_tokens_per_s"] = round(self.generate_tps, 2)
+        if self.draft:
+            data["draft_acceptance"] = round(self.acceptance, 4)
+        else:  # plain decoding: the same keys as before drafting existed
+            for key in ("draft", "drafted", "accepted"):
+                del data[key]
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
 
 
@@ -77,21 +89,27 @@ class Generation:
         stats.finish_reason = "length" if limit == 0 else "stop"
         if limit == 0:
             return
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        held, hit = "", False
+        stream = TextStream(stops)
         start = first = time.perf_counter()
-        tokens = self.engine.generate(self.prompt, self.sampling, self.cancel)
+        if self.options.draft is None:
+            tokens = self.engine.generate(self.prompt, self.sampling, self.cancel)
+        else:
+            from .speculative import generate
+
+            tokens = generate(
+                self.engine, self.prompt, self.sampling, self.cancel, self.options, stats
+            )
         try:
             for raw in tokens:
                 if stats.generated_tokens == 0:
                     first = time.perf_counter()
                     stats.ttft_s = stats.prompt_s = first - start
                 stats.generated_tokens += 1
-                out, held, hit = _split_stop(held + decoder.decode(raw), stops)
+                out = stream.feed(raw)
                 if out:
                     self.pieces.append(out)
                     yield out
-                if hit:
+                if stream.hit:
                     break
                 if limit is not None and stats.generated_tokens >= limit:
                     stats.finish_reason = "length"
@@ -108,8 +126,10 @@ class Generation:
             if stats.generated_tokens == 0:
                 stats.prompt_s = stats.ttft_s = now - start
             stats.generate_s = now - first if stats.generated_tokens else 0.0
-        # Text held back as a possible stop-string start, or an unfinished UTF-8 sequence.
-        tail = "" if hit else held + decoder.decode(b"", final=True)
+            # The engine knows best: a prompt cache on disk may have filled its KV meanwhile.
+            evaluated = getattr(self.engine, "prompt_eval_tokens", None)
+            stats.prompt_eval_tokens = stats.prompt_eval_tokens if evaluated is None else evaluated
+        tail = stream.tail()
         if tail:
             self.pieces.append(tail)
             yield tail
@@ -122,6 +142,30 @@ class Generation:
         while n < limit and held[n] == self.prompt[n]:
             n += 1
         return n
+
+
+class TextStream:
+    """Token bytes to text that is safe to show: a UTF-8 character split across tokens is joined
+    (invalid bytes become U+FFFD), and text that could begin a stop string is held back until it
+    is known not to. Shared by `Generation` and the batch decoder, so both emit the same text."""
+
+    __slots__ = ("_decode", "held", "hit", "stops")
+
+    def __init__(self, stops: list[str]) -> None:
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self.stops = stops
+        self.held = ""
+        self.hit = False  # a stop string was found: nothing more is emitted
+
+    def feed(self, raw: bytes) -> str:
+        """The text this token's bytes release (may be empty)."""
+        out, self.held, self.hit = _split_stop(self.held + self._decode(raw), self.stops)
+        return out
+
+    def tail(self) -> str:
+        """At the end: text held back as a possible stop-string start, and an unfinished UTF-8
+        sequence; nothing after a stop string."""
+        return "" if self.hit else self.held + self._decode(b"", True)
 
 
 def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:

@@ -51,6 +51,7 @@ FILE_TYPE_NAMES = {
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
             11: "<q", 12: "<d"}  # fmt: skip
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,27 @@ class _Reader:
         self.need(n, what)
         self.pos += n
 
+    def skip_strings(self, count: int, what: str) -> None:
+        """Skip `count` strings, as `skip_string` would, in one tight loop: a vocabulary's token
+        and merge lists hold ~100k strings, and a checked method call per string made them most
+        of the header read (SmolLM2's whole read: 45 ms before, 13 ms this way). Anything amiss
+        is walked again with `skip_string`, which raises the precise error."""
+        unpack, buf, pos = _U64.unpack_from, self.buf, self.pos
+        try:
+            for _ in range(count):
+                n = unpack(buf, pos)[0]
+                if n > MAX_STRING:
+                    break
+                pos += 8 + n
+            else:
+                if pos <= self.size:
+                    self.pos = pos
+                    return
+        except struct.error:  # a length field beyond the end of the file
+            pass
+        for _ in range(count):
+            self.skip_string(what)
+
     def value(self, vtype: int, what: str) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype], what)
@@ -187,8 +209,7 @@ class _Reader:
             self.need(count * 8, what)
             if count <= MAX_ARRAY_KEEP:
                 return [self.string(what) for _ in range(count)]
-            for _ in range(count):
-                self.skip_string(what)
+            self.skip_strings(count, what)
             return ArraySummary(etype, count)
         raise self.fail(f"{what} is an array of unsupported type {etype}")
 

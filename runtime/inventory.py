@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import cache
+from . import cache, quantized
 from .errors import ModelFileError
 from .gguf import read_header
 from .registry import load_registry
@@ -50,13 +50,32 @@ def cached_models() -> dict[str, Any]:
                 "files": _files(m),
             }
         )
+    models += _quantized_models()
+    models.sort(key=lambda row: str(row["modified"]), reverse=True)  # stable: newest first
     blobs, partial = cache.disk_usage()
+    q_blobs, q_partial = quantized.disk_usage()
     return {
         "models": models,
-        "total_bytes": blobs,
-        "partial_bytes": partial,
+        "total_bytes": blobs + q_blobs,
+        "partial_bytes": partial + q_partial,
         "cache_dir": str(cache.root()),
     }
+
+
+def _quantized_models() -> list[dict[str, Any]]:
+    """Models made by `infer quantize`, with the fields of a pulled one (no commit) plus
+    `quantized_from`."""
+    return [
+        {
+            "name": m.name, "repo": m.repo, "revision": None, "commit": None,
+            "quantization": m.type, "size": m.size, "modified": m.created_at,
+            "path": str(quantized.model_path(m)), "aliases": [],
+            "complete": quantized.is_complete(m),
+            "files": [{"path": m.sha256, "sha256": m.sha256, "size": m.size}],
+            "quantized_from": m.source,
+        }
+        for m in quantized.models()
+    ]  # fmt: skip
 
 
 def _header_quant(m: cache.Manifest) -> str | None:
@@ -103,7 +122,7 @@ def describe(resolved: ResolvedModel) -> dict[str, Any]:
         "layers": _int(h.arch_value("block_count")),
         "embedding_size": _int(h.arch_value("embedding_length")),
         "chat_template": h.chat_template,
-        "license": license_ if isinstance(license_, str) else (m.license if m else None),
+        "license": license_ if isinstance(license_, str) else _license(resolved),
         "source": _source(resolved),
     }
 
@@ -112,7 +131,20 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _license(resolved: ResolvedModel) -> str | None:
+    if resolved.manifest is not None:
+        return resolved.manifest.license
+    return resolved.quantized.license if resolved.quantized is not None else None
+
+
 def _source(resolved: ResolvedModel) -> dict[str, Any]:
+    q = resolved.quantized
+    if q is not None:
+        return {
+            "type": "quantized", "from": q.source, "from_path": q.source_path,
+            "repo": q.repo, "quantization": q.type, "sha256": q.sha256,
+            "created_at": q.created_at,
+        }  # fmt: skip
     m = resolved.manifest
     if m is not None:
         return {

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 DEFAULT_BATCH = 512
 
@@ -41,12 +45,21 @@ class SamplingParams:
 class GenerateOptions:
     max_tokens: int | None = None  # None: until end-of-generation or the context is full
     stop: list[str] = field(default_factory=list)
+    # Speculative decoding (runtime/speculative.py): "lookup", or a draft model's engine from
+    # api.load_draft(). None: plain decoding.
+    draft: str | Engine | None = None
+    draft_max: int | None = None  # drafted tokens per step; None: the drafter's default
+    draft_ngram: int | None = None  # lookup: longest n-gram matched; None: the default
 
     def validate(self) -> GenerateOptions:
         if self.max_tokens is not None and self.max_tokens < 0:
             raise UsageError(f"--max-tokens must be >= 0 (got {self.max_tokens})")
         if any(s == "" for s in self.stop):
             raise UsageError("--stop must not be empty")
+        if self.draft_max is not None and not 1 <= self.draft_max <= 64:
+            raise UsageError(f"--draft-max must be between 1 and 64 (got {self.draft_max})")
+        if self.draft_ngram is not None and not 1 <= self.draft_ngram <= 16:
+            raise UsageError(f"--draft-ngram must be between 1 and 16 (got {self.draft_ngram})")
         return self
 
 
@@ -57,6 +70,9 @@ class LoadOptions:
     gpu_layers: int | None = None  # None: all on a GPU build, 0 on CPU; -1: all
     batch_size: int = DEFAULT_BATCH
     verbose: bool = False
+    # Reuse and save prompt states on disk (runtime/prompt_cache.py). Off for library users and
+    # measurements (`infer bench` must evaluate its prompts); `infer run` turns it on.
+    prompt_cache: bool = False
 
     def validate(self) -> LoadOptions:
         if self.ctx_size is not None and self.ctx_size < 16:

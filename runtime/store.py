@@ -10,9 +10,10 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cache
+from . import cache, quantized
 from .errors import InferError, ModelFileError, ModelNotFoundError, UsageError
 from .progress import PullProgress
+from .quantized import QuantizedModel
 from .refs import AliasRef, HubRef, PathRef, parse_ref
 from .registry import ModelDefaults, ModelSpec, load_registry
 
@@ -26,6 +27,7 @@ class ResolvedModel:
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
     spec: ModelSpec | None = None
     manifest: cache.Manifest | None = None  # for a model from the Hub cache
+    quantized: QuantizedModel | None = None  # for a model made by `infer quantize`
 
 
 class NotDownloadedError(InferError):
@@ -70,9 +72,34 @@ def resolve(text: str) -> ResolvedModel:
             raise ModelFileError(ref.path, "no such file")
         return ResolvedModel(ref.path, str(ref.path))
     if isinstance(ref, HubRef):
-        manifest = _cached(ref)
+        try:
+            manifest = _cached(ref)
+        except NotDownloadedError:
+            local = _quantized(text)  # "owner/repo:TYPE" made by `infer quantize`
+            if local is None:
+                raise
+            return local
         return ResolvedModel(cache.model_path(manifest), manifest.name, manifest=manifest)
     return _resolve_alias(ref)
+
+
+def _quantized(text: str) -> ResolvedModel | None:
+    """A model made by `infer quantize`, with the defaults of the alias it was made from."""
+    m = quantized.find(text)
+    if m is None or not quantized.is_complete(m):
+        return None
+    spec = load_registry().get(m.alias) if m.alias else None
+    defaults = spec.defaults if spec else ModelDefaults()
+    return ResolvedModel(quantized.model_path(m), m.name, defaults, quantized=m)
+
+
+def quantized_target(text: str) -> QuantizedModel | None:
+    """For `rm`: the quantized model `text` runs, if it runs one (an alias or a Hub model of
+    the same name comes first); also one whose file went missing, so that it can be removed."""
+    try:
+        return resolve(text).quantized
+    except InferError:
+        return quantized.find(text)
 
 
 def ensure_local(
@@ -119,7 +146,13 @@ def _spec(ref: AliasRef) -> ModelSpec:
 
 
 def _resolve_alias(ref: AliasRef) -> ResolvedModel:
-    spec = _spec(ref)
+    try:
+        spec = _spec(ref)
+    except ModelNotFoundError:
+        local = _quantized(ref.name)  # "alias:TYPE" or "file-stem:TYPE" from `infer quantize`
+        if local is None:
+            raise
+        return local
     if spec.bundled:
         path = bundled_path(spec.bundled)
         if path is not None:

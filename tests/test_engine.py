@@ -88,3 +88,9 @@ def test_ctx_size_option_is_honoured(tiny_model: Path) -> None:
         assert eng.n_ctx_train == 256
     finally:
         eng.close()
+
+
+def test_tokenize_when_tokens_outnumber_bytes(engine: LlamaCppEngine) -> None:
+    # Byte-fallback vocabulary: every space becomes the three bytes of "▁", each a token.
+    text = " a" * 40
+    assert len(engine.tokenize(text, False)) > len(text.encode()) + 8

@@ -1,0 +1,196 @@
+"""Speculative decoding: `--draft lookup` against plain decoding on a copy-heavy task.
+
+    python benchmarks/speculative.py [--rounds 5] [--threads 2] [--draft-max 10] [--ngram 3]
+                                     [--max-tokens N] [--sweep 4,8,12,16] [--json]
+
+The task: "Return this text with the typos fixed" over a ~500-token story with a typo in about
+every ninth word (fixed seed), through SmolLM2's chat template, greedy (temperature 0). The answer
+is capped at the token length of the clean story, which is what a correct answer would take.
+
+One model is loaded once, in this process; each round runs both sides back to back (plain, then
+drafted; the order alternates between rounds so drift on the shared machine affects both alike)
+and checks that the two answers are identical. Generation tok/s is infer's own figure
+(Stats.generate_tps: decode steps after the first token / time), prompt evaluation excluded.
+Every sample waits for an idle machine and is retaken when other processes interfered (common.py).
+
+`--sweep` also times the verification batch itself: llama_decode of m tokens with logits at every
+position, for m = 1 .. draft-max+1. That cost, against a single-token decode, bounds what any
+drafter can gain on a given machine (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+from common import machine, measure
+
+STORY = """The old lighthouse stood at the edge of the cliff for more than a hundred years. \
+Every night its lamp turned slowly, sending a beam of light across the dark water so that ships \
+could find their way into the harbour. The keeper, a quiet man named Thomas, lived in a small \
+stone cottage beside the tower. He climbed the narrow stairs three times each evening to wind \
+the clockwork, trim the wick and polish the great glass lens until it shone.
+
+In the winter the storms were terrible. Waves crashed against the rocks below, and the wind \
+howled around the tower as if it wanted to tear it from the ground. On those nights Thomas did \
+not sleep at all. He sat by the window with a cup of tea and watched the sea, ready to ring the \
+bell if a ship came too close to the shore. The people of the village said that he had saved \
+more than forty lives, although he never spoke about it himself.
+
+When the government decided to replace the lamp with an automatic light, many people in the \
+village were sad. They wrote letters to the newspaper and asked the council to keep the keeper in \
+his post. The council listened politely, but in the end the decision was made far away in the \
+capital, by people who had never seen the lighthouse or met the man who cared for it.
+
+Thomas accepted the news calmly. On his last night he climbed the stairs one final time, wound \
+the clockwork and lit the lamp. Then he sat down on the top step and watched the beam sweep \
+across the water until the sun came up. In the morning he packed his few belongings into a \
+wooden box, locked the door of the cottage and walked down the hill to the village, where his \
+sister had prepared a room for him.
+
+The automatic light still turns every night. It is brighter than the old lamp and it never \
+needs to be wound or polished. But the older fishermen say that the sea feels emptier now, and \
+on stormy nights some of them still look up at the tower, half expecting to see a figure \
+standing at the window, watching over them."""
+INSTRUCTION = "Return this text with the typos fixed. Do not change anything else.\n\n"
+
+
+def with_typos(text: str, every: int = 9, seed: int = 7) -> str:
+    """Swap two inner letters of every `every`-th word (words of 4+ letters only)."""
+    rng = random.Random(seed)
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        core = word.strip(".,\n")
+        if i % every == 4 and len(core) > 3 and core.isalpha():
+            j = rng.randrange(1, len(core) - 2)
+            swapped = core[:j] + core[j + 1] + core[j] + core[j + 2 :]
+            words[i] = word.replace(core, swapped, 1)
+    return " ".join(words)
+
+
+def load_engine(threads: int) -> Any:
+    from infer.runtime import LoadOptions, load
+
+    return load("smollm2", LoadOptions(ctx_size=2048, threads=threads))
+
+
+def one_run(engine: Any, draft: str | None, args: argparse.Namespace, n: int) -> Any:
+    from infer.runtime import GenerateOptions, Message, SamplingParams, generate
+
+    options = GenerateOptions(
+        max_tokens=n, draft=draft, draft_max=args.draft_max, draft_ngram=args.ngram
+    )
+    prompt = INSTRUCTION + with_typos(STORY)
+    gen = generate(engine, [Message("user", prompt)], SamplingParams(temperature=0), options)
+    for _ in gen:
+        pass
+    return gen
+
+
+def compare(engine: Any, args: argparse.Namespace, n: int) -> dict[str, Any]:
+    plain_tps, draft_tps, ratios, drafted, accepted = [], [], [], 0, 0
+    identical = True
+    for r in range(args.rounds):
+        order = [None, "lookup"] if r % 2 == 0 else ["lookup", None]
+        runs = {str(d): measure(lambda d=d: one_run(engine, d, args, n)) for d in order}
+        plain, drafted_run = runs["None"].value, runs["lookup"].value
+        identical &= plain.text == drafted_run.text
+        p, d = plain.stats.generate_tps, drafted_run.stats.generate_tps
+        plain_tps.append(p)
+        draft_tps.append(d)
+        ratios.append(d / p)
+        drafted += drafted_run.stats.drafted
+        accepted += drafted_run.stats.accepted
+        print(
+            f"  round {r + 1}: plain {p:6.1f} tok/s  lookup {d:6.1f} tok/s  x{d / p:.2f}  "
+            f"accepted {drafted_run.stats.accepted}/{drafted_run.stats.drafted}  "
+            f"same text: {plain.text == drafted_run.text}  "
+            f"(others' CPU {max(s.interference for s in runs.values()):.0%})",
+            file=sys.stderr,
+        )
+    return {
+        "draft_max": args.draft_max, "ngram": args.ngram, "generated_tokens": n,
+        "plain_tps": plain_tps, "lookup_tps": draft_tps, "speedup": ratios,
+        "speedup_median": statistics.median(ratios), "drafted": drafted, "accepted": accepted,
+        "acceptance": accepted / drafted if drafted else 0.0, "identical_output": identical,
+    }  # fmt: skip
+
+
+def batch_cost(engine: Any, sizes: list[int], reps: int = 30) -> dict[int, float]:
+    """Milliseconds per llama_decode of m tokens with logits at every position (as a
+    verification step decodes them), after a 500-token context."""
+    ll = engine._ll
+    context = engine.tokenize(STORY, False)[:500]
+    engine.reset()
+    engine._decode_prompt(context, threading.Event())
+    n0, cap = len(engine.tokens), max(sizes)
+    batch = ll.llama_batch_init(cap, 0, 1)
+    for i in range(cap):
+        batch.n_seq_id[i], batch.logits[i] = 1, 1
+        batch.seq_id[i][0] = 0
+        batch.token[i], batch.pos[i] = context[i], n0 + i
+
+    def timed(m: int) -> float:
+        batch.n_tokens = m
+        start = time.perf_counter()
+        for _ in range(reps):
+            if ll.llama_decode(engine._ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            ll.llama_memory_seq_rm(engine._mem, 0, n0, -1)
+        return (time.perf_counter() - start) / reps * 1000
+
+    try:
+        return {m: measure(lambda m=m: timed(m)).value for m in sizes}
+    finally:
+        ll.llama_batch_free(batch)
+        engine.reset()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--draft-max", type=int, default=None, help="default: infer's")
+    parser.add_argument("--ngram", type=int, default=None, help="default: infer's")
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: the story's")
+    parser.add_argument("--sweep", default="", help="also compare these --draft-max values")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    engine = load_engine(args.threads)
+    n = args.max_tokens or len(engine.tokenize(STORY, False))
+    prompt_len = len(engine.tokenize(INSTRUCTION + with_typos(STORY), False))
+    print(f"{machine()}; {args.threads} threads; prompt ~{prompt_len} tokens, answer "
+          f"{n} tokens", file=sys.stderr)  # fmt: skip
+    results = []
+    for k in [args.draft_max, *(int(x) for x in args.sweep.split(",") if x)]:
+        args.draft_max = k
+        print(f"--draft lookup --draft-max {k or 'default'}", file=sys.stderr)
+        results.append(compare(engine, args, n))
+    report: dict[str, Any] = {"machine": machine(), "threads": args.threads, "runs": results}
+    if args.sweep:
+        sizes = sorted({1, 2, 3, 5, 9, 11, 13, 17})
+        report["batch_ms"] = batch_cost(engine, sizes)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    for res in results:
+        print(
+            f"draft-max {res['draft_max'] or 'default'}: plain "
+            f"{statistics.median(res['plain_tps']):.1f} tok/s, lookup "
+            f"{statistics.median(res['lookup_tps']):.1f} tok/s, speedup x"
+            f"{res['speedup_median']:.2f} (rounds: {', '.join(f'{x:.2f}' for x in res['speedup'])})"
+            f", acceptance {res['acceptance']:.0%} ({res['accepted']}/{res['drafted']}), "
+            f"identical output: {res['identical_output']}"
+        )
+    for m, ms in report.get("batch_ms", {}).items():
+        print(f"verify batch of {m:2} tokens: {ms:6.2f} ms ({ms / m:5.2f} ms/token)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""`infer run MODEL --batch FILE`: many prompts decoded together (runtime/batch.py), one JSON
+result per prompt on stdout in input order, progress on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infer.runtime.errors import InputError, Interrupted, TemplateError, UsageError
+
+from . import output
+from .signals import cancel_on_sigint
+
+if TYPE_CHECKING:
+    from infer.runtime.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
+    from infer.runtime.engine import LlamaCppEngine
+    from infer.runtime.params import GenerateOptions, LoadOptions, SamplingParams
+    from infer.runtime.store import ResolvedModel
+
+DEFAULT_PARALLEL = 4
+MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ (runtime.batch.MAX_PARALLEL, without importing it)
+ENGINE_CTX = 256  # the engine's own context is unused here: keep its KV cache small
+PLAIN_PROGRESS_S = 5.0  # without a terminal, a progress line at most this often
+
+_NUMBER = (int, float)
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str, int), "prompt": (str,), "system": (str,), "max_tokens": (int,),
+    "stop": (str, list), "temperature": _NUMBER, "top_p": _NUMBER, "top_k": (int,),
+    "min_p": _NUMBER, "repeat_penalty": _NUMBER, "seed": (int,),
+}  # fmt: skip
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
+
+
+@dataclass
+class BatchItem:
+    """One input line, its settings already merged with the command line's and validated."""
+
+    line: int
+    prompt: str
+    id: str | int | None
+    system: str | None
+    sampling: SamplingParams
+    options: GenerateOptions
+
+
+def check_flags(
+    batch: str | None, parallel: int | None, prompt: str | None, conflicts: dict[str, bool]
+) -> None:
+    """Usage errors of --batch/--parallel, before anything is read or loaded."""
+    if batch is None:
+        raise UsageError("--parallel needs --batch FILE")
+    if prompt is not None:
+        raise UsageError("--batch reads its prompts from FILE: drop the PROMPT argument")
+    for flag, given in conflicts.items():
+        if given:
+            raise UsageError(f"{flag} does not combine with --batch")
+    if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
+        raise UsageError(f"--parallel must be between 1 and {MAX_PARALLEL} (got {parallel})")
+
+
+def read_batch(source: str, sampling: SamplingParams, options: GenerateOptions) -> list[BatchItem]:
+    """The prompts of FILE (or stdin for "-"): JSON Lines (objects with "prompt"), or plain
+    text with one prompt per line. JSONL when the name ends in .jsonl/.ndjson, text for .txt,
+    otherwise JSONL when the first non-blank line starts with "{". Blank lines are skipped."""
+    name, text = _read_source(source)
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        raise InputError(f"{name}: no prompts")
+    suffix = Path(source).suffix.lower() if source != "-" else ""
+    jsonl = suffix in (".jsonl", ".ndjson") or (suffix != ".txt" and first.lstrip()[:1] == "{")
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = _json_fields(name, number, line) if jsonl else {"prompt": line}
+        items.append(_item(name, number, fields, sampling, options))
+    return items
+
+
+def _read_source(source: str) -> tuple[str, str]:
+    if source == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("--batch - reads the prompts from stdin: pipe them in")
+        name, data = "stdin", sys.stdin.buffer.read()
+    else:
+        name = source
+        try:
+            data = Path(source).read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read {source}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name} is not valid UTF-8 (byte offset {e.start})") from None
+    return name, text.removeprefix("\ufeff")
+
+
+def _json_fields(name: str, number: int, line: str) -> dict[str, Any]:
+    where = f"{name}, line {number}"
+    try:
+        fields = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(fields, dict):
+        raise InputError(f'{where}: expected a JSON object with a "prompt"')
+    for key, value in fields.items():
+        if key not in _FIELDS:
+            raise InputError(f"{where}: unknown field '{key}' (known: {', '.join(_FIELDS)})")
+        ok = value is None or (isinstance(value, _FIELDS[key]) and not isinstance(value, bool))
+        if key == "stop" and isinstance(value, list):
+            ok = all(isinstance(s, str) for s in value)
+        if not ok:
+            raise InputError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _item(
+    name: str, number: int, fields: dict[str, Any], sampling: SamplingParams, base: GenerateOptions
+) -> BatchItem:
+    prompt = fields.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError(f'{name}, line {number}: "prompt" is missing or empty')
+    stop = fields.get("stop", base.stop)
+    try:
+        line_sampling = replace(
+            sampling, **{k: fields[k] for k in _SAMPLING_FIELDS if k in fields}
+        ).validate()
+        options = replace(
+            base,
+            max_tokens=fields.get("max_tokens", base.max_tokens),
+            stop=[stop] if isinstance(stop, str) else list(stop),
+        ).validate()
+    except UsageError as e:
+        raise InputError(f"{name}, line {number}: {e}") from None
+    return BatchItem(number, prompt, fields.get("id"), fields.get("system"), line_sampling, options)
+
+
+def run_batch(
+    resolved: ResolvedModel,
+    source: str,
+    parallel: int | None,
+    sampling: SamplingParams,
+    options: GenerateOptions,
+    load_options: LoadOptions,
+    *,
+    system: str | None,
+    raw: bool,
+    template: str | None,
+    stats: bool,
+    json_out: bool,
+) -> None:
+    """Read FILE, load MODEL, decode every prompt `parallel` at a time, write JSONL results."""
+    from infer.runtime.batch import BatchDecoder
+
+    from .run import _load
+
+    items = read_batch(source, sampling, options)
+    # The engine's own context (and so its prompt cache) goes unused: the decoder makes one.
+    engine_options = replace(load_options, ctx_size=ENGINE_CTX, prompt_cache=False)
+    engine: Any = _load(resolved, engine_options, quiet=json_out)
+    requests, failed = _tokenize(engine, items, system, raw=raw, template=template)
+    parallel = parallel or DEFAULT_PARALLEL
+    writer = _Writer(items)
+    for result in failed:
+        writer.add(result)
+    with BatchDecoder.for_requests(engine, requests, parallel, load_options.ctx_size) as decoder:
+        _decode(decoder, requests, writer, len(failed), quiet=json_out)
+    if stats:
+        _print_stats(decoder, len(items), engine.load_s)
+    failed_lines = sum(result.error is not None for result in writer.written)
+    if failed_lines:
+        output.warn(f'{failed_lines} prompt(s) failed: see "error" in their results')
+    cut = sum(result.finish_reason == "context" for result in writer.written)
+    if cut:
+        output.warn(
+            f"{cut} answer(s) cut off: the context window ({decoder.n_ctx_seq} tokens per "
+            "sequence) is full; raise --ctx-size"
+        )
+
+
+def _tokenize(
+    engine: LlamaCppEngine, items: list[BatchItem], system: str | None, *, raw: bool,
+    template: str | None,
+) -> tuple[list[BatchRequest], list[BatchResult]]:  # fmt: skip
+    """Prompt tokens per item, as `infer run` makes them. A template that refuses one
+    conversation fails that item only; a model with no template at all fails the run."""
+    from infer.runtime import prompt_tokens
+    from infer.runtime.batch import BatchRequest, BatchResult
+    from infer.runtime.chat import build_messages
+
+    requests, failed = [], []
+    for index, item in enumerate(items):
+        messages = build_messages(item.prompt, system if item.system is None else item.system)
+        try:
+            tokens = prompt_tokens(engine, messages, raw=raw, template=template)
+        except TemplateError as e:
+            if not (raw or template or engine.chat_template):
+                raise
+            failed.append(BatchResult(index, finish_reason="error", error=str(e)))
+            continue
+        requests.append(BatchRequest(index, tokens, item.sampling, item.options))
+    return requests, failed
+
+
+def _decode(
+    decoder: BatchDecoder, requests: list[BatchRequest], writer: _Writer, done: int, *, quiet: bool
+) -> None:
+    progress = _Progress(len(writer.items), done, enabled=not quiet)
+    with cancel_on_sigint() as cancel:
+        try:
+            for result in decoder.run(requests, cancel, on_step=progress.update):
+                writer.add(result)
+        except Interrupted:
+            writer.flush()  # the finished answers and the partial ones, still in input order
+            raise
+        finally:
+            progress.close(decoder.stats)
+
+
+class _Writer:
+    """Writes each result as one JSON line, in input order: a result waits for earlier ones."""
+
+    def __init__(self, items: list[BatchItem]) -> None:
+        self.items = items
+        self.written: list[BatchResult] = []
+        self._next = 0
+        self._waiting: dict[int, BatchResult] = {}
+
+    def add(self, result: BatchResult) -> None:
+        self._waiting[result.index] = result
+        while self._next in self._waiting:
+            self._write(self._waiting.pop(self._next))
+            self._next += 1
+
+    def flush(self) -> None:
+        for index in sorted(self._waiting):
+            self._write(self._waiting.pop(index))
+
+    def _write(self, result: BatchResult) -> None:
+        item = self.items[result.index]
+        record: dict[str, Any] = {"index": result.index}
+        if item.id is not None:
+            record["id"] = item.id
+        record.update(
+            prompt=item.prompt,
+            text=result.text,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            generated_tokens=result.generated_tokens,
+        )
+        if result.error is not None:
+            record["error"] = result.error
+        output.write_answer(json.dumps(record, ensure_ascii=False) + "\n")
+        self.written.append(result)
+
+
+class _Progress:
+    """Progress on stderr: a rich bar on a terminal, a plain line every few seconds otherwise
+    (none for a short run), nothing with --json."""
+
+    def __init__(self, total: int, done: int, *, enabled: bool) -> None:
+        self.total, self.done = total, done
+        self.enabled, self.last, self.plain_lines = enabled, time.monotonic(), 0
+        self.bar: Any = None
+        self.task: Any = None
+        if enabled and output.use_color(sys.stderr):
+            from rich import progress as rp
+            from rich.console import Console
+
+            self.bar = rp.Progress(
+                rp.TextColumn("batch"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                rp.TextColumn("{task.fields[tokens]} tok · {task.fields[tps]:.1f} tok/s"),
+                rp.TimeElapsedColumn(), console=Console(stderr=True),
+            )  # fmt: skip
+            self.task = self.bar.add_task("batch", total=total, completed=done, tokens=0, tps=0.0)
+            self.bar.start()
+
+    def update(self, stats: BatchStats) -> None:
+        done = self.done + stats.finished
+        if self.bar is not None:
+            self.bar.update(
+                self.task, completed=done, tokens=stats.generated_tokens, tps=stats.generate_tps
+            )
+        elif self.enabled and time.monotonic() - self.last >= PLAIN_PROGRESS_S:
+            self.last = time.monotonic()
+            self.plain_lines += 1
+            sys.stderr.write(f"infer: batch {done}/{self.total} · {_rate(stats)}\n")
+            sys.stderr.flush()
+
+    def close(self, stats: BatchStats) -> None:
+        if self.bar is not None:
+            self.update(stats)
+            self.bar.stop()
+        elif self.plain_lines:
+            sys.stderr.write(f"infer: batch {self.done + stats.finished}/{self.total} done\n")
+            sys.stderr.flush()
+
+
+def _rate(stats: BatchStats) -> str:
+    return f"{stats.generated_tokens} tok generated, {stats.generate_tps:.1f} tok/s"
+
+
+def _print_stats(decoder: BatchDecoder, prompts: int, load_s: float) -> None:
+    s = decoder.stats
+    line = (
+        f"load {load_s:.2f} s · {prompts} prompts, {decoder.parallel} at a time · prompt "
+        f"{s.prompt_tokens} tok · generated {s.generated_tokens} tok in {s.elapsed_s:.2f} s, "
+        f"{s.generate_tps:.1f} tok/s (generation steps {s.decode_tps:.1f} tok/s)"
+    )
+    if output.use_color(sys.stderr):
+        line = f"\x1b[2m{line}\x1b[0m"
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,163 @@
+"""`infer perplexity`: how well a model predicts a text (lower is better), as llama-perplexity
+measures it. The value on stdout, progress on stderr."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from infer.runtime.errors import InputError, UsageError
+
+from . import output
+from .inputs import read_stdin, stdin_is_terminal
+from .models import resolve_or_pull
+from .options import GpuLayersOpt, ModelArg, OfflineOpt, ThreadsOpt, VerboseOpt
+from .signals import cancel_on_sigint
+
+FileArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="UTF-8 text to measure (default: stdin; '-' also means stdin).", show_default=False
+    ),
+]
+PplCtxOpt = Annotated[
+    int,
+    typer.Option(
+        "--ctx-size", "-c", help="Window in tokens; only each window's second half is scored."
+    ),
+]
+ChunksOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--chunks", help="Score at most this many windows (default: all).", show_default=False
+    ),
+]
+PplJsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+
+
+def perplexity(
+    model: ModelArg,
+    file: FileArg = None,
+    ctx_size: PplCtxOpt = 512,
+    chunks: ChunksOpt = None,
+    threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    json_out: PplJsonOpt = False,
+    verbose: VerboseOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Compute MODEL's perplexity over the text in FILE (or stdin), in windows of --ctx-size
+    tokens as llama.cpp's llama-perplexity does: PPL = 12.3456 +/- 0.1234."""
+    from infer.runtime import LoadOptions, load
+    from infer.runtime.perplexity import perplexity as measure
+
+    if chunks is not None and chunks < 1:
+        raise UsageError(f"--chunks must be >= 1 (got {chunks})")
+    text = _read_text(file)
+    resolved = resolve_or_pull(model, offline=offline)
+    options = LoadOptions(
+        ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose
+    ).validate()
+    with cancel_on_sigint() as cancel, _progress() as progress:
+        engine = load(resolved, options)
+        try:
+            result = measure(
+                engine, text, ctx_size=ctx_size, max_chunks=chunks, progress=progress,
+                cancel=cancel,
+            )  # fmt: skip
+        finally:
+            engine.close()
+    if json_out:
+        record = {"model": resolved.name, **result.as_dict()}
+        output.write_answer(json.dumps(record) + "\n")
+    else:
+        output.write_answer(f"PPL = {result.ppl:.4f} +/- {result.ppl_stderr:.4f}\n")
+
+
+def _read_text(file: Path | None) -> str:
+    """The text, strictly UTF-8. One trailing newline is dropped, as llama-perplexity's -f does,
+    so that both count the same tokens."""
+    if file is None or str(file) == "-":
+        if stdin_is_terminal():
+            raise UsageError("no text: infer perplexity MODEL FILE (or pipe text on stdin)")
+        text = read_stdin() or ""
+    else:
+        try:
+            data = file.read_bytes()
+        except OSError as e:
+            raise InputError(f"{file}: {e.strerror or e}") from None
+        try:
+            text = data.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"{file} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
+            ) from None
+    return text.removesuffix("\n")
+
+
+class _Lines:
+    """Without a terminal: a line at the start, every few seconds, and at the end; no escape
+    codes."""
+
+    EVERY = 5.0
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int, ppl: float) -> None:
+        now = time.monotonic()
+        if done == 0:
+            line = f"{total} windows to evaluate"
+        elif now - self.last >= self.EVERY or done == total:
+            line = f"{done}/{total} windows, PPL so far {ppl:.4f}"
+        else:
+            return
+        self.last = now
+        sys.stderr.write(f"infer: perplexity: {line}\n")
+        sys.stderr.flush()
+
+
+class _Bar:
+    """rich's progress bar: windows done, the running PPL, elapsed and remaining time. Its
+    spinner starts before the model loads."""
+
+    def __init__(self) -> None:
+        from rich import progress as rp
+        from rich.console import Console
+
+        self.progress = rp.Progress(
+            rp.SpinnerColumn(), rp.TextColumn("perplexity"), rp.BarColumn(),
+            rp.MofNCompleteColumn(), rp.TextColumn("PPL {task.fields[ppl]}"),
+            rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )  # fmt: skip
+        self.task = self.progress.add_task("", total=None, ppl="…")
+        self.progress.start()
+
+    def __call__(self, done: int, total: int, ppl: float) -> None:
+        shown = f"{ppl:.4f}" if math.isfinite(ppl) else "…"
+        self.progress.update(self.task, completed=done, total=total, ppl=shown)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[int, int, float], None]]:
+    """The progress callback: a bar on a terminal, plain lines otherwise (or with NO_COLOR)."""
+    if not output.use_color(sys.stderr):
+        yield _Lines()
+        return
+    bar = _Bar()
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -1,0 +1,41 @@
+"""llama-cpp-python's low-level ctypes bindings, without the rest of the package.
+
+`import llama_cpp` runs the package's `__init__`, which also imports the high-level `Llama`
+class and with it numpy, jinja2, diskcache and the chat formats: about 0.3 s of start-up that
+infer never uses (it calls llama.cpp through the bindings in `llama_cpp.llama_cpp` only). So the
+bindings module is imported under a stand-in parent package; the stand-in is removed again, and a
+later `import llama_cpp` (a library user wanting `Llama`) runs the real `__init__`, which finds
+the bindings already in `sys.modules` and reuses them: the shared library is loaded once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from typing import Any
+
+_BINDINGS = "llama_cpp.llama_cpp"
+
+
+def bindings() -> Any:
+    """The `llama_cpp.llama_cpp` module (every llama.h function as a ctypes function)."""
+    loaded = sys.modules.get(_BINDINGS)
+    if loaded is not None:
+        return loaded
+    if "llama_cpp" in sys.modules:  # the real package is already imported: nothing to save
+        return importlib.import_module(_BINDINGS)
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return importlib.import_module(_BINDINGS)  # an unusual install: let it fail or work
+    stand_in = types.ModuleType("llama_cpp")
+    stand_in.__path__ = list(spec.submodule_search_locations)
+    stand_in.__spec__ = spec
+    sys.modules["llama_cpp"] = stand_in
+    try:
+        return importlib.import_module(_BINDINGS)
+    finally:
+        # Only drop the stand-in: the bindings and their helper modules stay imported.
+        if sys.modules.get("llama_cpp") is stand_in:
+            del sys.modules["llama_cpp"]

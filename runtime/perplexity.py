@@ -1,0 +1,205 @@
+"""Perplexity of a model over a text, computed exactly as llama.cpp's `llama-perplexity` does
+(tools/perplexity/perplexity.cpp, `perplexity()`), so that the two figures can be compared:
+
+- the whole text is tokenized once, with BOS when the vocabulary adds one (add_special);
+- it is cut into non-overlapping windows of n_ctx tokens (a partial last window is dropped), and
+  each is evaluated from an empty KV cache, its first token replaced by BOS when the vocabulary
+  adds one;
+- only the second half of each window is scored (first = n_ctx/2), so that every scored token
+  has at least n_ctx/2 tokens of context;
+- PPL = exp(mean NLL), and its standard error by the delta method:
+  PPL * sqrt((mean(NLL²) - mean(NLL)²) / (N - 1)).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import EngineError, Interrupted, TextTooShortError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .engine import Engine, LlamaCppEngine
+
+ROWS_PER_STEP = 64  # logits rows turned into log-probabilities at once: bounds the temporaries
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float
+    ppl_stderr: float
+    nll: float  # mean negative log-likelihood per scored token, in nats
+    ctx_size: int
+    chunks: int
+    tokens: int  # in the whole text
+    scored_tokens: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Sums:
+    """Running sums in float64, as llama.cpp keeps them."""
+
+    nll: float = 0.0
+    nll2: float = 0.0
+    count: int = 0
+
+    def ppl(self) -> float:
+        return math.exp(self.nll / self.count) if self.count else math.nan
+
+    def ppl_stderr(self) -> float:
+        mean = self.nll / self.count
+        var = self.nll2 / self.count - mean * mean
+        return self.ppl() * math.sqrt(var / (self.count - 1)) if var > 0 else math.nan
+
+
+# progress(chunks done, chunks in all, PPL so far)
+Progress = Callable[[int, int, float], None]
+
+
+def tokenize_text(engine: LlamaCppEngine, text: str) -> np.ndarray:
+    """All of `text` as tokens, with the vocabulary's special tokens (BOS) and without parsing
+    special-token markup in the text: llama.cpp's common_tokenize(ctx, text, true)."""
+    import numpy as np
+
+    ll, data = engine._ll, text.encode("utf-8")
+    cap = len(data) + 8
+    for _ in range(2):
+        out = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(engine._vocab, data, len(data), out, cap, True, False)
+        if n >= 0:
+            return np.ctypeslib.as_array(out)[:n].copy()
+        cap = -n  # too small: a byte-fallback vocabulary can need several tokens per byte
+    raise EngineError("tokenization failed")
+
+
+def perplexity(
+    engine: Engine,
+    text: str,
+    *,
+    ctx_size: int = 512,
+    max_chunks: int | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> PerplexityResult:
+    """Perplexity of `text` in windows of `ctx_size` tokens (at most `max_chunks` of them).
+    The engine's context must hold `ctx_size` tokens; its KV cache is cleared. Raises
+    TextTooShortError below two windows of text, Interrupted when `cancel` is set."""
+    from .engine import LlamaCppEngine
+
+    if not isinstance(engine, LlamaCppEngine):  # it reads llama.cpp's logits directly
+        raise EngineError("perplexity needs a model loaded through llama.cpp")
+    if ctx_size < 16:
+        raise UsageError(f"--ctx-size must be >= 16 (got {ctx_size})")
+    if ctx_size > engine.n_ctx:
+        raise UsageError(f"the model's context holds {engine.n_ctx} tokens, not {ctx_size}")
+    started = time.perf_counter()
+    tokens = tokenize_text(engine, text)
+    if len(tokens) < 2 * ctx_size:
+        raise TextTooShortError(len(tokens), 2 * ctx_size, ctx_size)
+    n_chunk = len(tokens) // ctx_size
+    if max_chunks is not None:
+        n_chunk = min(n_chunk, max(1, max_chunks))
+    sums = _Sums()
+    if progress is not None:
+        progress(0, n_chunk, math.nan)
+    with _Evaluator(engine, ctx_size, cancel) as ev:
+        for i in range(n_chunk):
+            ev.chunk(tokens[i * ctx_size : (i + 1) * ctx_size], sums)
+            if progress is not None:
+                progress(i + 1, n_chunk, sums.ppl())
+    return PerplexityResult(
+        ppl=sums.ppl(), ppl_stderr=sums.ppl_stderr(), nll=sums.nll / sums.count,
+        ctx_size=ctx_size, chunks=n_chunk, tokens=len(tokens), scored_tokens=sums.count,
+        seconds=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+class _Evaluator:
+    """Decodes windows on the engine's context through one preallocated llama_batch, whose
+    token/pos/logits arrays are written through numpy views (no Python loop per token)."""
+
+    def __init__(self, engine: LlamaCppEngine, n_ctx: int, cancel: threading.Event | None):
+        import numpy as np
+
+        self.engine, self.ll, self.ctx = engine, engine._ll, engine._ctx
+        self.n_ctx, self.n_batch, self.n_vocab = n_ctx, engine.n_batch, engine.n_vocab
+        self.cancel = cancel or threading.Event()
+        self.batch = self.ll.llama_batch_init(self.n_batch, 0, 1)
+        b, n = self.batch, self.n_batch
+        self.token = np.ctypeslib.as_array(b.token, shape=(n,))
+        self.pos = np.ctypeslib.as_array(b.pos, shape=(n,))
+        self.logits = np.ctypeslib.as_array(b.logits, shape=(n,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
+        for k in range(n):
+            b.seq_id[k][0] = 0
+        # llama.cpp polls this during llama_decode: Ctrl-C stops a window within a fraction of
+        # a second (decode returns 2).
+        self._abort = self.ll.ggml_abort_callback(lambda _data: self.cancel.is_set())
+
+    def __enter__(self) -> _Evaluator:
+        self.engine.reset()
+        self.ll.llama_set_abort_callback(self.ctx, self._abort, None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ll.llama_set_abort_callback(self.ctx, self.ll.ggml_abort_callback(), None)
+        self.ll.llama_batch_free(self.batch)
+        self.engine.reset()  # the engine's record of its KV cache stays true
+
+    def chunk(self, window: np.ndarray, sums: _Sums) -> None:
+        """Evaluate one window from an empty cache and add the NLL of its second half."""
+        import numpy as np
+
+        ll, n_ctx, first = self.ll, self.n_ctx, self.n_ctx // 2
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        for start in range(0, n_ctx, self.n_batch):
+            size = min(self.n_batch, n_ctx - start)
+            self.token[:size] = window[start : start + size]
+            if start == 0 and self.engine.add_bos:
+                self.token[0] = self.engine.bos_id  # replaces the first token, as llama.cpp does
+            positions = np.arange(start, start + size, dtype=np.int32)
+            self.pos[:size] = positions
+            self.logits[:size] = positions >= first
+            self.batch.n_tokens = size
+            rc = ll.llama_decode(self.ctx, self.batch)
+            if rc != 0 or self.cancel.is_set():
+                if rc in (0, 2):
+                    raise Interrupted()
+                raise EngineError(f"llama_decode failed (code {rc})")
+            # The logits rows are the positions lo, lo+1, ...; position p predicts token p + 1,
+            # and the window's last position predicts nothing.
+            lo, hi = max(first, start), min(start + size, n_ctx - 1)
+            if hi > lo:
+                self._score(window[lo + 1 : hi + 1], sums)
+
+    def _score(self, targets: np.ndarray, sums: _Sums) -> None:
+        """Add -log softmax(logits row i)[targets[i]] for each target, with llama.cpp's
+        arithmetic: the max and exp in float32, their sum and the log in float64."""
+        import numpy as np
+
+        n_rows = len(targets)
+        ptr = self.ll.llama_get_logits(self.ctx)
+        rows_all = np.ctypeslib.as_array(
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_rows, self.n_vocab)
+        )
+        for r in range(0, n_rows, ROWS_PER_STEP):
+            rows = rows_all[r : r + ROWS_PER_STEP]
+            tgt = targets[r : r + len(rows)]
+            peak = rows.max(axis=1)
+            sum_exp = np.exp(rows - peak[:, None]).sum(axis=1, dtype=np.float64)
+            picked = rows[np.arange(len(rows)), tgt] - peak
+            nll = np.log(sum_exp) - picked.astype(np.float64)
+            sums.nll += float(nll.sum())
+            sums.nll2 += float((nll * nll).sum())
+            sums.count += len(rows)

@@ -1,0 +1,242 @@
+"""Prompt (KV) cache across runs: the llama.cpp state of a long prompt, saved to disk, so that a
+later run sharing its prefix (the same system prompt, the same document with another question)
+evaluates only the rest.
+
+One file per entry, `<cache_dir>/prompt-cache/<key>/<sha256 of the tokens>.kv`, where `key`
+hashes everything that changes the state: the model's identity, the llama.cpp build and the
+options that change the numbers in the KV cache. The file is llama.cpp's sequence state file
+(`llama_state_seq_save_file`: magic, version, token count, tokens, KV cells) followed by a
+trailer of ours: a JSON record (model, key, sizes, CRC-32 of the state) + its length + a magic.
+llama.cpp reads exactly its own part and ignores what follows, and keeping the checksum in the
+same file means one atomic rename publishes an entry: no index or sidecar to keep in step.
+
+The checksum is not optional: llama.cpp ABORTS the process (GGML_ASSERT) on a truncated state
+file, so nothing reaches `llama_state_seq_load_file` before its size and CRC are checked.
+Writers never modify a published file (temp file + rename); a reader hard-links the file to a
+private name first, so what it checked is what llama.cpp reads even if the name is replaced or
+evicted meanwhile.
+
+A hit is exact: the restored KV cache is the one the saving run computed, and the rest of the
+prompt is decoded on top of it just as the same process would when reusing its KV cache in
+memory (tests/test_prompt_cache.py checks the same tokens come out). It need not match a run
+without the cache bit for bit: that one decodes the tail in a bigger batch, and llama.cpp's
+numbers depend slightly on the batch size (its server's README says so of `cache_prompt`).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import struct
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .prompt_store import (
+    SUFFIX,
+    append_meta,
+    checksum,
+    evict,
+    max_bytes,
+    min_tokens,
+    read_meta,
+    read_tokens,
+    root,
+    unlink,
+)
+
+if TYPE_CHECKING:
+    from .engine import LlamaCppEngine
+    from .store import ResolvedModel
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def model_identity(model: ResolvedModel) -> dict[str, Any]:
+    """What tells this model's weights apart, without hashing gigabytes on every run: the Hub's
+    sha256 of each file for a model from the cache, else the file's real path, size and mtime
+    (a changed file is a different model)."""
+    if model.manifest is not None:
+        return {"sha256": [f.sha256 for f in model.manifest.files]}
+    real = model.path.resolve()
+    st = real.stat()
+    return {"path": str(real), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _build_identity(ll: Any) -> dict[str, Any]:
+    """The llama.cpp library in use: another build may lay out or compute the state otherwise."""
+    lib = getattr(getattr(ll, "_lib", None), "_name", None)
+    ident: dict[str, Any] = {"state_version": int(ll.LLAMA_STATE_SEQ_VERSION)}
+    if lib:
+        st = os.stat(lib)
+        ident.update(lib=str(lib), size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return ident
+
+
+class PromptCache:
+    """Attached to an engine (`engine.prompt_cache`); the engine calls `restore` before decoding
+    a prompt into an empty KV cache and `save` right after. Both are best-effort: any failure
+    leaves the engine as if there were no cache (never a crash, never a wrong state)."""
+
+    def __init__(self, model: ResolvedModel) -> None:
+        self.model = model
+        self.min_tokens = min_tokens()  # read now: a bad value is a usage error at load time
+        self.max_bytes = max_bytes()
+        self._key: str | None = None
+        self.last_error: str | None = None  # why the last restore/save gave up (debugging)
+        self._base: list[int] | None = None  # tokens of the entry the last restore loaded
+        self._base_path: Path | None = None
+
+    def key(self, engine: LlamaCppEngine) -> str:
+        if self._key is None:
+            fields = {
+                "model": model_identity(self.model),
+                "llama.cpp": _build_identity(engine._ll),
+                # The micro-batch size and where layers run change the KV values' rounding.
+                "n_ubatch": engine.n_batch,
+                "gpu_layers": engine.offloaded_layers,
+                "kv_type": "f16",
+            }
+            blob = json.dumps(fields, sort_keys=True).encode()
+            self._key = hashlib.sha256(blob).hexdigest()[:20]
+        return self._key
+
+    def folder(self, engine: LlamaCppEngine) -> Path:
+        return root() / self.key(engine)
+
+    def restore(self, engine: LlamaCppEngine, prompt: list[int]) -> None:
+        """Fill the engine's empty KV cache from the entry sharing the longest prefix with
+        `prompt` (at least `min_tokens` of it). The engine then trims what follows the common
+        prefix and decodes only the rest of the prompt."""
+        self._base = self._base_path = None
+        if len(prompt) < self.min_tokens:
+            return
+        try:
+            for path, tokens in self._candidates(engine, prompt)[:3]:
+                if self._load(engine, path, tokens):
+                    self._base, self._base_path = tokens, path
+                    return
+        except BaseException as e:
+            engine.reset()  # whatever reached the KV cache: `engine.tokens` must stay true
+            if not isinstance(e, Exception):
+                raise
+            self.last_error = f"restore: {type(e).__name__}: {e}"  # a cache never fails a run
+
+    def _candidates(
+        self, engine: LlamaCppEngine, prompt: list[int]
+    ) -> list[tuple[Path, list[int]]]:
+        """Usable entries, the longest common prefix first (then the most recently used)."""
+        key, scored = self.key(engine), []
+        for path in self.folder(engine).glob(f"*{SUFFIX}"):
+            try:
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    meta = read_meta(f, st.st_size)
+                    tokens = read_tokens(f, meta) if meta else None
+            except OSError:
+                continue  # evicted by another run meanwhile
+            if meta is None or tokens is None or meta.get("key") != key:
+                unlink(path)  # truncated, foreign or not ours: make room for a good one
+                continue
+            usable = min(_common(tokens, prompt), len(prompt) - 1)
+            if usable >= self.min_tokens and len(tokens) <= engine.n_ctx:
+                scored.append((usable, st.st_mtime, path, tokens))
+        scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
+        return [(path, tokens) for _, _, path, tokens in scored]
+
+    def _load(self, engine: LlamaCppEngine, path: Path, tokens: list[int]) -> bool:
+        private = path.with_name(f".load-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.link(path, private)  # the inode checked below is the one llama.cpp reads
+        except FileNotFoundError:
+            return False
+        except OSError:
+            private = path  # a file system without hard links: check and load in place
+        try:
+            if not self._intact(engine, private, tokens):
+                unlink(path)
+                return False
+            ll, n = engine._ll, len(tokens)
+            out, n_out = (ll.llama_token * n)(), ctypes.c_size_t(0)
+            rc = ll.llama_state_seq_load_file(
+                engine._ctx, os.fsencode(private), 0, out, n, ctypes.byref(n_out)
+            )
+            if rc == 0 or n_out.value != n or out[:n] != tokens:
+                engine.reset()
+                unlink(path)
+                return False
+            engine.tokens.extend(tokens)
+            with contextlib.suppress(OSError):
+                os.utime(path)  # most recently used: the last to be evicted
+            return True
+        finally:
+            if private != path:
+                unlink(private)
+
+    def _intact(self, engine: LlamaCppEngine, path: Path, tokens: list[int]) -> bool:
+        with open(path, "rb") as f:
+            meta = read_meta(f, os.fstat(f.fileno()).st_size)
+            if meta is None or meta.get("key") != self.key(engine):
+                return False
+            if read_tokens(f, meta) != tokens:
+                return False
+            return checksum(f, int(meta["state_bytes"])) == meta.get("crc32")
+
+    def save(self, engine: LlamaCppEngine, prompt: list[int], evaluated: int) -> None:
+        """Save the KV cache, which holds exactly `prompt`, when this run evaluated enough of
+        it to be worth an entry: a run that found most of its prompt here adds little."""
+        if min(len(prompt), evaluated) < self.min_tokens or self.max_bytes <= 0:
+            return
+        if engine.tokens != prompt:
+            return
+        try:
+            final = self._write(engine, prompt)
+        except Exception as e:  # a full disk or a read-only cache dir: still answer
+            self.last_error = f"save: {type(e).__name__}: {e}"
+            return
+        if final is None:
+            return
+        base = self._base
+        if self._base_path not in (None, final) and base and prompt[: len(base)] == base:
+            unlink(self._base_path)  # superseded: the new entry holds all of it and more
+        evict(self.max_bytes, keep=final)
+
+    def _write(self, engine: LlamaCppEngine, prompt: list[int]) -> Path | None:
+        folder = self.folder(engine)
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(array.array("i", prompt).tobytes()).hexdigest()[:32]
+        final = folder / f"{digest}{SUFFIX}"
+        tmp = folder / f".tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            ll, n = engine._ll, len(prompt)
+            arr = (ll.llama_token * n)(*prompt)
+            state_bytes = ll.llama_state_seq_save_file(engine._ctx, os.fsencode(tmp), 0, arr, n)
+            if not state_bytes:
+                self.last_error = "save: llama.cpp could not write the state"
+                return None
+            with open(tmp, "r+b") as f:
+                magic, version, _ = struct.unpack("<III", f.read(12))
+                meta = {
+                    "format": 1, "model": self.model.name, "key": self.key(engine),
+                    "tokens": n, "state_bytes": state_bytes, "magic": magic,
+                    "version": version, "crc32": checksum(f, state_bytes), "created": time.time(),
+                }  # fmt: skip
+                size = append_meta(f, state_bytes, meta)
+            if size > self.max_bytes:
+                return None  # larger than the whole cache may be
+            os.replace(tmp, final)
+            return final
+        finally:
+            unlink(tmp)  # nothing left behind but a published entry

@@ -1,0 +1,275 @@
+"""Speculative decoding: draft several tokens cheaply, verify them with one decode of the target.
+
+A step decodes [last sampled token, d1..dk] in one batch with logits at every position, then
+samples each position in order with the target's own sampler chain, keeping a draft only while it
+equals the token sampled there. The first mismatch yields the sampled token instead and its KV
+entries (and all after it) are removed. So every emitted token is drawn from exactly the
+distribution plain decoding draws it from (at temperature 0: the same tokens, see
+benchmarks/README.md for the one caveat, batched arithmetic), and one decode emits 1 to k+1
+tokens.
+
+Drafts come from prompt lookup (the n-gram that ends the text so far, found earlier in the prompt
+or the answer: free, and right whenever the answer copies from the input) or from a small model
+with the same vocabulary, which keeps its own KV cache in step with the accepted tokens.
+
+The plain per-token loop in engine.py is left alone: this module runs only when a draft is set.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import EngineError, IncompatibleDraftError, Interrupted, UsageError
+
+if TYPE_CHECKING:
+    from .engine import Engine, LlamaCppEngine
+    from .generation import Stats
+    from .params import GenerateOptions, SamplingParams
+
+LOOKUP = "lookup"
+DEFAULT_DRAFT_MAX = {LOOKUP: 16, "model": 6}  # chosen with benchmarks/speculative.py
+DEFAULT_NGRAM = 3
+VOCAB_SAMPLE = 64  # token texts compared between target and draft vocabularies
+
+
+class Drafter(Protocol):
+    name: str
+
+    def draft(self, history: list[int], k: int, cancel: threading.Event) -> list[int]:
+        """Up to `k` tokens likely to follow `history` (which only grows between calls)."""
+        ...
+
+
+class LookupDrafter:
+    """Prompt lookup: find the longest n-gram (2 <= n <= `ngram`) ending the history that
+    occurred before, most recent occurrence first, and propose the tokens that followed it there.
+    An index from n-gram to the position after its last occurrence is extended incrementally,
+    so a step costs a few dictionary lookups however long the prompt is."""
+
+    name = LOOKUP
+
+    def __init__(self, ngram: int = DEFAULT_NGRAM) -> None:
+        self.ngram = ngram
+        # A single matching token predicts little (measured: about 45% of such drafts held).
+        self.min_ngram = min(2, ngram)
+        self._next: dict[tuple[int, ...], int] = {}
+        self._seen = 0
+
+    def _index(self, history: list[int]) -> None:
+        if len(history) < self._seen:  # not the same history: start again
+            self._next.clear()
+            self._seen = 0
+        table, ngram = self._next, self.ngram
+        # Position i continues every n-gram ending just before it; the n-gram ending the
+        # history has no continuation yet and is never indexed (it would match itself).
+        for i in range(max(self._seen, 1), len(history)):
+            for n in range(1, min(ngram, i) + 1):
+                table[tuple(history[i - n : i])] = i
+        self._seen = len(history)
+
+    def draft(self, history: list[int], k: int, cancel: threading.Event) -> list[int]:
+        self._index(history)
+        for n in range(min(self.ngram, len(history)), self.min_ngram - 1, -1):
+            at = self._next.get(tuple(history[-n:]))
+            if at is None:
+                continue
+            # The longer the text before the match agrees too, the likelier the copy goes on;
+            # a rejected draft token costs most of a decode here (benchmarks/README.md), so
+            # draft at most half as many tokens as agree.
+            agree = n
+            while agree < 2 * k and agree < at and history[at - agree - 1] == history[-agree - 1]:
+                agree += 1
+            return history[at : at + min(k, max(1, agree // 2))]
+        return []
+
+
+class ModelDrafter:
+    """A small model with the target's vocabulary drafts greedily. Its KV cache is brought to
+    the accepted history at each step (only the new tokens are decoded: rejected drafts are cut
+    off by the common-prefix reuse of the engine)."""
+
+    def __init__(self, engine: LlamaCppEngine, name: str = "model") -> None:
+        self.engine, self.name = engine, name
+        ll = engine._ll
+        self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        ll.llama_sampler_chain_add(self._chain, ll.llama_sampler_init_greedy())
+        self._one = (ll.llama_token * 1)()
+        self._batch = ll.llama_batch_get_one(self._one, 1)
+
+    def draft(self, history: list[int], k: int, cancel: threading.Event) -> list[int]:
+        e, ll = self.engine, self.engine._ll
+        k = min(k, e.n_ctx - len(history))
+        if k <= 0:
+            return []
+        e._decode_prompt(history, cancel)
+        out: list[int] = []
+        while True:
+            token = ll.llama_sampler_sample(self._chain, e._ctx, -1)
+            if ll.llama_vocab_is_eog(e._vocab, token):
+                return out
+            out.append(token)
+            if len(out) == k:
+                return out
+            self._one[0] = token
+            if ll.llama_decode(e._ctx, self._batch) != 0:
+                ll.llama_memory_seq_rm(e._mem, 0, len(e.tokens), -1)
+                return out  # a failed draft only costs acceptance; the target decides
+            e.tokens.append(token)
+
+    def close(self) -> None:
+        if self._chain is not None:
+            self.engine._ll.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+def check_compatible(target: Engine, draft: Engine, draft_name: str = "the draft model") -> None:
+    """Refuse a draft model whose tokens mean something else: the same vocabulary size and the
+    same text for a spread of token ids (BOS and EOS included)."""
+    t, d = _llama(target), _llama(draft)
+    if t.n_vocab != d.n_vocab:
+        raise IncompatibleDraftError(
+            f"{draft_name} has a different vocabulary ({d.n_vocab} tokens, the model has "
+            f"{t.n_vocab}): a draft model must share the model's tokenizer"
+        )
+    step = max(1, t.n_vocab // VOCAB_SAMPLE)
+    ids = {*range(0, t.n_vocab, step), t.n_vocab - 1, t.bos_id, t.eos_id} - {-1}
+    for token in sorted(ids):
+        if t._token_text(token) != d._token_text(token):
+            raise IncompatibleDraftError(
+                f"{draft_name} has a different vocabulary (token {token} is "
+                f"{d._token_text(token)!r}, not {t._token_text(token)!r}): a draft model must "
+                "share the model's tokenizer"
+            )
+
+
+def make_drafter(options: GenerateOptions) -> Drafter:
+    draft = options.draft
+    if draft == LOOKUP:
+        return LookupDrafter(options.draft_ngram or DEFAULT_NGRAM)
+    if isinstance(draft, str) or draft is None:
+        raise UsageError(f"--draft must be '{LOOKUP}' or a loaded draft model (got {draft!r})")
+    engine = _llama(draft)
+    return ModelDrafter(engine, engine.header.path.stem)
+
+
+def _llama(engine: Any) -> LlamaCppEngine:
+    if not hasattr(engine, "_ctx"):
+        raise UsageError("speculative decoding needs a model loaded through llama.cpp")
+    return engine
+
+
+def generate(
+    target: Engine,
+    prompt: list[int],
+    sampling: SamplingParams,
+    cancel: threading.Event,
+    options: GenerateOptions,
+    stats: Stats,
+) -> Generator[bytes, None, None]:
+    """Like LlamaCppEngine.generate (same stops: end-of-generation, full context, `cancel`),
+    drafting and verifying up to `options.draft_max` tokens per decode. Drafts never run past
+    `options.max_tokens`, so a limit costs no wasted verification and is never overshot."""
+    engine = _llama(target)
+    if engine._ll.llama_model_is_recurrent(engine._model):
+        raise UsageError("speculative decoding needs a transformer: this model is recurrent")
+    drafter = make_drafter(options)
+    kind = LOOKUP if isinstance(drafter, LookupDrafter) else "model"
+    k_max = options.draft_max or DEFAULT_DRAFT_MAX[kind]
+    stats.draft = drafter.name
+    if len(prompt) > engine.n_ctx:
+        raise EngineError("prompt longer than the context")  # callers check this first
+    engine._decode_prompt(prompt, cancel)
+    verifier = _Verifier(engine, sampling, k_max + 1)
+    try:
+        yield from _loop(engine, verifier, drafter, k_max, options.max_tokens, cancel, stats)
+    finally:
+        verifier.close()
+        if isinstance(drafter, ModelDrafter):
+            drafter.close()
+
+
+def _loop(
+    engine: LlamaCppEngine,
+    verifier: _Verifier,
+    drafter: Drafter,
+    k_max: int,
+    limit: int | None,
+    cancel: threading.Event,
+    stats: Stats,
+) -> Generator[bytes, None, None]:
+    ll, tokens, piece = engine._ll, engine.tokens, engine.piece
+    is_eog, vocab = ll.llama_vocab_is_eog, engine._vocab
+    token = verifier.sample(-1)  # from the prompt's logits
+    emitted = 0
+    while not is_eog(vocab, token):
+        yield piece(token)
+        emitted += 1
+        if cancel.is_set():
+            raise Interrupted()
+        # `token` is not in the KV cache yet; it and the drafts must fit in the context, and
+        # drafts past the caller's token limit would be verified for nothing.
+        k = min(k_max, engine.n_ctx - len(tokens) - 1)
+        if limit is not None:
+            k = min(k, limit - emitted)
+        drafts = drafter.draft([*tokens, token], k, cancel) if k > 0 else []
+        token, accepted = verifier.verify(token, drafts)
+        stats.drafted += len(drafts)
+        stats.accepted += len(accepted)
+        for t in accepted:
+            yield piece(t)
+            emitted += 1
+            if cancel.is_set():
+                raise Interrupted()
+        if len(tokens) >= engine.n_ctx:
+            return  # as the plain loop: every emitted token is in the (now full) cache
+
+
+class _Verifier:
+    """The target side: one reusable batch with logits at every position, and the sampler
+    chain that plain generation would use (so penalties and the seed's random stream advance
+    exactly as they would there: one sample per emitted token)."""
+
+    def __init__(self, engine: LlamaCppEngine, sampling: SamplingParams, capacity: int) -> None:
+        self.engine, self._ll = engine, engine._ll
+        self.chain = engine._sampler(sampling)
+        self.batch = self._ll.llama_batch_init(capacity, 0, 1)
+        for i in range(capacity):
+            self.batch.n_seq_id[i] = 1
+            self.batch.seq_id[i][0] = 0
+            self.batch.logits[i] = 1
+
+    def sample(self, index: int) -> int:
+        return int(self._ll.llama_sampler_sample(self.chain, self.engine._ctx, index))
+
+    def verify(self, token: int, drafts: list[int]) -> tuple[int, list[int]]:
+        """Decode `token` + `drafts`; returns (the next sampled token, the accepted drafts).
+        Afterwards the KV cache and `engine.tokens` hold `token` and the accepted drafts."""
+        e, ll, batch = self.engine, self._ll, self.batch
+        n = len(e.tokens)
+        batch.token[0], batch.pos[0] = token, n
+        for i, d in enumerate(drafts, 1):
+            batch.token[i], batch.pos[i] = d, n + i
+        batch.n_tokens = len(drafts) + 1
+        rc = ll.llama_decode(e._ctx, batch)
+        if rc != 0:
+            ll.llama_memory_seq_rm(e._mem, 0, n, -1)
+            raise EngineError(f"llama_decode failed while generating (code {rc})")
+        ok = 0
+        sampled = self.sample(0)
+        while ok < len(drafts) and sampled == drafts[ok]:
+            if ll.llama_vocab_is_eog(e._vocab, sampled):
+                break  # end of generation: the caller stops on it; keep it out of the cache
+            ok += 1
+            sampled = self.sample(ok)
+        if ok < len(drafts) and not ll.llama_memory_seq_rm(e._mem, 0, n + 1 + ok, -1):
+            ll.llama_memory_seq_rm(e._mem, 0, n, -1)
+            raise EngineError("llama.cpp could not remove rejected drafts from the KV cache")
+        e.tokens.append(token)
+        e.tokens.extend(drafts[:ok])
+        return sampled, drafts[:ok]
+
+    def close(self) -> None:
+        self._ll.llama_sampler_free(self.chain)
+        self._ll.llama_batch_free(self.batch)

@@ -1,0 +1,160 @@
+"""Speculative decoding (--draft): the same answer as plain decoding, with drafting stats.
+
+The end-to-end tests use the bundled SmolLM2 (copy-heavy prompts, where lookup drafts are
+accepted) and SmolLM2 as its own draft model (the only same-vocabulary pair at hand: it proves
+the draft model's KV cache stays in step, with acceptance near 100%). The tiny random model
+covers the edges in-process: a full context, an incompatible vocabulary."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infer.runtime import GenerateOptions, LoadOptions, Message, SamplingParams, generate, load
+from infer.runtime.api import load_draft
+from infer.runtime.engine import LlamaCppEngine
+from infer.runtime.errors import IncompatibleDraftError
+from infer.runtime.speculative import LookupDrafter
+
+from .conftest import run_infer
+
+COPY = (
+    "Repeat this text exactly, word for word: The committee met on Tuesday to discuss the new "
+    "library. The new library will open in the spring, and the committee hopes that the new "
+    "library will be open every day of the week."
+)
+GREEDY = SamplingParams(temperature=0)
+
+
+def _json(*args: str) -> dict[str, Any]:
+    result = run_infer("run", "smollm2", "--temp", "0", "--json", *args)
+    assert result.returncode == 0, result.stderr.decode()
+    record: dict[str, Any] = json.loads(result.stdout)
+    return record
+
+
+# --- prompt lookup, pure Python ----------------------------------------------------------------
+SOURCE = [10, 11, 12, 13, 14, 15, 16, 17]
+
+
+def test_lookup_drafts_what_followed_the_longest_most_recent_match() -> None:
+    never = threading.Event()
+    history = [*SOURCE, 20, 12, 13, 30, 10, 11, 12, 13]
+    # "12 13" last occurred before 30, but "11 12 13" (longer) before 14: the longer wins,
+    # and 4 tokens agree there ("10 11 12 13"), so it drafts 2.
+    assert LookupDrafter(ngram=3).draft(history, 8, never) == [14, 15]
+    assert LookupDrafter(ngram=2).draft(history, 8, never) == [30]
+
+
+def test_lookup_drafts_more_as_the_copy_goes_on_and_at_most_k() -> None:
+    never, drafter = threading.Event(), LookupDrafter(ngram=3)
+    history = [*SOURCE, 20, 10, 11, 12]
+    assert drafter.draft(history, 8, never) == [13]
+    history += [13, 14, 15]  # the index grows incrementally with the history
+    assert drafter.draft(history, 8, never) == [16, 17, 20]
+    assert drafter.draft(history, 2, never) == [16, 17]
+
+
+def test_lookup_needs_two_tokens_and_never_matches_the_end_with_itself() -> None:
+    never = threading.Event()
+    assert LookupDrafter().draft([5, 6, 7], 4, never) == []
+    assert LookupDrafter().draft([5, 6, 5], 4, never) == []
+    assert LookupDrafter(ngram=1).draft([5, 6, 5], 4, never) == [6]
+
+
+# --- in-process, the tiny random model -----------------------------------------------------------
+@pytest.fixture()
+def tiny(tiny_model: Path) -> Iterator[LlamaCppEngine]:
+    engine = load(str(tiny_model), LoadOptions(ctx_size=96))
+    assert isinstance(engine, LlamaCppEngine)
+    yield engine
+    engine.close()
+
+
+def _answer(engine: LlamaCppEngine, options: GenerateOptions) -> tuple[str, Any]:
+    engine.reset()
+    gen = generate(engine, [Message("user", "abcabcabc")], GREEDY, options)
+    return "".join(gen), gen.stats
+
+
+def test_tiny_model_until_the_context_is_full(tiny: LlamaCppEngine, tiny_model: Path) -> None:
+    plain, plain_stats = _answer(tiny, GenerateOptions())
+    assert plain_stats.finish_reason == "context"
+    draft = load_draft(str(tiny_model), tiny)
+    try:
+        for source in ("lookup", draft):
+            text, stats = _answer(tiny, GenerateOptions(draft=source, draft_max=5))
+            assert (text, stats.finish_reason) == (plain, "context")
+            assert stats.generated_tokens == plain_stats.generated_tokens
+            assert tiny.n_past == tiny.n_ctx  # nothing rejected is left in the cache
+            assert stats.drafted > 0
+    finally:
+        draft.close()
+
+
+def test_draft_model_with_another_vocabulary_is_refused(
+    tiny: LlamaCppEngine, bundled_model: Path
+) -> None:
+    with pytest.raises(IncompatibleDraftError, match="different vocabulary"):
+        load_draft(str(bundled_model), tiny)
+
+
+# --- end to end, SmolLM2 ----------------------------------------------------------------------
+def test_greedy_output_is_identical_with_and_without_drafting() -> None:
+    plain = _json(COPY, "-n", "48")
+    lookup = _json(COPY, "-n", "48", "--draft", "lookup")
+    model = _json(COPY, "-n", "48", "--draft", "smollm2", "--draft-max", "4")
+    assert plain["text"] and "library" in plain["text"]
+    assert lookup["text"] == plain["text"]
+    assert model["text"] == plain["text"]
+    assert lookup["stats"]["generated_tokens"] == plain["stats"]["generated_tokens"]
+    for record, source in ((lookup, "lookup"), (model, "SmolLM2-135M-Instruct.Q4_1")):
+        stats = record["stats"]
+        assert stats["draft"] == source
+        assert 0 < stats["accepted"] <= stats["drafted"]
+        assert stats["draft_acceptance"] == round(stats["accepted"] / stats["drafted"], 4)
+    assert model["stats"]["draft_acceptance"] > 0.9  # the model drafting for itself
+    assert "drafted" not in plain["stats"]
+
+
+def test_max_tokens_and_stop_strings_hold_with_drafting() -> None:
+    plain = _json(COPY, "-n", "48")["text"]
+    short = _json(COPY, "-n", "7", "--draft", "lookup")
+    assert short["stats"]["generated_tokens"] == 7
+    assert short["finish_reason"] == "length"
+    assert plain.startswith(short["text"])
+    stop = "hopes"
+    assert stop in plain
+    stopped = _json(COPY, "-n", "48", "--draft", "lookup", "--stop", stop)
+    assert stopped["text"] == plain[: plain.index(stop)]
+    assert stopped["finish_reason"] == "stop"
+
+
+def test_stats_line_shows_the_acceptance_rate() -> None:
+    result = run_infer("run", "smollm2", COPY, "--temp", "0", "-n", "16", "--draft", "lookup",
+                       "--stats")  # fmt: skip
+    assert result.returncode == 0
+    line = result.stderr.decode().strip().splitlines()[-1]
+    assert "draft lookup:" in line and "accepted (" in line
+
+
+def test_incompatible_draft_model_is_a_one_line_error(tiny_model: Path) -> None:
+    result = run_infer("run", "smollm2", "hi", "-n", "4", "--draft", str(tiny_model))
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.count("\n") == 1 and "different vocabulary" in err and "Traceback" not in err
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--draft-max", "0"), ("--draft-max", "x"), ("--draft-ngram", "0")]
+)
+def test_invalid_draft_options_are_usage_errors(flag: str, value: str) -> None:
+    result = run_infer("run", "smollm2", "hi", "--draft", "lookup", flag, value)
+    assert result.returncode == 2
+    assert flag in result.stderr.decode()
