@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pexpect
 import pytest
@@ -17,12 +18,17 @@ PROMPT = ">>> "
 
 
 class Chat:
+    live: ClassVar[
+        list[Chat]
+    ] = []  # every session a test opened, closed by the autouse fixture below
+
     def __init__(self, *args: str) -> None:
         assert INFER
         self.child = pexpect.spawn(
-            INFER, ["run", "smollm2", *args], encoding="utf-8", timeout=60,
+            INFER, ["run", "smollm2", *args], encoding="utf-8", timeout=180,
             dimensions=(50, 200), env=dict(os.environ),
         )  # fmt: skip
+        Chat.live.append(self)
         self.child.expect_exact(PROMPT)
 
     def say(self, line: str) -> str:
@@ -42,12 +48,19 @@ def strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "")
 
 
+@pytest.fixture(autouse=True)
+def _close_sessions() -> Iterator[None]:
+    """A failed test must not leave its chat process running."""
+    yield
+    while Chat.live:
+        session = Chat.live.pop()
+        if session.child.isalive():
+            session.child.terminate(force=True)
+
+
 @pytest.fixture()
 def chat() -> Iterator[Chat]:
-    session = Chat("--temperature", "0", "-n", "40")
-    yield session
-    if session.child.isalive():
-        session.child.terminate(force=True)
+    yield Chat("--temperature", "0", "-n", "40")
 
 
 def test_follow_up_uses_the_previous_turn_and_the_kv_cache(chat: Chat) -> None:
