@@ -31,13 +31,15 @@ def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Engi
     header = read_header(resolved.path)
     if header.split_count > 1 and "-00001-of-" not in resolved.path.name:
         raise UsageError(f"{resolved.path.name} is one part of a split model: load the first part")
+    cache = None
+    if options.prompt_cache:  # first: a bad INFER_PROMPT_CACHE_* is an error before the load
+        from .prompt_cache import PromptCache
+
+        cache = PromptCache(resolved)
     started = time.perf_counter()
     engine = LlamaCppEngine(resolved.path, header, options)
     engine.load_s = time.perf_counter() - started
-    if options.prompt_cache:
-        from .prompt_cache import PromptCache
-
-        engine.prompt_cache = PromptCache(resolved)
+    engine.prompt_cache = cache
     return engine
 
 

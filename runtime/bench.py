@@ -142,30 +142,41 @@ def run_bench(
 ) -> Iterator[BenchResult]:
     """Measure each point in turn; yields its result as soon as it is known."""
     check_counts(n_prompt, n_gen, reps)
+    sampling = _sampling(model)
     for point in points:
         options = LoadOptions(
-            ctx_size=point.ctx_size, threads=point.threads, gpu_layers=point.gpu_layers,
-            batch_size=point.batch_size, verbose=verbose,
+            ctx_size=point.ctx_size or model.defaults.ctx_size, threads=point.threads,
+            gpu_layers=point.gpu_layers, batch_size=point.batch_size, verbose=verbose,
         ).validate()  # fmt: skip
-        yield _bench_point(model, options, n_prompt, n_gen, reps, progress or _quiet)
+        yield _bench_point(model, options, sampling, (n_prompt, n_gen, reps), progress or _quiet)
+
+
+def _sampling(model: ResolvedModel) -> SamplingParams:
+    """What `infer run MODEL` samples with when no flag is given: models.toml, else defaults."""
+    params = SamplingParams()
+    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
+        value = getattr(model.defaults, name)
+        if value is not None:
+            setattr(params, name, value)
+    return params.validate()
 
 
 def _bench_point(
     model: ResolvedModel,
     options: LoadOptions,
-    n_prompt: int,
-    n_gen: int,
-    reps: int,
+    sampling: SamplingParams,
+    counts: tuple[int, int, int],
     progress: Progress,
 ) -> BenchResult:
+    n_prompt, n_gen, reps = counts
     engine, loads = _load_repeatedly(model, options, reps, progress, (n_prompt, n_gen))
     try:
         progress("warm-up")
-        _measure(engine, n_prompt, n_gen, seed=-1)
+        _measure(engine, sampling, n_prompt, n_gen, seed=-1)
         pp, ttft, tg = [], [], []
         for rep in range(reps):
             progress(f"repetition {rep + 1}/{reps}")
-            prompt_tps, first, gen_tps = _measure(engine, n_prompt, n_gen, seed=rep)
+            prompt_tps, first, gen_tps = _measure(engine, sampling, n_prompt, n_gen, seed=rep)
             pp.append(prompt_tps)
             ttft.append(first)
             tg.append(gen_tps)
@@ -205,25 +216,29 @@ def _load_repeatedly(
     return engine, loads
 
 
-def _measure(engine: LlamaCppEngine, n_prompt: int, n_gen: int, seed: int) -> tuple[float, ...]:
+def _measure(
+    engine: LlamaCppEngine, sampling: SamplingParams, n_prompt: int, n_gen: int, seed: int
+) -> tuple[float, float, float]:
     """One repetition: (prompt tok/s, time to first token s, generation tok/s); 0 when skipped."""
     rng = random.Random(seed)
     prompt_tps = ttft = gen_tps = 0.0
     if n_prompt:
         # llama-bench's prompt: BOS (when the model wants one), then random tokens.
-        stats = _timed(engine, _random_tokens(engine, rng, n_prompt), 1)
+        stats = _timed(engine, sampling, _random_tokens(engine, rng, n_prompt), 1)
         prompt_tps, ttft = stats.prompt_tps, stats.ttft_s
     if n_gen:
         # n_gen + 1 tokens: the first comes from the prompt's logits, then n_gen decode steps.
-        stats = _timed(engine, _random_tokens(engine, rng, 1), n_gen + 1)
+        stats = _timed(engine, sampling, _random_tokens(engine, rng, 1), n_gen + 1)
         gen_tps = stats.generate_tps
     return prompt_tps, ttft, gen_tps
 
 
-def _timed(engine: LlamaCppEngine, prompt: list[int], max_tokens: int) -> Any:
+def _timed(
+    engine: LlamaCppEngine, sampling: SamplingParams, prompt: list[int], max_tokens: int
+) -> Any:
     engine.reset()
     gen = Generation(
-        cast(Engine, _EndlessEngine(engine)), prompt, SamplingParams(),
+        cast(Engine, _EndlessEngine(engine)), prompt, sampling,
         GenerateOptions(max_tokens=max_tokens), threading.Event(),
     )  # fmt: skip
     for _ in gen:

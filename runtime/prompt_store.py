@@ -31,7 +31,7 @@ TAIL = struct.Struct("<I8s")  # JSON length, magic
 _MAX_META = 1 << 16
 _FIELDS = [("model", str), ("key", str), ("tokens", int), ("state_bytes", int), ("crc32", int)]
 _FIELDS += [("magic", int), ("version", int)]
-_STALE_TEMP_S = 3600  # a temp file this old belongs to a process that died mid-write
+_STALE_TEMP_S = 3600  # a temp file or link this old belongs to a process that died
 _CHUNK = 1 << 22
 
 
@@ -177,8 +177,8 @@ def evict(limit: int, keep: Path | None = None) -> None:
     files left by processes that died while writing."""
     now = time.time()
     for path in root().glob("*/.*"):
-        try:
-            if now - path.stat().st_mtime > _STALE_TEMP_S:
+        try:  # ctime: a reader's hard link has the entry's old mtime but a fresh ctime
+            if now - path.stat().st_ctime > _STALE_TEMP_S:
                 unlink(path)
         except OSError:
             continue

@@ -189,13 +189,15 @@ def test_lru_eviction_keeps_the_total_under_the_limit(
         eng.close()
 
 
-def test_size_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_are_checked(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert prompt_store.max_bytes() == 10**9
     cases = {"500MB": 500 * 10**6, "2G": 2 * 10**9, "1GiB": 2**30, "0": 0, "1234": 1234}
     assert {k: prompt_store.parse_size(k) for k in cases} == cases
     monkeypatch.setenv("INFER_PROMPT_CACHE_SIZE", "lots")
-    result = run_infer("cache", "list")
-    assert result.returncode == 2 and b"INFER_PROMPT_CACHE_SIZE" in result.stderr
+    for args in (("cache", "list"), ("run", str(tiny_model), "hi", "-n", "1")):
+        result = run_infer(*args)
+        assert result.returncode == 2 and b"INFER_PROMPT_CACHE_SIZE" in result.stderr
+    assert run_infer("run", str(tiny_model), "hi", "-n", "1", "--no-prompt-cache").returncode == 0
 
 
 # --- the command line ------------------------------------------------------------------------
