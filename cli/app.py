@@ -12,6 +12,7 @@ import typer
 from . import output
 from .bench import bench
 from .cache import cache_app
+from .help import HelpCommand, HelpGroup, SectionedHelpCommand
 from .models import list_models, pull, rm, show
 from .perplexity import perplexity
 from .quantize import quantize
@@ -21,20 +22,24 @@ app = typer.Typer(
     name="infer",
     help="Run open LLMs locally: GGUF models from the Hugging Face Hub, in-process via llama.cpp.",
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    cls=HelpGroup,
+    rich_markup_mode=None,  # plain-text help (cli/help.py): rich's costs half the start-up
 )
-app.command()(run)
-app.command()(pull)
-app.command("list")(list_models)
-app.command("ls", hidden=True)(list_models)
-app.command()(show)
-app.command()(rm)
+app.command(cls=SectionedHelpCommand)(run)
+app.command(cls=HelpCommand)(pull)
+app.command("list", cls=HelpCommand)(list_models)
+app.command("ls", cls=HelpCommand, hidden=True)(list_models)
+app.command(cls=HelpCommand)(show)
+app.command(cls=HelpCommand)(rm)
 app.command(
-    "chat", help="Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt)."
+    "chat",
+    cls=SectionedHelpCommand,
+    help="Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt).",
 )(run)
-app.command()(bench)
-app.command()(quantize)
-app.command()(perplexity)
+app.command(cls=HelpCommand)(bench)
+app.command(cls=HelpCommand)(quantize)
+app.command(cls=HelpCommand)(perplexity)
 app.add_typer(cache_app, name="cache")
 
 

@@ -10,11 +10,14 @@ from typing import Annotated
 import typer
 
 from . import output
+from .help import HelpCommand, HelpGroup
 from .models import _ago, _table, human_size
 
 cache_app = typer.Typer(
     help="Inspect or clear the prompt cache: saved states of long prompts (256+ tokens) that "
     "let a later run with the same beginning skip evaluating it again.",
+    cls=HelpGroup,
+    rich_markup_mode=None,
 )
 
 
@@ -24,7 +27,7 @@ def _cache(ctx: typer.Context) -> None:
         output.write_answer(ctx.get_help() + "\n")
 
 
-@cache_app.command("list")
+@cache_app.command("list", cls=HelpCommand)
 def list_entries(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON (stable field names) instead of a table.")
@@ -54,7 +57,7 @@ def list_entries(
     output.write_answer(f"{count}, {human_size(total)} of {human_size(limit)} (limit) in {where}\n")
 
 
-@cache_app.command()
+@cache_app.command(cls=HelpCommand)
 def clear() -> None:
     """Remove every saved prompt state."""
     from infer.runtime import prompt_store

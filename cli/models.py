@@ -24,7 +24,10 @@ ListJsonOpt = Annotated[
 ]
 ModelsArg = Annotated[
     list[str],
-    typer.Argument(help="Models: owner/repo[:QUANT][@REV], hf://owner/repo/file.gguf or an alias"),
+    typer.Argument(
+        metavar="MODEL...",
+        help="Models: owner/repo[:QUANT][@REV], hf://owner/repo/file.gguf or an alias",
+    ),
 ]
 
 

@@ -25,7 +25,9 @@ from .signals import cancel_on_sigint
 FileArg = Annotated[
     Path | None,
     typer.Argument(
-        help="UTF-8 text to measure (default: stdin; '-' also means stdin).", show_default=False
+        metavar="[FILE]",
+        help="UTF-8 text to measure (default: stdin; '-' also means stdin).",
+        show_default=False,
     ),
 ]
 PplCtxOpt = Annotated[

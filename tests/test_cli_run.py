@@ -235,7 +235,7 @@ def test_empty_prompt_is_a_usage_error() -> None:
         ("--max-tokens", "-5", "--max-tokens"),
         ("--ctx-size", "4", "--ctx-size"),
         ("--threads", "0", "--threads"),
-        ("--temperature", "hot", "valid number"),
+        ("--temperature", "hot", "not a valid"),
     ],
 )
 def test_invalid_option_values_are_usage_errors(flag: str, value: str, words: str) -> None:
@@ -283,13 +283,38 @@ def test_help_does_not_import_heavy_modules() -> None:
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "for run in (['run', '--help'],):\n"
         "    try:\n        main(run)\n    except SystemExit:\n        pass\n"
-        "heavy = [m for m in ('llama_cpp', 'huggingface_hub', 'rich.progress', 'numpy')"
-        " if m in sys.modules]\n"
+        "heavy = [m for m in ('llama_cpp', 'huggingface_hub', 'rich.progress', 'numpy',"
+        " 'pydantic', 'rich.markdown', 'typer.rich_utils', 'jinja2') if m in sys.modules]\n"
         "print('HEAVY:' + ','.join(heavy))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().splitlines()[-1] == "HEAVY:"
+
+
+def test_help_is_plain_text_in_sections() -> None:
+    """`infer run --help` through a pipe: click's usage line, the options grouped by what they
+    are for, no box-drawing characters or escape codes."""
+    assert INFER
+    result = subprocess.run(
+        [INFER, "run", "--help"],
+        capture_output=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    assert result.returncode == 0 and result.stderr == b""
+    text = result.stdout.decode()
+    assert text.startswith("Usage: infer run [OPTIONS] MODEL [PROMPT]\n")
+    assert not set(text) & set("╭│╰\x1b")
+    headings = [line for line in text.splitlines() if line and not line.startswith(" ")]
+    assert headings[1:] == [
+        "Arguments:", "Input and output:", "Sampling:", "Context and hardware:", "Chat:",
+        "Speed-ups:", "Options:",
+    ]  # fmt: skip
+    sampling = text.split("Sampling:")[1].split("\n\n")[0]
+    assert "--temperature" in sampling and "--seed" in sampling and "--ctx-size" not in sampling
+    root = subprocess.run([INFER, "--help"], capture_output=True, timeout=30).stdout.decode()
+    assert "Commands:" in root and "\n  run " in root and "\n  ls " not in root  # ls: hidden
 
 
 def test_no_prompt_on_a_terminal_does_not_wait() -> None:
