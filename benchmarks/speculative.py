@@ -75,6 +75,11 @@ def with_typos(text: str, every: int = 9, seed: int = 7) -> str:
     return " ".join(words)
 
 
+def story(args: argparse.Namespace) -> str:
+    """The whole story, or its first --paragraphs paragraphs (a shorter task)."""
+    return "\n\n".join(STORY.split("\n\n")[: args.paragraphs or None])
+
+
 def load_engine(threads: int) -> Any:
     from infer.runtime import LoadOptions, load
 
@@ -85,9 +90,10 @@ def one_run(engine: Any, draft: str | None, args: argparse.Namespace, n: int) ->
     from infer.runtime import GenerateOptions, Message, SamplingParams, generate
 
     options = GenerateOptions(
-        max_tokens=n, draft=draft, draft_max=args.draft_max, draft_ngram=args.ngram
-    )
-    prompt = INSTRUCTION + with_typos(STORY)
+        max_tokens=n, draft=draft, draft_max=args.draft_max, draft_ngram=args.ngram,
+        draft_adapt=not args.always,
+    )  # fmt: skip
+    prompt = INSTRUCTION + with_typos(story(args))
     # From an empty KV cache each time: both sides then evaluate the prompt alike (llama.cpp's
     # results depend slightly on how tokens are batched, see benchmarks/README.md).
     engine.reset()
@@ -170,16 +176,19 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="default: the story's")
     parser.add_argument("--sweep", default="", help="also compare these --draft-max values")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--always", action="store_true", help="as --draft-always")
+    parser.add_argument("--paragraphs", type=int, default=0, help="only the first N (of 5)")
     args = parser.parse_args()
     engine = load_engine(args.threads)
-    n = args.max_tokens or len(engine.tokenize(STORY, False))
-    prompt_len = len(engine.tokenize(INSTRUCTION + with_typos(STORY), False))
+    n = args.max_tokens or len(engine.tokenize(story(args), False))
+    prompt_len = len(engine.tokenize(INSTRUCTION + with_typos(story(args)), False))
     print(f"{machine()}; {args.threads} threads; prompt ~{prompt_len} tokens, answer "
           f"{n} tokens", file=sys.stderr)  # fmt: skip
     results = []
     for k in [args.draft_max, *(int(x) for x in args.sweep.split(",") if x)]:
         args.draft_max = k
-        print(f"--draft lookup --draft-max {k or 'default'}", file=sys.stderr)
+        always = " --draft-always" if args.always else ""
+        print(f"--draft lookup{always} --draft-max {k or 'default'}", file=sys.stderr)
         results.append(compare(engine, args, n))
     report: dict[str, Any] = {"machine": machine(), "threads": args.threads, "runs": results}
     if args.sweep:

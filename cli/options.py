@@ -197,6 +197,14 @@ DraftNgramOpt = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
+DraftAlwaysOpt = Annotated[
+    bool,
+    typer.Option(
+        "--draft-always", rich_help_panel=SPEED,
+        help="Verify every drafted token. By default infer times its decodes and cuts or skips "
+        "drafts that would make generation slower than plain decoding on this machine.",
+    ),
+]  # fmt: skip
 BatchOpt = Annotated[
     str | None,
     typer.Option(

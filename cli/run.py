@@ -17,6 +17,7 @@ from .options import (
     BatchOpt,
     ContinueOpt,
     CtxSizeOpt,
+    DraftAlwaysOpt,
     DraftMaxOpt,
     DraftNgramOpt,
     DraftOpt,
@@ -77,6 +78,7 @@ def run(
     draft: DraftOpt = None,
     draft_max: DraftMaxOpt = None,
     draft_ngram: DraftNgramOpt = None,
+    draft_always: DraftAlwaysOpt = False,
     no_prompt_cache: NoPromptCacheOpt = False,
     batch: BatchOpt = None,
     parallel: ParallelOpt = None,
@@ -103,8 +105,9 @@ def run(
         seed=seed,
     ).validate()  # fmt: skip
     options = GenerateOptions(
-        max_tokens=max_tokens, stop=list(stop or []), draft_max=draft_max, draft_ngram=draft_ngram
-    ).validate()
+        max_tokens=max_tokens, stop=list(stop or []), draft_max=draft_max, draft_ngram=draft_ngram,
+        draft_adapt=not draft_always,
+    ).validate()  # fmt: skip
     load_options = LoadOptions(
         ctx_size=ctx_size or d.ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose,
         prompt_cache=not no_prompt_cache,

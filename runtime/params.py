@@ -50,6 +50,9 @@ class GenerateOptions:
     draft: str | Engine | None = None
     draft_max: int | None = None  # drafted tokens per step; None: the drafter's default
     draft_ngram: int | None = None  # lookup: longest n-gram matched; None: the default
+    # False: verify every drafted token, even where measured costs say it slows generation down
+    # (runtime/draft_policy.py). For measuring acceptance, and for tests of verification.
+    draft_adapt: bool = True
 
     def validate(self) -> GenerateOptions:
         if self.max_tokens is not None and self.max_tokens < 0:

@@ -18,9 +18,11 @@ The plain per-token loop in engine.py is left alone: this module runs only when 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .draft_policy import DraftPolicy
 from .errors import EngineError, IncompatibleDraftError, Interrupted, UsageError
 
 if TYPE_CHECKING:
@@ -182,8 +184,9 @@ def generate(
         raise EngineError("prompt longer than the context")  # callers check this first
     engine._decode_prompt(prompt, cancel)
     verifier = _Verifier(engine, sampling, k_max + 1)
+    policy = DraftPolicy(k_max, adaptive=options.draft_adapt)
     try:
-        yield from _loop(engine, verifier, drafter, k_max, options.max_tokens, cancel, stats)
+        yield from _loop(engine, verifier, drafter, policy, options.max_tokens, cancel, stats)
     finally:
         verifier.close()
         if isinstance(drafter, ModelDrafter):
@@ -194,12 +197,12 @@ def _loop(
     engine: LlamaCppEngine,
     verifier: _Verifier,
     drafter: Drafter,
-    k_max: int,
+    policy: DraftPolicy,
     limit: int | None,
     cancel: threading.Event,
     stats: Stats,
 ) -> Generator[bytes, None, None]:
-    ll, tokens, piece = engine._ll, engine.tokens, engine.piece
+    ll, tokens, piece, clock = engine._ll, engine.tokens, engine.piece, time.perf_counter
     is_eog, vocab = ll.llama_vocab_is_eog, engine._vocab
     token = verifier.sample(-1)  # from the prompt's logits
     emitted = 0
@@ -210,12 +213,20 @@ def _loop(
             raise Interrupted()
         # `token` is not in the KV cache yet; it and the drafts must fit in the context, and
         # drafts past the caller's token limit would be verified for nothing.
-        k = min(k_max, engine.n_ctx - len(tokens) - 1)
+        k = min(policy.k_max, engine.n_ctx - len(tokens) - 1)
         if limit is not None:
             k = min(k, limit - emitted)
-        drafts = drafter.draft([*tokens, token], k, cancel) if k > 0 else []
-        token, accepted = verifier.verify(token, drafts)
-        stats.drafted += len(drafts)
+        started = clock()
+        drafts = (
+            drafter.draft([*tokens, token], k, cancel) if k > 0 and policy.worth_drafting() else []
+        )
+        drafted_at = clock()
+        use = policy.choose(len(drafts))
+        token, accepted = verifier.verify(token, drafts[:use])
+        policy.record_step(use + 1, clock() - drafted_at)
+        if drafts:
+            policy.record_draft(len(drafts), use, len(accepted), drafted_at - started)
+        stats.drafted += use
         stats.accepted += len(accepted)
         for t in accepted:
             yield piece(t)

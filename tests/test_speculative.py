@@ -88,11 +88,13 @@ def test_tiny_model_until_the_context_is_full(tiny: LlamaCppEngine, tiny_model: 
     draft = load_draft(str(tiny_model), tiny)
     try:
         for source in ("lookup", draft):
-            text, stats = _answer(tiny, GenerateOptions(draft=source, draft_max=5))
-            assert (text, stats.finish_reason) == (plain, "context")
-            assert stats.generated_tokens == plain_stats.generated_tokens
-            assert tiny.n_past == tiny.n_ctx  # nothing rejected is left in the cache
-            assert stats.drafted > 0
+            for adapt in (False, True):  # every draft verified; the drafts timings justify
+                options = GenerateOptions(draft=source, draft_max=5, draft_adapt=adapt)
+                text, stats = _answer(tiny, options)
+                assert (text, stats.finish_reason) == (plain, "context")
+                assert stats.generated_tokens == plain_stats.generated_tokens
+                assert tiny.n_past == tiny.n_ctx  # nothing rejected is left in the cache
+                assert stats.drafted > 0 or adapt
     finally:
         draft.close()
 
@@ -107,11 +109,14 @@ def test_draft_model_with_another_vocabulary_is_refused(
 # --- end to end, SmolLM2 ----------------------------------------------------------------------
 def test_greedy_output_is_identical_with_and_without_drafting() -> None:
     plain = _json(COPY, "-n", "48")
-    lookup = _json(COPY, "-n", "48", "--draft", "lookup")
-    model = _json(COPY, "-n", "48", "--draft", "smollm2", "--draft-max", "4")
+    lookup = _json(COPY, "-n", "48", "--draft", "lookup", "--draft-always")
+    model = _json(COPY, "-n", "48", "--draft", "smollm2", "--draft-max", "4", "--draft-always")
+    adaptive = _json(COPY, "-n", "48", "--draft", "lookup")  # verifies what pays, maybe nothing
     assert plain["text"] and "library" in plain["text"]
     assert lookup["text"] == plain["text"]
     assert model["text"] == plain["text"]
+    assert adaptive["text"] == plain["text"]
+    assert adaptive["stats"]["accepted"] <= adaptive["stats"]["drafted"]
     assert lookup["stats"]["generated_tokens"] == plain["stats"]["generated_tokens"]
     for record, source in ((lookup, "lookup"), (model, "SmolLM2-135M-Instruct.Q4_1")):
         stats = record["stats"]
