@@ -8,6 +8,7 @@ covers the edges in-process: a full context, an incompatible vocabulary."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,33 @@ def test_greedy_output_is_identical_with_and_without_drafting() -> None:
         assert stats["draft_acceptance"] == round(stats["accepted"] / stats["drafted"], 4)
     assert model["stats"]["draft_acceptance"] > 0.9  # the model drafting for itself
     assert "drafted" not in plain["stats"]
+
+
+def test_identical_past_512_cells_with_one_thread() -> None:
+    """Past 512 KV cells llama.cpp's CPU flash attention decodes a lone token with the cells
+    split between threads, which no multi-token batch reproduces (benchmarks/README.md): with
+    one thread both paths compute alike, so the answer must be identical token for token."""
+    words = [
+        "river",
+        "stone",
+        "lamp",
+        "garden",
+        "window",
+        "letter",
+        "morning",
+        "harbour",
+        "winter",
+        "bridge",
+    ]
+    rng = random.Random(3)
+    text = " ".join(" ".join(rng.choice(words) for _ in range(9)) + "." for _ in range(50))
+    args = (f"Repeat this text exactly: {text}", "-n", "120", "-t", "1", "--no-prompt-cache")
+    plain = _json(*args)
+    drafted = _json(*args, "--draft", "lookup", "--draft-always")
+    assert plain["stats"]["prompt_tokens"] + 120 > 512 + 64
+    assert drafted["stats"]["generated_tokens"] == plain["stats"]["generated_tokens"] == 120
+    assert drafted["text"] == plain["text"]
+    assert drafted["stats"]["accepted"] > 20
 
 
 def test_max_tokens_and_stop_strings_hold_with_drafting() -> None:
