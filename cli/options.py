@@ -115,7 +115,8 @@ GpuLayersOpt = Annotated[
     typer.Option(
         "--gpu-layers", envvar="INFER_GPU_LAYERS",
         rich_help_panel=HARDWARE,
-        help="Layers to offload to the GPU; -1 = all (default: all on GPU builds, 0 on CPU).",
+        help="Layers to offload to the GPU; -1 = all (default: all that fit in free GPU "
+        "memory on GPU builds, 0 on CPU).",
         show_default=False,
     ),
 ]  # fmt: skip

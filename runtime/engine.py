@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from .errors import EngineError, Interrupted
 from .gguf import GGUFHeader
 from .llama_lib import bindings
+from .offload import default_gpu_layers, kv_bytes_per_layer
 from .params import LoadOptions, SamplingParams, physical_cores
 
 KV_BUDGET_BYTES = 4 << 30  # default context is capped so its KV cache stays within this
@@ -58,15 +59,9 @@ def default_ctx(header: GGUFHeader, budget: int = KV_BUDGET_BYTES) -> int:
     """The model's trained context, capped so an f16 KV cache fits in `budget` bytes."""
     trained = header.context_length or 4096
     n_layer = int(header.arch_value("block_count", 0) or 0)
-    n_head = int(header.arch_value("attention.head_count", 0) or 0)
-    n_embd = int(header.arch_value("embedding_length", 0) or 0)
-    if not (n_layer and n_head and n_embd):
+    per_token = n_layer * kv_bytes_per_layer(header)
+    if not per_token:
         return min(trained, 8192)
-    head_kv = header.arch_value("attention.head_count_kv", n_head)
-    head_kv = int(head_kv if isinstance(head_kv, int) else max(head_kv or [n_head]))
-    k_len = int(header.arch_value("attention.key_length", n_embd // n_head))
-    v_len = int(header.arch_value("attention.value_length", n_embd // n_head))
-    per_token = n_layer * head_kv * (k_len + v_len) * 2
     cap = max(2048, budget // max(per_token, 1) // 256 * 256)
     return min(trained, cap)
 
@@ -121,9 +116,11 @@ class LlamaCppEngine:
         _install_log_callback(options.verbose)
         ll.llama_backend_init()
         self.header = header
+        n_ctx = options.ctx_size or default_ctx(header)
         gpu = options.gpu_layers
-        if gpu is None:
-            gpu = ALL_LAYERS if ll.llama_supports_gpu_offload() else 0
+        if gpu is None:  # all that fit on a GPU build (runtime/offload.py), none on a CPU build
+            fit = default_gpu_layers(ll, header, n_ctx) if ll.llama_supports_gpu_offload() else 0
+            gpu = ALL_LAYERS if fit is None else fit
         self.gpu_layers = ALL_LAYERS if gpu == -1 else gpu
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = self.gpu_layers
@@ -141,7 +138,6 @@ class LlamaCppEngine:
         self.n_layers = int(ll.llama_model_n_layer(self._model)) + 1
         offloading = self.gpu_layers > 0 and bool(ll.llama_supports_gpu_offload())
         self.offloaded_layers = min(self.gpu_layers, self.n_layers) if offloading else 0
-        n_ctx = options.ctx_size or default_ctx(header)
         threads = options.threads or physical_cores()
         self.n_batch = min(options.batch_size, n_ctx)
         cparams = ll.llama_context_default_params()

@@ -1,0 +1,121 @@
+"""How many layers to offload to the GPU by default: all that fit in its free memory.
+
+llama.cpp puts the last N repeating layers on the GPU (and, with all of them, the output layer
+too), each with its share of the KV cache; if they do not fit, loading fails. So, as Ollama does,
+the default is computed rather than "all": each layer's weights (summed from the GGUF tensor
+table) plus its f16 KV cache for the context, against the free memory the GPU devices report,
+keeping a reserve for llama.cpp's compute buffers. An explicit --gpu-layers is used as given.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .gguf import GGUFHeader
+
+RESERVE_BYTES = 512 << 20  # compute buffers and the CUDA/Metal context itself
+RESERVE_FRACTION = 0.05  # and a margin that grows with the device
+_GPU_TYPES = (1, 2)  # enum ggml_backend_dev_type: GPU, IGPU (ggml-backend.h)
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+def gpu_free_memory(ll: Any) -> int | None:
+    """Free bytes over the GPU devices llama.cpp sees; None when there is none (a CPU build) or
+    the library does not say."""
+    try:
+        lib = ll._lib
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_type.restype = ctypes.c_int
+        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        size_p = ctypes.POINTER(ctypes.c_size_t)
+        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    except AttributeError:  # bindings without the ggml device API
+        return None
+    free_total, found = 0, False
+    for i in range(lib.ggml_backend_dev_count()):
+        device = lib.ggml_backend_dev_get(i)
+        if lib.ggml_backend_dev_type(device) not in _GPU_TYPES:
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
+        free_total, found = free_total + free.value, True
+    return free_total if found else None
+
+
+def layer_bytes(header: GGUFHeader, n_ctx: int) -> tuple[list[int], int]:
+    """(bytes of each repeating layer: weights + f16 KV cache for `n_ctx` tokens, bytes of the
+    output layer). A split model's first file lists only its own tensors: the total is then
+    spread evenly over the layers, from the files' sizes."""
+    n_layer = int(header.arch_value("block_count", 0) or 0)
+    weights = [0] * n_layer
+    output = 0
+    for t in header.tensors:
+        match = _BLOCK.match(t.name)
+        if match and int(match.group(1)) < n_layer:
+            weights[int(match.group(1))] += t.nbytes
+        elif t.name.startswith("output"):  # output.weight, output_norm.weight
+            output += t.nbytes
+    if not any(t.name == "output.weight" for t in header.tensors):
+        # Tied embeddings: llama.cpp puts a copy of token_embd on the GPU as the output layer.
+        output += sum(t.nbytes for t in header.tensors if t.name == "token_embd.weight")
+    if header.split_count > 1 and n_layer:
+        total = sum(p.stat().st_size for p in _split_parts(header))
+        weights = [total // (n_layer + 1)] * n_layer
+        output = max(output, total // (n_layer + 1))
+    kv = kv_bytes_per_layer(header) * n_ctx
+    return [w + kv for w in weights], output
+
+
+def layers_that_fit(layers: list[int], output: int, free: int) -> int:
+    """llama.cpp's n_gpu_layers for `free` bytes: the last layers first, as llama.cpp offloads
+    them; len(layers) + 1 (every layer and the output layer) when all fit."""
+    budget = free - RESERVE_BYTES - int(free * RESERVE_FRACTION)
+    n = 0
+    for size in reversed(layers):
+        if size > budget:
+            return n
+        budget -= size
+        n += 1
+    return n + 1 if output <= budget else n
+
+
+def default_gpu_layers(ll: Any, header: GGUFHeader, n_ctx: int) -> int | None:
+    """All layers that fit in the GPUs' free memory; None when that cannot be known (llama.cpp
+    then gets "all", as before)."""
+    free = gpu_free_memory(ll)
+    if free is None:
+        return None
+    layers, output = layer_bytes(header, n_ctx)
+    if not layers:
+        return None
+    return layers_that_fit(layers, output, free)
+
+
+def kv_bytes_per_layer(header: GGUFHeader) -> int:
+    """Bytes of one layer's f16 K and V for one token."""
+    n_head = int(header.arch_value("attention.head_count", 0) or 0)
+    n_embd = int(header.arch_value("embedding_length", 0) or 0)
+    if not (n_head and n_embd):
+        return 0
+    head_kv = header.arch_value("attention.head_count_kv", n_head)
+    head_kv = int(head_kv if isinstance(head_kv, int) else max(head_kv or [n_head]))
+    k_len = int(header.arch_value("attention.key_length", n_embd // n_head))
+    v_len = int(header.arch_value("attention.value_length", n_embd // n_head))
+    return head_kv * (k_len + v_len) * 2  # f16 K and V
+
+
+def _split_parts(header: GGUFHeader) -> list[Any]:
+    name = header.path.name
+    match = re.search(r"-(\d{5})-of-(\d{5})\.gguf$", name)
+    if not match:
+        return [header.path]
+    stem, count = name[: match.start()], int(match.group(2))
+    parts = [
+        header.path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, 1 + count)
+    ]
+    return [p for p in parts if p.exists()]
