@@ -46,7 +46,8 @@ GpuLayersListOpt = Annotated[
     str | None,
     typer.Option(
         "--gpu-layers", "-ngl", envvar="INFER_GPU_LAYERS", show_default=False,
-        help=f"Layers offloaded to the GPU, -1 = all (default: all that fit on GPU builds). {SWEEP}",
+        help="Layers offloaded to the GPU, -1 = all (default: all that fit on GPU builds). "
+        f"{SWEEP}",
     ),
 ]  # fmt: skip
 CtxListOpt = Annotated[
