@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -109,13 +110,13 @@ def kv_bytes_per_layer(header: GGUFHeader) -> int:
     return head_kv * (k_len + v_len) * 2  # f16 K and V
 
 
-def _split_parts(header: GGUFHeader) -> list[Any]:
-    name = header.path.name
-    match = re.search(r"-(\d{5})-of-(\d{5})\.gguf$", name)
-    if not match:
+def _split_parts(header: GGUFHeader) -> list[Path]:
+    """The files of a split model that exist beside its first part."""
+    from .selection import split_part  # only split models need it: kept off the start-up path
+
+    parts = split_part(header.path.name)
+    if parts is None:
         return [header.path]
-    stem, count = name[: match.start()], int(match.group(2))
-    parts = [
-        header.path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, 1 + count)
-    ]
-    return [p for p in parts if p.exists()]
+    prefix, _, count = parts
+    names = (f"{prefix}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1))
+    return [p for p in (header.path.with_name(n) for n in names) if p.exists()]
