@@ -18,6 +18,8 @@ which drafts are verified.
 
 from __future__ import annotations
 
+import bisect
+
 ALPHA = 0.3  # weight of a new measurement in the running averages
 
 
@@ -27,11 +29,13 @@ class DraftPolicy:
         self._cost: list[float | None] = [None] * (k_max + 2)  # index m: seconds of m tokens
         self._accepted: list[float | None] = [None] * (k_max + 1)  # index d: tokens accepted
         self._draft_s: float | None = None  # seconds the drafter takes per proposed token
+        self._table: list[float] | None = None  # cost(m) for every m, from self._cost
 
     # --- measurements ---------------------------------------------------------------------
     def record_step(self, tokens: int, seconds: float) -> None:
         """A verification decode of `tokens` tokens (1 = a plain step) took `seconds`."""
         self._cost[tokens] = _average(self._cost[tokens], seconds)
+        self._table = None
 
     def record_draft(self, proposed: int, verified: int, accepted: int, seconds: float) -> None:
         """The drafter proposed `proposed` tokens in `seconds`; the first `verified` of them were
@@ -77,12 +81,17 @@ class DraftPolicy:
     def cost(self, m: int) -> float:
         """c(m): measured, else interpolated between measured neighbours, else extended along
         the last two measured points (never below c(1)), else c(1)."""
+        if self._table is None:  # rebuilt once per step, after a new measurement
+            self._table = [self._estimate(i) for i in range(len(self._cost))]
+        return self._table[m]
+
+    def _estimate(self, m: int) -> float:
         known = [(i, c) for i, c in enumerate(self._cost) if c is not None]
-        exact = self._cost[m] if m < len(self._cost) else None
+        exact = self._cost[m]
         if exact is not None or not known:
             return exact or 0.0
-        below = [(i, c) for i, c in known if i < m]
-        above = [(i, c) for i, c in known if i > m]
+        at = bisect.bisect(known, (m,))  # known[:at] lie below m, known[at:] above
+        below, above = known[:at], known[at:]
         if below and above:
             (i0, c0), (i1, c1) = below[-1], above[0]
             return c0 + (c1 - c0) * (m - i0) / (i1 - i0)
