@@ -135,24 +135,14 @@ def infer_exe() -> str:
     return found
 
 
+def bench_counts(threads: int, p: int, n: int, reps: int) -> list[str]:
+    """The flags llama-bench and infer bench share: the same spelling on both sides."""
+    return ["-t", str(threads), "-p", str(p), "-n", str(n), "-r", str(reps)]
+
+
 def llama_bench(bin_dir: Path, model: Path, threads: int, p: int, n: int, reps: int) -> dict:
-    out = run(
-        [
-            str(bin_dir / "llama-bench"),
-            "-m",
-            str(model),
-            "-t",
-            str(threads),
-            "-p",
-            str(p),
-            "-n",
-            str(n),
-            "-r",
-            str(reps),
-            "-o",
-            "json",
-        ]
-    ).stdout
+    exe = str(bin_dir / "llama-bench")
+    out = run([exe, "-m", str(model), *bench_counts(threads, p, n, reps), "-o", "json"]).stdout
     rates = {}
     for test in json.loads(out):
         key = "prompt" if test["n_prompt"] else "generation"
@@ -161,23 +151,8 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, p: int, n: int, reps: 
 
 
 def infer_bench(model: Path, threads: int, p: int, n: int, reps: int, home: str) -> dict:
-    out = run(
-        [
-            infer_exe(),
-            "bench",
-            str(model),
-            "-t",
-            str(threads),
-            "-p",
-            str(p),
-            "-n",
-            str(n),
-            "-r",
-            str(reps),
-            "--json",
-        ],
-        env={"INFER_HOME": home},
-    ).stdout
+    cmd = [infer_exe(), "bench", str(model), *bench_counts(threads, p, n, reps), "--json"]
+    out = run(cmd, env={"INFER_HOME": home}).stdout
     result = json.loads(out)[0]
     return {
         "prompt": result["prompt_tokens_per_s"]["samples"],

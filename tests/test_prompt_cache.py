@@ -203,25 +203,13 @@ def test_settings_are_checked(tiny_model: Path, monkeypatch: pytest.MonkeyPatch)
 # --- the command line ------------------------------------------------------------------------
 
 TEXT = "abcdefgh" * 40  # the tiny vocabulary spells it byte by byte: 320+ tokens
+RUN_FLAGS = ("-c", "1024", "-t", "1", "-n", "2", "--json", "--temp", "0")
 
 
 def test_cli_writes_entries_unless_told_not_to_and_lists_and_clears_them(
     tiny_model: Path,
 ) -> None:
-    args = (
-        "run",
-        str(tiny_model),
-        TEXT,
-        "-c",
-        "1024",
-        "-t",
-        "1",
-        "-n",
-        "2",
-        "--json",
-        "--temp",
-        "0",
-    )
+    args = ("run", str(tiny_model), TEXT, *RUN_FLAGS)
     off = run_infer(*args, "--no-prompt-cache")
     assert off.returncode == 0, off.stderr
     assert not prompt_store.root().exists()
@@ -247,21 +235,7 @@ def test_cli_writes_entries_unless_told_not_to_and_lists_and_clears_them(
 
 def test_two_runs_at_once_leave_one_good_entry(tiny_model: Path) -> None:
     assert INFER
-    cmd = [
-        INFER,
-        "run",
-        str(tiny_model),
-        TEXT,
-        "-c",
-        "1024",
-        "-t",
-        "1",
-        "-n",
-        "2",
-        "--json",
-        "--temp",
-        "0",
-    ]
+    cmd = [INFER, "run", str(tiny_model), TEXT, *RUN_FLAGS]
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)
     ]
