@@ -150,6 +150,7 @@ class BatchDecoder:
         self._abort_cb = ll.ggml_abort_callback(lambda _data: self._cancel.is_set())
         self._no_abort_cb = ll.ggml_abort_callback()
         self.stats = BatchStats()
+        self.cores = engine.core_share(self._ctx)
 
     @classmethod
     def for_requests(
@@ -178,28 +179,29 @@ class BatchDecoder:
         pending = iter(requests)
         slots: list[_Seq | None] = [None] * self.parallel
         started = time.perf_counter()
-        try:
-            while True:
-                yield from self._admit(pending, slots)
-                active = [seq for seq in slots if seq is not None]
-                if not active:
-                    return
-                if self._cancel.is_set():
-                    raise Interrupted()
-                yield from self._step(active, slots, ignore_eog)
-                self.stats.elapsed_s = time.perf_counter() - started
-                if on_step is not None:
-                    on_step(self.stats)
-        except Interrupted:
-            for running in slots:
-                if running is not None:
-                    slots[running.slot] = None
-                    yield self._finish(running, "interrupted")
-            raise
-        finally:
-            for left in slots:  # the consumer stopped early, or an error
-                if left is not None:
-                    self._release(left)
+        with self.cores:
+            try:
+                while True:
+                    yield from self._admit(pending, slots)
+                    active = [seq for seq in slots if seq is not None]
+                    if not active:
+                        return
+                    if self._cancel.is_set():
+                        raise Interrupted()
+                    yield from self._step(active, slots, ignore_eog)
+                    self.stats.elapsed_s = time.perf_counter() - started
+                    if on_step is not None:
+                        on_step(self.stats)
+            except Interrupted:
+                for running in slots:
+                    if running is not None:
+                        slots[running.slot] = None
+                        yield self._finish(running, "interrupted")
+                raise
+            finally:
+                for left in slots:  # the consumer stopped early, or an error
+                    if left is not None:
+                        self._release(left)
 
     def _admit(
         self, pending: Iterator[BatchRequest], slots: list[_Seq | None]
@@ -283,6 +285,7 @@ class BatchDecoder:
         ll = self._ll
         if with_prompt:  # Ctrl-C can stop a long prompt; the callback costs a call per node
             ll.llama_set_abort_callback(self._ctx, self._abort_cb, None)
+        self.cores.step()
         try:
             rc = ll.llama_decode(self._ctx, self._batch)
         finally:

@@ -11,6 +11,7 @@ ctypes calls on preallocated buffers.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import sys
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Protocol
 
+from .core_share import CoreShare
 from .errors import EngineError, Interrupted
 from .gguf import GGUFHeader
 from .llama_lib import bindings
@@ -103,6 +105,19 @@ def backends(info: str | None = None) -> list[str]:
     return list(dict.fromkeys(names)) or ["CPU"]
 
 
+class _FixedCores:
+    """The user chose --threads: keep them, whoever else is decoding."""
+
+    def __enter__(self) -> _FixedCores:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+
 class LlamaCppEngine:
     """A loaded model and one context (sequence 0). `n_past` tracks what the KV cache holds, so a
     follow-up prompt that extends the last one decodes only its new tokens."""
@@ -155,6 +170,8 @@ class LlamaCppEngine:
             )
         self.n_ctx = int(ll.llama_n_ctx(self._ctx))
         self.threads = threads
+        self._fixed_threads = options.threads is not None
+        self.cores = self.core_share(self._ctx)
         self._mem = ll.llama_get_memory(self._ctx)
         self.tokens: list[int] = []  # what the KV cache holds, in order
         self._pieces: dict[int, bytes] = {}
@@ -172,6 +189,15 @@ class LlamaCppEngine:
     @property
     def n_past(self) -> int:
         return len(self.tokens)
+
+    def core_share(self, ctx: Any) -> CoreShare | _FixedCores:
+        """The threads of `ctx` (this engine's or another over its model), shared with other
+        decoding infer processes (runtime/core_share.py). A --threads choice is kept as is;
+        INFER_SHARE_CORES=0 turns sharing off (for measuring the alternatives)."""
+        if self._fixed_threads or self.threads <= 1 or os.environ.get("INFER_SHARE_CORES") == "0":
+            return _FixedCores()
+        ll = self._ll
+        return CoreShare(self.threads, lambda n: ll.llama_set_n_threads(ctx, n, n))
 
     def _should_abort(self, _data: Any) -> bool:
         return self._cancel is not None and self._cancel.is_set()
@@ -242,6 +268,7 @@ class LlamaCppEngine:
         ll.llama_set_abort_callback(self._ctx, self._abort_cb, None)
         try:
             for start in range(common, len(prompt), self.n_batch):
+                self.cores.step()
                 chunk = prompt[start : start + self.n_batch]
                 arr = (ll.llama_token * len(chunk))(*chunk)
                 rc = ll.llama_decode(self._ctx, ll.llama_batch_get_one(arr, len(chunk)))
@@ -293,11 +320,18 @@ class LlamaCppEngine:
         end-of-generation tokens (benchmarks need an exact token count)."""
         if len(prompt) > self.n_ctx:
             raise EngineError("prompt longer than the context")  # callers check this first
+        with self.cores:
+            yield from self._generate(prompt, sampling, cancel, ignore_eog)
+
+    def _generate(
+        self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event, ignore_eog: bool
+    ) -> Generator[bytes, None, None]:
         self._decode_prompt(prompt, cancel)
         ll = self._ll
         chain = self._sampler(sampling)
         try:
             sample, is_eog, decode = ll.llama_sampler_sample, ll.llama_vocab_is_eog, ll.llama_decode
+            share_cores = self.cores.step
             ctx, vocab, pieces, tokens = self._ctx, self._vocab, self._pieces, self.tokens
             one = (ll.llama_token * 1)()
             batch = ll.llama_batch_get_one(one, 1)  # reused: positions come from the KV cache
@@ -310,6 +344,7 @@ class LlamaCppEngine:
                 if cancel.is_set():
                     raise Interrupted()
                 one[0] = token
+                share_cores()
                 rc = decode(ctx, batch)
                 if rc != 0:
                     raise EngineError(f"llama_decode failed while generating (code {rc})")

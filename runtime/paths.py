@@ -36,3 +36,20 @@ def state_dir() -> Path:
 
 def user_models_file() -> Path:
     return config_dir() / "models.toml"
+
+
+def runtime_dir() -> Path:
+    """Per-user files of running processes (the decoding registry of runtime/core_share.py).
+    Not under INFER_HOME: the cores it shares belong to the machine, whatever a process's home.
+    $INFER_RUNTIME_DIR, else $XDG_RUNTIME_DIR/infer, else infer-UID in the temporary directory
+    (platformdirs' own fallback warns on stderr; the caller checks who owns the folder)."""
+    override = os.environ.get("INFER_RUNTIME_DIR")
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / APP
+    import tempfile
+
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"{APP}-{uid}"

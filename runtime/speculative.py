@@ -182,15 +182,16 @@ def generate(
     stats.draft = drafter.name
     if len(prompt) > engine.n_ctx:
         raise EngineError("prompt longer than the context")  # callers check this first
-    engine._decode_prompt(prompt, cancel)
-    verifier = _Verifier(engine, sampling, k_max + 1)
-    policy = DraftPolicy(k_max, adaptive=options.draft_adapt)
-    try:
-        yield from _loop(engine, verifier, drafter, policy, options.max_tokens, cancel, stats)
-    finally:
-        verifier.close()
-        if isinstance(drafter, ModelDrafter):
-            drafter.close()
+    with engine.cores:
+        engine._decode_prompt(prompt, cancel)
+        verifier = _Verifier(engine, sampling, k_max + 1)
+        policy = DraftPolicy(k_max, adaptive=options.draft_adapt)
+        try:
+            yield from _loop(engine, verifier, drafter, policy, options.max_tokens, cancel, stats)
+        finally:
+            verifier.close()
+            if isinstance(drafter, ModelDrafter):
+                drafter.close()
 
 
 def _loop(
@@ -263,6 +264,7 @@ class _Verifier:
         for i, d in enumerate(drafts, 1):
             batch.token[i], batch.pos[i] = d, n + i
         batch.n_tokens = len(drafts) + 1
+        e.cores.step()
         rc = ll.llama_decode(e._ctx, batch)
         if rc != 0:
             ll.llama_memory_seq_rm(e._mem, 0, n, -1)
