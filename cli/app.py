@@ -51,15 +51,41 @@ def _root(
     if version:
         from infer import __version__
 
-        sys.stdout.write(f"infer {__version__}\n")
+        output.write_answer(f"infer {__version__}\n")
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
-        sys.stdout.write(ctx.get_help() + "\n")
+        output.write_answer(ctx.get_help() + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    if not _standard_streams_open():
+        output.error("stdout is closed: nowhere to write the answer")
+        sys.exit(1)
     sys.exit(_run(argv))
+
+
+def _standard_streams_open() -> bool:
+    """A caller may start infer with stdin, stdout or stderr closed (`>&-`, `2>&-`). Put
+    /dev/null on each closed descriptor first: otherwise the next file infer opens (the model)
+    takes fd 1 or 2 and llama.cpp's logs land in it, and with sys.stderr None every error
+    message would itself fail and turn into exit 1. Returns False when stdout was closed: the
+    answer has nowhere to go, so infer stops before doing any work."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # pragma: no cover - the lowest free descriptor is this one
+                os.dup2(null, fd)
+                os.close(null)
+            closed.append(fd)
+    if 2 in closed:  # Python saw fd 2 closed at start-up and left sys.stderr None
+        sys.stderr = open(  # noqa: SIM115 - stderr stays open until the process exits
+            2, "w", encoding="utf-8", errors="backslashreplace", closefd=False
+        )
+    return 1 not in closed
 
 
 def _click_exceptions() -> Any:
@@ -76,7 +102,7 @@ def _run(argv: list[str] | None) -> int:
 
     click = _click_exceptions()
 
-    from infer.runtime.errors import InferError, Interrupted
+    from infer.runtime.errors import InferError, Interrupted, OutputError
 
     try:
         result = get_command(app).main(args=argv, prog_name="infer", standalone_mode=False)
@@ -85,6 +111,10 @@ def _run(argv: list[str] | None) -> int:
         return e.exit_code
     except click.ClickException as e:
         output.error(_usage_message(e))
+        return e.exit_code
+    except OutputError as e:  # stdout full or unwritable: say so once, not again at exit
+        _discard_stdout()
+        output.error(str(e))
         return e.exit_code
     except Interrupted:
         return 130
@@ -98,14 +128,21 @@ def _run(argv: list[str] | None) -> int:
         return 130
     except (output.OutputClosed, BrokenPipeError):
         # The reader went away (`| head`): stop quietly; silence the flush at exit too.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _discard_stdout()
         return 0
     except Exception as e:  # a bug: still one line, unless debugging
         if os.environ.get("INFER_DEBUG"):
             raise
         output.error(f"unexpected {type(e).__name__}: {e} (INFER_DEBUG=1 shows the traceback)")
         return 1
+
+
+def _discard_stdout() -> None:
+    """Point fd 1 at /dev/null, so that what is still buffered is dropped at exit instead of
+    failing again ("Exception ignored ..." and exit code 120)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _usage_message(e: Any) -> str:

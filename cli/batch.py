@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from infer.runtime.errors import InputError, Interrupted, TemplateError, UsageError
 
 from . import output
+from .inputs import read_file, read_stream
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
@@ -86,18 +87,8 @@ def _read_source(source: str) -> tuple[str, str]:
     if source == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("--batch - reads the prompts from stdin: pipe them in")
-        name, data = "stdin", sys.stdin.buffer.read()
-    else:
-        name = source
-        try:
-            data = Path(source).read_bytes()
-        except OSError as e:
-            raise InputError(f"cannot read {source}: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{name} is not valid UTF-8 (byte offset {e.start})") from None
-    return name, text.removeprefix("\ufeff")
+        return "stdin", read_stream(sys.stdin.buffer, "stdin")
+    return source, read_file(source)
 
 
 def _json_fields(name: str, number: int, line: str) -> dict[str, Any]:
@@ -106,6 +97,10 @@ def _json_fields(name: str, number: int, line: str) -> dict[str, Any]:
         fields = json.loads(line)
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+    except RecursionError:  # [[[[...]]]] deeper than Python's stack
+        raise InputError(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError:  # an integer past Python's 4300-digit limit
+        raise InputError(f"{where}: not valid JSON (a number with too many digits)") from None
     if not isinstance(fields, dict):
         raise InputError(f'{where}: expected a JSON object with a "prompt"')
     for key, value in fields.items():

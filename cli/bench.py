@@ -109,13 +109,27 @@ def bench(
     with _status() as progress:
         runs = rb.run_bench(resolved, points, n_prompt, n_gen, reps, verbose=verbose,
                             progress=progress)  # fmt: skip
+        recording = True
         for i, result in enumerate(runs):
-            rb.append_history(result)
             results.append(result)
             if not json_out:
                 _print_row(result, header=i == 0)
+            recording = recording and _record(result)
     if json_out:
         output.write_answer(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+
+
+def _record(result: BenchResult) -> bool:
+    """Add a result to the history, best-effort: the figures are already on stdout, and a
+    full disk must not lose them. False (after one warning) when the history cannot be written."""
+    from infer.runtime import bench as rb
+
+    try:
+        rb.append_history(result)
+    except OSError as e:
+        output.warn(f"results not added to the history {rb.history_path()}: {e.strerror or e}")
+        return False
+    return True
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from infer.runtime.conversation import Conversation, fit, last_path, load, save,
 from infer.runtime.errors import InferError, Interrupted, UsageError
 
 from . import output
+from .inputs import read_file
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
@@ -320,10 +321,9 @@ class Repl:
         if not arg:
             raise UsageError("usage: /read FILE")
         path = Path(os.path.expanduser(arg))
-        try:
-            text = path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InferError(f"cannot read {path}: {e}") from None
+        # Bounded, and only a regular file: a FIFO or a device (/dev/zero) would block or grow
+        # forever, and no one can pipe into a chat that has the terminal as its stdin.
+        text = read_file(path, regular_only=True)
         say(f"(sending {path.name}: {len(text)} characters)")
         self.ask(text)
 

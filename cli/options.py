@@ -26,8 +26,8 @@ PromptArg = Annotated[
     str | None,
     typer.Argument(
         metavar="[PROMPT]",
-        help="The prompt. With text piped on stdin, it becomes PROMPT, a blank line, then stdin "
-        "(or put {stdin} where the text should go).",
+        help="The prompt. With text piped on stdin, the model gets stdin, a blank line, then "
+        "PROMPT (or put {stdin} where the text should go).",
         show_default=False,
     ),
 ]

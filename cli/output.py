@@ -6,6 +6,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from infer.runtime.errors import OutputError
+
 if TYPE_CHECKING:
     from infer.runtime.generation import Stats
 
@@ -27,6 +29,8 @@ def write_answer(piece: str) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         raise OutputClosed() from None
+    except OSError as e:  # a full disk (> /dev/full), a read-only descriptor (1</dev/null)
+        raise OutputError(f"cannot write the answer to stdout: {e.strerror or e}") from None
 
 
 def error(message: str) -> None:

@@ -14,10 +14,10 @@ from typing import Annotated
 
 import typer
 
-from infer.runtime.errors import InputError, UsageError
+from infer.runtime.errors import UsageError
 
 from . import output
-from .inputs import read_stdin, stdin_is_terminal
+from .inputs import read_file, read_stdin, stdin_is_terminal
 from .models import resolve_or_pull
 from .options import GpuLayersOpt, ModelArg, OfflineOpt, ThreadsOpt, VerboseOpt
 from .signals import cancel_on_sigint
@@ -92,16 +92,7 @@ def _read_text(file: Path | None) -> str:
             raise UsageError("no text: infer perplexity MODEL FILE (or pipe text on stdin)")
         text = read_stdin() or ""
     else:
-        try:
-            data = file.read_bytes()
-        except OSError as e:
-            raise InputError(f"{file}: {e.strerror or e}") from None
-        try:
-            text = data.decode("utf-8").removeprefix("\ufeff")
-        except UnicodeDecodeError as e:
-            raise InputError(
-                f"{file} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
-            ) from None
+        text = read_file(file)
     return text.removesuffix("\n")
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from infer.runtime.errors import Interrupted, UsageError
+from infer.runtime.errors import Interrupted, ModelNotFoundError, UnknownDraftError, UsageError
 
 from . import output
 from .inputs import compose_prompt, read_stdin, stdin_is_terminal
@@ -171,7 +171,13 @@ def _draft(
 
     if draft == LOOKUP:
         return draft
-    resolved = resolve_or_pull(draft, offline=offline)
+    try:
+        resolved = resolve_or_pull(draft, offline=offline)
+    except ModelNotFoundError as e:
+        import difflib
+
+        close = difflib.get_close_matches(draft.lower(), [LOOKUP], n=1, cutoff=0.6) + e.close
+        raise UnknownDraftError(e.name, e.known, close) from None
     draft_options = replace(options, ctx_size=engine.n_ctx, prompt_cache=False)
     if quiet or not output.use_color(sys.stderr):
         return load_draft(resolved, engine, draft_options)

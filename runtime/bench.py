@@ -10,8 +10,11 @@ what a user of `infer run` gets. The model is loaded `reps` times for the load-t
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import json
+import os
 import random
 import statistics
 import threading
@@ -297,11 +300,27 @@ def history_path() -> Path:
 
 
 def append_history(result: BenchResult) -> Path:
-    """Add one result to the JSONL history in the state dir."""
+    """Add one result to the JSONL history in the state dir: the whole line or nothing. On a
+    full disk it raises OSError and leaves the history as it was (no half line, and no empty
+    file where there was none)."""
     path = history_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+    line = (json.dumps(result.as_dict(), ensure_ascii=False) + "\n").encode()
+    existed = path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        except OSError:
+            with contextlib.suppress(OSError):  # not a regular file (/dev/full): nothing to undo
+                os.ftruncate(fd, start)
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(fd)
     return path
 
 

@@ -24,6 +24,14 @@ class ModelNotFoundError(InferError):
         super().__init__(f"unknown model '{name}' ({hint})")
 
 
+class UnknownDraftError(ModelNotFoundError):
+    """`--draft X` where X is neither `lookup` nor a model."""
+
+    def __init__(self, name: str, known: list[str], close: list[str]) -> None:
+        super().__init__(name, known, close)
+        self.args = (f"--draft: {self.args[0]}; --draft takes 'lookup' or a MODEL",)
+
+
 class ModelFileError(InferError):
     """A model file is missing, not GGUF, truncated or corrupt."""
 
@@ -65,6 +73,10 @@ class EngineError(InferError):
 
 class InputError(InferError):
     """The input text cannot be used (not UTF-8, ...)."""
+
+
+class OutputError(InferError):
+    """The answer cannot be written: stdout is closed, read-only, or on a full disk."""
 
 
 class Interrupted(InferError):

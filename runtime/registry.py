@@ -46,6 +46,9 @@ class ModelSpec:
     source_file: str = ""
 
 
+# A thousand aliases with defaults and a long system prompt each take about 500 kB.
+MAX_USER_FILE_BYTES = 1 << 20
+
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "temperature": (int, float),
     "top_p": (int, float),
@@ -69,11 +72,7 @@ def load_registry(user_file: Path | None = None) -> dict[str, ModelSpec]:
     sources = dict.fromkeys(raw, builtin)
     user_file = user_file or paths.user_models_file()
     if user_file.is_file():
-        try:
-            text = user_file.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{user_file}: cannot read: {e}") from None
-        user = _parse(text, str(user_file))
+        user = _parse(_read_user_file(user_file), str(user_file))
         for name, entry in user.items():
             base = raw.get(name, {})
             merged = {**base, **entry}
@@ -82,6 +81,25 @@ def load_registry(user_file: Path | None = None) -> dict[str, ModelSpec]:
             raw[name] = merged
             sources[name] = str(user_file)
     return {name: _spec(name, entry, sources[name]) for name, entry in raw.items()}
+
+
+def _read_user_file(path: Path) -> str:
+    """The user's models.toml, refused past MAX_USER_FILE_BYTES: every command reads and
+    validates it, so a huge file (10 MB took 10 s on 2 cores) would slow every command down."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_USER_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_USER_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_USER_FILE_BYTES >> 10} KiB; a models.toml of aliases "
+            "is a few kB: remove what is not an alias entry"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot read: not valid UTF-8 (offset {e.start})") from None
 
 
 def _parse(text: str, source: str) -> dict[str, dict[str, Any]]:

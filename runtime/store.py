@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +35,15 @@ class ResolvedModel:
 class NotDownloadedError(InferError):
     """A Hub model that is not in the local cache."""
 
-    def __init__(self, ref: HubRef, alias: str | None = None, *, offline: bool = False) -> None:
+    def __init__(
+        self, ref: HubRef, alias: str | None = None, *, offline: bool = False,
+        offline_by: str = "HF_HUB_OFFLINE",
+    ) -> None:  # fmt: skip
         self.ref, self.alias, self.offline = ref, alias, offline
         target = alias or str(ref)
         if offline:
             message = (
-                f"model '{target}' is not in the cache and offline mode is on (HF_HUB_OFFLINE); "
+                f"model '{target}' is not in the cache and offline mode is on ({offline_by}); "
                 f"when online, run: infer pull {target}"
             )
         else:
@@ -69,7 +74,7 @@ def resolve(text: str) -> ResolvedModel:
     ref = parse_ref(text)
     if isinstance(ref, PathRef):
         if not ref.path.exists():
-            raise ModelFileError(ref.path, "no such file")
+            raise ModelFileError(ref.path, _missing(ref.path))
         return ResolvedModel(ref.path, str(ref.path))
     if isinstance(ref, HubRef):
         try:
@@ -81,6 +86,21 @@ def resolve(text: str) -> ResolvedModel:
             return local
         return ResolvedModel(cache.model_path(manifest), manifest.name, manifest=manifest)
     return _resolve_alias(ref)
+
+
+def _missing(path: Path) -> str:
+    """Why a path that does not exist() is unusable: Path.exists() is False for a symlink loop
+    and a dangling link too, which "no such file" would misdescribe."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop (too many levels of symbolic links)"
+        if os.path.islink(path):
+            return f"a broken symlink (to {os.readlink(path)}, which does not exist)"
+        if e.errno != errno.ENOENT:
+            return f"cannot read: {e.strerror or e}"
+    return "no such file"
 
 
 def _quantized(text: str) -> ResolvedModel | None:
@@ -114,7 +134,8 @@ def ensure_local(
         return resolve(text)
     except NotDownloadedError as e:
         if hub.settings(offline).offline:
-            raise NotDownloadedError(e.ref, e.alias, offline=True) from None
+            by = "--offline" if offline else "HF_HUB_OFFLINE"  # the flag, when given, decided
+            raise NotDownloadedError(e.ref, e.alias, offline=True, offline_by=by) from None
         from .pull import pull
 
         pull(e.ref, progress=progress, offline=False)

@@ -260,7 +260,7 @@ FIRST, OTHER = "How many cats are on island 3?", "What was the weather on island
 
 def _ask(question: str, *flags: str) -> dict[str, Any]:
     result = run_infer(
-        "run", "smollm2", "{stdin}\n\n" + question, "--temperature", "0", "-n", "16",
+        "run", "smollm2", question, "--temperature", "0", "-n", "16",
         "-t", "1", "--json", *flags, input=DOCUMENT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
