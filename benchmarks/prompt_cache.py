@@ -3,7 +3,9 @@ piped in and a different question at the end each time, with the prompt cache an
 
     python benchmarks/prompt_cache.py [--model smollm2] [--rounds 5] [--threads N] [--no-wait]
 
-Three kinds of run, each a fresh `infer run MODEL "{stdin} QUESTION" -n 8 --json` process:
+Three kinds of run, each a fresh `infer run MODEL "QUESTION" -n 8 --json < document` process
+(the natural pattern: the piped document comes first in the prompt, the question after it;
+`--placeholder` writes "{stdin} QUESTION" instead, the explicit form):
 
 - uncached: `--no-prompt-cache`, the whole prompt evaluated (the baseline);
 - cold: the cache on but empty (cleared first): the whole prompt evaluated, then saved;
@@ -69,8 +71,9 @@ def infer_exe() -> str:
 
 
 def ask(args: argparse.Namespace, home: str, question: str, *flags: str) -> dict[str, Any]:
+    prompt = ("{stdin}\n\n" if args.placeholder else "") + "Question: " + question
     cmd = [
-        infer_exe(), "run", args.model, "{stdin}\n\nQuestion: " + question, "--temperature", "0",
+        infer_exe(), "run", args.model, prompt, "--temperature", "0",
         "-n", "8", "-t", str(args.threads), "--json", *flags,
     ]  # fmt: skip
     start = time.perf_counter()
@@ -132,6 +135,7 @@ def report(args: argparse.Namespace, data: dict[str, list[dict[str, Any]]], size
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; llama-cpp-python {version}")
     print(
         f"model: {args.model}; threads {args.threads}; {args.rounds} rounds; -n 8; "
+        f"{'{stdin} QUESTION' if args.placeholder else 'QUESTION + piped document'}; "
         f"a cache entry of the document: {size / 1e6:.1f} MB"
     )
     print()
@@ -166,6 +170,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sections", type=int, default=51, help="document length")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
+    parser.add_argument("--placeholder", action="store_true", help='"{stdin} QUESTION" form')
     args = parser.parse_args()
     args.doc = document(args.sections)
     compile_infer()

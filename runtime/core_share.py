@@ -74,7 +74,8 @@ class CoreShare:
             self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self._dir.parent.stat().st_uid != os.getuid():
                 raise ValueError("another user's folder")  # it could starve us of threads
-            self._epoch = _map_epoch(self._dir / EPOCH)
+            if self._epoch is None:  # mapped once, kept across joins (every chat turn joins)
+                self._epoch = _map_epoch(self._dir / EPOCH)
             fd = os.open(self._dir / self._name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except (OSError, ValueError):
