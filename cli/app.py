@@ -1,5 +1,6 @@
 """The root of the command line: registers the commands, and maps every error to one line on
-stderr and an exit code (0 ok · 1 runtime error · 2 usage error · 130 interrupted)."""
+stderr and an exit code (0 ok · 1 runtime error · 2 usage error · 130 interrupted · 143 SIGTERM ·
+129 SIGHUP)."""
 
 from __future__ import annotations
 
@@ -102,11 +103,16 @@ def _run(argv: list[str] | None) -> int:
 
     click = _click_exceptions()
 
-    from infer.runtime.errors import InferError, Interrupted, OutputError
+    from infer.runtime.errors import InferError, Interrupted, OutputError, StorageError, Terminated
+
+    from .signals import terminate_cleanly
 
     try:
-        result = get_command(app).main(args=argv, prog_name="infer", standalone_mode=False)
+        with terminate_cleanly():
+            result = get_command(app).main(args=argv, prog_name="infer", standalone_mode=False)
         return result if isinstance(result, int) else 0
+    except Terminated as e:  # the `finally`s ran (no temp file left): exit as if killed by it
+        return e.exit_code
     except (getattr(click, "Exit", typer.Exit), typer.Exit) as e:
         return e.exit_code
     except click.ClickException as e:
@@ -130,11 +136,20 @@ def _run(argv: list[str] | None) -> int:
         # The reader went away (`| head`): stop quietly; silence the flush at exit too.
         _discard_stdout()
         return 0
-    except Exception as e:  # a bug: still one line, unless debugging
-        if os.environ.get("INFER_DEBUG"):
-            raise
-        output.error(f"unexpected {type(e).__name__}: {e} (INFER_DEBUG=1 shows the traceback)")
+    except OSError as e:  # a file no typed error covers: still name it and what to do
+        if os.environ.get("INFER_DEBUG") or not e.filename:
+            return _unexpected(e)
+        output.error(str(StorageError(e.filename, e, "use")))
         return 1
+    except Exception as e:  # a bug: still one line, unless debugging
+        return _unexpected(e)
+
+
+def _unexpected(e: Exception) -> int:
+    if os.environ.get("INFER_DEBUG"):
+        raise e
+    output.error(f"unexpected {type(e).__name__}: {e} (INFER_DEBUG=1 shows the traceback)")
+    return 1
 
 
 def _discard_stdout() -> None:

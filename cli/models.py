@@ -70,7 +70,7 @@ def list_models(
         return
     models = listing["models"]
     rows = [
-        [m["name"] + ("" if m["complete"] else " (incomplete)"), m["quantization"] or "?",
+        [m["name"] + _state(m), m["quantization"] or "?",
          human_size(m["size"]), _ago(m["modified"]), ", ".join(m["aliases"])]
         for m in models
     ]  # fmt: skip
@@ -81,6 +81,18 @@ def list_models(
     if listing["partial_bytes"]:
         footer += f" (+ {human_size(listing['partial_bytes'])} of interrupted downloads)"
     output.write_answer(footer + "\n")
+    for m in models:
+        if "damaged" in m:
+            output.warn(
+                f"{m['name']}: damaged manifest {m['path']} ({m['damaged']}); repair it with "
+                f"infer pull {m['name']}, or remove it with infer rm {m['name']}"
+            )
+
+
+def _state(model: dict[str, Any]) -> str:
+    if "damaged" in model:
+        return " (damaged)"
+    return "" if model["complete"] else " (incomplete)"
 
 
 def show(
@@ -149,11 +161,12 @@ def rm(models: ModelsArg) -> None:
             output.write_answer(f"removed {local.name} ({human_size(freed)} freed)\n")
             continue
         ref, _ = hub_target(text)
-        m = cache.find(ref)
+        m = cache.find(ref) or cache.find_damaged(ref)
         if m is None:
             raise NotInCacheError(f"'{text}' is not in the cache (infer list shows what is)")
         freed = cache.remove(m, on_wait=lambda: output.warn("waiting for a running pull to end"))
-        output.write_answer(f"removed {m.name} ({human_size(freed)} freed)\n")
+        what = m.name if isinstance(m, cache.Manifest) else f"the damaged manifest {m.path}"
+        output.write_answer(f"removed {what} ({human_size(freed)} freed)\n")
 
 
 def resolve_or_pull(model: str, *, offline: bool = False) -> ResolvedModel:

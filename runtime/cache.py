@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
-from .errors import BadReferenceError
+from .errors import BadReferenceError, storage
 from .refs import HubRef, check_filename, parse_ref
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -112,41 +112,131 @@ def ref_key(ref: HubRef) -> str:
     return f"{ref.repo.lower()}@{revision}#{wanted}"
 
 
-def _load(path: Path) -> Manifest | None:
-    """A manifest, validated like any input (a hand-edited one could name '../../x');
-    None if it is unreadable or invalid, as if it were not there."""
+@dataclass(frozen=True)
+class Damaged:
+    """A manifest file that does not read as one (truncated, hand-edited, refs that name
+    nothing): not a model, but `infer list` shows it, `infer rm` removes it, `infer pull`
+    rewrites it, and the blobs it mentions are kept until one of those happens."""
+
+    path: Path
+    repo: str  # from its folder (lower case)
+    name: str | None  # the name it records, when that much can be read (a valid Hub name)
+    refs: tuple[str, ...]
+    blobs: frozenset[str]  # every sha256 the file mentions
+    reason: str
+
+    def matches(self, ref: HubRef) -> bool:
+        """Whether `ref` may mean this model: by its refs or its name; with neither readable,
+        any reference to its repository does."""
+        named = _hub_ref(self.name)
+        return ref_key(ref) in self.refs or named is None or ref_key(named) == ref_key(ref)
+
+
+def _hub_ref(name: object) -> HubRef | None:
     try:
-        data = json.loads(path.read_text("utf-8"))
+        ref = parse_ref(name) if isinstance(name, str) else None
+    except BadReferenceError:
+        return None
+    return ref if isinstance(ref, HubRef) else None
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _parse(path: Path, data: Any) -> Manifest:
+    """A manifest, validated like any input (a hand-edited one could name '../../x'); raises
+    _Invalid (a ValueError) with the reason."""
+    try:
         files = tuple(
             CachedFile(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in data["files"]
         )
         m = Manifest(
             str(data["name"]), str(data["repo"]), data.get("revision"), str(data["commit"]),
-            files, tuple(str(r) for r in data["refs"]), str(data["pulled_at"]),
+            files, tuple(data["refs"]), str(data["pulled_at"]),
             data.get("license"), dict(data.get("summary") or {}),
         )  # fmt: skip
         ref = parse_ref(m.repo)
-        if not isinstance(ref, HubRef) or ref.quant or ref.revision or not files:
-            return None
-        for f in files:
+    except KeyError as e:
+        raise _Invalid(f"no {e.args[0]!r} field") from None
+    except (TypeError, ValueError, AttributeError, BadReferenceError):
+        raise _Invalid("a field has the wrong type") from None
+    if not isinstance(ref, HubRef) or ref.quant or ref.revision or not files:
+        raise _Invalid("bad repo or files")
+    if (path.parent.parent.name, path.parent.name) != _repo_parts(m.repo):
+        raise _Invalid(f"repo {m.repo} is not its folder's")
+    for f in files:
+        try:
             check_filename(f.path)
-            if not _HEX64.match(f.sha256) or f.size < 0:
-                return None
-        if not _HEX40.match(m.commit) or (
-            m.revision is not None and not isinstance(m.revision, str)
-        ):
-            return None
-        return m
-    except (OSError, ValueError, KeyError, TypeError, BadReferenceError):
+        except BadReferenceError:
+            raise _Invalid("a file name that leaves the cache") from None
+        if not _HEX64.match(f.sha256) or f.size < 0:
+            raise _Invalid("a file's sha256 or size is invalid")
+    if not _HEX40.match(m.commit) or not isinstance(m.revision, (str, type(None))):
+        raise _Invalid("bad commit or revision")
+    prefix = f"{m.repo.lower()}@"
+    if not isinstance(data["refs"], list) or not m.refs:
+        raise _Invalid("no refs")
+    if not all(isinstance(r, str) and r.startswith(prefix) and "#" in r for r in m.refs):
+        raise _Invalid("refs that name another model")
+    if path.stem != m.id:
+        raise _Invalid("its file name is not its id")
+    return m
+
+
+def _read(path: Path) -> Manifest | Damaged | None:
+    """A manifest file, or what can be told of a damaged one; None if it vanished."""
+    data: Any = None
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        raw, reason = b"", f"unreadable ({e.strerror})"
+    else:
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise _Invalid("not a JSON object")
+            return _parse(path, data)
+        except _Invalid as e:
+            reason = str(e)
+        except ValueError:
+            reason = "not JSON (truncated?)"
+    repo = f"{path.parent.parent.name}/{path.parent.name}"
+    name = data.get("name") if isinstance(data, dict) else None
+    refs = data.get("refs") if isinstance(data, dict) else None
+    named = _hub_ref(name)
+    return Damaged(
+        path, repo, name if named and named.repo.lower() == repo else None,
+        tuple(r for r in refs if isinstance(r, str)) if isinstance(refs, list) else (),
+        frozenset(h.decode() for h in re.findall(rb"[0-9a-f]{64}", raw)), reason,
+    )  # fmt: skip
+
+
+def scan(repo: str | None = None) -> tuple[list[Manifest], list[Damaged]]:
+    """Every model in the cache (or in one repository), oldest pull first, and every damaged
+    manifest."""
+    base = root() / "manifests"
+    pattern = "/".join(_repo_parts(repo)) + "/*.json" if repo else "*/*/*.json"
+    good, damaged = [], []
+    for path in sorted(base.glob(pattern)):
+        found = _read(path)
+        if isinstance(found, Manifest):
+            good.append(found)
+        elif found is not None:
+            damaged.append(found)
+    return sorted(good, key=lambda m: m.pulled_at), damaged
 
 
 def manifests(repo: str | None = None) -> list[Manifest]:
     """Every model in the cache (or in one repository), oldest pull first."""
-    base = root() / "manifests"
-    pattern = "/".join(_repo_parts(repo)) + "/*.json" if repo else "*/*/*.json"
-    found = [m for p in sorted(base.glob(pattern)) if (m := _load(p)) is not None]
-    return sorted(found, key=lambda m: m.pulled_at)
+    return scan(repo)[0]
+
+
+def find_damaged(ref: HubRef) -> Damaged | None:
+    """A damaged manifest `ref` may name (when `find` finds no model)."""
+    return next((d for d in scan(ref.repo)[1] if d.matches(ref)), None)
 
 
 def find(ref: HubRef) -> Manifest | None:
@@ -190,11 +280,18 @@ def install_blob(part: Path, sha256: str) -> Path:
     return dest
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a temp file named by this process, renamed over
+    `path`, and deleted on any failure (SIGTERM included)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, "utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, "utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _link(m: Manifest, f: CachedFile) -> None:
@@ -219,15 +316,19 @@ def save(m: Manifest) -> None:
         for other in manifests(m.repo):
             if other.id != m.id and set(other.refs) & set(m.refs):
                 kept = tuple(r for r in other.refs if r not in m.refs)
-                _atomic_write(_manifest_file(other), replace(other, refs=kept).to_json())
-        _atomic_write(_manifest_file(m), m.to_json())
+                if kept:
+                    atomic_write(_manifest_file(other), replace(other, refs=kept).to_json())
+                else:  # nothing names it any more: it could be neither run nor removed
+                    _manifest_file(other).unlink(missing_ok=True)
+        atomic_write(_manifest_file(m), m.to_json())  # replaces a damaged one of this id
 
 
-def remove(m: Manifest, on_wait: Callable[[], None] | None = None) -> int:
-    """Delete a model and every blob no other model uses; return the bytes freed. Waits for
-    running pulls (calling `on_wait` first): their new blobs have no manifest yet."""
-    with lock("gc", on_wait=on_wait):
-        _manifest_file(m).unlink(missing_ok=True)
+def remove(m: Manifest | Damaged, on_wait: Callable[[], None] | None = None) -> int:
+    """Delete a model (or a damaged manifest) and every blob no other model uses; return the
+    bytes freed. Waits for running pulls (calling `on_wait` first): their new blobs have no
+    manifest yet."""
+    with storage(root(), "remove from"), lock("gc", on_wait=on_wait):
+        (m.path if isinstance(m, Damaged) else _manifest_file(m)).unlink(missing_ok=True)
         return _collect()
 
 
@@ -242,8 +343,8 @@ def collect_garbage(wait: bool = False) -> int:
 
 
 def _collect() -> int:
-    kept = manifests()
-    blobs = {f.sha256 for m in kept for f in m.files}
+    kept, damaged = scan()
+    blobs = {f.sha256 for m in kept for f in m.files}.union(*(d.blobs for d in damaged))
     links = {snapshot_path(m.repo, m.commit, f.path) for m in kept for f in m.files}
     freed = 0
     for blob in (root() / "blobs").glob("*"):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class InferError(Exception):
     """Base of every error infer reports to a user. `str(err)` is the one-line message."""
@@ -222,3 +226,44 @@ class TextTooShortError(InputError):
 
 class IncompatibleDraftError(InferError):
     """A speculative-decoding draft model whose vocabulary differs from the model's."""
+
+
+class StorageError(InferError):
+    """A file or folder infer must write or remove could not be (a read-only file system,
+    permissions, a full disk); the message names the path and what to do."""
+
+    def __init__(self, path: object, err: OSError, doing: str = "write") -> None:
+        self.path, self.errno = path, err.errno
+        hint = _STORAGE_HINTS.get(err.errno or 0, "check the folder, or set INFER_HOME elsewhere")
+        reason = err.strerror or type(err).__name__
+        super().__init__(f"cannot {doing} {path}: {reason} ({hint})")
+
+
+_STORAGE_HINTS = {
+    errno.EROFS: "the file system is read-only: make it writable, or set INFER_HOME to a "
+    "writable folder",
+    errno.EACCES: "fix its permissions, or set INFER_HOME to a writable folder",
+    errno.EPERM: "fix its permissions or attributes, or set INFER_HOME to a writable folder",
+    errno.ENOSPC: "the disk is full: free some space",
+    errno.EDQUOT: "the disk quota is used up: free some space",
+}
+
+
+@contextmanager
+def storage(path: object, doing: str = "write") -> Iterator[None]:
+    """Turn an OSError inside the block into a StorageError naming the file that failed (or
+    `path`)."""
+    try:
+        yield
+    except OSError as e:
+        raise StorageError(e.filename or path, e, doing) from e
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived (raised by the CLI's handler, so that every `finally` removes
+    its temp files). Not an Exception: a best-effort `except Exception` must not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signum)

@@ -3,6 +3,8 @@ prints them as tables or JSON). Metadata comes from GGUF headers, never from loa
 
 from __future__ import annotations
 
+from contextlib import suppress
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,9 @@ def _files(m: cache.Manifest) -> list[dict[str, Any]]:
 def cached_models() -> dict[str, Any]:
     """Every model in the cache, newest first, and the cache's disk use."""
     aliases = _aliases()
-    models = []
-    for m in reversed(cache.manifests()):
+    good, damaged = cache.scan()
+    models = [_damaged_row(d) for d in damaged]
+    for m in reversed(good):
         models.append(
             {
                 "name": m.name,
@@ -60,6 +63,25 @@ def cached_models() -> dict[str, Any]:
         "partial_bytes": partial + q_partial,
         "cache_dir": str(cache.root()),
     }
+
+
+def _damaged_row(d: cache.Damaged) -> dict[str, Any]:
+    """A manifest that does not read as one, with the fields of a model plus `damaged` (the
+    reason): `rm` removes it and `pull` repairs it, so `list` must show it."""
+    size = 0
+    for digest in d.blobs:
+        with suppress(OSError):
+            size += cache.blob_path(digest).stat().st_size
+    try:
+        mtime = datetime.fromtimestamp(d.path.stat().st_mtime, timezone.utc)
+        modified = mtime.isoformat(timespec="milliseconds")
+    except OSError:
+        modified = ""
+    return {
+        "name": d.name or d.repo, "repo": d.repo, "revision": None, "commit": None,
+        "quantization": None, "size": size, "modified": modified, "path": str(d.path),
+        "aliases": [], "complete": False, "files": [], "damaged": d.reason,
+    }  # fmt: skip
 
 
 def _quantized_models() -> list[dict[str, Any]]:

@@ -44,11 +44,14 @@ from .prompt_store import (
     evict,
     max_bytes,
     min_tokens,
+    open_entry,
     read_meta,
     read_tokens,
     root,
+    sweep,
     unlink,
 )
+from .tempfiles import pause_point
 
 if TYPE_CHECKING:
     from .engine import LlamaCppEngine
@@ -98,6 +101,7 @@ class PromptCache:
         self.last_error: str | None = None  # why the last restore/save gave up (debugging)
         self._base: list[int] | None = None  # tokens of the entry the last restore loaded
         self._base_path: Path | None = None
+        sweep()  # temp files of runs that were killed while saving
 
     def key(self, engine: LlamaCppEngine) -> str:
         if self._key is None:
@@ -141,7 +145,7 @@ class PromptCache:
         key, scored = self.key(engine), []
         for path in self.folder(engine).glob(f"*{SUFFIX}"):
             try:
-                with open(path, "rb") as f:
+                with open_entry(path) as f:  # never a FIFO: it would block the run
                     st = os.fstat(f.fileno())
                     meta = read_meta(f, st.st_size)
                     tokens = read_tokens(f, meta) if meta else None
@@ -186,7 +190,7 @@ class PromptCache:
                 unlink(private)
 
     def _intact(self, engine: LlamaCppEngine, path: Path, tokens: list[int]) -> bool:
-        with open(path, "rb") as f:
+        with open_entry(path) as f:
             meta = read_meta(f, os.fstat(f.fileno()).st_size)
             if meta is None or meta.get("key") != self.key(engine):
                 return False
@@ -236,7 +240,8 @@ class PromptCache:
                 size = append_meta(f, state_bytes, meta)
             if size > self.max_bytes:
                 return None  # larger than the whole cache may be
+            pause_point("prompt-cache-save")
             os.replace(tmp, final)
             return final
         finally:
-            unlink(tmp)  # nothing left behind but a published entry
+            unlink(tmp)  # nothing left behind but a published entry, even on SIGTERM

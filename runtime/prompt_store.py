@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import json
 import os
 import re
+import stat
 import struct
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from . import paths
-from .errors import UsageError
+from . import paths, tempfiles
+from .errors import StorageError, UsageError
 
 # Prompts shorter than this are neither saved nor looked up. Evaluating 256 tokens takes about a
 # second on a CPU with a small model (~250 tok/s here) and far less on a GPU, while every entry
@@ -32,6 +34,7 @@ _MAX_META = 1 << 16
 _FIELDS = [("model", str), ("key", str), ("tokens", int), ("state_bytes", int), ("crc32", int)]
 _FIELDS += [("magic", int), ("version", int)]
 _STALE_TEMP_S = 3600  # a temp file or link this old belongs to a process that died
+_TEMP = re.compile(r"^\.(?:tmp|load)-(\d+)-[0-9a-f]+$")
 _CHUNK = 1 << 22
 
 
@@ -142,12 +145,49 @@ def unlink(path: Path) -> None:
         path.unlink()
 
 
+def open_entry(path: Path) -> BinaryIO:
+    """Open a file of the cache for reading, if it is a regular file: a FIFO (or a device)
+    under an entry's name would block the open or the read forever. Raises OSError otherwise,
+    as for a file that vanished."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def temp_owner(name: str) -> int | None:
+    """The process that writes the temp file or reader's link `name` (".tmp-<pid>-…",
+    ".load-<pid>-…"), if it is one."""
+    m = _TEMP.match(name)
+    return int(m[1]) if m else None
+
+
+def sweep() -> None:
+    """Delete temp files and links left by processes that died while writing or reading (their
+    pid is in the name), and any older than an hour (a process of another machine sharing the
+    folder, or a reused pid)."""
+    now = time.time()
+    for path in root().glob("*/.*"):
+        owner = temp_owner(path.name)
+        try:  # ctime: a reader's hard link has the entry's old mtime but a fresh ctime
+            dead = owner is not None and not tempfiles.alive(owner)
+            if dead or now - path.lstat().st_ctime > _STALE_TEMP_S:
+                path.unlink()
+        except OSError:
+            continue
+
+
 def entries() -> list[Entry]:
     """Every complete entry, least recently used first. Never raises for a bad file."""
     found = []
     for path in root().glob(f"*/*{SUFFIX}"):
         try:
-            with open(path, "rb") as f:
+            with open_entry(path) as f:
                 st = os.fstat(f.fileno())
                 meta = read_meta(f, st.st_size)
         except OSError:
@@ -159,29 +199,33 @@ def entries() -> list[Entry]:
 
 
 def clear() -> tuple[int, int]:
-    """Remove every entry (and stray temp files); returns (entries, bytes) removed."""
-    removed = entries()
-    for e in removed:
-        unlink(e.path)
+    """Remove every entry (and stray files); returns (entries, bytes) removed. Raises
+    StorageError naming the first file that could not be removed (a read-only cache), after
+    removing what it could."""
+    found, failed = entries(), None
     base = root()
-    for path in base.glob("*/*"):
-        unlink(path)
+    for path in [e.path for e in found] + sorted(base.glob("*/*")):
+        owner = temp_owner(path.name)
+        if owner is not None and tempfiles.alive(owner):
+            continue  # a run is writing or reading it right now
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            failed = failed or StorageError(path, e, "remove")
     for folder in base.glob("*"):
         with contextlib.suppress(OSError):  # not empty: a run is writing into it right now
             folder.rmdir()
-    return len(removed), sum(e.size for e in removed)
+    if failed is not None:
+        raise failed
+    return len(found), sum(e.size for e in found)
 
 
 def evict(limit: int, keep: Path | None = None) -> None:
     """Delete least recently used entries until all of them fit in `limit` bytes, and temp
     files left by processes that died while writing."""
-    now = time.time()
-    for path in root().glob("*/.*"):
-        try:  # ctime: a reader's hard link has the entry's old mtime but a fresh ctime
-            if now - path.stat().st_ctime > _STALE_TEMP_S:
-                unlink(path)
-        except OSError:
-            continue
+    sweep()
     found = []
     for path in root().glob(f"*/*{SUFFIX}"):
         try:

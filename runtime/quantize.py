@@ -30,6 +30,7 @@ from .errors import (
     QuantizeError,
     RequantizeError,
     UsageError,
+    storage,
 )
 from .gguf import GGUFHeader, read_header
 from .params import physical_cores
@@ -37,6 +38,7 @@ from .quantized import TYPES, parse_type
 from .refs import AliasRef, HubRef, parse_ref
 from .registry import load_registry
 from .store import ResolvedModel, resolve
+from .tempfiles import pause_point
 
 # ggml tensor types with 8 or more bits per weight: F32, F16, Q8_0, Q8_1, Q8_K, I8…I64, F64, BF16.
 _HIGH_BIT = {0, 1, 8, 9, 15, 24, 25, 26, 27, 28, 30}
@@ -131,7 +133,7 @@ def run(
         seconds = time.monotonic() - started
         replaced = quantized.install(part, model)
     finally:
-        part.unlink(missing_ok=True)  # gone already after a successful install
+        part.unlink(missing_ok=True)  # gone already after a successful install; SIGTERM too
     return QuantizeResult(model, seconds, p.source_size, fallbacks, replaced)
 
 
@@ -200,7 +202,8 @@ def estimate_size(headers: list[GGUFHeader], type_name: str) -> int:
 
 def _check_space(needed: int) -> None:
     where = quantized.root()
-    where.mkdir(parents=True, exist_ok=True)
+    with storage(where, "write to"):
+        where.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(where).free
     if needed + DISK_MARGIN > free:
         raise NotEnoughSpaceError(where, needed, free)
@@ -229,6 +232,8 @@ def _run(
         for line in proc.stdout:
             if (m := _TENSOR_LINE.search(line)) and progress is not None:
                 progress.tensor(int(m[1]), int(m[2]), m[3].decode(errors="replace"))
+            if m and m[1] == b"1":
+                pause_point("quantize")
             failed = m[1] if (m := _FAILED.search(line)) else failed
             fallbacks = int(m[1]) if (m := _FALLBACK.search(line)) else fallbacks
             if line.strip():

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cache, paths
-from .errors import BadReferenceError, UnknownQuantTypeError
+from . import cache, paths, tempfiles
+from .errors import BadReferenceError, UnknownQuantTypeError, storage
 from .refs import AliasRef, HubRef, parse_ref
 
 # The types llama.cpp's quantizer makes without an importance matrix, with their approximate
@@ -156,44 +156,34 @@ def is_complete(m: QuantizedModel) -> bool:
 
 
 def new_part() -> Path:
-    """A fresh path for the quantizer's output, named by this process so that one left behind
-    by a killed run can be recognised and deleted (`clean_parts`)."""
-    tmp = root() / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    return tmp / f"{os.getpid()}-{secrets.token_hex(8)}.part"
+    """A fresh (empty) file for the quantizer's output, named by this process so that one left
+    behind by a killed run can be recognised and deleted (`clean_parts`)."""
+    part = root() / "tmp" / f"{os.getpid()}-{secrets.token_hex(8)}.part"
+    with storage(part.parent, "write to"):  # a read-only cache is found before the quantizer
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.touch(exist_ok=False)
+    return part
 
 
 def clean_parts() -> None:
     """Delete outputs of quantizations whose process is gone (killed, power cut)."""
     for part in (root() / "tmp").glob("*.part"):
         match = _PART.match(part.name)
-        if match and not _alive(int(match.group(1))):
-            part.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but another user's
-        return True
-    return True
+        if match and not tempfiles.alive(int(match.group(1))):
+            with suppress(OSError):  # a read-only cache: the run itself will say so
+                part.unlink(missing_ok=True)
 
 
 def install(part: Path, m: QuantizedModel) -> bool:
     """Move a checked output into blobs/ and record the model (replacing one of the same name);
     return whether a model of that name was replaced."""
-    with cache.lock("quantized"):
+    with storage(root()), cache.lock("quantized"):
         dest = blob_path(m.sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, dest)
         manifest = _manifest_file(m)
         replaced = manifest.exists()
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
-        tmp.write_text(m.to_json(), "utf-8")
-        os.replace(tmp, manifest)
+        cache.atomic_write(manifest, m.to_json())
         _collect()
     return replaced
 

