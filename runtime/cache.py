@@ -327,7 +327,7 @@ def remove(m: Manifest | Damaged, on_wait: Callable[[], None] | None = None) -> 
     """Delete a model (or a damaged manifest) and every blob no other model uses; return the
     bytes freed. Waits for running pulls (calling `on_wait` first): their new blobs have no
     manifest yet."""
-    with storage(root(), "remove from"), lock("gc", on_wait=on_wait):
+    with storage(root(), "update"), lock("gc", on_wait=on_wait):
         (m.path if isinstance(m, Damaged) else _manifest_file(m)).unlink(missing_ok=True)
         return _collect()
 

@@ -204,7 +204,7 @@ def clear() -> tuple[int, int]:
     removing what it could."""
     found, failed = entries(), None
     base = root()
-    for path in [e.path for e in found] + sorted(base.glob("*/*")):
+    for path in sorted(base.glob("*/*")):  # entries, temp files, and whatever else is there
         owner = temp_owner(path.name)
         if owner is not None and tempfiles.alive(owner):
             continue  # a run is writing or reading it right now
