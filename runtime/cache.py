@@ -30,6 +30,7 @@ from typing import Any
 
 from . import paths
 from .errors import BadReferenceError, storage
+from .files import open_regular
 from .refs import HubRef, check_filename, parse_ref
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -188,7 +189,8 @@ def _read(path: Path) -> Manifest | Damaged | None:
     """A manifest file, or what can be told of a damaged one; None if it vanished."""
     data: Any = None
     try:
-        raw = path.read_bytes()
+        with open_regular(path) as f:  # a FIFO would hang `infer list`
+            raw = f.read()
     except FileNotFoundError:
         return None
     except OSError as e:

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .files import open_regular, pause_point
 from .prompt_store import (
     SUFFIX,
     append_meta,
@@ -44,14 +45,12 @@ from .prompt_store import (
     evict,
     max_bytes,
     min_tokens,
-    open_entry,
     read_meta,
     read_tokens,
     root,
     sweep,
     unlink,
 )
-from .tempfiles import pause_point
 
 if TYPE_CHECKING:
     from .engine import LlamaCppEngine
@@ -145,7 +144,7 @@ class PromptCache:
         key, scored = self.key(engine), []
         for path in self.folder(engine).glob(f"*{SUFFIX}"):
             try:
-                with open_entry(path) as f:  # never a FIFO: it would block the run
+                with open_regular(path) as f:  # never a FIFO: it would block the run
                     st = os.fstat(f.fileno())
                     meta = read_meta(f, st.st_size)
                     tokens = read_tokens(f, meta) if meta else None
@@ -190,7 +189,7 @@ class PromptCache:
                 unlink(private)
 
     def _intact(self, engine: LlamaCppEngine, path: Path, tokens: list[int]) -> bool:
-        with open_entry(path) as f:
+        with open_regular(path) as f:
             meta = read_meta(f, os.fstat(f.fileno()).st_size)
             if meta is None or meta.get("key") != self.key(engine):
                 return False

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import array
 import contextlib
-import errno
 import json
 import os
 import re
-import stat
 import struct
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from . import paths, tempfiles
+from . import files, paths
 from .errors import StorageError, UsageError
 
 # Prompts shorter than this are neither saved nor looked up. Evaluating 256 tokens takes about a
@@ -145,21 +143,6 @@ def unlink(path: Path) -> None:
         path.unlink()
 
 
-def open_entry(path: Path) -> BinaryIO:
-    """Open a file of the cache for reading, if it is a regular file: a FIFO (or a device)
-    under an entry's name would block the open or the read forever. Raises OSError otherwise,
-    as for a file that vanished."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def temp_owner(name: str) -> int | None:
     """The process that writes the temp file or reader's link `name` (".tmp-<pid>-…",
     ".load-<pid>-…"), if it is one."""
@@ -175,7 +158,7 @@ def sweep() -> None:
     for path in root().glob("*/.*"):
         owner = temp_owner(path.name)
         try:  # ctime: a reader's hard link has the entry's old mtime but a fresh ctime
-            dead = owner is not None and not tempfiles.alive(owner)
+            dead = owner is not None and not files.alive(owner)
             if dead or now - path.lstat().st_ctime > _STALE_TEMP_S:
                 path.unlink()
         except OSError:
@@ -187,7 +170,7 @@ def entries() -> list[Entry]:
     found = []
     for path in root().glob(f"*/*{SUFFIX}"):
         try:
-            with open_entry(path) as f:
+            with files.open_regular(path) as f:
                 st = os.fstat(f.fileno())
                 meta = read_meta(f, st.st_size)
         except OSError:
@@ -206,7 +189,7 @@ def clear() -> tuple[int, int]:
     base = root()
     for path in sorted(base.glob("*/*")):  # entries, temp files, and whatever else is there
         owner = temp_owner(path.name)
-        if owner is not None and tempfiles.alive(owner):
+        if owner is not None and files.alive(owner):
             continue  # a run is writing or reading it right now
         try:
             path.unlink()

@@ -32,13 +32,13 @@ from .errors import (
     UsageError,
     storage,
 )
+from .files import pause_point
 from .gguf import GGUFHeader, read_header
 from .params import physical_cores
 from .quantized import TYPES, parse_type
 from .refs import AliasRef, HubRef, parse_ref
 from .registry import load_registry
 from .store import ResolvedModel, resolve
-from .tempfiles import pause_point
 
 # ggml tensor types with 8 or more bits per weight: F32, F16, Q8_0, Q8_1, Q8_K, I8…I64, F64, BF16.
 _HIGH_BIT = {0, 1, 8, 9, 15, 24, 25, 26, 27, 28, 30}

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cache, paths, tempfiles
+from . import cache, files, paths
 from .errors import BadReferenceError, UnknownQuantTypeError, storage
 from .refs import AliasRef, HubRef, parse_ref
 
@@ -122,7 +122,8 @@ def _manifest_file(m: QuantizedModel) -> Path:
 def _load(path: Path) -> QuantizedModel | None:
     """A manifest, validated like any input; None if it is unreadable or invalid."""
     try:
-        data = json.loads(path.read_text("utf-8"))
+        with files.open_regular(path) as f:  # a FIFO would hang `infer list`
+            data = json.loads(f.read().decode("utf-8"))
         data.pop("format", None)
         m = QuantizedModel(**data)
         if not (_HEX64.match(m.sha256) and isinstance(m.size, int) and m.size >= 0):
@@ -169,7 +170,7 @@ def clean_parts() -> None:
     """Delete outputs of quantizations whose process is gone (killed, power cut)."""
     for part in (root() / "tmp").glob("*.part"):
         match = _PART.match(part.name)
-        if match and not tempfiles.alive(int(match.group(1))):
+        if match and not files.alive(int(match.group(1))):
             with suppress(OSError):  # a read-only cache: the run itself will say so
                 part.unlink(missing_ok=True)
 

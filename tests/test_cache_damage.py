@@ -195,3 +195,15 @@ def test_a_damaged_manifest_keeps_its_blob_through_another_pull(env: dict[str, s
         m["name"] for m in json.loads(ok(run_infer("list", "--json", env=env)))["models"]
     )
     assert names == [f"{REPO}:Q4_K_M", f"{REPO}:Q8_0"]
+
+
+def test_a_fifo_in_place_of_a_manifest_is_damaged_not_a_hang(env: dict[str, str]) -> None:
+    name = f"{REPO}:Q4_K_M"
+    ok(run_infer("pull", name, env=env))
+    [manifest] = (cache.root() / "manifests").rglob("*.json")
+    manifest.unlink()
+    os.mkfifo(manifest)
+    [row] = json.loads(ok(run_infer("list", "--json", env=env, timeout=60)))["models"]
+    assert row["damaged"] == "unreadable (not a regular file)" and row["name"] == REPO.lower()
+    removed = ok(run_infer("rm", name, env=env, timeout=60))
+    assert removed == f"removed the damaged manifest {manifest} (470.0 kB freed)\n"
