@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 import typer
@@ -89,6 +90,20 @@ def _standard_streams_open() -> bool:
     return 1 not in closed
 
 
+def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    """The runtime's warnings (InferWarning) as one line on stderr, like errors; any other
+    warning as Python shows it."""
+    from infer.runtime.errors import InferWarning
+
+    if issubclass(category, InferWarning):
+        output.warn(str(message))
+    else:
+        _python_showwarning(message, category, *args, **kwargs)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def _click_exceptions() -> Any:
     """Typer >= 0.22 vendors click as typer._click; older Typer uses click itself."""
     try:
@@ -102,6 +117,7 @@ def _run(argv: list[str] | None) -> int:
     from typer.main import get_command
 
     click = _click_exceptions()
+    warnings.showwarning = _show_warning
 
     from infer.runtime.errors import InferError, Interrupted, OutputError, StorageError, Terminated
 

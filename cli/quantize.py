@@ -42,10 +42,13 @@ def quantize(
 ) -> None:
     """Quantize MODEL to TYPE with llama.cpp, as a new cached model MODEL:TYPE that run, list,
     show and rm know (e.g. infer quantize owner/repo:F16 Q4_K_M → owner/repo:Q4_K_M)."""
+    from infer.runtime.params import check_threads
     from infer.runtime.quantize import plan, run
     from infer.runtime.quantized import parse_type
 
     type_name = parse_type(type_name)  # a usage error before anything is loaded or pulled
+    if threads is not None:
+        check_threads(threads)  # as `infer run`: llama.cpp starts one OS thread per thread
     checked = plan(resolve_or_pull(model, offline=offline), type_name, allow_requantize=allow)
     title = (
         f"quantizing {checked.source.name} ({checked.source_quantization}, "

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 
 from .chat import Message, segments, tokenize_segments
 from .engine import Engine
-from .errors import TemplateError, UsageError
+from .errors import InferWarning, TemplateError, UsageError
 from .generation import Generation, Stats
 from .gguf import read_header
 from .params import GenerateOptions, LoadOptions, SamplingParams
@@ -53,7 +54,11 @@ def load_draft(
 
     resolved = resolve(model) if isinstance(model, str) else model
     options = options or LoadOptions(ctx_size=target.n_ctx)
-    draft = load(resolved, options)
+    with warnings.catch_warnings():
+        # Its context is the target's, not one the user chose for it: no warning that it is
+        # longer than the draft model was trained on (the answer is verified by the target).
+        warnings.simplefilter("ignore", InferWarning)
+        draft = load(resolved, options)
     try:
         check_compatible(target, draft, f"draft model '{resolved.name}'")
     except BaseException:

@@ -117,7 +117,11 @@ def sweep(
     ctx_sizes: list[int | None],
     batch_sizes: list[int | None],
 ) -> list[BenchPoint]:
-    """Every combination, in llama-bench's order (the last option varies fastest)."""
+    """Every combination, in llama-bench's order (the last option varies fastest). Each value
+    is checked as `infer run` checks it before anything is measured: a bad last value must not
+    fail the sweep after minutes of measuring the first ones."""
+    for t in threads:
+        LoadOptions(threads=t).validate()
     return [
         BenchPoint(t, g, c, b or DEFAULT_BATCH)
         for t, g, c, b in itertools.product(threads, gpu_layers, ctx_sizes, batch_sizes)

@@ -13,17 +13,19 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import signal
 import sys
 import threading
+import warnings
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Protocol
 
 from .core_share import CoreShare
-from .errors import EngineError, Interrupted
+from .errors import EngineError, InferWarning, Interrupted
 from .gguf import GGUFHeader
 from .llama_lib import bindings
-from .offload import default_gpu_layers, kv_bytes_per_layer
+from .offload import check_kv_fits, default_gpu_layers, kv_bytes_per_layer
 from .params import LoadOptions, SamplingParams, physical_cores
 
 KV_BUDGET_BYTES = 4 << 30  # default context is capped so its KV cache stays within this
@@ -73,7 +75,10 @@ _log_state: dict[str, Any] = {"verbose": False}
 
 def _install_log_callback(verbose: bool) -> None:
     """Route llama.cpp's logs through one callback: silent unless --verbose. The callback object
-    must live as long as the process, so it is kept in a module global."""
+    must live as long as the process, so it is kept in a module global. It must not raise: ctypes
+    prints an exception in a callback ("Exception ignored on calling ctypes callback function")
+    and drops it, and llama.cpp carries on. (Ctrl-C during a load never lands here as an
+    exception: see _DeferredSigint.)"""
     llama_cpp = bindings()
     _log_state["verbose"] = verbose
     if "callback" not in _log_state:
@@ -81,11 +86,30 @@ def _install_log_callback(verbose: bool) -> None:
         @llama_cpp.llama_log_callback
         def _log(level: int, text: bytes, user_data: Any) -> None:
             if _log_state["verbose"] and text:
-                sys.stderr.write(text.decode("utf-8", errors="replace"))
-                sys.stderr.flush()
+                try:
+                    sys.stderr.write(text.decode("utf-8", errors="replace"))
+                    sys.stderr.flush()
+                except Exception:  # a closed or full stderr: the log line is lost, nothing else
+                    pass
 
         _log_state["callback"] = _log
         llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+
+
+def _check_ctx_size(ll: Any, header: GGUFHeader, n_ctx: int, gpu_layers: int) -> None:
+    """Refuse a context whose KV cache cannot fit in memory (llama.cpp would try to allocate
+    it, for a minute, before failing), and warn about one longer than the model was trained
+    on (allowed: a user may know the model copes, e.g. with RoPE scaling)."""
+    gpu = gpu_layers > 0 and bool(ll.llama_supports_gpu_offload())
+    check_kv_fits(ll, header, n_ctx, gpu=gpu)
+    trained = header.context_length
+    if trained and n_ctx > trained:
+        warnings.warn(
+            f"--ctx-size {n_ctx} is more than the {trained} tokens {header.path.name} was trained "
+            "on: answers past that may lose coherence",
+            InferWarning,
+            stacklevel=3,
+        )
 
 
 def supports_gpu_offload() -> bool:
@@ -118,6 +142,38 @@ class _FixedCores:
         pass
 
 
+class _DeferredSigint:
+    """Ctrl-C while llama.cpp loads a model or creates a context. Python runs a signal handler
+    when the main thread next runs Python code, which during a load is inside llama.cpp's log or
+    progress callback: an exception raised there is printed and dropped by ctypes, and the load
+    went on. So, inside `with`, Ctrl-C only sets `requested`; `progress` (for the model params)
+    then returns False, which makes llama.cpp abandon the model load and return NULL; the loader
+    raises Interrupted once llama.cpp has returned. Only on the main thread (the only one that
+    may set a handler), and never where SIGINT is ignored."""
+
+    def __init__(self, ll: Any) -> None:
+        self.requested = False
+        self.progress = ll.llama_progress_callback(self._progress)
+        self._previous: Any = None
+
+    def _progress(self, _fraction: float, _data: Any) -> bool:
+        return not self.requested
+
+    def _handler(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def __enter__(self) -> _DeferredSigint:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 class LlamaCppEngine:
     """A loaded model and one context (sequence 0). `n_past` tracks what the KV cache holds, so a
     follow-up prompt that extends the last one decodes only its new tokens."""
@@ -129,7 +185,9 @@ class LlamaCppEngine:
     def __init__(self, path: Path, header: GGUFHeader, options: LoadOptions) -> None:
         self._ll = ll = bindings()
         _install_log_callback(options.verbose)
-        ll.llama_backend_init()
+        sigint = _DeferredSigint(ll)
+        with sigint:
+            ll.llama_backend_init()
         self.header = header
         n_ctx = options.ctx_size or default_ctx(header)
         gpu = options.gpu_layers
@@ -137,15 +195,23 @@ class LlamaCppEngine:
             fit = default_gpu_layers(ll, header, n_ctx) if ll.llama_supports_gpu_offload() else 0
             gpu = ALL_LAYERS if fit is None else fit
         self.gpu_layers = ALL_LAYERS if gpu == -1 else gpu
+        if options.ctx_size:  # before llama.cpp allocates it (the default is capped already)
+            _check_ctx_size(ll, header, n_ctx, self.gpu_layers)
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = self.gpu_layers
+        mparams.progress_callback = sigint.progress
         # mmap on. Recent bindings have no use_mmap field (assigning it would only add a Python
         # attribute): there the default load_mode AUTO maps the file wherever the devices can.
         if any(name == "use_mmap" for name, *_ in mparams._fields_):
             mparams.use_mmap = True
-        self._model = ll.llama_model_load_from_file(str(path).encode(), mparams)
+        with sigint:
+            self._model = ll.llama_model_load_from_file(os.fsencode(path), mparams)
+        if sigint.requested:
+            self.close()
+            raise Interrupted()
         if not self._model:
-            raise EngineError(f"llama.cpp could not load {path} (run with --verbose for details)")
+            hint = "" if options.verbose else " (run with --verbose for details)"
+            raise EngineError(f"llama.cpp could not load {path}{hint}")
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(self._model))
         self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
@@ -161,14 +227,20 @@ class LlamaCppEngine:
         cparams.n_ubatch = self.n_batch
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
-        self._ctx = ll.llama_init_from_model(self._model, cparams)
+        with sigint:
+            self._ctx = ll.llama_init_from_model(self._model, cparams)
+        if sigint.requested:
+            self.close()
+            raise Interrupted()
         if not self._ctx:
             ll.llama_model_free(self._model)
             raise EngineError(
                 f"llama.cpp could not create a {n_ctx}-token context (out of memory? "
                 "try a smaller --ctx-size)"
             )
-        self.n_ctx = int(ll.llama_n_ctx(self._ctx))
+        # llama.cpp rounds the context up to a multiple of 256 (--ctx-size 16 gave 256 tokens):
+        # the window is the size asked for; the KV cache merely has room to spare.
+        self.n_ctx = min(n_ctx, int(ll.llama_n_ctx(self._ctx)))
         self.threads = threads
         self._fixed_threads = options.threads is not None
         self.cores = self.core_share(self._ctx)

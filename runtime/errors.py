@@ -75,6 +75,23 @@ class EngineError(InferError):
     """llama.cpp failed to load a model, create a context or decode."""
 
 
+class ContextTooLargeError(UsageError):
+    """--ctx-size asks for a KV cache larger than the memory there is; carries the numbers."""
+
+    def __init__(self, n_ctx: int, needed: int, available: int, fits: int) -> None:
+        self.n_ctx, self.needed, self.available, self.fits = n_ctx, needed, available, fits
+        advice = f"use --ctx-size {fits} or less" if fits >= 16 else "free some memory"
+        super().__init__(
+            f"--ctx-size {n_ctx} needs {needed / 2**30:,.1f} GiB for its KV cache, but only "
+            f"{available / 2**30:,.1f} GiB of memory is available; {advice}"
+        )
+
+
+class InferWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints one line
+    `infer: warning: ...`)."""
+
+
 class InputError(InferError):
     """The input text cannot be used (not UTF-8, ...)."""
 

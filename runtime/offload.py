@@ -10,9 +10,12 @@ keeping a reserve for llama.cpp's compute buffers. An explicit --gpu-layers is u
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .errors import ContextTooLargeError
 
 if TYPE_CHECKING:
     from .gguf import GGUFHeader
@@ -108,6 +111,43 @@ def kv_bytes_per_layer(header: GGUFHeader) -> int:
     k_len = int(header.arch_value("attention.key_length", n_embd // n_head))
     v_len = int(header.arch_value("attention.value_length", n_embd // n_head))
     return head_kv * (k_len + v_len) * 2  # f16 K and V
+
+
+def kv_cache_bytes(header: GGUFHeader, n_ctx: int) -> int:
+    """Bytes of the f16 KV cache llama.cpp allocates for `n_ctx` tokens (it rounds the context
+    up to a multiple of 256)."""
+    n_layer = int(header.arch_value("block_count", 0) or 0)
+    return n_layer * kv_bytes_per_layer(header) * (-(-n_ctx // 256) * 256)
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM that can be allocated without swapping: MemAvailable on Linux, else the
+    physical memory (sysconf); None when neither says."""
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - Windows
+        return None
+
+
+def check_kv_fits(ll: Any, header: GGUFHeader, n_ctx: int, *, gpu: bool) -> None:
+    """Raise ContextTooLargeError when the KV cache for `n_ctx` tokens exceeds the memory it
+    could live in: available RAM, plus the GPUs' free memory when layers are offloaded. A bound
+    that only catches the impossible (weights and compute buffers come on top)."""
+    need = kv_cache_bytes(header, n_ctx)
+    ram = available_memory()
+    if not need or ram is None:
+        return
+    room = ram + ((gpu_free_memory(ll) or 0) if gpu else 0)
+    if need > room:
+        per_token = need // (-(-n_ctx // 256) * 256)
+        raise ContextTooLargeError(n_ctx, need, room, room // per_token // 256 * 256)
 
 
 def _split_parts(header: GGUFHeader) -> list[Path]:

@@ -80,13 +80,35 @@ class LoadOptions:
     def validate(self) -> LoadOptions:
         if self.ctx_size is not None and self.ctx_size < 16:
             raise UsageError(f"--ctx-size must be >= 16 (got {self.ctx_size})")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be >= 1 (got {self.threads})")
+        if self.threads is not None:
+            check_threads(self.threads)
         if self.gpu_layers is not None and self.gpu_layers < -1:
             raise UsageError(f"--gpu-layers must be >= -1 (got {self.gpu_layers})")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         return self
+
+
+THREADS_PER_CPU = 4
+
+
+def max_threads() -> int:
+    """The most --threads accepted. llama.cpp starts one OS thread per --threads and spins them
+    at a barrier after every graph node, so threads beyond the logical CPUs only take turns
+    (2048 threads: a minute for 4 tokens) and tens of thousands exhaust memory for their stacks
+    (a segfault). 4x the logical CPUs still allows measuring oversubscription with `infer bench`."""
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int) -> int:
+    """`threads` if it is a usable --threads value, else a UsageError naming the bound."""
+    bound = max_threads()
+    if not 1 <= threads <= bound:
+        raise UsageError(
+            f"--threads must be between 1 and {bound} ({THREADS_PER_CPU} x the "
+            f"{bound // THREADS_PER_CPU} logical CPUs) (got {threads})"
+        )
+    return threads
 
 
 def physical_cores() -> int:
