@@ -32,6 +32,7 @@ from .paths import runtime_dir
 
 EPOCH = "epoch"
 RESCAN_S = 1.0  # a dead process's share is reclaimed within this many seconds
+STALE_S = 10.0  # an unlocked file of a live pid (a reused pid, say) counts as stale after this
 _ids = itertools.count()
 
 
@@ -118,7 +119,7 @@ class CoreShare:
 
 
 def live_members(folder: Path) -> set[str]:
-    """Names of the registered processes still alive; stale files are removed."""
+    """Names of the registered processes still decoding; files of dead processes are removed."""
     try:
         names = [n for n in os.listdir(folder) if n != EPOCH]
     except OSError:
@@ -136,11 +137,26 @@ def live_members(folder: Path) -> set[str]:
         except OSError:
             pass
         else:
-            with contextlib.suppress(OSError):  # nobody holds it: its process died
-                os.unlink(folder / name)
+            if _stale(name, os.fstat(fd).st_mtime):
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / name)
         finally:
             os.close(fd)
     return live
+
+
+def _stale(name: str, mtime: float) -> bool:
+    """An unlocked file is left over when its process is gone; a live process's file may just
+    not be locked yet (it is created, then locked), so only an old one of those is removed."""
+    pid = name.partition(".")[0]
+    if pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass  # alive, another user's (not ours to judge by pid)
+    return time.time() - mtime > STALE_S
 
 
 def _map_epoch(path: Path) -> memoryview:

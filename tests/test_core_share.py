@@ -122,3 +122,18 @@ def test_two_runs_at_once_both_answer(bundled_model: Path, tmp_path: Path) -> No
         assert proc.returncode == 0, err
         assert "Paris" in out
     assert [n for n in os.listdir(tmp_path / "run" / "decoding") if n != "epoch"] == []
+
+
+def test_a_file_being_set_up_is_not_mistaken_for_a_dead_one(runtime: Path) -> None:
+    """A process creates its file, then locks it: a scan in between must not remove it."""
+    runtime.mkdir(parents=True)
+    mine = runtime / f"{os.getpid()}.999"  # this process is alive, the file not locked yet
+    mine.write_text("")
+    dead = runtime / "999999999.0"  # no such pid: left over by a killed process
+    dead.write_text("")
+    assert live_members(runtime) == set()
+    assert mine.exists() and not dead.exists()
+    old = time.time() - 60
+    os.utime(mine, (old, old))  # unlocked for a minute: a reused pid's leftover
+    live_members(runtime)
+    assert not mine.exists()
