@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .files import alive
 from .paths import runtime_dir
 
 EPOCH = "epoch"
@@ -149,13 +150,8 @@ def _stale(name: str, mtime: float) -> bool:
     """An unlocked file is left over when its process is gone; a live process's file may just
     not be locked yet (it is created, then locked), so only an old one of those is removed."""
     pid = name.partition(".")[0]
-    if pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            pass  # alive, another user's (not ours to judge by pid)
+    if pid.isdigit() and not alive(int(pid)):
+        return True
     return time.time() - mtime > STALE_S
 
 
