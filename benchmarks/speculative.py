@@ -90,14 +90,15 @@ def one_run(engine: Any, draft: str | None, args: argparse.Namespace, n: int) ->
     from infer.runtime import GenerateOptions, Message, SamplingParams, generate
 
     options = GenerateOptions(
-        max_tokens=n, draft=draft, draft_max=args.draft_max, draft_ngram=args.ngram,
-        draft_adapt=not args.always,
-    )  # fmt: skip
+        max_tokens=n, draft_max=args.draft_max, draft_ngram=args.ngram, draft_adapt=not args.always
+    )
     prompt = INSTRUCTION + with_typos(story(args))
     # From an empty KV cache each time: both sides then evaluate the prompt alike (llama.cpp's
     # results depend slightly on how tokens are batched, see benchmarks/README.md).
     engine.reset()
-    gen = generate(engine, [Message("user", prompt)], SamplingParams(temperature=0), options)
+    gen = generate(
+        engine, [Message("user", prompt)], SamplingParams(temperature=0), options, drafter=draft
+    )
     for _ in gen:
         pass
     return gen

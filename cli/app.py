@@ -18,7 +18,7 @@ from .help import HelpCommand, HelpGroup, SectionedHelpCommand
 from .models import list_models, pull, rm, show
 from .perplexity import perplexity
 from .quantize import quantize
-from .run import run
+from .run import chat, run
 
 app = typer.Typer(
     name="infer",
@@ -34,11 +34,7 @@ app.command("list", cls=HelpCommand)(list_models)
 app.command("ls", cls=HelpCommand, hidden=True)(list_models)
 app.command(cls=HelpCommand)(show)
 app.command(cls=HelpCommand)(rm)
-app.command(
-    "chat",
-    cls=SectionedHelpCommand,
-    help="Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt).",
-)(run)
+app.command(cls=SectionedHelpCommand)(chat)
 app.command(cls=HelpCommand)(bench)
 app.command(cls=HelpCommand)(quantize)
 app.command(cls=HelpCommand)(perplexity)

@@ -152,12 +152,12 @@ def run_batch(
     """Read FILE, load MODEL, decode every prompt `parallel` at a time, write JSONL results."""
     from infer.runtime.batch import BatchDecoder
 
-    from .run import _load
+    from .loading import load_model
 
     items = read_batch(source, sampling, options)
     # The engine's own context (and so its prompt cache) goes unused: the decoder makes one.
     engine_options = replace(load_options, ctx_size=ENGINE_CTX, prompt_cache=False)
-    engine: Any = _load(resolved, engine_options, quiet=json_out)
+    engine: Any = load_model(resolved, engine_options, quiet=json_out)
     requests, failed = _tokenize(engine, items, system, raw=raw, template=template)
     parallel = parallel or DEFAULT_PARALLEL
     writer = _Writer(items)

@@ -1,4 +1,4 @@
-"""The interactive chat: `infer run MODEL` (or `infer chat MODEL`) on a terminal.
+"""The interactive chat: `infer chat MODEL` (or `infer run MODEL` with no prompt) on a terminal.
 
 Line editing and history come from the stdlib readline; the conversation's KV cache stays in the
 engine between turns, so a follow-up evaluates only its new tokens.
@@ -60,10 +60,15 @@ class ChatSettings:
 
 class Repl:
     def __init__(
-        self, engine: Engine, conversation: Conversation, settings: ChatSettings, model_path: Path
+        self,
+        engine: Engine,
+        conversation: Conversation,
+        settings: ChatSettings,
+        model_path: Path,
+        drafter: Engine | str | None = None,  # --draft: "lookup" or the loaded draft model
     ) -> None:
         self.engine, self.conversation, self.settings = engine, conversation, settings
-        self.model_path = model_path
+        self.model_path, self.drafter = model_path, drafter
         self.history_file: Path | None = None
 
     # --- input ------------------------------------------------------------------------------
@@ -207,8 +212,15 @@ class Repl:
             dropped = fit(conv, count, engine.n_ctx, reserve)
             if dropped:
                 say(f"(dropped the {dropped} oldest messages to fit the context window)")
-            return generate(engine, conv.messages(), s.sampling, s.options, raw=s.raw,
-                            template=s.template)  # fmt: skip
+            return generate(
+                engine,
+                conv.messages(),
+                s.sampling,
+                s.options,
+                raw=s.raw,
+                template=s.template,
+                drafter=self.drafter,
+            )
         except InferError as e:
             conv.undo()
             output.error(str(e))
@@ -353,7 +365,7 @@ def say(message: str) -> None:
 
 def start(
     engine: Engine, model: str, model_path: Path, settings: ChatSettings, system: str | None,
-    resume: bool,
+    resume: bool, drafter: Engine | str | None = None,
 ) -> int:  # fmt: skip
     conversation = Conversation(model, system)
     if resume:
@@ -362,4 +374,4 @@ def start(
             say(f"(continuing the last conversation: {len(conversation.turns)} messages)")
         except InferError:
             say("(no earlier conversation with this model; starting a new one)")
-    return Repl(engine, conversation, settings, model_path).loop()
+    return Repl(engine, conversation, settings, model_path, drafter).loop()

@@ -47,7 +47,7 @@ def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Engi
 def load_draft(
     model: ResolvedModel | str, target: Engine, options: LoadOptions | None = None
 ) -> Engine:
-    """Load a draft model for speculative decoding (`GenerateOptions(draft=...)`): refused
+    """Load a draft model for speculative decoding (`generate(..., drafter=...)`): refused
     with IncompatibleDraftError unless it shares `target`'s vocabulary. Its context defaults
     to the target's, since it must hold the same prompt and answer."""
     from .speculative import check_compatible
@@ -98,8 +98,11 @@ def generate(
     raw: bool = False,
     template: str | None = None,
     cancel: threading.Event | None = None,
+    drafter: Engine | str | None = None,
 ) -> Generation:
-    """Stream an answer: iterate the result for text pieces; `.stats` afterwards."""
+    """Stream an answer: iterate the result for text pieces; `.stats` afterwards. `drafter`
+    turns on speculative decoding: "lookup" (drafts from the prompt's n-grams) or a draft model
+    from load_draft(); the answer is the one plain decoding gives."""
     tokens = prompt_tokens(engine, messages, raw=raw, template=template)
     stats = Stats(load_s=getattr(engine, "load_s", 0.0))
     return Generation(
@@ -109,4 +112,5 @@ def generate(
         (options or GenerateOptions()).validate(),
         cancel,
         stats,
+        drafter,
     )

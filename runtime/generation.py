@@ -7,10 +7,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from .engine import Engine
 from .errors import ContextOverflowError, Interrupted
 from .params import GenerateOptions, SamplingParams
+
+if TYPE_CHECKING:
+    from .speculative import DraftCounts
 
 
 @dataclass
@@ -61,7 +65,8 @@ def check_fits(engine: Engine, prompt: list[int]) -> None:
 class Generation:
     """Iterate for text pieces as they are generated; afterwards `.text` and `.stats` hold the
     whole answer. Stop strings never leak: text that could begin a stop string is held back
-    until it is known not to."""
+    until it is known not to. With a `drafter` ("lookup" or a draft model from
+    api.load_draft()) the tokens come from speculative decoding."""
 
     def __init__(
         self,
@@ -71,9 +76,11 @@ class Generation:
         options: GenerateOptions,
         cancel: threading.Event | None = None,
         stats: Stats | None = None,
+        drafter: Engine | str | None = None,
     ) -> None:
         check_fits(engine, prompt)
         self.engine, self.prompt, self.sampling, self.options = engine, prompt, sampling, options
+        self.drafter = drafter
         self.cancel = cancel or threading.Event()
         self.stats = stats or Stats()
         self.pieces: list[str] = []
@@ -91,13 +98,14 @@ class Generation:
             return
         stream = TextStream(stops)
         start = first = time.perf_counter()
-        if self.options.draft is None:
+        counts: DraftCounts | None = None
+        if self.drafter is None:
             tokens = self.engine.generate(self.prompt, self.sampling, self.cancel)
         else:
             from .speculative import generate
 
-            tokens = generate(
-                self.engine, self.prompt, self.sampling, self.cancel, self.options, stats
+            tokens, counts = generate(
+                self.engine, self.prompt, self.sampling, self.cancel, self.options, self.drafter
             )
         try:
             for raw in tokens:
@@ -122,6 +130,9 @@ class Generation:
             raise Interrupted(self.text) from None
         finally:
             tokens.close()
+            if counts is not None:  # speculative decoding's own counts, merged into ours
+                stats.draft = counts.drafter
+                stats.drafted, stats.accepted = counts.drafted, counts.accepted
             now = time.perf_counter()
             if stats.generated_tokens == 0:
                 stats.prompt_s = stats.ttft_s = now - start

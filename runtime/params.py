@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .errors import UsageError
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 DEFAULT_BATCH = 512
 
@@ -45,9 +41,8 @@ class SamplingParams:
 class GenerateOptions:
     max_tokens: int | None = None  # None: until end-of-generation or the context is full
     stop: list[str] = field(default_factory=list)
-    # Speculative decoding (runtime/speculative.py): "lookup", or a draft model's engine from
-    # api.load_draft(). None: plain decoding.
-    draft: str | Engine | None = None
+    # Speculative decoding (runtime/speculative.py) runs when `generate(..., drafter=...)` gets a
+    # drafter; these tune it. Options are data: the loaded draft model is an argument, never here.
     draft_max: int | None = None  # drafted tokens per step; None: the drafter's default
     draft_ngram: int | None = None  # lookup: longest n-gram matched; None: the default
     # False: verify every drafted token, even where measured costs say it slows generation down

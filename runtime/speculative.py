@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .draft_policy import DraftPolicy
@@ -27,13 +28,21 @@ from .errors import EngineError, IncompatibleDraftError, Interrupted, UsageError
 
 if TYPE_CHECKING:
     from .engine import Engine, LlamaCppEngine
-    from .generation import Stats
     from .params import GenerateOptions, SamplingParams
 
 LOOKUP = "lookup"
 DEFAULT_DRAFT_MAX = {LOOKUP: 16, "model": 6}  # chosen with benchmarks/speculative.py
 DEFAULT_NGRAM = 3
 VOCAB_SAMPLE = 64  # token texts compared between target and draft vocabularies
+
+
+@dataclass
+class DraftCounts:
+    """What speculative decoding did, for the caller to merge into its own statistics."""
+
+    drafter: str = ""  # "lookup" or the draft model's name
+    drafted: int = 0  # draft tokens verified
+    accepted: int = 0  # of those, accepted (emitted without a decode of their own)
 
 
 class Drafter(Protocol):
@@ -146,13 +155,13 @@ def check_compatible(target: Engine, draft: Engine, draft_name: str = "the draft
             )
 
 
-def make_drafter(options: GenerateOptions) -> Drafter:
-    draft = options.draft
-    if draft == LOOKUP:
+def make_drafter(source: Engine | str, options: GenerateOptions) -> Drafter:
+    """The drafter for `source`: "lookup", or a draft model loaded with api.load_draft()."""
+    if source == LOOKUP:
         return LookupDrafter(options.draft_ngram or DEFAULT_NGRAM)
-    if isinstance(draft, str) or draft is None:
-        raise UsageError(f"--draft must be '{LOOKUP}' or a loaded draft model (got {draft!r})")
-    engine = _llama(draft)
+    if isinstance(source, str) or source is None:
+        raise UsageError(f"--draft must be '{LOOKUP}' or a loaded draft model (got {source!r})")
+    engine = _llama(source)
     return ModelDrafter(engine, engine.header.path.stem)
 
 
@@ -168,18 +177,33 @@ def generate(
     sampling: SamplingParams,
     cancel: threading.Event,
     options: GenerateOptions,
-    stats: Stats,
-) -> Generator[bytes, None, None]:
+    source: Engine | str,
+) -> tuple[Generator[bytes, None, None], DraftCounts]:
     """Like LlamaCppEngine.generate (same stops: end-of-generation, full context, `cancel`),
-    drafting and verifying up to `options.draft_max` tokens per decode. Drafts never run past
-    `options.max_tokens`, so a limit costs no wasted verification and is never overshot."""
+    drafting from `source` ("lookup" or a draft model) and verifying up to `options.draft_max`
+    tokens per decode. Drafts never run past `options.max_tokens`, so a limit costs no wasted
+    verification and is never overshot. Returns the token stream and its counts, which fill in
+    as the stream is consumed."""
+    counts = DraftCounts()
+    return _generate(target, prompt, sampling, cancel, options, source, counts), counts
+
+
+def _generate(
+    target: Engine,
+    prompt: list[int],
+    sampling: SamplingParams,
+    cancel: threading.Event,
+    options: GenerateOptions,
+    source: Engine | str,
+    counts: DraftCounts,
+) -> Generator[bytes, None, None]:
     engine = _llama(target)
     if engine._ll.llama_model_is_recurrent(engine._model):
         raise UsageError("speculative decoding needs a transformer: this model is recurrent")
-    drafter = make_drafter(options)
+    drafter = make_drafter(source, options)
     kind = LOOKUP if isinstance(drafter, LookupDrafter) else "model"
     k_max = options.draft_max or DEFAULT_DRAFT_MAX[kind]
-    stats.draft = drafter.name
+    counts.drafter = drafter.name
     if len(prompt) > engine.n_ctx:
         raise EngineError("prompt longer than the context")  # callers check this first
     with engine.cores:
@@ -187,7 +211,7 @@ def generate(
         verifier = _Verifier(engine, sampling, k_max + 1)
         policy = DraftPolicy(k_max, adaptive=options.draft_adapt)
         try:
-            yield from _loop(engine, verifier, drafter, policy, options.max_tokens, cancel, stats)
+            yield from _loop(engine, verifier, drafter, policy, options.max_tokens, cancel, counts)
         finally:
             verifier.close()
             if isinstance(drafter, ModelDrafter):
@@ -201,7 +225,7 @@ def _loop(
     policy: DraftPolicy,
     limit: int | None,
     cancel: threading.Event,
-    stats: Stats,
+    counts: DraftCounts,
 ) -> Generator[bytes, None, None]:
     ll, tokens, piece, clock = engine._ll, engine.tokens, engine.piece, time.perf_counter
     is_eog, vocab = ll.llama_vocab_is_eog, engine._vocab
@@ -227,8 +251,8 @@ def _loop(
         policy.record_step(use + 1, clock() - drafted_at)
         if drafts:
             policy.record_draft(len(drafts), use, len(accepted), drafted_at - started)
-        stats.drafted += use
-        stats.accepted += len(accepted)
+        counts.drafted += use
+        counts.accepted += len(accepted)
         for t in accepted:
             yield piece(t)
             emitted += 1

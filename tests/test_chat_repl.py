@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import pexpect
 import pytest
+from typer.main import get_command
+
+from infer.cli.app import app
 
 from .conftest import INFER, run_infer
 
@@ -22,10 +26,10 @@ class Chat:
         list[Chat]
     ] = []  # every session a test opened, closed by the autouse fixture below
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, command: str = "run") -> None:
         assert INFER
         self.child = pexpect.spawn(
-            INFER, ["run", "smollm2", *args], encoding="utf-8", timeout=180,
+            INFER, [command, "smollm2", *args], encoding="utf-8", timeout=180,
             dimensions=(50, 200), env=dict(os.environ),
         )  # fmt: skip
         Chat.live.append(self)
@@ -190,3 +194,54 @@ def test_piped_stdin_never_enters_the_chat() -> None:
     assert result.returncode == 0
     assert PROMPT not in result.stdout.decode()
     assert "Paris" in result.stdout.decode()
+
+
+def test_chat_command_opens_the_chat_and_passes_the_drafter_on() -> None:
+    chat = Chat("--temperature", "0", "-n", "24", "--draft", "lookup", "--stats", command="chat")
+    reply = chat.say("Which city is the capital of France?")
+    assert "Paris" in reply
+    assert "draft lookup:" in reply and "accepted (" in reply  # the chat's answers drafted
+    assert chat.bye() == 0
+
+
+CHAT_FLAGS = (
+    "--system", "--temperature", "--max-tokens", "--ctx-size", "--raw", "--stats", "--continue",
+    "--markdown", "--draft", "--no-prompt-cache", "--offline",
+)  # fmt: skip
+
+
+def _params(command: str) -> set[str]:
+    """The command's options and (by name) arguments."""
+    params = get_command(app).commands[command].params  # type: ignore[attr-defined]
+    return {opt for param in params for opt in [*param.opts, *param.secondary_opts]}
+
+
+def test_chat_help_lists_only_what_applies_to_a_chat() -> None:
+    """`infer chat` has its own command: `infer run`'s options less the one-shot and batch
+    ones, and no PROMPT."""
+    assert _params("chat") == _params("run") - {"--json", "--batch", "--parallel", "prompt"}
+    assert INFER
+    result = subprocess.run([INFER, "chat", "--help"], capture_output=True, timeout=30,
+                            env={**os.environ, "COLUMNS": "100"})  # fmt: skip
+    assert result.returncode == 0 and result.stderr == b""
+    text = result.stdout.decode()
+    assert text.startswith("Usage: infer chat [OPTIONS] MODEL\n")
+    for absent in ("--batch", "--parallel", "--json", "PROMPT"):
+        assert absent not in text
+    for flag in CHAT_FLAGS:
+        assert flag in text
+    headings = [line for line in text.splitlines() if line and not line.startswith(" ")]
+    assert headings[1:] == [
+        "Arguments:", "Input and output:", "Sampling:", "Context and hardware:", "Chat:",
+        "Speed-ups:", "Options:",
+    ]  # fmt: skip
+
+
+def test_chat_off_a_terminal_is_what_run_without_a_prompt_is() -> None:
+    """Nothing on stdin: the same usage error as `infer run MODEL`, exit 2, nothing loaded; a
+    flag only `infer run` has is unknown here."""
+    chat, run = run_infer("chat", "smollm2"), run_infer("run", "smollm2")
+    assert chat.returncode == run.returncode == 2
+    assert chat.stderr == run.stderr and b"empty prompt" in chat.stderr
+    refused = run_infer("chat", "smollm2", "--json", input="hi")
+    assert refused.returncode == 2 and b"--json" in refused.stderr

@@ -77,9 +77,11 @@ def tiny(tiny_model: Path) -> Iterator[LlamaCppEngine]:
     engine.close()
 
 
-def _answer(engine: LlamaCppEngine, options: GenerateOptions) -> tuple[str, Any]:
+def _answer(
+    engine: LlamaCppEngine, options: GenerateOptions, drafter: LlamaCppEngine | str | None = None
+) -> tuple[str, Any]:
     engine.reset()
-    gen = generate(engine, [Message("user", "abcabcabc")], GREEDY, options)
+    gen = generate(engine, [Message("user", "abcabcabc")], GREEDY, options, drafter=drafter)
     return "".join(gen), gen.stats
 
 
@@ -90,8 +92,8 @@ def test_tiny_model_until_the_context_is_full(tiny: LlamaCppEngine, tiny_model: 
     try:
         for source in ("lookup", draft):
             for adapt in (False, True):  # every draft verified; the drafts timings justify
-                options = GenerateOptions(draft=source, draft_max=5, draft_adapt=adapt)
-                text, stats = _answer(tiny, options)
+                options = GenerateOptions(draft_max=5, draft_adapt=adapt)
+                text, stats = _answer(tiny, options, drafter=source)
                 assert (text, stats.finish_reason) == (plain, "context")
                 assert stats.generated_tokens == plain_stats.generated_tokens
                 assert tiny.n_past == tiny.n_ctx  # nothing rejected is left in the cache

@@ -1,0 +1,125 @@
+"""Loading a model for the commands that answer with it (run, chat, `run --batch`): the
+command-line flags merged with the model's defaults into the runtime's options, and the load
+itself, with a spinner on a terminal."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from infer.runtime.errors import ModelNotFoundError, UnknownDraftError
+
+from . import output
+from .models import resolve_or_pull
+
+if TYPE_CHECKING:
+    from infer.runtime.engine import Engine
+    from infer.runtime.params import GenerateOptions, LoadOptions, SamplingParams
+    from infer.runtime.registry import ModelDefaults
+    from infer.runtime.store import ResolvedModel
+
+
+def sampling_params(
+    defaults: ModelDefaults,
+    *,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    min_p: float | None,
+    repeat_penalty: float | None,
+    seed: int | None,
+) -> SamplingParams:
+    """Flags win over models.toml defaults; unset both → the dataclass default."""
+    from infer.runtime import SamplingParams
+
+    flags = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "repeat_penalty": repeat_penalty,
+    }
+    picked: dict[str, float | int] = {}
+    for name, value in flags.items():
+        chosen = value if value is not None else getattr(defaults, name)
+        if chosen is not None:
+            picked[name] = chosen
+    return SamplingParams(**picked, seed=seed).validate()
+
+
+def generate_options(
+    *,
+    max_tokens: int | None,
+    stop: list[str] | None,
+    draft_max: int | None,
+    draft_ngram: int | None,
+    draft_always: bool,
+) -> GenerateOptions:
+    from infer.runtime import GenerateOptions
+
+    return GenerateOptions(
+        max_tokens=max_tokens,
+        stop=list(stop or []),
+        draft_max=draft_max,
+        draft_ngram=draft_ngram,
+        draft_adapt=not draft_always,
+    ).validate()
+
+
+def load_options(
+    defaults: ModelDefaults,
+    *,
+    ctx_size: int | None,
+    threads: int | None,
+    gpu_layers: int | None,
+    verbose: bool,
+    no_prompt_cache: bool,
+) -> LoadOptions:
+    from infer.runtime import LoadOptions
+
+    return LoadOptions(
+        ctx_size=ctx_size or defaults.ctx_size,
+        threads=threads,
+        gpu_layers=gpu_layers,
+        verbose=verbose,
+        prompt_cache=not no_prompt_cache,
+    ).validate()
+
+
+def load_model(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Engine:
+    from infer.runtime import load
+
+    if quiet or not output.use_color(sys.stderr):
+        return load(resolved, options)
+    from rich.console import Console
+
+    with Console(stderr=True).status("Loading model…", spinner="dots"):
+        return load(resolved, options)
+
+
+def load_drafter(
+    draft: str, engine: Engine, options: LoadOptions, *, offline: bool, quiet: bool
+) -> str | Engine:
+    """--draft: "lookup" as is, anything else a model reference resolved like MODEL and loaded
+    with the same settings and context size (its vocabulary is checked against the model's)."""
+    from dataclasses import replace
+
+    from infer.runtime.api import load_draft
+    from infer.runtime.speculative import LOOKUP
+
+    if draft == LOOKUP:
+        return draft
+    try:
+        resolved = resolve_or_pull(draft, offline=offline)
+    except ModelNotFoundError as e:
+        import difflib
+
+        close = difflib.get_close_matches(draft.lower(), [LOOKUP], n=1, cutoff=0.6) + e.close
+        raise UnknownDraftError(e.name, e.known, close) from None
+    draft_options = replace(options, ctx_size=engine.n_ctx, prompt_cache=False)
+    if quiet or not output.use_color(sys.stderr):
+        return load_draft(resolved, engine, draft_options)
+    from rich.console import Console
+
+    with Console(stderr=True).status("Loading draft model…", spinner="dots"):
+        return load_draft(resolved, engine, draft_options)
