@@ -100,19 +100,10 @@ def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> Non
 _python_showwarning = warnings.showwarning
 
 
-def _click_exceptions() -> Any:
-    """Typer >= 0.22 vendors click as typer._click; older Typer uses click itself."""
-    try:
-        from typer._click import exceptions
-    except ImportError:  # pragma: no cover - older Typer
-        from click import exceptions  # type: ignore[no-redef]
-    return exceptions
-
-
 def _run(argv: list[str] | None) -> int:
+    from typer._click.exceptions import ClickException
     from typer.main import get_command
 
-    click = _click_exceptions()
     warnings.showwarning = _show_warning
 
     from infer.runtime.errors import InferError, Interrupted, OutputError, StorageError, Terminated
@@ -125,9 +116,9 @@ def _run(argv: list[str] | None) -> int:
         return result if isinstance(result, int) else 0
     except Terminated as e:  # the `finally`s ran (no temp file left): exit as if killed by it
         return e.exit_code
-    except (getattr(click, "Exit", typer.Exit), typer.Exit) as e:
+    except typer.Exit as e:  # the pinned Typer (0.26-0.28) vendors click: its Exit is this
         return e.exit_code
-    except click.ClickException as e:
+    except ClickException as e:
         output.error(_usage_message(e))
         return e.exit_code
     except OutputError as e:  # stdout full or unwritable: say so once, not again at exit
@@ -141,7 +132,7 @@ def _run(argv: list[str] | None) -> int:
             raise
         output.error(str(e))
         return e.exit_code
-    except (KeyboardInterrupt, getattr(click, "Abort", typer.Abort), typer.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write("\n")
         return 130
     except (output.OutputClosed, BrokenPipeError):
@@ -173,9 +164,10 @@ def _discard_stdout() -> None:
 
 
 def _usage_message(e: Any) -> str:
-    click = _click_exceptions()
+    from typer._click.exceptions import UsageError
+
     message = e.format_message().replace("\n", " ")
     ctx = getattr(e, "ctx", None)
-    if isinstance(e, click.UsageError) and ctx is not None:
+    if isinstance(e, UsageError) and ctx is not None:
         message += f" (see '{ctx.command_path} --help')"
     return message

@@ -111,7 +111,21 @@ def _json_fields(name: str, number: int, line: str) -> dict[str, Any]:
             ok = all(isinstance(s, str) for s in value)
         if not ok:
             raise InputError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                _check_unicode(text, f"{where}: '{key}'")
     return {key: value for key, value in fields.items() if value is not None}
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """JSON may escape a lone surrogate ("\\ud800"): text that no encoding can write."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{what} is not valid Unicode (a lone surrogate, {text[e.start]!r}, at character "
+            f"{e.start})"
+        ) from None
 
 
 def _item(

@@ -10,7 +10,7 @@ import contextlib
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,6 @@ class ChatSettings:
     template: str | None = None
     stats: bool = False
     markdown: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Repl:

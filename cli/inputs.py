@@ -96,11 +96,26 @@ def _kind(mode: int) -> str:
     return next((kind for test, kind in kinds.items() if test(mode)), "a special file")
 
 
+def _check_argument(prompt: str) -> None:
+    """Python decodes an argument's bytes that are not UTF-8 to lone surrogates
+    (surrogateescape), which cannot be tokenized: name the first such byte, as for stdin."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char, offset = prompt[e.start], len(prompt[: e.start].encode("utf-8"))
+        what = f"byte 0x{ord(char) - 0xDC00:02x}" if "\udc80" <= char <= "\udcff" else repr(char)
+        raise InputError(
+            f"the PROMPT argument is not valid UTF-8 ({what} at offset {offset})"
+        ) from None
+
+
 def compose_prompt(prompt: str | None, stdin: str | None) -> str:
     """Stdin is the material, the argument the instruction: STDIN, a blank line, PROMPT (the
     document first, so that two questions about the same piped document share a prefix that
     the prompt cache reuses); or STDIN in place of a {stdin} placeholder, an empty stdin (or none
     piped) making it empty."""
+    if prompt:
+        _check_argument(prompt)
     if prompt and STDIN_PLACEHOLDER in prompt:
         text = prompt.replace(STDIN_PLACEHOLDER, stdin or "")
     elif stdin and prompt:

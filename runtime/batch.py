@@ -147,8 +147,6 @@ class BatchDecoder:
         self._mem = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(batch, 0, 1)
         self._cancel = threading.Event()
-        self._abort_cb = ll.ggml_abort_callback(lambda _data: self._cancel.is_set())
-        self._no_abort_cb = ll.ggml_abort_callback()
         self.stats = BatchStats()
         self.cores = engine.core_share(self._ctx)
 
@@ -282,15 +280,12 @@ class BatchDecoder:
         return n, prompt
 
     def _decode(self, with_prompt: bool) -> None:
-        ll = self._ll
-        if with_prompt:  # Ctrl-C can stop a long prompt; the callback costs a call per node
-            ll.llama_set_abort_callback(self._ctx, self._abort_cb, None)
         self.cores.step()
-        try:
-            rc = ll.llama_decode(self._ctx, self._batch)
-        finally:
-            if with_prompt:
-                ll.llama_set_abort_callback(self._ctx, self._no_abort_cb, None)
+        if with_prompt:  # Ctrl-C can stop a long prompt; the callback costs a call per node
+            with self.engine.abort_on(self._cancel, self._ctx):
+                rc = self._ll.llama_decode(self._ctx, self._batch)
+        else:
+            rc = self._ll.llama_decode(self._ctx, self._batch)
         if rc == 2:  # aborted by Ctrl-C
             raise Interrupted()
         if rc != 0:

@@ -137,10 +137,11 @@ def render(
     error = result.get("error")
     if isinstance(error, TemplateError):
         raise error
+    # `from error`: INFER_DEBUG=1 shows where in the template (or in infer) it failed.
     if isinstance(error, fatal):
-        raise TemplateError(f"the chat template is unsafe or invalid: {error}")
+        raise TemplateError(f"the chat template is unsafe or invalid: {error}") from error
     if error is not None:
-        raise TemplateError(f"the chat template failed: {type(error).__name__}: {error}")
+        raise TemplateError(f"the chat template failed: {type(error).__name__}: {error}") from error
     return str(result["text"])
 
 

@@ -17,16 +17,18 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from .core_share import CoreShare
-from .errors import EngineError, InferWarning, Interrupted
+from .errors import EngineError, InferWarning, InputError, Interrupted
 from .gguf import GGUFHeader
 from .llama_lib import bindings
 from .offload import check_kv_fits, default_gpu_layers, kv_bytes_per_layer
 from .params import LoadOptions, SamplingParams, physical_cores
+from .tokens import common_prefix
 
 KV_BUDGET_BYTES = 4 << 30  # default context is capped so its KV cache stays within this
 ALL_LAYERS = 999
@@ -62,7 +64,7 @@ class Engine(Protocol):
 def default_ctx(header: GGUFHeader, budget: int = KV_BUDGET_BYTES) -> int:
     """The model's trained context, capped so an f16 KV cache fits in `budget` bytes."""
     trained = header.context_length or 4096
-    n_layer = int(header.arch_value("block_count", 0) or 0)
+    n_layer = header.arch_int("block_count")
     per_token = n_layer * kv_bytes_per_layer(header)
     if not per_token:
         return min(trained, 8192)
@@ -89,7 +91,7 @@ def _install_log_callback(verbose: bool) -> None:
                 try:
                     sys.stderr.write(text.decode("utf-8", errors="replace"))
                     sys.stderr.flush()
-                except Exception:  # a closed or full stderr: the log line is lost, nothing else
+                except (AttributeError, OSError, ValueError):  # stderr None, closed or full
                     pass
 
         _log_state["callback"] = _log
@@ -274,6 +276,21 @@ class LlamaCppEngine:
     def _should_abort(self, _data: Any) -> bool:
         return self._cancel is not None and self._cancel.is_set()
 
+    @contextmanager
+    def abort_on(self, cancel: threading.Event, ctx: Any = None) -> Iterator[None]:
+        """Inside `with`, llama.cpp polls `cancel` between the graph nodes of a decode on `ctx`
+        (this engine's context, or another over its model), so Ctrl-C stops a long prompt
+        (llama_decode returns 2). Only around prompt decodes: the callback costs a Python call
+        per graph node, so the no-op one is put back after."""
+        ctx = self._ctx if ctx is None else ctx
+        self._cancel = cancel
+        self._ll.llama_set_abort_callback(ctx, self._abort_cb, None)
+        try:
+            yield
+        finally:
+            self._ll.llama_set_abort_callback(ctx, self._no_abort_cb, None)
+            self._cancel = None
+
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
@@ -282,15 +299,32 @@ class LlamaCppEngine:
 
     def tokenize(self, text: str, special: bool) -> list[int]:
         """Tokens of `text`, no BOS added. `special=False` keeps control-token markup as text."""
-        data = text.encode("utf-8")
-        if not data:
+        if not text:
             return []
-        cap = len(data) + 8
+        out, n = self.tokenize_into_buffer(text, add_special=False, special=special)
+        return list(out[:n])
+
+    def tokenize_into_buffer(
+        self, text: str, *, add_special: bool, special: bool
+    ) -> tuple[Any, int]:
+        """llama_tokenize: a ctypes array of llama_token and how many of it are `text`'s tokens
+        (for a caller that wants them as a numpy array, without a Python list in between).
+        `add_special` adds BOS/EOS as the vocabulary does; `special` parses control-token
+        markup. InputError for text that is not valid Unicode (a lone surrogate, such as
+        Python makes of an argument's undecodable bytes)."""
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(
+                f"the text is not valid Unicode: {text[e.start]!r} at character {e.start} "
+                "(bytes that are not UTF-8?)"
+            ) from None
+        ll, cap = self._ll, len(data) + 8
         for _ in range(2):
-            out = (self._ll.llama_token * cap)()
-            n = self._ll.llama_tokenize(self._vocab, data, len(data), out, cap, False, special)
+            out = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, special)
             if n >= 0:
-                return list(out[:n])
+                return out, n
             # Too small: a byte-fallback vocabulary can need more tokens than there are bytes
             # (SPM's "▁" prefix is three bytes); llama.cpp returns minus the size it needs.
             cap = -n
@@ -328,17 +362,11 @@ class LlamaCppEngine:
         cache = self.prompt_cache if not self.tokens else None
         if cache is not None:
             cache.restore(self, prompt)  # may fill the KV cache from disk (and `tokens`)
-        common = 0
-        limit = min(len(self.tokens), len(prompt) - 1)
-        while common < limit and self.tokens[common] == prompt[common]:
-            common += 1
-        self._truncate(common)
+        self._truncate(common_prefix(self.tokens, prompt, len(prompt) - 1))
         common = len(self.tokens)  # 0 when the memory could not be trimmed and was reset
         self.prompt_eval_tokens = len(prompt) - common
         ll = self._ll
-        self._cancel = cancel
-        ll.llama_set_abort_callback(self._ctx, self._abort_cb, None)
-        try:
+        with self.abort_on(cancel):
             for start in range(common, len(prompt), self.n_batch):
                 self.cores.step()
                 chunk = prompt[start : start + self.n_batch]
@@ -351,10 +379,6 @@ class LlamaCppEngine:
                         raise Interrupted()
                     raise EngineError(f"llama_decode failed on the prompt (code {rc})")
                 self.tokens.extend(chunk)
-        finally:
-            # The callback costs a Python call per graph node; only prompts need it.
-            ll.llama_set_abort_callback(self._ctx, self._no_abort_cb, None)
-            self._cancel = None
         if cache is not None:
             cache.save(self, prompt, self.prompt_eval_tokens)  # the prompt only, no answer
 
@@ -423,9 +447,6 @@ class LlamaCppEngine:
                 tokens.append(token)
         finally:
             ll.llama_sampler_free(chain)
-
-    def system_info(self) -> str:
-        return self._ll.llama_print_system_info().decode("utf-8", errors="replace")
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .engine import Engine
 from .errors import ContextOverflowError, Interrupted
 from .params import GenerateOptions, SamplingParams
+from .tokens import common_prefix
 
 if TYPE_CHECKING:
     from .speculative import DraftCounts
@@ -149,10 +150,7 @@ class Generation:
         held = getattr(self.engine, "tokens", None)
         if not held:
             return 0
-        n, limit = 0, min(len(held), len(self.prompt) - 1)
-        while n < limit and held[n] == self.prompt[n]:
-            n += 1
-        return n
+        return common_prefix(held, self.prompt, len(self.prompt) - 1)
 
 
 class TextStream:

@@ -7,6 +7,7 @@ file. It also gives `show`/`list` the metadata without loading weights.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import stat
@@ -87,6 +88,22 @@ class GGUFHeader:
     def arch_value(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(f"{self.architecture}.{key}", default)
 
+    def arch_int(self, key: str, default: int = 0) -> int:
+        """An integer hyperparameter of the architecture (`default` when absent); the largest
+        of a per-layer array (OpenELM's head counts). A value of another type is a
+        ModelFileError naming the key: the file is not what llama.cpp would load."""
+        value = self.arch_value(key)
+        if value is None or value == []:
+            return default
+        if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+            value = max(value)
+        if not isinstance(value, int):
+            kind = f"an array of {len(value)}" if isinstance(value, list) else type(value).__name__
+            raise ModelFileError(
+                self.path, f"metadata {self.architecture}.{key} is {kind}, not an integer"
+            )
+        return value
+
     @property
     def context_length(self) -> int | None:
         value = self.arch_value("context_length")
@@ -99,13 +116,7 @@ class GGUFHeader:
 
     @property
     def parameter_count(self) -> int:
-        total = 0
-        for t in self.tensors:
-            n = 1
-            for d in t.shape:
-                n *= d
-            total += n
-        return total
+        return sum(math.prod(t.shape) for t in self.tensors)
 
     @property
     def quantization(self) -> str:
@@ -286,11 +297,10 @@ def _tensor_info(r: _Reader, i: int) -> TensorInfo:
     if ttype not in GGML_TYPE_SIZES:
         raise r.fail(f"tensor '{name}' has unknown type {ttype}")
     block, block_bytes = GGML_TYPE_SIZES[ttype]
-    n = 1
     for d in shape:
         if d <= 0 or d > 1 << 40:
             raise r.fail(f"tensor '{name}' has dimension {d}")
-        n *= d
+    n = math.prod(shape)
     if shape[0] % block:
         raise r.fail(f"tensor '{name}' row is not a whole number of {block}-element blocks")
     if n > 1 << 48:

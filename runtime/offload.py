@@ -55,7 +55,7 @@ def layer_bytes(header: GGUFHeader, n_ctx: int) -> tuple[list[int], int]:
     """(bytes of each repeating layer: weights + f16 KV cache for `n_ctx` tokens, bytes of the
     output layer). A split model's first file lists only its own tensors: the total is then
     spread evenly over the layers, from the files' sizes."""
-    n_layer = int(header.arch_value("block_count", 0) or 0)
+    n_layer = header.arch_int("block_count")
     weights = [0] * n_layer
     output = 0
     for t in header.tensors:
@@ -102,21 +102,20 @@ def default_gpu_layers(ll: Any, header: GGUFHeader, n_ctx: int) -> int | None:
 
 def kv_bytes_per_layer(header: GGUFHeader) -> int:
     """Bytes of one layer's f16 K and V for one token."""
-    n_head = int(header.arch_value("attention.head_count", 0) or 0)
-    n_embd = int(header.arch_value("embedding_length", 0) or 0)
+    n_head = header.arch_int("attention.head_count")
+    n_embd = header.arch_int("embedding_length")
     if not (n_head and n_embd):
         return 0
-    head_kv = header.arch_value("attention.head_count_kv", n_head)
-    head_kv = int(head_kv if isinstance(head_kv, int) else max(head_kv or [n_head]))
-    k_len = int(header.arch_value("attention.key_length", n_embd // n_head))
-    v_len = int(header.arch_value("attention.value_length", n_embd // n_head))
+    head_kv = header.arch_int("attention.head_count_kv", n_head)
+    k_len = header.arch_int("attention.key_length", n_embd // n_head)
+    v_len = header.arch_int("attention.value_length", n_embd // n_head)
     return head_kv * (k_len + v_len) * 2  # f16 K and V
 
 
 def kv_cache_bytes(header: GGUFHeader, n_ctx: int) -> int:
     """Bytes of the f16 KV cache llama.cpp allocates for `n_ctx` tokens (it rounds the context
     up to a multiple of 256)."""
-    n_layer = int(header.arch_value("block_count", 0) or 0)
+    n_layer = header.arch_int("block_count")
     return n_layer * kv_bytes_per_layer(header) * (-(-n_ctx // 256) * 256)
 
 

@@ -72,15 +72,8 @@ def tokenize_text(engine: LlamaCppEngine, text: str) -> np.ndarray:
     special-token markup in the text: llama.cpp's common_tokenize(ctx, text, true)."""
     import numpy as np
 
-    ll, data = engine._ll, text.encode("utf-8")
-    cap = len(data) + 8
-    for _ in range(2):
-        out = (ll.llama_token * cap)()
-        n = ll.llama_tokenize(engine._vocab, data, len(data), out, cap, True, False)
-        if n >= 0:
-            return np.ctypeslib.as_array(out)[:n].copy()
-        cap = -n  # too small: a byte-fallback vocabulary can need several tokens per byte
-    raise EngineError("tokenization failed")
+    out, n = engine.tokenize_into_buffer(text, add_special=True, special=False)
+    return np.ctypeslib.as_array(out)[:n].copy()
 
 
 def perplexity(
@@ -143,17 +136,17 @@ class _Evaluator:
         np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
         for k in range(n):
             b.seq_id[k][0] = 0
-        # llama.cpp polls this during llama_decode: Ctrl-C stops a window within a fraction of
-        # a second (decode returns 2).
-        self._abort = self.ll.ggml_abort_callback(lambda _data: self.cancel.is_set())
+        # llama.cpp polls the event during llama_decode: Ctrl-C stops a window within a
+        # fraction of a second (decode returns 2).
+        self._abortable = engine.abort_on(self.cancel)
 
     def __enter__(self) -> _Evaluator:
         self.engine.reset()
-        self.ll.llama_set_abort_callback(self.ctx, self._abort, None)
+        self._abortable.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.ll.llama_set_abort_callback(self.ctx, self.ll.ggml_abort_callback(), None)
+        self._abortable.__exit__(None, None, None)
         self.ll.llama_batch_free(self.batch)
         self.engine.reset()  # the engine's record of its KV cache stays true
 

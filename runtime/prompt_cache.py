@@ -33,7 +33,6 @@ import json
 import os
 import struct
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,19 +50,11 @@ from .prompt_store import (
     sweep,
     unlink,
 )
+from .tokens import common_prefix
 
 if TYPE_CHECKING:
     from .engine import LlamaCppEngine
     from .store import ResolvedModel
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def model_identity(model: ResolvedModel) -> dict[str, Any]:
@@ -87,10 +78,18 @@ def _build_identity(ll: Any) -> dict[str, Any]:
     return ident
 
 
+# What a best-effort cache meets and survives: OSError (a full disk, a read-only or vanished
+# cache folder, an entry evicted by another run meanwhile) and struct.error (a file cut short
+# between its size check and the read). llama.cpp refusing a state file is a return code, and a
+# damaged entry fails its checks: neither raises.
+EXPECTED_ERRORS = (OSError, struct.error)
+
+
 class PromptCache:
     """Attached to an engine (`engine.prompt_cache`); the engine calls `restore` before decoding
     a prompt into an empty KV cache and `save` right after. Both are best-effort: any failure
-    leaves the engine as if there were no cache (never a crash, never a wrong state)."""
+    leaves the engine as if there were no cache (never a crash, never a wrong state); with
+    INFER_DEBUG=1 a failure other than the expected ones (EXPECTED_ERRORS) is raised."""
 
     def __init__(self, model: ResolvedModel) -> None:
         self.model = model
@@ -135,7 +134,15 @@ class PromptCache:
             engine.reset()  # whatever reached the KV cache: `engine.tokens` must stay true
             if not isinstance(e, Exception):
                 raise
-            self.last_error = f"restore: {type(e).__name__}: {e}"  # a cache never fails a run
+            self._give_up("restore", e)
+
+    def _give_up(self, doing: str, e: Exception) -> None:
+        """A cache never fails a run: the expected failures (the disk, a file changed under
+        us) are only recorded. Anything else is a bug in infer, recorded too, but raised with
+        INFER_DEBUG=1 so that it can be seen."""
+        self.last_error = f"{doing}: {type(e).__name__}: {e}"
+        if not isinstance(e, EXPECTED_ERRORS) and os.environ.get("INFER_DEBUG"):
+            raise e
 
     def _candidates(
         self, engine: LlamaCppEngine, prompt: list[int]
@@ -153,7 +160,7 @@ class PromptCache:
             if meta is None or tokens is None or meta.get("key") != key:
                 unlink(path)  # truncated, foreign or not ours: make room for a good one
                 continue
-            usable = min(_common(tokens, prompt), len(prompt) - 1)
+            usable = common_prefix(tokens, prompt, len(prompt) - 1)
             if usable >= self.min_tokens and len(tokens) <= engine.n_ctx:
                 scored.append((usable, st.st_mtime, path, tokens))
         scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
@@ -207,7 +214,7 @@ class PromptCache:
         try:
             final = self._write(engine, prompt)
         except Exception as e:  # a full disk or a read-only cache dir: still answer
-            self.last_error = f"save: {type(e).__name__}: {e}"
+            self._give_up("save", e)
             return
         if final is None:
             return

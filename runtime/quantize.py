@@ -11,6 +11,7 @@ The quantizer (`llama_model_quantize`) runs in a child process, not in this one,
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shutil
 import subprocess
@@ -193,10 +194,7 @@ def estimate_size(headers: list[GGUFHeader], type_name: str) -> int:
     for h in headers:
         total += h.data_offset
         for t in h.tensors:
-            n = 1
-            for d in t.shape:
-                n *= d
-            total += t.nbytes if len(t.shape) < 2 else int(n * bpw / 8)
+            total += t.nbytes if len(t.shape) < 2 else int(math.prod(t.shape) * bpw / 8)
     return int(total * 1.1)
 
 

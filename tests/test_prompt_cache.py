@@ -161,6 +161,36 @@ def test_a_damaged_entry_is_survived_and_replaced(engine: LlamaCppEngine, damage
     assert (got, stats.prompt_eval_tokens) == (want, 1)
 
 
+def test_a_bug_in_the_cache_is_only_recorded_unless_infer_debug(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infer.runtime import prompt_cache
+
+    def bug(*_args: object) -> None:
+        raise TypeError("a bug")
+
+    prompt = _prompt(engine, 5)
+    want, _ = _greedy(engine, prompt)
+    monkeypatch.setattr(prompt_cache, "read_meta", bug)  # restore
+    got, stats = _greedy(engine, prompt)  # a full evaluation, the same answer
+    assert (got, stats.prompt_eval_tokens) == (want, 300)
+    assert engine.prompt_cache.last_error == "restore: TypeError: a bug"
+    monkeypatch.setenv("INFER_DEBUG", "1")
+    with pytest.raises(TypeError, match="a bug"):
+        _greedy(engine, prompt)
+    assert engine.tokens == []  # nothing half-restored stays in the KV cache
+    monkeypatch.delenv("INFER_DEBUG")
+    monkeypatch.setattr(prompt_cache, "read_meta", prompt_store.read_meta)
+    prompt_store.clear()
+    monkeypatch.setattr(prompt_cache, "append_meta", bug)  # save
+    got, _ = _greedy(engine, prompt)
+    assert got == want and engine.prompt_cache.last_error == "save: TypeError: a bug"
+    monkeypatch.setenv("INFER_DEBUG", "1")
+    with pytest.raises(TypeError, match="a bug"):
+        _greedy(engine, prompt)
+    assert not list(prompt_store.root().glob("*/.tmp-*"))  # its temp file is gone
+
+
 def test_lru_eviction_keeps_the_total_under_the_limit(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

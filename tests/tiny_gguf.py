@@ -19,7 +19,10 @@ TEMPLATE = (
 )
 
 
-def write_tiny_gguf(path: Path, *, template: str | None = TEMPLATE, seed: int = 0) -> Path:
+def write_tiny_gguf(
+    path: Path, *, template: str | None = TEMPLATE, seed: int = 0, block_count: int | str = N_LAYER
+) -> Path:
+    """`block_count` as a string makes a file whose metadata is of the wrong type."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -30,7 +33,10 @@ def write_tiny_gguf(path: Path, *, template: str | None = TEMPLATE, seed: int = 
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(N_CTX)
     w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
+    if isinstance(block_count, str):
+        w.add_string("llama.block_count", block_count)
+    else:
+        w.add_block_count(block_count)
     w.add_feed_forward_length(N_FF)
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(N_HEAD)
