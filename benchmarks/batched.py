@@ -78,7 +78,7 @@ class InferSide:
         self.prompts = [words[7 * i : 7 * i + args.prompt] for i in range(max(args.batches))]
 
     def batch(self, b: int) -> dict[str, float]:
-        from infer.runtime.batch import BatchDecoder, BatchRequest
+        from infer.runtime.generation.batch import BatchDecoder, BatchRequest
 
         requests = [BatchRequest(i, self.prompts[i], self.sampling, self.options) for i in range(b)]
         # The same KV size as the bench (the trained 8192 cells shared by B sequences).

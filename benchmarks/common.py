@@ -120,7 +120,8 @@ def compile_infer() -> None:
     import compileall
     import importlib.util
 
-    for name in ("infer", "infer.cli", "infer.runtime"):
+    runtime = [f"infer.runtime.{p}" for p in ("models", "llama", "generation", "tools")]
+    for name in ("infer", "infer.cli", "infer.runtime", *runtime):
         spec = importlib.util.find_spec(name)
         for folder in (spec.submodule_search_locations or []) if spec else []:
             compileall.compile_dir(folder, maxlevels=0, quiet=1)

@@ -12,7 +12,7 @@ same round. Rounds interleave the tools (A B, B A …). llama-completion is buil
 vendored llama.cpp as vs_llamacpp.py does (cached in ~/.cache/infer-bench).
 
 infer variants (the mechanisms compared):
-- shared:   the default: decoding processes share the cores (runtime/core_share.py)
+- shared:   the default: decoding processes share the cores (runtime/llama/core_share.py)
 - unshared: INFER_SHARE_CORES=0, every process keeps all its threads (infer before the change)
 - passive:  unshared, with OMP_WAIT_POLICY=passive (OpenMP threads sleep instead of spinning)
 """

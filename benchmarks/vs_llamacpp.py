@@ -183,7 +183,7 @@ def chat_prompt(model: Path) -> tuple[str, int]:
     """The prompt text `infer run MODEL PROMPT` evaluates (the chat template applied) and its
     token count, so that llama-completion, which parses special tokens in -p, gets the same."""
     from infer.runtime import LoadOptions, Message, load, prompt_tokens, resolve
-    from infer.runtime.chat import segments
+    from infer.runtime.generation.templates import segments
 
     engine = load(resolve(str(model)), LoadOptions(ctx_size=512))
     try:

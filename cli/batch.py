@@ -1,5 +1,5 @@
-"""`infer run MODEL --batch FILE`: many prompts decoded together (runtime/batch.py), one JSON
-result per prompt on stdout in input order, progress on stderr."""
+"""`infer run MODEL --batch FILE`: many prompts decoded together (runtime/generation/batch.py),
+one JSON result per prompt on stdout in input order, progress on stderr."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from .inputs import read_file, read_stream
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
-    from infer.runtime.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
-    from infer.runtime.engine import LlamaCppEngine
+    from infer.runtime.generation.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
+    from infer.runtime.llama.engine import LlamaCppEngine
+    from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, LoadOptions, SamplingParams
-    from infer.runtime.store import ResolvedModel
 
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ (runtime.batch.MAX_PARALLEL, without importing it)
@@ -164,7 +164,7 @@ def run_batch(
     json_out: bool,
 ) -> None:
     """Read FILE, load MODEL, decode every prompt `parallel` at a time, write JSONL results."""
-    from infer.runtime.batch import BatchDecoder
+    from infer.runtime.generation.batch import BatchDecoder
 
     from .loading import load_model
 
@@ -199,8 +199,8 @@ def _tokenize(
     """Prompt tokens per item, as `infer run` makes them. A template that refuses one
     conversation fails that item only; a model with no template at all fails the run."""
     from infer.runtime import prompt_tokens
-    from infer.runtime.batch import BatchRequest, BatchResult
-    from infer.runtime.chat import build_messages
+    from infer.runtime.generation.batch import BatchRequest, BatchResult
+    from infer.runtime.generation.templates import build_messages
 
     requests, failed = [], []
     for index, item in enumerate(items):

@@ -17,7 +17,7 @@ from . import output
 from .options import VerboseOpt
 
 if TYPE_CHECKING:
-    from infer.runtime.bench import BenchResult, Progress
+    from infer.runtime.tools.bench import BenchResult, Progress
 
 SWEEP = "A comma list runs one benchmark per value."
 BenchModelArg = Annotated[
@@ -88,7 +88,7 @@ def bench(
     """Measure MODEL like llama-bench: load time, prompt tok/s, time to first token and
     generation tok/s (median ± standard deviation over the repetitions). Each result is added
     to the history that --history shows."""
-    from infer.runtime import bench as rb
+    from infer.runtime.tools import bench as rb
 
     if history:
         _show_history(json_out)
@@ -122,7 +122,7 @@ def bench(
 def _record(result: BenchResult) -> bool:
     """Add a result to the history, best-effort: the figures are already on stdout, and a
     full disk must not lose them. False (after one warning) when the history cannot be written."""
-    from infer.runtime import bench as rb
+    from infer.runtime.tools import bench as rb
 
     try:
         rb.append_history(result)
@@ -178,7 +178,7 @@ def _spread(s: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
 
 
 def _show_history(json_out: bool) -> None:
-    from infer.runtime import bench as rb
+    from infer.runtime.tools import bench as rb
 
     records, bad = rb.read_history()
     if bad:

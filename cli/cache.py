@@ -1,5 +1,6 @@
 """`infer cache list|clear`: the prompt cache, saved prompt states that let a run skip
-re-evaluating a long prompt prefix an earlier run has seen (see runtime/prompt_cache.py)."""
+re-evaluating a long prompt prefix an earlier run has seen (see
+runtime/generation/prompt_cache.py)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def list_entries(
     ] = False,
 ) -> None:
     """List the saved prompt states: model, tokens, size, last used; the total and the limit."""
-    from infer.runtime import prompt_store
+    from infer.runtime.generation import prompt_store
 
     found = list(reversed(prompt_store.entries()))  # most recently used first
     total, limit = sum(e.size for e in found), prompt_store.max_bytes()
@@ -60,7 +61,7 @@ def list_entries(
 @cache_app.command(cls=HelpCommand)
 def clear() -> None:
     """Remove every saved prompt state."""
-    from infer.runtime import prompt_store
+    from infer.runtime.generation import prompt_store
 
     count, size = prompt_store.clear()
     noun = "entry" if count == 1 else "entries"

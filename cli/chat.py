@@ -15,15 +15,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infer.runtime import paths
-from infer.runtime.conversation import Conversation, fit, last_path, load, save, saved_path
 from infer.runtime.errors import InferError, Interrupted, UsageError
+from infer.runtime.generation.conversation import (
+    Conversation,
+    fit,
+    last_path,
+    load,
+    save,
+    saved_path,
+)
 
 from . import output
 from .inputs import read_file
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
-    from infer.runtime.engine import Engine
+    from infer.runtime.llama.engine import Engine
     from infer.runtime.params import GenerateOptions, SamplingParams
 
 PROMPT, CONTINUATION = ">>> ", "... "

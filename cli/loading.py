@@ -13,10 +13,10 @@ from . import output
 from .models import resolve_or_pull
 
 if TYPE_CHECKING:
-    from infer.runtime.engine import Engine
+    from infer.runtime.llama.engine import Engine
+    from infer.runtime.models.registry import ModelDefaults
+    from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, LoadOptions, SamplingParams
-    from infer.runtime.registry import ModelDefaults
-    from infer.runtime.store import ResolvedModel
 
 
 def sampling_params(
@@ -105,7 +105,7 @@ def load_drafter(
     from dataclasses import replace
 
     from infer.runtime.api import load_draft
-    from infer.runtime.speculative import LOOKUP
+    from infer.runtime.generation.speculative import LOOKUP
 
     if draft == LOOKUP:
         return draft

@@ -16,8 +16,8 @@ from . import output
 from .options import ModelArg
 
 if TYPE_CHECKING:
+    from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.progress import PullProgress
-    from infer.runtime.store import ResolvedModel
 
 ListJsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON (stable field names) instead of a table.")
@@ -33,8 +33,8 @@ ModelsArg = Annotated[
 
 def pull(model: ModelArg) -> None:
     """Download MODEL from the Hugging Face Hub into the cache, checking every file's sha256."""
-    from infer.runtime.pull import pull as pull_model
-    from infer.runtime.store import bundled_path, hub_target
+    from infer.runtime.models.pull import pull as pull_model
+    from infer.runtime.models.resolve import bundled_path, hub_target
 
     ref, spec = hub_target(model)
     if spec and spec.bundled and bundled_path(spec.bundled):
@@ -54,7 +54,7 @@ def list_models(
     ] = False,
 ) -> None:
     """List the models in the cache: name, quantization, size, when pulled, aliases."""
-    from infer.runtime import inventory
+    from infer.runtime.models import inventory
 
     if aliases:
         rows = inventory.aliases()
@@ -104,8 +104,8 @@ def show(
 ) -> None:
     """Show a model's metadata (read from the GGUF header, never loading weights) and source."""
     from infer.runtime.errors import InferError
-    from infer.runtime.inventory import describe
-    from infer.runtime.store import resolve
+    from infer.runtime.models.inventory import describe
+    from infer.runtime.models.resolve import resolve
 
     info = describe(resolve(model))
     if template:
@@ -150,29 +150,31 @@ def _show_text(info: dict[str, Any]) -> str:
 
 def rm(models: ModelsArg) -> None:
     """Remove models from the cache, and every file no other cached model uses."""
-    from infer.runtime import cache, quantized
     from infer.runtime.errors import NotInCacheError
-    from infer.runtime.store import hub_target, quantized_target
+    from infer.runtime.models import hub_cache, quantized_store
+    from infer.runtime.models.resolve import hub_target, quantized_target
 
     for text in models:
         local = quantized_target(text)  # made by `infer quantize`
         if local is not None:
-            freed = quantized.remove(local)
+            freed = quantized_store.remove(local)
             output.write_answer(f"removed {local.name} ({human_size(freed)} freed)\n")
             continue
         ref, _ = hub_target(text)
-        m = cache.find(ref) or cache.find_damaged(ref)
+        m = hub_cache.find(ref) or hub_cache.find_damaged(ref)
         if m is None:
             raise NotInCacheError(f"'{text}' is not in the cache (infer list shows what is)")
-        freed = cache.remove(m, on_wait=lambda: output.warn("waiting for a running pull to end"))
-        what = m.name if isinstance(m, cache.Manifest) else f"the damaged manifest {m.path}"
+        freed = hub_cache.remove(
+            m, on_wait=lambda: output.warn("waiting for a running pull to end")
+        )
+        what = m.name if isinstance(m, hub_cache.Manifest) else f"the damaged manifest {m.path}"
         output.write_answer(f"removed {what} ({human_size(freed)} freed)\n")
 
 
 def resolve_or_pull(model: str, *, offline: bool = False) -> ResolvedModel:
     """For `infer run`: the model's local file, pulling it first if the cache lacks it (unless
     offline: `--offline` here, or HF_HUB_OFFLINE in the environment)."""
-    from infer.runtime.store import ensure_local
+    from infer.runtime.models.resolve import ensure_local
 
     with pull_progress() as progress:
         return ensure_local(model, progress=progress, offline=True if offline else None)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from infer.runtime.errors import OutputError
 
 if TYPE_CHECKING:
-    from infer.runtime.generation import Stats
+    from infer.runtime.generation.loop import Stats
 
 
 def use_color(stream: object) -> bool:

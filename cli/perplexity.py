@@ -59,7 +59,7 @@ def perplexity(
     """Compute MODEL's perplexity over the text in FILE (or stdin), in windows of --ctx-size
     tokens as llama.cpp's llama-perplexity does: PPL = 12.3456 +/- 0.1234."""
     from infer.runtime import LoadOptions, load
-    from infer.runtime.perplexity import perplexity as measure
+    from infer.runtime.tools.perplexity import perplexity as measure
 
     if chunks is not None and chunks < 1:
         raise UsageError(f"--chunks must be >= 1 (got {chunks})")

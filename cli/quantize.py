@@ -42,9 +42,9 @@ def quantize(
 ) -> None:
     """Quantize MODEL to TYPE with llama.cpp, as a new cached model MODEL:TYPE that run, list,
     show and rm know (e.g. infer quantize owner/repo:F16 Q4_K_M → owner/repo:Q4_K_M)."""
+    from infer.runtime.models.quantized_store import parse_type
     from infer.runtime.params import check_threads
-    from infer.runtime.quantize import plan, run
-    from infer.runtime.quantized import parse_type
+    from infer.runtime.tools.quantize import plan, run
 
     type_name = parse_type(type_name)  # a usage error before anything is loaded or pulled
     if threads is not None:

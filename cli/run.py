@@ -48,7 +48,7 @@ from .options import (
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
-    from infer.runtime.generation import Generation
+    from infer.runtime.generation.loop import Generation
 
 
 def run(

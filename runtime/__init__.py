@@ -1,7 +1,14 @@
 """infer's runtime: resolve models, load them through llama.cpp, generate. No Typer, no rich.
 
 Names are imported lazily so that `import infer.runtime` stays cheap (no llama_cpp, no
-huggingface_hub until a model is loaded or pulled)."""
+huggingface_hub until a model is loaded or pulled).
+
+Layers, high to low; each imports only those below it (import-linter contracts in pyproject.toml):
+tools/ (bench, perplexity, quantize) · api (the library surface) · generation/ (templates,
+conversation, the token loop, speculative, batch, prompt cache) · llama/ (bindings, engine,
+offload) · models/ (references, aliases, Hub, pulls, caches, inventory, GGUF headers; never loads
+llama.cpp). The modules beside this file (errors, params, paths, files, progress) are the shared
+base: every layer may import them, they import no layer."""
 
 from __future__ import annotations
 
@@ -9,21 +16,21 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "resolve": "store",
-    "ensure_local": "store",
-    "pull": "pull",
-    "ResolvedModel": "store",
+    "resolve": "models.resolve",
+    "ensure_local": "models.resolve",
+    "pull": "models.pull",
+    "ResolvedModel": "models.resolve",
     "load": "api",
     "load_draft": "api",
     "generate": "api",
     "prompt_tokens": "api",
-    "Message": "chat",
+    "Message": "generation.templates",
     "SamplingParams": "params",
     "GenerateOptions": "params",
     "LoadOptions": "params",
-    "Stats": "generation",
+    "Stats": "generation.loop",
     "InferError": "errors",
-    "read_header": "gguf",
+    "read_header": "models.gguf",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,18 +14,18 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from .chat import Message, segments, tokenize_segments
-from .engine import Engine
 from .errors import InferWarning, TemplateError, UsageError
-from .generation import Generation, Stats
-from .gguf import read_header
+from .generation.loop import Generation, Stats
+from .generation.templates import Message, segments, tokenize_segments
+from .llama.engine import Engine
+from .models.gguf import read_header
+from .models.resolve import ResolvedModel, resolve
 from .params import GenerateOptions, LoadOptions, SamplingParams
-from .store import ResolvedModel, resolve
 
 
 def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Engine:
     """Validate the GGUF header in Python, then load the weights through llama.cpp."""
-    from .engine import LlamaCppEngine
+    from .llama.engine import LlamaCppEngine
 
     resolved = resolve(model) if isinstance(model, str) else model
     options = (options or LoadOptions()).validate()
@@ -34,7 +34,7 @@ def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Engi
         raise UsageError(f"{resolved.path.name} is one part of a split model: load the first part")
     cache = None
     if options.prompt_cache:  # first: a bad INFER_PROMPT_CACHE_* is an error before the load
-        from .prompt_cache import PromptCache
+        from .generation.prompt_cache import PromptCache
 
         cache = PromptCache(resolved)
     started = time.perf_counter()
@@ -50,7 +50,7 @@ def load_draft(
     """Load a draft model for speculative decoding (`generate(..., drafter=...)`): refused
     with IncompatibleDraftError unless it shares `target`'s vocabulary. Its context defaults
     to the target's, since it must hold the same prompt and answer."""
-    from .speculative import check_compatible
+    from .generation.speculative import check_compatible
 
     resolved = resolve(model) if isinstance(model, str) else model
     options = options or LoadOptions(ctx_size=target.n_ctx)

@@ -41,12 +41,13 @@ class SamplingParams:
 class GenerateOptions:
     max_tokens: int | None = None  # None: until end-of-generation or the context is full
     stop: list[str] = field(default_factory=list)
-    # Speculative decoding (runtime/speculative.py) runs when `generate(..., drafter=...)` gets a
-    # drafter; these tune it. Options are data: the loaded draft model is an argument, never here.
+    # Speculative decoding (runtime/generation/speculative.py) runs when
+    # `generate(..., drafter=...)` gets a drafter; these tune it. Options are data: the loaded
+    # draft model is an argument, never here.
     draft_max: int | None = None  # drafted tokens per step; None: the drafter's default
     draft_ngram: int | None = None  # lookup: longest n-gram matched; None: the default
     # False: verify every drafted token, even where measured costs say it slows generation down
-    # (runtime/draft_policy.py). For measuring acceptance, and for tests of verification.
+    # (runtime/generation/draft_policy.py). For measuring acceptance, and for tests of verification.
     draft_adapt: bool = True
 
     def validate(self) -> GenerateOptions:
@@ -68,8 +69,8 @@ class LoadOptions:
     gpu_layers: int | None = None  # None: all on a GPU build, 0 on CPU; -1: all
     batch_size: int = DEFAULT_BATCH
     verbose: bool = False
-    # Reuse and save prompt states on disk (runtime/prompt_cache.py). Off for library users and
-    # measurements (`infer bench` must evaluate its prompts); `infer run` turns it on.
+    # Reuse and save prompt states on disk (runtime/generation/prompt_cache.py). Off for library
+    # users and measurements (`infer bench` must evaluate its prompts); `infer run` turns it on.
     prompt_cache: bool = False
 
     def validate(self) -> LoadOptions:

@@ -39,7 +39,7 @@ def user_models_file() -> Path:
 
 
 def runtime_dir() -> Path:
-    """Per-user files of running processes (the decoding registry of runtime/core_share.py).
+    """Per-user files of running processes (the decoding registry of runtime/llama/core_share.py).
     Not under INFER_HOME: the cores it shares belong to the machine, whatever a process's home.
     $INFER_RUNTIME_DIR, else $XDG_RUNTIME_DIR/infer, else infer-UID in the temporary directory
     (platformdirs' own fallback warns on stderr; the caller checks who owns the folder)."""

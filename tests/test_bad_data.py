@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infer.runtime.errors import ModelFileError
-from infer.runtime.gguf import GGUFHeader, read_header
+from infer.runtime.models.gguf import GGUFHeader, read_header
 
 from .conftest import run_infer
 from .tiny_gguf import write_tiny_gguf

@@ -16,10 +16,10 @@ import pytest
 
 from infer.runtime import GenerateOptions, LoadOptions, Message, SamplingParams, generate, load
 from infer.runtime.api import prompt_tokens
-from infer.runtime.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
-from infer.runtime.engine import LlamaCppEngine
 from infer.runtime.errors import InputError, Interrupted
-from infer.runtime.store import resolve
+from infer.runtime.generation.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
+from infer.runtime.llama.engine import LlamaCppEngine
+from infer.runtime.models.resolve import resolve
 
 from .conftest import INFER, run_infer
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from infer.runtime.bench import BenchPoint, history_path, parse_list, run_bench, sweep
 from infer.runtime.errors import UsageError
-from infer.runtime.store import resolve
+from infer.runtime.models.resolve import resolve
+from infer.runtime.tools.bench import BenchPoint, history_path, parse_list, run_bench, sweep
 
 from .conftest import run_infer
 
@@ -209,7 +209,7 @@ def test_bench_help_does_not_import_heavy_modules() -> None:
 
 
 def test_backends_are_read_from_llama_cpp_system_info() -> None:
-    from infer.runtime.engine import backends
+    from infer.runtime.llama.engine import backends
 
     assert backends("CPU : SSE3 = 1 | AVX2 = 1 | ") == ["CPU"]
     cuda = "CUDA : ARCHS = 890 | USE_GRAPHS = 1 | CPU : SSE3 = 1 | AVX = 1 | "

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from infer.runtime import cache, prompt_store
+from infer.runtime.generation import prompt_store
+from infer.runtime.models import hub_cache as cache
 
 from .conftest import INFER, run_infer
 from .fake_hub import FakeHub, tiny_gguf

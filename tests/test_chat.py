@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from infer.runtime.chat import (
+from infer.runtime.errors import TemplateError
+from infer.runtime.generation.templates import (
     Message,
     Segment,
     build_messages,
@@ -17,7 +18,6 @@ from infer.runtime.chat import (
     segments,
     tokenize_segments,
 )
-from infer.runtime.errors import TemplateError
 
 from .tiny_gguf import TEMPLATE as TINY_TEMPLATE
 

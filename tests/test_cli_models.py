@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infer.runtime.gguf import read_header
+from infer.runtime.models.gguf import read_header
 
 from .conftest import INFER, run_infer
 from .fake_hub import FakeHub, split_gguf, tiny_gguf

@@ -1,5 +1,5 @@
-"""Concurrent decoding: processes share the cores (runtime/core_share.py), and two real runs at
-once both finish with the right answer."""
+"""Concurrent decoding: processes share the cores (runtime/llama/core_share.py), and two real
+runs at once both finish with the right answer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infer.runtime.core_share import CoreShare, live_members
+from infer.runtime.llama.core_share import CoreShare, live_members
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_the_share_of_a_killed_process_is_reclaimed(runtime: Path, tmp_path: Pat
             sys.executable,
             "-c",
             "import pathlib, sys, time\n"
-            "from infer.runtime.core_share import CoreShare\n"
+            "from infer.runtime.llama.core_share import CoreShare\n"
             "s = CoreShare(2, lambda n: None)\n"
             "s.__enter__()\n"
             f"pathlib.Path({str(ready)!r}).write_text('x')\n"

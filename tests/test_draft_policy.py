@@ -1,11 +1,12 @@
-"""The adaptive draft policy (runtime/draft_policy.py), with made-up timings: which drafts are
-verified given what a step of m tokens costs and how many drafted tokens were accepted."""
+"""The adaptive draft policy (runtime/generation/draft_policy.py), with made-up timings: which
+drafts are verified given what a step of m tokens costs and how many drafted tokens were
+accepted."""
 
 from __future__ import annotations
 
 import pytest
 
-from infer.runtime.draft_policy import DraftPolicy
+from infer.runtime.generation.draft_policy import DraftPolicy
 
 MS = 0.001
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from infer.runtime import GenerateOptions, LoadOptions, Message, SamplingParams, generate, load
-from infer.runtime.engine import LlamaCppEngine, default_ctx
 from infer.runtime.errors import Interrupted
-from infer.runtime.gguf import read_header
-from infer.runtime.store import resolve
+from infer.runtime.llama.engine import LlamaCppEngine, default_ctx
+from infer.runtime.models.gguf import read_header
+from infer.runtime.models.resolve import resolve
 
 GREEDY = SamplingParams(temperature=0)
 

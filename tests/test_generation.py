@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infer.runtime.errors import ContextOverflowError, Interrupted
-from infer.runtime.generation import Generation, _split_stop
+from infer.runtime.generation.loop import Generation, _split_stop
 from infer.runtime.params import GenerateOptions, SamplingParams
 
 from .fakes import FakeEngine

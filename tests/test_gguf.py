@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from infer.runtime.errors import ModelFileError
-from infer.runtime.gguf import ArraySummary, GGUFHeader, read_header
+from infer.runtime.models.gguf import ArraySummary, GGUFHeader, read_header
 
 from .tiny_gguf import CONTROL, N_CTX, N_EMBD, N_FF, N_LAYER, TEMPLATE
 

@@ -22,8 +22,8 @@ from typer.main import get_command
 
 from infer.cli.app import app
 from infer.cli.inputs import MAX_INPUT_BYTES, compose_prompt
-from infer.runtime import bench as rb
 from infer.runtime.errors import UsageError
+from infer.runtime.tools import bench as rb
 
 from .conftest import INFER, run_infer
 

@@ -1,4 +1,5 @@
-"""The default --gpu-layers: every layer that fits in the GPUs' free memory (runtime/offload.py).
+"""The default --gpu-layers: every layer that fits in the GPUs' free memory
+(runtime/llama/offload.py).
 
 No GPU here: the fit is checked with the real GGUF tables of the tiny and bundled models and
 made-up free memory; on this CPU-only build the device query itself must find no GPU."""
@@ -8,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from infer.runtime import LoadOptions
-from infer.runtime.engine import LlamaCppEngine
-from infer.runtime.gguf import GGUFHeader, TensorInfo, read_header
-from infer.runtime.llama_lib import bindings
-from infer.runtime.offload import (
+from infer.runtime.llama.bindings import bindings
+from infer.runtime.llama.engine import LlamaCppEngine
+from infer.runtime.llama.offload import (
     RESERVE_BYTES,
     default_gpu_layers,
     gpu_free_memory,
@@ -19,6 +19,7 @@ from infer.runtime.offload import (
     layer_bytes,
     layers_that_fit,
 )
+from infer.runtime.models.gguf import GGUFHeader, TensorInfo, read_header
 
 MIB = 1 << 20
 

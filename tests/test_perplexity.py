@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from infer.runtime import LoadOptions, load, resolve
-from infer.runtime.engine import LlamaCppEngine
-from infer.runtime.perplexity import perplexity, tokenize_text
+from infer.runtime.llama.engine import LlamaCppEngine
+from infer.runtime.tools.perplexity import perplexity, tokenize_text
 
 from .conftest import INFER, run_infer
 

@@ -24,11 +24,11 @@ from infer.runtime import (
     SamplingParams,
     generate,
     load,
-    prompt_store,
 )
-from infer.runtime.engine import LlamaCppEngine
-from infer.runtime.generation import Generation, Stats
-from infer.runtime.store import ResolvedModel, resolve
+from infer.runtime.generation import prompt_store
+from infer.runtime.generation.loop import Generation, Stats
+from infer.runtime.llama.engine import LlamaCppEngine
+from infer.runtime.models.resolve import ResolvedModel, resolve
 
 from .conftest import INFER, run_infer
 
@@ -164,7 +164,7 @@ def test_a_damaged_entry_is_survived_and_replaced(engine: LlamaCppEngine, damage
 def test_a_bug_in_the_cache_is_only_recorded_unless_infer_debug(
     engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from infer.runtime import prompt_cache
+    from infer.runtime.generation import prompt_cache
 
     def bug(*_args: object) -> None:
         raise TypeError("a bug")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from infer.runtime import quantized
 from infer.runtime.errors import Interrupted, NotEnoughSpaceError
-from infer.runtime.gguf import read_header
-from infer.runtime.quantize import ftype_value, plan, quantize, run
-from infer.runtime.quantized import TYPES
+from infer.runtime.models import quantized_store as quantized
+from infer.runtime.models.gguf import read_header
+from infer.runtime.models.quantized_store import TYPES
+from infer.runtime.tools.quantize import ftype_value, plan, quantize, run
 
 from .conftest import run_infer
 from .fake_hub import FakeHub, tiny_gguf
@@ -50,7 +50,7 @@ def nothing_left_behind() -> None:
 
 
 def test_every_type_names_a_distinct_llama_ftype() -> None:
-    from infer.runtime.llama_lib import bindings
+    from infer.runtime.llama.bindings import bindings
 
     values = {name: ftype_value(bindings(), name) for name in TYPES}
     assert len(set(values.values())) == len(TYPES)

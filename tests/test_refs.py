@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from infer.runtime.errors import BadReferenceError
-from infer.runtime.refs import AliasRef, HubRef, PathRef, check_filename, parse_ref
+from infer.runtime.models.refs import AliasRef, HubRef, PathRef, check_filename, parse_ref
 
 
 @pytest.mark.parametrize("text", ["smollm2", "smollm2:360m", "qwen2.5-coder:1.5b", "Llama3"])

@@ -9,8 +9,8 @@ import pytest
 
 from infer.runtime import paths
 from infer.runtime.errors import ConfigError
-from infer.runtime.refs import HubRef
-from infer.runtime.registry import ModelDefaults, load_registry
+from infer.runtime.models.refs import HubRef
+from infer.runtime.models.registry import ModelDefaults, load_registry
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ temperature = 0
 def test_user_defaults_merge_into_builtin_defaults(
     user_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from infer.runtime import registry as registry_module
+    from infer.runtime.models import registry as registry_module
 
     builtin = registry_module.builtin_text()
     monkeypatch.setattr(

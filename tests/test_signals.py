@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from infer.runtime import prompt_store, quantized
+from infer.runtime.generation import prompt_store
+from infer.runtime.models import quantized_store as quantized
 
 from .conftest import INFER, run_infer
 

@@ -18,9 +18,9 @@ import pytest
 
 from infer.runtime import GenerateOptions, LoadOptions, Message, SamplingParams, generate, load
 from infer.runtime.api import load_draft
-from infer.runtime.engine import LlamaCppEngine
 from infer.runtime.errors import IncompatibleDraftError
-from infer.runtime.speculative import LookupDrafter
+from infer.runtime.generation.speculative import LookupDrafter
+from infer.runtime.llama.engine import LlamaCppEngine
 
 from .conftest import run_infer
 

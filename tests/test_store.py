@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 
-from infer.runtime import cache, errors, pull, selection, store
+from infer.runtime import errors
+from infer.runtime.models import hub_cache as cache
+from infer.runtime.models import pull, selection
+from infer.runtime.models import resolve as store
+from infer.runtime.models.refs import HubRef, parse_ref
 from infer.runtime.progress import NullProgress
-from infer.runtime.refs import HubRef, parse_ref
 
 from .fake_hub import TOKEN, FakeHub, split_gguf, tiny_gguf
 

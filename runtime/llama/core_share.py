@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .files import alive
-from .paths import runtime_dir
+from ..files import alive
+from ..paths import runtime_dir
 
 EPOCH = "epoch"
 RESCAN_S = 1.0  # a dead process's share is reclaimed within this many seconds

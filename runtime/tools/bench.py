@@ -24,12 +24,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
-from . import paths
-from .engine import Engine, LlamaCppEngine, backends, supports_gpu_offload, system_info
-from .errors import UsageError
-from .generation import Generation
-from .params import DEFAULT_BATCH, GenerateOptions, LoadOptions, SamplingParams
-from .store import ResolvedModel
+from .. import paths
+from ..errors import UsageError
+from ..generation.loop import Generation
+from ..llama.engine import Engine, LlamaCppEngine, backends, supports_gpu_offload, system_info
+from ..models.resolve import ResolvedModel
+from ..params import DEFAULT_BATCH, GenerateOptions, LoadOptions, SamplingParams
 
 HISTORY_FILE = "bench-history.jsonl"
 Progress = Callable[[str], None]
@@ -201,7 +201,7 @@ def _load_repeatedly(
 ) -> tuple[LlamaCppEngine, list[float]]:
     """Load the model `reps` times (load time is one of the figures); keep the last engine.
     The first load tells the context size: a test that cannot fit stops there."""
-    from .api import load
+    from ..api import load
 
     n_prompt, n_gen = counts
     need_ctx = max(n_prompt + 1, n_gen + 2)  # the prompt plus a token; BOS plus n_gen + 1

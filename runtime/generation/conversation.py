@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paths
-from .chat import Message
-from .errors import ContextOverflowError, InferError, UsageError
+from .. import paths
+from ..errors import ContextOverflowError, InferError, UsageError
+from .templates import Message
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ROLES = {"user", "assistant"}

@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cache, quantized
-from .errors import InferError, ModelFileError, ModelNotFoundError, UsageError
-from .progress import PullProgress
-from .quantized import QuantizedModel
+from ..errors import InferError, ModelFileError, ModelNotFoundError, UsageError
+from ..progress import PullProgress
+from . import hub_cache, quantized_store
+from .quantized_store import QuantizedModel
 from .refs import AliasRef, HubRef, PathRef, parse_ref
 from .registry import ModelDefaults, ModelSpec, load_registry
 
@@ -28,7 +28,7 @@ class ResolvedModel:
     name: str
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
     spec: ModelSpec | None = None
-    manifest: cache.Manifest | None = None  # for a model from the Hub cache
+    manifest: hub_cache.Manifest | None = None  # for a model from the Hub cache
     quantized: QuantizedModel | None = None  # for a model made by `infer quantize`
 
 
@@ -55,7 +55,7 @@ class DamagedManifestError(NotDownloadedError):
     """The cache has a manifest for the model that does not read as one: pulling rewrites it
     (so `ensure_local` repairs it as it pulls a missing model)."""
 
-    def __init__(self, ref: HubRef, alias: str | None, damaged: cache.Damaged) -> None:
+    def __init__(self, ref: HubRef, alias: str | None, damaged: hub_cache.Damaged) -> None:
         self.ref, self.alias, self.offline, self.damaged = ref, alias, False, damaged
         target = alias or str(ref)
         InferError.__init__(
@@ -98,7 +98,7 @@ def resolve(text: str) -> ResolvedModel:
             if local is None:
                 raise
             return local
-        return ResolvedModel(cache.model_path(manifest), manifest.name, manifest=manifest)
+        return ResolvedModel(hub_cache.model_path(manifest), manifest.name, manifest=manifest)
     return _resolve_alias(ref)
 
 
@@ -119,12 +119,12 @@ def _missing(path: Path) -> str:
 
 def _quantized(text: str) -> ResolvedModel | None:
     """A model made by `infer quantize`, with the defaults of the alias it was made from."""
-    m = quantized.find(text)
-    if m is None or not quantized.is_complete(m):
+    m = quantized_store.find(text)
+    if m is None or not quantized_store.is_complete(m):
         return None
     spec = load_registry().get(m.alias) if m.alias else None
     defaults = spec.defaults if spec else ModelDefaults()
-    return ResolvedModel(quantized.model_path(m), m.name, defaults, quantized=m)
+    return ResolvedModel(quantized_store.model_path(m), m.name, defaults, quantized=m)
 
 
 def quantized_target(text: str) -> QuantizedModel | None:
@@ -133,7 +133,7 @@ def quantized_target(text: str) -> QuantizedModel | None:
     try:
         return resolve(text).quantized
     except InferError:
-        return quantized.find(text)
+        return quantized_store.find(text)
 
 
 def ensure_local(
@@ -196,15 +196,15 @@ def _resolve_alias(ref: AliasRef) -> ResolvedModel:
         package = spec.bundled.partition("/")[0] if spec.bundled else "?"
         raise InferError(f"model '{spec.name}' needs the Python package '{package}' installed")
     manifest = _cached(spec.hub, spec.name)
-    return ResolvedModel(cache.model_path(manifest), spec.name, spec.defaults, spec, manifest)
+    return ResolvedModel(hub_cache.model_path(manifest), spec.name, spec.defaults, spec, manifest)
 
 
-def _cached(ref: HubRef, alias: str | None = None) -> cache.Manifest:
+def _cached(ref: HubRef, alias: str | None = None) -> hub_cache.Manifest:
     """The cached model a Hub reference names, from local files only. A manifest whose files
     went missing (deleted by hand) counts as not downloaded: pulling again repairs it."""
-    manifest = cache.find(ref)
-    if manifest is None and (damaged := cache.find_damaged(ref)) is not None:
+    manifest = hub_cache.find(ref)
+    if manifest is None and (damaged := hub_cache.find_damaged(ref)) is not None:
         raise DamagedManifestError(ref, alias, damaged)
-    if manifest is None or not cache.is_complete(manifest):
+    if manifest is None or not hub_cache.is_complete(manifest):
         raise NotDownloadedError(ref, alias)
     return manifest

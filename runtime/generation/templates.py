@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .errors import TemplateError
+from ..errors import TemplateError
 
 RENDER_SECONDS = 5.0
 EXTRA_OUTPUT_CHARS = 1 << 20  # template text allowed beyond the messages' own text

@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import cache, hub
-from .errors import DiskFullError, HubError, ModelFileError, OfflineError
+from ..errors import DiskFullError, HubError, ModelFileError, OfflineError
+from ..progress import NullProgress, PullProgress
+from . import hub, hub_cache
 from .gguf import read_header
-from .progress import NullProgress, PullProgress
 from .refs import HubRef
 from .selection import Choice, RemoteFile, choose, quant_label
 
@@ -24,7 +24,7 @@ DISK_MARGIN = 64 << 20
 
 def pull(
     ref: HubRef, *, progress: PullProgress | None = None, offline: bool | None = None
-) -> cache.Manifest:
+) -> hub_cache.Manifest:
     """Download the model `ref` names into the cache (what is already there is not fetched
     again) and return its manifest. Always asks the Hub which commit `ref` means now."""
     progress = progress or NullProgress()
@@ -39,12 +39,12 @@ def pull(
         progress.note(choice.note)
     try:
         waiting = functools.partial(progress.note, "waiting for a running `infer rm` to finish")
-        with cache.lock("gc", shared=True, on_wait=waiting):  # keeps rm off our fresh blobs
+        with hub_cache.lock("gc", shared=True, on_wait=waiting):  # keeps rm off our fresh blobs
             _check_space(choice)
             digests = [_fetch(s, listing, f, progress) for f in choice.files]
             manifest = _record(ref, listing, choice, digests)
     finally:
-        cache.collect_garbage(wait=False)  # blobs of an older commit, or of a rejected file
+        hub_cache.collect_garbage(wait=False)  # blobs of an older commit, or of a rejected file
     return manifest
 
 
@@ -55,11 +55,11 @@ def _part_key(f: RemoteFile) -> str:
 def _check_space(choice: Choice) -> None:
     needed = 0
     for f in choice.files:
-        if f.sha256 and cache.has_blob(f.sha256, f.size):
+        if f.sha256 and hub_cache.has_blob(f.sha256, f.size):
             continue
-        part = cache.part_path(_part_key(f))
+        part = hub_cache.part_path(_part_key(f))
         needed += f.size - (part.stat().st_size if part.exists() else 0)
-    where = cache.root()
+    where = hub_cache.root()
     where.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(where).free
     if needed > 0 and needed + DISK_MARGIN > free:
@@ -70,7 +70,7 @@ def _fetch(
     s: hub.HubSettings, listing: hub.RepoListing, f: RemoteFile, progress: PullProgress
 ) -> str:
     """One file into blobs/, unless it is there already; return its sha256."""
-    if f.sha256 and cache.has_blob(f.sha256, f.size):
+    if f.sha256 and hub_cache.has_blob(f.sha256, f.size):
         progress.note(f"{f.path}: already in the cache")
         return f.sha256
     if not (f.sha256 or f.git_oid):
@@ -80,41 +80,41 @@ def _fetch(
     def waiting() -> None:
         progress.note(f"{f.path}: waiting for another infer pull of the same file")
 
-    with cache.lock(f"file-{key}", on_wait=waiting):
-        if f.sha256 and cache.has_blob(f.sha256, f.size):  # the other pull finished it
+    with hub_cache.lock(f"file-{key}", on_wait=waiting):
+        if f.sha256 and hub_cache.has_blob(f.sha256, f.size):  # the other pull finished it
             return f.sha256
-        part = cache.part_path(key)
+        part = hub_cache.part_path(key)
         part.parent.mkdir(parents=True, exist_ok=True)
         sha256 = hub.download(s, listing.repo, listing.commit, f, part, progress)
-        cache.install_blob(part, sha256)
+        hub_cache.install_blob(part, sha256)
         return sha256
 
 
 def _record(
     ref: HubRef, listing: hub.RepoListing, choice: Choice, digests: list[str]
-) -> cache.Manifest:
+) -> hub_cache.Manifest:
     """Write the manifest. The model answers to the reference pulled, to its canonical name
     (owner/repo:QUANT, or hf://owner/repo/file when the file name has no quant) and to its
     file."""
     primary = choice.primary.path
     files = tuple(
-        cache.CachedFile(f.path, d, f.size) for f, d in zip(choice.files, digests, strict=True)
+        hub_cache.CachedFile(f.path, d, f.size) for f, d in zip(choice.files, digests, strict=True)
     )
     quant = quant_label(primary)
     by_file = HubRef(listing.repo, None, ref.revision, primary)
     canonical = HubRef(listing.repo, quant, ref.revision) if quant else by_file
-    manifest = cache.Manifest(
+    manifest = hub_cache.Manifest(
         name=str(canonical),
         repo=listing.repo,
         revision=ref.revision,
         commit=listing.commit,
         files=files,
-        refs=tuple(sorted({cache.ref_key(r) for r in (ref, canonical, by_file)})),
+        refs=tuple(sorted({hub_cache.ref_key(r) for r in (ref, canonical, by_file)})),
         pulled_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         license=listing.license,
-        summary=_summary([cache.blob_path(d) for d in digests]),
+        summary=_summary([hub_cache.blob_path(d) for d in digests]),
     )
-    cache.save(manifest)
+    hub_cache.save(manifest)
     return manifest
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import AmbiguousModelError, HubFileNotFoundError
+from ..errors import AmbiguousModelError, HubFileNotFoundError
 from .refs import HubRef
 
 DEFAULT_QUANT = "Q4_K_M"

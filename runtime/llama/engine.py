@@ -22,12 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..errors import EngineError, InferWarning, InputError, Interrupted
+from ..models.gguf import GGUFHeader
+from ..params import LoadOptions, SamplingParams, physical_cores
+from .bindings import bindings
 from .core_share import CoreShare
-from .errors import EngineError, InferWarning, InputError, Interrupted
-from .gguf import GGUFHeader
-from .llama_lib import bindings
 from .offload import check_kv_fits, default_gpu_layers, kv_bytes_per_layer
-from .params import LoadOptions, SamplingParams, physical_cores
 from .tokens import common_prefix
 
 KV_BUDGET_BYTES = 4 << 30  # default context is capped so its KV cache stays within this
@@ -193,7 +193,9 @@ class LlamaCppEngine:
         self.header = header
         n_ctx = options.ctx_size or default_ctx(header)
         gpu = options.gpu_layers
-        if gpu is None:  # all that fit on a GPU build (runtime/offload.py), none on a CPU build
+        if (
+            gpu is None
+        ):  # all that fit on a GPU build (runtime/llama/offload.py), none on a CPU build
             fit = default_gpu_layers(ll, header, n_ctx) if ll.llama_supports_gpu_offload() else 0
             gpu = ALL_LAYERS if fit is None else fit
         self.gpu_layers = ALL_LAYERS if gpu == -1 else gpu
@@ -266,7 +268,7 @@ class LlamaCppEngine:
 
     def core_share(self, ctx: Any) -> CoreShare | _FixedCores:
         """The threads of `ctx` (this engine's or another over its model), shared with other
-        decoding infer processes (runtime/core_share.py). A --threads choice is kept as is;
+        decoding infer processes (runtime/llama/core_share.py). A --threads choice is kept as is;
         INFER_SHARE_CORES=0 turns sharing off (for measuring the alternatives)."""
         if self._fixed_threads or self.threads <= 1 or os.environ.get("INFER_SHARE_CORES") == "0":
             return _FixedCores()

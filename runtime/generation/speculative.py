@@ -23,12 +23,12 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import EngineError, IncompatibleDraftError, Interrupted, UsageError
 from .draft_policy import DraftPolicy
-from .errors import EngineError, IncompatibleDraftError, Interrupted, UsageError
 
 if TYPE_CHECKING:
-    from .engine import Engine, LlamaCppEngine
-    from .params import GenerateOptions, SamplingParams
+    from ..llama.engine import Engine, LlamaCppEngine
+    from ..params import GenerateOptions, SamplingParams
 
 LOOKUP = "lookup"
 DEFAULT_DRAFT_MAX = {LOOKUP: 16, "model": 6}  # chosen with benchmarks/speculative.py

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import (
+from ..errors import (
     BadReferenceError,
     ChecksumError,
     DiskFullError,
@@ -33,7 +33,7 @@ from .errors import (
     NetworkError,
     RepoNotFoundError,
 )
-from .progress import PullProgress
+from ..progress import PullProgress
 from .refs import check_filename
 from .selection import RemoteFile
 

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import paths
-from .errors import BadReferenceError, storage
-from .files import open_regular
+from .. import paths
+from ..errors import BadReferenceError, storage
+from ..files import open_regular
 from .refs import HubRef, check_filename, parse_ref
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

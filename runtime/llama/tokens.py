@@ -1,4 +1,7 @@
-"""Token sequences: what the engine, generation and the prompt cache compare."""
+"""Token sequences: what the engine, generation and the prompt cache compare.
+
+In llama/ because the engine needs it (KV reuse) and may not import generation/, the layer above
+that also uses it."""
 
 from __future__ import annotations
 

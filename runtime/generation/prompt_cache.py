@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .files import open_regular, pause_point
+from ..files import open_regular, pause_point
+from ..llama.tokens import common_prefix
 from .prompt_store import (
     SUFFIX,
     append_meta,
@@ -50,11 +51,10 @@ from .prompt_store import (
     sweep,
     unlink,
 )
-from .tokens import common_prefix
 
 if TYPE_CHECKING:
-    from .engine import LlamaCppEngine
-    from .store import ResolvedModel
+    from ..llama.engine import LlamaCppEngine
+    from ..models.resolve import ResolvedModel
 
 
 def model_identity(model: ResolvedModel) -> dict[str, Any]:

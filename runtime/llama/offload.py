@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ContextTooLargeError
+from ..errors import ContextTooLargeError
 
 if TYPE_CHECKING:
-    from .gguf import GGUFHeader
+    from ..models.gguf import GGUFHeader
 
 RESERVE_BYTES = 512 << 20  # compute buffers and the CUDA/Metal context itself
 RESERVE_FRACTION = 0.05  # and a margin that grows with the device
@@ -151,7 +151,9 @@ def check_kv_fits(ll: Any, header: GGUFHeader, n_ctx: int, *, gpu: bool) -> None
 
 def _split_parts(header: GGUFHeader) -> list[Path]:
     """The files of a split model that exist beside its first part."""
-    from .selection import split_part  # only split models need it: kept off the start-up path
+    from ..models.selection import (
+        split_part,
+    )  # only split models need it: kept off the start-up path
 
     parts = split_part(header.path.name)
     if parts is None:

@@ -3,6 +3,10 @@
 The native loader is a memory-safety surface (a 4-byte "GGUF" file crashed Ollama, CVE-2024-39720),
 so every file is checked here first: counts, string lengths and tensor extents must lie inside the
 file. It also gives `show`/`list` the metadata without loading weights.
+
+It lives in models/, the lowest layer, because both sides read headers: models/ (pull checks a
+download, inventory lists metadata) must never import llama/, while llama/ (the engine, offload)
+may import models/. Pure Python: reading a header never loads llama.cpp.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 MAGIC = b"GGUF"
 MAX_STRING = 16 << 20  # chat templates are KBs; a 16 MiB string is corruption

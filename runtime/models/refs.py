@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadReferenceError
+from ..errors import BadReferenceError
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _QUANT = re.compile(r"^[A-Za-z0-9_]{1,32}$")

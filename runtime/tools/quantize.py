@@ -23,8 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from . import cache, quantized
-from .errors import (
+from ..errors import (
     Interrupted,
     ModelFileError,
     NotEnoughSpaceError,
@@ -33,13 +32,14 @@ from .errors import (
     UsageError,
     storage,
 )
-from .files import pause_point
-from .gguf import GGUFHeader, read_header
-from .params import physical_cores
-from .quantized import TYPES, parse_type
-from .refs import AliasRef, HubRef, parse_ref
-from .registry import load_registry
-from .store import ResolvedModel, resolve
+from ..files import pause_point
+from ..models import hub_cache, quantized_store
+from ..models.gguf import GGUFHeader, read_header
+from ..models.quantized_store import TYPES, parse_type
+from ..models.refs import AliasRef, HubRef, parse_ref
+from ..models.registry import load_registry
+from ..models.resolve import ResolvedModel, resolve
+from ..params import physical_cores
 
 # ggml tensor types with 8 or more bits per weight: F32, F16, Q8_0, Q8_1, Q8_K, I8…I64, F64, BF16.
 _HIGH_BIT = {0, 1, 8, 9, 15, 24, 25, 26, 27, 28, 30}
@@ -57,7 +57,7 @@ class QuantizeProgress(Protocol):
 
 @dataclass(frozen=True)
 class QuantizeResult:
-    model: quantized.QuantizedModel
+    model: quantized_store.QuantizedModel
     seconds: float
     source_size: int
     fallbacks: int  # tensors whose shape did not suit TYPE; llama.cpp chose a nearby type
@@ -125,14 +125,14 @@ def run(
     is interrupted (Interrupted)."""
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1 (got {threads})")
-    quantized.clean_parts()
-    part = quantized.new_part()
+    quantized_store.clean_parts()
+    part = quantized_store.new_part()
     started = time.monotonic()
     try:
         fallbacks = _run(p.source.path, part, p.type, p.requantize, threads, progress)
         model = _record(p, part)
         seconds = time.monotonic() - started
-        replaced = quantized.install(part, model)
+        replaced = quantized_store.install(part, model)
     finally:
         part.unlink(missing_ok=True)  # gone already after a successful install; SIGTERM too
     return QuantizeResult(model, seconds, p.source_size, fallbacks, replaced)
@@ -154,7 +154,7 @@ def quantize(
 def _headers(source: ResolvedModel) -> list[GGUFHeader]:
     m = source.manifest
     if m is not None:
-        return [read_header(cache.snapshot_path(m.repo, m.commit, f.path)) for f in m.files]
+        return [read_header(hub_cache.snapshot_path(m.repo, m.commit, f.path)) for f in m.files]
     return [read_header(source.path)]
 
 
@@ -173,10 +173,10 @@ def _base_name(source: ResolvedModel) -> str:
 def _check_name_free(name: str) -> None:
     """The new name must not already mean something else: `resolve` prefers an alias and the Hub
     cache over a quantized model, so such a model could never be run by its name."""
-    if quantized.key(name) is None:
+    if quantized_store.key(name) is None:
         raise UsageError(f"cannot name the quantized model '{name}'")
     ref = parse_ref(name)
-    if isinstance(ref, HubRef) and cache.find(ref) is not None:
+    if isinstance(ref, HubRef) and hub_cache.find(ref) is not None:
         raise UsageError(
             f"{name} is already in the cache, pulled from the Hub (to replace it: infer rm {name})"
         )
@@ -199,7 +199,7 @@ def estimate_size(headers: list[GGUFHeader], type_name: str) -> int:
 
 
 def _check_space(needed: int) -> None:
-    where = quantized.root()
+    where = quantized_store.root()
     with storage(where, "write to"):
         where.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(where).free
@@ -216,7 +216,7 @@ def _run(
     progress: QuantizeProgress | None,
 ) -> int:
     """Run the quantizer in a child process; return how many tensors needed a fallback type."""
-    code = "from infer.runtime.quantize import child_main; child_main()"
+    code = "from infer.runtime.tools.quantize import child_main; child_main()"
     args = [str(src), str(out), type_name, str(threads or physical_cores()), str(int(requantize))]
     # A session of its own: the terminal's Ctrl-C reaches this process only, which kills the
     # child (in the finally below) and deletes its output.
@@ -252,7 +252,7 @@ def _run(
     return fallbacks
 
 
-def _record(p: QuantizePlan, part: Path) -> quantized.QuantizedModel:
+def _record(p: QuantizePlan, part: Path) -> quantized_store.QuantizedModel:
     """Check the output like any GGUF before it counts as a model, and describe it."""
     try:
         header = read_header(part)
@@ -266,7 +266,7 @@ def _record(p: QuantizePlan, part: Path) -> quantized.QuantizedModel:
     m, spec, q = source.manifest, source.spec, source.quantized
     # A file's name as typed ("./x.gguf") means nothing later: record where it is.
     path = str(Path(source.path).resolve())
-    return quantized.QuantizedModel(
+    return quantized_store.QuantizedModel(
         name=p.name,
         type=p.type,
         sha256=digest.hexdigest(),
@@ -293,7 +293,7 @@ def child_main() -> None:
     import ctypes
     import os
 
-    from .llama_lib import bindings
+    from ..llama.bindings import bindings
 
     src, out, type_name, threads, requantize = sys.argv[1:6]
     ll = bindings()

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import EngineError, Interrupted, TextTooShortError, UsageError
+from ..errors import EngineError, Interrupted, TextTooShortError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .engine import Engine, LlamaCppEngine
+    from ..llama.engine import Engine, LlamaCppEngine
 
 ROWS_PER_STEP = 64  # logits rows turned into log-probabilities at once: bounds the temporaries
 
@@ -88,7 +88,7 @@ def perplexity(
     """Perplexity of `text` in windows of `ctx_size` tokens (at most `max_chunks` of them).
     The engine's context must hold `ctx_size` tokens; its KV cache is cleared. Raises
     TextTooShortError below two windows of text, Interrupted when `cancel` is set."""
-    from .engine import LlamaCppEngine
+    from ..llama.engine import LlamaCppEngine
 
     if not isinstance(engine, LlamaCppEngine):  # it reads llama.cpp's logits directly
         raise EngineError("perplexity needs a model loaded through llama.cpp")

@@ -1,6 +1,6 @@
 """The prompt cache's files: where they are, how big they may get, their trailer, listing and
-LRU eviction. Entries are written and restored by runtime/prompt_cache.py, which describes the
-format; this module needs no llama.cpp (for `infer cache list|clear`)."""
+LRU eviction. Entries are written and restored by prompt_cache.py, which describes the format;
+this module needs no llama.cpp (for `infer cache list|clear`)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import files, paths
-from .errors import StorageError, UsageError
+from .. import files, paths
+from ..errors import StorageError, UsageError
 
 # Prompts shorter than this are neither saved nor looked up. Evaluating 256 tokens takes about a
 # second on a CPU with a small model (~250 tok/s here) and far less on a GPU, while every entry

@@ -12,8 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import paths
-from .errors import BadReferenceError, ConfigError
+from .. import paths
+from ..errors import BadReferenceError, ConfigError
 from .refs import AliasRef, HubRef, parse_ref
 
 if sys.version_info >= (3, 11):
@@ -62,7 +62,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def builtin_text() -> str:
-    return resources.files("infer.runtime").joinpath("models.toml").read_text("utf-8")
+    return resources.files("infer.runtime.models").joinpath("models.toml").read_text("utf-8")
 
 
 def load_registry(user_file: Path | None = None) -> dict[str, ModelSpec]:

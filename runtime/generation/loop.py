@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from .engine import Engine
-from .errors import ContextOverflowError, Interrupted
-from .params import GenerateOptions, SamplingParams
-from .tokens import common_prefix
+from ..errors import ContextOverflowError, Interrupted
+from ..llama.engine import Engine
+from ..llama.tokens import common_prefix
+from ..params import GenerateOptions, SamplingParams
 
 if TYPE_CHECKING:
     from .speculative import DraftCounts

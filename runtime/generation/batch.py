@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .engine import KV_BUDGET_BYTES, default_ctx
-from .errors import ContextOverflowError, EngineError, Interrupted
-from .generation import TextStream
-from .params import DEFAULT_BATCH, GenerateOptions, SamplingParams
+from ..errors import ContextOverflowError, EngineError, Interrupted
+from ..llama.engine import KV_BUDGET_BYTES, default_ctx
+from ..params import DEFAULT_BATCH, GenerateOptions, SamplingParams
+from .loop import TextStream
 
 if TYPE_CHECKING:
-    from .engine import LlamaCppEngine
+    from ..llama.engine import LlamaCppEngine
 
 MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ
 CTX_ALIGN = 256  # llama.cpp pads each sequence's share of the context to this

@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import cache, quantized
-from .errors import ModelFileError
+from ..errors import ModelFileError
+from . import hub_cache, quantized_store
 from .gguf import read_header
 from .registry import load_registry
-from .store import ResolvedModel, bundled_path
+from .resolve import ResolvedModel, bundled_path
 
 
 def _aliases() -> dict[str, list[str]]:
@@ -22,20 +22,20 @@ def _aliases() -> dict[str, list[str]]:
     for spec in load_registry().values():
         if spec.hub is None or (spec.bundled and bundled_path(spec.bundled)):
             continue
-        m = cache.find(spec.hub)
+        m = hub_cache.find(spec.hub)
         if m is not None:
             found.setdefault(m.id, []).append(spec.name)
     return found
 
 
-def _files(m: cache.Manifest) -> list[dict[str, Any]]:
+def _files(m: hub_cache.Manifest) -> list[dict[str, Any]]:
     return [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files]
 
 
 def cached_models() -> dict[str, Any]:
     """Every model in the cache, newest first, and the cache's disk use."""
     aliases = _aliases()
-    good, damaged = cache.scan()
+    good, damaged = hub_cache.scan()
     models = [_damaged_row(d) for d in damaged]
     for m in reversed(good):
         models.append(
@@ -47,31 +47,31 @@ def cached_models() -> dict[str, Any]:
                 "quantization": m.summary.get("quantization") or _header_quant(m),
                 "size": m.size,
                 "modified": m.pulled_at,
-                "path": str(cache.model_path(m)),
+                "path": str(hub_cache.model_path(m)),
                 "aliases": sorted(aliases.get(m.id, [])),
-                "complete": cache.is_complete(m),
+                "complete": hub_cache.is_complete(m),
                 "files": _files(m),
             }
         )
     models += _quantized_models()
     models.sort(key=lambda row: str(row["modified"]), reverse=True)  # stable: newest first
-    blobs, partial = cache.disk_usage()
-    q_blobs, q_partial = quantized.disk_usage()
+    blobs, partial = hub_cache.disk_usage()
+    q_blobs, q_partial = quantized_store.disk_usage()
     return {
         "models": models,
         "total_bytes": blobs + q_blobs,
         "partial_bytes": partial + q_partial,
-        "cache_dir": str(cache.root()),
+        "cache_dir": str(hub_cache.root()),
     }
 
 
-def _damaged_row(d: cache.Damaged) -> dict[str, Any]:
+def _damaged_row(d: hub_cache.Damaged) -> dict[str, Any]:
     """A manifest that does not read as one, with the fields of a model plus `damaged` (the
     reason): `rm` removes it and `pull` repairs it, so `list` must show it."""
     size = 0
     for digest in d.blobs:
         with suppress(OSError):
-            size += cache.blob_path(digest).stat().st_size
+            size += hub_cache.blob_path(digest).stat().st_size
     try:
         mtime = datetime.fromtimestamp(d.path.stat().st_mtime, timezone.utc)
         modified = mtime.isoformat(timespec="milliseconds")
@@ -91,18 +91,18 @@ def _quantized_models() -> list[dict[str, Any]]:
         {
             "name": m.name, "repo": m.repo, "revision": None, "commit": None,
             "quantization": m.type, "size": m.size, "modified": m.created_at,
-            "path": str(quantized.model_path(m)), "aliases": [],
-            "complete": quantized.is_complete(m),
+            "path": str(quantized_store.model_path(m)), "aliases": [],
+            "complete": quantized_store.is_complete(m),
             "files": [{"path": m.sha256, "sha256": m.sha256, "size": m.size}],
             "quantized_from": m.source,
         }
-        for m in quantized.models()
+        for m in quantized_store.models()
     ]  # fmt: skip
 
 
-def _header_quant(m: cache.Manifest) -> str | None:
+def _header_quant(m: hub_cache.Manifest) -> str | None:
     try:
-        return read_header(cache.model_path(m)).quantization
+        return read_header(hub_cache.model_path(m)).quantization
     except ModelFileError:  # a broken entry still lists; `show` reports the error
         return None
 
@@ -112,7 +112,7 @@ def aliases() -> list[dict[str, Any]]:
     rows = []
     for spec in sorted(load_registry().values(), key=lambda s: s.name):
         bundled = bool(spec.bundled and bundled_path(spec.bundled))
-        cached = spec.hub is not None and cache.find(spec.hub) is not None
+        cached = spec.hub is not None and hub_cache.find(spec.hub) is not None
         status = "bundled" if bundled else "cached" if cached else "not downloaded"
         rows.append(
             {
@@ -129,7 +129,7 @@ def aliases() -> list[dict[str, Any]]:
 def describe(resolved: ResolvedModel) -> dict[str, Any]:
     """Everything `infer show` prints, from the GGUF header(s) and the cache manifest."""
     m = resolved.manifest
-    parts = [cache.snapshot_path(m.repo, m.commit, f.path) for f in m.files] if m else []
+    parts = [hub_cache.snapshot_path(m.repo, m.commit, f.path) for f in m.files] if m else []
     headers = [read_header(p) for p in parts or [resolved.path]]
     h = headers[0]
     license_ = h.metadata.get("general.license")

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cache, files, paths
-from .errors import BadReferenceError, UnknownQuantTypeError, storage
+from .. import files, paths
+from ..errors import BadReferenceError, UnknownQuantTypeError, storage
+from . import hub_cache
 from .refs import AliasRef, HubRef, parse_ref
 
 # The types llama.cpp's quantizer makes without an importance matrix, with their approximate
@@ -178,20 +179,20 @@ def clean_parts() -> None:
 def install(part: Path, m: QuantizedModel) -> bool:
     """Move a checked output into blobs/ and record the model (replacing one of the same name);
     return whether a model of that name was replaced."""
-    with storage(root()), cache.lock("quantized"):
+    with storage(root()), hub_cache.lock("quantized"):
         dest = blob_path(m.sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, dest)
         manifest = _manifest_file(m)
         replaced = manifest.exists()
-        cache.atomic_write(manifest, m.to_json())
+        hub_cache.atomic_write(manifest, m.to_json())
         _collect()
     return replaced
 
 
 def remove(m: QuantizedModel) -> int:
     """Delete a model and its file unless another model shares it; return the bytes freed."""
-    with cache.lock("quantized"):
+    with hub_cache.lock("quantized"):
         _manifest_file(m).unlink(missing_ok=True)
         return _collect()
 
