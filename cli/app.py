@@ -133,7 +133,7 @@ def _run(argv: list[str] | None) -> int:
         output.error(str(e))
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
-        sys.stderr.write("\n")
+        output.say("")
         return 130
     except (output.OutputClosed, BrokenPipeError):
         # The reader went away (`| head`): stop quietly; silence the flush at exit too.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ (runtime.batch.MAX_PARALLEL, without importing it)
 ENGINE_CTX = 256  # the engine's own context is unused here: keep its KV cache small
-PLAIN_PROGRESS_S = 5.0  # without a terminal, a progress line at most this often
 
 _NUMBER = (int, float)
 _FIELDS: dict[str, tuple[type, ...]] = {
@@ -269,45 +267,29 @@ class _Writer:
 
 
 class _Progress:
-    """Progress on stderr: a rich bar on a terminal, a plain line every few seconds otherwise
-    (none for a short run), nothing with --json."""
+    """Done/total, tokens and tok/s on a bar on a terminal; a plain line every few seconds
+    otherwise (none for a short run, and then no closing line); nothing with --json."""
 
     def __init__(self, total: int, done: int, *, enabled: bool) -> None:
-        self.total, self.done = total, done
-        self.enabled, self.last, self.plain_lines = enabled, time.monotonic(), 0
-        self.bar: Any = None
-        self.task: Any = None
-        if enabled and output.use_color(sys.stderr):
-            from rich import progress as rp
-            from rich.console import Console
-
-            self.bar = rp.Progress(
-                rp.TextColumn("batch"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                rp.TextColumn("{task.fields[tokens]} tok · {task.fields[tps]:.1f} tok/s"),
-                rp.TimeElapsedColumn(), console=Console(stderr=True),
-            )  # fmt: skip
-            self.task = self.bar.add_task("batch", total=total, completed=done, tokens=0, tps=0.0)
-            self.bar.start()
+        self.total, self.done, self.plain_lines = total, done, 0
+        self.reporter = output.Reporter(
+            "batch", "bar", "count", "{task.fields[tokens]} tok · {task.fields[tps]:.1f} tok/s",
+            "elapsed", quiet=not enabled,
+        )  # fmt: skip
+        self.reporter.begin("batch", total=total, completed=done, tokens=0, tps=0.0)
 
     def update(self, stats: BatchStats) -> None:
         done = self.done + stats.finished
-        if self.bar is not None:
-            self.bar.update(
-                self.task, completed=done, tokens=stats.generated_tokens, tps=stats.generate_tps
-            )
-        elif self.enabled and time.monotonic() - self.last >= PLAIN_PROGRESS_S:
-            self.last = time.monotonic()
+        self.reporter.update(completed=done, tokens=stats.generated_tokens, tps=stats.generate_tps)
+        if self.reporter.line(f"batch {done}/{self.total} · {_rate(stats)}"):
             self.plain_lines += 1
-            sys.stderr.write(f"infer: batch {done}/{self.total} · {_rate(stats)}\n")
-            sys.stderr.flush()
 
     def close(self, stats: BatchStats) -> None:
-        if self.bar is not None:
+        if self.reporter.mode == "bar":
             self.update(stats)
-            self.bar.stop()
         elif self.plain_lines:
-            sys.stderr.write(f"infer: batch {self.done + stats.finished}/{self.total} done\n")
-            sys.stderr.flush()
+            self.reporter.line(f"batch {self.done + stats.finished}/{self.total} done", force=True)
+        self.reporter.close()
 
 
 def _rate(stats: BatchStats) -> str:
@@ -321,7 +303,4 @@ def _print_stats(decoder: BatchDecoder, prompts: int, load_s: float) -> None:
         f"{s.prompt_tokens} tok · generated {s.generated_tokens} tok in {s.elapsed_s:.2f} s, "
         f"{s.generate_tps:.1f} tok/s (generation steps {s.decode_tps:.1f} tok/s)"
     )
-    if output.use_color(sys.stderr):
-        line = f"\x1b[2m{line}\x1b[0m"
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    output.dim(line)

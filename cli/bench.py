@@ -4,7 +4,6 @@ load time) through infer's own engine, with sweeps and a history in the state di
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -135,13 +134,8 @@ def _record(result: BenchResult) -> bool:
 @contextmanager
 def _status() -> Iterator[Progress]:
     """A spinner on stderr naming the current step, on a terminal only."""
-    if not output.use_color(sys.stderr):
-        yield lambda _message: None
-        return
-    from rich.console import Console
-
-    with Console(stderr=True).status("benchmarking…", spinner="dots") as status:
-        yield lambda message: status.update(f"benchmarking: {message}")
+    with output.status("benchmarking…") as update:
+        yield lambda message: update(f"benchmarking: {message}")
 
 
 def _print_row(result: BenchResult, *, header: bool) -> None:
@@ -187,7 +181,7 @@ def _show_history(json_out: bool) -> None:
         output.write_answer(json.dumps(records, indent=2) + "\n")
         return
     if not records:
-        sys.stderr.write("no benchmark results yet: `infer bench MODEL` records one\n")
+        output.say("no benchmark results yet: `infer bench MODEL` records one")
         return
     output.write_answer(
         "| date (UTC) | model | backend | -p/-n | threads | gpu layers | ctx | batch | load s "

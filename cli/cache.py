@@ -12,7 +12,7 @@ import typer
 
 from . import output
 from .help import HelpCommand, HelpGroup
-from .models import _ago, _table, human_size
+from .output import human_size, relative_time, table
 
 cache_app = typer.Typer(
     help="Inspect or clear the prompt cache: saved states of long prompts (256+ tokens) that "
@@ -51,9 +51,12 @@ def list_entries(
         }  # fmt: skip
         output.write_answer(json.dumps(record, indent=2) + "\n")
         return
-    rows = [[e.model, f"{e.tokens:,}", human_size(e.size), _ago(_iso(e.last_used))] for e in found]
+    rows = [
+        [e.model, f"{e.tokens:,}", human_size(e.size), relative_time(_iso(e.last_used))]
+        for e in found
+    ]
     if rows:
-        output.write_answer(_table(["MODEL", "TOKENS", "SIZE", "LAST USED"], rows))
+        output.write_answer(table(["MODEL", "TOKENS", "SIZE", "LAST USED"], rows))
     count = f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}"
     output.write_answer(f"{count}, {human_size(total)} of {human_size(limit)} (limit) in {where}\n")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,11 +155,11 @@ class Repl:
                 try:
                     text = self.read_message()
                 except KeyboardInterrupt:
-                    sys.stdout.write("\n")
+                    output.write_answer("\n")
                     say("(Use /bye or Ctrl-D to leave.)")
                     continue
                 if text is None:
-                    sys.stdout.write("\n")
+                    output.write_answer("\n")
                     return 0
                 if not text.strip():
                     continue
@@ -365,8 +364,7 @@ def _convert(typ: type, key: str, value: str) -> Any:
 
 def say(message: str) -> None:
     """REPL notices go to stderr, like every status line."""
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
+    output.say(message)
 
 
 def start(

@@ -4,7 +4,6 @@ itself, with a spinner on a terminal."""
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 from infer.runtime.errors import ModelNotFoundError, UnknownDraftError
@@ -89,24 +88,23 @@ def load_options(
 def load_model(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Engine:
     from infer.runtime import load
 
-    if quiet or not output.use_color(sys.stderr):
-        return load(resolved, options)
-    from rich.console import Console
-
-    with Console(stderr=True).status("Loading model…", spinner="dots"):
+    with output.status("Loading model…", quiet=quiet):
         return load(resolved, options)
 
 
 def load_drafter(
-    draft: str, engine: Engine, options: LoadOptions, *, offline: bool, quiet: bool
-) -> str | Engine:
-    """--draft: "lookup" as is, anything else a model reference resolved like MODEL and loaded
-    with the same settings and context size (its vocabulary is checked against the model's)."""
+    draft: str | None, engine: Engine, options: LoadOptions, *, offline: bool, quiet: bool
+) -> str | Engine | None:
+    """--draft: None without one, "lookup" as is, anything else a model reference resolved like
+    MODEL and loaded with the same settings and context size (its vocabulary is checked against
+    the model's)."""
     from dataclasses import replace
 
     from infer.runtime.api import load_draft
     from infer.runtime.generation.speculative import LOOKUP
 
+    if not draft:
+        return None
     if draft == LOOKUP:
         return draft
     try:
@@ -117,9 +115,5 @@ def load_drafter(
         close = difflib.get_close_matches(draft.lower(), [LOOKUP], n=1, cutoff=0.6) + e.close
         raise UnknownDraftError(e.name, e.known, close) from None
     draft_options = replace(options, ctx_size=engine.n_ctx, prompt_cache=False)
-    if quiet or not output.use_color(sys.stderr):
-        return load_draft(resolved, engine, draft_options)
-    from rich.console import Console
-
-    with Console(stderr=True).status("Loading draft model…", spinner="dots"):
+    with output.status("Loading draft model…", quiet=quiet):
         return load_draft(resolved, engine, draft_options)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from . import output
 from .options import ModelArg
+from .output import human_size
 
 if TYPE_CHECKING:
     from infer.runtime.models.resolve import ResolvedModel
@@ -62,7 +60,7 @@ def list_models(
             output.write_answer(json.dumps({"aliases": rows}, indent=2) + "\n")
             return
         table = [[r["name"], r["status"], r["hub"] or r["bundled"], r["description"]] for r in rows]
-        output.write_answer(_table(["ALIAS", "STATUS", "SOURCE", "DESCRIPTION"], table))
+        output.write_answer(output.table(["ALIAS", "STATUS", "SOURCE", "DESCRIPTION"], table))
         return
     listing = inventory.cached_models()
     if json_out:
@@ -71,11 +69,11 @@ def list_models(
     models = listing["models"]
     rows = [
         [m["name"] + _state(m), m["quantization"] or "?",
-         human_size(m["size"]), _ago(m["modified"]), ", ".join(m["aliases"])]
+         human_size(m["size"]), output.relative_time(m["modified"]), ", ".join(m["aliases"])]
         for m in models
     ]  # fmt: skip
     if rows:
-        output.write_answer(_table(["NAME", "QUANT", "SIZE", "MODIFIED", "ALIASES"], rows))
+        output.write_answer(output.table(["NAME", "QUANT", "SIZE", "MODIFIED", "ALIASES"], rows))
     count = f"{len(models)} model{'s' if len(models) != 1 else ''}"
     footer = f"{count}, {human_size(listing['total_bytes'])} in {listing['cache_dir']}"
     if listing["partial_bytes"]:
@@ -123,7 +121,7 @@ def _show_text(info: dict[str, Any]) -> str:
     rows = [
         ("name", info["name"]),
         ("architecture", info["architecture"]),
-        ("parameters", _count(info["parameters"])),
+        ("parameters", output.human_count(info["parameters"])),
         ("quantization", info["quantization"]),
         ("context length", info["context_length"]),
         ("layers", info["layers"]),
@@ -144,8 +142,7 @@ def _show_text(info: dict[str, Any]) -> str:
         rows.append(("sha256", src["sha256"]))
     else:
         rows.append(("source", f"bundled ({src['package']})" if "package" in src else "file"))
-    width = max(len(k) for k, _ in rows)
-    return "".join(f"{k:<{width}}  {'-' if v is None else v}\n" for k, v in rows)
+    return output.key_values(rows)
 
 
 def rm(models: ModelsArg) -> None:
@@ -180,134 +177,49 @@ def resolve_or_pull(model: str, *, offline: bool = False) -> ResolvedModel:
         return ensure_local(model, progress=progress, offline=True if offline else None)
 
 
-# --- formatting ---------------------------------------------------------------------------
-def human_size(n: int) -> str:
-    """Decimal units, as the Hub and Ollama show them."""
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"  # pragma: no cover - unreachable
-
-
-def _count(n: int) -> str:
-    for limit, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= limit:
-            return f"{n / limit:.1f}{unit} ({n:,})"
-    return str(n)
-
-
-def _ago(iso: str) -> str:
-    try:
-        then = datetime.fromisoformat(iso)
-    except ValueError:
-        return iso
-    s = max(0, int((datetime.now(timezone.utc) - then).total_seconds()))
-    for span, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
-        if s >= span:
-            return f"{s // span} {unit}{'s' if s // span != 1 else ''} ago"
-    return "just now"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]
-    return "\n".join(lines) + "\n"
-
-
 # --- progress -----------------------------------------------------------------------------
 @contextmanager
 def pull_progress() -> Iterator[PullProgress]:
-    """A rich progress bar on a terminal; plain occasional lines otherwise (or with NO_COLOR)."""
-    reporter: _Bar | _Lines = _Bar() if output.use_color(sys.stderr) else _Lines()
-    try:
-        yield reporter
-    finally:
-        reporter.close()
+    """Bytes, speed and ETA on a bar (started on the first download only, so a run of a cached
+    model draws nothing); plain lines otherwise: when a file starts, every few seconds, at the
+    end."""
+    with output.Reporter("{task.description}", "bar", "bytes", "speed", "remaining") as reporter:
+        yield _PullReport(reporter)
 
 
-class _Lines:
-    """Plain lines on stderr: one when a file starts, one every few seconds, one at the end."""
-
-    EVERY = 5.0
-
-    def __init__(self) -> None:
+class _PullReport:
+    def __init__(self, reporter: output.Reporter) -> None:
+        self.reporter = reporter
         self.name, self.total, self.done, self.first = "", 0, 0, 0
-        self.t0 = self.last = 0.0
+        self.t0 = 0.0
 
     def note(self, message: str) -> None:
-        sys.stderr.write(f"infer: {message}\n")
-        sys.stderr.flush()
+        self.reporter.note(message)
 
     def start(self, filename: str, total: int, done: int) -> None:
-        self.name, self.total, self.done = filename, total, done
-        self.t0 = self.last = time.monotonic()
+        self.name, self.total, self.done, self.first = filename, total, done, done
+        self.reporter.begin(filename, total=total, completed=done)
+        self.t0 = self.reporter.clock()
         resumed = f", resuming at {human_size(done)}" if done else ""
-        self.note(f"downloading {filename} ({human_size(total)}{resumed})")
-        self.first = done
+        self.reporter.line(f"downloading {filename} ({human_size(total)}{resumed})", force=True)
 
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
-        now = time.monotonic()
-        if now - self.last >= self.EVERY:
-            self.last = now
+        self.reporter.update(advance=nbytes)
+        if self.reporter.mode == "lines":
             pct = 100 * self.done // max(self.total, 1)
-            speed = (self.done - self.first) / max(now - self.t0, 1e-6)
-            self.note(
-                f"{self.name}: {pct}% of {human_size(self.total)}, {human_size(int(speed))}/s"
-            )
+            speed = human_size(int(self._speed()))
+            self.reporter.line(f"{self.name}: {pct}% of {human_size(self.total)}, {speed}/s")
+
+    def _speed(self) -> float:
+        return (self.done - self.first) / max(self.reporter.clock() - self.t0, 1e-6)
 
     def finish(self) -> None:
+        self.reporter.refresh()
         if self.total and self.done == self.total:
-            took = max(time.monotonic() - self.t0, 1e-6)
+            took = max(self.reporter.clock() - self.t0, 1e-6)
             speed = human_size(int((self.done - self.first) / took))
-            self.note(f"{self.name}: {human_size(self.total)} in {took:.1f} s ({speed}/s)")
+            self.reporter.line(
+                f"{self.name}: {human_size(self.total)} in {took:.1f} s ({speed}/s)", force=True
+            )
         self.total = 0
-
-    def close(self) -> None:
-        pass
-
-
-class _Bar:
-    """rich's progress bar (bytes, speed, ETA), started on the first download only, so a run
-    of a cached model draws nothing."""
-
-    def __init__(self) -> None:
-        self.progress: Any = None
-        self.task: Any = None
-
-    def note(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(message, markup=False, highlight=False)
-        else:
-            sys.stderr.write(f"infer: {message}\n")
-
-    def start(self, filename: str, total: int, done: int) -> None:
-        if self.progress is None:
-            from rich import progress as rp
-            from rich.console import Console
-
-            self.progress = rp.Progress(
-                rp.TextColumn("{task.description}"), rp.BarColumn(), rp.DownloadColumn(),
-                rp.TransferSpeedColumn(), rp.TimeRemainingColumn(), console=Console(stderr=True),
-            )  # fmt: skip
-            self.progress.start()
-        if self.task is not None and self.progress.tasks[-1].description == filename:
-            self.progress.reset(self.task, total=total, completed=done)
-        else:
-            self.task = self.progress.add_task(filename, total=total, completed=done)
-
-    def advance(self, nbytes: int) -> None:
-        self.progress.update(self.task, advance=nbytes)
-
-    def finish(self) -> None:
-        if self.progress is not None:
-            self.progress.refresh()
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()

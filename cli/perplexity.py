@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,61 +94,23 @@ def _read_text(file: Path | None) -> str:
     return text.removesuffix("\n")
 
 
-class _Lines:
-    """Without a terminal: a line at the start, every few seconds, and at the end; no escape
-    codes."""
-
-    EVERY = 5.0
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-
-    def __call__(self, done: int, total: int, ppl: float) -> None:
-        now = time.monotonic()
-        if done == 0:
-            line = f"{total} windows to evaluate"
-        elif now - self.last >= self.EVERY or done == total:
-            line = f"{done}/{total} windows, PPL so far {ppl:.4f}"
-        else:
-            return
-        self.last = now
-        sys.stderr.write(f"infer: perplexity: {line}\n")
-        sys.stderr.flush()
-
-
-class _Bar:
-    """rich's progress bar: windows done, the running PPL, elapsed and remaining time. Its
-    spinner starts before the model loads."""
-
-    def __init__(self) -> None:
-        from rich import progress as rp
-        from rich.console import Console
-
-        self.progress = rp.Progress(
-            rp.SpinnerColumn(), rp.TextColumn("perplexity"), rp.BarColumn(),
-            rp.MofNCompleteColumn(), rp.TextColumn("PPL {task.fields[ppl]}"),
-            rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
-        )  # fmt: skip
-        self.task = self.progress.add_task("", total=None, ppl="…")
-        self.progress.start()
-
-    def __call__(self, done: int, total: int, ppl: float) -> None:
-        shown = f"{ppl:.4f}" if math.isfinite(ppl) else "…"
-        self.progress.update(self.task, completed=done, total=total, ppl=shown)
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
 @contextmanager
 def _progress() -> Iterator[Callable[[int, int, float], None]]:
-    """The progress callback: a bar on a terminal, plain lines otherwise (or with NO_COLOR)."""
-    if not output.use_color(sys.stderr):
-        yield _Lines()
-        return
-    bar = _Bar()
-    try:
-        yield bar
-    finally:
-        bar.close()
+    """Windows done, the running PPL, elapsed and remaining time on a bar whose spinner starts
+    before the model loads; plain lines otherwise: at the start, every few seconds, at the end."""
+    with output.Reporter(
+        "spinner", "perplexity", "bar", "count", "PPL {task.fields[ppl]}", "elapsed",
+        "remaining", transient=True,
+    ) as reporter:  # fmt: skip
+        reporter.begin("", total=None, ppl="…")
+
+        def report(done: int, total: int, ppl: float) -> None:
+            shown = f"{ppl:.4f}" if math.isfinite(ppl) else "…"
+            reporter.update(completed=done, total=total, ppl=shown)
+            if done == 0:
+                reporter.line(f"perplexity: {total} windows to evaluate", force=True)
+            else:
+                line = f"perplexity: {done}/{total} windows, PPL so far {ppl:.4f}"
+                reporter.line(line, force=done == total)
+
+        yield report

@@ -3,8 +3,6 @@ progress on stderr."""
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -12,8 +10,9 @@ from typing import Annotated
 import typer
 
 from . import output
-from .models import human_size, resolve_or_pull
+from .models import resolve_or_pull
 from .options import ModelArg, OfflineOpt, ThreadsOpt
+from .output import human_size
 
 TypeArg = Annotated[
     str,
@@ -69,55 +68,24 @@ def quantize(
     )
 
 
-class _Lines:
-    """Without a terminal: a line at the start, then one every few seconds; no escape codes."""
+class _QuantizeReport:
+    """A spinner, the tensor count and the elapsed time (llama.cpp reports no more) on a
+    terminal; otherwise a line at the start, then one every few seconds."""
 
-    EVERY = 5.0
-
-    def __init__(self, title: str) -> None:
-        self.t0 = self.last = time.monotonic()
-        self.note(title)
-
-    def note(self, message: str) -> None:
-        sys.stderr.write(f"infer: {message}\n")
-        sys.stderr.flush()
+    def __init__(self, reporter: output.Reporter, title: str) -> None:
+        self.reporter, self.t0 = reporter, reporter.clock()
+        reporter.begin(title, total=None)
+        reporter.line(title, force=True)
 
     def tensor(self, index: int, total: int, name: str) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.EVERY:
-            self.last = now
-            self.note(f"quantize: tensor {index}/{total}, {now - self.t0:.0f} s")
-
-
-class _Spinner:
-    """rich: a spinner, the tensor count and the elapsed time (llama.cpp reports no more)."""
-
-    def __init__(self, title: str) -> None:
-        from rich import progress as rp
-        from rich.console import Console
-
-        self.progress = rp.Progress(
-            rp.SpinnerColumn(), rp.TextColumn("{task.description}"), rp.BarColumn(),
-            rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
-            console=Console(stderr=True), transient=True,
-        )  # fmt: skip
-        self.task = self.progress.add_task(title, total=None)
-        self.progress.start()
-
-    def tensor(self, index: int, total: int, name: str) -> None:
-        self.progress.update(self.task, completed=index - 1, total=total)
-
-    def close(self) -> None:
-        self.progress.stop()
+        self.reporter.update(completed=index - 1, total=total)
+        elapsed = self.reporter.clock() - self.t0
+        self.reporter.line(f"quantize: tensor {index}/{total}, {elapsed:.0f} s")
 
 
 @contextmanager
-def _progress(title: str) -> Iterator[_Lines | _Spinner]:
-    if not output.use_color(sys.stderr):
-        yield _Lines(title)
-        return
-    spinner = _Spinner(title)
-    try:
-        yield spinner
-    finally:
-        spinner.close()
+def _progress(title: str) -> Iterator[_QuantizeReport]:
+    with output.Reporter(
+        "spinner", "{task.description}", "bar", "count", "elapsed", transient=True
+    ) as reporter:
+        yield _QuantizeReport(reporter, title)

@@ -49,6 +49,9 @@ from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
     from infer.runtime.generation.loop import Generation
+    from infer.runtime.llama.engine import Engine
+    from infer.runtime.models.resolve import ResolvedModel
+    from infer.runtime.params import GenerateOptions, SamplingParams
 
 
 def run(
@@ -83,16 +86,9 @@ def run(
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
-    batched = batch is not None or parallel is not None
-    if batched:
-        from .batch import check_flags
-
-        conflicts = {"--continue": continue_, "--markdown": markdown, "--draft": bool(draft)}
-        check_flags(batch, parallel, prompt, conflicts)
-    interactive = not batched and prompt is None and stdin_is_terminal() and sys.stdout.isatty()
-    if not batched and prompt is None and stdin_is_terminal() and not interactive:
-        raise UsageError('no prompt given: infer run MODEL "PROMPT" (or pipe text on stdin)')
-    text = None if interactive or batched else compose_prompt(prompt, read_stdin())
+    conflicts = {"--continue": continue_, "--markdown": markdown, "--draft": bool(draft)}
+    batched = _check_batch(batch, parallel, prompt, conflicts)
+    text = None if batched else _prompt_text(prompt)
     resolved = resolve_or_pull(model, offline=offline)
     d = resolved.defaults
     sampling = sampling_params(
@@ -116,9 +112,7 @@ def run(
             template=d.chat_template, stats=stats, json_out=json_out,
         )  # fmt: skip
     engine = load_model(resolved, engine_options, quiet=json_out)
-    drafter = None
-    if draft:
-        drafter = load_drafter(draft, engine, engine_options, offline=offline, quiet=json_out)
+    drafter = load_drafter(draft, engine, engine_options, offline=offline, quiet=json_out)
     if text is None:
         from .chat import ChatSettings, start
 
@@ -126,16 +120,44 @@ def run(
         raise typer.Exit(
             start(engine, resolved.name, resolved.path, settings, system, continue_, drafter)
         )
+    gen = _generate(engine, resolved, text, system, sampling, options, raw=raw, drafter=drafter)
+    _stream(gen, resolved.name, json_out=json_out)
+    if stats:
+        output.print_stats(gen.stats)
+
+
+def _check_batch(
+    batch: str | None, parallel: int | None, prompt: str | None, conflicts: dict[str, bool]
+) -> bool:
+    """Whether this is a --batch/--parallel run (its flags checked first)."""
+    if batch is None and parallel is None:
+        return False
+    from .batch import check_flags
+
+    check_flags(batch, parallel, prompt, conflicts)
+    return True
+
+
+def _prompt_text(prompt: str | None) -> str | None:
+    """The prompt (argument and/or stdin), or None for the chat: no prompt, on a terminal."""
+    interactive = prompt is None and stdin_is_terminal() and sys.stdout.isatty()
+    if prompt is None and stdin_is_terminal() and not interactive:
+        raise UsageError('no prompt given: infer run MODEL "PROMPT" (or pipe text on stdin)')
+    return None if interactive else compose_prompt(prompt, read_stdin())
+
+
+def _generate(
+    engine: Engine, resolved: ResolvedModel, text: str, system: str | None,
+    sampling: SamplingParams, options: GenerateOptions, *, raw: bool, drafter: Engine | str | None,
+) -> Generation:  # fmt: skip
     from infer.runtime import Message, generate
 
     messages = [Message("system", system)] if system else []
     messages.append(Message("user", text))
-    gen = generate(
-        engine, messages, sampling, options, raw=raw, template=d.chat_template, drafter=drafter
+    template = resolved.defaults.chat_template
+    return generate(
+        engine, messages, sampling, options, raw=raw, template=template, drafter=drafter
     )
-    _stream(gen, resolved.name, json_out=json_out)
-    if stats:
-        output.print_stats(gen.stats)
 
 
 def chat(
