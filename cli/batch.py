@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infer.runtime.errors import InputError, Interrupted, TemplateError, UsageError
+from infer.runtime.errors import Interrupted, TemplateError, UsageError
 
 from . import output
 from .inputs import read_file, read_stream
@@ -17,6 +17,7 @@ from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
     from infer.runtime.generation.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
+    from infer.runtime.generation.batch_file import BatchItem
     from infer.runtime.llama.engine import LlamaCppEngine
     from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, LoadOptions, SamplingParams
@@ -24,26 +25,6 @@ if TYPE_CHECKING:
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ (runtime.batch.MAX_PARALLEL, without importing it)
 ENGINE_CTX = 256  # the engine's own context is unused here: keep its KV cache small
-
-_NUMBER = (int, float)
-_FIELDS: dict[str, tuple[type, ...]] = {
-    "id": (str, int), "prompt": (str,), "system": (str,), "max_tokens": (int,),
-    "stop": (str, list), "temperature": _NUMBER, "top_p": _NUMBER, "top_k": (int,),
-    "min_p": _NUMBER, "repeat_penalty": _NUMBER, "seed": (int,),
-}  # fmt: skip
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
-
-
-@dataclass
-class BatchItem:
-    """One input line, its settings already merged with the command line's and validated."""
-
-    line: int
-    prompt: str
-    id: str | int | None
-    system: str | None
-    sampling: SamplingParams
-    options: GenerateOptions
 
 
 def check_flags(
@@ -62,23 +43,13 @@ def check_flags(
 
 
 def read_batch(source: str, sampling: SamplingParams, options: GenerateOptions) -> list[BatchItem]:
-    """The prompts of FILE (or stdin for "-"): JSON Lines (objects with "prompt"), or plain
-    text with one prompt per line. JSONL when the name ends in .jsonl/.ndjson, text for .txt,
-    otherwise JSONL when the first non-blank line starts with "{". Blank lines are skipped."""
+    """The prompts of FILE (or stdin for "-"), read by the bounded reader and parsed by the
+    runtime (JSON Lines or one prompt per line, told by the suffix, then the first line)."""
+    from infer.runtime.generation.batch_file import parse_batch
+
     name, text = _read_source(source)
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    first = next((line for line in lines if line.strip()), None)
-    if first is None:
-        raise InputError(f"{name}: no prompts")
-    suffix = Path(source).suffix.lower() if source != "-" else ""
-    jsonl = suffix in (".jsonl", ".ndjson") or (suffix != ".txt" and first.lstrip()[:1] == "{")
-    items = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        fields = _json_fields(name, number, line) if jsonl else {"prompt": line}
-        items.append(_item(name, number, fields, sampling, options))
-    return items
+    suffix = Path(source).suffix if source != "-" else ""
+    return parse_batch(text, sampling, options, name=name, suffix=suffix)
 
 
 def _read_source(source: str) -> tuple[str, str]:
@@ -87,64 +58,6 @@ def _read_source(source: str) -> tuple[str, str]:
             raise UsageError("--batch - reads the prompts from stdin: pipe them in")
         return "stdin", read_stream(sys.stdin.buffer, "stdin")
     return source, read_file(source)
-
-
-def _json_fields(name: str, number: int, line: str) -> dict[str, Any]:
-    where = f"{name}, line {number}"
-    try:
-        fields = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
-    except RecursionError:  # [[[[...]]]] deeper than Python's stack
-        raise InputError(f"{where}: not valid JSON (nested too deeply)") from None
-    except ValueError:  # an integer past Python's 4300-digit limit
-        raise InputError(f"{where}: not valid JSON (a number with too many digits)") from None
-    if not isinstance(fields, dict):
-        raise InputError(f'{where}: expected a JSON object with a "prompt"')
-    for key, value in fields.items():
-        if key not in _FIELDS:
-            raise InputError(f"{where}: unknown field '{key}' (known: {', '.join(_FIELDS)})")
-        ok = value is None or (isinstance(value, _FIELDS[key]) and not isinstance(value, bool))
-        if key == "stop" and isinstance(value, list):
-            ok = all(isinstance(s, str) for s in value)
-        if not ok:
-            raise InputError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
-        for text in value if isinstance(value, list) else [value]:
-            if isinstance(text, str):
-                _check_unicode(text, f"{where}: '{key}'")
-    return {key: value for key, value in fields.items() if value is not None}
-
-
-def _check_unicode(text: str, what: str) -> None:
-    """JSON may escape a lone surrogate ("\\ud800"): text that no encoding can write."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InputError(
-            f"{what} is not valid Unicode (a lone surrogate, {text[e.start]!r}, at character "
-            f"{e.start})"
-        ) from None
-
-
-def _item(
-    name: str, number: int, fields: dict[str, Any], sampling: SamplingParams, base: GenerateOptions
-) -> BatchItem:
-    prompt = fields.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError(f'{name}, line {number}: "prompt" is missing or empty')
-    stop = fields.get("stop", base.stop)
-    try:
-        line_sampling = replace(
-            sampling, **{k: fields[k] for k in _SAMPLING_FIELDS if k in fields}
-        ).validate()
-        options = replace(
-            base,
-            max_tokens=fields.get("max_tokens", base.max_tokens),
-            stop=[stop] if isinstance(stop, str) else list(stop),
-        ).validate()
-    except UsageError as e:
-        raise InputError(f"{name}, line {number}: {e}") from None
-    return BatchItem(number, prompt, fields.get("id"), fields.get("system"), line_sampling, options)
 
 
 def run_batch(

@@ -96,6 +96,16 @@ class InputError(InferError):
     """The input text cannot be used (not UTF-8, ...)."""
 
 
+class BatchFileError(InputError):
+    """A batch file has no prompts, or a line that cannot be used; carries the file's name, the
+    line number (None for the whole file) and the reason."""
+
+    def __init__(self, source: str, line: int | None, reason: str) -> None:
+        self.source, self.line, self.reason = source, line, reason
+        where = source if line is None else f"{source}, line {line}"
+        super().__init__(f"{where}: {reason}")
+
+
 class OutputError(InferError):
     """The answer cannot be written: stdout is closed, read-only, or on a full disk."""
 
