@@ -130,25 +130,18 @@ class BatchDecoder:
         if not 1 <= parallel <= MAX_PARALLEL:
             raise ValueError(f"parallel must be in 1..{MAX_PARALLEL}")
         self.engine, self.parallel = engine, parallel
-        self._ll = ll = engine._ll
-        params = ll.llama_context_default_params()
-        params.n_seq_max = parallel
-        params.n_ctx = parallel * _align(ctx_per_seq)
-        params.kv_unified = False
-        params.n_batch = params.n_ubatch = self.n_batch = batch
-        params.n_threads = params.n_threads_batch = engine.threads
-        self._ctx = ll.llama_init_from_model(engine._model, params)
-        if not self._ctx:
+        self.n_batch = batch
+        self._context = engine.new_context(parallel, parallel * _align(ctx_per_seq), batch)
+        if not self._context.handle:
             raise EngineError(
                 f"llama.cpp could not create a context for {parallel} sequences of "
                 f"{ctx_per_seq} tokens (out of memory? try a smaller --parallel or --ctx-size)"
             )
-        self.n_ctx_seq = int(ll.llama_n_ctx_seq(self._ctx))
-        self._mem = ll.llama_get_memory(self._ctx)
-        self._batch = ll.llama_batch_init(batch, 0, 1)
+        self.n_ctx_seq = self._context.n_ctx_seq
+        self._batch = engine.new_batch(batch)
         self._cancel = threading.Event()
         self.stats = BatchStats()
-        self.cores = engine.core_share(self._ctx)
+        self.cores = engine.core_share(self._context.handle)
 
     @classmethod
     def for_requests(
@@ -215,7 +208,7 @@ class BatchDecoder:
                     self.stats.finished += 1
                     yield early
                     continue
-                seq = slots[slot] = _Seq(req, slot, self.engine._sampler(req.sampling))
+                seq = slots[slot] = _Seq(req, slot, self.engine.sampler(req.sampling))
 
     def _check(self, req: BatchRequest) -> BatchResult | None:
         """The result of a request that cannot or need not be decoded, as `Generation` gives."""
@@ -282,10 +275,10 @@ class BatchDecoder:
     def _decode(self, with_prompt: bool) -> None:
         self.cores.step()
         if with_prompt:  # Ctrl-C can stop a long prompt; the callback costs a call per node
-            with self.engine.abort_on(self._cancel, self._ctx):
-                rc = self._ll.llama_decode(self._ctx, self._batch)
+            with self.engine.abort_on(self._cancel, self._context.handle):
+                rc = self._context.decode(self._batch)
         else:
-            rc = self._ll.llama_decode(self._ctx, self._batch)
+            rc = self._context.decode(self._batch)
         if rc == 2:  # aborted by Ctrl-C
             raise Interrupted()
         if rc != 0:
@@ -293,9 +286,9 @@ class BatchDecoder:
 
     def _advance(self, seq: _Seq, ignore_eog: bool) -> BatchResult | None:
         """Sample the sequence's next token; its result when that ends it."""
-        ll, engine = self._ll, self.engine
-        token = ll.llama_sampler_sample(seq.chain, self._ctx, seq.i_logits)
-        if ll.llama_vocab_is_eog(engine._vocab, token) and not ignore_eog:
+        engine = self.engine
+        token = self._context.sample(seq.chain, seq.i_logits)
+        if engine.is_eog(token) and not ignore_eog:
             return self._finish(seq, "stop")
         seq.generated += 1
         self.stats.generated_tokens += 1
@@ -324,17 +317,16 @@ class BatchDecoder:
 
     def _release(self, seq: _Seq) -> None:
         if seq.chain is not None:
-            self._ll.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
-            self._ll.llama_sampler_free(seq.chain)
+            self._context.remove_sequence(seq.slot)
+            self.engine.free_sampler(seq.chain)
             seq.chain = None
 
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:
-            self._ll.llama_batch_free(self._batch)
+            self.engine.free_batch(self._batch)
             self._batch = None
-        if getattr(self, "_ctx", None):
-            self._ll.llama_free(self._ctx)
-            self._ctx = None
+        if getattr(self, "_context", None) is not None:
+            self._context.close()  # idempotent
 
     def __enter__(self) -> BatchDecoder:
         return self

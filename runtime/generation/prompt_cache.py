@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -68,16 +67,6 @@ def model_identity(model: ResolvedModel) -> dict[str, Any]:
     return {"path": str(real), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _build_identity(ll: Any) -> dict[str, Any]:
-    """The llama.cpp library in use: another build may lay out or compute the state otherwise."""
-    lib = getattr(getattr(ll, "_lib", None), "_name", None)
-    ident: dict[str, Any] = {"state_version": int(ll.LLAMA_STATE_SEQ_VERSION)}
-    if lib:
-        st = os.stat(lib)
-        ident.update(lib=str(lib), size=st.st_size, mtime_ns=st.st_mtime_ns)
-    return ident
-
-
 # What a best-effort cache meets and survives: OSError (a full disk, a read-only or vanished
 # cache folder, an entry evicted by another run meanwhile) and struct.error (a file cut short
 # between its size check and the read). llama.cpp refusing a state file is a return code, and a
@@ -105,7 +94,7 @@ class PromptCache:
         if self._key is None:
             fields = {
                 "model": model_identity(self.model),
-                "llama.cpp": _build_identity(engine._ll),
+                "llama.cpp": engine.state_identity(),
                 # The micro-batch size and where layers run change the KV values' rounding.
                 "n_ubatch": engine.n_batch,
                 "gpu_layers": engine.offloaded_layers,
@@ -131,7 +120,7 @@ class PromptCache:
                     self._base, self._base_path = tokens, path
                     return
         except BaseException as e:
-            engine.reset()  # whatever reached the KV cache: `engine.tokens` must stay true
+            engine.reset()  # whatever reached the KV cache: `engine.kv_tokens` must stay true
             if not isinstance(e, Exception):
                 raise
             self._give_up("restore", e)
@@ -178,16 +167,9 @@ class PromptCache:
             if not self._intact(engine, private, tokens):
                 unlink(path)
                 return False
-            ll, n = engine._ll, len(tokens)
-            out, n_out = (ll.llama_token * n)(), ctypes.c_size_t(0)
-            rc = ll.llama_state_seq_load_file(
-                engine._ctx, os.fsencode(private), 0, out, n, ctypes.byref(n_out)
-            )
-            if rc == 0 or n_out.value != n or out[:n] != tokens:
-                engine.reset()
+            if not engine.load_sequence(private, tokens):
                 unlink(path)
                 return False
-            engine.tokens.extend(tokens)
             with contextlib.suppress(OSError):
                 os.utime(path)  # most recently used: the last to be evicted
             return True
@@ -209,7 +191,7 @@ class PromptCache:
         it to be worth an entry: a run that found most of its prompt here adds little."""
         if min(len(prompt), evaluated) < self.min_tokens or self.max_bytes <= 0:
             return
-        if engine.tokens != prompt:
+        if list(engine.kv_tokens) != prompt:
             return
         try:
             final = self._write(engine, prompt)
@@ -230,9 +212,8 @@ class PromptCache:
         final = folder / f"{digest}{SUFFIX}"
         tmp = folder / f".tmp-{os.getpid()}-{os.urandom(4).hex()}"
         try:
-            ll, n = engine._ll, len(prompt)
-            arr = (ll.llama_token * n)(*prompt)
-            state_bytes = ll.llama_state_seq_save_file(engine._ctx, os.fsencode(tmp), 0, arr, n)
+            n = len(prompt)
+            state_bytes = engine.save_sequence(tmp, prompt)
             if not state_bytes:
                 self.last_error = "save: llama.cpp could not write the state"
                 return None

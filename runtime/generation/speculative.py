@@ -103,35 +103,29 @@ class ModelDrafter:
 
     def __init__(self, engine: LlamaCppEngine, name: str = "model") -> None:
         self.engine, self.name = engine, name
-        ll = engine._ll
-        self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        ll.llama_sampler_chain_add(self._chain, ll.llama_sampler_init_greedy())
-        self._one = (ll.llama_token * 1)()
-        self._batch = ll.llama_batch_get_one(self._one, 1)
+        self._chain = engine.greedy_sampler()
 
     def draft(self, history: list[int], k: int, cancel: threading.Event) -> list[int]:
-        e, ll = self.engine, self.engine._ll
+        e = self.engine
         k = min(k, e.n_ctx - len(history))
         if k <= 0:
             return []
-        e._decode_prompt(history, cancel)
+        e.decode_prompt(history, cancel)
         out: list[int] = []
+        sample, is_eog, decode_next = e.sample_with(self._chain), e.is_eog, e.decode_next
         while True:
-            token = ll.llama_sampler_sample(self._chain, e._ctx, -1)
-            if ll.llama_vocab_is_eog(e._vocab, token):
+            token = sample(-1)
+            if is_eog(token):
                 return out
             out.append(token)
             if len(out) == k:
                 return out
-            self._one[0] = token
-            if ll.llama_decode(e._ctx, self._batch) != 0:
-                ll.llama_memory_seq_rm(e._mem, 0, len(e.tokens), -1)
+            if not decode_next(token):
                 return out  # a failed draft only costs acceptance; the target decides
-            e.tokens.append(token)
 
     def close(self) -> None:
         if self._chain is not None:
-            self.engine._ll.llama_sampler_free(self._chain)
+            self.engine.free_sampler(self._chain)
             self._chain = None
 
 
@@ -147,10 +141,10 @@ def check_compatible(target: Engine, draft: Engine, draft_name: str = "the draft
     step = max(1, t.n_vocab // VOCAB_SAMPLE)
     ids = {*range(0, t.n_vocab, step), t.n_vocab - 1, t.bos_id, t.eos_id} - {-1}
     for token in sorted(ids):
-        if t._token_text(token) != d._token_text(token):
+        if t.token_text(token) != d.token_text(token):
             raise IncompatibleDraftError(
                 f"{draft_name} has a different vocabulary (token {token} is "
-                f"{d._token_text(token)!r}, not {t._token_text(token)!r}): a draft model must "
+                f"{d.token_text(token)!r}, not {t.token_text(token)!r}): a draft model must "
                 "share the model's tokenizer"
             )
 
@@ -198,7 +192,7 @@ def _generate(
     counts: DraftCounts,
 ) -> Generator[bytes, None, None]:
     engine = _llama(target)
-    if engine._ll.llama_model_is_recurrent(engine._model):
+    if engine.is_recurrent:
         raise UsageError("speculative decoding needs a transformer: this model is recurrent")
     drafter = make_drafter(source, options)
     kind = LOOKUP if isinstance(drafter, LookupDrafter) else "model"
@@ -207,7 +201,7 @@ def _generate(
     if len(prompt) > engine.n_ctx:
         raise EngineError("prompt longer than the context")  # callers check this first
     with engine.cores:
-        engine._decode_prompt(prompt, cancel)
+        engine.decode_prompt(prompt, cancel)
         verifier = _Verifier(engine, sampling, k_max + 1)
         policy = DraftPolicy(k_max, adaptive=options.draft_adapt)
         try:
@@ -227,11 +221,11 @@ def _loop(
     cancel: threading.Event,
     counts: DraftCounts,
 ) -> Generator[bytes, None, None]:
-    ll, tokens, piece, clock = engine._ll, engine.tokens, engine.piece, time.perf_counter
-    is_eog, vocab = ll.llama_vocab_is_eog, engine._vocab
+    tokens, piece, clock = engine.kv_tokens, engine.piece, time.perf_counter
+    is_eog = engine.is_eog
     token = verifier.sample(-1)  # from the prompt's logits
     emitted = 0
-    while not is_eog(vocab, token):
+    while not is_eog(token):
         yield piece(token)
         emitted += 1
         if cancel.is_set():
@@ -268,45 +262,45 @@ class _Verifier:
     exactly as they would there: one sample per emitted token)."""
 
     def __init__(self, engine: LlamaCppEngine, sampling: SamplingParams, capacity: int) -> None:
-        self.engine, self._ll = engine, engine._ll
-        self.chain = engine._sampler(sampling)
-        self.batch = self._ll.llama_batch_init(capacity, 0, 1)
+        self.engine = engine
+        self.chain = engine.sampler(sampling)
+        self._sample = engine.sample_with(self.chain)
+        self.batch = engine.new_batch(capacity)
         for i in range(capacity):
             self.batch.n_seq_id[i] = 1
             self.batch.seq_id[i][0] = 0
             self.batch.logits[i] = 1
 
     def sample(self, index: int) -> int:
-        return int(self._ll.llama_sampler_sample(self.chain, self.engine._ctx, index))
+        return int(self._sample(index))
 
     def verify(self, token: int, drafts: list[int]) -> tuple[int, list[int]]:
         """Decode `token` + `drafts`; returns (the next sampled token, the accepted drafts).
-        Afterwards the KV cache and `engine.tokens` hold `token` and the accepted drafts."""
-        e, ll, batch = self.engine, self._ll, self.batch
-        n = len(e.tokens)
+        Afterwards the KV cache and `engine.kv_tokens` hold `token` and the accepted drafts."""
+        e, batch = self.engine, self.batch
+        n = len(e.kv_tokens)
         batch.token[0], batch.pos[0] = token, n
         for i, d in enumerate(drafts, 1):
             batch.token[i], batch.pos[i] = d, n + i
         batch.n_tokens = len(drafts) + 1
         e.cores.step()
-        rc = ll.llama_decode(e._ctx, batch)
+        rc = e.decode_batch(batch)
         if rc != 0:
-            ll.llama_memory_seq_rm(e._mem, 0, n, -1)
+            e.remove_from(0, n)
             raise EngineError(f"llama_decode failed while generating (code {rc})")
         ok = 0
         sampled = self.sample(0)
         while ok < len(drafts) and sampled == drafts[ok]:
-            if ll.llama_vocab_is_eog(e._vocab, sampled):
+            if e.is_eog(sampled):
                 break  # end of generation: the caller stops on it; keep it out of the cache
             ok += 1
             sampled = self.sample(ok)
-        if ok < len(drafts) and not ll.llama_memory_seq_rm(e._mem, 0, n + 1 + ok, -1):
-            ll.llama_memory_seq_rm(e._mem, 0, n, -1)
+        if ok < len(drafts) and not e.remove_from(0, n + 1 + ok):
+            e.remove_from(0, n)
             raise EngineError("llama.cpp could not remove rejected drafts from the KV cache")
-        e.tokens.append(token)
-        e.tokens.extend(drafts[:ok])
+        e.record_decoded([token, *drafts[:ok]])
         return sampled, drafts[:ok]
 
     def close(self) -> None:
-        self._ll.llama_sampler_free(self.chain)
-        self._ll.llama_batch_free(self.batch)
+        self.engine.free_sampler(self.chain)
+        self.engine.free_batch(self.batch)

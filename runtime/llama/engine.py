@@ -17,8 +17,9 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -259,8 +260,125 @@ class LlamaCppEngine:
         self.bos_id = int(ll.llama_vocab_bos(self._vocab))
         self.eos_id = int(ll.llama_vocab_eos(self._vocab))
         self.add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab))
-        self.bos_text = self._token_text(self.bos_id)
-        self.eos_text = self._token_text(self.eos_id)
+        self.bos_text = self.token_text(self.bos_id)
+        self.eos_text = self.token_text(self.eos_id)
+        # is_eog(token): whether a token ends generation (the bound ctypes call: no Python frame)
+        self.is_eog: Callable[[int], bool] = partial(ll.llama_vocab_is_eog, self._vocab)
+        self._one = (ll.llama_token * 1)()
+        self._one_batch = ll.llama_batch_get_one(self._one, 1)
+
+    # -- the model ------------------------------------------------------------------------------
+
+    @property
+    def is_recurrent(self) -> bool:
+        return bool(self._ll.llama_model_is_recurrent(self._model))
+
+    def state_identity(self) -> dict[str, Any]:
+        """The llama.cpp library in use and its state format: another build may lay out or
+        compute a saved sequence state otherwise."""
+        ll = self._ll
+        lib = getattr(getattr(ll, "_lib", None), "_name", None)
+        ident: dict[str, Any] = {"state_version": int(ll.LLAMA_STATE_SEQ_VERSION)}
+        if lib:
+            st = os.stat(lib)
+            ident.update(lib=str(lib), size=st.st_size, mtime_ns=st.st_mtime_ns)
+        return ident
+
+    def new_context(self, n_seq_max: int, n_ctx: int, n_batch: int) -> SequenceContext:
+        """Another context over this model, with `n_seq_max` separate sequences."""
+        return SequenceContext(self, n_seq_max, n_ctx, n_batch)
+
+    # -- samplers and batches -------------------------------------------------------------------
+
+    def sampler(self, params: SamplingParams) -> Any:
+        """A sampler chain for `params`; free it with free_sampler."""
+        return self._sampler(params)
+
+    def greedy_sampler(self) -> Any:
+        ll = self._ll
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+        return chain
+
+    def free_sampler(self, chain: Any) -> None:
+        self._ll.llama_sampler_free(chain)
+
+    def new_batch(self, capacity: int) -> Any:
+        """A llama_batch of `capacity` tokens (one seq id each): fill its token/pos/n_seq_id/
+        seq_id/logits arrays and n_tokens, decode it with decode_batch; free with free_batch."""
+        return self._ll.llama_batch_init(capacity, 0, 1)
+
+    def free_batch(self, batch: Any) -> None:
+        self._ll.llama_batch_free(batch)
+
+    # -- this engine's context (sequence 0) -----------------------------------------------------
+
+    @property
+    def kv_tokens(self) -> Sequence[int]:
+        """The tokens the KV cache holds, in order (live: do not modify)."""
+        return self.tokens
+
+    def sample(self, chain: Any, index: int) -> int:
+        """Sample with `chain` from the logits of batch row `index` (-1: the last)."""
+        return int(self._ll.llama_sampler_sample(chain, self._ctx, index))
+
+    def sample_with(self, chain: Any) -> Callable[[int], int]:
+        """sample(chain, index) with the chain bound: the ctypes call itself, for per-token loops
+        (no Python frame in between)."""
+        return partial(self._ll.llama_sampler_sample, chain, self._ctx)
+
+    def decode_batch(self, batch: Any) -> int:
+        """llama_decode of a batch from new_batch; its return code (0: done, 2: aborted).
+        The caller records what reached sequence 0 with record_decoded."""
+        return int(self._ll.llama_decode(self._ctx, batch))
+
+    def record_decoded(self, tokens: Sequence[int]) -> None:
+        """`tokens` were decoded into sequence 0 after what kv_tokens holds."""
+        self.tokens.extend(tokens)
+
+    def remove_from(self, seq: int, pos: int) -> bool:
+        """Remove positions `pos`.. of sequence `seq` from the KV cache (and, for sequence 0,
+        from kv_tokens). False when llama.cpp cannot (the cache is unchanged then)."""
+        ok = bool(self._ll.llama_memory_seq_rm(self._mem, seq, pos, -1))
+        if ok and seq == 0:
+            del self.tokens[pos:]
+        return ok
+
+    def decode_next(self, token: int) -> bool:
+        """Decode one token after kv_tokens (on a reused one-token batch) and record it.
+        False when the decode failed: the KV cache is then trimmed back to kv_tokens."""
+        self._one[0] = token
+        if self._ll.llama_decode(self._ctx, self._one_batch) != 0:
+            self._ll.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)
+            return False
+        self.tokens.append(token)
+        return True
+
+    def logits(self) -> Any:
+        """A float pointer to the logits of the last decode (rows of n_vocab floats, one per
+        batch row that asked for logits)."""
+        return ctypes.cast(self._ll.llama_get_logits(self._ctx), ctypes.POINTER(ctypes.c_float))
+
+    def save_sequence(self, path: Path, tokens: list[int]) -> int:
+        """Write sequence 0's state, which covers `tokens`, to `path`; the state's size in
+        bytes (0: llama.cpp could not)."""
+        ll, n = self._ll, len(tokens)
+        arr = (ll.llama_token * n)(*tokens)
+        return int(ll.llama_state_seq_save_file(self._ctx, os.fsencode(path), 0, arr, n))
+
+    def load_sequence(self, path: Path, tokens: list[int]) -> bool:
+        """Load sequence 0's state from `path`, which must cover exactly `tokens`, into the
+        empty KV cache; kv_tokens then holds them. False (and an empty cache) otherwise."""
+        ll, n = self._ll, len(tokens)
+        out, n_out = (ll.llama_token * n)(), ctypes.c_size_t(0)
+        rc = ll.llama_state_seq_load_file(
+            self._ctx, os.fsencode(path), 0, out, n, ctypes.byref(n_out)
+        )
+        if rc == 0 or n_out.value != n or out[:n] != tokens:
+            self.reset()
+            return False
+        self.tokens.extend(tokens)
+        return True
 
     @property
     def n_past(self) -> int:
@@ -293,7 +411,7 @@ class LlamaCppEngine:
             self._ll.llama_set_abort_callback(ctx, self._no_abort_cb, None)
             self._cancel = None
 
-    def _token_text(self, token: int) -> str:
+    def token_text(self, token: int) -> str:
         if token < 0:
             return ""
         raw = self._ll.llama_vocab_get_text(self._vocab, token)
@@ -358,7 +476,7 @@ class LlamaCppEngine:
                 return
             del self.tokens[n_keep:]
 
-    def _decode_prompt(self, prompt: list[int], cancel: threading.Event) -> None:
+    def decode_prompt(self, prompt: list[int], cancel: threading.Event) -> None:
         """Bring the KV cache to hold exactly `prompt`, reusing the longest common prefix.
         The last prompt token is always decoded, so logits for sampling exist."""
         cache = self.prompt_cache if not self.tokens else None
@@ -424,7 +542,7 @@ class LlamaCppEngine:
     def _generate(
         self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event, ignore_eog: bool
     ) -> Generator[bytes, None, None]:
-        self._decode_prompt(prompt, cancel)
+        self.decode_prompt(prompt, cancel)
         ll = self._ll
         chain = self._sampler(sampling)
         try:
@@ -463,3 +581,36 @@ class LlamaCppEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SequenceContext:
+    """A context over an engine's model with several sequences (one seq id each), for the
+    batch decoder: decode a batch from `engine.new_batch`, sample per row, drop a sequence."""
+
+    def __init__(self, engine: LlamaCppEngine, n_seq_max: int, n_ctx: int, n_batch: int) -> None:
+        self._ll = ll = engine._ll
+        params = ll.llama_context_default_params()
+        params.n_seq_max = n_seq_max
+        params.n_ctx = n_ctx
+        params.kv_unified = False
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_threads = params.n_threads_batch = engine.threads
+        self.handle = ll.llama_init_from_model(engine._model, params)
+        if not self.handle:
+            return  # the caller checks `handle` and says why
+        self.n_ctx_seq = int(ll.llama_n_ctx_seq(self.handle))
+        self._mem = ll.llama_get_memory(self.handle)
+
+    def decode(self, batch: Any) -> int:
+        return int(self._ll.llama_decode(self.handle, batch))
+
+    def sample(self, chain: Any, index: int) -> int:
+        return int(self._ll.llama_sampler_sample(chain, self.handle, index))
+
+    def remove_sequence(self, seq: int) -> None:
+        self._ll.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    def close(self) -> None:
+        if self.handle:
+            self._ll.llama_free(self.handle)
+            self.handle = None

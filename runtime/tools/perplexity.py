@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import math
 import threading
 import time
@@ -125,10 +124,10 @@ class _Evaluator:
     def __init__(self, engine: LlamaCppEngine, n_ctx: int, cancel: threading.Event | None):
         import numpy as np
 
-        self.engine, self.ll, self.ctx = engine, engine._ll, engine._ctx
+        self.engine = engine
         self.n_ctx, self.n_batch, self.n_vocab = n_ctx, engine.n_batch, engine.n_vocab
         self.cancel = cancel or threading.Event()
-        self.batch = self.ll.llama_batch_init(self.n_batch, 0, 1)
+        self.batch = engine.new_batch(self.n_batch)
         b, n = self.batch, self.n_batch
         self.token = np.ctypeslib.as_array(b.token, shape=(n,))
         self.pos = np.ctypeslib.as_array(b.pos, shape=(n,))
@@ -147,15 +146,15 @@ class _Evaluator:
 
     def __exit__(self, *exc: object) -> None:
         self._abortable.__exit__(None, None, None)
-        self.ll.llama_batch_free(self.batch)
+        self.engine.free_batch(self.batch)
         self.engine.reset()  # the engine's record of its KV cache stays true
 
     def chunk(self, window: np.ndarray, sums: _Sums) -> None:
         """Evaluate one window from an empty cache and add the NLL of its second half."""
         import numpy as np
 
-        ll, n_ctx, first = self.ll, self.n_ctx, self.n_ctx // 2
-        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        engine, n_ctx, first = self.engine, self.n_ctx, self.n_ctx // 2
+        engine.reset()
         for start in range(0, n_ctx, self.n_batch):
             size = min(self.n_batch, n_ctx - start)
             self.token[:size] = window[start : start + size]
@@ -165,7 +164,7 @@ class _Evaluator:
             self.pos[:size] = positions
             self.logits[:size] = positions >= first
             self.batch.n_tokens = size
-            rc = ll.llama_decode(self.ctx, self.batch)
+            rc = engine.decode_batch(self.batch)
             if rc != 0 or self.cancel.is_set():
                 if rc in (0, 2):
                     raise Interrupted()
@@ -182,10 +181,7 @@ class _Evaluator:
         import numpy as np
 
         n_rows = len(targets)
-        ptr = self.ll.llama_get_logits(self.ctx)
-        rows_all = np.ctypeslib.as_array(
-            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_rows, self.n_vocab)
-        )
+        rows_all = np.ctypeslib.as_array(self.engine.logits(), shape=(n_rows, self.n_vocab))
         for r in range(0, n_rows, ROWS_PER_STEP):
             rows = rows_all[r : r + ROWS_PER_STEP]
             tgt = targets[r : r + len(rows)]

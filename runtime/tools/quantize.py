@@ -33,6 +33,7 @@ from ..errors import (
     storage,
 )
 from ..files import pause_point
+from ..llama.quantizer import ftype_value as ftype_value  # re-exported
 from ..models import hub_cache, quantized_store
 from ..models.gguf import GGUFHeader, read_header
 from ..models.quantized_store import TYPES, parse_type
@@ -62,13 +63,6 @@ class QuantizeResult:
     source_size: int
     fallbacks: int  # tensors whose shape did not suit TYPE; llama.cpp chose a nearby type
     replaced: bool  # a model of the same name existed and was replaced
-
-
-def ftype_value(ll: object, name: str) -> int:
-    """The llama_ftype for a type name, from llama_cpp's LLAMA_FTYPE_* constants."""
-    return int(
-        getattr(ll, "LLAMA_FTYPE_ALL_F32" if name == "F32" else f"LLAMA_FTYPE_MOSTLY_{name}")
-    )
 
 
 def is_low_bit(headers: list[GGUFHeader]) -> bool:
@@ -290,26 +284,8 @@ def _record(p: QuantizePlan, part: Path) -> quantized_store.QuantizedModel:
 def child_main() -> None:
     """The child process: argv = SRC OUT TYPE THREADS REQUANTIZE. llama.cpp's log goes to stdout
     (a pipe to the parent); exit status 0 when the quantizer succeeded."""
-    import ctypes
-    import os
-
-    from ..llama.bindings import bindings
+    from ..llama.quantizer import quantize_file
 
     src, out, type_name, threads, requantize = sys.argv[1:6]
-    ll = bindings()
-
-    @ll.llama_log_callback
-    def log(level: int, text: bytes, user_data: object) -> None:
-        try:
-            os.write(1, text)
-        except OSError:  # the parent is gone: nobody wants the result
-            os._exit(1)
-
-    ll.llama_log_set(log, ctypes.c_void_p(0))
-    ll.llama_backend_init()
-    params = ll.llama_model_quantize_default_params()
-    params.nthread = int(threads)
-    params.ftype = ftype_value(ll, type_name)
-    params.allow_requantize = requantize == "1"
-    rc = ll.llama_model_quantize(os.fsencode(src), os.fsencode(out), ctypes.byref(params))
+    rc = quantize_file(src, out, type_name, int(threads), requantize == "1")
     sys.exit(1 if rc else 0)
