@@ -160,7 +160,9 @@ def make_drafter(source: Engine | str, options: GenerateOptions) -> Drafter:
 
 
 def _llama(engine: Any) -> LlamaCppEngine:
-    if not hasattr(engine, "_ctx"):
+    from ..llama.engine import LlamaCppEngine  # loaded already: the engine exists
+
+    if not isinstance(engine, LlamaCppEngine):
         raise UsageError("speculative decoding needs a model loaded through llama.cpp")
     return engine
 
