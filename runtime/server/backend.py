@@ -1,0 +1,171 @@
+"""The contract between the HTTP side of the server and the models behind it.
+
+The HTTP side validates a request into a `TextRequest` and calls `Backend.submit`, which
+returns a `Job` once the request is admitted (queued or running). The job's `events()` yields
+`Piece`s and one `Finished` per choice (`n` of them), then ends. `Job.cancel()` (a client that
+disconnected) takes the sequences out of the batch within one decode step. Everything here is
+plain data: no HTTP, no llama.cpp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import InferError
+from ..generation.templates import Message
+from ..params import LoadOptions
+
+
+@dataclass
+class ServerConfig:
+    """What `infer serve` was started with, for the model side (pool.ModelPool(config))."""
+
+    models: list[str] = field(default_factory=list)  # loaded at start, never unloaded
+    load: LoadOptions = field(default_factory=LoadOptions)  # ctx_size: per sequence
+    parallel: int = 4  # sequences decoded together per model
+    queue: int = 64  # requests waiting for a slot, per server; beyond: Overloaded
+    max_models: int | None = None  # loaded at once; None: 1 + len(models)
+    allow_pull: bool = False  # a request may name a model that is not cached yet
+    offline: bool = False  # never touch the network (resolving names included)
+
+
+@dataclass
+class TextRequest:
+    """One validated request. `messages` for a chat (rendered with the model's template),
+    `prompt` for a completion (plain text, BOS added as the vocabulary wants)."""
+
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    # SamplingParams fields the request set (temperature, top_p, top_k, min_p, seed,
+    # repeat_penalty, presence_penalty, frequency_penalty); the model's models.toml defaults and
+    # then infer's fill the rest.
+    sampling: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = None  # None: until end of generation or the sequence's context
+    stop: list[str] = field(default_factory=list)
+    n: int = 1  # choices, decoded as parallel sequences
+
+
+@dataclass(frozen=True)
+class Piece:
+    index: int  # the choice
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    index: int
+    # "stop" (end of generation or a stop string) | "length" (max_tokens or the sequence's
+    # context) | "cancelled" (Job.cancel or shutdown)
+    reason: str
+
+
+class Job(Protocol):
+    model: str  # the id the answer names
+    prompt_tokens: int  # known at admission
+
+    def events(self) -> AsyncIterator[Piece | Finished]:
+        """Pieces as they are generated, a Finished per choice; ends after the last Finished."""
+        ...
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far over all choices (final once events() ended)."""
+        ...
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Seconds from submit to the first generated token; None before it."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop generating (idempotent; from the event loop's thread)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    created: int  # Unix seconds: when the model was pulled or made
+    owned_by: str  # "library", the Hub owner, or "local"
+    loaded: bool
+
+
+@dataclass(frozen=True)
+class Load:
+    """What /metrics reports besides the HTTP side's own counters."""
+
+    queue_depth: int  # admitted requests waiting for a slot
+    busy_slots: int  # sequences decoding now
+    slots: int  # all sequences of the loaded models
+
+
+class Backend(Protocol):
+    async def start(self) -> None:
+        """Load the models named at start (in a worker thread: the event loop stays free, so
+        /health answers 503 meanwhile). An InferError here: the server says why and exits 1."""
+        ...
+
+    def describe(self) -> list[str]:
+        """Lines for `--stats` at start: the backend, each model's offload split and slots."""
+        ...
+
+    def close(self) -> None:
+        """Free every model (after drain)."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """The models named at start are loaded (/health: 200, else 503)."""
+        ...
+
+    def models(self) -> list[ModelInfo]:
+        """Every model a request may name: the loaded ones and the rest of the local cache."""
+        ...
+
+    async def submit(self, model: str, request: TextRequest) -> Job:
+        """Admit a request: load `model` if needed (LRU unload beyond --max-models), render and
+        tokenize, queue it. Raises ModelUnavailable (404), PromptTooLong (400), Overloaded
+        (503 with Retry-After), TooManyChoices (400: n over the slots) or InferError (a
+        one-line reason: 400 for a UsageError/TemplateError, 500 otherwise)."""
+        ...
+
+    def load(self) -> Load: ...
+
+    async def drain(self, timeout_s: float) -> None:
+        """Shutdown: admit nothing more (submit raises Overloaded); wait up to `timeout_s` for
+        running and queued answers, then cancel them: each ends with Finished(reason=
+        "cancelled"), which the HTTP side reports as finish_reason "length" (a cut answer)."""
+        ...
+
+
+class ModelUnavailable(InferError):
+    """The model is not in the local cache (or cannot be resolved offline): a 404."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.name = name
+
+
+class PromptTooLong(InferError):
+    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens; this server's context per sequence is "
+            f"{n_ctx} tokens (start it with a larger --ctx-size)"
+        )
+        self.prompt_tokens, self.n_ctx = prompt_tokens, n_ctx
+
+
+class Overloaded(InferError):
+    """The queue is full: a 503 with Retry-After."""
+
+    def __init__(self, queued: int, retry_after_s: int = 1) -> None:
+        super().__init__(f"the server is busy: {queued} requests are waiting already")
+        self.retry_after_s = retry_after_s
+
+
+class TooManyChoices(InferError):
+    def __init__(self, n: int, slots: int) -> None:
+        super().__init__(f"n={n} is more than this server's {slots} parallel sequences")
+        self.n, self.slots = n, slots
