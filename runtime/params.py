@@ -20,6 +20,10 @@ class SamplingParams:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
+    # OpenAI's penalties, which llama.cpp's penalties sampler applies over the last
+    # repeat_last_n tokens: minus frequency x count, minus presence once seen; 0 = off.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     seed: int | None = None  # None: a fresh random seed per run
 
     def validate(self) -> SamplingParams:
@@ -29,6 +33,14 @@ class SamplingParams:
             (0 <= self.top_p <= 1, f"--top-p must be between 0 and 1 (got {self.top_p})"),
             (0 <= self.min_p <= 1, f"--min-p must be between 0 and 1 (got {self.min_p})"),
             (self.repeat_penalty > 0, f"--repeat-penalty must be > 0 (got {self.repeat_penalty})"),
+            (
+                -2 <= self.frequency_penalty <= 2,
+                f"frequency_penalty must be between -2 and 2 (got {self.frequency_penalty})",
+            ),
+            (
+                -2 <= self.presence_penalty <= 2,
+                f"presence_penalty must be between -2 and 2 (got {self.presence_penalty})",
+            ),
             (self.seed is None or 0 <= self.seed < 2**32, "--seed must be in 0..4294967295"),
         ]
         for ok, message in checks:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from infer.runtime.errors import Interrupted
 from infer.runtime.params import SamplingParams
@@ -56,3 +57,118 @@ class FakeEngine:
 
     def close(self) -> None:
         pass
+
+
+# --- the engine interface (runtime/llama/interface.py), scripted ------------------------------
+
+EOG = 0
+
+
+class FakeModel:
+    """A Model whose "logits" are a rule: after token t comes t + 1, and after "z" (122) the
+    end of generation. Tokens are the prompt's bytes, so "hi" is answered "jklmnopqrstuvwxyz".
+    With temperature > 0 the sampler may skip a letter, seeded: choices with other seeds differ."""
+
+    n_ctx_train = 4096
+    chat_template = None
+    bos_text = ""
+    eos_text = ""
+
+    def __init__(self) -> None:
+        self.contexts: list[FakeContext] = []
+
+    def tokenize(self, text: str, special: bool) -> list[int]:
+        return list(text.encode())
+
+    def with_bos(self, tokens: list[int]) -> list[int]:
+        return tokens
+
+    def piece(self, token: int) -> bytes:
+        return bytes([token])
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOG
+
+    def new_context(self, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> FakeContext:
+        ctx = FakeContext(n_seq_max, n_ctx_seq, n_batch)
+        self.contexts.append(ctx)
+        return ctx
+
+
+class FakeContext:
+    def __init__(self, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> None:
+        import random
+
+        self._random = random
+        self.n_seq_max, self.n_ctx_seq, self.n_batch = n_seq_max, n_ctx_seq, n_batch
+        self.held: list[list[int]] = [[] for _ in range(n_seq_max)]
+        self.queue: list[tuple[int, list[int], bool]] = []
+        self.rows: dict[int, list[int]] = {}  # batch row -> the sequence's tokens through it
+        self.samplers: dict[int, tuple[SamplingParams, Any]] = {}
+        self.decodes: list[list[tuple[int, int]]] = []  # per decode: (seq, tokens) in order
+        self.copies: list[tuple[int, int]] = []
+        self.fail_next_decode = False
+        self.closed = False
+
+    def tokens(self, seq: int) -> list[int]:
+        return self.held[seq]
+
+    def room(self) -> int:
+        return self.n_batch - sum(len(t) for _, t, _ in self.queue)
+
+    def add(self, seq: int, tokens: Sequence[int], logits: bool) -> int:
+        queued = sum(len(t) for s, t, _ in self.queue if s == seq)
+        if len(tokens) > self.room() or len(self.held[seq]) + queued + len(tokens) > self.n_ctx_seq:
+            raise ValueError("does not fit")
+        self.queue.append((seq, list(tokens), logits))
+        return self.n_batch - self.room() - 1 if logits else -1
+
+    def decode(self, cancel: threading.Event | None = None) -> None:
+        queue, self.queue = self.queue, []
+        if self.fail_next_decode:
+            self.fail_next_decode = False
+            from infer.runtime.errors import EngineError
+
+            raise EngineError("llama_decode failed on a batch (code 1)")
+        if cancel is not None and cancel.is_set():
+            raise Interrupted()
+        self.decodes.append([(seq, len(t)) for seq, t, _ in queue])
+        self.rows, row = {}, -1
+        for seq, toks, logits in queue:
+            self.held[seq].extend(toks)
+            row += len(toks)
+            if logits:
+                self.rows[row] = list(self.held[seq])
+
+    def set_sampler(self, seq: int, params: SamplingParams) -> None:
+        self.samplers[seq] = (params, self._random.Random(params.seed))
+
+    def sample(self, seq: int, row: int) -> int:
+        params, rng = self.samplers[seq]
+        nxt = self.rows[row][-1] + 1
+        if params.temperature > 0:
+            nxt += rng.randrange(2)
+        return EOG if nxt > ord("z") else nxt
+
+    def remove(self, seq: int, start: int = 0) -> None:
+        del self.held[seq][start:]
+        if start == 0:
+            self.samplers.pop(seq, None)
+
+    def copy(self, src: int, dst: int) -> None:
+        self.copies.append((src, dst))
+        self.held[dst] = list(self.held[src])
+
+    def save(self, seq: int, path: Any) -> int:
+        return 0
+
+    def restore(self, seq: int, path: Any, tokens: Sequence[int]) -> bool:
+        return False
+
+    def sharing_cores(self) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def close(self) -> None:
+        self.closed = True

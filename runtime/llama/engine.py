@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import EngineError, InferWarning, InputError, Interrupted
 from ..models.gguf import GGUFHeader
@@ -30,6 +30,9 @@ from .bindings import bindings
 from .core_share import CoreShare
 from .offload import check_kv_fits, default_gpu_layers, kv_bytes_per_layer
 from .tokens import common_prefix
+
+if TYPE_CHECKING:
+    from .context import LlamaContext
 
 KV_BUDGET_BYTES = 4 << 30  # default context is capped so its KV cache stays within this
 ALL_LAYERS = 999
@@ -284,9 +287,12 @@ class LlamaCppEngine:
             ident.update(lib=str(lib), size=st.st_size, mtime_ns=st.st_mtime_ns)
         return ident
 
-    def new_context(self, n_seq_max: int, n_ctx: int, n_batch: int) -> SequenceContext:
-        """Another context over this model, with `n_seq_max` separate sequences."""
-        return SequenceContext(self, n_seq_max, n_ctx, n_batch)
+    def new_context(self, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> LlamaContext:
+        """Another context over this model, with `n_seq_max` separate sequences of
+        `n_ctx_seq` cells each (llama/context.py)."""
+        from .context import LlamaContext
+
+        return LlamaContext(self, n_seq_max, n_ctx_seq, n_batch)
 
     # -- samplers and batches -------------------------------------------------------------------
 
@@ -505,10 +511,15 @@ class LlamaCppEngine:
     def _sampler(self, p: SamplingParams) -> Any:
         ll = self._ll
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        if p.repeat_penalty != 1.0:
-            ll.llama_sampler_chain_add(
-                chain, ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0)
+        if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            penalties = ll.llama_sampler_init_penalties(
+                self.n_vocab,
+                p.repeat_last_n,
+                p.repeat_penalty,
+                p.frequency_penalty,
+                p.presence_penalty,
             )
+            ll.llama_sampler_chain_add(chain, penalties)
         if p.temperature <= 0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
             return chain
@@ -581,36 +592,3 @@ class LlamaCppEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class SequenceContext:
-    """A context over an engine's model with several sequences (one seq id each), for the
-    batch decoder: decode a batch from `engine.new_batch`, sample per row, drop a sequence."""
-
-    def __init__(self, engine: LlamaCppEngine, n_seq_max: int, n_ctx: int, n_batch: int) -> None:
-        self._ll = ll = engine._ll
-        params = ll.llama_context_default_params()
-        params.n_seq_max = n_seq_max
-        params.n_ctx = n_ctx
-        params.kv_unified = False
-        params.n_batch = params.n_ubatch = n_batch
-        params.n_threads = params.n_threads_batch = engine.threads
-        self.handle = ll.llama_init_from_model(engine._model, params)
-        if not self.handle:
-            return  # the caller checks `handle` and says why
-        self.n_ctx_seq = int(ll.llama_n_ctx_seq(self.handle))
-        self._mem = ll.llama_get_memory(self.handle)
-
-    def decode(self, batch: Any) -> int:
-        return int(self._ll.llama_decode(self.handle, batch))
-
-    def sample(self, chain: Any, index: int) -> int:
-        return int(self._ll.llama_sampler_sample(chain, self.handle, index))
-
-    def remove_sequence(self, seq: int) -> None:
-        self._ll.llama_memory_seq_rm(self._mem, seq, -1, -1)
-
-    def close(self) -> None:
-        if self.handle:
-            self._ll.llama_free(self.handle)
-            self.handle = None

@@ -1,0 +1,245 @@
+"""Continuous batching: many sequences decoded together over one multi-sequence Context.
+
+Used by `infer run --batch` (generation/batch.py) and by the server (runtime/server/), on any
+`Context` (llama/interface.py): llama.cpp's, or the scripted one in tests/fakes.py.
+
+Each step is one decode: the next token of every generating sequence first, then prompt chunks
+of sequences still reading their prompt, up to the context's batch size — so a long prompt is
+evaluated a chunk per step while the other sequences keep generating. Sequences join between
+steps (`join`), leave when they finish or are cancelled (`cancel`), and each has its own sampler
+chain, stop strings and token limit. A joining prompt takes the free slot whose cells already
+hold the longest prefix of it (the rest of the slot is cut), else the lowest free slot: llama.cpp
+splits a batch over a split KV cache into micro-batches of consecutive sequence ids, so gaps cost.
+Slots keep their cells after a sequence leaves, for the next prompt that shares a prefix.
+
+`fork_of` decodes `n` choices of one prompt: a fork waits while its parent reads the prompt,
+then copies the parent's cells (no decode) and samples from the same logits with its own chain.
+
+The text of a sequence is exactly what `Generation` produces for the same prompt: the same
+TextStream (UTF-8 joining, stop strings) and the same checks in the same order (end of
+generation, stop string, max tokens, full context).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ContextOverflowError
+from ..llama.interface import Context, Model
+from ..llama.tokens import common_prefix
+from ..params import GenerateOptions, SamplingParams
+from .loop import TextStream
+
+
+@dataclass
+class BatchRequest:
+    """One prompt; `index` names it in the results (they come in finishing order)."""
+
+    index: int
+    tokens: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    options: GenerateOptions = field(default_factory=GenerateOptions)
+
+
+@dataclass
+class BatchResult:
+    index: int
+    text: str = ""
+    # stop | length | context | interrupted (Ctrl-C) | cancelled (Scheduler.cancel) | error
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class StepCounts:
+    prompt_tokens: int = 0  # evaluated
+    generated_tokens: int = 0
+    tokens: int = 0  # decoded in this step
+
+
+class Seq:
+    """A request running in a slot. `n_past` counts its tokens in the slot's cells (queued
+    included); `token` is the sampled token to decode next (None while reading the prompt)."""
+
+    __slots__ = (
+        "forks", "generated", "n_past", "on_text", "parent", "pieces", "req", "row", "slot",
+        "stream", "token",
+    )  # fmt: skip
+
+    def __init__(self, req: BatchRequest, slot: int, on_text: Callable[[str], None] | None):
+        self.req, self.slot, self.on_text = req, slot, on_text
+        self.n_past = 0
+        self.token: int | None = None
+        self.row = -1  # this step's batch row whose logits to sample from
+        self.generated = 0
+        self.pieces: list[str] = []
+        self.stream = TextStream(req.options.stop)
+        self.parent: Seq | None = None
+        self.forks: list[Seq] = []
+
+    def emit(self, text: str) -> None:
+        self.pieces.append(text)
+        if self.on_text is not None:
+            self.on_text(text)
+
+
+class Scheduler:
+    def __init__(self, model: Model, context: Context) -> None:
+        self.model, self.context = model, context
+        self.slots: list[Seq | None] = [None] * context.n_seq_max
+
+    @property
+    def n_ctx_seq(self) -> int:
+        return self.context.n_ctx_seq
+
+    def free_slots(self) -> int:
+        return self.slots.count(None)
+
+    def running(self) -> list[Seq]:
+        return [seq for seq in self.slots if seq is not None]
+
+    def check(self, req: BatchRequest) -> BatchResult | None:
+        """The result of a request that cannot or need not be decoded, as `Generation` gives."""
+        n = len(req.tokens)
+        if n == 0:
+            return BatchResult(req.index, finish_reason="error", error="empty prompt")
+        if n >= self.n_ctx_seq:
+            error = ContextOverflowError(n, self.n_ctx_seq, self.model.n_ctx_train)
+            return BatchResult(req.index, finish_reason="error", prompt_tokens=n, error=str(error))
+        if req.options.max_tokens == 0:
+            return BatchResult(req.index, finish_reason="length", prompt_tokens=n)
+        return None
+
+    def join(
+        self,
+        req: BatchRequest,
+        on_text: Callable[[str], None] | None = None,
+        fork_of: Seq | None = None,
+    ) -> Seq:
+        """Start `req` in a free slot (the caller checked `free_slots()` and `check(req)`).
+        `on_text` gets each piece of text as it is released."""
+        slot, reuse = self._pick_slot(req.tokens if fork_of is None else [])
+        seq = self.slots[slot] = Seq(req, slot, on_text)
+        self.context.remove(slot, reuse)
+        self.context.set_sampler(slot, req.sampling)
+        seq.n_past = reuse
+        if fork_of is not None:
+            seq.parent = fork_of
+            fork_of.forks.append(seq)
+        return seq
+
+    def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """(slot, tokens of `prompt` its cells hold already): the longest held prefix, else
+        the lowest free slot. The last prompt token is always decoded, for its logits."""
+        best, reuse = -1, 0
+        for slot, seq in enumerate(self.slots):
+            if seq is not None:
+                continue
+            if best < 0:
+                best = slot
+            if prompt:
+                held = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
+                if held > reuse:
+                    best, reuse = slot, held
+        if best < 0:
+            raise RuntimeError("no free slot")  # a caller's bug: it checks free_slots()
+        return best, reuse
+
+    def cancel(self, seq: Seq, reason: str = "cancelled") -> BatchResult:
+        """Take `seq` out now (between steps); its partial result."""
+        return self._finish(seq, reason)
+
+    def step(
+        self, cancel: threading.Event | None = None, *, ignore_eog: bool = False
+    ) -> tuple[list[BatchResult], StepCounts]:
+        """Decode one batch and sample every sequence that has logits. The results of the
+        sequences that finished, and what the step did. `cancel` makes a long prompt decode
+        stoppable (Interrupted); `ignore_eog` runs to max_tokens (benchmarks)."""
+        active = self.running()
+        counts = self._fill(active)
+        self.context.decode(cancel if counts.prompt_tokens else None)
+        finished = []
+        for seq in active:
+            if seq.row < 0 or self.slots[seq.slot] is not seq:
+                continue
+            started = self._start_forks(seq) if seq.forks and seq.token is None else []
+            for sampling in (seq, *started):
+                result = self._advance(sampling, ignore_eog, counts)
+                sampling.row = -1  # sampled: a fork in a later slot is not sampled again
+                if result is not None:
+                    finished.append(result)
+        return finished, counts
+
+    def _start_forks(self, parent: Seq) -> list[Seq]:
+        """The parent's prompt is read: its forks take copies of its cells and sample from the
+        same logits (this step, right after the parent: a lower slot's turn has passed)."""
+        forks, parent.forks = parent.forks, []
+        for fork in forks:
+            self.context.copy(parent.slot, fork.slot)
+            fork.n_past, fork.row, fork.parent = parent.n_past, parent.row, None
+        return forks
+
+    def _fill(self, active: list[Seq]) -> StepCounts:
+        """Queue the next token of each generating sequence, then prompt tokens of the others
+        in slot order up to the batch size."""
+        ctx, counts = self.context, StepCounts()
+        for seq in active:
+            seq.row = -1
+            if seq.token is not None:
+                seq.row = ctx.add(seq.slot, (seq.token,), True)
+                seq.n_past += 1
+                counts.tokens += 1
+        for seq in active:
+            if seq.token is not None or seq.parent is not None:
+                continue
+            room = ctx.room()
+            if room <= 0:
+                break
+            chunk = seq.req.tokens[seq.n_past : seq.n_past + room]
+            seq.n_past += len(chunk)
+            seq.row = ctx.add(seq.slot, chunk, seq.n_past == len(seq.req.tokens))
+            counts.prompt_tokens += len(chunk)
+            counts.tokens += len(chunk)
+        return counts
+
+    def _advance(self, seq: Seq, ignore_eog: bool, counts: StepCounts) -> BatchResult | None:
+        """Sample the sequence's next token; its result when that ends it."""
+        model = self.model
+        token = self.context.sample(seq.slot, seq.row)
+        if model.is_eog(token) and not ignore_eog:
+            return self._finish(seq, "stop")
+        seq.generated += 1
+        counts.generated_tokens += 1
+        out = seq.stream.feed(model.piece(token))
+        if out:
+            seq.emit(out)
+        if seq.stream.hit:
+            return self._finish(seq, "stop")
+        limit = seq.req.options.max_tokens
+        if limit is not None and seq.generated >= limit:
+            return self._finish(seq, "length")
+        if seq.n_past + 1 >= self.n_ctx_seq:  # as `infer run`: the window would be full
+            return self._finish(seq, "context")
+        seq.token = token
+        return None
+
+    def _finish(self, seq: Seq, reason: str) -> BatchResult:
+        if reason not in ("interrupted", "cancelled"):
+            tail = seq.stream.tail()
+            if tail:
+                seq.emit(tail)
+        if self.slots[seq.slot] is seq:
+            self.slots[seq.slot] = None
+        if seq.parent is not None:  # a fork that never started
+            seq.parent.forks.remove(seq)
+            seq.parent = None
+        for fork in seq.forks:  # its forks never got the prompt: they read it themselves
+            fork.parent = None
+        seq.forks = []
+        return BatchResult(
+            seq.req.index, "".join(seq.pieces), reason, len(seq.req.tokens), seq.generated
+        )

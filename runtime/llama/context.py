@@ -1,0 +1,164 @@
+"""LlamaContext: a llama.cpp context with several sequences over a loaded model (the `Context`
+of llama/interface.py), for batched prompts and the server.
+
+The KV cache is split per sequence (kv_unified off, as llama-batched-bench and llama-server's
+slots run: a sequence attends only to its own cells, and each has `n_ctx_seq` of them). One
+llama_batch of n_batch rows is reused for every decode; `add` fills its arrays directly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EngineError, Interrupted
+from ..params import SamplingParams
+
+if TYPE_CHECKING:
+    from .engine import LlamaCppEngine
+    from .interface import SharedCores
+
+
+class LlamaContext:
+    def __init__(self, engine: LlamaCppEngine, n_seq_max: int, n_ctx_seq: int, n_batch: int):
+        self._engine = engine
+        self._ll = ll = engine._ll
+        params = ll.llama_context_default_params()
+        params.n_seq_max = n_seq_max
+        params.n_ctx = n_seq_max * n_ctx_seq
+        params.kv_unified = False
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_threads = params.n_threads_batch = engine.threads
+        self._handle = ll.llama_init_from_model(engine._model, params)
+        if not self._handle:
+            raise EngineError(
+                f"llama.cpp could not create a context for {n_seq_max} sequences of "
+                f"{n_ctx_seq} tokens (out of memory? try a smaller --parallel or --ctx-size)"
+            )
+        self.n_seq_max, self.n_batch = n_seq_max, n_batch
+        self.n_ctx_seq = int(ll.llama_n_ctx_seq(self._handle))
+        self._mem = ll.llama_get_memory(self._handle)
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._tokens: list[list[int]] = [[] for _ in range(n_seq_max)]
+        self._queued: list[tuple[int, Sequence[int]]] = []  # (seq, tokens) in batch order
+        self._queued_len = [0] * n_seq_max
+        self._n = 0  # rows filled in the batch
+        self._chains: list[Any] = [None] * n_seq_max
+        self._cores = engine.core_share(self._handle)
+
+    def tokens(self, seq: int) -> Sequence[int]:
+        return self._tokens[seq]
+
+    def room(self) -> int:
+        return self.n_batch - self._n
+
+    def add(self, seq: int, tokens: Sequence[int], logits: bool) -> int:
+        n, count = self._n, len(tokens)
+        if not count:
+            return -1
+        pos0 = len(self._tokens[seq]) + self._queued_len[seq]
+        if n + count > self.n_batch or pos0 + count > self.n_ctx_seq:
+            raise ValueError(f"{count} tokens do not fit in this decode of sequence {seq}")
+        b = self._batch
+        token, pos, n_seq_id, seq_id, want = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        for i, tok in enumerate(tokens):
+            token[n + i], pos[n + i], n_seq_id[n + i], want[n + i] = tok, pos0 + i, 1, 0
+            seq_id[n + i][0] = seq
+        self._n = n + count
+        self._queued.append((seq, tokens))
+        self._queued_len[seq] += count
+        if logits:
+            want[self._n - 1] = 1
+            return self._n - 1
+        return -1
+
+    def decode(self, cancel: threading.Event | None = None) -> None:
+        if not self._n:
+            return
+        self._batch.n_tokens = self._n
+        self._cores.step()
+        ll = self._ll
+        if cancel is not None:  # the abort callback costs a Python call per graph node
+            with self._engine.abort_on(cancel, self._handle):
+                rc = int(ll.llama_decode(self._handle, self._batch))
+        else:
+            rc = int(ll.llama_decode(self._handle, self._batch))
+        queued, self._queued, self._n = self._queued, [], 0
+        self._queued_len = [0] * self.n_seq_max
+        if rc == 0:
+            for seq, tokens in queued:
+                self._tokens[seq].extend(tokens)
+            return
+        for seq, _ in queued:  # drop whatever part of the batch reached the cache
+            ll.llama_memory_seq_rm(self._mem, seq, len(self._tokens[seq]), -1)
+        if rc == 2 or (cancel is not None and cancel.is_set()):
+            raise Interrupted()
+        raise EngineError(f"llama_decode failed on a batch (code {rc})")
+
+    def set_sampler(self, seq: int, params: SamplingParams) -> None:
+        if self._chains[seq] is not None:
+            self._engine.free_sampler(self._chains[seq])
+        self._chains[seq] = self._engine.sampler(params)
+
+    def sample(self, seq: int, row: int) -> int:
+        return int(self._ll.llama_sampler_sample(self._chains[seq], self._handle, row))
+
+    def remove(self, seq: int, start: int = 0) -> None:
+        if start >= len(self._tokens[seq]):
+            return
+        if not self._ll.llama_memory_seq_rm(self._mem, seq, start, -1):
+            # A partial removal llama.cpp refuses (recurrent models): drop the whole sequence.
+            self._ll.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            start = 0
+        del self._tokens[seq][start:]
+        if start == 0 and self._chains[seq] is not None:
+            self._engine.free_sampler(self._chains[seq])
+            self._chains[seq] = None
+
+    def copy(self, src: int, dst: int) -> None:
+        self.remove(dst)
+        self._ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        self._tokens[dst] = list(self._tokens[src])
+
+    def save(self, seq: int, path: Path) -> int:
+        ll, toks = self._ll, self._tokens[seq]
+        arr = (ll.llama_token * len(toks))(*toks)
+        return int(
+            ll.llama_state_seq_save_file(self._handle, os.fsencode(path), seq, arr, len(toks))
+        )
+
+    def restore(self, seq: int, path: Path, tokens: Sequence[int]) -> bool:
+        ll, n = self._ll, len(tokens)
+        self.remove(seq)
+        out, n_out = (ll.llama_token * n)(), ctypes.c_size_t(0)
+        rc = ll.llama_state_seq_load_file(
+            self._handle, os.fsencode(path), seq, out, n, ctypes.byref(n_out)
+        )
+        if rc == 0 or n_out.value != n or out[:n] != list(tokens):
+            ll.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            return False
+        self._tokens[seq] = list(tokens)
+        return True
+
+    def sharing_cores(self) -> SharedCores:
+        return self._cores
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            for chain in self._chains:
+                if chain is not None:
+                    self._engine.free_sampler(chain)
+            self._chains = [None] * self.n_seq_max
+            self._ll.llama_batch_free(self._batch)
+            self._ll.llama_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> LlamaContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
