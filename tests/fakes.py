@@ -108,6 +108,7 @@ class FakeContext:
         self.decodes: list[list[tuple[int, int]]] = []  # per decode: (seq, tokens) in order
         self.copies: list[tuple[int, int]] = []
         self.fail_next_decode = False
+        self.step_delay = 0.0  # seconds each decode takes, for tests that act mid-answer
         self.closed = False
 
     def tokens(self, seq: int) -> list[int]:
@@ -125,6 +126,10 @@ class FakeContext:
 
     def decode(self, cancel: threading.Event | None = None) -> None:
         queue, self.queue = self.queue, []
+        if self.step_delay:
+            import time
+
+            time.sleep(self.step_delay)
         if self.fail_next_decode:
             self.fail_next_decode = False
             from infer.runtime.errors import EngineError

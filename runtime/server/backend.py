@@ -160,8 +160,8 @@ class PromptTooLong(InferError):
 class Overloaded(InferError):
     """The queue is full: a 503 with Retry-After."""
 
-    def __init__(self, queued: int, retry_after_s: int = 1) -> None:
-        super().__init__(f"the server is busy: {queued} requests are waiting already")
+    def __init__(self, queued: int, retry_after_s: int = 1, *, message: str | None = None):
+        super().__init__(message or f"the server is busy: {queued} requests are waiting already")
         self.retry_after_s = retry_after_s
 
 

@@ -1,0 +1,291 @@
+"""The models a server holds (backend.Backend): loaded at start or on a request's demand,
+unloaded least-recently-used beyond --max-models (as Ollama does), each decoded by its own
+ModelWorker thread.
+
+A request may name what `infer run` could use offline — an alias, a cached Hub model, a
+quantized model — but never a file path: paths are served only when named at start (a client
+must not make the server open files of its choosing). Nothing is downloaded unless the server
+was started with --allow-pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import Any
+
+from ..api import load, prompt_tokens
+from ..errors import BadReferenceError, ModelFileError, ModelNotFoundError, UsageError
+from ..generation.templates import Message
+from ..llama.engine import KV_BUDGET_BYTES, LlamaCppEngine, backends, default_ctx
+from ..models.gguf import read_header
+from ..models.refs import PathRef, parse_ref
+from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
+from ..params import GenerateOptions, SamplingParams
+from .backend import (
+    Load,
+    ModelInfo,
+    ModelUnavailable,
+    Overloaded,
+    PromptTooLong,
+    ServerConfig,
+    TextRequest,
+    TooManyChoices,
+)
+from .worker import ModelWorker, ServedJob
+
+OWN_CONTEXT = 256  # the engine's own single-sequence context, which the server does not use
+_SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
+
+
+@dataclass
+class _Served:
+    resolved: ResolvedModel
+    engine: LlamaCppEngine
+    worker: ModelWorker
+    created: int
+
+
+class ModelPool:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._served: OrderedDict[str, _Served] = OrderedDict()  # least recently used first
+        self._names: dict[str, str] = {}  # what requests said -> the served model's key
+        self._pinned: set[str] = set()
+        self._lock: asyncio.Lock | None = None
+        self._ready = False
+        self._draining = False
+
+    # -- Backend ---------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self) -> None:
+        for name in self.config.models:
+            served = await self._get(name, from_start=True)
+            self._pinned.add(served.resolved.name)
+        self._ready = True
+
+    def describe(self) -> list[str]:
+        lines = [f"backend: {', '.join(backends())}"]
+        for name, s in self._served.items():
+            e = s.engine
+            where = (
+                f"{e.offloaded_layers}/{e.n_layers} layers on the GPU"
+                if e.offloaded_layers
+                else "CPU only"
+            )
+            lines.append(
+                f"{name}: {where}, {s.worker.slots} slots of {s.worker.n_ctx_seq} tokens, "
+                f"{e.threads} threads"
+            )
+        return lines
+
+    def models(self) -> list[ModelInfo]:
+        from ..models import inventory
+
+        seen: dict[str, ModelInfo] = {}
+        for name, s in self._served.items():
+            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True)
+        for row in inventory.aliases():
+            if row["status"] != "not downloaded" and row["name"] not in seen:
+                seen[row["name"]] = ModelInfo(row["name"], 0, "library", False)
+        for row in inventory.cached_models()["models"]:
+            name = row["name"]
+            if row.get("damaged") or not row.get("complete") or name in seen:
+                continue
+            owner = str(row.get("repo") or "local").split("/")[0]
+            seen[name] = ModelInfo(name, _epoch(row.get("modified")), owner, False)
+        return list(seen.values())
+
+    async def submit(self, model: str, request: TextRequest) -> ServedJob:
+        if self._draining:
+            raise Overloaded(0, message="the server is shutting down")
+        queued = sum(len(s.worker.waiting) for s in self._served.values())
+        if queued >= self.config.queue:
+            raise Overloaded(queued)
+        served = await self._get(model)
+        worker = served.worker
+        if request.n > worker.slots:
+            raise TooManyChoices(request.n, worker.slots)
+        tokens = await asyncio.to_thread(self._tokens, served, request)
+        if not tokens:
+            raise UsageError("the prompt is empty")
+        if len(tokens) >= worker.n_ctx_seq:
+            raise PromptTooLong(len(tokens), worker.n_ctx_seq)
+        options = GenerateOptions(max_tokens=request.max_tokens, stop=list(request.stop))
+        job = ServedJob(
+            served.resolved.name,
+            tokens,
+            self._sampling(served, request),
+            options.validate(),
+            asyncio.get_running_loop(),
+        )
+        worker.submit(job)
+        self._served.move_to_end(served.resolved.name)
+        return job
+
+    def load(self) -> Load:
+        workers = [s.worker for s in self._served.values()]
+        return Load(
+            queue_depth=sum(len(w.waiting) for w in workers),
+            busy_slots=sum(w.busy_slots for w in workers),
+            slots=sum(w.slots for w in workers),
+        )
+
+    async def drain(self, timeout_s: float) -> None:
+        self._draining = True
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while time.monotonic() < deadline and not self._idle():
+            await asyncio.sleep(0.05)
+        for s in self._served.values():
+            s.worker.cancel_all()
+        # The cancelled answers end within a step; give their last events time to go out.
+        settle = time.monotonic() + 5.0
+        while time.monotonic() < settle and not self._idle():
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        for key in list(self._served):
+            self._unload(key)
+
+    # -- models ----------------------------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        return all(s.worker.idle for s in self._served.values())
+
+    async def _get(self, name: str, *, from_start: bool = False) -> _Served:
+        key = self._names.get(name)
+        if key is not None and key in self._served:
+            self._served.move_to_end(key)
+            return self._served[key]
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # one load at a time; the event loop keeps answering
+            key = self._names.get(name)
+            if key is not None and key in self._served:
+                return self._served[key]
+            resolved = await asyncio.to_thread(self._resolve, name, from_start)
+            if resolved.name in self._served:
+                self._names[name] = resolved.name
+                return self._served[resolved.name]
+            self._make_room()
+            served = await asyncio.to_thread(self._load, resolved)
+            self._served[resolved.name] = served
+            self._names[name] = resolved.name
+            return served
+
+    def _resolve(self, name: str, from_start: bool) -> ResolvedModel:
+        try:
+            if not from_start and isinstance(parse_ref(name), PathRef):
+                raise ModelUnavailable(
+                    name,
+                    f"model '{name}' is not served here: a file is served only when "
+                    "`infer serve` names it at start",
+                )
+            if self.config.allow_pull and not self.config.offline:
+                return ensure_local(name, offline=False)
+            return resolve(name)
+        except (NotDownloadedError, ModelNotFoundError, BadReferenceError, ModelFileError) as e:
+            if from_start:
+                raise
+            hint = "" if isinstance(e, NotDownloadedError) else f"; run: infer pull {name}"
+            raise ModelUnavailable(name, f"{e}{hint}") from None
+
+    def _make_room(self) -> None:
+        """Unload least-recently-used idle models until one more fits under --max-models."""
+        limit = self.config.max_models or 1 + len(self.config.models)
+        while len(self._served) >= max(limit, len(self._pinned) + 1):
+            victim = next(
+                (k for k, s in self._served.items() if k not in self._pinned and s.worker.idle),
+                None,
+            )
+            if victim is None:
+                raise Overloaded(
+                    len(self._served),
+                    message=f"{len(self._served)} models are loaded and busy (--max-models "
+                    f"{limit}); try again when one is idle",
+                )
+            self._unload(victim)
+
+    def _unload(self, key: str) -> None:
+        served = self._served.pop(key)
+        for alias in [a for a, k in self._names.items() if k == key]:
+            del self._names[alias]
+        served.worker.stop()
+        served.engine.close()
+
+    def _load(self, resolved: ResolvedModel) -> _Served:
+        config = self.config
+        parallel = config.parallel
+        ctx_seq = config.load.ctx_size or resolved.defaults.ctx_size
+        if not ctx_seq:
+            ctx_seq = default_ctx(read_header(resolved.path), KV_BUDGET_BYTES // parallel)
+        # The engine's own context is not used here: it stays small.
+        own = replace(config.load, ctx_size=OWN_CONTEXT, prompt_cache=False)
+        engine = load(resolved, own)
+        assert isinstance(engine, LlamaCppEngine)
+        try:
+            context = engine.new_context(parallel, ctx_seq, min(config.load.batch_size, ctx_seq))
+        except BaseException:
+            engine.close()
+            raise
+        worker = ModelWorker(resolved.name, engine, context)
+        return _Served(resolved, engine, worker, _created(resolved))
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _tokens(self, served: _Served, request: TextRequest) -> list[int]:
+        engine, defaults = served.engine, served.resolved.defaults
+        if request.messages is not None:
+            messages = list(request.messages)
+            if defaults.system and not any(m.role == "system" for m in messages):
+                messages.insert(0, Message("system", defaults.system))
+            return prompt_tokens(engine, messages, template=defaults.chat_template)
+        return prompt_tokens(engine, [Message("user", request.prompt or "")], raw=True)
+
+    def _sampling(self, served: _Served, request: TextRequest) -> list[SamplingParams]:
+        """The request's fields over the model's models.toml defaults over infer's; one per
+        choice (with a seed, choice i uses seed + i: n equal answers would be pointless)."""
+        defaults = served.resolved.defaults
+        picked: dict[str, Any] = {
+            name: getattr(defaults, name)
+            for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
+            if getattr(defaults, name) is not None
+        }
+        picked.update((k, v) for k, v in request.sampling.items() if k in _SAMPLING_FIELDS)
+        base = SamplingParams(**picked).validate()
+        if base.seed is None:
+            return [base] * request.n
+        return [replace(base, seed=(base.seed + i) % 2**32) for i in range(request.n)]
+
+
+def _owner(resolved: ResolvedModel) -> str:
+    if resolved.spec is not None:
+        return "library"
+    if resolved.manifest is not None:
+        return resolved.manifest.repo.split("/")[0]
+    return "local"
+
+
+def _created(resolved: ResolvedModel) -> int:
+    if resolved.manifest is not None:
+        return _epoch(resolved.manifest.pulled_at)
+    if resolved.quantized is not None:
+        return _epoch(resolved.quantized.created_at)
+    try:
+        return int(resolved.path.stat().st_mtime)
+    except OSError:
+        return 0
+
+
+def _epoch(iso: object) -> int:
+    try:
+        return int(datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
