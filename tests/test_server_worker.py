@@ -17,7 +17,7 @@ GREEDY = SamplingParams(temperature=0)
 
 def job(text: str, n: int = 1, max_tokens: int | None = None, **kw: object) -> ServedJob:
     sampling = [SamplingParams(temperature=0.8, seed=i) for i in range(n)] if n > 1 else [GREEDY]
-    options = GenerateOptions(max_tokens=max_tokens, **kw)  # type: ignore[arg-type]
+    options = GenerateOptions(max_tokens=max_tokens, **kw)
     return ServedJob("fake", list(text.encode()), sampling, options, asyncio.get_running_loop())
 
 
@@ -57,7 +57,7 @@ def test_jobs_stream_and_finish() -> None:
 def test_a_cancelled_job_frees_its_slot_for_the_next() -> None:
     async def main() -> None:
         w = worker(slots=1)
-        w.context.step_delay = 0.01  # type: ignore[attr-defined]
+        w.context.step_delay = 0.01
         try:
             long = job("a")
             w.submit(long)
@@ -87,7 +87,7 @@ def test_n_choices_read_the_prompt_once() -> None:
             assert sorted(texts) == [0, 1, 2] and reasons == {0: "length", 1: "length", 2: "length"}
             assert j.completion_tokens == 12
             ctx = w.context
-            assert sorted(ctx.copies) == [(0, 1), (0, 2)]  # type: ignore[attr-defined]
+            assert sorted(ctx.copies) == [(0, 1), (0, 2)]
         finally:
             w.stop()
 
@@ -98,7 +98,7 @@ def test_a_failed_decode_ends_the_answers_and_the_worker_goes_on() -> None:
     async def main() -> None:
         w = worker()
         try:
-            w.context.fail_next_decode = True  # type: ignore[attr-defined]
+            w.context.fail_next_decode = True
             broken = job("a")
             w.submit(broken)
             _, reasons = await collect(broken)
