@@ -61,6 +61,9 @@ class GenerateOptions:
     # False: verify every drafted token, even where measured costs say it slows generation down
     # (runtime/generation/draft_policy.py). For measuring acceptance, and for tests of verification.
     draft_adapt: bool = True
+    # Keep generating past end-of-generation tokens, up to max_tokens (llama.cpp's ignore_eos:
+    # for benchmarks that need an exact token count). The batch scheduler honours it.
+    ignore_eog: bool = False
 
     def validate(self) -> GenerateOptions:
         if self.max_tokens is not None and self.max_tokens < 0:

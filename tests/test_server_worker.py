@@ -70,6 +70,10 @@ def test_a_cancelled_job_frees_its_slot_for_the_next() -> None:
             rest = [e async for e in events]
             assert rest[-1] == Finished(0, "cancelled")
             assert await collect(queued) == ({0: "yz"}, {0: "length"})
+            for _ in range(100):  # the thread updates its books right after delivering
+                if w.idle:
+                    break
+                await asyncio.sleep(0.01)
             assert w.idle and w.busy_slots == 0
         finally:
             w.stop()

@@ -210,7 +210,7 @@ class Scheduler:
         """Sample the sequence's next token; its result when that ends it."""
         model = self.model
         token = self.context.sample(seq.slot, seq.row)
-        if model.is_eog(token) and not ignore_eog:
+        if model.is_eog(token) and not (ignore_eog or seq.req.options.ignore_eog):
             return self._finish(seq, "stop")
         seq.generated += 1
         counts.generated_tokens += 1

@@ -45,6 +45,7 @@ class TextRequest:
     max_tokens: int | None = None  # None: until end of generation or the sequence's context
     stop: list[str] = field(default_factory=list)
     n: int = 1  # choices, decoded as parallel sequences
+    ignore_eos: bool = False  # llama.cpp's extension: generate past end-of-generation tokens
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,9 @@ class ModelPool:
             raise UsageError("the prompt is empty")
         if len(tokens) >= worker.n_ctx_seq:
             raise PromptTooLong(len(tokens), worker.n_ctx_seq)
-        options = GenerateOptions(max_tokens=request.max_tokens, stop=list(request.stop))
+        options = GenerateOptions(
+            max_tokens=request.max_tokens, stop=list(request.stop), ignore_eog=request.ignore_eos
+        )
         job = ServedJob(
             served.resolved.name,
             tokens,
