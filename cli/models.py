@@ -154,7 +154,9 @@ def rm(models: ModelsArg) -> None:
     for text in models:
         local = quantized_target(text)  # made by `infer quantize`
         if local is not None:
-            freed = quantized_store.remove(local)
+            freed = quantized_store.remove(
+                local, on_wait=lambda: output.warn("waiting for a running pull to end")
+            )
             output.write_answer(f"removed {local.name} ({human_size(freed)} freed)\n")
             continue
         ref, _ = hub_target(text)

@@ -105,8 +105,10 @@ def test_quantize_into_a_read_only_cache_names_the_path(
     ok = run_infer("quantize", str(tiny_model), "Q8_0", "-t", "1")  # the store exists now
     assert ok.returncode == 0, ok.stderr
     result = infer_read_only(infer_home / "cache", "quantize", str(tiny_model), "Q4_0", "-t", "1")
-    one_line_error(result, "cannot write to", str(infer_home / "cache" / "quantized"), "read-only")
-    assert not list((infer_home / "cache" / "quantized" / "tmp").glob("*"))
+    one_line_error(
+        result, "cannot write to", str(infer_home / "cache" / "hub" / "tmp"), "read-only"
+    )
+    assert not list((infer_home / "cache" / "hub" / "tmp").glob("*"))
 
 
 # --- a FIFO in the prompt cache ---------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from infer.runtime.errors import Interrupted, NotEnoughSpaceError
+from infer.runtime.models import blob_store
 from infer.runtime.models import quantized_store as quantized
 from infer.runtime.models.gguf import read_header
 from infer.runtime.models.quantized_store import TYPES
@@ -45,8 +46,8 @@ def listing() -> dict[str, object]:
 
 def nothing_left_behind() -> None:
     assert quantized.models() == []
-    assert list((quantized.root() / "tmp").glob("*")) == []
-    assert not list((quantized.root() / "blobs").glob("*"))
+    assert list(blob_store.tmp_dir().glob("*")) == []
+    assert not list(blob_store.blobs_dir().glob("*"))
 
 
 def test_every_type_names_a_distinct_llama_ftype() -> None:
@@ -177,7 +178,7 @@ def test_an_interrupted_quantization_leaves_nothing(tiny_model: Path) -> None:
         def tensor(self, index: int, total: int, name: str) -> None:
             raise KeyboardInterrupt  # as if Ctrl-C arrived while the quantizer runs
 
-    stale = quantized.root() / "tmp" / f"{2**22 + 7}-{'0' * 16}.part"  # a dead process's
+    stale = blob_store.tmp_dir() / f"{2**22 + 7}-{'0' * 16}.part"  # a dead process's
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a model")
     with pytest.raises(Interrupted):

@@ -1,19 +1,22 @@
-"""The local cache of Hub models. No network here: reading it is all an offline run needs.
+"""The Hub models in the local cache: their manifests and snapshot links, over the one blob store
+(blob_store.py). No network here: reading it is all an offline run needs.
 
     <cache_dir>/hub/
-        blobs/<sha256>                            verified contents, named by their digest
+        blobs/<sha256>                            the blob store's: every model file, pulled or
+                                                  quantized, named by its digest
         snapshots/<owner>/<repo>/<commit>/<file>  links to blobs under the Hub's file names, so
                                                   llama.cpp finds the parts of a split model
         manifests/<owner>/<repo>/<id>.json        one per pulled model: the reference(s) that
                                                   name it, the commit, each file's sha256 and size
-        tmp/<key>.part                            downloads in progress or interrupted: resumable,
-                                                  never a model
-        locks/                                    flock files for concurrent pulls and removals
+        tmp/, locks/                              the blob store's: downloads in progress
+                                                  (resumable, never a model), flock files
 
 A model exists only once its manifest is written, and a manifest is written only after every
 blob it names has been verified and moved into blobs/ (atomic renames throughout), so a failed or
-interrupted pull leaves nothing that counts as a model. Every path is built from validated parts
-(repo names, file names, hex digests) and stays inside the cache.
+interrupted pull leaves nothing that counts as a model. Removing a model deletes its manifest,
+then the blob store's collector deletes the blobs no manifest of any kind (Hub or quantized)
+names. Every path is built from validated parts (repo names, file names, hex digests) and stays
+inside the cache.
 """
 
 from __future__ import annotations
@@ -22,18 +25,19 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .. import paths
 from ..errors import BadReferenceError, storage
 from ..files import open_regular
+from . import blob_store
+from .blob_store import HEX64 as _HEX64
+from .blob_store import atomic_write, lock
 from .refs import HubRef, check_filename, parse_ref
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -72,17 +76,7 @@ class Manifest:
 
 
 def root() -> Path:
-    return paths.cache_dir() / "hub"
-
-
-def blob_path(sha256: str) -> Path:
-    if not _HEX64.match(sha256):
-        raise ValueError(f"not a sha256 digest: {sha256!r}")
-    return root() / "blobs" / sha256
-
-
-def part_path(key: str) -> Path:
-    return root() / "tmp" / f"{key}.part"
+    return blob_store.root()
 
 
 def _repo_parts(repo: str) -> tuple[str, str]:
@@ -267,41 +261,12 @@ def is_complete(m: Manifest) -> bool:
     return True
 
 
-def has_blob(sha256: str, size: int) -> bool:
-    try:
-        return blob_path(sha256).stat().st_size == size
-    except OSError:
-        return False
-
-
-def install_blob(part: Path, sha256: str) -> Path:
-    """Move a verified download into blobs/ (atomic: the blob is either complete or absent)."""
-    dest = blob_path(sha256)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(part, dest)
-    return dest
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write a file whole or not at all: a temp file named by this process, renamed over
-    `path`, and deleted on any failure (SIGTERM included)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, "utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 def _link(m: Manifest, f: CachedFile) -> None:
     dest = snapshot_path(m.repo, m.commit, f.path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    os.symlink(os.path.relpath(blob_path(f.sha256), dest.parent), tmp)
+    os.symlink(os.path.relpath(blob_store.blob_path(f.sha256), dest.parent), tmp)
     os.replace(tmp, dest)
 
 
@@ -326,16 +291,16 @@ def save(m: Manifest) -> None:
 
 
 def remove(m: Manifest | Damaged, on_wait: Callable[[], None] | None = None) -> int:
-    """Delete a model (or a damaged manifest) and every blob no other model uses; return the
-    bytes freed. Waits for running pulls (calling `on_wait` first): their new blobs have no
-    manifest yet."""
+    """Delete a model (or a damaged manifest) and every blob no other model (pulled or
+    quantized) uses; return the bytes freed. Waits for running pulls and installs (calling
+    `on_wait` first): their new blobs have no manifest yet."""
     with storage(root(), "update"), lock("gc", on_wait=on_wait):
         (m.path if isinstance(m, Damaged) else _manifest_file(m)).unlink(missing_ok=True)
         return _collect()
 
 
 def collect_garbage(wait: bool = False) -> int:
-    """Delete orphaned blobs and links. Without `wait`, give up at once if a pull is running
+    """Delete orphaned blobs and links. Without `wait`, give up at once if a writer is running
     (it holds the gc lock shared, and its new blobs have no manifest yet)."""
     try:
         with lock("gc", wait=wait):
@@ -345,15 +310,9 @@ def collect_garbage(wait: bool = False) -> int:
 
 
 def _collect() -> int:
-    kept, damaged = scan()
-    blobs = {f.sha256 for m in kept for f in m.files}.union(*(d.blobs for d in damaged))
-    links = {snapshot_path(m.repo, m.commit, f.path) for m in kept for f in m.files}
-    freed = 0
-    for blob in (root() / "blobs").glob("*"):
-        if blob.name not in blobs:
-            with suppress(OSError):
-                freed += blob.stat().st_size
-                blob.unlink()
+    """The blob store's collector, then the snapshot links no Hub manifest names."""
+    freed = blob_store.collect()
+    links = {snapshot_path(m.repo, m.commit, f.path) for m in manifests() for f in m.files}
     snapshots = root() / "snapshots"
     for dirpath, _dirnames, filenames in os.walk(snapshots, topdown=False):
         for name in filenames:
@@ -364,41 +323,3 @@ def _collect() -> int:
             with suppress(OSError):
                 os.rmdir(dirpath)  # only succeeds when empty
     return freed
-
-
-def disk_usage() -> tuple[int, int]:
-    """Bytes in verified blobs, and in interrupted downloads."""
-
-    def total(d: Path) -> int:
-        return sum(p.stat().st_size for p in d.glob("*") if p.is_file()) if d.is_dir() else 0
-
-    return total(root() / "blobs"), total(root() / "tmp")
-
-
-@contextmanager
-def lock(
-    name: str, *, shared: bool = False, wait: bool = True, on_wait: Callable[[], None] | None = None
-) -> Iterator[None]:
-    """An advisory file lock (flock) under locks/. With wait=False, raise BlockingIOError when
-    it is held; otherwise call `on_wait()` once, then block."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no locking
-        yield
-        return
-    path = root() / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, mode)
-        yield
-    finally:
-        os.close(fd)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelFileError
-from . import hub_cache, quantized_store
+from . import blob_store, hub_cache, quantized_store
 from .gguf import read_header
 from .registry import load_registry
 from .resolve import ResolvedModel, bundled_path
@@ -55,8 +55,8 @@ def cached_models() -> dict[str, Any]:
         )
     models += _quantized_models()
     models.sort(key=lambda row: str(row["modified"]), reverse=True)  # stable: newest first
-    blobs, partial = hub_cache.disk_usage()
-    q_blobs, q_partial = quantized_store.disk_usage()
+    blobs, partial = blob_store.disk_usage()  # one store: a file both kinds use counts once
+    q_blobs, q_partial = quantized_store.disk_usage()  # a cache not yet migrated
     return {
         "models": models,
         "total_bytes": blobs + q_blobs,
@@ -71,7 +71,7 @@ def _damaged_row(d: hub_cache.Damaged) -> dict[str, Any]:
     size = 0
     for digest in d.blobs:
         with suppress(OSError):
-            size += hub_cache.blob_path(digest).stat().st_size
+            size += blob_store.blob_path(digest).stat().st_size
     try:
         mtime = datetime.fromtimestamp(d.path.stat().st_mtime, timezone.utc)
         modified = mtime.isoformat(timespec="milliseconds")

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import DiskFullError, HubError, ModelFileError, OfflineError
 from ..progress import NullProgress, PullProgress
-from . import hub, hub_cache
+from . import blob_store, hub, hub_cache
 from .gguf import read_header
 from .refs import HubRef
 from .selection import Choice, RemoteFile, choose, quant_label
@@ -39,7 +39,7 @@ def pull(
         progress.note(choice.note)
     try:
         waiting = functools.partial(progress.note, "waiting for a running `infer rm` to finish")
-        with hub_cache.lock("gc", shared=True, on_wait=waiting):  # keeps rm off our fresh blobs
+        with blob_store.lock("gc", shared=True, on_wait=waiting):  # keeps rm off our fresh blobs
             _check_space(choice)
             digests = [_fetch(s, listing, f, progress) for f in choice.files]
             manifest = _record(ref, listing, choice, digests)
@@ -55,11 +55,11 @@ def _part_key(f: RemoteFile) -> str:
 def _check_space(choice: Choice) -> None:
     needed = 0
     for f in choice.files:
-        if f.sha256 and hub_cache.has_blob(f.sha256, f.size):
+        if f.sha256 and blob_store.has_blob(f.sha256, f.size):
             continue
-        part = hub_cache.part_path(_part_key(f))
+        part = blob_store.part_path(_part_key(f))
         needed += f.size - (part.stat().st_size if part.exists() else 0)
-    where = hub_cache.root()
+    where = blob_store.root()
     where.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(where).free
     if needed > 0 and needed + DISK_MARGIN > free:
@@ -70,7 +70,7 @@ def _fetch(
     s: hub.HubSettings, listing: hub.RepoListing, f: RemoteFile, progress: PullProgress
 ) -> str:
     """One file into blobs/, unless it is there already; return its sha256."""
-    if f.sha256 and hub_cache.has_blob(f.sha256, f.size):
+    if f.sha256 and blob_store.has_blob(f.sha256, f.size):
         progress.note(f"{f.path}: already in the cache")
         return f.sha256
     if not (f.sha256 or f.git_oid):
@@ -80,13 +80,13 @@ def _fetch(
     def waiting() -> None:
         progress.note(f"{f.path}: waiting for another infer pull of the same file")
 
-    with hub_cache.lock(f"file-{key}", on_wait=waiting):
-        if f.sha256 and hub_cache.has_blob(f.sha256, f.size):  # the other pull finished it
+    with blob_store.lock(f"file-{key}", on_wait=waiting):
+        if f.sha256 and blob_store.has_blob(f.sha256, f.size):  # the other pull finished it
             return f.sha256
-        part = hub_cache.part_path(key)
+        part = blob_store.part_path(key)
         part.parent.mkdir(parents=True, exist_ok=True)
         sha256 = hub.download(s, listing.repo, listing.commit, f, part, progress)
-        hub_cache.install_blob(part, sha256)
+        blob_store.install(part, sha256)
         return sha256
 
 
@@ -112,7 +112,7 @@ def _record(
         refs=tuple(sorted({hub_cache.ref_key(r) for r in (ref, canonical, by_file)})),
         pulled_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         license=listing.license,
-        summary=_summary([hub_cache.blob_path(d) for d in digests]),
+        summary=_summary([blob_store.blob_path(d) for d in digests]),
     )
     hub_cache.save(manifest)
     return manifest

@@ -1,24 +1,28 @@
-"""Models quantized on this machine by `infer quantize`: a small store beside the Hub cache.
+"""Models quantized on this machine by `infer quantize`: their manifests, over the one blob store
+(blob_store.py) that pulled models use too.
 
     <cache_dir>/quantized/
-        blobs/<sha256>          GGUF files, named by their digest
         manifests/<id>.json     one per model: its name (MODEL:TYPE), type, file digest and size,
                                 and the model it was made from
+    <cache_dir>/hub/
+        blobs/<sha256>          the GGUF files (the blob store's, shared with pulled models)
         tmp/<pid>-<rand>.part   the quantizer's output while it runs: never a model
 
 The same rules as the Hub cache: a model exists only once its manifest is written, and a manifest
 is written only after its file was checked, hashed and renamed into blobs/ (atomic renames), so a
-failed or interrupted quantization leaves nothing that counts as a model. It is a store of its own
-because the Hub cache's garbage collector deletes every blob no Hub manifest names.
+failed or interrupted quantization leaves nothing that counts as a model. The blob store's one
+collector keeps every blob a Hub or a quantized manifest names.
+
+Caches made before the stores were one have quantized/blobs/ (and quantized/tmp/): the first use
+moves those files into the shared blobs/ (`blob_store.adopt`); until it has, a model's file is
+found in either folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import secrets
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from typing import Any
 
 from .. import files, paths
 from ..errors import BadReferenceError, UnknownQuantTypeError, storage
-from . import hub_cache
+from . import blob_store
 from .refs import AliasRef, HubRef, parse_ref
 
 # The types llama.cpp's quantizer makes without an importance matrix, with their approximate
@@ -38,8 +42,7 @@ TYPES: dict[str, float] = {
     "F32": 32.0,
 }  # fmt: skip
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # as llama-quantize has them
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_PART = re.compile(r"^(\d+)-[0-9a-f]{16}\.part$")
+_HEX64 = blob_store.HEX64
 
 
 @dataclass(frozen=True)
@@ -86,14 +89,21 @@ def root() -> Path:
     return paths.cache_dir() / "quantized"
 
 
-def blob_path(sha256: str) -> Path:
-    if not _HEX64.match(sha256):
-        raise ValueError(f"not a sha256 digest: {sha256!r}")
-    return root() / "blobs" / sha256
+def _old_blobs() -> Path:
+    """Where quantized models' files were kept before the stores were one."""
+    return root() / "blobs"
 
 
 def model_path(m: QuantizedModel) -> Path:
-    return blob_path(m.sha256)
+    return blob_store.legacy_or_blob(m.sha256, _old_blobs())
+
+
+def migrate() -> None:
+    """Move an old cache's quantized/blobs/ into the shared blob store (once; a no-op after,
+    at the cost of one stat). On a cache it cannot write, the files stay where they are and
+    are found there."""
+    with suppress(OSError):
+        blob_store.adopt(_old_blobs(), root() / "tmp")
 
 
 def key(text: str) -> str | None:
@@ -138,6 +148,7 @@ def _load(path: Path) -> QuantizedModel | None:
 
 def models() -> list[QuantizedModel]:
     """Every quantized model, oldest first."""
+    migrate()
     found = [m for p in sorted((root() / "manifests").glob("*.json")) if (m := _load(p))]
     return sorted(found, key=lambda m: m.created_at)
 
@@ -157,61 +168,28 @@ def is_complete(m: QuantizedModel) -> bool:
         return False
 
 
-def new_part() -> Path:
-    """A fresh (empty) file for the quantizer's output, named by this process so that one left
-    behind by a killed run can be recognised and deleted (`clean_parts`)."""
-    part = root() / "tmp" / f"{os.getpid()}-{secrets.token_hex(8)}.part"
-    with storage(part.parent, "write to"):  # a read-only cache is found before the quantizer
-        part.parent.mkdir(parents=True, exist_ok=True)
-        part.touch(exist_ok=False)
-    return part
-
-
-def clean_parts() -> None:
-    """Delete outputs of quantizations whose process is gone (killed, power cut)."""
-    for part in (root() / "tmp").glob("*.part"):
-        match = _PART.match(part.name)
-        if match and not files.alive(int(match.group(1))):
-            with suppress(OSError):  # a read-only cache: the run itself will say so
-                part.unlink(missing_ok=True)
-
-
 def install(part: Path, m: QuantizedModel) -> bool:
-    """Move a checked output into blobs/ and record the model (replacing one of the same name);
-    return whether a model of that name was replaced."""
-    with storage(root()), hub_cache.lock("quantized"):
-        dest = blob_path(m.sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, dest)
-        manifest = _manifest_file(m)
-        replaced = manifest.exists()
-        hub_cache.atomic_write(manifest, m.to_json())
-        _collect()
+    """Move a checked output (a `blob_store.new_part`) into the blob store and record the model
+    (replacing one of the same name); return whether a model of that name was replaced."""
+    with storage(blob_store.root()), blob_store.lock("gc", shared=True):  # no GC in between
+        blob_store.install(part, m.sha256)
+        with blob_store.lock("quantized"):
+            manifest = _manifest_file(m)
+            replaced = manifest.exists()
+            blob_store.atomic_write(manifest, m.to_json())
+    blob_store.collect_garbage()  # the file of a model it replaced (later, if a pull runs)
     return replaced
 
 
-def remove(m: QuantizedModel) -> int:
-    """Delete a model and its file unless another model shares it; return the bytes freed."""
-    with hub_cache.lock("quantized"):
+def remove(m: QuantizedModel, on_wait: Callable[[], None] | None = None) -> int:
+    """Delete a model, and its file unless another model (pulled or quantized) shares it;
+    return the bytes freed. Waits for running pulls and installs (calling `on_wait` first)."""
+    with storage(blob_store.root(), "update"), blob_store.lock("gc", on_wait=on_wait):
         _manifest_file(m).unlink(missing_ok=True)
-        return _collect()
-
-
-def _collect() -> int:
-    kept = {m.sha256 for m in models()}
-    freed = 0
-    for blob in (root() / "blobs").glob("*"):
-        if blob.name not in kept:
-            with suppress(OSError):
-                freed += blob.stat().st_size
-                blob.unlink()
-    return freed
+        return blob_store.collect()
 
 
 def disk_usage() -> tuple[int, int]:
-    """Bytes in model files, and in quantizations under way."""
-
-    def total(d: Path, pattern: str) -> int:
-        return sum(p.stat().st_size for p in d.glob(pattern) if p.is_file()) if d.is_dir() else 0
-
-    return total(root() / "blobs", "*"), total(root() / "tmp", "*.part")
+    """Bytes still in the old folders (a cache not yet migrated): model files, and outputs of
+    quantizations an old version left running."""
+    return blob_store.folder_size(_old_blobs()), blob_store.folder_size(root() / "tmp")

@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..files import pause_point
 from ..llama.quantizer import ftype_value as ftype_value  # re-exported
-from ..models import hub_cache, quantized_store
+from ..models import blob_store, hub_cache, quantized_store
 from ..models.gguf import GGUFHeader, read_header
 from ..models.quantized_store import TYPES, parse_type
 from ..models.refs import AliasRef, HubRef, parse_ref
@@ -119,8 +119,8 @@ def run(
     is interrupted (Interrupted)."""
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1 (got {threads})")
-    quantized_store.clean_parts()
-    part = quantized_store.new_part()
+    blob_store.clean_parts()
+    part = blob_store.new_part()
     started = time.monotonic()
     try:
         fallbacks = _run(p.source.path, part, p.type, p.requantize, threads, progress)
@@ -193,7 +193,7 @@ def estimate_size(headers: list[GGUFHeader], type_name: str) -> int:
 
 
 def _check_space(needed: int) -> None:
-    where = quantized_store.root()
+    where = blob_store.root()
     with storage(where, "write to"):
         where.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(where).free
