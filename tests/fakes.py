@@ -102,7 +102,7 @@ class FakeContext:
         self._random = random
         self.n_seq_max, self.n_ctx_seq, self.n_batch = n_seq_max, n_ctx_seq, n_batch
         self.held: list[list[int]] = [[] for _ in range(n_seq_max)]
-        self.queue: list[tuple[int, list[int], bool]] = []
+        self.queue: list[tuple[int, list[int], int]] = []  # (seq, tokens, rows with logits)
         self.rows: dict[int, list[int]] = {}  # batch row -> the sequence's tokens through it
         self.samplers: dict[int, tuple[SamplingParams, Any]] = {}
         self.decodes: list[list[tuple[int, int]]] = []  # per decode: (seq, tokens) in order
@@ -117,12 +117,13 @@ class FakeContext:
     def room(self) -> int:
         return self.n_batch - sum(len(t) for _, t, _ in self.queue)
 
-    def add(self, seq: int, tokens: Sequence[int], logits: bool) -> int:
+    def add(self, seq: int, tokens: Sequence[int], logits: int) -> int:
         queued = sum(len(t) for s, t, _ in self.queue if s == seq)
         if len(tokens) > self.room() or len(self.held[seq]) + queued + len(tokens) > self.n_ctx_seq:
             raise ValueError("does not fit")
+        logits = min(int(logits), len(tokens))
         self.queue.append((seq, list(tokens), logits))
-        return self.n_batch - self.room() - 1 if logits else -1
+        return self.n_batch - self.room() - logits if logits else -1
 
     def decode(self, cancel: threading.Event | None = None) -> None:
         queue, self.queue = self.queue, []
@@ -138,19 +139,20 @@ class FakeContext:
         if cancel is not None and cancel.is_set():
             raise Interrupted()
         self.decodes.append([(seq, len(t)) for seq, t, _ in queue])
-        self.rows, row = {}, -1
+        self.rows, row = {}, 0
         for seq, toks, logits in queue:
-            self.held[seq].extend(toks)
-            row += len(toks)
-            if logits:
-                self.rows[row] = list(self.held[seq])
+            for i, tok in enumerate(toks):
+                self.held[seq].append(tok)
+                if i >= len(toks) - logits:
+                    self.rows[row] = list(self.held[seq])
+                row += 1
 
     def set_sampler(self, seq: int, params: SamplingParams) -> None:
         self.samplers[seq] = (params, self._random.Random(params.seed))
 
     def sample(self, seq: int, row: int) -> int:
         params, rng = self.samplers[seq]
-        nxt = self.rows[row][-1] + 1
+        nxt = self.rows[max(self.rows) if row == -1 else row][-1] + 1
         if params.temperature > 0:
             nxt += rng.randrange(2)
         return EOG if nxt > ord("z") else nxt

@@ -19,10 +19,12 @@ import pytest
 from infer.runtime import GenerateOptions, LoadOptions, Message, SamplingParams, generate, load
 from infer.runtime.api import load_draft
 from infer.runtime.errors import IncompatibleDraftError
-from infer.runtime.generation.speculative import LookupDrafter
+from infer.runtime.generation.draft_policy import DraftPolicy
+from infer.runtime.generation.speculative import DraftCounts, LookupDrafter, run
 from infer.runtime.llama.engine import LlamaCppEngine
 
 from .conftest import run_infer
+from .fakes import FakeContext, FakeModel
 
 COPY = (
     "Repeat this text exactly, word for word: The committee met on Tuesday to discuss the new "
@@ -193,3 +195,72 @@ def test_invalid_draft_options_are_usage_errors(flag: str, value: str) -> None:
     result = run_infer("run", "smollm2", "hi", "--draft", "lookup", flag, value)
     assert result.returncode == 2
     assert flag in result.stderr.decode()
+
+
+# --- acceptance on the engine interface (tests/fakes.py): no model needed -----------------------
+
+
+class _Scripted:
+    """Drafts the next `right` tokens of the fake's rule, then one wrong token ("!")."""
+
+    name = "scripted"
+
+    def __init__(self, right: int) -> None:
+        self.right = right
+
+    def draft(self, history: list[int], k: int, cancel: threading.Event) -> list[int]:
+        nxt = history[-1] + 1
+        return [*range(nxt, nxt + self.right), ord("!")][:k]
+
+
+def _prompted(text: bytes) -> tuple[FakeModel, FakeContext]:
+    model = FakeModel()
+    ctx = model.new_context(1, 64, 16)
+    ctx.add(0, list(text), True)
+    ctx.decode()
+    return model, ctx
+
+
+def test_accepted_drafts_are_emitted_and_rejected_ones_leave_the_cache() -> None:
+    model, ctx = _prompted(b"a")
+    counts = DraftCounts()
+    policy = DraftPolicy(3, adaptive=False)
+    out = b"".join(run(model, ctx, GREEDY, _Scripted(2), policy, None, threading.Event(), counts))
+    assert out == b"bcdefghijklmnopqrstuvwxyz"  # what plain decoding gives
+    assert bytes(ctx.tokens(0)) == b"abcdefghijklmnopqrstuvwxyz"  # no rejected draft left
+    assert counts.accepted >= 2 * (counts.drafted // 3) - 2 and counts.drafted > 0
+    assert all(n <= 4 for d in ctx.decodes[1:] for _, n in d)  # token + at most 3 drafts
+
+
+def test_sampling_with_drafts_draws_as_plain_sampling_does() -> None:
+    """At temperature > 0 every emitted token is sampled once, in order, with the plain
+    chain: the same seed gives the same answer, whatever the drafts were."""
+    sampling = SamplingParams(temperature=0.8, seed=5)
+    model, plain_ctx = _prompted(b"a")
+    plain_ctx.set_sampler(0, sampling)
+    plain = []
+    while True:
+        token = plain_ctx.sample(0, -1)
+        if model.is_eog(token):
+            break
+        plain.append(token)
+        plain_ctx.add(0, [token], True)
+        plain_ctx.decode()
+    for right in (0, 1, 3):
+        model, ctx = _prompted(b"a")
+        policy = DraftPolicy(4, adaptive=False)
+        out = run(model, ctx, sampling, _Scripted(right), policy, None, threading.Event(),
+                  DraftCounts())  # fmt: skip
+        assert b"".join(out) == bytes(plain)
+
+
+def test_drafts_never_exceed_one_decode_or_the_limit() -> None:
+    model = FakeModel()
+    ctx = model.new_context(1, 64, 3)  # a 3-token batch: a token and 2 drafts at most
+    ctx.add(0, [ord("a")], True)
+    ctx.decode()
+    policy = DraftPolicy(8, adaptive=False)
+    counts = DraftCounts()
+    out = run(model, ctx, GREEDY, _Scripted(8), policy, 5, threading.Event(), counts)
+    assert b"".join(out)[:5] == b"bcdef"
+    assert all(n <= 3 for d in ctx.decodes for _, n in d)

@@ -28,6 +28,7 @@ from .draft_policy import DraftPolicy
 
 if TYPE_CHECKING:
     from ..llama.engine import Engine, LlamaCppEngine
+    from ..llama.interface import Context, Model
     from ..params import GenerateOptions, SamplingParams
 
 LOOKUP = "lookup"
@@ -204,27 +205,32 @@ def _generate(
         raise EngineError("prompt longer than the context")  # callers check this first
     with engine.cores:
         engine.decode_prompt(prompt, cancel)
-        verifier = _Verifier(engine, sampling, k_max + 1)
         policy = DraftPolicy(k_max, adaptive=options.draft_adapt)
         try:
-            yield from _loop(engine, verifier, drafter, policy, options.max_tokens, cancel, counts)
+            yield from run(
+                engine, engine.context, sampling, drafter, policy, options.max_tokens, cancel,
+                counts,
+            )  # fmt: skip
         finally:
-            verifier.close()
             if isinstance(drafter, ModelDrafter):
                 drafter.close()
 
 
-def _loop(
-    engine: LlamaCppEngine,
-    verifier: _Verifier,
+def run(
+    model: Model,
+    context: Context,
+    sampling: SamplingParams,
     drafter: Drafter,
     policy: DraftPolicy,
     limit: int | None,
     cancel: threading.Event,
     counts: DraftCounts,
 ) -> Generator[bytes, None, None]:
-    tokens, piece, clock = engine.kv_tokens, engine.piece, time.perf_counter
-    is_eog = engine.is_eog
+    """The speculative loop over sequence 0 of `context`, whose cells hold the prompt and whose
+    last decode has its logits. On the engine interface only (tests run it on the fake)."""
+    tokens, piece, clock = context.tokens(0), model.piece, time.perf_counter
+    is_eog, n_ctx = model.is_eog, context.n_ctx_seq
+    verifier = _Verifier(model, context, sampling)
     token = verifier.sample(-1)  # from the prompt's logits
     emitted = 0
     while not is_eog(token):
@@ -232,9 +238,9 @@ def _loop(
         emitted += 1
         if cancel.is_set():
             raise Interrupted()
-        # `token` is not in the KV cache yet; it and the drafts must fit in the context, and
-        # drafts past the caller's token limit would be verified for nothing.
-        k = min(policy.k_max, engine.n_ctx - len(tokens) - 1)
+        # `token` is not in the KV cache yet; it and the drafts must fit in the context and in
+        # one decode, and drafts past the caller's token limit would be verified for nothing.
+        k = min(policy.k_max, n_ctx - len(tokens) - 1, context.n_batch - 1)
         if limit is not None:
             k = min(k, limit - emitted)
         started = clock()
@@ -254,55 +260,37 @@ def _loop(
             emitted += 1
             if cancel.is_set():
                 raise Interrupted()
-        if len(tokens) >= engine.n_ctx:
+        if len(tokens) >= n_ctx:
             return  # as the plain loop: every emitted token is in the (now full) cache
 
 
 class _Verifier:
-    """The target side: one reusable batch with logits at every position, and the sampler
-    chain that plain generation would use (so penalties and the seed's random stream advance
-    exactly as they would there: one sample per emitted token)."""
+    """The target side: sequence 0's sampler chain is the one plain generation would use (so
+    penalties and the seed's random stream advance exactly as they would there: one sample per
+    emitted token)."""
 
-    def __init__(self, engine: LlamaCppEngine, sampling: SamplingParams, capacity: int) -> None:
-        self.engine = engine
-        self.chain = engine.sampler(sampling)
-        self._sample = engine.sample_with(self.chain)
-        self.batch = engine.new_batch(capacity)
-        for i in range(capacity):
-            self.batch.n_seq_id[i] = 1
-            self.batch.seq_id[i][0] = 0
-            self.batch.logits[i] = 1
+    def __init__(self, model: Model, context: Context, sampling: SamplingParams) -> None:
+        self.model, self.context = model, context
+        context.set_sampler(0, sampling)
 
-    def sample(self, index: int) -> int:
-        return int(self._sample(index))
+    def sample(self, row: int) -> int:
+        return self.context.sample(0, row)
 
     def verify(self, token: int, drafts: list[int]) -> tuple[int, list[int]]:
-        """Decode `token` + `drafts`; returns (the next sampled token, the accepted drafts).
-        Afterwards the KV cache and `engine.kv_tokens` hold `token` and the accepted drafts."""
-        e, batch = self.engine, self.batch
-        n = len(e.kv_tokens)
-        batch.token[0], batch.pos[0] = token, n
-        for i, d in enumerate(drafts, 1):
-            batch.token[i], batch.pos[i] = d, n + i
-        batch.n_tokens = len(drafts) + 1
-        e.cores.step()
-        rc = e.decode_batch(batch)
-        if rc != 0:
-            e.remove_from(0, n)
-            raise EngineError(f"llama_decode failed while generating (code {rc})")
+        """Decode `token` + `drafts` with logits at every position; returns (the next sampled
+        token, the accepted drafts). Afterwards sequence 0 holds `token` and the accepted
+        drafts (a failed decode raises EngineError and leaves it as it was)."""
+        ctx = self.context
+        n = len(ctx.tokens(0))
+        row = ctx.add(0, [token, *drafts], len(drafts) + 1)
+        ctx.decode()
         ok = 0
-        sampled = self.sample(0)
+        sampled = self.sample(row)
         while ok < len(drafts) and sampled == drafts[ok]:
-            if e.is_eog(sampled):
+            if self.model.is_eog(sampled):
                 break  # end of generation: the caller stops on it; keep it out of the cache
             ok += 1
-            sampled = self.sample(ok)
-        if ok < len(drafts) and not e.remove_from(0, n + 1 + ok):
-            e.remove_from(0, n)
-            raise EngineError("llama.cpp could not remove rejected drafts from the KV cache")
-        e.record_decoded([token, *drafts[:ok]])
+            sampled = self.sample(row + ok)
+        if ok < len(drafts):
+            ctx.remove(0, n + 1 + ok)
         return sampled, drafts[:ok]
-
-    def close(self) -> None:
-        self.engine.free_sampler(self.chain)
-        self.engine.free_batch(self.batch)

@@ -24,21 +24,32 @@ if TYPE_CHECKING:
 
 
 class LlamaContext:
-    def __init__(self, engine: LlamaCppEngine, n_seq_max: int, n_ctx_seq: int, n_batch: int):
-        self._engine = engine
-        self._ll = ll = engine._ll
+    """Over `handle`, a llama_context of `engine`'s model with `n_seq_max` sequences (made by
+    `create`, or the engine's own single-sequence one), which this object frees."""
+
+    @classmethod
+    def create(
+        cls, engine: LlamaCppEngine, n_seq_max: int, n_ctx_seq: int, n_batch: int
+    ) -> LlamaContext:
+        ll = engine._ll
         params = ll.llama_context_default_params()
         params.n_seq_max = n_seq_max
         params.n_ctx = n_seq_max * n_ctx_seq
         params.kv_unified = False
         params.n_batch = params.n_ubatch = n_batch
         params.n_threads = params.n_threads_batch = engine.threads
-        self._handle = ll.llama_init_from_model(engine._model, params)
-        if not self._handle:
+        handle = ll.llama_init_from_model(engine._model, params)
+        if not handle:
             raise EngineError(
                 f"llama.cpp could not create a context for {n_seq_max} sequences of "
                 f"{n_ctx_seq} tokens (out of memory? try a smaller --parallel or --ctx-size)"
             )
+        return cls(engine, handle, n_seq_max, n_batch)
+
+    def __init__(self, engine: LlamaCppEngine, handle: Any, n_seq_max: int, n_batch: int):
+        self._engine = engine
+        self._ll = ll = engine._ll
+        self._handle = handle
         self.n_seq_max, self.n_batch = n_seq_max, n_batch
         self.n_ctx_seq = int(ll.llama_n_ctx_seq(self._handle))
         self._mem = ll.llama_get_memory(self._handle)
@@ -53,10 +64,14 @@ class LlamaContext:
     def tokens(self, seq: int) -> Sequence[int]:
         return self._tokens[seq]
 
+    def held(self, seq: int) -> list[int]:
+        """The list behind tokens(seq), for the engine that shares it (changed in place only)."""
+        return self._tokens[seq]
+
     def room(self) -> int:
         return self.n_batch - self._n
 
-    def add(self, seq: int, tokens: Sequence[int], logits: bool) -> int:
+    def add(self, seq: int, tokens: Sequence[int], logits: int) -> int:
         n, count = self._n, len(tokens)
         if not count:
             return -1
@@ -71,10 +86,12 @@ class LlamaContext:
         self._n = n + count
         self._queued.append((seq, tokens))
         self._queued_len[seq] += count
-        if logits:
-            want[self._n - 1] = 1
-            return self._n - 1
-        return -1
+        if not logits:
+            return -1
+        first = self._n - min(int(logits), count)
+        for row in range(first, self._n):
+            want[row] = 1
+        return first
 
     def decode(self, cancel: threading.Event | None = None) -> None:
         if not self._n:
@@ -114,7 +131,7 @@ class LlamaContext:
             # A partial removal llama.cpp refuses (recurrent models): drop the whole sequence.
             self._ll.llama_memory_seq_rm(self._mem, seq, -1, -1)
             start = 0
-        del self._tokens[seq][start:]
+        del self._tokens[seq][start:]  # in place: the engine's kv_tokens is this list
         if start == 0 and self._chains[seq] is not None:
             self._engine.free_sampler(self._chains[seq])
             self._chains[seq] = None
@@ -122,7 +139,7 @@ class LlamaContext:
     def copy(self, src: int, dst: int) -> None:
         self.remove(dst)
         self._ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
-        self._tokens[dst] = list(self._tokens[src])
+        self._tokens[dst][:] = self._tokens[src]
 
     def save(self, seq: int, path: Path) -> int:
         ll, toks = self._ll, self._tokens[seq]
@@ -141,7 +158,7 @@ class LlamaContext:
         if rc == 0 or n_out.value != n or out[:n] != list(tokens):
             ll.llama_memory_seq_rm(self._mem, seq, -1, -1)
             return False
-        self._tokens[seq] = list(tokens)
+        self._tokens[seq][:] = tokens
         return True
 
     def sharing_cores(self) -> SharedCores:

@@ -251,9 +251,17 @@ class LlamaCppEngine:
         self.n_ctx = min(n_ctx, int(ll.llama_n_ctx(self._ctx)))
         self.threads = threads
         self._fixed_threads = options.threads is not None
-        self.cores = self.core_share(self._ctx)
+        # This context as the engine interface's Context (sequence 0), for the features that
+        # run on it (speculative verification); it owns the llama_context from here on.
+        from .context import LlamaContext
+
+        self.context = LlamaContext(self, self._ctx, 1, self.n_batch)
+        self.context.n_ctx_seq = self.n_ctx
+        self.cores = self.context._cores  # one CoreShare per llama_context
         self._mem = ll.llama_get_memory(self._ctx)
-        self.tokens: list[int] = []  # what the KV cache holds, in order
+        # What the KV cache holds, in order: the context's own list for sequence 0 (one truth;
+        # changed in place only).
+        self.tokens: list[int] = self.context.held(0)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self._cancel: threading.Event | None = None
@@ -292,7 +300,7 @@ class LlamaCppEngine:
         `n_ctx_seq` cells each (llama/context.py)."""
         from .context import LlamaContext
 
-        return LlamaContext(self, n_seq_max, n_ctx_seq, n_batch)
+        return LlamaContext.create(self, n_seq_max, n_ctx_seq, n_batch)
 
     # -- samplers and batches -------------------------------------------------------------------
 
@@ -473,7 +481,7 @@ class LlamaCppEngine:
     def reset(self) -> None:
         """Forget the conversation in the KV cache."""
         self._ll.llama_memory_clear(self._mem, True)
-        self.tokens = []
+        self.tokens.clear()
 
     def _truncate(self, n_keep: int) -> None:
         if n_keep < len(self.tokens):
@@ -580,7 +588,10 @@ class LlamaCppEngine:
             ll.llama_sampler_free(chain)
 
     def close(self) -> None:
-        if getattr(self, "_ctx", None):
+        if getattr(self, "context", None) is not None:
+            self.context.close()  # frees the llama_context
+            self._ctx = None
+        elif getattr(self, "_ctx", None):
             self._ll.llama_free(self._ctx)
             self._ctx = None
         if getattr(self, "_model", None):

@@ -58,10 +58,11 @@ class Context(Protocol):
         """Tokens that may still be queued for the next decode."""
         ...
 
-    def add(self, seq: int, tokens: Sequence[int], logits: bool) -> int:
+    def add(self, seq: int, tokens: Sequence[int], logits: int) -> int:
         """Queue `tokens` for `seq`, after what it holds (and what is queued for it already).
-        With `logits`, the last one's logits are kept: its row for `sample` after the decode
-        (else -1). ValueError past `room()` or past the sequence's cells."""
+        The logits of the last `logits` of them are kept (True: the last one; speculative
+        verification wants all): the batch row of the first of those, for `sample` after the
+        decode (rows follow), else -1. ValueError past `room()` or the sequence's cells."""
         ...
 
     def decode(self, cancel: threading.Event | None = None) -> None:
@@ -75,8 +76,8 @@ class Context(Protocol):
         ...
 
     def sample(self, seq: int, row: int) -> int:
-        """Sample `seq`'s next token from the logits of batch row `row` of the last decode,
-        with its chain (which records the token: penalties see it)."""
+        """Sample `seq`'s next token from the logits of batch row `row` of the last decode
+        (-1: its last row), with its chain (which records the token: penalties see it)."""
         ...
 
     def remove(self, seq: int, start: int = 0) -> None:
