@@ -35,7 +35,7 @@ async def collect(j: ServedJob) -> tuple[dict[int, str], dict[int, str]]:
 
 def worker(slots: int = 2) -> ModelWorker:
     model = FakeModel()
-    return ModelWorker("fake", model, model.new_context(slots, 64, 16))
+    return ModelWorker("fake", model, model.new_context(slots, 64, 16), print)
 
 
 def test_jobs_stream_and_finish() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from infer.runtime.generation import prompt_store
+from infer.runtime.models import blob_store
 from infer.runtime.models import quantized_store as quantized
 
 from .conftest import INFER, run_infer
@@ -69,8 +70,8 @@ def test_a_signal_during_quantize_leaves_no_part_and_no_model(
 ) -> None:
     result = signal_when_paused("quantize", signum, "quantize", str(tiny_model), "Q8_0", "-t", "1")
     stopped_cleanly(result, signum)
-    assert list((quantized.root() / "tmp").glob("*")) == []
-    assert quantized.models() == [] and not list((quantized.root() / "blobs").glob("*"))
+    assert list(blob_store.tmp_dir().glob("*")) == []
+    assert quantized.models() == [] and not list(blob_store.blobs_dir().glob("*"))
 
 
 def test_temp_files_of_dead_processes_are_swept_by_the_next_run(tiny_model: Path) -> None:

@@ -11,8 +11,11 @@ was started with --allow-pull.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
@@ -50,8 +53,10 @@ class _Served:
 
 
 class ModelPool:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, note: Callable[[str], None] | None = None) -> None:
+        """`note` gets the server's own lines (loads, unloads, failures); stderr by default."""
         self.config = config
+        self._note = note or _to_stderr
         self._served: OrderedDict[str, _Served] = OrderedDict()  # least recently used first
         self._names: dict[str, str] = {}  # what requests said -> the served model's key
         self._pinned: set[str] = set()
@@ -221,6 +226,7 @@ class ModelPool:
             del self._names[alias]
         served.worker.stop()
         served.engine.close()
+        self._note(f"unloaded {key}")
 
     def _load(self, resolved: ResolvedModel) -> _Served:
         config = self.config
@@ -237,7 +243,13 @@ class ModelPool:
         except BaseException:
             engine.close()
             raise
-        worker = ModelWorker(resolved.name, engine, context)
+        # One token through the graph now, as llama-server warms up: llama.cpp allocates its
+        # compute buffers on the first decode, which the first request would wait for.
+        context.add(0, [max(engine.bos_id, 0)], True)
+        context.decode()
+        context.remove(0)
+        worker = ModelWorker(resolved.name, engine, context, self._note)
+        self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
         return _Served(resolved, engine, worker, _created(resolved))
 
     # -- requests --------------------------------------------------------------------------------
@@ -265,6 +277,12 @@ class ModelPool:
         if base.seed is None:
             return [base] * request.n
         return [replace(base, seed=(base.seed + i) % 2**32) for i in range(request.n)]
+
+
+def _to_stderr(line: str) -> None:
+    with suppress(AttributeError, OSError, ValueError):  # stderr closed: the server goes on
+        sys.stderr.write(f"infer: {line}\n")
+        sys.stderr.flush()
 
 
 def _owner(resolved: ResolvedModel) -> str:

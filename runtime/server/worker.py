@@ -11,9 +11,10 @@ their slots take the next job.
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
@@ -24,8 +25,6 @@ from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
 from .backend import Finished, Piece
-
-log = logging.getLogger("infer.server")
 
 Event = Piece | Finished
 
@@ -48,7 +47,7 @@ class ServedJob:
         self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
         self._submitted = time.perf_counter()
         self._first: float | None = None
-        self._wake: Callable[[], None] = lambda: None  # set by the worker that takes it
+        self.on_cancel: Callable[[], None] = lambda: None  # set by the worker that takes it
         self._open = len(sampling)  # choices whose Finished the consumer has not seen
         self.cancelled = False
         # The decode thread's: running choices, tokens of finished ones, this step's events.
@@ -71,7 +70,7 @@ class ServedJob:
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
-            self._wake()
+            self.on_cancel()
 
     async def events(self) -> AsyncIterator[Event]:
         while self._open:
@@ -97,8 +96,10 @@ class ServedJob:
 class ModelWorker:
     """A loaded model, its multi-sequence context and the thread that decodes it."""
 
-    def __init__(self, name: str, engine: Model, context: Context) -> None:
-        self.name, self.engine, self.context = name, engine, context
+    def __init__(
+        self, name: str, engine: Model, context: Context, note: Callable[[str], None]
+    ) -> None:
+        self.name, self.engine, self.context, self._note = name, engine, context, note
         self.scheduler = Scheduler(engine, context)
         self.slots = context.n_seq_max
         self.n_ctx_seq = context.n_ctx_seq
@@ -115,7 +116,7 @@ class ModelWorker:
     # -- the event loop's side -------------------------------------------------------------------
 
     def submit(self, job: ServedJob) -> None:
-        job._wake = self.wake
+        job.on_cancel = self.wake
         with self._cond:
             self.waiting.append(job)
             self.last_used = time.monotonic()
@@ -167,9 +168,11 @@ class ModelWorker:
                             self._between_steps()
             except Exception as e:  # a failed step ends every answer; the server goes on
                 if isinstance(e, (InferError, Interrupted)):
-                    log.error("infer serve: %s: %s", self.name, e)
+                    self._note(f"{self.name}: {e}; the running answers were ended")
                 else:
-                    log.exception("infer serve: the decode thread of %s failed", self.name)
+                    self._note(f"{self.name}: a bug ended the running answers: {e!r}")
+                    if os.environ.get("INFER_DEBUG") == "1":
+                        traceback.print_exc()
                 for seq in self.scheduler.running():
                     self._end(self.scheduler.cancel(seq, "error"))
                 self._flush()
