@@ -107,6 +107,7 @@ class FakeContext:
         self.samplers: dict[int, tuple[SamplingParams, Any]] = {}
         self.decodes: list[list[tuple[int, int]]] = []  # per decode: (seq, tokens) in order
         self.copies: list[tuple[int, int]] = []
+        self.restores: list[tuple[int, int]] = []  # (seq, tokens) restored from a saved state
         self.fail_next_decode = False
         self.step_delay = 0.0  # seconds each decode takes, for tests that act mid-answer
         self.closed = False
@@ -166,11 +167,31 @@ class FakeContext:
         self.copies.append((src, dst))
         self.held[dst] = list(self.held[src])
 
+    def identity(self) -> dict[str, Any]:
+        return {"fake": 1}
+
     def save(self, seq: int, path: Any) -> int:
-        return 0
+        """A state file as llama.cpp lays one out: magic, version, token count, tokens."""
+        import struct
+
+        held = self.held[seq]
+        data = struct.pack(f"<III{len(held)}i", 0x67677371, 1, len(held), *held)
+        with open(path, "wb") as f:
+            f.write(data)
+        return len(data)
 
     def restore(self, seq: int, path: Any, tokens: Sequence[int]) -> bool:
-        return False
+        import struct
+
+        self.remove(seq)
+        with open(path, "rb") as f:
+            _, _, n = struct.unpack("<III", f.read(12))
+            saved = list(struct.unpack(f"<{n}i", f.read(4 * n)))
+        if saved != list(tokens):
+            return False
+        self.held[seq] = saved
+        self.restores.append((seq, len(saved)))
+        return True
 
     def sharing_cores(self) -> Any:
         from contextlib import nullcontext

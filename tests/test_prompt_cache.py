@@ -321,3 +321,61 @@ def test_bundled_model_answers_from_the_cache_as_from_memory(bundled_model: Path
     assert len(_files()) == 1
     # One process asked the same three questions in a row: identical answers.
     assert [r["text"] for r in (cold, again, other)] == _in_process([FIRST, FIRST, OTHER])
+
+
+# --- restore and save on the engine interface (tests/fakes.py): no model needed ----------------
+
+
+def test_restore_picks_the_longest_saved_prefix_for_any_sequence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infer.runtime.generation.prompt_cache import PromptCache
+
+    from .fakes import FakeModel
+
+    monkeypatch.setenv("INFER_PROMPT_CACHE_MIN_TOKENS", "4")
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"weights")
+    cache = PromptCache(ResolvedModel(weights, "m"))
+    model = FakeModel()
+    writer = model.new_context(2, 64, 64)
+    for seq, text in enumerate([b"system: be brief. q1", b"system: be brief. question two"]):
+        writer.add(seq, list(text), True)
+        writer.decode()
+        cache.save(writer, seq, list(text), len(text))
+    assert len(list(cache.folder(writer).glob("*.kv"))) == 2
+
+    reader = model.new_context(3, 64, 64)
+    prompt = list(b"system: be brief. question three")
+    cache.restore(reader, 2, prompt)  # into another sequence id than it was saved from
+    assert reader.restores == [(2, len(b"system: be brief. question two"))]
+    assert bytes(reader.tokens(2)) == b"system: be brief. question two"
+    short = list(b"sys")  # below the minimum: not even looked up
+    cache.restore(reader, 0, short)
+    assert reader.tokens(0) == [] and len(reader.restores) == 1
+
+
+def test_a_damaged_entry_is_skipped_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infer.runtime.generation.prompt_cache import PromptCache
+
+    from .fakes import FakeModel
+
+    monkeypatch.setenv("INFER_PROMPT_CACHE_MIN_TOKENS", "4")
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"weights")
+    cache = PromptCache(ResolvedModel(weights, "m"))
+    ctx = FakeModel().new_context(1, 64, 64)
+    text = list(b"a long enough prompt")
+    ctx.add(0, text, True)
+    ctx.decode()
+    cache.save(ctx, 0, text, len(text))
+    [entry] = cache.folder(ctx).glob("*.kv")
+    data = bytearray(entry.read_bytes())
+    data[12 + 4 * 19] ^= 0x01  # the last token of the state changed: its CRC no longer matches
+    entry.write_bytes(bytes(data))
+    fresh = FakeModel().new_context(1, 64, 64)
+    cache.restore(fresh, 0, [*text, 33])
+    assert fresh.tokens(0) == [] and fresh.restores == []
+    assert not entry.exists()

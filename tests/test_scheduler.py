@@ -5,6 +5,7 @@ generation, prefix reuse, forks for n choices, cancellation, limits and failures
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,27 @@ def test_cancelling_a_prompt_read_raises_interrupted() -> None:
     cancel.set()
     with pytest.raises(Interrupted):
         s.step(cancel)
+
+
+def test_a_long_prompt_is_saved_once_read_and_restored_in_another_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infer.runtime.generation.prompt_cache import PromptCache
+    from infer.runtime.models.resolve import ResolvedModel
+
+    monkeypatch.setenv("INFER_PROMPT_CACHE_MIN_TOKENS", "8")
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"weights")
+    cache = PromptCache(ResolvedModel(weights, "m"))
+    model = FakeModel()
+    first = Scheduler(model, model.new_context(2, 64, 16), cache)
+    first.join(request(0, "abcdefghijklmnopqrst", max_tokens=1))
+    [a] = run_all(first)
+    later = Scheduler(model, model.new_context(2, 64, 16), cache)  # another server, say
+    seq = later.join(request(1, "abcdefghijklmnopqrsXYZ", max_tokens=1))
+    assert seq.n_past == seq.reused == 19  # the shared 19 tokens came from disk
+    [b] = run_all(later)
+    assert later.context.decodes == [[(seq.slot, 3)]]  # only "XYZ" was decoded
+    assert (a.text, b.text) == ("u", "[")
+    short = Scheduler(model, model.new_context(1, 64, 16), cache)
+    assert short.join(request(2, "abcdefg", max_tokens=1)).reused == 0  # under the minimum

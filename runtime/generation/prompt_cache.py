@@ -52,7 +52,7 @@ from .prompt_store import (
 )
 
 if TYPE_CHECKING:
-    from ..llama.engine import LlamaCppEngine
+    from ..llama.interface import Context
     from ..models.resolve import ResolvedModel
 
 
@@ -75,9 +75,10 @@ EXPECTED_ERRORS = (OSError, struct.error)
 
 
 class PromptCache:
-    """Attached to an engine (`engine.prompt_cache`); the engine calls `restore` before decoding
-    a prompt into an empty KV cache and `save` right after. Both are best-effort: any failure
-    leaves the engine as if there were no cache (never a crash, never a wrong state); with
+    """For one model, on the engine interface's Context: `restore` before decoding a prompt into
+    an empty sequence, `save` once the sequence holds exactly the prompt (the engine does both
+    for its own context; the server for its slots). Both are best-effort: any failure leaves
+    the sequence as if there were no cache (never a crash, never a wrong state); with
     INFER_DEBUG=1 a failure other than the expected ones (EXPECTED_ERRORS) is raised."""
 
     def __init__(self, model: ResolvedModel) -> None:
@@ -90,37 +91,32 @@ class PromptCache:
         self._base_path: Path | None = None
         sweep()  # temp files of runs that were killed while saving
 
-    def key(self, engine: LlamaCppEngine) -> str:
+    def key(self, ctx: Context) -> str:
+        """The model's identity and everything else the saved numbers depend on (the
+        context's identity: library, state format, micro-batch size, offload)."""
         if self._key is None:
-            fields = {
-                "model": model_identity(self.model),
-                "llama.cpp": engine.state_identity(),
-                # The micro-batch size and where layers run change the KV values' rounding.
-                "n_ubatch": engine.n_batch,
-                "gpu_layers": engine.offloaded_layers,
-                "kv_type": "f16",
-            }
+            fields = {"model": model_identity(self.model), **ctx.identity()}
             blob = json.dumps(fields, sort_keys=True).encode()
             self._key = hashlib.sha256(blob).hexdigest()[:20]
         return self._key
 
-    def folder(self, engine: LlamaCppEngine) -> Path:
-        return root() / self.key(engine)
+    def folder(self, ctx: Context) -> Path:
+        return root() / self.key(ctx)
 
-    def restore(self, engine: LlamaCppEngine, prompt: list[int]) -> None:
-        """Fill the engine's empty KV cache from the entry sharing the longest prefix with
-        `prompt` (at least `min_tokens` of it). The engine then trims what follows the common
+    def restore(self, ctx: Context, seq: int, prompt: list[int]) -> None:
+        """Fill the empty sequence `seq` from the entry sharing the longest prefix with
+        `prompt` (at least `min_tokens` of it). The caller then trims what follows the common
         prefix and decodes only the rest of the prompt."""
         self._base = self._base_path = None
         if len(prompt) < self.min_tokens:
             return
         try:
-            for path, tokens in self._candidates(engine, prompt)[:3]:
-                if self._load(engine, path, tokens):
+            for path, tokens in self._candidates(ctx, prompt)[:3]:
+                if self._load(ctx, seq, path, tokens):
                     self._base, self._base_path = tokens, path
                     return
         except BaseException as e:
-            engine.reset()  # whatever reached the KV cache: `engine.kv_tokens` must stay true
+            ctx.remove(seq)  # whatever reached the KV cache: `tokens(seq)` must stay true
             if not isinstance(e, Exception):
                 raise
             self._give_up("restore", e)
@@ -133,12 +129,10 @@ class PromptCache:
         if not isinstance(e, EXPECTED_ERRORS) and os.environ.get("INFER_DEBUG"):
             raise e
 
-    def _candidates(
-        self, engine: LlamaCppEngine, prompt: list[int]
-    ) -> list[tuple[Path, list[int]]]:
+    def _candidates(self, ctx: Context, prompt: list[int]) -> list[tuple[Path, list[int]]]:
         """Usable entries, the longest common prefix first (then the most recently used)."""
-        key, scored = self.key(engine), []
-        for path in self.folder(engine).glob(f"*{SUFFIX}"):
+        key, scored = self.key(ctx), []
+        for path in self.folder(ctx).glob(f"*{SUFFIX}"):
             try:
                 with open_regular(path) as f:  # never a FIFO: it would block the run
                     st = os.fstat(f.fileno())
@@ -150,12 +144,12 @@ class PromptCache:
                 unlink(path)  # truncated, foreign or not ours: make room for a good one
                 continue
             usable = common_prefix(tokens, prompt, len(prompt) - 1)
-            if usable >= self.min_tokens and len(tokens) <= engine.n_ctx:
+            if usable >= self.min_tokens and len(tokens) <= ctx.n_ctx_seq:
                 scored.append((usable, st.st_mtime, path, tokens))
         scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
         return [(path, tokens) for _, _, path, tokens in scored]
 
-    def _load(self, engine: LlamaCppEngine, path: Path, tokens: list[int]) -> bool:
+    def _load(self, ctx: Context, seq: int, path: Path, tokens: list[int]) -> bool:
         private = path.with_name(f".load-{os.getpid()}-{os.urandom(4).hex()}")
         try:
             os.link(path, private)  # the inode checked below is the one llama.cpp reads
@@ -164,10 +158,10 @@ class PromptCache:
         except OSError:
             private = path  # a file system without hard links: check and load in place
         try:
-            if not self._intact(engine, private, tokens):
+            if not self._intact(ctx, private, tokens):
                 unlink(path)
                 return False
-            if not engine.load_sequence(private, tokens):
+            if not ctx.restore(seq, private, tokens):
                 unlink(path)
                 return False
             with contextlib.suppress(OSError):
@@ -177,24 +171,24 @@ class PromptCache:
             if private != path:
                 unlink(private)
 
-    def _intact(self, engine: LlamaCppEngine, path: Path, tokens: list[int]) -> bool:
+    def _intact(self, ctx: Context, path: Path, tokens: list[int]) -> bool:
         with open_regular(path) as f:
             meta = read_meta(f, os.fstat(f.fileno()).st_size)
-            if meta is None or meta.get("key") != self.key(engine):
+            if meta is None or meta.get("key") != self.key(ctx):
                 return False
             if read_tokens(f, meta) != tokens:
                 return False
             return checksum(f, int(meta["state_bytes"])) == meta.get("crc32")
 
-    def save(self, engine: LlamaCppEngine, prompt: list[int], evaluated: int) -> None:
-        """Save the KV cache, which holds exactly `prompt`, when this run evaluated enough of
+    def save(self, ctx: Context, seq: int, prompt: list[int], evaluated: int) -> None:
+        """Save sequence `seq`, which holds exactly `prompt`, when this run evaluated enough of
         it to be worth an entry: a run that found most of its prompt here adds little."""
         if min(len(prompt), evaluated) < self.min_tokens or self.max_bytes <= 0:
             return
-        if list(engine.kv_tokens) != prompt:
+        if list(ctx.tokens(seq)) != prompt:
             return
         try:
-            final = self._write(engine, prompt)
+            final = self._write(ctx, seq, prompt)
         except Exception as e:  # a full disk or a read-only cache dir: still answer
             self._give_up("save", e)
             return
@@ -205,22 +199,22 @@ class PromptCache:
             unlink(self._base_path)  # superseded: the new entry holds all of it and more
         evict(self.max_bytes, keep=final)
 
-    def _write(self, engine: LlamaCppEngine, prompt: list[int]) -> Path | None:
-        folder = self.folder(engine)
+    def _write(self, ctx: Context, seq: int, prompt: list[int]) -> Path | None:
+        folder = self.folder(ctx)
         folder.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(array.array("i", prompt).tobytes()).hexdigest()[:32]
         final = folder / f"{digest}{SUFFIX}"
         tmp = folder / f".tmp-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             n = len(prompt)
-            state_bytes = engine.save_sequence(tmp, prompt)
+            state_bytes = ctx.save(seq, tmp)
             if not state_bytes:
                 self.last_error = "save: llama.cpp could not write the state"
                 return None
             with open(tmp, "r+b") as f:
                 magic, version, _ = struct.unpack("<III", f.read(12))
                 meta = {
-                    "format": 1, "model": self.model.name, "key": self.key(engine),
+                    "format": 1, "model": self.model.name, "key": self.key(ctx),
                     "tokens": n, "state_bytes": state_bytes, "magic": magic,
                     "version": version, "crc32": checksum(f, state_bytes), "created": time.time(),
                 }  # fmt: skip

@@ -25,12 +25,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import ContextOverflowError
 from ..llama.interface import Context, Model
 from ..llama.tokens import common_prefix
 from ..params import GenerateOptions, SamplingParams
 from .loop import TextStream
+
+if TYPE_CHECKING:
+    from .prompt_cache import PromptCache
 
 
 @dataclass
@@ -66,13 +70,14 @@ class Seq:
     included); `token` is the sampled token to decode next (None while reading the prompt)."""
 
     __slots__ = (
-        "forks", "generated", "n_past", "on_text", "parent", "pieces", "req", "row", "slot",
-        "stream", "token",
+        "forks", "generated", "n_past", "on_text", "parent", "pieces", "req", "reused", "row",
+        "slot", "stream", "token",
     )  # fmt: skip
 
     def __init__(self, req: BatchRequest, slot: int, on_text: Callable[[str], None] | None):
         self.req, self.slot, self.on_text = req, slot, on_text
         self.n_past = 0
+        self.reused = 0  # prompt tokens its slot held already (or the prompt cache restored)
         self.token: int | None = None
         self.row = -1  # this step's batch row whose logits to sample from
         self.generated = 0
@@ -88,8 +93,14 @@ class Seq:
 
 
 class Scheduler:
-    def __init__(self, model: Model, context: Context) -> None:
-        self.model, self.context = model, context
+    """`prompt_cache` (generation/prompt_cache.py): a joining prompt whose slot holds little of
+    it is restored from disk when a saved state shares a long enough prefix, and a long prompt
+    is saved once read (as `infer run` does)."""
+
+    def __init__(
+        self, model: Model, context: Context, prompt_cache: PromptCache | None = None
+    ) -> None:
+        self.model, self.context, self.prompt_cache = model, context, prompt_cache
         self.slots: list[Seq | None] = [None] * context.n_seq_max
 
     @property
@@ -124,9 +135,14 @@ class Scheduler:
         `on_text` gets each piece of text as it is released."""
         slot, reuse = self._pick_slot(req.tokens if fork_of is None else [])
         seq = self.slots[slot] = Seq(req, slot, on_text)
+        cache, prompt = self.prompt_cache, req.tokens
+        if cache is not None and fork_of is None and reuse < cache.min_tokens <= len(prompt):
+            self.context.remove(slot)
+            cache.restore(self.context, slot, prompt)
+            reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
         self.context.remove(slot, reuse)
         self.context.set_sampler(slot, req.sampling)
-        seq.n_past = reuse
+        seq.n_past = seq.reused = reuse
         if fork_of is not None:
             seq.parent = fork_of
             fork_of.forks.append(seq)
@@ -166,6 +182,9 @@ class Scheduler:
         for seq in active:
             if seq.row < 0 or self.slots[seq.slot] is not seq:
                 continue
+            if seq.token is None and self.prompt_cache is not None:  # its prompt is read
+                prompt = seq.req.tokens
+                self.prompt_cache.save(self.context, seq.slot, prompt, len(prompt) - seq.reused)
             started = self._start_forks(seq) if seq.forks and seq.token is None else []
             for sampling in (seq, *started):
                 result = self._advance(sampling, ignore_eog, counts)

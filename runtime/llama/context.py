@@ -125,8 +125,8 @@ class LlamaContext:
         return int(self._ll.llama_sampler_sample(self._chains[seq], self._handle, row))
 
     def remove(self, seq: int, start: int = 0) -> None:
-        if start >= len(self._tokens[seq]):
-            return
+        if start and start >= len(self._tokens[seq]):
+            return  # (from 0: always, in case a failed restore left cells we do not know of)
         if not self._ll.llama_memory_seq_rm(self._mem, seq, start, -1):
             # A partial removal llama.cpp refuses (recurrent models): drop the whole sequence.
             self._ll.llama_memory_seq_rm(self._mem, seq, -1, -1)
@@ -140,6 +140,16 @@ class LlamaContext:
         self.remove(dst)
         self._ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         self._tokens[dst][:] = self._tokens[src]
+
+    def identity(self) -> dict[str, Any]:
+        e = self._engine
+        return {
+            "llama.cpp": e.state_identity(),
+            # The micro-batch size and where layers run change the KV values' rounding.
+            "n_ubatch": self.n_batch,
+            "gpu_layers": e.offloaded_layers,
+            "kv_type": "f16",
+        }
 
     def save(self, seq: int, path: Path) -> int:
         ll, toks = self._ll, self._tokens[seq]

@@ -373,27 +373,6 @@ class LlamaCppEngine:
         batch row that asked for logits)."""
         return ctypes.cast(self._ll.llama_get_logits(self._ctx), ctypes.POINTER(ctypes.c_float))
 
-    def save_sequence(self, path: Path, tokens: list[int]) -> int:
-        """Write sequence 0's state, which covers `tokens`, to `path`; the state's size in
-        bytes (0: llama.cpp could not)."""
-        ll, n = self._ll, len(tokens)
-        arr = (ll.llama_token * n)(*tokens)
-        return int(ll.llama_state_seq_save_file(self._ctx, os.fsencode(path), 0, arr, n))
-
-    def load_sequence(self, path: Path, tokens: list[int]) -> bool:
-        """Load sequence 0's state from `path`, which must cover exactly `tokens`, into the
-        empty KV cache; kv_tokens then holds them. False (and an empty cache) otherwise."""
-        ll, n = self._ll, len(tokens)
-        out, n_out = (ll.llama_token * n)(), ctypes.c_size_t(0)
-        rc = ll.llama_state_seq_load_file(
-            self._ctx, os.fsencode(path), 0, out, n, ctypes.byref(n_out)
-        )
-        if rc == 0 or n_out.value != n or out[:n] != tokens:
-            self.reset()
-            return False
-        self.tokens.extend(tokens)
-        return True
-
     @property
     def n_past(self) -> int:
         return len(self.tokens)
@@ -495,7 +474,7 @@ class LlamaCppEngine:
         The last prompt token is always decoded, so logits for sampling exist."""
         cache = self.prompt_cache if not self.tokens else None
         if cache is not None:
-            cache.restore(self, prompt)  # may fill the KV cache from disk (and `tokens`)
+            cache.restore(self.context, 0, prompt)  # may fill the KV cache (and `tokens`)
         self._truncate(common_prefix(self.tokens, prompt, len(prompt) - 1))
         common = len(self.tokens)  # 0 when the memory could not be trimmed and was reset
         self.prompt_eval_tokens = len(prompt) - common
@@ -514,7 +493,7 @@ class LlamaCppEngine:
                     raise EngineError(f"llama_decode failed on the prompt (code {rc})")
                 self.tokens.extend(chunk)
         if cache is not None:
-            cache.save(self, prompt, self.prompt_eval_tokens)  # the prompt only, no answer
+            cache.save(self.context, 0, prompt, self.prompt_eval_tokens)  # no answer yet
 
     def _sampler(self, p: SamplingParams) -> Any:
         ll = self._ll

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..params import SamplingParams
 
@@ -86,6 +86,11 @@ class Context(Protocol):
 
     def copy(self, src: int, dst: int) -> None:
         """Make `dst` hold what `src` holds (sharing the cells: no decode)."""
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """What a saved state depends on besides the model: the library and its state format,
+        and the settings that change the numbers in the KV cache (a prompt cache's key)."""
         ...
 
     def save(self, seq: int, path: Path) -> int:

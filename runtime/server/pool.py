@@ -248,7 +248,12 @@ class ModelPool:
         context.add(0, [max(engine.bos_id, 0)], True)
         context.decode()
         context.remove(0)
-        worker = ModelWorker(resolved.name, engine, context, self._note)
+        cache = None
+        if config.load.prompt_cache:  # long prompts' states on disk, shared with `infer run`
+            from ..generation.prompt_cache import PromptCache
+
+            cache = PromptCache(resolved)
+        worker = ModelWorker(resolved.name, engine, context, self._note, cache)
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
         return _Served(resolved, engine, worker, _created(resolved))
 

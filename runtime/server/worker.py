@@ -19,12 +19,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..errors import InferError, Interrupted
 from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
 from .backend import Finished, Piece
+
+if TYPE_CHECKING:
+    from ..generation.prompt_cache import PromptCache
 
 Event = Piece | Finished
 
@@ -97,10 +101,15 @@ class ModelWorker:
     """A loaded model, its multi-sequence context and the thread that decodes it."""
 
     def __init__(
-        self, name: str, engine: Model, context: Context, note: Callable[[str], None]
+        self,
+        name: str,
+        engine: Model,
+        context: Context,
+        note: Callable[[str], None],
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.name, self.engine, self.context, self._note = name, engine, context, note
-        self.scheduler = Scheduler(engine, context)
+        self.scheduler = Scheduler(engine, context, prompt_cache)
         self.slots = context.n_seq_max
         self.n_ctx_seq = context.n_ctx_seq
         self.waiting: deque[ServedJob] = deque()
