@@ -132,17 +132,18 @@ def test_windows_batches_and_scoring_match_a_token_by_token_reference(tiny_model
 
 
 def _reference_nll(engine: LlamaCppEngine, tokens: np.ndarray, n_ctx: int, chunks: int) -> list:
-    ll, nll = engine._ll, []
+    """One token per decode, each scored alone (the tool decodes batches of rows)."""
+    ctx, nll = engine.context, []
     for i in range(chunks):
         window = [int(t) for t in tokens[i * n_ctx : (i + 1) * n_ctx]]
         window[0] = engine.bos_id
         engine.reset()
         for pos, token in enumerate(window):
-            one = (ll.llama_token * 1)(token)
-            assert ll.llama_decode(engine._ctx, ll.llama_batch_get_one(one, 1)) == 0
+            row = ctx.add(0, [token], True)
+            ctx.decode()
             if n_ctx // 2 <= pos < n_ctx - 1:
-                ptr = ll.llama_get_logits_ith(engine._ctx, -1)
-                logits = np.ctypeslib.as_array(ptr, shape=(engine.n_vocab,)).astype(np.float64)
+                raw = np.frombuffer(ctx.logits(row, 1), dtype=np.float32)
+                logits = raw.astype(np.float64)
                 peak = logits.max()
                 lse = peak + math.log(np.exp(logits - peak).sum())
                 nll.append(lse - logits[tokens[i * n_ctx + pos + 1]])

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import EngineError, IncompatibleDraftError, Interrupted, UsageError
+from ..params import SamplingParams
 from .draft_policy import DraftPolicy
 
 if TYPE_CHECKING:
     from ..llama.engine import Engine, LlamaCppEngine
     from ..llama.interface import Context, Model
-    from ..params import GenerateOptions, SamplingParams
+    from ..params import GenerateOptions
 
 LOOKUP = "lookup"
 DEFAULT_DRAFT_MAX = {LOOKUP: 16, "model": 6}  # chosen with benchmarks/speculative.py
@@ -104,30 +105,32 @@ class ModelDrafter:
 
     def __init__(self, engine: LlamaCppEngine, name: str = "model") -> None:
         self.engine, self.name = engine, name
-        self._chain = engine.greedy_sampler()
+        engine.context.set_sampler(0, SamplingParams(temperature=0))  # greedy
 
     def draft(self, history: list[int], k: int, cancel: threading.Event) -> list[int]:
-        e = self.engine
+        e, ctx = self.engine, self.engine.context
         k = min(k, e.n_ctx - len(history))
         if k <= 0:
             return []
         e.decode_prompt(history, cancel)
         out: list[int] = []
-        sample, is_eog, decode_next = e.sample_with(self._chain), e.is_eog, e.decode_next
+        row = -1  # the prompt's last logits
         while True:
-            token = sample(-1)
-            if is_eog(token):
+            token = ctx.sample(0, row)
+            if e.is_eog(token):
                 return out
             out.append(token)
             if len(out) == k:
                 return out
-            if not decode_next(token):
+            row = ctx.add(0, [token], True)
+            try:
+                ctx.decode()
+            except EngineError:
                 return out  # a failed draft only costs acceptance; the target decides
 
     def close(self) -> None:
-        if self._chain is not None:
-            self.engine.free_sampler(self._chain)
-            self._chain = None
+        """Nothing to free: the greedy chain belongs to the draft engine's context, and its
+        KV cache stays for the next answer (a chat's next turn shares the history)."""
 
 
 def check_compatible(target: Engine, draft: Engine, draft_name: str = "the draft model") -> None:

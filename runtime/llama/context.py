@@ -116,6 +116,15 @@ class LlamaContext:
             raise Interrupted()
         raise EngineError(f"llama_decode failed on a batch (code {rc})")
 
+    def logits(self, row: int, n: int) -> Any:
+        # Rows that asked for logits are stored contiguously, in batch order.
+        ptr = self._ll.llama_get_logits_ith(self._handle, row)
+        if not ptr:
+            raise EngineError(f"llama.cpp has no logits for batch row {row}")
+        return (ctypes.c_float * (n * self._engine.n_vocab)).from_address(
+            ctypes.addressof(ptr.contents)
+        )
+
     def set_sampler(self, seq: int, params: SamplingParams) -> None:
         if self._chains[seq] is not None:
             self._engine.free_sampler(self._chains[seq])

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -275,8 +275,6 @@ class LlamaCppEngine:
         self.eos_text = self.token_text(self.eos_id)
         # is_eog(token): whether a token ends generation (the bound ctypes call: no Python frame)
         self.is_eog: Callable[[int], bool] = partial(ll.llama_vocab_is_eog, self._vocab)
-        self._one = (ll.llama_token * 1)()
-        self._one_batch = ll.llama_batch_get_one(self._one, 1)
 
     # -- the model ------------------------------------------------------------------------------
 
@@ -308,70 +306,10 @@ class LlamaCppEngine:
         """A sampler chain for `params`; free it with free_sampler."""
         return self._sampler(params)
 
-    def greedy_sampler(self) -> Any:
-        ll = self._ll
-        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
-        return chain
-
     def free_sampler(self, chain: Any) -> None:
         self._ll.llama_sampler_free(chain)
 
-    def new_batch(self, capacity: int) -> Any:
-        """A llama_batch of `capacity` tokens (one seq id each): fill its token/pos/n_seq_id/
-        seq_id/logits arrays and n_tokens, decode it with decode_batch; free with free_batch."""
-        return self._ll.llama_batch_init(capacity, 0, 1)
-
-    def free_batch(self, batch: Any) -> None:
-        self._ll.llama_batch_free(batch)
-
     # -- this engine's context (sequence 0) -----------------------------------------------------
-
-    @property
-    def kv_tokens(self) -> Sequence[int]:
-        """The tokens the KV cache holds, in order (live: do not modify)."""
-        return self.tokens
-
-    def sample(self, chain: Any, index: int) -> int:
-        """Sample with `chain` from the logits of batch row `index` (-1: the last)."""
-        return int(self._ll.llama_sampler_sample(chain, self._ctx, index))
-
-    def sample_with(self, chain: Any) -> Callable[[int], int]:
-        """sample(chain, index) with the chain bound: the ctypes call itself, for per-token loops
-        (no Python frame in between)."""
-        return partial(self._ll.llama_sampler_sample, chain, self._ctx)
-
-    def decode_batch(self, batch: Any) -> int:
-        """llama_decode of a batch from new_batch; its return code (0: done, 2: aborted).
-        The caller records what reached sequence 0 with record_decoded."""
-        return int(self._ll.llama_decode(self._ctx, batch))
-
-    def record_decoded(self, tokens: Sequence[int]) -> None:
-        """`tokens` were decoded into sequence 0 after what kv_tokens holds."""
-        self.tokens.extend(tokens)
-
-    def remove_from(self, seq: int, pos: int) -> bool:
-        """Remove positions `pos`.. of sequence `seq` from the KV cache (and, for sequence 0,
-        from kv_tokens). False when llama.cpp cannot (the cache is unchanged then)."""
-        ok = bool(self._ll.llama_memory_seq_rm(self._mem, seq, pos, -1))
-        if ok and seq == 0:
-            del self.tokens[pos:]
-        return ok
-
-    def decode_next(self, token: int) -> bool:
-        """Decode one token after kv_tokens (on a reused one-token batch) and record it.
-        False when the decode failed: the KV cache is then trimmed back to kv_tokens."""
-        self._one[0] = token
-        if self._ll.llama_decode(self._ctx, self._one_batch) != 0:
-            self._ll.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)
-            return False
-        self.tokens.append(token)
-        return True
-
-    def logits(self) -> Any:
-        """A float pointer to the logits of the last decode (rows of n_vocab floats, one per
-        batch row that asked for logits)."""
-        return ctypes.cast(self._ll.llama_get_logits(self._ctx), ctypes.POINTER(ctypes.c_float))
 
     @property
     def n_past(self) -> int:

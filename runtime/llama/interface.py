@@ -71,6 +71,12 @@ class Context(Protocol):
         llama.cpp fails (nothing queued is kept either)."""
         ...
 
+    def logits(self, row: int, n: int) -> Any:
+        """The logits of `n` consecutive batch rows from `row` of the last decode (rows that
+        asked for them): a buffer of n x n_vocab float32 that numpy can view, valid until the
+        next decode."""
+        ...
+
     def set_sampler(self, seq: int, params: SamplingParams) -> None:
         """Give `seq` a fresh sampler chain for `params` (its own random state and penalties)."""
         ...

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError, Interrupted, TextTooShortError, UsageError
+from ..errors import EngineError, TextTooShortError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,70 +118,48 @@ def perplexity(
 
 
 class _Evaluator:
-    """Decodes windows on the engine's context through one preallocated llama_batch, whose
-    token/pos/logits arrays are written through numpy views (no Python loop per token)."""
+    """Decodes windows on sequence 0 of the engine's context, through the engine interface's
+    Context: logits for the second half of each window, scored in numpy."""
 
     def __init__(self, engine: LlamaCppEngine, n_ctx: int, cancel: threading.Event | None):
-        import numpy as np
-
-        self.engine = engine
+        self.engine, self.context = engine, engine.context
         self.n_ctx, self.n_batch, self.n_vocab = n_ctx, engine.n_batch, engine.n_vocab
         self.cancel = cancel or threading.Event()
-        self.batch = engine.new_batch(self.n_batch)
-        b, n = self.batch, self.n_batch
-        self.token = np.ctypeslib.as_array(b.token, shape=(n,))
-        self.pos = np.ctypeslib.as_array(b.pos, shape=(n,))
-        self.logits = np.ctypeslib.as_array(b.logits, shape=(n,))
-        np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
-        for k in range(n):
-            b.seq_id[k][0] = 0
-        # llama.cpp polls the event during llama_decode: Ctrl-C stops a window within a
-        # fraction of a second (decode returns 2).
-        self._abortable = engine.abort_on(self.cancel)
 
     def __enter__(self) -> _Evaluator:
-        self.engine.reset()
-        self._abortable.__enter__()
+        self.context.remove(0)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._abortable.__exit__(None, None, None)
-        self.engine.free_batch(self.batch)
-        self.engine.reset()  # the engine's record of its KV cache stays true
+        self.context.remove(0)  # the engine's record of its KV cache stays true
 
     def chunk(self, window: np.ndarray, sums: _Sums) -> None:
         """Evaluate one window from an empty cache and add the NLL of its second half."""
-        import numpy as np
-
-        engine, n_ctx, first = self.engine, self.n_ctx, self.n_ctx // 2
-        engine.reset()
+        ctx, n_ctx, first = self.context, self.n_ctx, self.n_ctx // 2
+        ctx.remove(0)
+        tokens = window.tolist()
+        if self.engine.add_bos:
+            tokens[0] = self.engine.bos_id  # replaces the first token, as llama.cpp does
         for start in range(0, n_ctx, self.n_batch):
             size = min(self.n_batch, n_ctx - start)
-            self.token[:size] = window[start : start + size]
-            if start == 0 and self.engine.add_bos:
-                self.token[0] = self.engine.bos_id  # replaces the first token, as llama.cpp does
-            positions = np.arange(start, start + size, dtype=np.int32)
-            self.pos[:size] = positions
-            self.logits[:size] = positions >= first
-            self.batch.n_tokens = size
-            rc = engine.decode_batch(self.batch)
-            if rc != 0 or self.cancel.is_set():
-                if rc in (0, 2):
-                    raise Interrupted()
-                raise EngineError(f"llama_decode failed (code {rc})")
+            scored = min(size, start + size - first)  # positions >= first want logits
+            row = ctx.add(0, tokens[start : start + size], max(0, scored))
+            # llama.cpp polls the event during llama_decode: Ctrl-C stops a window within a
+            # fraction of a second.
+            ctx.decode(self.cancel)
             # The logits rows are the positions lo, lo+1, ...; position p predicts token p + 1,
             # and the window's last position predicts nothing.
             lo, hi = max(first, start), min(start + size, n_ctx - 1)
             if hi > lo:
-                self._score(window[lo + 1 : hi + 1], sums)
+                self._score(window[lo + 1 : hi + 1], ctx.logits(row, hi - lo), sums)
 
-    def _score(self, targets: np.ndarray, sums: _Sums) -> None:
+    def _score(self, targets: np.ndarray, logits: Any, sums: _Sums) -> None:
         """Add -log softmax(logits row i)[targets[i]] for each target, with llama.cpp's
         arithmetic: the max and exp in float32, their sum and the log in float64."""
         import numpy as np
 
         n_rows = len(targets)
-        rows_all = np.ctypeslib.as_array(self.engine.logits(), shape=(n_rows, self.n_vocab))
+        rows_all = np.frombuffer(logits, dtype=np.float32).reshape(n_rows, self.n_vocab)
         for r in range(0, n_rows, ROWS_PER_STEP):
             rows = rows_all[r : r + ROWS_PER_STEP]
             tgt = targets[r : r + len(rows)]
