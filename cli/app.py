@@ -19,6 +19,7 @@ from .models import list_models, pull, rm, show
 from .perplexity import perplexity
 from .quantize import quantize
 from .run import chat, run
+from .serve import serve
 
 app = typer.Typer(
     name="infer",
@@ -38,6 +39,7 @@ app.command(cls=SectionedHelpCommand)(chat)
 app.command(cls=HelpCommand)(bench)
 app.command(cls=HelpCommand)(quantize)
 app.command(cls=HelpCommand)(perplexity)
+app.command(cls=SectionedHelpCommand)(serve)
 app.add_typer(cache_app, name="cache")
 
 

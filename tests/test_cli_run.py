@@ -281,10 +281,11 @@ def test_help_does_not_import_heavy_modules() -> None:
         "import sys\n"
         "from infer.cli.app import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "for run in (['run', '--help'],):\n"
+        "for run in (['run', '--help'], ['serve', '--help']):\n"
         "    try:\n        main(run)\n    except SystemExit:\n        pass\n"
         "heavy = [m for m in ('llama_cpp', 'huggingface_hub', 'rich.progress', 'numpy',"
-        " 'pydantic', 'rich.markdown', 'typer.rich_utils', 'jinja2') if m in sys.modules]\n"
+        " 'pydantic', 'rich.markdown', 'typer.rich_utils', 'jinja2', 'starlette', 'uvicorn')"
+        " if m in sys.modules]\n"
         "print('HEAVY:' + ','.join(heavy))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)

@@ -1,0 +1,379 @@
+"""OpenAI's request and response shapes: a JSON body validated into a `TextRequest`, and the
+answer objects and stream chunks built back. Pure data: no HTTP, no starlette.
+
+Every field the server cannot honour is refused with a 400 naming it, never silently ignored;
+fields it does not know are ignored (OpenAI's clients send new ones all the time). Numbers are
+checked for type and range before they reach the model side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..generation.templates import Message
+from .backend import TextRequest
+
+MAX_TOKENS_LIMIT = (
+    1 << 20
+)  # more than any context infer loads; a larger value is a typo or an attack
+MAX_CHOICES = 128  # n; the backend refuses more than its slots first
+MAX_STOP = 16  # OpenAI allows 4
+MAX_STOP_CHARS = 1024
+MAX_PROMPTS = 64  # /v1/completions with a list of prompts
+MAX_MODEL_CHARS = 512
+SEED_LIMIT = 2**32  # llama.cpp's seed is a uint32
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class ApiError(Exception):
+    """An answer in OpenAI's error shape: `{"error": {message, type, param, code}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def invalid(param: str, message: str, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+@dataclass
+class ParsedRequest:
+    """A validated request: which model, what to generate, how to answer."""
+
+    model: str
+    request: TextRequest  # prompt None for completions: one per entry of `prompts`
+    prompts: list[str] = field(default_factory=list)  # /v1/completions only
+    stream: bool = False
+    include_usage: bool = False
+
+    def text_requests(self) -> list[TextRequest]:
+        """The backend requests: the chat's one, or one per completion prompt."""
+        if not self.prompts:
+            return [self.request]
+        from dataclasses import replace
+
+        return [replace(self.request, prompt=p) for p in self.prompts]
+
+
+# --- field checks ---------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise invalid(name, f"'{name}' must be a number (got {_kind(value)})")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise invalid(name, f"'{name}' must be between {low:g} and {high:g} (got {value})")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise invalid(name, f"'{name}' must be an integer (got {_kind(value)})")
+    if not low <= value <= high:
+        raise invalid(name, f"'{name}' must be between {low} and {high} (got {value})")
+    return int(value)
+
+
+def _boolean(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid(name, f"'{name}' must be true or false (got {_kind(value)})")
+    return value
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names.update({list: "an array", dict: "an object", type(None): "null"})
+    return names.get(type(value), type(value).__name__)
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise invalid("model", "'model' is required: the name of a model this server can run")
+    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
+        raise invalid("model", "'model' is not a valid model name")
+    return model
+
+
+def _stop(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise invalid("stop", "'stop' must be a string or an array of strings")
+    if len(items) > MAX_STOP:
+        raise invalid("stop", f"'stop' may hold at most {MAX_STOP} strings (got {len(items)})")
+    for s in items:
+        if not s or len(s) > MAX_STOP_CHARS:
+            raise invalid("stop", f"each 'stop' string must be 1 to {MAX_STOP_CHARS} characters")
+    return list(items)
+
+
+def _refuse_unsupported(body: dict[str, Any], completions: bool) -> None:
+    """The OpenAI features this server cannot honour: a 400 naming each, unless the field holds
+    its neutral value (what a client sends when it does not use the feature)."""
+    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
+        name = "logprobs" if body.get("logprobs") not in (None, False) else "top_logprobs"
+        raise invalid(name, f"'{name}' is not supported by this server")
+    for name in ("tools", "functions", "function_call", "audio", "prediction"):
+        if body.get(name) not in (None, [], {}):
+            raise invalid(name, f"'{name}' is not supported by this server (no tool calling)")
+    if body.get("tool_choice") not in (None, "none"):
+        raise invalid("tool_choice", "'tool_choice' is not supported by this server")
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        raise invalid(
+            "response_format", '\'response_format\' other than {"type": "text"} is not supported'
+        )
+    if body.get("logit_bias") not in (None, {}):
+        raise invalid("logit_bias", "'logit_bias' is not supported by this server")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise invalid("modalities", "only the 'text' modality is supported")
+    if completions:
+        if body.get("echo") not in (None, False):
+            raise invalid("echo", "'echo' is not supported by this server")
+        if body.get("best_of") not in (None, 1):
+            raise invalid("best_of", "'best_of' other than 1 is not supported by this server")
+        if body.get("suffix") not in (None, ""):
+            raise invalid("suffix", "'suffix' (insertion) is not supported by this server")
+
+
+def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool, bool]:
+    _refuse_unsupported(body, completions)
+    sampling: dict[str, Any] = {}
+    floats = [
+        ("temperature", 0.0, 2.0),
+        ("top_p", 0.0, 1.0),
+        ("min_p", 0.0, 1.0),
+        ("presence_penalty", -2.0, 2.0),
+        ("frequency_penalty", -2.0, 2.0),
+        ("repeat_penalty", 1e-6, 100.0),
+    ]
+    for name, low, high in floats:
+        number = _number(body, name, low, high)
+        if number is not None:
+            sampling[name] = number
+    for name, low, high_int in (("top_k", 0, 1 << 20), ("seed", 0, SEED_LIMIT - 1)):
+        integer = _integer(body, name, low, high_int)
+        if integer is not None:
+            sampling[name] = integer
+    limit = _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
+    if not completions:
+        newer = _integer(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
+        limit = newer if newer is not None else limit
+    elif limit is None and "max_tokens" not in body:
+        limit = 16  # OpenAI's default for the legacy completions endpoint
+    n = _integer(body, "n", 1, MAX_CHOICES)
+    stream = _boolean(body, "stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise invalid("stream_options", "'stream_options' is only allowed with 'stream': true")
+        if not isinstance(options, dict):
+            raise invalid("stream_options", "'stream_options' must be an object")
+        include_usage = _boolean(options, "include_usage")
+    request = TextRequest(sampling=sampling, max_tokens=limit, stop=_stop(body), n=n or 1)
+    return request, stream, include_usage
+
+
+# --- the two endpoints ----------------------------------------------------------------------
+def parse_chat(body: Any) -> ParsedRequest:
+    """A /v1/chat/completions body → the request, or ApiError (400) naming the field."""
+    if not isinstance(body, dict):
+        raise invalid("", "the request body must be a JSON object")
+    model = _model(body)
+    messages = _messages(body.get("messages"))
+    request, stream, include_usage = _common(body, completions=False)
+    request.messages = messages
+    return ParsedRequest(model, request, stream=stream, include_usage=include_usage)
+
+
+def parse_completion(body: Any) -> ParsedRequest:
+    """A /v1/completions body → the request (one prompt per entry of a list), or ApiError."""
+    if not isinstance(body, dict):
+        raise invalid("", "the request body must be a JSON object")
+    model = _model(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) > MAX_PROMPTS:
+            raise invalid("prompt", f"at most {MAX_PROMPTS} prompts per request")
+        prompts = list(prompt)
+    elif (
+        isinstance(prompt, list)
+        and prompt
+        and all(_is_int(p) or isinstance(p, list) for p in prompt)
+    ):
+        raise invalid("prompt", "prompts as token ids are not supported: send text")
+    else:
+        raise invalid("prompt", "'prompt' must be a string or a non-empty array of strings")
+    request, stream, include_usage = _common(body, completions=True)
+    return ParsedRequest(model, request, prompts, stream=stream, include_usage=include_usage)
+
+
+def _messages(messages: Any) -> list[Message]:
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages", "'messages' must be a non-empty array of messages")
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise invalid(where, f"'{where}' must be an object with 'role' and 'content'")
+        role = m.get("role")
+        if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
+            raise invalid(f"{where}.role", "tool and function messages are not supported")
+        if not isinstance(role, str) or role not in ROLES:
+            known = ", ".join(r for r in ROLES if r != "developer")
+            raise invalid(f"{where}.role", f"unknown role {role!r} (use one of: {known})")
+        out.append(Message(ROLES[role], _content(m.get("content"), f"{where}.content")))
+    return out
+
+
+def _content(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise invalid(where, f"'{where}' must be a string or an array of text parts")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("image_url", "input_image", "image"):
+            raise invalid(f"{where}[{j}]", "this model has no vision support: send text only")
+        if kind in ("input_audio", "file", "audio"):
+            raise invalid(f"{where}[{j}]", f"'{kind}' parts are not supported: send text only")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise invalid(f"{where}[{j}]", 'each part must be {"type": "text", "text": "..."}')
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+# --- answers --------------------------------------------------------------------------------
+FINISH = {"stop": "stop", "length": "length", "cancelled": "length"}
+
+
+def finish_reason(reason: str) -> str:
+    """The backend's Finished.reason as OpenAI names it (a cancelled answer was cut short)."""
+    return FINISH.get(reason, "stop")
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_answer(
+    id: str, created: int, model: str, texts: list[str], reasons: list[str], used: dict[str, int]
+) -> dict[str, Any]:
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason(reason),
+        }
+        for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
+    ]
+    return {
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": used,
+    }
+
+
+def completion_answer(
+    id: str, created: int, model: str, texts: list[str], reasons: list[str], used: dict[str, int]
+) -> dict[str, Any]:
+    choices = [
+        {"index": i, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}
+        for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
+    ]
+    return {
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": used,
+    }
+
+
+@dataclass(frozen=True)
+class ChunkMaker:
+    """Stream chunks of one answer: the same id, created and model on each."""
+
+    id: str
+    created: int
+    model: str
+    chat: bool
+
+    def _wrap(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        head = {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+        return {**head, "choices": choices}
+
+    def role(self, index: int) -> dict[str, Any] | None:
+        """The chat's first chunk of a choice (None for completions, which have no roles)."""
+        if not self.chat:
+            return None
+        delta = {"role": "assistant", "content": ""}
+        return self._wrap([self._choice(index, delta, None)])
+
+    def text(self, index: int, text: str) -> dict[str, Any]:
+        return self._wrap([self._choice(index, {"content": text}, None)])
+
+    def finish(self, index: int, reason: str) -> dict[str, Any]:
+        return self._wrap([self._choice(index, {}, finish_reason(reason))])
+
+    def usage(self, used: dict[str, int]) -> dict[str, Any]:
+        return {**self._wrap([]), "usage": used}
+
+    def _choice(self, index: int, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
+        if self.chat:
+            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+        text = delta.get("content", "")
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}

@@ -1,0 +1,137 @@
+"""A scripted `Backend` for the HTTP side's tests: pieces per choice, delays, errors on
+demand, and a record of every submit and cancel. No model, no llama.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from infer.runtime.server.backend import (
+    Finished,
+    Load,
+    ModelInfo,
+    ModelUnavailable,
+    Piece,
+    TextRequest,
+    TooManyChoices,
+)
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q4_K_M"
+
+
+@dataclass
+class Script:
+    """What each job does: the same pieces for every choice, `delay_s` before each."""
+
+    pieces: list[str] = field(default_factory=lambda: ["Paris", " is", " the", " capital."])
+    delay_s: float = 0.0
+    reason: str = "stop"
+    prompt_tokens: int = 7
+    fail_after: int | None = None  # raise RuntimeError from events() after this many pieces
+
+
+class FakeJob:
+    def __init__(self, backend: FakeBackend, model: str, request: TextRequest, script: Script):
+        self.backend, self.model, self.request, self.script = backend, model, request, script
+        self.prompt_tokens = script.prompt_tokens
+        self.generated = 0
+        self.first_token_s: float | None = None
+        self.cancelled = threading.Event()
+        self.loop = asyncio.get_running_loop()
+        self.submitted_at = self.loop.time()
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.generated
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.first_token_s
+
+    def cancel(self) -> None:
+        assert asyncio.get_running_loop() is self.loop  # from the event loop's thread
+        if not self.cancelled.is_set():
+            self.backend.cancels.append(self)
+        self.cancelled.set()
+
+    async def events(self) -> AsyncIterator[Piece | Finished]:
+        s = self.script
+        n = self.request.n
+        limit = self.request.max_tokens
+        for k, text in enumerate(s.pieces):
+            if s.fail_after is not None and k == s.fail_after:
+                raise RuntimeError("the decode loop fell over")
+            if limit is not None and k >= limit:
+                for i in range(n):
+                    yield Finished(i, "length")
+                return
+            for i in range(n):
+                waited = 0.0
+                while waited < s.delay_s and not self.cancelled.is_set():
+                    await asyncio.sleep(0.01)
+                    waited += 0.01
+                if self.cancelled.is_set():
+                    for j in range(n):
+                        yield Finished(j, "cancelled")
+                    return
+                self.generated += 1
+                if self.first_token_s is None:
+                    self.first_token_s = self.loop.time() - self.submitted_at
+                yield Piece(i, text)
+        for i in range(n):
+            yield Finished(i, s.reason)
+
+
+class FakeBackend:
+    def __init__(self, *, slots: int = 4, start_delay_s: float = 0.0) -> None:
+        self.slots = slots
+        self.start_delay_s = start_delay_s
+        self.script = Script()
+        self.known = {MODEL: True, "smollm2": True, "qwen3:0.6b": False}
+        self.raise_on_submit: Exception | None = None  # raised by the next submit
+        self.submits: list[tuple[str, TextRequest]] = []
+        self.jobs: list[FakeJob] = []
+        self.cancels: list[FakeJob] = []
+        self.started = False
+        self.drained: list[float] = []
+        self.closed = False
+        self.queue_depth = 0
+        self.busy_slots = 0
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.start_delay_s)
+        self.started = True
+
+    def describe(self) -> list[str]:
+        return [f"fake backend: {self.slots} slots"]
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def ready(self) -> bool:
+        return self.started
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(m, 1_700_000_000, "local", loaded) for m, loaded in self.known.items()]
+
+    async def submit(self, model: str, request: TextRequest) -> FakeJob:
+        self.submits.append((model, request))
+        if self.raise_on_submit is not None:
+            error, self.raise_on_submit = self.raise_on_submit, None
+            raise error
+        if model not in self.known:
+            raise ModelUnavailable(model, f"'{model}' is not in the local cache")
+        if request.n > self.slots:
+            raise TooManyChoices(request.n, self.slots)
+        job = FakeJob(self, model, request, self.script)
+        self.jobs.append(job)
+        return job
+
+    def load(self) -> Load:
+        return Load(queue_depth=self.queue_depth, busy_slots=self.busy_slots, slots=self.slots)
+
+    async def drain(self, timeout_s: float) -> None:
+        self.drained.append(timeout_s)
