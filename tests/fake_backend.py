@@ -13,6 +13,7 @@ from infer.runtime.server.backend import (
     Load,
     ModelInfo,
     ModelUnavailable,
+    Overloaded,
     Piece,
     TextRequest,
     TooManyChoices,
@@ -39,6 +40,7 @@ class FakeJob:
         self.generated = 0
         self.first_token_s: float | None = None
         self.cancelled = threading.Event()
+        self.finished = False
         self.loop = asyncio.get_running_loop()
         self.submitted_at = self.loop.time()
 
@@ -57,6 +59,13 @@ class FakeJob:
         self.cancelled.set()
 
     async def events(self) -> AsyncIterator[Piece | Finished]:
+        try:
+            async for event in self._events():
+                yield event
+        finally:
+            self.finished = True
+
+    async def _events(self) -> AsyncIterator[Piece | Finished]:
         s = self.script
         n = self.request.n
         limit = self.request.max_tokens
@@ -99,6 +108,7 @@ class FakeBackend:
         self.closed = False
         self.queue_depth = 0
         self.busy_slots = 0
+        self.draining = False
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay_s)
@@ -119,6 +129,8 @@ class FakeBackend:
 
     async def submit(self, model: str, request: TextRequest) -> FakeJob:
         self.submits.append((model, request))
+        if self.draining:
+            raise Overloaded(0)
         if self.raise_on_submit is not None:
             error, self.raise_on_submit = self.raise_on_submit, None
             raise error
@@ -134,4 +146,14 @@ class FakeBackend:
         return Load(queue_depth=self.queue_depth, busy_slots=self.busy_slots, slots=self.slots)
 
     async def drain(self, timeout_s: float) -> None:
+        """As the contract says: admit nothing more, wait for running answers up to
+        `timeout_s`, then cancel the rest (each ends with Finished "cancelled")."""
         self.drained.append(timeout_s)
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while any(not j.finished for j in self.jobs) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for job in self.jobs:
+            if not job.finished:
+                job.cancel()
