@@ -109,9 +109,12 @@ class FakeBackend:
         self.queue_depth = 0
         self.busy_slots = 0
         self.draining = False
+        self.start_error: Exception | None = None  # raised by start()
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay_s)
+        if self.start_error is not None:
+            raise self.start_error
         self.started = True
 
     def describe(self) -> list[str]:

@@ -782,6 +782,9 @@ from tests.fake_backend import FakeBackend, Script
 import infer.cli.serve as serve_command
 backend = FakeBackend()
 backend.script = Script(pieces=["x"] * {pieces}, delay_s=0.02)
+if {fail!r}:
+    from infer.runtime.errors import ModelFileError
+    backend.start_error = ModelFileError("/models/broken.gguf", "not a GGUF file")
 serve_command._backend = lambda config: backend
 from infer.cli.app import main
 main(["serve", "--port", "0", *sys.argv[1:]])
@@ -791,7 +794,7 @@ main(["serve", "--port", "0", *sys.argv[1:]])
 @contextmanager
 def serve_command(pieces: int, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     root = str(Path(__file__).resolve().parent.parent)
-    code = SERVE_FAKE.format(root=root, pieces=pieces)
+    code = SERVE_FAKE.format(root=root, pieces=pieces, fail=False)
     process = subprocess.Popen(
         [sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True
     )
@@ -841,3 +844,13 @@ def test_sigterm_lets_a_short_answer_finish() -> None:
         assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in body) == "x" * 25
         assert body[-1]["choices"][0]["finish_reason"] == "stop"
         assert process.wait(10) == 0
+
+
+def test_a_model_that_fails_to_load_at_start_is_one_line_and_exit_1() -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    code = SERVE_FAKE.format(root=root, pieces=1, fail=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert result.stderr == "infer: error: /models/broken.gguf: not a GGUF file\n"
