@@ -284,3 +284,22 @@ def test_ctrl_c_writes_what_is_finished_and_exits_130() -> None:
     assert got[0]["finish_reason"] != "interrupted" and len(got) < 6
     assert got[-1]["finish_reason"] == "interrupted"
     assert b"Traceback" not in err
+
+
+def test_forks_copy_the_prompt_cells_in_llama_cpp(tiny: LlamaCppEngine) -> None:
+    """n choices of one prompt: the forks' copied KV cells give the parent's answer at
+    temperature 0 (and each fork keeps its own sampler: a freed one would crash)."""
+    from infer.runtime.generation.scheduler import Scheduler
+
+    prompt = prompt_tokens(tiny, [Message("user", "x" * 40)])
+    with tiny.new_context(3, 256, 64) as ctx:
+        s = Scheduler(tiny, ctx)
+        options = GenerateOptions(max_tokens=12)
+        parent = s.join(BatchRequest(0, prompt, GREEDY, options))
+        for i in (1, 2):
+            s.join(BatchRequest(i, prompt, GREEDY, options), fork_of=parent)
+        results = []
+        while s.running():
+            results += s.step()[0]
+    texts = {r.index: (r.text, r.generated_tokens) for r in results}
+    assert texts[0] == texts[1] == texts[2] and texts[0][1] == 12

@@ -146,7 +146,8 @@ class LlamaContext:
             self._chains[seq] = None
 
     def copy(self, src: int, dst: int) -> None:
-        self.remove(dst)
+        # The cells only: dst keeps its sampler chain (a fork samples with its own).
+        self._ll.llama_memory_seq_rm(self._mem, dst, -1, -1)
         self._ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         self._tokens[dst][:] = self._tokens[src]
 

@@ -91,7 +91,7 @@ class Context(Protocol):
         ...
 
     def copy(self, src: int, dst: int) -> None:
-        """Make `dst` hold what `src` holds (sharing the cells: no decode)."""
+        """Make `dst` hold what `src` holds (no decode); `dst` keeps its own sampler."""
         ...
 
     def identity(self) -> dict[str, Any]:

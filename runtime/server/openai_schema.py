@@ -211,6 +211,9 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
             raise invalid("stream_options", "'stream_options' must be an object")
         include_usage = _boolean(options, "include_usage")
     request = TextRequest(sampling=sampling, max_tokens=limit, stop=_stop(body), n=n or 1)
+    # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact
+    # lengths); with no max_tokens it would run to the end of the context.
+    request.ignore_eos = _boolean(body, "ignore_eos")
     return request, stream, include_usage
 
 
