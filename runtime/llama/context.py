@@ -12,15 +12,38 @@ import ctypes
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import EngineError, Interrupted
 from ..params import SamplingParams
 
 if TYPE_CHECKING:
-    from .engine import LlamaCppEngine
     from .interface import SharedCores
+
+
+class _Owner(Protocol):
+    """What a context needs of the engine whose model it runs on (engine.LlamaCppEngine; named
+    here by shape, so that engine.py may import this module and not the other way round)."""
+
+    _ll: Any
+    _model: Any
+    threads: int
+    n_vocab: int
+    offloaded_layers: int
+
+    def core_share(self, ctx: Any) -> Any: ...
+
+    def abort_on(
+        self, cancel: threading.Event, ctx: Any = None
+    ) -> AbstractContextManager[None]: ...
+
+    def sampler(self, params: SamplingParams) -> Any: ...
+
+    def free_sampler(self, chain: Any) -> None: ...
+
+    def state_identity(self) -> dict[str, Any]: ...
 
 
 class LlamaContext:
@@ -28,9 +51,7 @@ class LlamaContext:
     `create`, or the engine's own single-sequence one), which this object frees."""
 
     @classmethod
-    def create(
-        cls, engine: LlamaCppEngine, n_seq_max: int, n_ctx_seq: int, n_batch: int
-    ) -> LlamaContext:
+    def create(cls, engine: _Owner, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> LlamaContext:
         ll = engine._ll
         params = ll.llama_context_default_params()
         params.n_seq_max = n_seq_max
@@ -46,7 +67,7 @@ class LlamaContext:
             )
         return cls(engine, handle, n_seq_max, n_batch)
 
-    def __init__(self, engine: LlamaCppEngine, handle: Any, n_seq_max: int, n_batch: int):
+    def __init__(self, engine: _Owner, handle: Any, n_seq_max: int, n_batch: int):
         self._engine = engine
         self._ll = ll = engine._ll
         self._handle = handle
