@@ -120,7 +120,7 @@ def compile_infer() -> None:
     import compileall
     import importlib.util
 
-    runtime = [f"infer.runtime.{p}" for p in ("models", "llama", "generation", "tools")]
+    runtime = [f"infer.runtime.{p}" for p in ("models", "llama", "generation", "tools", "server")]
     for name in ("infer", "infer.cli", "infer.runtime", *runtime):
         spec = importlib.util.find_spec(name)
         for folder in (spec.submodule_search_locations or []) if spec else []:

@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,8 +72,9 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+            self.cmd, stdout=subprocess.DEVNULL, stderr=self.log, stdin=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -88,6 +90,9 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
+        if self.proc.poll() is not None:  # it died under load: say how
+            print(f"{self.name} exited with {self.proc.returncode}; log: {self.log.name}",
+                  file=sys.stderr)  # fmt: skip
         self.proc.terminate()
         try:
             self.proc.wait(30)
@@ -97,11 +102,11 @@ class Server:
 
 
 async def one_request(
-    client: httpx.AsyncClient, url: str, text: str, tokens: int
+    client: httpx.AsyncClient, url: str, model: str, text: str, tokens: int
 ) -> tuple[float, int, int]:
     """(seconds to the first token, generated tokens, prompt tokens) of one streamed request."""
     body = {
-        "model": "m",
+        "model": model,
         "prompt": text,
         "max_tokens": tokens,
         "temperature": 0,
@@ -125,13 +130,20 @@ async def one_request(
     return ttft or 0.0, int(usage.get("completion_tokens", 0)), int(usage.get("prompt_tokens", 0))
 
 
-async def load(port: int, clients: int, requests: int, n_words: int, tokens: int, seed: int):
+async def load(
+    port: int, model: str, clients: int, requests: int, n_words: int, tokens: int, seed: int
+) -> tuple[float, list[tuple[float, int, int]]]:
     url = f"http://127.0.0.1:{port}/v1/completions"
-    async with httpx.AsyncClient(timeout=600) as client:
+    # A fresh connection per request: llama-server closes idle keep-alive connections, and a
+    # reused closed one fails the request ("Server disconnected without sending a response").
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=600, limits=fresh) as client:
 
         async def user(c: int) -> list[tuple[float, int, int]]:
             return [
-                await one_request(client, url, prompt(seed + c * requests + r, n_words), tokens)
+                await one_request(
+                    client, url, model, prompt(seed + c * requests + r, n_words), tokens
+                )
                 for r in range(requests)
             ]
 
@@ -166,7 +178,7 @@ def main() -> None:
     port = free_port()
     commands = {
         "infer": [
-            *infer_exe(), "serve", str(model), "--port", str(port),
+            infer_exe(), "serve", str(model), "--port", str(port),
             "--parallel", str(args.parallel), "--ctx-size", str(args.ctx_size),
             "--no-prompt-cache",
         ],
@@ -185,7 +197,15 @@ def main() -> None:
                 for clients in levels:
                     wait_quiet()
                     wall, flat = asyncio.run(
-                        load(port, clients, args.requests, args.prompt_words, args.tokens, seed)
+                        load(
+                            port,
+                            str(model),
+                            clients,
+                            args.requests,
+                            args.prompt_words,
+                            args.tokens,
+                            seed,
+                        )
                     )
                     seed += 1000
                     generated = sum(r[1] for r in flat)

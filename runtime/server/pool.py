@@ -243,17 +243,14 @@ class ModelPool:
         except BaseException:
             engine.close()
             raise
-        # One token through the graph now, as llama-server warms up: llama.cpp allocates its
-        # compute buffers on the first decode, which the first request would wait for.
-        context.add(0, [max(engine.bos_id, 0)], True)
-        context.decode()
-        context.remove(0)
         cache = None
         if config.load.prompt_cache:  # long prompts' states on disk, shared with `infer run`
             from ..generation.prompt_cache import PromptCache
 
             cache = PromptCache(resolved)
-        worker = ModelWorker(resolved.name, engine, context, self._note, cache)
+        worker = ModelWorker(
+            resolved.name, engine, context, self._note, cache, warm_up=max(engine.bos_id, 0)
+        )
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
         return _Served(resolved, engine, worker, _created(resolved))
 

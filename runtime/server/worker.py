@@ -17,7 +17,6 @@ import time
 import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,12 @@ if TYPE_CHECKING:
     from ..generation.prompt_cache import PromptCache
 
 Event = Piece | Finished
+
+
+# Text generated faster than this is handed to the event loop in pieces of a few tokens: every
+# hand-over wakes the loop, whose Python work competes with the decode for the GIL and the
+# cores (benchmarks/README.md: infer serve). 20 ms is below what a reader sees as a stutter.
+COALESCE_S = 0.02
 
 
 class ServedJob:
@@ -51,6 +56,7 @@ class ServedJob:
         self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
         self._submitted = time.perf_counter()
         self._first: float | None = None
+        self._sent_at = 0.0  # when events last went to the event loop
         self.on_cancel: Callable[[], None] = lambda: None  # set by the worker that takes it
         self._open = len(sampling)  # choices whose Finished the consumer has not seen
         self.cancelled = False
@@ -85,16 +91,25 @@ class ServedJob:
 
     # -- the decode thread's side ----------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Hand this step's events to the event loop."""
+    def flush(self) -> asyncio.AbstractEventLoop | None:
+        """Hand the events so far to the event loop (the loop, if it got any): the first text
+        and every ending at once, further text at most every COALESCE_S."""
+        now = time.perf_counter()
         if self._first is None and self.completion_tokens:
-            self._first = time.perf_counter()
+            self._first = now
         if not self.pending:
-            return
+            return None
+        ending = any(isinstance(e, Finished) for e in self.pending)
+        if now - self._sent_at < COALESCE_S and not ending:
+            return None
+        self._sent_at = now
         events, self.pending = self.pending, []
         events.sort(key=lambda e: isinstance(e, Finished))  # a choice's last text first
-        with suppress(RuntimeError):  # the event loop is closed: nobody is listening any more
+        try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, events)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            return None
+        return self._loop
 
 
 class ModelWorker:
@@ -107,7 +122,11 @@ class ModelWorker:
         context: Context,
         note: Callable[[str], None],
         prompt_cache: PromptCache | None = None,
+        *,
+        warm_up: int | None = None,
     ) -> None:
+        """`warm_up`: a token to decode once before serving (see _warm_up); the constructor
+        returns when it is done."""
         self.name, self.engine, self.context, self._note = name, engine, context, note
         self.scheduler = Scheduler(engine, context, prompt_cache)
         self.slots = context.n_seq_max
@@ -119,8 +138,12 @@ class ModelWorker:
         self._running: list[ServedJob] = []
         self._owners: dict[int, tuple[ServedJob, int]] = {}  # request index -> (job, choice)
         self._next_index = 0
-        self._thread = threading.Thread(target=self._loop, name=f"decode {name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, args=(warm_up,), name=f"decode {name}", daemon=True
+        )
+        self._started = threading.Event()
         self._thread.start()
+        self._started.wait()
 
     # -- the event loop's side -------------------------------------------------------------------
 
@@ -160,7 +183,24 @@ class ModelWorker:
 
     # -- the decode thread -----------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _warm_up(self, token: int | None) -> None:
+        """One token through the graph, as llama-server warms up: llama.cpp allocates its
+        compute buffers on the first decode, which the first request would wait for. On this
+        thread, the only one that ever decodes: libgomp spins its workers less ("throttled")
+        once more threads run OpenMP teams than there are CPUs, and a second thread that had
+        decoded once (a loader's) costs every later token here about 15% on 2 cores."""
+        try:
+            if token is not None:
+                self.context.add(0, [token], True)
+                self.context.decode()
+                self.context.remove(0)
+        except Exception as e:  # the first request will say what is wrong
+            self._note(f"{self.name}: warming up failed: {e}")
+        finally:
+            self._started.set()
+
+    def _loop(self, warm_up: int | None) -> None:
+        self._warm_up(warm_up)
         while True:
             with self._cond:
                 self._between_steps()
@@ -231,9 +271,31 @@ class ModelWorker:
         job.pending.append(Finished(choice, reason))
 
     def _flush(self) -> None:
-        for job in self._running:
-            job.flush()
+        loops = {job.flush() for job in self._running}
         self._running = [job for job in self._running if job.seqs]
+        for loop in loops:
+            if loop is not None:
+                _wait_until_sent(loop)
+
+
+# How long the decode thread waits for the event loop to send a step's text (see below).
+HANDOFF_S = 0.005
+
+
+def _wait_until_sent(loop: asyncio.AbstractEventLoop) -> None:
+    """Let the event loop send this step's text before the next decode starts. Its Python work
+    (a JSON chunk and a socket write per stream) otherwise runs during llama_decode, on a core
+    that llama.cpp's threads are using: one of them is descheduled and the others spin at the
+    next barrier until it is back — on 2 cores that cost 3 ms a token (84 against 122 tok/s for
+    one stream; benchmarks/README.md). Waiting costs the loop's ~0.1 ms per stream instead.
+    Two hops: the consumers woken by this step's events run in the loop's next iteration, and
+    the second hop is queued behind them. Bounded: a busy loop never stalls the decoding."""
+    sent = threading.Event()
+    try:
+        loop.call_soon_threadsafe(loop.call_soon, sent.set)
+    except RuntimeError:  # closed
+        return
+    sent.wait(HANDOFF_S)
 
 
 def _text_sink(job: ServedJob, choice: int) -> Callable[[str], None]:
