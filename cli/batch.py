@@ -95,6 +95,15 @@ def run_batch(
     failed_lines = sum(result.error is not None for result in writer.written)
     if failed_lines:
         output.warn(f'{failed_lines} prompt(s) failed: see "error" in their results')
+    constrained = sum(
+        result.finish_reason in ("length", "context") and bool(items[result.index].sampling.grammar)
+        for result in writer.written
+    )
+    if constrained:
+        output.warn(
+            f"{constrained} constrained answer(s) cut off before the grammar was complete "
+            '(finish_reason "length"/"context": raise --max-tokens or --ctx-size)'
+        )
     cut = sum(result.finish_reason == "context" for result in writer.written)
     if cut:
         output.warn(

@@ -43,6 +43,7 @@ COMMANDS = {
     "max_tokens, stop",
     "/show": "model, settings and context use",
     "/stats": "/stats on|off: time to first token and tok/s after each answer",
+    "/format": "/format json|off: answers as a JSON object, or free text again",
     "/undo": "drop the last exchange",
     "/retry": "regenerate the last answer",
     "/read": "/read FILE sends the file's text",
@@ -290,6 +291,8 @@ class Repl:
         s = self.settings
         if not key or not value:
             raise UsageError("usage: /set NAME VALUE (see /help)")
+        if key == "grammar":
+            raise UsageError("the grammar is set by --grammar/--json-schema; /format json|off")
         if key in {f.name for f in fields(s.sampling)}:
             typ = int if key in ("top_k", "repeat_last_n", "seed") else float
             s.sampling = replace(s.sampling, **{key: _convert(typ, key, value)}).validate()
@@ -310,7 +313,8 @@ class Repl:
             f" · repeat_penalty {p.repeat_penalty}"
             f" · seed {p.seed if p.seed is not None else 'random'}"
             f" · max_tokens {s.options.max_tokens or 'none'}"
-            f" · stop {s.options.stop or 'none'}\n"
+            f" · stop {s.options.stop or 'none'}"
+            f" · format {'constrained' if p.grammar else 'free text'}\n"
             f"system: {self.conversation.system or '(none)'}\n"
             f"context: {e.n_past} / {e.n_ctx} tokens · {len(self.conversation.turns)} messages"
         )
@@ -324,6 +328,15 @@ class Repl:
             raise UsageError("usage: /stats on|off")
         self.settings.stats = arg == "on"
         say(f"(stats {arg})")
+
+    def cmd_format(self, arg: str) -> None:
+        from infer.runtime.llama.grammar import constraint
+
+        if arg not in ("json", "off"):
+            raise UsageError("usage: /format json|off")
+        grammar = constraint(format=arg, names=("", "", "/format"))
+        self.settings.sampling = replace(self.settings.sampling, grammar=grammar)
+        say(f"(format {arg})")
 
     def cmd_undo(self, arg: str) -> None:
         say("(dropped the last exchange)" if self.conversation.undo() else "(nothing to undo)")

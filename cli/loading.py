@@ -27,8 +27,10 @@ def sampling_params(
     min_p: float | None,
     repeat_penalty: float | None,
     seed: int | None,
+    grammar: str = "",
 ) -> SamplingParams:
-    """Flags win over models.toml defaults; unset both → the dataclass default."""
+    """Flags win over models.toml defaults; unset both → the dataclass default. `grammar` is
+    constraint()'s text (checked already)."""
     from infer.runtime import SamplingParams
 
     flags = {
@@ -43,7 +45,39 @@ def sampling_params(
         chosen = value if value is not None else getattr(defaults, name)
         if chosen is not None:
             picked[name] = chosen
-    return SamplingParams(**picked, seed=seed).validate()
+    return SamplingParams(**picked, seed=seed, grammar=grammar).validate()
+
+
+def constraint(json_schema: str | None, grammar: str | None, fmt: str | None) -> str:
+    """--json-schema, --grammar or --format as GBNF text, checked before any model loads
+    (each takes @FILE for a file's contents); "" for none."""
+    from infer.runtime.llama.grammar import constraint as make
+
+    return make(
+        json_schema=_text_or_file(json_schema, "--json-schema"),
+        grammar=_text_or_file(grammar, "--grammar"),
+        format=fmt,
+    )
+
+
+def _text_or_file(value: str | None, flag: str) -> str | None:
+    if value is None or not value.startswith("@"):
+        return value
+    import os
+
+    from infer.runtime.errors import UsageError
+    from infer.runtime.llama.grammar import MAX_GRAMMAR_BYTES
+
+    path = value[1:]
+    try:
+        if os.path.getsize(path) > MAX_GRAMMAR_BYTES:
+            raise UsageError(f"{flag}: {path} is larger than {MAX_GRAMMAR_BYTES >> 20} MB")
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"{flag}: cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{flag}: {path} is not UTF-8 text") from None
 
 
 def generate_options(

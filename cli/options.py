@@ -224,3 +224,29 @@ ParallelOpt = Annotated[
         "per sequence.", show_default=False,
     ),
 ]  # fmt: skip
+JsonSchemaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--json-schema", rich_help_panel=OUTPUT, metavar="SCHEMA|@FILE",
+        help="Constrain the answer to JSON that validates against this JSON schema (text, or "
+        "@FILE). Supported: type, properties, required, additionalProperties, items, "
+        "minItems/maxItems, enum, const, anyOf, $ref/$defs, pattern, minLength/maxLength, "
+        "format date/time/date-time/uuid; other keywords are refused.", show_default=False,
+    ),
+]  # fmt: skip
+GrammarOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--grammar", rich_help_panel=OUTPUT, metavar="GBNF|@FILE",
+        help="Constrain the answer to a llama.cpp GBNF grammar (text, or @FILE); its start "
+        "rule is 'root'.", show_default=False,
+    ),
+]  # fmt: skip
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format", rich_help_panel=OUTPUT, metavar="json",
+        help="--format json: constrain the answer to a JSON object (llama.cpp's json.gbnf).",
+        show_default=False,
+    ),
+]  # fmt: skip

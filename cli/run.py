@@ -13,7 +13,14 @@ from infer.runtime.errors import Interrupted, UsageError
 
 from . import output
 from .inputs import compose_prompt, read_stdin, stdin_is_terminal
-from .loading import generate_options, load_drafter, load_model, load_options, sampling_params
+from .loading import (
+    constraint,
+    generate_options,
+    load_drafter,
+    load_model,
+    load_options,
+    sampling_params,
+)
 from .models import resolve_or_pull
 from .options import (
     BatchOpt,
@@ -23,8 +30,11 @@ from .options import (
     DraftMaxOpt,
     DraftNgramOpt,
     DraftOpt,
+    FormatOpt,
     GpuLayersOpt,
+    GrammarOpt,
     JsonOpt,
+    JsonSchemaOpt,
     MarkdownOpt,
     MaxTokensOpt,
     MinPOpt,
@@ -83,17 +93,21 @@ def run(
     no_prompt_cache: NoPromptCacheOpt = False,
     batch: BatchOpt = None,
     parallel: ParallelOpt = None,
+    json_schema: JsonSchemaOpt = None,
+    grammar: GrammarOpt = None,
+    fmt: FormatOpt = None,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
     conflicts = {"--continue": continue_, "--markdown": markdown, "--draft": bool(draft)}
     batched = _check_batch(batch, parallel, prompt, conflicts)
+    constrained = constraint(json_schema, grammar, fmt)
     text = None if batched else _prompt_text(prompt)
     resolved = resolve_or_pull(model, offline=offline)
     d = resolved.defaults
     sampling = sampling_params(
         d, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        repeat_penalty=repeat_penalty, seed=seed,
+        repeat_penalty=repeat_penalty, seed=seed, grammar=constrained,
     )  # fmt: skip
     options = generate_options(
         max_tokens=max_tokens, stop=stop, draft_max=draft_max, draft_ngram=draft_ngram,
@@ -124,6 +138,19 @@ def run(
     _stream(gen, resolved.name, json_out=json_out)
     if stats:
         output.print_stats(gen.stats)
+    if constrained and gen.stats.finish_reason in ("length", "context"):
+        _cut_off(gen, "JSON" if json_schema is not None or fmt == "json" else "grammar")
+
+
+def _cut_off(gen: Generation, what: str) -> None:
+    """A constrained answer stopped by a limit is incomplete (JSON that does not parse)."""
+    from infer.runtime.errors import InferError
+
+    limit = "--max-tokens" if gen.stats.finish_reason == "length" else "--ctx-size"
+    raise InferError(
+        f"the answer was cut off at {gen.stats.generated_tokens} tokens before the {what} "
+        f"was complete ({limit})"
+    )
 
 
 def _check_batch(
@@ -185,6 +212,9 @@ def chat(
     draft_ngram: DraftNgramOpt = None,
     draft_always: DraftAlwaysOpt = False,
     no_prompt_cache: NoPromptCacheOpt = False,
+    json_schema: JsonSchemaOpt = None,
+    grammar: GrammarOpt = None,
+    fmt: FormatOpt = None,
 ) -> None:
     """Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt)."""
     # Exactly `infer run MODEL` without a prompt, so off a terminal it also does what run does:
@@ -215,6 +245,9 @@ def chat(
         draft_ngram=draft_ngram,
         draft_always=draft_always,
         no_prompt_cache=no_prompt_cache,
+        json_schema=json_schema,
+        grammar=grammar,
+        fmt=fmt,
     )
 
 

@@ -25,6 +25,11 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None  # None: a fresh random seed per run
+    # Constrained decoding: GBNF text (root rule `root`) that every sampled token must keep
+    # matching, run by llama.cpp's grammar sampler first in the chain; "" = unconstrained.
+    # Checked before a model loads (runtime/llama/grammar.py makes it from --grammar,
+    # --json-schema or --format json).
+    grammar: str = ""
 
     def validate(self) -> SamplingParams:
         checks = [

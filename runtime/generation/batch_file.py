@@ -1,7 +1,9 @@
 """Batch files: the prompts of a `--batch` file as validated items, each with its settings.
 
 A batch file is JSON Lines (one object a line: "prompt", optional "id", "system", "max_tokens",
-"stop" and the sampling fields, which override the caller's) or plain text with one prompt per
+"stop", the sampling fields, which override the caller's, and at most one of "json_schema" (an
+object, or its text), "grammar" (GBNF) or "format" ("json" or "off"), which replace the caller's
+constraint) or plain text with one prompt per
 line. Parsing, validation and the per-prompt merging live here, not in the CLI, because every
 front end that takes many prompts (the CLI's `--batch`, a library user, an HTTP server) needs the
 same rules and the same errors, which name the source and the line. Pure Python: no model, no
@@ -22,7 +24,9 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "id": (str, int), "prompt": (str,), "system": (str,), "max_tokens": (int,),
     "stop": (str, list), "temperature": _NUMBER, "top_p": _NUMBER, "top_k": (int,),
     "min_p": _NUMBER, "repeat_penalty": _NUMBER, "seed": (int,),
+    "json_schema": (dict, str), "grammar": (str,), "format": (str,),
 }  # fmt: skip
+_CONSTRAINT_FIELDS = ("json_schema", "grammar", "format")
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
 
 
@@ -112,6 +116,8 @@ def _item(
         line_sampling = replace(
             sampling, **{k: fields[k] for k in _SAMPLING_FIELDS if k in fields}
         ).validate()
+        if any(k in fields for k in _CONSTRAINT_FIELDS):
+            line_sampling.grammar = _constraint(fields)
         options = replace(
             base,
             max_tokens=fields.get("max_tokens", base.max_tokens),
@@ -120,3 +126,15 @@ def _item(
     except UsageError as e:
         raise BatchFileError(name, number, str(e)) from None
     return BatchItem(number, prompt, fields.get("id"), fields.get("system"), line_sampling, options)
+
+
+def _constraint(fields: dict[str, Any]) -> str:
+    """The line's own grammar from its json_schema, grammar or format field (checked)."""
+    from ..llama.grammar import constraint
+
+    return constraint(
+        json_schema=fields.get("json_schema"),
+        grammar=fields.get("grammar"),
+        format=fields.get("format"),
+        names=("json_schema", "grammar", "format"),
+    )

@@ -434,6 +434,18 @@ class LlamaCppEngine:
             cache.save(self.context, 0, prompt, self.prompt_eval_tokens)  # no answer yet
 
     def _sampler(self, p: SamplingParams) -> Any:
+        if not p.grammar:
+            return self._plain_sampler(p)
+        from .grammar import constrained_chain
+
+        inner = self._plain_sampler(p)
+        chain = constrained_chain(self._ll, self._vocab, p.grammar, inner, self.eos_id)
+        if chain is None:  # checked before the load (llama/grammar.py); a vocabulary clash
+            self._ll.llama_sampler_free(inner)
+            raise EngineError("llama.cpp could not parse the grammar with this vocabulary")
+        return chain
+
+    def _plain_sampler(self, p: SamplingParams) -> Any:
         ll = self._ll
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:

@@ -156,11 +156,6 @@ def _refuse_unsupported(body: dict[str, Any], completions: bool) -> None:
             raise invalid(name, f"'{name}' is not supported by this server (no tool calling)")
     if body.get("tool_choice") not in (None, "none"):
         raise invalid("tool_choice", "'tool_choice' is not supported by this server")
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        raise invalid(
-            "response_format", '\'response_format\' other than {"type": "text"} is not supported'
-        )
     if body.get("logit_bias") not in (None, {}):
         raise invalid("logit_bias", "'logit_bias' is not supported by this server")
     modalities = body.get("modalities")
@@ -173,6 +168,46 @@ def _refuse_unsupported(body: dict[str, Any], completions: bool) -> None:
             raise invalid("best_of", "'best_of' other than 1 is not supported by this server")
         if body.get("suffix") not in (None, ""):
             raise invalid("suffix", "'suffix' (insertion) is not supported by this server")
+
+
+def _response_format(fmt: Any) -> str:
+    """`response_format` as the grammar every token must keep matching ("" for text):
+    {"type": "json_object"} is llama.cpp's JSON grammar; {"type": "json_schema", "json_schema":
+    {"name", "schema", "strict"}} the schema's, refused (400) where the converter could not
+    enforce it. Any other shape is refused too."""
+    param = "response_format"
+    if fmt is None:
+        return ""
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise invalid(param, "'response_format' must be an object with a 'type'")
+    kind = fmt["type"]
+    if kind == "text":
+        return ""
+    from ..errors import UsageError
+    from ..llama.grammar import constraint
+
+    if kind == "json_object":
+        return constraint(format="json")
+    if kind != "json_schema":
+        raise invalid(
+            param,
+            f"'response_format' type {kind!r} is not supported (text, json_object, json_schema)",
+        )
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict):
+        raise invalid(param, "'response_format.json_schema' must be an object")
+    name = spec.get("name")
+    if name is not None and not isinstance(name, str):
+        raise invalid(param, "'response_format.json_schema.name' must be a string")
+    if spec.get("strict") not in (None, True, False):
+        raise invalid(param, "'response_format.json_schema.strict' must be true or false")
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise invalid(param, "'response_format.json_schema.schema' must be a JSON schema object")
+    try:
+        return constraint(json_schema=schema, names=("response_format.json_schema.schema", "", ""))
+    except UsageError as e:
+        raise invalid(param, str(e)) from None
 
 
 def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool, bool]:
@@ -210,6 +245,9 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
         if not isinstance(options, dict):
             raise invalid("stream_options", "'stream_options' must be an object")
         include_usage = _boolean(options, "include_usage")
+    grammar = _response_format(body.get("response_format"))
+    if grammar:
+        sampling["grammar"] = grammar
     request = TextRequest(sampling=sampling, max_tokens=limit, stop=_stop(body), n=n or 1)
     # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact
     # lengths); with no max_tokens it would run to the end of the context.

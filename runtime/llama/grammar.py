@@ -1,0 +1,480 @@
+"""Constrained decoding: the GBNF text a sampler chain's grammar sampler runs (llama.cpp's
+`llama_sampler_init_grammar`), from `--grammar`, `--json-schema` or `--format json`, checked
+before a model loads.
+
+A JSON schema becomes GBNF through llama-cpp-python's port of llama.cpp's converter
+(`llama_cpp/llama_grammar.py`, pure Python). That port silently ignores keywords it does not
+implement (`minimum`, `format: email`, `oneOf` exclusivity...), which would give an answer that
+does not validate; so the schema is walked first and anything the converter would not enforce is
+refused, naming the keyword. Its string rules also allow raw control characters, which JSON
+forbids inside strings: those rules are replaced by JSON-correct ones.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+from functools import lru_cache
+from typing import Any
+
+from ..errors import UsageError
+
+MAX_GRAMMAR_BYTES = 10 * 1024 * 1024  # grammar or schema text; llama.cpp parses it per sampler
+
+# Keywords that only describe (never constrain): accepted anywhere, ignored.
+ANNOTATIONS = frozenset(
+    {
+        "title", "description", "examples", "default", "$schema", "$id", "$comment",
+        "deprecated", "readOnly", "writeOnly", "$anchor",
+    }
+)  # fmt: skip
+# Keywords the converter enforces (each only in the combinations _check_node allows).
+SUPPORTED = frozenset(
+    {
+        "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+        "minItems", "maxItems", "enum", "const", "anyOf", "$ref", "$defs", "definitions",
+        "pattern", "format", "minLength", "maxLength",
+    }
+)  # fmt: skip
+TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4"})
+FORMATS |= {"uuid5"}
+_FORMATS_SHOWN = "date, time, date-time, uuid"
+
+# A JSON string's character (RFC 8259: no raw control characters, quote or backslash).
+_JSON_CHAR = (
+    r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] '
+    r"[0-9a-fA-F])"
+)
+_JSON_DOT = r'[^"\\\x7F\x00-\x1F]'
+
+
+FLAGS = ("--json-schema", "--grammar", "--format")
+
+
+def constraint(
+    *,
+    json_schema: str | dict[str, Any] | None = None,
+    grammar: str | None = None,
+    format: str | None = None,
+    names: tuple[str, str, str] = FLAGS,
+) -> str:
+    """The GBNF for at most one of a JSON schema (text or parsed), a grammar or a format
+    ("json"; "off"/"text": none), checked; "" for none. `names` are what errors call the three
+    (flags, batch-file fields). UsageError for two at once or anything llama.cpp cannot run."""
+    given = [n for n, v in zip(names, (json_schema, grammar, format), strict=True) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"{given[0]} and {given[1]} cannot be used together")
+    if json_schema is not None:
+        if isinstance(json_schema, str):
+            return check_grammar(schema_grammar(json_schema, names[0]), names[0])
+        return check_grammar(schema_dict_grammar(json_schema, names[0]), names[0])
+    if grammar is not None:
+        return check_grammar(grammar, names[1])
+    if format is None or format in ("off", "text"):
+        return ""
+    if format == "json":
+        return json_grammar()
+    raise UsageError(f"{names[2]} must be json or off (got {format!r})")
+
+
+def json_grammar() -> str:
+    """llama.cpp's JSON grammar (grammars/json.gbnf): any JSON object."""
+    return _port().JSON_GBNF
+
+
+def schema_grammar(schema_text: str, what: str = "--json-schema") -> str:
+    """GBNF for a JSON schema given as text; UsageError (naming `what`) for text that is not a
+    JSON object, or a schema with a keyword the converter would not enforce."""
+    _check_size(schema_text, what)
+    try:
+        schema = json.loads(schema_text)
+    except ValueError as e:
+        raise UsageError(f"{what}: not valid JSON ({e})") from None
+    return schema_dict_grammar(schema, what)
+
+
+def schema_dict_grammar(schema: Any, what: str = "--json-schema") -> str:
+    """GBNF for an already parsed JSON schema (see schema_grammar)."""
+    if not isinstance(schema, dict):
+        raise UsageError(f"{what}: a JSON schema must be a JSON object (got {_kind(schema)})")
+    _check_schema(schema, what)
+    port = _port()
+    converter = port.SchemaConverter(
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+    try:
+        copy = json.loads(json.dumps(schema))
+        _resolve_refs(copy, converter._refs, what)
+        resolved = converter.resolve_refs(copy, "input")
+        converter.visit(resolved, "")
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"{what}: unsupported schema ({reason[:200]})") from None
+    return _json_correct(converter.format_grammar())
+
+
+def _resolve_refs(root: dict[str, Any], refs: dict[str, Any], what: str) -> None:
+    """Every local $ref resolved into the converter's table (its own pass misses refs inside
+    the definitions when the root itself is a $ref)."""
+
+    def visit(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item)
+            return
+        if not isinstance(node, dict):
+            return
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            target: Any = root
+            for part in ref[2:].split("/"):
+                part = part.replace("~1", "/").replace("~0", "~")
+                if not isinstance(target, dict) or part not in target:
+                    raise UsageError(f"{what}: $ref {ref!r} points to nothing")
+                target = target[part]
+            node["$ref"] = "input" + ref
+            refs["input" + ref] = target
+        for value in node.values():
+            visit(value)
+
+    visit(root)
+
+
+def check_grammar(text: str, what: str = "--grammar") -> str:
+    """`text` if llama.cpp parses it as a grammar with a `root` rule, else a UsageError with
+    llama.cpp's reason. Runs before any model loads (no vocabulary: token references such as
+    `<[42]>` are refused)."""
+    _check_size(text, what)
+    if not text.strip():
+        raise UsageError(f"{what}: the grammar is empty")
+    if "\x00" in text:
+        raise UsageError(f"{what}: the grammar contains a NUL character")
+    error = _parse_error(text)
+    if error is not None:
+        raise UsageError(f"{what}: llama.cpp cannot use this grammar: {error}")
+    return text
+
+
+def _check_size(text: str, what: str) -> None:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_GRAMMAR_BYTES:
+        raise UsageError(f"{what}: larger than {MAX_GRAMMAR_BYTES // (1024 * 1024)} MB")
+
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=64)
+def _parse_error(text: str) -> str | None:
+    """None if llama.cpp accepts `text`, else its reason. llama.cpp prints parse errors on fd 2
+    itself (fprintf, not its log callback): captured here and turned into one line."""
+    from .bindings import bindings
+
+    ll = bindings()
+    with _lock, tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        try:
+            os.dup2(captured.fileno(), 2)
+            sampler = ll.llama_sampler_init_grammar(None, text.encode("utf-8"), b"root")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        log = captured.read(64 * 1024).decode("utf-8", "replace")
+    if sampler:
+        ll.llama_sampler_free(sampler)
+        return None
+    return _reason(log, text)
+
+
+def _reason(log: str, text: str) -> str:
+    for line in log.splitlines():
+        if "error parsing grammar:" in line:
+            return line.split("error parsing grammar:", 1)[1].strip()[:200]
+    # Parsed, then refused: llama.cpp says why through its log callback (silenced once a model
+    # is loaded), and only these two reasons remain after a successful parse.
+    if not re.search(r"^\s*root\s*::=", text, re.MULTILINE):
+        return "no 'root' rule"
+    return "left recursion (a rule that can start with itself)"
+
+
+def _json_correct(grammar: str) -> str:
+    """The converter's grammar with its string character rules made JSON-correct."""
+    out = []
+    for line in grammar.splitlines():
+        name, sep, _ = line.partition(" ::= ")
+        if sep and name == "char":
+            line = f"char ::= {_JSON_CHAR}"
+        elif sep and name == "dot":
+            line = f"dot ::= {_JSON_DOT}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@lru_cache(maxsize=1)
+def _port() -> Any:
+    """llama_cpp/llama_grammar.py loaded on its own: `import llama_cpp.llama_grammar` would run
+    the package's `__init__` (numpy and the high-level API); the module needs only the stdlib."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - no llama_cpp
+        raise UsageError("llama-cpp-python is not installed")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "llama_grammar.py")
+    module_spec = importlib.util.spec_from_file_location("_infer_llama_grammar", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else "a number"
+    )
+
+
+# -- which schemas the converter enforces ----------------------------------------------------
+
+
+def _check_schema(schema: dict[str, Any], what: str) -> None:
+    def refuse(path: str, reason: str) -> None:
+        raise UsageError(f"{what}: at {path or '/'}: {reason}")
+
+    def walk(node: Any, path: str) -> None:
+        if not isinstance(node, dict):
+            if node is True and path.endswith("/additionalProperties"):
+                return
+            refuse(path, f"a subschema must be an object, not {_kind(node)}")
+        _check_node(node, path, refuse)
+        for key in ("$defs", "definitions", "properties"):
+            children = node.get(key, {})
+            if not isinstance(children, dict):
+                refuse(f"{path}/{key}", f"'{key}' must be an object")
+            for name, child in children.items():
+                walk(child, f"{path}/{key}/{name}")
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            walk(extra, f"{path}/additionalProperties")
+        items = node.get("items")
+        if items is not None:
+            walk(items, f"{path}/items")
+        for key in ("prefixItems", "anyOf"):
+            members = node.get(key)
+            if members is None:
+                continue
+            if not isinstance(members, list) or not members:
+                refuse(f"{path}/{key}", f"'{key}' must be a non-empty array")
+            for i, child in enumerate(members):
+                walk(child, f"{path}/{key}/{i}")
+
+    walk(schema, "")
+
+
+def _check_node(node: dict[str, Any], path: str, refuse: Any) -> None:
+    for key in node:
+        if key not in SUPPORTED and key not in ANNOTATIONS:
+            hint = " (use anyOf)" if key == "oneOf" else ""
+            refuse(path, f"keyword '{key}' is not supported{hint}")
+    constraints = {k for k in node if k in SUPPORTED and k not in ("$defs", "definitions")}
+    kind = node.get("type")
+    ref = node.get("$ref")
+    if ref is not None:
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            refuse(path, f"only local $ref ('#/...') is supported (got {ref!r})")
+        _alone(constraints, "$ref", path, refuse)
+        return
+    if "anyOf" in node:
+        _alone(constraints, "anyOf", path, refuse)
+        return
+    if isinstance(kind, list):
+        if not kind or any(k not in TYPES for k in kind) or len(set(kind)) != len(kind):
+            refuse(path, f"'type' must list distinct JSON types (got {kind!r})")
+        _alone(constraints, "type", path, refuse)
+        return
+    if kind is not None and kind not in TYPES:
+        refuse(path, f"unknown type {kind!r}")
+    for key in ("const", "enum"):
+        if key in node:
+            if key == "enum" and (not isinstance(node["enum"], list) or not node["enum"]):
+                refuse(path, "'enum' must be a non-empty array")
+            _alone(constraints - {"type"}, key, path, refuse)
+            return
+    _check_typed(node, kind, constraints, path, refuse)
+
+
+def _check_typed(
+    node: dict[str, Any], kind: Any, constraints: set[str], path: str, refuse: Any
+) -> None:
+    objects = {"properties", "required", "additionalProperties"}
+    arrays = {"items", "prefixItems", "minItems", "maxItems"}
+    strings = {"pattern", "format", "minLength", "maxLength"}
+    for group, name in ((objects, "object"), (arrays, "array"), (strings, "string")):
+        used = constraints & group
+        if used and kind not in (None, name):
+            refuse(path, f"'{sorted(used)[0]}' applies to type {name}, not {kind}")
+    families = [g for g in (objects, arrays, strings) if constraints & g]
+    if len(families) > 1:
+        refuse(path, "keywords of several types in one schema (use anyOf)")
+    if constraints & objects:
+        props = node.get("properties", {})
+        required = node.get("required", [])
+        if not isinstance(required, list) or any(not isinstance(r, str) for r in required):
+            refuse(f"{path}/required", "'required' must be an array of names")
+        missing = [r for r in required if r not in props]
+        if missing:
+            refuse(path, f"required property '{missing[0]}' is not in 'properties'")
+        if "properties" not in node and node.get("additionalProperties") is True:
+            return
+    if constraints & arrays:
+        if "prefixItems" in node and constraints & {"items", "minItems", "maxItems"}:
+            refuse(path, "'prefixItems' with 'items', 'minItems' or 'maxItems'")
+        if "items" in node and not isinstance(node["items"], dict):
+            refuse(f"{path}/items", "'items' must be a schema object")
+        if constraints & {"minItems", "maxItems"} and "items" not in node:
+            refuse(path, "'minItems'/'maxItems' need 'items'")
+        _counts(node, ("minItems", "maxItems"), path, refuse)
+    if constraints & strings:
+        if "pattern" in node:
+            _alone(constraints - {"type"}, "pattern", path, refuse)
+            pattern = node["pattern"]
+            if not isinstance(pattern, str) or not (
+                pattern.startswith("^") and pattern.endswith("$")
+            ):
+                refuse(path, "'pattern' must be anchored: start with ^ and end with $")
+        elif "format" in node:
+            _alone(constraints - {"type"}, "format", path, refuse)
+            if node["format"] not in FORMATS:
+                refuse(
+                    path,
+                    f"format {node['format']!r} is not supported (supported: {_FORMATS_SHOWN})",
+                )
+        else:
+            if kind != "string":
+                refuse(path, "'minLength'/'maxLength' need \"type\": \"string\"")
+            _counts(node, ("minLength", "maxLength"), path, refuse)
+
+
+def _counts(node: dict[str, Any], keys: tuple[str, str], path: str, refuse: Any) -> None:
+    low, high = (node.get(k) for k in keys)
+    for key, value in zip(keys, (low, high), strict=True):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            refuse(path, f"'{key}' must be a non-negative integer")
+    if low is not None and high is not None and low > high:
+        refuse(path, f"'{keys[0]}' is larger than '{keys[1]}'")
+    if max(low or 0, high or 0) > 1000:
+        refuse(path, f"'{keys[0]}'/'{keys[1]}' above 1000")
+
+
+def _alone(constraints: set[str], keyword: str, path: str, refuse: Any) -> None:
+    others = sorted(constraints - {keyword})
+    if others:
+        refuse(path, f"'{others[0]}' next to '{keyword}' would be ignored")
+
+
+# -- the sampler: llama.cpp's grammar-based rejection sampling -------------------------------
+
+
+class _Grammar:
+    """One sequence's constrained sampler: the plain chain (`inner`) picks a token from all
+    candidates; only when the grammar rejects it are the candidates masked by the grammar and the
+    pick made again (llama.cpp's common_sampler_sample without grammar_first). Masking every
+    candidate each step costs a pass over the whole vocabulary per token (measured: 4 tok/s
+    instead of 146 for a JSON schema on SmolLM2); the check of one token costs next to nothing."""
+
+    __slots__ = ("dead", "eos", "grammar", "inner", "ll", "one", "one_arr", "saved")
+
+    def __init__(self, ll: Any, inner: Any, grammar: Any, n_vocab: int, eos: int) -> None:
+        self.ll, self.inner, self.grammar, self.eos = ll, inner, grammar, eos
+        self.saved = (ll.llama_token_data * n_vocab)()
+        self.one = (ll.llama_token_data * 1)()
+        self.one_arr = ll.llama_token_data_array(self.one, 1, -1, False)
+        self.dead = False  # no candidate fits: generation is ended, the grammar left alone
+
+    def allows(self, token: int) -> bool:
+        one = self.one[0]
+        one.id, one.logit, one.p = token, 1.0, 0.0
+        self.one_arr.size, self.one_arr.selected = 1, -1
+        self.ll.llama_sampler_apply(self.grammar, ctypes.byref(self.one_arr))
+        return one.logit != -math.inf
+
+    def apply(self, cur_p: Any) -> None:
+        ll, cur = self.ll, cur_p.contents
+        n = min(int(cur.size), len(self.saved))
+        ctypes.memmove(self.saved, cur.data, n * ctypes.sizeof(ll.llama_token_data))
+        ll.llama_sampler_apply(self.inner, cur_p)
+        if self.allows(cur.data[cur.selected].id):
+            return
+        ctypes.memmove(cur.data, self.saved, n * ctypes.sizeof(ll.llama_token_data))
+        cur.size, cur.selected, cur.sorted = n, -1, False
+        ll.llama_sampler_apply(self.grammar, cur_p)
+        ll.llama_sampler_apply(self.inner, cur_p)
+        if cur.selected < 0 or not self.allows(cur.data[cur.selected].id):
+            # Nothing the vocabulary can spell continues the grammar (a character no token
+            # has): end the answer rather than let llama.cpp abort on an impossible token.
+            self.dead = True
+            cur.selected = 0
+            cur.data[0].id = self.eos
+
+    def accept(self, token: int) -> None:
+        self.ll.llama_sampler_accept(self.inner, token)
+        if not self.dead:
+            self.ll.llama_sampler_accept(self.grammar, token)
+
+    def reset(self) -> None:
+        self.ll.llama_sampler_reset(self.inner)
+        self.ll.llama_sampler_reset(self.grammar)
+        self.dead = False
+
+    def free(self) -> None:
+        self.ll.llama_sampler_free(self.inner)
+        self.ll.llama_sampler_free(self.grammar)
+
+
+_live: dict[int, _Grammar] = {}  # sampler address -> its state, until llama.cpp frees it
+_iface: Any = None
+
+
+def _state(smpl: Any) -> _Grammar:
+    return _live[ctypes.cast(smpl, ctypes.c_void_p).value or 0]
+
+
+def _interface(ll: Any) -> Any:
+    """The llama_sampler_i every constrained sampler shares (kept for the process's life)."""
+    global _iface
+    if _iface is None:
+
+        def free(smpl: Any) -> None:
+            state = _live.pop(ctypes.cast(smpl, ctypes.c_void_p).value or 0, None)
+            if state is not None:
+                state.free()
+
+        iface = ll.llama_sampler_i()
+        iface.accept = ll.llama_sampler_i_accept(lambda s, t: _state(s).accept(t))
+        iface.apply = ll.llama_sampler_i_apply(lambda s, p: _state(s).apply(p))
+        iface.reset = ll.llama_sampler_i_reset(lambda s: _state(s).reset())
+        iface.free = ll.llama_sampler_i_free(free)
+        _iface = iface
+    return _iface
+
+
+def constrained_chain(ll: Any, vocab: Any, grammar_text: str, inner: Any, eos: int) -> Any:
+    """A sampler chain that samples with `inner` (which it owns from here) under the grammar;
+    None if llama.cpp cannot parse the grammar (the caller frees `inner` then)."""
+    grammar = ll.llama_sampler_init_grammar(vocab, grammar_text.encode("utf-8"), b"root")
+    if not grammar:
+        return None
+    n_vocab = int(ll.llama_vocab_n_tokens(vocab))
+    state = _Grammar(ll, inner, grammar, n_vocab, eos)
+    custom = ll.llama_sampler_init(ctypes.byref(_interface(ll)), None)
+    _live[ctypes.cast(custom, ctypes.c_void_p).value or 0] = state
+    # In a chain of its own: llama_sampler_sample gives a chain a reused candidate buffer.
+    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    ll.llama_sampler_chain_add(chain, custom)
+    return chain
