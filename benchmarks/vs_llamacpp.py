@@ -47,20 +47,23 @@ def cache_root() -> Path:
     return base.expanduser()
 
 
-def build_llamacpp(jobs: int = 2) -> Path:
-    """llama-bench and llama-completion from the sdist of the installed llama-cpp-python; built
-    once per version. Returns the directory holding both binaries."""
+TOOLS = ("llama-bench", "llama-completion")
+
+
+def build_llamacpp(jobs: int = 2, targets: tuple[str, ...] = TOOLS) -> Path:
+    """llama.cpp's tools (`targets`) from the sdist of the installed llama-cpp-python; built
+    once per version. Returns the directory holding the binaries."""
     version = importlib.metadata.version("llama_cpp_python")
     root = cache_root() / f"llama-cpp-python-{version}"
     bin_dir = root / "build" / "bin"
-    if all((bin_dir / name).exists() for name in ("llama-bench", "llama-completion")):
+    if all((bin_dir / name).exists() for name in targets):
         return bin_dir
     root.mkdir(parents=True, exist_ok=True)
     source = root / "sdist"
     if not (source / "vendor" / "llama.cpp" / "CMakeLists.txt").exists():
         _unpack_sdist(version, root, source)
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    print(f"building llama-bench and llama-completion in {root / 'build'} …", file=sys.stderr)
+    print(f"building {', '.join(targets)} in {root / 'build'} …", file=sys.stderr)
     run(
         [
             "cmake",
@@ -76,8 +79,8 @@ def build_llamacpp(jobs: int = 2) -> Path:
             "-DGGML_METAL=OFF",
             "-DGGML_VULKAN=OFF",
             "-DLLAMA_BUILD_TESTS=OFF",
-            "-DLLAMA_BUILD_EXAMPLES=OFF",
-            "-DLLAMA_BUILD_SERVER=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=ON",  # llama-embedding is an example
+            "-DLLAMA_BUILD_SERVER=ON",  # llama-server: the embeddings tests compare with it
         ]
     )
     run(
@@ -86,8 +89,7 @@ def build_llamacpp(jobs: int = 2) -> Path:
             "--build",
             str(root / "build"),
             "--target",
-            "llama-bench",
-            "llama-completion",
+            *targets,
             "-j",
             str(jobs),
         ]
@@ -312,6 +314,9 @@ def main() -> None:
     parser.add_argument("-n", "--gen", type=int, default=128)
     parser.add_argument("--jobs", type=int, default=2, help="build parallelism")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument(
+        "--tools", default=",".join(TOOLS), help="with --build-only: the llama.cpp targets"
+    )
     parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
     parser.add_argument(
         "--max-busy",
@@ -323,10 +328,11 @@ def main() -> None:
         "--no-compile", action="store_true", help="do not write infer's bytecode first"
     )
     args = parser.parse_args()
-    bin_dir = build_llamacpp(args.jobs)
     if args.build_only:
+        bin_dir = build_llamacpp(args.jobs, tuple(args.tools.split(",")))
         print(bin_dir)
         return
+    bin_dir = build_llamacpp(args.jobs)
     model = (args.model or bundled_model()).resolve()
     if not args.no_compile:
         compile_infer()

@@ -14,6 +14,7 @@ import typer
 from . import output
 from .bench import bench
 from .cache import cache_app
+from .embed import embed
 from .help import HelpCommand, HelpGroup, SectionedHelpCommand
 from .models import list_models, pull, rm, show
 from .perplexity import perplexity
@@ -40,6 +41,7 @@ app.command(cls=HelpCommand)(bench)
 app.command(cls=HelpCommand)(quantize)
 app.command(cls=HelpCommand)(perplexity)
 app.command(cls=SectionedHelpCommand)(serve)
+app.command(cls=SectionedHelpCommand)(embed)
 app.add_typer(cache_app, name="cache")
 
 

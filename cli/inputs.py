@@ -77,8 +77,10 @@ def read_stream(stream: BinaryIO, name: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
         raise InputError(
-            f"{name} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
+            f"{name} is not valid UTF-8 (line {line}: byte 0x{data[e.start]:02x} at offset "
+            f"{e.start})"
         ) from None
     return text.removeprefix("\ufeff")
 

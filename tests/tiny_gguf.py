@@ -73,3 +73,71 @@ def write_tiny_gguf(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+BERT_WORDS = ["the", "cat", "sat", "on", "mat", "dog", "hello", "world", "query", ":", "."]
+
+
+def write_tiny_bert_gguf(path: Path, *, seed: int = 0, pooling: int = 1) -> Path:
+    """A tiny random-weight BERT encoder (non-causal, mean pooling by default) with a
+    WordPiece vocabulary of a few words, [CLS]/[SEP], and the 26 letters as pieces."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tokens = special + BERT_WORDS + letters + ["##" + c for c in letters]
+    types = [gguf.TokenType.CONTROL] * len(special) + [gguf.TokenType.NORMAL] * (
+        len(tokens) - len(special)
+    )
+    n_vocab = len(tokens)
+
+    w = gguf.GGUFWriter(str(path), "bert")
+    w.add_context_length(N_CTX)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_layer_norm_eps(1e-12)
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType(pooling))
+    w.add_file_type(0)
+    w.add_tokenizer_model("bert")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_type_count(2)
+    w.add_unk_token_id(1)
+    w.add_sep_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_mask_token_id(4)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(True)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(3)
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
+
+    def norm(name: str) -> None:
+        w.add_tensor(f"{name}.weight", np.ones(N_EMBD, dtype=np.float32))
+        w.add_tensor(f"{name}.bias", np.zeros(N_EMBD, dtype=np.float32))
+
+    tensor("token_embd.weight", n_vocab, N_EMBD)
+    tensor("token_types.weight", 2, N_EMBD)
+    tensor("position_embd.weight", N_CTX, N_EMBD)
+    norm("token_embd_norm")
+    for i in range(N_LAYER):
+        for part in ("q", "k", "v", "output"):
+            tensor(f"blk.{i}.attn_{part}.weight", N_EMBD, N_EMBD)
+            tensor(f"blk.{i}.attn_{part}.bias", N_EMBD)
+        norm(f"blk.{i}.attn_output_norm")
+        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_up.bias", N_FF)
+        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+        tensor(f"blk.{i}.ffn_down.bias", N_EMBD)
+        norm(f"blk.{i}.layer_output_norm")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -135,6 +135,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
         routes=[
             Route("/v1/chat/completions", api.chat, methods=["POST"]),
             Route("/v1/completions", api.completions, methods=["POST"]),
+            Route("/v1/embeddings", api.embeddings, methods=["POST"]),
             Route("/v1/models", api.list_models, methods=["GET"]),
             Route("/v1/models/{id:path}", api.get_model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
@@ -223,6 +224,26 @@ class _Api:
             code="model_not_found",
         )
         return _error_response(error)
+
+    async def embeddings(self, request: Request) -> Response:
+        from . import embeddings
+
+        record = record_of(request.scope)
+        try:
+            raw = await read_body(request.receive, request.headers, self.settings.max_body)
+            parsed = embeddings.parse(parse_json(raw))
+            record.model = parsed.model
+            record.started = time.monotonic()
+            try:
+                result = await self.backend.embed(parsed.model, parsed.inputs)
+            except Exception as e:
+                raise backend_error(e, record, "input") from None
+            record.prompt_tokens = result.prompt_tokens
+            return JSONResponse(embeddings.answer(parsed, parsed.model, result))
+        except ApiError as e:
+            return _error_response(e)
+        except ClientGone:
+            return Response(status_code=400)
 
     # --- generation -------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:

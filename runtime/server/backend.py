@@ -86,6 +86,12 @@ class Job(Protocol):
 
 
 @dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]  # one per input, in order
+    prompt_tokens: int  # over all inputs
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     id: str
     created: int  # Unix seconds: when the model was pulled or made
@@ -133,6 +139,12 @@ class Backend(Protocol):
         ...
 
     def load(self) -> Load: ...
+
+    async def embed(self, model: str, inputs: list[str] | list[list[int]]) -> Embeddings:
+        """Vectors for texts (or token arrays), batched with other embedding requests for the
+        same model. Raises as submit does; a model that makes no sentence vectors (its GGUF
+        says pooling "none") is a UsageError (400)."""
+        ...
 
     async def drain(self, timeout_s: float) -> None:
         """Shutdown: admit nothing more (submit raises Overloaded); wait up to `timeout_s` for

@@ -14,7 +14,7 @@ import asyncio
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
@@ -23,12 +23,15 @@ from typing import Any
 from ..api import load, prompt_tokens
 from ..errors import BadReferenceError, ModelFileError, ModelNotFoundError, UsageError
 from ..generation.templates import Message
+from ..llama.embedder import Embedder, is_embedding_model, makes_no_sentence_vectors
+from ..llama.embedder import default_ctx as embed_default_ctx
 from ..llama.engine import KV_BUDGET_BYTES, LlamaCppEngine, backends, default_ctx
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
 from ..params import GenerateOptions, SamplingParams
 from .backend import (
+    Embeddings,
     Load,
     ModelInfo,
     ModelUnavailable,
@@ -38,7 +41,7 @@ from .backend import (
     TextRequest,
     TooManyChoices,
 )
-from .worker import ModelWorker, ServedJob
+from .worker import EmbedRequest, ModelWorker, ServedJob
 
 OWN_CONTEXT = 256  # the engine's own single-sequence context, which the server does not use
 _SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
@@ -109,12 +112,13 @@ class ModelPool:
         return list(seen.values())
 
     async def submit(self, model: str, request: TextRequest) -> ServedJob:
-        if self._draining:
-            raise Overloaded(0, message="the server is shutting down")
-        queued = sum(len(s.worker.waiting) for s in self._served.values())
-        if queued >= self.config.queue:
-            raise Overloaded(queued)
+        self._check_room()
         served = await self._get(model)
+        if is_embedding_model(served.engine):
+            raise UsageError(
+                f"{served.resolved.name} is an embedding model: it makes vectors, not text "
+                "(POST /v1/embeddings)"
+            )
         worker = served.worker
         if request.n > worker.slots:
             raise TooManyChoices(request.n, worker.slots)
@@ -136,6 +140,37 @@ class ModelPool:
         worker.submit(job)
         self._served.move_to_end(served.resolved.name)
         return job
+
+    async def embed(self, model: str, inputs: list[str] | list[list[int]]) -> Embeddings:
+        self._check_room()
+        served = await self._get(model)
+        engine = served.engine
+        if makes_no_sentence_vectors(engine):
+            raise UsageError(
+                f"{served.resolved.name} makes no vector for a whole text (its pooling is "
+                "'none'): use an embedding model"
+            )
+        limit = self.config.load.ctx_size or embed_default_ctx(engine)
+        tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
+        for i, t in enumerate(tokens):
+            if not t:
+                raise UsageError(f"input {i} is empty")
+            if len(t) > limit:
+                raise PromptTooLong(len(t), limit)
+        request = EmbedRequest(tokens, asyncio.get_running_loop())
+        served.worker.submit_embed(request)
+        self._served.move_to_end(served.resolved.name)
+        vectors = await request.future
+        return Embeddings(vectors, sum(len(t) for t in tokens))
+
+    def _check_room(self) -> None:
+        if self._draining:
+            raise Overloaded(0, message="the server is shutting down")
+        queued = sum(
+            len(s.worker.waiting) + len(s.worker.embed_waiting) for s in self._served.values()
+        )
+        if queued >= self.config.queue:
+            raise Overloaded(queued)
 
     def load(self) -> Load:
         workers = [s.worker for s in self._served.values()]
@@ -248,9 +283,13 @@ class ModelPool:
             from ..generation.prompt_cache import PromptCache
 
             cache = PromptCache(resolved)
+        encoder = is_embedding_model(engine)  # no text: nothing to warm up for
+        embed_ctx = config.load.ctx_size or embed_default_ctx(engine)
         worker = ModelWorker(
-            resolved.name, engine, context, self._note, cache, warm_up=max(engine.bos_id, 0)
-        )
+            resolved.name, engine, context, self._note, cache,
+            warm_up=None if encoder else max(engine.bos_id, 0),
+            embedder=lambda: Embedder(engine, pooling=None, n_ctx=embed_ctx),
+        )  # fmt: skip
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
         return _Served(resolved, engine, worker, _created(resolved))
 
@@ -279,6 +318,24 @@ class ModelPool:
         if base.seed is None:
             return [base] * request.n
         return [replace(base, seed=(base.seed + i) % 2**32) for i in range(request.n)]
+
+
+def _embedding_tokens(engine: LlamaCppEngine, inputs: Sequence[str | list[int]]) -> list[list[int]]:
+    """Texts tokenized as llama-embedding does (BOS/EOS/SEP as the vocabulary adds them);
+    token arrays checked against the vocabulary."""
+    out = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            buf, n = engine.tokenize_into_buffer(item, add_special=True, special=True)
+            out.append(list(buf[:n]))
+            continue
+        bad = next((t for t in item if not 0 <= t < engine.n_vocab), None)
+        if bad is not None:
+            raise UsageError(
+                f"input {i} has token {bad}, outside the vocabulary (0..{engine.n_vocab - 1})"
+            )
+        out.append(list(item))
+    return out
 
 
 def _to_stderr(line: str) -> None:

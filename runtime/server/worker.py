@@ -17,8 +17,9 @@ import time
 import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InferError, Interrupted
 from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq
@@ -112,6 +113,26 @@ class ServedJob:
         return self._loop
 
 
+class EmbedRequest:
+    """Inputs to embed on the decode thread; `future` (on the event loop) gets the vectors."""
+
+    def __init__(self, inputs: list[list[int]], loop: asyncio.AbstractEventLoop) -> None:
+        self.inputs, self._loop = inputs, loop
+        self.future: asyncio.Future[list[Any]] = loop.create_future()
+
+    def settle(self, vectors: list[Any] | None, error: BaseException | None) -> None:
+        def settle() -> None:
+            if self.future.done():  # the client went away
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(vectors or [])
+
+        with suppress(RuntimeError):  # the event loop is closed
+            self._loop.call_soon_threadsafe(settle)
+
+
 class ModelWorker:
     """A loaded model, its multi-sequence context and the thread that decodes it."""
 
@@ -124,14 +145,20 @@ class ModelWorker:
         prompt_cache: PromptCache | None = None,
         *,
         warm_up: int | None = None,
+        embedder: Callable[[], Any] | None = None,
     ) -> None:
         """`warm_up`: a token to decode once before serving (see _warm_up); the constructor
-        returns when it is done."""
+        returns when it is done. `embedder` makes the model's Embedder (llama/embedder.py) on
+        this thread, when the first embedding request comes: embeddings are computed here too,
+        between decode steps, so one thread runs llama.cpp for the model."""
         self.name, self.engine, self.context, self._note = name, engine, context, note
         self.scheduler = Scheduler(engine, context, prompt_cache)
         self.slots = context.n_seq_max
         self.n_ctx_seq = context.n_ctx_seq
         self.waiting: deque[ServedJob] = deque()
+        self.embed_waiting: deque[EmbedRequest] = deque()
+        self._make_embedder = embedder
+        self._embedder: Any = None
         self.last_used = time.monotonic()
         self._cond = threading.Condition()
         self._stopping = False
@@ -162,9 +189,15 @@ class ModelWorker:
     def busy_slots(self) -> int:
         return len(self.scheduler.running())
 
+    def submit_embed(self, request: EmbedRequest) -> None:
+        with self._cond:
+            self.embed_waiting.append(request)
+            self.last_used = time.monotonic()
+            self._cond.notify()
+
     @property
     def idle(self) -> bool:
-        return not self.waiting and not self._running
+        return not self.waiting and not self._running and not self.embed_waiting
 
     def cancel_all(self) -> None:
         with self._cond:
@@ -179,6 +212,8 @@ class ModelWorker:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+        if self._embedder is not None:
+            self._embedder.close()
         self.context.close()
 
     # -- the decode thread -----------------------------------------------------------------------
@@ -204,17 +239,20 @@ class ModelWorker:
         while True:
             with self._cond:
                 self._between_steps()
-                while not self.scheduler.running() and not self._stopping:
+                while not (self.scheduler.running() or self.embed_waiting or self._stopping):
                     self._cond.wait()
                     self._between_steps()
                 if self._stopping and not self.scheduler.running():
+                    self._embed_pending(stopping=True)
                     return
+            self._embed_pending()
             try:
                 with self.context.sharing_cores():
                     while self.scheduler.running():
                         self._step()
                         with self._cond:
                             self._between_steps()
+                        self._embed_pending()
             except Exception as e:  # a failed step ends every answer; the server goes on
                 if isinstance(e, (InferError, Interrupted)):
                     self._note(f"{self.name}: {e}; the running answers were ended")
@@ -225,6 +263,34 @@ class ModelWorker:
                 for seq in self.scheduler.running():
                     self._end(self.scheduler.cancel(seq, "error"))
                 self._flush()
+
+    def _embed_pending(self, *, stopping: bool = False) -> None:
+        """Every waiting embedding request, in one go (the embedder packs their inputs into
+        batches together); outside the lock, so submitters never wait on a computation."""
+        with self._cond:
+            requests, self.embed_waiting = list(self.embed_waiting), deque()
+        if not requests:
+            return
+        if stopping:
+            for request in requests:
+                request.settle(None, InferError("the server is shutting down"))
+            return
+        try:
+            if self._embedder is None:
+                if self._make_embedder is None:
+                    raise InferError(f"{self.name} cannot compute embeddings here")
+                self._embedder = self._make_embedder()
+            embedder = self._embedder
+            inputs = [tokens for request in requests for tokens in request.inputs]
+            vectors = embedder.embed(inputs)
+        except Exception as e:
+            for request in requests:
+                request.settle(None, e)
+            return
+        start = 0
+        for request in requests:
+            request.settle(vectors[start : start + len(request.inputs)], None)
+            start += len(request.inputs)
 
     def _step(self) -> None:
         finished, _ = self.scheduler.step()
