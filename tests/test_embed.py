@@ -258,7 +258,10 @@ def test_the_server_embeds_like_infer_embed(bert: Path, tmp_path: Path) -> None:
 
     texts = ["the cat sat on the mat.", "hello world", "query: the dog"]
     local = embed_lines(run_infer("embed", "smollm2", *texts, "--json"))
-    s = Server("smollm2", str(bert), "--ctx-size", "512", home=tmp_path / "h").wait_ready()
+    per_token = write_tiny_bert_gguf(tmp_path / "per-token.gguf", pooling=0)  # pooling none
+    s = Server(
+        "smollm2", str(bert), str(per_token), "--ctx-size", "512", home=tmp_path / "h"
+    ).wait_ready()
     try:
         client = s.client()
         answer = client.embeddings.create(model="smollm2", input=texts)
@@ -292,6 +295,8 @@ def test_the_server_embeds_like_infer_embed(bert: Path, tmp_path: Path) -> None:
             )
         with pytest.raises(openai.BadRequestError, match="dimensions"):
             client.embeddings.create(model=str(bert), input="x", dimensions=8)
+        with pytest.raises(openai.BadRequestError, match="pooling is 'none'"):
+            client.embeddings.create(model=str(per_token), input="x")
         with pytest.raises(openai.BadRequestError) as bad:
             client.embeddings.create(model="smollm2", input=[])
         assert bad.value.body["param"] == "input"  # type: ignore[index]
