@@ -439,7 +439,12 @@ class LlamaCppEngine:
         from .grammar import constrained_chain
 
         inner = self._plain_sampler(p)
-        chain = constrained_chain(self._ll, self._vocab, p.grammar, inner, self.eos_id)
+        greedy = p.temperature <= 0 and not (
+            p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
+        )
+        chain = constrained_chain(
+            self._ll, self._vocab, p.grammar, inner, self.eos_id, greedy=greedy
+        )
         if chain is None:  # checked before the load (llama/grammar.py); a vocabulary clash
             self._ll.llama_sampler_free(inner)
             raise EngineError("llama.cpp could not parse the grammar with this vocabulary")

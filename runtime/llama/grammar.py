@@ -390,9 +390,12 @@ class _Grammar:
 
     __slots__ = ("dead", "eos", "grammar", "inner", "ll", "one", "one_arr", "saved")
 
-    def __init__(self, ll: Any, inner: Any, grammar: Any, n_vocab: int, eos: int) -> None:
+    def __init__(
+        self, ll: Any, inner: Any, grammar: Any, n_vocab: int, eos: int, greedy: bool
+    ) -> None:
         self.ll, self.inner, self.grammar, self.eos = ll, inner, grammar, eos
-        self.saved = (ll.llama_token_data * n_vocab)()
+        # A greedy chain only marks its pick: the candidates need no copy to pick again from.
+        self.saved = None if greedy else (ll.llama_token_data * n_vocab)()
         self.one = (ll.llama_token_data * 1)()
         self.one_arr = ll.llama_token_data_array(self.one, 1, -1, False)
         self.dead = False  # no candidate fits: generation is ended, the grammar left alone
@@ -405,13 +408,15 @@ class _Grammar:
         return one.logit != -math.inf
 
     def apply(self, cur_p: Any) -> None:
-        ll, cur = self.ll, cur_p.contents
-        n = min(int(cur.size), len(self.saved))
-        ctypes.memmove(self.saved, cur.data, n * ctypes.sizeof(ll.llama_token_data))
+        ll, cur, saved = self.ll, cur_p.contents, self.saved
+        n = int(cur.size) if saved is None else min(int(cur.size), len(saved))
+        if saved is not None:
+            ctypes.memmove(saved, cur.data, n * ctypes.sizeof(ll.llama_token_data))
         ll.llama_sampler_apply(self.inner, cur_p)
         if self.allows(cur.data[cur.selected].id):
             return
-        ctypes.memmove(cur.data, self.saved, n * ctypes.sizeof(ll.llama_token_data))
+        if saved is not None:
+            ctypes.memmove(cur.data, saved, n * ctypes.sizeof(ll.llama_token_data))
         cur.size, cur.selected, cur.sorted = n, -1, False
         ll.llama_sampler_apply(self.grammar, cur_p)
         ll.llama_sampler_apply(self.inner, cur_p)
@@ -464,14 +469,17 @@ def _interface(ll: Any) -> Any:
     return _iface
 
 
-def constrained_chain(ll: Any, vocab: Any, grammar_text: str, inner: Any, eos: int) -> Any:
+def constrained_chain(
+    ll: Any, vocab: Any, grammar_text: str, inner: Any, eos: int, *, greedy: bool = False
+) -> Any:
     """A sampler chain that samples with `inner` (which it owns from here) under the grammar;
-    None if llama.cpp cannot parse the grammar (the caller frees `inner` then)."""
+    None if llama.cpp cannot parse the grammar (the caller frees `inner` then). `greedy`: inner
+    is llama.cpp's greedy sampler alone (it changes no candidate)."""
     grammar = ll.llama_sampler_init_grammar(vocab, grammar_text.encode("utf-8"), b"root")
     if not grammar:
         return None
     n_vocab = int(ll.llama_vocab_n_tokens(vocab))
-    state = _Grammar(ll, inner, grammar, n_vocab, eos)
+    state = _Grammar(ll, inner, grammar, n_vocab, eos, greedy)
     custom = ll.llama_sampler_init(ctypes.byref(_interface(ll)), None)
     _live[ctypes.cast(custom, ctypes.c_void_p).value or 0] = state
     # In a chain of its own: llama_sampler_sample gives a chain a reused candidate buffer.
