@@ -382,6 +382,21 @@ def test_run_cut_off_answer_exits_1() -> None:
     assert json.loads(record.stdout)["finish_reason"] == "length"
 
 
+def test_run_cut_off_by_the_context_exits_1(tiny_model: Path) -> None:
+    result = run_infer(
+        "run", str(tiny_model), "go", "--ctx-size", "48", "--grammar", "root ::= [a-z]+",
+        "--temperature", "0",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert re.fullmatch(rb"[a-z]+\n?", result.stdout), result.stdout
+    last = result.stderr.decode().strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"infer: error: the answer was cut off at \d+ tokens before the grammar was complete "
+        r"\(--ctx-size\)",
+        last,
+    ), last
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
     [
