@@ -156,7 +156,9 @@ def check_grammar(text: str, what: str = "--grammar") -> str:
         raise UsageError(f"{what}: the grammar is empty")
     if "\x00" in text:
         raise UsageError(f"{what}: the grammar contains a NUL character")
-    error = _parse_error(text)
+    # Remembered for small texts only (a server sees the same schemas again; 10 MB ones would
+    # pile up in the cache).
+    error = _parse_error_cached(text) if len(text) <= 1 << 16 else _parse_error(text)
     if error is not None:
         raise UsageError(f"{what}: llama.cpp cannot use this grammar: {error}")
     return text
@@ -171,6 +173,10 @@ _lock = threading.Lock()
 
 
 @lru_cache(maxsize=64)
+def _parse_error_cached(text: str) -> str | None:
+    return _parse_error(text)
+
+
 def _parse_error(text: str) -> str | None:
     """None if llama.cpp accepts `text`, else its reason. llama.cpp prints parse errors on fd 2
     itself (fprintf, not its log callback): captured here and turned into one line."""
