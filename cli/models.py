@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from . import output
-from .options import ModelArg
+from .options import ApiKeyFileOpt, ApiKeyOpt, ModelArg, TimeoutOpt
 from .output import human_size
 
 if TYPE_CHECKING:
@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 ListJsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON (stable field names) instead of a table.")
 ]
+ListRemoteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--remote", envvar="INFER_REMOTE", metavar="URL",
+        help="List the models of the OpenAI-compatible server at URL instead of the cache "
+        "(INFER_REMOTE too; INFER_REMOTE= infer list shows the cache).",
+        show_default=False,
+    ),
+]  # fmt: skip
 ModelsArg = Annotated[
     list[str],
     typer.Argument(
@@ -50,8 +59,19 @@ def list_models(
     aliases: Annotated[
         bool, typer.Option("--aliases", help="List the models.toml aliases and their status.")
     ] = False,
+    remote: ListRemoteOpt = None,
+    api_key: ApiKeyOpt = None,
+    api_key_file: ApiKeyFileOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
-    """List the models in the cache: name, quantization, size, when pulled, aliases."""
+    """List the models in the cache: name, quantization, size, when pulled, aliases. With
+    --remote, the models an OpenAI-compatible server serves."""
+    if remote:
+        from .remote_list import list_remote
+
+        return list_remote(
+            remote, json_out=json_out, api_key=api_key, api_key_file=api_key_file, timeout=timeout
+        )
     from infer.runtime.models import inventory
 
     if aliases:

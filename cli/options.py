@@ -250,3 +250,38 @@ FormatOpt = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
+
+# --- remote engines (cli/remote.py) ---------------------------------------------------------
+REMOTE = "Remote engine"
+RemoteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--remote", envvar="INFER_REMOTE", rich_help_panel=REMOTE, metavar="URL",
+        help="Ask an OpenAI-compatible server (infer serve, llama-server, vLLM, Ollama...) "
+        "instead of running the model here; MODEL is passed as the remote names it.",
+        show_default=False,
+    ),
+]  # fmt: skip
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key", envvar="INFER_API_KEY", rich_help_panel=REMOTE, metavar="KEY",
+        help="--remote: the API key (sent as a Bearer token). Prefer --api-key-file or "
+        "INFER_API_KEY: other users can see command lines.", show_default=False,
+    ),
+]  # fmt: skip
+ApiKeyFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key-file", rich_help_panel=REMOTE, metavar="FILE",
+        help="--remote: read the API key from FILE.", show_default=False,
+    ),
+]  # fmt: skip
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", envvar="INFER_TIMEOUT", rich_help_panel=REMOTE, metavar="SECONDS",
+        help="--remote: give up when the server sends nothing for this long (connecting, or "
+        "between pieces of the answer). [default: 300]", show_default=False,
+    ),
+]  # fmt: skip

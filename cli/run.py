@@ -23,6 +23,8 @@ from .loading import (
 )
 from .models import resolve_or_pull
 from .options import (
+    ApiKeyFileOpt,
+    ApiKeyOpt,
     BatchOpt,
     ContinueOpt,
     CtxSizeOpt,
@@ -44,6 +46,7 @@ from .options import (
     ParallelOpt,
     PromptArg,
     RawOpt,
+    RemoteOpt,
     RepeatPenaltyOpt,
     SeedOpt,
     StatsOpt,
@@ -51,6 +54,7 @@ from .options import (
     SystemOpt,
     TemperatureOpt,
     ThreadsOpt,
+    TimeoutOpt,
     TopKOpt,
     TopPOpt,
     VerboseOpt,
@@ -96,9 +100,18 @@ def run(
     json_schema: JsonSchemaOpt = None,
     grammar: GrammarOpt = None,
     fmt: FormatOpt = None,
+    remote: RemoteOpt = None,
+    api_key: ApiKeyOpt = None,
+    api_key_file: ApiKeyFileOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
+    if remote or api_key or api_key_file or timeout is not None:
+        from .remote import run_remote
+
+        if run_remote(dict(locals())):
+            return
     conflicts = {"--continue": continue_, "--markdown": markdown, "--draft": bool(draft)}
     batched = _check_batch(batch, parallel, prompt, conflicts)
     constrained = constraint(json_schema, grammar, fmt)
@@ -215,6 +228,10 @@ def chat(
     json_schema: JsonSchemaOpt = None,
     grammar: GrammarOpt = None,
     fmt: FormatOpt = None,
+    remote: RemoteOpt = None,
+    api_key: ApiKeyOpt = None,
+    api_key_file: ApiKeyFileOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt)."""
     # Exactly `infer run MODEL` without a prompt, so off a terminal it also does what run does:
@@ -248,6 +265,10 @@ def chat(
         json_schema=json_schema,
         grammar=grammar,
         fmt=fmt,
+        remote=remote,
+        api_key=api_key,
+        api_key_file=api_key_file,
+        timeout=timeout,
     )
 
 

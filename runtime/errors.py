@@ -294,3 +294,31 @@ class Terminated(BaseException):
         self.signum = signum
         self.exit_code = 128 + signum
         super().__init__(signum)
+
+
+class RemoteError(InferError):
+    """A remote engine (`--remote URL`) could not be reached, refused the request or failed;
+    carries the URL and the HTTP status (None when no response came)."""
+
+    def __init__(self, url: str, message: str, status: int | None = None) -> None:
+        self.url, self.status = url, status
+        super().__init__(f"{url}: {message}")
+
+
+class RemoteModelNotFoundError(RemoteError):
+    """The remote serves no model of that name; carries what it does serve."""
+
+    def __init__(self, url: str, model: str, available: list[str]) -> None:
+        self.model, self.available = model, available
+        have = ", ".join(available) if available else "none listed at /v1/models"
+        super().__init__(url, f"model '{model}' not found; the remote has: {have}", 404)
+
+
+class IncompleteAnswerError(RemoteError):
+    """The answer's stream ended without its `[DONE]`: carries the text that did arrive."""
+
+    def __init__(self, url: str, partial: str, why: str) -> None:
+        self.partial = partial
+        super().__init__(
+            url, f"the answer ended before [DONE] ({why}): the text printed is incomplete"
+        )

@@ -233,7 +233,7 @@ def test_chat_help_lists_only_what_applies_to_a_chat() -> None:
     headings = [line for line in text.splitlines() if line and not line.startswith(" ")]
     assert headings[1:] == [
         "Arguments:", "Input and output:", "Sampling:", "Context and hardware:", "Chat:",
-        "Speed-ups:", "Options:",
+        "Speed-ups:", "Remote engine:", "Options:",
     ]  # fmt: skip
 
 

@@ -284,7 +284,8 @@ def test_help_does_not_import_heavy_modules() -> None:
         "for run in (['run', '--help'], ['serve', '--help']):\n"
         "    try:\n        main(run)\n    except SystemExit:\n        pass\n"
         "heavy = [m for m in ('llama_cpp', 'huggingface_hub', 'rich.progress', 'numpy',"
-        " 'pydantic', 'rich.markdown', 'typer.rich_utils', 'jinja2', 'starlette', 'uvicorn')"
+        " 'pydantic', 'rich.markdown', 'typer.rich_utils', 'jinja2', 'starlette', 'uvicorn',"
+        " 'httpx')"
         " if m in sys.modules]\n"
         "print('HEAVY:' + ','.join(heavy))\n"
     )
@@ -310,7 +311,7 @@ def test_help_is_plain_text_in_sections() -> None:
     headings = [line for line in text.splitlines() if line and not line.startswith(" ")]
     assert headings[1:] == [
         "Arguments:", "Input and output:", "Sampling:", "Context and hardware:", "Chat:",
-        "Speed-ups:", "Options:",
+        "Speed-ups:", "Remote engine:", "Options:",
     ]  # fmt: skip
     sampling = text.split("Sampling:")[1].split("\n\n")[0]
     assert "--temperature" in sampling and "--seed" in sampling and "--ctx-size" not in sampling

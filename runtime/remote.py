@@ -1,0 +1,400 @@
+"""Remote engines: an OpenAI-compatible server (`infer serve`, llama-server, vLLM, Ollama, LM
+Studio) answers instead of a local model. Request building, the server-sent-events stream,
+bounded retries and the mapping of every failure to one RemoteError line.
+
+The HTTP is httpx's, not the `openai` package's: httpx is a small, well-kept client (the one
+`openai` itself is built on) that gives us the pieces we must control — the raw SSE lines, so a
+stream that ends without `[DONE]` is seen; the status and `Retry-After` of a 429/503 before a
+retry; the underlying OSError of a failed connection (refused, DNS, TLS), so each gets its own
+message without parsing strings; and closing the socket on Ctrl-C, which is what makes the
+server stop generating. `openai` would wrap all of that in its own retries, exception classes
+and pydantic models (+~0.3 s of imports), and speaks only to OpenAI's schema. httpx is imported
+when a remote is used, never by `infer --help`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import IncompleteAnswerError, Interrupted, RemoteError, RemoteModelNotFoundError
+
+if TYPE_CHECKING:
+    import httpx
+
+RETRY_STATUSES = (429, 503)
+RETRIES = 4  # after the first attempt: 5 in all
+BACKOFF_S = 0.5  # the first wait without Retry-After; doubled each time
+MAX_WAIT_S = 10.0  # one wait, Retry-After included, is never longer
+DEFAULT_TIMEOUT_S = 300.0
+# Request fields an OpenAI-compatible server takes, from infer's names. top_k, min_p and
+# repeat_penalty are llama.cpp's extensions (llama-server, infer serve; vLLM takes them too).
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
+
+
+@dataclass
+class RemoteStats:
+    """What one remote answer cost, with the keys of a local run's stats: the token counts from
+    the response's usage, the times measured here (the prompt's time is the wait for the first
+    token: a remote does not say how long it spent on each)."""
+
+    prompt_tokens: int = 0
+    prompt_eval_tokens: int = 0  # the prompt minus what the remote says it had cached
+    ttft_s: float = 0.0  # request sent -> first piece of the answer received
+    generated_tokens: int = 0
+    generate_s: float = 0.0  # first piece -> last piece
+    finish_reason: str = ""
+    load_s: float = 0.0  # nothing loads here
+
+    @property
+    def prompt_s(self) -> float:
+        return self.ttft_s
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_eval_tokens / self.ttft_s if self.ttft_s > 0 else 0.0
+
+    @property
+    def generate_tps(self) -> float:
+        steps = self.generated_tokens - 1  # as a local run counts: decode steps after the first
+        return steps / self.generate_s if self.generate_s > 0 and steps > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        data: dict[str, float | int | str] = {
+            "load_s": self.load_s,
+            "prompt_tokens": self.prompt_tokens,
+            "prompt_eval_tokens": self.prompt_eval_tokens,
+            "prompt_s": self.prompt_s,
+            "ttft_s": self.ttft_s,
+            "generated_tokens": self.generated_tokens,
+            "generate_s": self.generate_s,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens_per_s": round(self.prompt_tps, 2),
+            "generate_tokens_per_s": round(self.generate_tps, 2),
+        }
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
+
+
+@dataclass
+class RemoteRequest:
+    """One answer to ask for: chat `messages`, or a raw `prompt` (/v1/completions)."""
+
+    model: str
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # sampling, max_tokens, stop, ...
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, **self.fields}
+        if self.messages is not None:
+            body["messages"] = self.messages
+        else:
+            body["prompt"] = self.prompt
+        body.update(stream=True, stream_options={"include_usage": True})
+        return body
+
+
+class Remote:
+    """A client of one OpenAI-compatible server at `url` (with or without the /v1 suffix).
+    Use as a context manager; `answer()` streams, `models()` lists."""
+
+    def __init__(
+        self, url: str, *, api_key: str | None = None, timeout: float | None = None,
+        retries: int = RETRIES,
+    ) -> None:  # fmt: skip
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.base = self.url if self.url.endswith("/v1") else self.url + "/v1"
+        self.api_key, self.retries = api_key, retries
+        self.timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(self.timeout))
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def models(self) -> list[dict[str, Any]]:
+        """The remote's /v1/models entries (each has at least an "id")."""
+        with self.errors():
+            response = self._send("GET", "/models", None)
+            try:
+                if response.status_code >= 400:
+                    raise self._status_error(response, None)
+                data = json.loads(response.read())
+            except ValueError:
+                raise RemoteError(self.url, "/v1/models did not answer JSON") from None
+            finally:
+                response.close()
+        listing = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(listing, list):
+            raise RemoteError(self.url, "/v1/models did not answer an OpenAI model list")
+        return [m for m in listing if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+    def answer(self, request: RemoteRequest, cancel: threading.Event | None = None) -> RemoteAnswer:
+        """The answer to `request`, streamed: iterate it for the pieces."""
+        return RemoteAnswer(self, request, cancel or threading.Event())
+
+    # --- HTTP -----------------------------------------------------------------------------
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+        """The response (streamed, headers read), after up to `retries` retries of a 429/503
+        that wait as its Retry-After says (bounded), else 0.5 s, 1 s, 2 s, ..."""
+        waited = 0.0
+        for attempt in range(self.retries + 1):
+            request = self.client.build_request(method, self.base + path, json=body)
+            response = self.client.send(request, stream=True)
+            if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                if response.status_code in RETRY_STATUSES:
+                    response.read()
+                    response.close()
+                    raise self._status_error(response, None, attempts=attempt + 1, waited=waited)
+                return response
+            wait = _retry_after(response) or BACKOFF_S * 2**attempt
+            wait = min(wait, MAX_WAIT_S)
+            response.close()
+            time.sleep(wait)
+            waited += wait
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _status_error(
+        self, response: httpx.Response, model: str | None, *, attempts: int = 1,
+        waited: float = 0.0,
+    ) -> RemoteError:  # fmt: skip
+        status = response.status_code
+        said = _server_message(response)
+        head = f"{status} {response.reason_phrase}".strip()
+        if status in (401, 403):
+            why = (
+                "the API key was refused (wrong, expired or without access)"
+                if self.api_key
+                else "it needs an API key: give --api-key-file FILE, --api-key KEY or set "
+                "INFER_API_KEY"
+            )
+            return RemoteError(self.url, f"{head}: {why}", status)
+        if status == 404 and model is not None:
+            try:
+                available = [m["id"] for m in self.models()]
+            except RemoteError:
+                return RemoteError(
+                    self.url, f"{head} for {response.request.url.path}: {said}", status
+                )
+            if model not in available:
+                return RemoteModelNotFoundError(self.url, model, available)
+        if status in RETRY_STATUSES:
+            return RemoteError(
+                self.url,
+                f"{head} after {attempts} attempts over {waited:.1f} s: {said}; try again later",
+                status,
+            )
+        if status >= 500:
+            return RemoteError(self.url, f"the server failed: {head}: {said}", status)
+        return RemoteError(self.url, f"the request was refused: {head}: {said}", status)
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """httpx's exceptions as one-line RemoteErrors."""
+        import httpx
+
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise RemoteError(
+                self.url, f"no response within {self.timeout:g} s (raise --timeout)"
+            ) from None
+        except httpx.ConnectError as e:
+            raise RemoteError(self.url, _connect_failure(e, self.url)) from None
+        except httpx.UnsupportedProtocol:
+            raise RemoteError(self.url, "not an http:// or https:// URL") from None
+        except httpx.InvalidURL as e:
+            raise RemoteError(self.url, f"not a valid URL ({e})") from None
+        except httpx.TransportError as e:
+            raise RemoteError(self.url, f"the connection failed: {_cause(e)}") from None
+
+
+class RemoteAnswer:
+    """Iterate for the answer's text pieces as they arrive; afterwards `.text` and `.stats`.
+    Raises IncompleteAnswerError when the stream stops before `[DONE]`, Interrupted when
+    `cancel` is set (the connection is closed either way: the server stops generating)."""
+
+    def __init__(self, remote: Remote, request: RemoteRequest, cancel: threading.Event) -> None:
+        self.remote, self.request, self.cancel = remote, request, cancel
+        self.text = ""
+        self.stats = RemoteStats()
+
+    def __iter__(self) -> Iterator[str]:
+        remote, chat = self.remote, self.request.messages is not None
+        path = "/chat/completions" if chat else "/completions"
+        start = time.monotonic()
+        first = last = 0.0
+        pieces, done = 0, False
+        with remote.errors():
+            response = remote._send("POST", path, self.request.body())
+            try:
+                if response.status_code >= 400:
+                    response.read()
+                    raise remote._status_error(response, self.request.model)
+                for event in _events(response):
+                    if event is None:
+                        done = True
+                        break
+                    self._usage(event)
+                    piece = _piece(event, chat)
+                    if piece:
+                        last = time.monotonic()
+                        first = first or last
+                        pieces += 1
+                        self.text += piece
+                        yield piece
+                    if self.cancel.is_set():
+                        self.stats.finish_reason = "interrupted"
+                        raise Interrupted(self.text)
+            except Exception as e:
+                if not _cut_short(e):  # a timeout, too, is said as one
+                    raise
+                raise IncompleteAnswerError(remote.url, self.text, _cause(e)) from None
+            finally:
+                response.close()
+                self._times(start, first, last, pieces)
+        if not done:
+            raise IncompleteAnswerError(remote.url, self.text, "the connection closed")
+
+    def _usage(self, event: dict[str, Any]) -> None:
+        choices = event.get("choices") or []
+        reason = (
+            choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
+        )
+        if isinstance(reason, str):
+            self.stats.finish_reason = reason
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.stats.generated_tokens = int(usage.get("completion_tokens") or 0)
+            details = usage.get("prompt_tokens_details") or {}
+            cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+            self.stats.prompt_eval_tokens = self.stats.prompt_tokens - cached
+
+    def _times(self, start: float, first: float, last: float, pieces: int) -> None:
+        if first:
+            self.stats.ttft_s = first - start
+            self.stats.generate_s = last - first
+        if not self.stats.generated_tokens:  # no usage sent: one piece is about one token
+            self.stats.generated_tokens = pieces
+
+
+def _events(response: httpx.Response) -> Iterator[dict[str, Any] | None]:
+    """The JSON payloads of a server-sent-events stream; None for `data: [DONE]`. An `error`
+    payload (llama-server sends one when generation fails mid-stream) raises RemoteError."""
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, ": comments", event: and id: lines
+        data = line[5:].strip()
+        if data == "[DONE]":
+            yield None
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise RemoteError(
+                str(response.url), "the stream sent an event that is not JSON"
+            ) from None
+        if not isinstance(event, dict):
+            continue
+        if "error" in event:
+            raise RemoteError(str(response.url), f"the server failed mid-answer: {_said(event)}")
+        yield event
+
+
+def _piece(event: dict[str, Any], chat: bool) -> str:
+    choices = event.get("choices") or []
+    if not choices or not isinstance(choices[0], dict):
+        return ""
+    if chat:
+        delta = choices[0].get("delta") or {}
+        content = delta.get("content") if isinstance(delta, dict) else None
+    else:
+        content = choices[0].get("text")
+    return content if isinstance(content, str) else ""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (the HTTP-date form too), or None."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        text = response.text.strip()
+        return " ".join(text.split())[:200] or "(no message)"
+    return _said(body) if isinstance(body, dict) else str(body)[:200]
+
+
+def _said(body: dict[str, Any]) -> str:
+    """The message of an OpenAI error body {"error": {"message": ...}} (or a bare string)."""
+    error = body.get("error", body.get("detail", body))
+    message = error.get("message") if isinstance(error, dict) else error
+    return " ".join(str(message).split())[:300]
+
+
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = e
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _connect_failure(e: BaseException, url: str) -> str:
+    """Why a connection failed, from the OSError under httpx's ConnectError."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or url
+    for cause in _chain(e):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS failed: the certificate is not trusted ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed: {cause.reason or cause}"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host name '{host}' (DNS): is it spelt right?"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused: is the server running and listening on that port?"
+    return f"cannot connect: {_cause(e)}"
+
+
+def _cause(e: BaseException) -> str:
+    innermost = list(_chain(e))[-1]
+    return str(innermost) or type(innermost).__name__
+
+
+def _cut_short(e: BaseException) -> bool:
+    """Whether `e` is the connection breaking off mid-stream (not a timeout)."""
+    import httpx
+
+    return isinstance(e, httpx.TransportError) and not isinstance(e, httpx.TimeoutException)
