@@ -379,3 +379,29 @@ def test_connection_refused_dns_and_tls(standin: str) -> None:
     assert dns.returncode == 1 and "cannot resolve the host name" in one_line_error(dns)
     tls = remote_run(standin.replace("http://", "https://"))
     assert tls.returncode == 1 and "TLS failed" in one_line_error(tls)
+
+
+def test_ctrl_c_in_a_batch_writes_what_came_and_frees_the_slots(
+    serve: Server, tmp_path: Path
+) -> None:
+    assert INFER
+    batch = tmp_path / "long.txt"
+    batch.write_text("Write a long story about a dragon.\nWrite a long poem about the sea.\nhi\n")
+    proc = subprocess.Popen(
+        [INFER, "run", "smollm2", "--batch", str(batch), "--parallel", "2", "--remote", serve.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while busy_slots(serve.url) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    records = [json.loads(line) for line in out.decode().splitlines()]
+    assert [r["index"] for r in records] == [0, 1]
+    assert {r["finish_reason"] for r in records} == {"interrupted"}
+    deadline = time.monotonic() + 30
+    while busy_slots(serve.url) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert busy_slots(serve.url) == 0
