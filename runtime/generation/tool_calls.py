@@ -1,0 +1,185 @@
+"""Tool calls in a model's output: the template family's syntax parsed into OpenAI's
+`tool_calls` (pure functions; only the model's output is ever given to them).
+
+Families, detected from the chat template's text:
+- hermes (Hermes, Qwen 2.5/3): `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, repeated
+- llama3 (Llama 3.1+): `{"name": …, "parameters": {…}}`, possibly after `<|python_tag|>`,
+  several separated by `;` or newlines
+- mistral: `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]`
+- generic: a bare JSON object (or array of them) with name and arguments
+Output that does not parse cleanly into calls of offered tools stays plain content.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+HERMES, LLAMA3, MISTRAL, GENERIC = "hermes", "llama3", "mistral", "generic"
+_DECODER = json.JSONDecoder()
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # a JSON object, as text
+    id: str = field(default_factory=lambda: "call_" + secrets.token_hex(12))
+
+    def openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True)
+class Parsed:
+    content: str | None  # the text before the calls (None when empty and there are calls)
+    calls: list[ToolCall]
+
+
+def family(template: str | None) -> str:
+    """The tool-call syntax a chat template's model writes."""
+    text = template or ""
+    if "<tool_call>" in text:
+        return HERMES
+    if "[TOOL_CALLS]" in text:
+        return MISTRAL
+    if "<|python_tag|>" in text or ("<|start_header_id|>" in text and "tools" in text):
+        return LLAMA3
+    return GENERIC
+
+
+def start_markers(kind: str) -> tuple[str, ...]:
+    """Text at which a call may begin: a stream holds its text from the first of these on."""
+    return {
+        HERMES: ("<tool_call>",),
+        MISTRAL: ("[TOOL_CALLS]",),
+        LLAMA3: ("<|python_tag|>", "{"),
+    }.get(kind, ("{", "["))
+
+
+def emittable(text: str, markers: tuple[str, ...]) -> int:
+    """How much of `text` can be streamed as content now: up to the first marker, or to where a
+    marker may be beginning at its end."""
+    cut = len(text)
+    for marker in markers:
+        at = text.find(marker)
+        if at >= 0:
+            cut = min(cut, at)
+        for size in range(min(len(marker) - 1, len(text)), 0, -1):
+            if text.endswith(marker[:size]):
+                cut = min(cut, len(text) - size)
+                break
+    return cut
+
+
+def parse(text: str, kind: str, names: Collection[str] | None = None) -> Parsed:
+    """The calls in a model's answer; none (and the whole text as content) when malformed or
+    when a call names a tool that was not offered (`names`; None: any)."""
+    calls: list[ToolCall] | None
+    if kind == HERMES:
+        at = text.find("<tool_call>")
+        calls = _hermes(text[at:]) if at >= 0 else None
+    elif kind == MISTRAL:
+        at = text.find("[TOOL_CALLS]")
+        calls = _json_calls(text[at + len("[TOOL_CALLS]") :]) if at >= 0 else None
+    else:
+        at, calls = _bare(text, kind == LLAMA3)
+    if not calls or (names is not None and any(c.name not in names for c in calls)):
+        return Parsed(text, [])
+    before = text[:at].strip()
+    return Parsed(before or None, calls)
+
+
+def _call(obj: Any) -> ToolCall | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
+        return None
+    keys = set(obj) - {"name", "id", "type"}
+    if len(keys) != 1 or next(iter(keys)) not in ("arguments", "parameters"):
+        return None
+    args = obj[next(iter(keys))]
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
+
+
+def _hermes(text: str) -> list[ToolCall] | None:
+    calls = []
+    pos = 0
+    pattern = re.compile(r"\s*<tool_call>\s*")
+    while pos < len(text.rstrip()):
+        opened = pattern.match(text, pos)
+        if not opened:
+            return None
+        try:
+            obj, end = _DECODER.raw_decode(text, opened.end())
+        except ValueError:
+            return None
+        call = _call(obj)
+        if call is None:
+            return None
+        calls.append(call)
+        closed = re.compile(r"\s*</tool_call>").match(text, end)
+        pos = closed.end() if closed else end
+        if not closed and text[end:].strip():
+            return None
+    return calls or None
+
+
+def _json_calls(text: str) -> list[ToolCall] | None:
+    """A JSON array of calls, or one call object, and nothing after it."""
+    try:
+        obj, end = _DECODER.raw_decode(text.strip())
+    except ValueError:
+        return None
+    if text.strip()[end:].strip():
+        return None
+    items = obj if isinstance(obj, list) else [obj]
+    calls = [_call(o) for o in items]
+    if not calls or any(c is None for c in calls):
+        return None
+    return [c for c in calls if c is not None]
+
+
+def _bare(text: str, llama: bool) -> tuple[int, list[ToolCall] | None]:
+    """Llama 3's and the generic form: JSON from the first `{` (or `[`, or `<|python_tag|>`)
+    to the end of the answer."""
+    tag = text.find("<|python_tag|>") if llama else -1
+    if tag >= 0:
+        at, body = tag, text[tag + len("<|python_tag|>") :]
+    else:
+        starts = [i for i in (text.find("{"), -1 if llama else text.find("[")) if i >= 0]
+        if not starts:
+            return 0, None
+        at = min(starts)
+        body = text[at:]
+    calls: list[ToolCall] = []
+    pos = 0
+    body = body.rstrip()
+    while pos < len(body):
+        while pos < len(body) and body[pos] in " \t\r\n;":
+            pos += 1
+        if pos >= len(body):
+            break
+        try:
+            obj, pos = _DECODER.raw_decode(body, pos)
+        except ValueError:
+            return at, None
+        items = obj if isinstance(obj, list) and not llama else [obj]
+        for item in items:
+            call = _call(item)
+            if call is None:
+                return at, None
+            calls.append(call)
+    return at, calls or None
