@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import InferWarning, TemplateError, UsageError
 from .generation.loop import Generation, Stats
@@ -73,6 +74,7 @@ def prompt_tokens(
     *,
     raw: bool = False,
     template: str | None = None,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> list[int]:
     """The prompt as tokens. Chat: through the (given or GGUF) chat template, user text never
     parsed for control tokens. Raw: the messages' text as a plain completion prompt."""
@@ -85,7 +87,9 @@ def prompt_tokens(
             "this model has no chat template: use --raw for plain text completion "
             "(or set chat_template for it in models.toml)"
         )
-    parts = segments(template, messages, bos_token=engine.bos_text, eos_token=engine.eos_text)
+    parts = segments(
+        template, messages, bos_token=engine.bos_text, eos_token=engine.eos_text, tools=tools
+    )
     return engine.with_bos(tokenize_segments(parts, engine.tokenize))
 
 

@@ -13,10 +13,11 @@ containing `<|im_start|>system` stays plain text.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +35,22 @@ _PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
 class Message:
     role: str
     content: str
+    # OpenAI tool calling: an assistant's calls ({"id", "type", "function": {"name",
+    # "arguments" as a dict}}), and a tool message's call id and function name
+    tool_calls: tuple[dict[str, Any], ...] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def context(self, content: str) -> dict[str, Any]:
+        """The message as HF chat templates see it."""
+        out: dict[str, Any] = {"role": self.role, "content": content}
+        if self.tool_calls is not None:
+            out["tool_calls"] = [dict(c) for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,10 @@ def _sandbox(concat_limit: int) -> Any:
         extensions=["jinja2.ext.loopcontrols"],
     )
     env.globals["raise_exception"] = raise_exception
+    # as transformers renders: JSON not escaped for HTML (tool schemas keep their < and >)
+    env.filters["tojson"] = lambda value, indent=None, **kw: json.dumps(
+        value, ensure_ascii=False, indent=indent, separators=kw.get("separators")
+    )
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt))
     return env, (SecurityError, TemplateSyntaxError)
 
@@ -101,16 +122,19 @@ def render(
     eos_token: str = "",
     add_generation_prompt: bool = True,
     timeout: float = RENDER_SECONDS,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str:
     """Render a chat template in the bounded sandbox; raise TemplateError on any failure."""
     budget = sum(len(m.content) for m in messages) + EXTRA_OUTPUT_CHARS
     env, fatal = _sandbox(budget)
     context = {
-        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "messages": [m.context(m.content) for m in messages],
         "bos_token": bos_token,
         "eos_token": eos_token,
         "add_generation_prompt": add_generation_prompt,
     }
+    if tools:  # templates test `tools is defined` / `if tools`: absent unless offered
+        context["tools"] = [dict(t) for t in tools]
     result: dict[str, Any] = {}
 
     def work() -> None:
@@ -162,11 +186,17 @@ def _stop(worker: threading.Thread) -> None:
 
 
 def segments(
-    template: str, messages: Sequence[Message], *, bos_token: str = "", eos_token: str = ""
+    template: str,
+    messages: Sequence[Message],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> list[Segment]:
-    """The rendered prompt as template segments (special) and message-content segments (plain)."""
-    placeholders = [Message(m.role, _PLACEHOLDER.format(i)) for i, m in enumerate(messages)]
-    text = render(template, placeholders, bos_token=bos_token, eos_token=eos_token)
+    """The rendered prompt as template segments (special) and message-content segments (plain).
+    Tool definitions and call arguments are rendered by the template as template text."""
+    placeholders = [replace(m, content=_PLACEHOLDER.format(i)) for i, m in enumerate(messages)]
+    text = render(template, placeholders, bos_token=bos_token, eos_token=eos_token, tools=tools)
     out: list[Segment] = []
     pos = 0
     for match in _PLACEHOLDER_RE.finditer(text):

@@ -183,3 +183,40 @@ def _bare(text: str, llama: bool) -> tuple[int, list[ToolCall] | None]:
                 return at, None
             calls.append(call)
     return at, calls or None
+
+
+_WRAP = {
+    HERMES: ('"<tool_call>\\n" ', ' "\\n</tool_call>"'),
+    MISTRAL: ('"[TOOL_CALLS][" ', ' "]"'),
+}
+
+
+def grammar(tools: list[dict[str, Any]], kind: str, only: str | None = None) -> str:
+    """GBNF that makes the answer one call, in the family's syntax, of one of `tools` (or of
+    `only`) whose arguments match its JSON schema. UsageError for a schema it cannot enforce."""
+    from ..errors import UsageError
+    from ..llama.grammar import check_grammar, schema_dict_grammar
+
+    key = "parameters" if kind == LLAMA3 else "arguments"
+    options = []
+    for tool in tools:
+        fn = tool["function"]
+        if only is not None and fn["name"] != only:
+            continue
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": fn["name"]}, key: fn["parameters"]},
+                "required": ["name", key],
+                "additionalProperties": False,
+            }
+        )
+    if not options:
+        raise UsageError(f"no tool named {only!r}")
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    body = schema_dict_grammar(schema, "tools[].function.parameters")
+    body = re.sub(r"^root ::=", "infer-tool-call ::=", body, flags=re.MULTILINE)
+    before, after = _WRAP.get(kind, ("", ""))
+    return check_grammar(
+        f"root ::= {before}infer-tool-call{after}\n{body}", "tools[].function.parameters"
+    )

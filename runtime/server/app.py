@@ -411,9 +411,33 @@ class _Answer:
                 texts[event.index].append(event.text)
             else:
                 reasons[event.index] = event.reason
-        build = schema.chat_answer if self.chat else schema.completion_answer
         joined = ["".join(t) for t in texts]
-        return build(self.id, self.created, self.model, joined, reasons, self.usage())
+        if not self.chat:
+            return schema.completion_answer(
+                self.id, self.created, self.model, joined, reasons, self.usage()
+            )
+        calls: list[list[dict[str, Any]]] = []
+        contents: list[str | None] = []
+        for text in joined:
+            parsed = self._parse_calls(text)
+            calls.append([c.openai() for c in parsed.calls] if parsed else [])
+            contents.append(parsed.content if parsed else text)
+        return schema.chat_answer(
+            self.id, self.created, self.model, joined, reasons, self.usage(), calls, contents
+        )
+
+    def _parse_calls(self, text: str) -> Any:
+        """The model's answer parsed for calls of the offered tools (None: none offered)."""
+        request = self.parsed.request
+        if not self.chat or not request.tools:
+            return None
+        from ..generation import tool_calls
+
+        names = {t["function"]["name"] for t in request.tools}
+        parsed = tool_calls.parse(text, request.tool_format, names)
+        if not request.parallel_tool_calls and len(parsed.calls) > 1:
+            parsed = tool_calls.Parsed(parsed.content, parsed.calls[:1])
+        return parsed
 
     async def sse(self) -> AsyncGenerator[bytes, None]:
         """The answer as server-sent events, ending with `data: [DONE]`."""
@@ -422,13 +446,39 @@ class _Answer:
             role = chunks.role(i)
             if role is not None:
                 yield _event(role)
+        tools = self.chat and bool(self.parsed.request.tools)
+        held = [""] * self.choices  # with tools: each choice's text so far
+        sent = [0] * self.choices  # ... and how much of it went out as content
+        markers: tuple[str, ...] = ()
+        if tools:
+            from ..generation import tool_calls
+
+            markers = tool_calls.start_markers(self.parsed.request.tool_format)
         try:
             async for event in self.events():
+                i = event.index
                 if isinstance(event, Piece):
-                    if event.text:
-                        yield _event(chunks.text(event.index, event.text))
-                else:
-                    yield _event(chunks.finish(event.index, event.reason))
+                    if not tools:
+                        if event.text:
+                            yield _event(chunks.text(i, event.text))
+                        continue
+                    held[i] += event.text
+                    cut = tool_calls.emittable(held[i], markers)
+                    if cut > sent[i]:
+                        yield _event(chunks.text(i, held[i][sent[i] : cut]))
+                        sent[i] = cut
+                    continue
+                reason = event.reason
+                if tools:
+                    parsed = self._parse_calls(held[i])
+                    if parsed is not None and parsed.calls:
+                        for k, call in enumerate(parsed.calls):
+                            yield _event(chunks.tool_call(i, k, call.openai(), True))
+                            yield _event(chunks.tool_call(i, k, call.openai(), False))
+                        reason = "tool_calls"
+                    elif len(held[i]) > sent[i]:
+                        yield _event(chunks.text(i, held[i][sent[i] :]))
+                yield _event(chunks.finish(i, reason))
         except Exception as e:  # the status line is sent: say it in the stream, as OpenAI does
             self.cancel()
             yield _event(backend_error(e, self.record, "").body())

@@ -46,6 +46,14 @@ class TextRequest:
     stop: list[str] = field(default_factory=list)
     n: int = 1  # choices, decoded as parallel sequences
     ignore_eos: bool = False  # llama.cpp's extension: generate past end-of-generation tokens
+    # OpenAI tool calling: the offered functions ({"type": "function", "function": {...}}),
+    # "auto" | "required" (tool_choice "none" offers none); forced_tool: the named function
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str = "auto"
+    forced_tool: str | None = None
+    parallel_tool_calls: bool = True
+    # set by the backend at submit: the syntax the model's template writes calls in
+    tool_format: str = "generic"
 
 
 @dataclass(frozen=True)

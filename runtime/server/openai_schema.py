@@ -8,7 +8,9 @@ checked for type and range before they reach the model side.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,11 +153,14 @@ def _refuse_unsupported(body: dict[str, Any], completions: bool) -> None:
     if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
         name = "logprobs" if body.get("logprobs") not in (None, False) else "top_logprobs"
         raise invalid(name, f"'{name}' is not supported by this server")
-    for name in ("tools", "functions", "function_call", "audio", "prediction"):
+    for name in ("functions", "function_call", "audio", "prediction"):
         if body.get(name) not in (None, [], {}):
-            raise invalid(name, f"'{name}' is not supported by this server (no tool calling)")
-    if body.get("tool_choice") not in (None, "none"):
-        raise invalid("tool_choice", "'tool_choice' is not supported by this server")
+            hint = " (use 'tools' and 'tool_choice')" if "function" in name else ""
+            raise invalid(name, f"'{name}' is not supported by this server{hint}")
+    if completions:
+        for name in ("tools", "tool_choice"):
+            if body.get(name) not in (None, [], "none"):
+                raise invalid(name, f"'{name}' is only supported by /v1/chat/completions")
     if body.get("logit_bias") not in (None, {}):
         raise invalid("logit_bias", "'logit_bias' is not supported by this server")
     modalities = body.get("modalities")
@@ -264,6 +269,7 @@ def parse_chat(body: Any) -> ParsedRequest:
     messages = _messages(body.get("messages"))
     request, stream, include_usage = _common(body, completions=False)
     request.messages = messages
+    _tools(body, request)
     return ParsedRequest(model, request, stream=stream, include_usage=include_usage)
 
 
@@ -291,6 +297,110 @@ def parse_completion(body: Any) -> ParsedRequest:
     return ParsedRequest(model, request, prompts, stream=stream, include_usage=include_usage)
 
 
+MAX_TOOLS = 128
+
+
+def _tools(body: dict[str, Any], request: TextRequest) -> None:
+    """`tools`, `tool_choice` and `parallel_tool_calls` into the request (tool_choice "none":
+    no tools are offered to the model at all)."""
+    tools = body.get("tools")
+    if tools in (None, []):
+        tools = []
+    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
+        raise invalid("tools", f"'tools' must be an array of at most {MAX_TOOLS} functions")
+    names: list[str] = []
+    offered = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
+            raise invalid(where, f'\'{where}\' must be {{"type": "function", "function": {{...}}}}')
+        name = fn.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
+            raise invalid(
+                f"{where}.function.name", "a function name is 1 to 64 of a-z A-Z 0-9 _ . -"
+            )
+        if name in names:
+            raise invalid(f"{where}.function.name", f"two tools are named {name!r}")
+        params = fn.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(params, dict):
+            raise invalid(
+                f"{where}.function.parameters", "'parameters' must be a JSON schema object"
+            )
+        description = fn.get("description")
+        if description is not None and not isinstance(description, str):
+            raise invalid(f"{where}.function.description", "'description' must be a string")
+        names.append(name)
+        entry: dict[str, Any] = {"name": name, "parameters": params}
+        if description is not None:
+            entry["description"] = description
+        offered.append({"type": "function", "function": entry})
+    choice = body.get("tool_choice")
+    if choice is None:
+        choice = "auto" if offered else "none"
+    request.parallel_tool_calls = body.get("parallel_tool_calls") is not False
+    if body.get("parallel_tool_calls") not in (None, True, False):
+        raise invalid("parallel_tool_calls", "'parallel_tool_calls' must be true or false")
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if choice.get("type") != "function" or not isinstance(name, str):
+            raise invalid(
+                "tool_choice",
+                "'tool_choice' must be auto, none, required or "
+                '{"type": "function", "function": {"name": ...}}',
+            )
+        if name not in names:
+            raise invalid("tool_choice", f"tool_choice names {name!r}, which is not in 'tools'")
+        request.tool_choice, request.forced_tool = "required", name
+    elif choice in ("auto", "required"):
+        if not offered:
+            raise invalid("tool_choice", f"tool_choice {choice!r} needs 'tools'")
+        request.tool_choice = choice
+    elif choice != "none":
+        raise invalid("tool_choice", "'tool_choice' must be auto, none, required or a function")
+    if choice == "none":
+        return
+    if request.tool_choice == "required" and "grammar" in request.sampling:
+        raise invalid(
+            "tool_choice", "a required tool call and 'response_format' cannot be combined"
+        )
+    request.tools = offered
+
+
+def _tool_calls(calls: Any, where: str) -> tuple[dict[str, Any], ...]:
+    if not isinstance(calls, list) or not calls:
+        raise invalid(where, f"'{where}' must be a non-empty array of calls")
+    out = []
+    for j, call in enumerate(calls):
+        at = f"{where}[{j}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise invalid(
+                at,
+                f'\'{at}\' must be {{"id", "type": "function", "function": {{name, arguments}}}}',
+            )
+        args = fn.get("arguments", "{}")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args or "{}")
+            except ValueError:
+                raise invalid(f"{at}.function.arguments", "'arguments' must be JSON text") from None
+        if not isinstance(args, dict):
+            raise invalid(f"{at}.function.arguments", "'arguments' must be a JSON object")
+        call_id = call.get("id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise invalid(f"{at}.id", "a call's 'id' must be a string")
+        out.append(
+            {
+                "id": call_id or f"call_{j}",
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": args},
+            }
+        )
+    return tuple(out)
+
+
 def _messages(messages: Any) -> list[Message]:
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "'messages' must be a non-empty array of messages")
@@ -300,11 +410,25 @@ def _messages(messages: Any) -> list[Message]:
         if not isinstance(m, dict):
             raise invalid(where, f"'{where}' must be an object with 'role' and 'content'")
         role = m.get("role")
-        if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
-            raise invalid(f"{where}.role", "tool and function messages are not supported")
+        if role == "function" or m.get("function_call"):
+            raise invalid(f"{where}.role", "function messages are not supported: use tool")
+        if role == "tool":
+            call_id = m.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise invalid(f"{where}.tool_call_id", "a tool message needs its 'tool_call_id'")
+            name = m.get("name") if isinstance(m.get("name"), str) else None
+            text = _content(m.get("content"), f"{where}.content")
+            out.append(Message("tool", text, tool_call_id=call_id, name=name))
+            continue
         if not isinstance(role, str) or role not in ROLES:
-            known = ", ".join(r for r in ROLES if r != "developer")
+            known = ", ".join(r for r in [*ROLES, "tool"] if r != "developer")
             raise invalid(f"{where}.role", f"unknown role {role!r} (use one of: {known})")
+        if role == "assistant" and m.get("tool_calls") not in (None, []):
+            calls = _tool_calls(m.get("tool_calls"), f"{where}.tool_calls")
+            content = m.get("content")
+            text = "" if content is None else _content(content, f"{where}.content")
+            out.append(Message("assistant", text, tool_calls=calls))
+            continue
         out.append(Message(ROLES[role], _content(m.get("content"), f"{where}.content")))
     return out
 
@@ -328,7 +452,7 @@ def _content(content: Any, where: str) -> str:
 
 
 # --- answers --------------------------------------------------------------------------------
-FINISH = {"stop": "stop", "length": "length", "cancelled": "length"}
+FINISH = {"stop": "stop", "length": "length", "cancelled": "length", "tool_calls": "tool_calls"}
 
 
 def finish_reason(reason: str) -> str:
@@ -345,17 +469,31 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def chat_answer(
-    id: str, created: int, model: str, texts: list[str], reasons: list[str], used: dict[str, int]
+    id: str,
+    created: int,
+    model: str,
+    texts: list[str],
+    reasons: list[str],
+    used: dict[str, int],
+    calls: list[list[dict[str, Any]]] | None = None,
+    contents: list[str | None] | None = None,
 ) -> dict[str, Any]:
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish_reason(reason),
-        }
-        for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
-    ]
+    """`calls` (per choice, OpenAI's tool_calls) with `contents` (the text before them)."""
+    choices = []
+    for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls and calls[i]:
+            message = {"role": "assistant", "content": contents[i] if contents else None}
+            message["tool_calls"] = calls[i]
+            reason = "tool_calls"
+        choices.append(
+            {
+                "index": i,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish_reason(reason),
+            }
+        )
     return {
         "id": id,
         "object": "chat.completion",
@@ -406,6 +544,16 @@ class ChunkMaker:
 
     def text(self, index: int, text: str) -> dict[str, Any]:
         return self._wrap([self._choice(index, {"content": text}, None)])
+
+    def tool_call(self, index: int, k: int, call: dict[str, Any], head: bool) -> dict[str, Any]:
+        """A `delta.tool_calls` fragment: the call's head (id, type, name) or its arguments."""
+        fn = call["function"]
+        if head:
+            part = {"index": k, "id": call["id"], "type": "function"}
+            part["function"] = {"name": fn["name"], "arguments": ""}
+        else:
+            part = {"index": k, "function": {"arguments": fn["arguments"]}}
+        return self._wrap([self._choice(index, {"tool_calls": [part]}, None)])
 
     def finish(self, index: int, reason: str) -> dict[str, Any]:
         return self._wrap([self._choice(index, {}, finish_reason(reason))])

@@ -301,7 +301,12 @@ class ModelPool:
             messages = list(request.messages)
             if defaults.system and not any(m.role == "system" for m in messages):
                 messages.insert(0, Message("system", defaults.system))
-            return prompt_tokens(engine, messages, template=defaults.chat_template)
+            template = defaults.chat_template or engine.chat_template
+            if request.tools:
+                _tool_setup(request, template)
+            return prompt_tokens(
+                engine, messages, template=defaults.chat_template, tools=request.tools
+            )
         return prompt_tokens(engine, [Message("user", request.prompt or "")], raw=True)
 
     def _sampling(self, served: _Served, request: TextRequest) -> list[SamplingParams]:
@@ -318,6 +323,17 @@ class ModelPool:
         if base.seed is None:
             return [base] * request.n
         return [replace(base, seed=(base.seed + i) % 2**32) for i in range(request.n)]
+
+
+def _tool_setup(request: TextRequest, template: str | None) -> None:
+    """The syntax the model writes calls in (from its template) and, for a required call, the
+    grammar that forces one whose arguments match the tool's schema."""
+    from ..generation import tool_calls
+
+    request.tool_format = tool_calls.family(template)
+    if request.tool_choice == "required" and request.tools:
+        gbnf = tool_calls.grammar(request.tools, request.tool_format, request.forced_tool)
+        request.sampling = {**request.sampling, "grammar": gbnf}
 
 
 def _embedding_tokens(engine: LlamaCppEngine, inputs: Sequence[str | list[int]]) -> list[list[int]]:
