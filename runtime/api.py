@@ -87,10 +87,29 @@ def prompt_tokens(
             "this model has no chat template: use --raw for plain text completion "
             "(or set chat_template for it in models.toml)"
         )
+    _refuse_markup(engine, [tools or [], [m.tool_calls for m in messages if m.tool_calls]])
     parts = segments(
         template, messages, bos_token=engine.bos_text, eos_token=engine.eos_text, tools=tools
     )
     return engine.with_bos(tokenize_segments(parts, engine.tokenize))
+
+
+def _refuse_markup(engine: Engine, data: Any) -> None:
+    """Tool definitions and call arguments are rendered as template text (their JSON cannot be
+    split out as plain segments): a string in them that holds control-token markup is refused,
+    so that no request text becomes a control token."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, str) and engine.tokenize(item, True) != engine.tokenize(item, False):
+            raise UsageError(
+                f"a tool definition or tool call holds control-token markup: {item[:80]!r}"
+            )
 
 
 def generate(
