@@ -86,6 +86,8 @@ def test_mistral_array() -> None:
     bad = '[TOOL_CALLS][{"name": "f", "arguments": {"a": 1}'
     assert tc.parse(bad, tc.MISTRAL) == tc.Parsed(bad, [])
     assert tc.parse("[1, 2]", tc.MISTRAL) == tc.Parsed("[1, 2]", [])
+    unmarked = '[{"name": "f", "arguments": {"a": 1}}]'  # the control token not detokenized
+    assert _calls(tc.parse(unmarked, tc.MISTRAL)) == [("f", {"a": 1})]
 
 
 def test_generic_bare_object_or_array() -> None:

@@ -59,7 +59,7 @@ def start_markers(kind: str) -> tuple[str, ...]:
     """Text at which a call may begin: a stream holds its text from the first of these on."""
     return {
         HERMES: ("<tool_call>",),
-        MISTRAL: ("[TOOL_CALLS]",),
+        MISTRAL: ("[TOOL_CALLS]", "[", "{"),
         LLAMA3: ("<|python_tag|>", "{"),
     }.get(kind, ("{", "["))
 
@@ -86,10 +86,10 @@ def parse(text: str, kind: str, names: Collection[str] | None = None) -> Parsed:
     if kind == HERMES:
         at = text.find("<tool_call>")
         calls = _hermes(text[at:]) if at >= 0 else None
-    elif kind == MISTRAL:
+    elif kind == MISTRAL and "[TOOL_CALLS]" in text:
         at = text.find("[TOOL_CALLS]")
-        calls = _json_calls(text[at + len("[TOOL_CALLS]") :]) if at >= 0 else None
-    else:
+        calls = _json_calls(text[at + len("[TOOL_CALLS]") :])
+    else:  # Mistral's marker is a control token: a detokenizer may have dropped it
         at, calls = _bare(text, kind == LLAMA3)
     if not calls or (names is not None and any(c.name not in names for c in calls)):
         return Parsed(text, [])
