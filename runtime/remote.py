@@ -130,10 +130,10 @@ class Remote:
     def models(self) -> list[dict[str, Any]]:
         """The remote's /v1/models entries (each has at least an "id")."""
         with self.errors():
-            response = self._send("GET", "/models", None)
+            response = self.send("GET", "/models", None)
             try:
                 if response.status_code >= 400:
-                    raise self._status_error(response, None)
+                    raise self.status_error(response, None)
                 data = json.loads(response.read())
             except ValueError:
                 raise RemoteError(self.url, "/v1/models did not answer JSON") from None
@@ -149,7 +149,7 @@ class Remote:
         return RemoteAnswer(self, request, cancel or threading.Event())
 
     # --- HTTP -----------------------------------------------------------------------------
-    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+    def send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
         """The response (streamed, headers read), after up to `retries` retries of a 429/503
         that wait as its Retry-After says (bounded), else 0.5 s, 1 s, 2 s, ..."""
         waited = 0.0
@@ -160,7 +160,7 @@ class Remote:
                 if response.status_code in RETRY_STATUSES:
                     response.read()
                     response.close()
-                    raise self._status_error(response, None, attempts=attempt + 1, waited=waited)
+                    raise self.status_error(response, None, attempts=attempt + 1, waited=waited)
                 return response
             wait = _retry_after(response) or BACKOFF_S * 2**attempt
             wait = min(wait, MAX_WAIT_S)
@@ -169,7 +169,7 @@ class Remote:
             waited += wait
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _status_error(
+    def status_error(
         self, response: httpx.Response, model: str | None, *, attempts: int = 1,
         waited: float = 0.0,
     ) -> RemoteError:  # fmt: skip
@@ -241,11 +241,11 @@ class RemoteAnswer:
         first = last = 0.0
         pieces, done = 0, False
         with remote.errors():
-            response = remote._send("POST", path, self.request.body())
+            response = remote.send("POST", path, self.request.body())
             try:
                 if response.status_code >= 400:
                     response.read()
-                    raise remote._status_error(response, self.request.model)
+                    raise remote.status_error(response, self.request.model)
                 for event in _events(response):
                     if event is None:
                         done = True
