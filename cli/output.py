@@ -3,6 +3,7 @@ progress to stderr. Every command writes through here, so what a user sees is de
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -42,6 +43,18 @@ def write_answer(piece: str) -> None:
 
 
 # --- stderr: everything else --------------------------------------------------------------
+def end_answer(
+    model: str, text: str, finish_reason: str, stats: dict[str, Any], *, json_out: bool
+) -> None:
+    """How a one-shot answer ends, local or remote: the JSON object (`--json`), or the newline
+    after streamed text that lacked one."""
+    if json_out:
+        record = {"model": model, "text": text, "finish_reason": finish_reason, "stats": stats}
+        write_answer(json.dumps(record, ensure_ascii=False) + "\n")
+    elif text and not text.endswith("\n"):
+        write_answer("\n")
+
+
 def say(message: str) -> None:
     """A line on stderr as it is (REPL notices, the newline after ^C)."""
     sys.stderr.write(message + "\n")

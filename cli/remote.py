@@ -174,17 +174,9 @@ def _answer(
 
 
 def _finish(answer: RemoteAnswer, model: str, *, json_out: bool) -> None:
-    """As a local run ends: the JSON object, or the newline after the answer."""
-    if json_out:
-        record = {
-            "model": model,
-            "text": answer.text,
-            "finish_reason": answer.stats.finish_reason,
-            "stats": answer.stats.as_dict(),
-        }
-        output.write_answer(json.dumps(record, ensure_ascii=False) + "\n")
-    elif answer.text and not answer.text.endswith("\n"):
-        output.write_answer("\n")
+    """As a local run ends (output.end_answer)."""
+    stats = answer.stats
+    output.end_answer(model, answer.text, stats.finish_reason, stats.as_dict(), json_out=json_out)
 
 
 def stats_line(stats: RemoteStats, url: str) -> str:

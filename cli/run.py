@@ -3,7 +3,6 @@ prompt on a terminal, the chat. `infer chat`: the chat, with only the flags that
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -291,13 +290,5 @@ def _stream(gen: Generation, model_name: str, *, json_out: bool) -> None:
 
 
 def _finish(gen: Generation, model_name: str, *, json_out: bool) -> None:
-    if json_out:
-        record = {
-            "model": model_name,
-            "text": gen.text,
-            "finish_reason": gen.stats.finish_reason,
-            "stats": gen.stats.as_dict(),
-        }
-        output.write_answer(json.dumps(record, ensure_ascii=False) + "\n")
-    elif gen.text and not gen.text.endswith("\n"):
-        output.write_answer("\n")
+    stats = gen.stats
+    output.end_answer(model_name, gen.text, stats.finish_reason, stats.as_dict(), json_out=json_out)

@@ -57,6 +57,13 @@ def makes_no_sentence_vectors(engine: LlamaCppEngine) -> bool:
     return engine.header.arch_value("pooling_type") == 0
 
 
+def embedding_tokens(engine: LlamaCppEngine, text: str) -> list[int]:
+    """`text`'s tokens as llama-embedding makes them: BOS/EOS/SEP as the vocabulary adds them,
+    control-token markup parsed (common_tokenize(…, add_special=true, parse_special=true))."""
+    buf, n = engine.tokenize_into_buffer(text, add_special=True, special=True)
+    return list(buf[:n])
+
+
 def default_ctx(engine: LlamaCppEngine) -> int:
     """Tokens per batch, so also the longest input: the trained context, at most 4096."""
     return min(engine.n_ctx_train or 4096, 4096)

@@ -9,13 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backend import Embeddings
-from .openai_schema import ApiError
+from .openai_schema import invalid
 
 MAX_INPUTS = 2048  # as OpenAI's limit on one request
-
-
-def invalid(param: str, message: str) -> ApiError:
-    return ApiError(400, message, param=param)
 
 
 @dataclass

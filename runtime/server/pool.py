@@ -23,7 +23,12 @@ from typing import Any
 from ..api import load, prompt_tokens
 from ..errors import BadReferenceError, ModelFileError, ModelNotFoundError, UsageError
 from ..generation.templates import Message
-from ..llama.embedder import Embedder, is_embedding_model, makes_no_sentence_vectors
+from ..llama.embedder import (
+    Embedder,
+    embedding_tokens,
+    is_embedding_model,
+    makes_no_sentence_vectors,
+)
 from ..llama.embedder import default_ctx as embed_default_ctx
 from ..llama.engine import KV_BUDGET_BYTES, LlamaCppEngine, backends, default_ctx
 from ..models.gguf import read_header
@@ -342,8 +347,7 @@ def _embedding_tokens(engine: LlamaCppEngine, inputs: Sequence[str | list[int]])
     out = []
     for i, item in enumerate(inputs):
         if isinstance(item, str):
-            buf, n = engine.tokenize_into_buffer(item, add_special=True, special=True)
-            out.append(list(buf[:n]))
+            out.append(embedding_tokens(engine, item))
             continue
         bad = next((t for t in item if not 0 <= t < engine.n_vocab), None)
         if bad is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..llama.embedder import embedding_tokens
 
 if TYPE_CHECKING:
     from ..llama.embedder import Embedder
@@ -51,8 +52,7 @@ def tokenize(
     --truncate an item over `limit` is an error naming it and both counts."""
     out, cut = [], 0
     for item in items:
-        buf, n = engine.tokenize_into_buffer(item.text, add_special=True, special=True)
-        tokens = list(buf[:n])
+        tokens = embedding_tokens(engine, item.text)
         if len(tokens) > limit:
             if not truncate:
                 raise UsageError(
