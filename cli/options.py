@@ -251,6 +251,27 @@ FormatOpt = Annotated[
     ),
 ]  # fmt: skip
 
+ToolOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tool", rich_help_panel=OUTPUT, metavar="JSON|@FILE",
+        help="Offer the model a function (repeatable): JSON text or @FILE holding one definition "
+        '({"name", "description", "parameters"} or OpenAI\'s {"type": "function", "function": '
+        "{...}}) or a list of them. Its calls are printed as JSON on stdout "
+        '({"tool_calls": [...], "finish_reason": "tool_calls"}); nothing is executed.',
+        show_default=False,
+    ),
+]  # fmt: skip
+ToolChoiceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tool-choice", rich_help_panel=OUTPUT, metavar="auto|required|none|NAME",
+        help="--tool: auto (the model decides; a call it starts is kept to the tool's schema), "
+        "required (a call, to any tool), NAME (a call to that tool) or none. [default: auto]",
+        show_default=False,
+    ),
+]  # fmt: skip
+
 # --- remote engines (cli/remote.py) ---------------------------------------------------------
 REMOTE = "Remote engine"
 RemoteOpt = Annotated[

@@ -54,14 +54,38 @@ def run_remote(args: dict[str, Any]) -> bool:
                 "server there loads and runs the model"
             )
     request_fields = _fields(args)
+    tools = _tools(args, request_fields)
     with connect(url, args) as remote:
         if args.get("batch") is not None or args.get("parallel") is not None:
             _batch(remote, args, request_fields)
         elif (text := _prompt_text(args.get("prompt"))) is None:
+            if tools:
+                raise UsageError('--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...')
             _chat(remote, args, request_fields)
         else:
             request = _request(args["model"], text, args.get("system"), args, request_fields)
             _answer(remote, request, args["model"], json_out=args["json_out"], stats=args["stats"])
+    return True
+
+
+def _tools(args: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """--tool/--tool-choice as the request's tools and tool_choice (checked as a local run
+    checks them); whether any are offered."""
+    from .tools import check_flags, read_tools
+
+    offered = read_tools(args.get("tool"), args.get("tool_choice"))
+    if offered is None:
+        return False
+    batched = args.get("batch") is not None or args.get("parallel") is not None
+    check_flags(
+        {
+            "--batch/--parallel": batched,
+            "--raw (tools go through the chat template)": bool(args.get("raw")),
+            "--json-schema or --format": "response_format" in fields and offered.choice != "none",
+        }
+    )
+    fields["tools"] = offered.tools
+    fields["tool_choice"] = offered.openai_choice()
     return True
 
 
@@ -153,9 +177,10 @@ def _answer(
 ) -> None:
     answer = remote.answer(request)
     pieces = iter(answer)
+    held = "tools" in request.fields  # the answer may turn out to be a call: printed at the end
     try:
         for piece in pieces:
-            if not json_out:
+            if not json_out and not held:
                 output.write_answer(piece)
     except KeyboardInterrupt:
         pieces.close()  # closes the connection: the server stops generating
@@ -174,8 +199,15 @@ def _answer(
 
 
 def _finish(answer: RemoteAnswer, model: str, *, json_out: bool) -> None:
-    """As a local run ends (output.end_answer)."""
+    """As a local run ends (output.end_answer; with tools offered, tools.print_answer)."""
     stats = answer.stats
+    if "tools" in answer.request.fields:
+        from .tools import print_answer
+
+        content = answer.text or None
+        print_answer(model, content, answer.tool_calls, stats.finish_reason, stats.as_dict(),
+                     json_out=json_out)  # fmt: skip
+        return
     output.end_answer(model, answer.text, stats.finish_reason, stats.as_dict(), json_out=json_out)
 
 

@@ -54,6 +54,8 @@ from .options import (
     TemperatureOpt,
     ThreadsOpt,
     TimeoutOpt,
+    ToolChoiceOpt,
+    ToolOpt,
     TopKOpt,
     TopPOpt,
     VerboseOpt,
@@ -65,6 +67,8 @@ if TYPE_CHECKING:
     from infer.runtime.llama.engine import Engine
     from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, SamplingParams
+
+    from .tools import Offered
 
 
 def run(
@@ -103,6 +107,8 @@ def run(
     api_key: ApiKeyOpt = None,
     api_key_file: ApiKeyFileOpt = None,
     timeout: TimeoutOpt = None,
+    tool: ToolOpt = None,
+    tool_choice: ToolChoiceOpt = None,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
@@ -114,6 +120,7 @@ def run(
     conflicts = {"--continue": continue_, "--markdown": markdown, "--draft": bool(draft)}
     batched = _check_batch(batch, parallel, prompt, conflicts)
     constrained = constraint(json_schema, grammar, fmt)
+    offered = _tools(tool, tool_choice, batched=batched, raw=raw, constrained=bool(constrained))
     text = None if batched else _prompt_text(prompt)
     resolved = resolve_or_pull(model, offline=offline)
     d = resolved.defaults
@@ -139,6 +146,15 @@ def run(
         )  # fmt: skip
     engine = load_model(resolved, engine_options, quiet=json_out)
     drafter = load_drafter(draft, engine, engine_options, offline=offline, quiet=json_out)
+    if offered is not None:
+        from .tools import answer
+
+        if text is None:
+            raise UsageError('--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...')
+        return answer(
+            engine, resolved, text, system, sampling, options, offered, drafter=drafter,
+            json_out=json_out, stats=stats,
+        )  # fmt: skip
     if text is None:
         from .chat import ChatSettings, start
 
@@ -163,6 +179,22 @@ def _cut_off(gen: Generation, what: str) -> None:
         f"the answer was cut off at {gen.stats.generated_tokens} tokens before the {what} "
         f"was complete ({limit})"
     )
+
+
+def _tools(
+    tool: list[str] | None, choice: str | None, *, batched: bool, raw: bool, constrained: bool
+) -> Offered | None:
+    """--tool and --tool-choice, checked before the model loads; None without --tool."""
+    if not tool and choice is None:
+        return None
+    from .tools import check_flags, read_tools
+
+    offered = read_tools(tool, choice)
+    if offered is not None:
+        flags = {"--batch/--parallel": batched, "--raw (tools go through the chat template)": raw}
+        flags["--json-schema, --grammar or --format"] = constrained and offered.choice != "none"
+        check_flags(flags)
+    return offered
 
 
 def _check_batch(

@@ -233,6 +233,8 @@ class RemoteAnswer:
         self.remote, self.request, self.cancel = remote, request, cancel
         self.text = ""
         self.stats = RemoteStats()
+        # OpenAI tool_calls, assembled from the stream's delta.tool_calls fragments
+        self.tool_calls: list[dict[str, Any]] = []
 
     def __iter__(self) -> Iterator[str]:
         remote, chat = self.remote, self.request.messages is not None
@@ -251,6 +253,8 @@ class RemoteAnswer:
                         done = True
                         break
                     self._usage(event)
+                    if chat:
+                        _tool_fragments(event, self.tool_calls)
                     piece = _piece(event, chat)
                     if piece:
                         last = time.monotonic()
@@ -327,6 +331,29 @@ def _piece(event: dict[str, Any], chat: bool) -> str:
     else:
         content = choices[0].get("text")
     return content if isinstance(content, str) else ""
+
+
+def _tool_fragments(event: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+    """A chunk's `delta.tool_calls` added to `calls`: a fragment with a new index starts a
+    call (id, type, name); the others append to its arguments."""
+    choices = event.get("choices") or []
+    delta = choices[0].get("delta") if choices and isinstance(choices[0], dict) else None
+    parts = delta.get("tool_calls") if isinstance(delta, dict) else None
+    for part in parts if isinstance(parts, list) else []:
+        if not isinstance(part, dict):
+            continue
+        index = part.get("index", len(calls))
+        if not isinstance(index, int) or not 0 <= index <= len(calls):
+            continue
+        if index == len(calls):
+            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call, fn = calls[index], part.get("function") or {}
+        if isinstance(part.get("id"), str):
+            call["id"] += part["id"]
+        if isinstance(fn, dict):
+            for key in ("name", "arguments"):
+                if isinstance(fn.get(key), str):
+                    call["function"][key] += fn[key]
 
 
 def _retry_after(response: httpx.Response) -> float | None:

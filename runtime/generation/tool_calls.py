@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,3 +220,55 @@ def grammar(tools: list[dict[str, Any]], kind: str, only: str | None = None) -> 
     return check_grammar(
         f"root ::= {before}infer-tool-call{after}\n{body}", "tools[].function.parameters"
     )
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+CHOICES = ("auto", "required", "none")
+
+
+def definitions(items: Sequence[Any], what: str = "--tool") -> list[dict[str, Any]]:
+    """Function definitions, each OpenAI's `{"type": "function", "function": {...}}` or a bare
+    `{"name", "description", "parameters"}`, in OpenAI's shape. UsageError naming `what` for one
+    without a valid name, a name given twice, or parameters that are not an object schema the
+    grammar converter enforces (checked here, before any model loads)."""
+    from ..errors import UsageError
+    from ..llama.grammar import schema_dict_grammar
+
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        fn = item.get("function") if isinstance(item, dict) and "function" in item else item
+        if not isinstance(fn, dict) or (
+            fn is not item and (item.get("type", "function") != "function")
+        ):
+            raise UsageError(
+                f'{what}: tool {i + 1} is not a function definition ({{"name": ..., '
+                '"parameters": {...}} or {"type": "function", "function": {...}})'
+            )
+        name = fn.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise UsageError(
+                f"{what}: tool {i + 1} needs a 'name' of 1 to 64 of a-z A-Z 0-9 _ . - "
+                f"(got {name!r})"
+            )
+        if any(t["function"]["name"] == name for t in out):
+            raise UsageError(f"{what}: two tools are named {name!r}")
+        params = fn.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(params, dict) or params.get("type", "object") != "object":
+            raise UsageError(f"{what}: {name}: 'parameters' must be a JSON schema of an object")
+        schema_dict_grammar(params, f"{what}: {name}: parameters")
+        description = fn.get("description")
+        if description is not None and not isinstance(description, str):
+            raise UsageError(f"{what}: {name}: 'description' must be a string")
+        entry: dict[str, Any] = {"name": name, "parameters": params}
+        if description is not None:
+            entry["description"] = description
+        out.append({"type": "function", "function": entry})
+    return out
+
+
+def choice_grammar(tools: list[dict[str, Any]], kind: str, choice: str, only: str | None) -> str:
+    """The grammar for a tool_choice: "required" (of `only`, or of any tool) forces one call
+    whose arguments validate; "auto" and "none": no grammar."""
+    if choice == "required":
+        return grammar(tools, kind, only)
+    return ""

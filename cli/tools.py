@@ -1,0 +1,179 @@
+"""`infer run MODEL "…" --tool @get_weather.json`: function definitions offered to the model
+through its own chat template; the calls it makes are printed as JSON on stdout for a script to
+act on (infer executes nothing). Local and `--remote` runs print the same shapes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from infer.runtime.errors import InferError, Interrupted, UsageError
+
+from . import output
+
+if TYPE_CHECKING:
+    from infer.runtime.generation.loop import Generation
+    from infer.runtime.generation.tool_calls import Parsed
+    from infer.runtime.llama.engine import Engine
+    from infer.runtime.models.resolve import ResolvedModel
+    from infer.runtime.params import GenerateOptions, SamplingParams
+
+
+@dataclass(frozen=True)
+class Offered:
+    """The tools of `--tool` and what `--tool-choice` makes of them."""
+
+    tools: list[dict[str, Any]]
+    choice: str  # auto | required | none
+    only: str | None = None  # --tool-choice NAME: the one function the model must call
+
+    @property
+    def names(self) -> set[str]:
+        return {t["function"]["name"] for t in self.tools}
+
+    def openai_choice(self) -> str | dict[str, Any]:
+        """tool_choice as an OpenAI request says it."""
+        if self.only is not None:
+            return {"type": "function", "function": {"name": self.only}}
+        return self.choice
+
+
+def read_tools(values: list[str] | None, choice: str | None) -> Offered | None:
+    """The --tool values (JSON text or @FILE; each one definition or a list of them) checked,
+    before any model loads; None without --tool."""
+    from infer.runtime.generation.tool_calls import CHOICES, definitions
+
+    if not values:
+        if choice is not None:
+            raise UsageError("--tool-choice needs --tool")
+        return None
+    items: list[Any] = []
+    for value in values:
+        data = _json(value)
+        items.extend(data if isinstance(data, list) else [data])
+    tools = definitions(items, "--tool")
+    picked = choice or "auto"
+    if picked in CHOICES:
+        return Offered(tools, picked)
+    offered = Offered(tools, "required", picked)
+    if picked not in offered.names:
+        raise UsageError(
+            f"--tool-choice must be auto, required, none or a tool's name "
+            f"({', '.join(sorted(offered.names))}); got {picked!r}"
+        )
+    return offered
+
+
+def _json(value: str) -> Any:
+    from .inputs import read_file
+
+    where = value if len(value) <= 40 else value[:37] + "..."
+    text = value
+    if value.startswith("@"):
+        try:
+            text = read_file(value[1:])
+        except InferError as e:
+            raise UsageError(f"--tool: {e}") from None
+        where = value[1:]
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--tool {where}: not JSON ({e})") from None
+
+
+def check_flags(flags: dict[str, bool]) -> None:
+    """Flags a tool run cannot honour, refused by name."""
+    for flag, given in flags.items():
+        if given:
+            raise UsageError(f"--tool does not combine with {flag}")
+
+
+def answer(
+    engine: Engine, resolved: ResolvedModel, text: str, system: str | None,
+    sampling: SamplingParams, options: GenerateOptions, offered: Offered, *,
+    drafter: Engine | str | None, json_out: bool, stats: bool,
+) -> None:  # fmt: skip
+    """One answer with the tools offered: the model's calls as JSON, or its text."""
+    from infer.runtime import Message
+    from infer.runtime.api import prompt_tokens
+    from infer.runtime.generation import tool_calls
+    from infer.runtime.generation.loop import Generation, Stats
+
+    from .signals import cancel_on_sigint
+
+    template = resolved.defaults.chat_template or engine.chat_template
+    kind = tool_calls.family(template)
+    grammar = tool_calls.choice_grammar(offered.tools, kind, offered.choice, offered.only)
+    messages = [Message("system", system)] if system else []
+    messages.append(Message("user", text))
+    rendered = offered.tools if offered.choice != "none" else None
+    tokens = prompt_tokens(
+        engine, messages, template=resolved.defaults.chat_template, tools=rendered
+    )
+    gen = Generation(
+        engine, tokens, replace(sampling, grammar=grammar), options,
+        stats=Stats(load_s=getattr(engine, "load_s", 0.0)), drafter=drafter,
+    )  # fmt: skip
+    with cancel_on_sigint() as cancel:
+        gen.cancel = cancel
+        try:
+            for _ in gen:  # held: the answer may turn out to be a call
+                pass
+        except Interrupted:
+            _end(gen, resolved.name, tool_calls.Parsed(gen.text, []), json_out)
+            raise
+    parsed = tool_calls.parse(gen.text, kind, offered.names) if rendered else None
+    parsed = parsed or tool_calls.Parsed(gen.text, [])
+    if parsed.calls:
+        gen.stats.finish_reason = "tool_calls"
+    _end(gen, resolved.name, parsed, json_out)
+    if stats:
+        output.print_stats(gen.stats)
+    _check_complete(gen, parsed, offered, tool_calls.start_markers(kind))
+
+
+def _end(gen: Generation, model: str, parsed: Parsed, json_out: bool) -> None:
+    calls = [c.openai() for c in parsed.calls]
+    print_answer(model, parsed.content, calls, gen.stats.finish_reason, gen.stats.as_dict(),
+                 json_out=json_out)  # fmt: skip
+
+
+def print_answer(
+    model: str, content: str | None, calls: list[dict[str, Any]], finish_reason: str,
+    stats: dict[str, Any], *, json_out: bool,
+) -> None:  # fmt: skip
+    """How an answer with tools offered ends on stdout, local or remote: with calls, one JSON
+    object `{"tool_calls": [...], "content": ..., "finish_reason": "tool_calls"}`; without, the
+    text as a plain run prints it. `--json`: the usual record with `tool_calls` added."""
+    record: dict[str, Any] = {"tool_calls": calls, "content": content}
+    if json_out:
+        record = {
+            "model": model,
+            "text": content or "",
+            "finish_reason": finish_reason,
+            "tool_calls": calls,
+            "stats": {**stats, "finish_reason": finish_reason},
+        }
+        output.write_answer(json.dumps(record, ensure_ascii=False) + "\n")
+    elif calls:
+        record["finish_reason"] = finish_reason
+        output.write_answer(json.dumps(record, ensure_ascii=False) + "\n")
+    elif content:
+        output.write_answer(content if content.endswith("\n") else content + "\n")
+
+
+def _check_complete(
+    gen: Generation, parsed: Parsed, offered: Offered, markers: tuple[str, ...]
+) -> None:
+    """A call cut off by --max-tokens or the context is an error, not an answer."""
+    reason = gen.stats.finish_reason
+    if reason not in ("length", "context") or parsed.calls:
+        return
+    started = offered.choice == "required" or any(m in gen.text for m in markers if len(m) > 1)
+    if started:
+        limit = "--max-tokens" if reason == "length" else "--ctx-size"
+        raise InferError(
+            f"the answer was cut off at {gen.stats.generated_tokens} tokens before the tool "
+            f"call was complete ({limit})"
+        )
