@@ -19,6 +19,7 @@ from .help import HelpCommand, HelpGroup, SectionedHelpCommand
 from .models import list_models, pull, rm, show
 from .perplexity import perplexity
 from .quantize import quantize
+from .rpc_server import rpc_server
 from .run import chat, run
 from .serve import serve
 
@@ -42,6 +43,7 @@ app.command(cls=HelpCommand)(quantize)
 app.command(cls=HelpCommand)(perplexity)
 app.command(cls=SectionedHelpCommand)(serve)
 app.command(cls=SectionedHelpCommand)(embed)
+app.command("rpc-server", cls=SectionedHelpCommand)(rpc_server)
 app.add_typer(cache_app, name="cache")
 
 

@@ -14,6 +14,7 @@ from infer.runtime.errors import UsageError
 
 from . import output
 from .options import VerboseOpt
+from .rpc_server import RpcOpt
 
 if TYPE_CHECKING:
     from infer.runtime.tools.bench import BenchResult, Progress
@@ -80,6 +81,7 @@ def bench(
     gpu_layers: GpuLayersListOpt = None,
     ctx_size: CtxListOpt = None,
     batch_size: BatchListOpt = None,
+    rpc: RpcOpt = None,
     json_out: BenchJsonOpt = False,
     history: HistoryOpt = False,
     verbose: VerboseOpt = False,
@@ -101,13 +103,16 @@ def bench(
         rb.parse_list(batch_size, "--batch-size", 1),
     )
     rb.check_counts(n_prompt, n_gen, reps)
+    from infer.runtime.params import parse_endpoints
+
+    endpoints = parse_endpoints(rpc)
     from infer.runtime import resolve
 
     resolved = resolve(model)
     results = []
     with _status() as progress:
         runs = rb.run_bench(resolved, points, n_prompt, n_gen, reps, verbose=verbose,
-                            progress=progress)  # fmt: skip
+                            progress=progress, rpc=endpoints)  # fmt: skip
         recording = True
         for i, result in enumerate(runs):
             results.append(result)
@@ -149,6 +154,8 @@ def _print_row(result: BenchResult, *, header: bool) -> None:
             "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         )
     output.write_answer(_row(result.as_dict()) + "\n")
+    if result.split:  # GPU or RPC devices: which one holds what
+        output.dim(f"layers on {result.split}")
 
 
 def _row(r: dict[str, Any]) -> str:

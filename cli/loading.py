@@ -107,8 +107,10 @@ def load_options(
     gpu_layers: int | None,
     verbose: bool,
     no_prompt_cache: bool,
+    rpc: str | None = None,
 ) -> LoadOptions:
     from infer.runtime import LoadOptions
+    from infer.runtime.params import parse_endpoints
 
     return LoadOptions(
         ctx_size=ctx_size or defaults.ctx_size,
@@ -116,6 +118,7 @@ def load_options(
         gpu_layers=gpu_layers,
         verbose=verbose,
         prompt_cache=not no_prompt_cache,
+        rpc=parse_endpoints(rpc),
     ).validate()
 
 

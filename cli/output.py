@@ -80,15 +80,19 @@ def dim(line: str) -> None:
 
 def stats_line(stats: Stats) -> str:
     return (
-        f"load {stats.load_s:.2f} s · prompt {stats.prompt_tokens} tok"
-        f" ({stats.prompt_eval_tokens} evaluated, {stats.prompt_tps:.1f} tok/s)"
-        f" · first token {stats.ttft_s * 1000:.0f} ms"
-        f" · generated {stats.generated_tokens} tok, {stats.generate_tps:.1f} tok/s"
-    ) + (
-        f" · draft {stats.draft}: {stats.accepted}/{stats.drafted} accepted"
-        f" ({stats.acceptance:.0%})"
-        if stats.draft
-        else ""
+        (
+            f"load {stats.load_s:.2f} s · prompt {stats.prompt_tokens} tok"
+            f" ({stats.prompt_eval_tokens} evaluated, {stats.prompt_tps:.1f} tok/s)"
+            f" · first token {stats.ttft_s * 1000:.0f} ms"
+            f" · generated {stats.generated_tokens} tok, {stats.generate_tps:.1f} tok/s"
+        )
+        + (
+            f" · draft {stats.draft}: {stats.accepted}/{stats.drafted} accepted"
+            f" ({stats.acceptance:.0%})"
+            if stats.draft
+            else ""
+        )
+        + (f" · layers on {stats.split}" if stats.split else "")
     )
 
 

@@ -18,6 +18,7 @@ from . import output
 from .inputs import read_file, read_stdin, stdin_is_terminal
 from .models import resolve_or_pull
 from .options import GpuLayersOpt, ModelArg, OfflineOpt, ThreadsOpt, VerboseOpt
+from .rpc_server import RpcOpt
 from .signals import cancel_on_sigint
 
 FileArg = Annotated[
@@ -50,6 +51,7 @@ def perplexity(
     chunks: ChunksOpt = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
+    rpc: RpcOpt = None,
     json_out: PplJsonOpt = False,
     verbose: VerboseOpt = False,
     offline: OfflineOpt = False,
@@ -57,6 +59,7 @@ def perplexity(
     """Compute MODEL's perplexity over the text in FILE (or stdin), in windows of --ctx-size
     tokens as llama.cpp's llama-perplexity does: PPL = 12.3456 +/- 0.1234."""
     from infer.runtime import LoadOptions, load
+    from infer.runtime.params import parse_endpoints
     from infer.runtime.tools.perplexity import perplexity as measure
 
     if chunks is not None and chunks < 1:
@@ -64,8 +67,9 @@ def perplexity(
     text = _read_text(file)
     resolved = resolve_or_pull(model, offline=offline)
     options = LoadOptions(
-        ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose
-    ).validate()
+        ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose,
+        rpc=parse_endpoints(rpc),
+    ).validate()  # fmt: skip
     with cancel_on_sigint() as cancel, _progress() as progress:
         engine = load(resolved, options)
         try:

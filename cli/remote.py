@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 # is refused by name rather than dropped. (Given through their environment variables they are
 # a local default, and are ignored.)
 LOCAL_ONLY = (
-    "ctx_size", "threads", "gpu_layers", "verbose", "offline", "draft", "draft_max",
+    "ctx_size", "threads", "gpu_layers", "rpc", "verbose", "offline", "draft", "draft_max",
     "draft_ngram", "draft_always", "no_prompt_cache", "grammar",
 )  # fmt: skip
 REMOTE_ONLY = ("api_key", "api_key_file", "timeout")

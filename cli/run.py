@@ -60,6 +60,7 @@ from .options import (
     TopPOpt,
     VerboseOpt,
 )  # fmt: skip
+from .rpc_server import RpcOpt
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ def run(
     ctx_size: CtxSizeOpt = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
+    rpc: RpcOpt = None,
     raw: RawOpt = False,
     stats: StatsOpt = False,
     json_out: JsonOpt = False,
@@ -134,7 +136,7 @@ def run(
     )  # fmt: skip
     engine_options = load_options(
         d, ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose,
-        no_prompt_cache=no_prompt_cache,
+        no_prompt_cache=no_prompt_cache, rpc=rpc,
     )  # fmt: skip
     system = system or d.system
     if batch is not None:
@@ -245,6 +247,7 @@ def chat(
     ctx_size: CtxSizeOpt = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
+    rpc: RpcOpt = None,
     raw: RawOpt = False,
     stats: StatsOpt = False,
     verbose: VerboseOpt = False,
@@ -282,6 +285,7 @@ def chat(
         ctx_size=ctx_size,
         threads=threads,
         gpu_layers=gpu_layers,
+        rpc=rpc,
         raw=raw,
         stats=stats,
         verbose=verbose,

@@ -16,6 +16,7 @@ from infer.runtime.errors import UsageError
 
 from . import output
 from .options import HARDWARE, OUTPUT, GpuLayersOpt, NoPromptCacheOpt, ThreadsOpt, VerboseOpt
+from .rpc_server import RpcOpt
 
 if TYPE_CHECKING:
     from infer.runtime.server.app import HttpSettings
@@ -191,6 +192,7 @@ def serve(
     ctx_size: CtxSizeOpt = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
+    rpc: RpcOpt = None,
     batch_size: BatchSizeOpt = None,
     no_prompt_cache: NoPromptCacheOpt = False,
     log_format: LogFormatOpt = LogFormat.text,
@@ -220,7 +222,7 @@ def serve(
     )  # fmt: skip
     config = _server_config(
         models or [], parallel, queue, max_models, allow_pull, offline,
-        ctx_size, threads, gpu_layers, batch_size, no_prompt_cache, verbose,
+        ctx_size, threads, gpu_layers, batch_size, no_prompt_cache, verbose, rpc,
     )  # fmt: skip
     _run(config, settings, port, stats)
 
@@ -233,7 +235,7 @@ def _run(config: ServerConfig, settings: HttpSettings, port: int, stats: bool) -
     names = ", ".join(config.models) or "the cached models"
 
     def ready(url: str) -> None:
-        if stats:
+        if stats or config.load.rpc:  # with RPC servers: where each model's layers went
             for line in backend.describe():
                 output.note(line)
         output.note(f"serving {names} on {url} (OpenAI API at {url}/v1)")
@@ -304,14 +306,15 @@ def _api_key(key: str | None, key_file: Path | None) -> str | None:
 def _server_config(
     models: list[str], parallel: int, queue: int, max_models: int | None, allow_pull: bool,
     offline: bool, ctx_size: int | None, threads: int | None, gpu_layers: int | None,
-    batch_size: int | None, no_prompt_cache: bool, verbose: bool,
+    batch_size: int | None, no_prompt_cache: bool, verbose: bool, rpc: str | None = None,
 ) -> ServerConfig:  # fmt: skip
-    from infer.runtime.params import DEFAULT_BATCH, LoadOptions
+    from infer.runtime.params import DEFAULT_BATCH, LoadOptions, parse_endpoints
     from infer.runtime.server.backend import ServerConfig
 
     load = LoadOptions(
         ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers,
         batch_size=batch_size or DEFAULT_BATCH, verbose=verbose, prompt_cache=not no_prompt_cache,
+        rpc=parse_endpoints(rpc),
     ).validate()  # fmt: skip
     return ServerConfig(
         models=models, load=load, parallel=parallel, queue=queue, max_models=max_models,

@@ -19,6 +19,7 @@ from .errors import InferWarning, TemplateError, UsageError
 from .generation.loop import Generation, Stats
 from .generation.templates import Message, segments, tokenize_segments
 from .llama.engine import Engine
+from .llama.offload import describe_split
 from .models.gguf import read_header
 from .models.resolve import ResolvedModel, resolve
 from .params import GenerateOptions, LoadOptions, SamplingParams
@@ -127,7 +128,9 @@ def generate(
     turns on speculative decoding: "lookup" (drafts from the prompt's n-grams) or a draft model
     from load_draft(); the answer is the one plain decoding gives."""
     tokens = prompt_tokens(engine, messages, raw=raw, template=template)
-    stats = Stats(load_s=getattr(engine, "load_s", 0.0))
+    stats = Stats(
+        load_s=getattr(engine, "load_s", 0.0), split=describe_split(getattr(engine, "split", []))
+    )
     return Generation(
         engine,
         tokens,

@@ -92,6 +92,8 @@ class LoadOptions:
     # Reuse and save prompt states on disk (runtime/generation/prompt_cache.py). Off for library
     # users and measurements (`infer bench` must evaluate its prompts); `infer run` turns it on.
     prompt_cache: bool = False
+    # llama.cpp RPC servers (HOST:PORT) whose devices take the offloaded layers (llama/rpc.py).
+    rpc: tuple[str, ...] = ()
 
     def validate(self) -> LoadOptions:
         if self.ctx_size is not None and self.ctx_size < 16:
@@ -102,7 +104,30 @@ class LoadOptions:
             raise UsageError(f"--gpu-layers must be >= -1 (got {self.gpu_layers})")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        for endpoint in self.rpc:
+            split_endpoint(endpoint)
         return self
+
+
+def parse_endpoints(value: str | None) -> tuple[str, ...]:
+    """--rpc's value: HOST:PORT[,HOST:PORT...] (checked; duplicates dropped) as a tuple."""
+    if value is None:
+        return ()
+    endpoints = tuple(dict.fromkeys(e.strip() for e in value.split(",") if e.strip()))
+    if not endpoints:
+        raise UsageError("--rpc needs HOST:PORT[,HOST:PORT...]")
+    for endpoint in endpoints:
+        split_endpoint(endpoint)
+    return endpoints
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """(host, port) of an RPC server's HOST:PORT, as llama.cpp parses it (up to the first colon:
+    IPv4 addresses and host names), or a UsageError."""
+    host, sep, port = endpoint.partition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or " " in host:
+        raise UsageError(f"--rpc: {endpoint!r} is not HOST:PORT (e.g. 192.168.1.20:50052)")
+    return host, int(port)
 
 
 THREADS_PER_CPU = 4

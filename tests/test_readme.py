@@ -11,7 +11,7 @@ from infer.cli.app import app
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Flags of other tools the README mentions (pip, pytest, cmake, jq...).
-FOREIGN = {"--help", "-e", "--unsafe-fixes", "--fix"}
+FOREIGN = {"--help", "-e", "--unsafe-fixes", "--fix", "--no-cache-dir", "--force-reinstall", "--no-deps"}
 
 
 def commands() -> dict[str, object]:

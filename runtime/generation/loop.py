@@ -31,6 +31,9 @@ class Stats:
     draft: str = ""  # speculative decoding: "lookup" or the draft model; "" when off
     drafted: int = 0  # draft tokens verified
     accepted: int = 0  # of those, accepted (emitted without a decode of their own)
+    # Where the model's layers are when not all on this CPU, e.g. "RPC0 10.0.0.2:50052 15 layers
+    # (40.1 MiB), CPU 1 layers (13.4 MiB)" (llama/offload.py); "" when all are local.
+    split: str = ""
 
     @property
     def prompt_tps(self) -> float:
@@ -55,6 +58,8 @@ class Stats:
         else:  # plain decoding: the same keys as before drafting existed
             for key in ("draft", "drafted", "accepted"):
                 del data[key]
+        if not self.split:
+            del data["split"]
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
 
 

@@ -28,7 +28,14 @@ from ..models.gguf import GGUFHeader
 from ..params import LoadOptions, SamplingParams, physical_cores
 from .bindings import bindings
 from .core_share import CoreShare
-from .offload import check_kv_fits, default_gpu_layers, kv_bytes_per_layer
+from .offload import (
+    check_kv_fits,
+    default_gpu_layers,
+    device_split,
+    has_offload_devices,
+    kv_bytes_per_layer,
+)
+from .rpc import add_servers, rpc_servers
 from .tokens import common_prefix
 
 if TYPE_CHECKING:
@@ -77,6 +84,7 @@ def default_ctx(header: GGUFHeader, budget: int = KV_BUDGET_BYTES) -> int:
 
 
 _log_state: dict[str, Any] = {"verbose": False}
+_captured = threading.local()  # .lines: llama.cpp's log of this thread's model load, when kept
 
 
 def _install_log_callback(verbose: bool) -> None:
@@ -91,6 +99,9 @@ def _install_log_callback(verbose: bool) -> None:
 
         @llama_cpp.llama_log_callback
         def _log(level: int, text: bytes, user_data: Any) -> None:
+            lines = getattr(_captured, "lines", None)
+            if lines is not None and text:
+                lines.append(text)
             if _log_state["verbose"] and text:
                 try:
                     sys.stderr.write(text.decode("utf-8", errors="replace"))
@@ -106,7 +117,7 @@ def _check_ctx_size(ll: Any, header: GGUFHeader, n_ctx: int, gpu_layers: int) ->
     """Refuse a context whose KV cache cannot fit in memory (llama.cpp would try to allocate
     it, for a minute, before failing), and warn about one longer than the model was trained
     on (allowed: a user may know the model copes, e.g. with RoPE scaling)."""
-    gpu = gpu_layers > 0 and bool(ll.llama_supports_gpu_offload())
+    gpu = gpu_layers > 0 and has_offload_devices(ll)
     check_kv_fits(ll, header, n_ctx, gpu=gpu)
     trained = header.context_length
     if trained and n_ctx > trained:
@@ -119,7 +130,9 @@ def _check_ctx_size(ll: Any, header: GGUFHeader, n_ctx: int, gpu_layers: int) ->
 
 
 def supports_gpu_offload() -> bool:
-    return bool(bindings().llama_supports_gpu_offload())
+    """Whether this build has a device to offload layers to (a GPU; RPC servers once added).
+    Not llama_supports_gpu_offload(): that is true for any build with the RPC backend."""
+    return has_offload_devices(bindings())
 
 
 def system_info() -> str:
@@ -194,13 +207,14 @@ class LlamaCppEngine:
         sigint = _DeferredSigint(ll)
         with sigint:
             ll.llama_backend_init()
+        if options.rpc:  # their devices join the GPUs before the split is worked out
+            add_servers(ll, options.rpc)
         self.header = header
         n_ctx = options.ctx_size or default_ctx(header)
         gpu = options.gpu_layers
-        if (
-            gpu is None
-        ):  # all that fit on a GPU build (runtime/llama/offload.py), none on a CPU build
-            fit = default_gpu_layers(ll, header, n_ctx) if ll.llama_supports_gpu_offload() else 0
+        devices = has_offload_devices(ll)
+        if gpu is None:  # all that fit on GPU/RPC devices (runtime/llama/offload.py), else none
+            fit = default_gpu_layers(ll, header, n_ctx) if devices else 0
             gpu = ALL_LAYERS if fit is None else fit
         self.gpu_layers = ALL_LAYERS if gpu == -1 else gpu
         if options.ctx_size:  # before llama.cpp allocates it (the default is capped already)
@@ -212,8 +226,14 @@ class LlamaCppEngine:
         # attribute): there the default load_mode AUTO maps the file wherever the devices can.
         if any(name == "use_mmap" for name, *_ in mparams._fields_):
             mparams.use_mmap = True
-        with sigint:
-            self._model = ll.llama_model_load_from_file(os.fsencode(path), mparams)
+        _captured.lines = []  # the load's log says which device got which layer
+        try:
+            with sigint:
+                self._model = ll.llama_model_load_from_file(os.fsencode(path), mparams)
+            log = b"".join(_captured.lines).decode("utf-8", "replace")
+            self.split = device_split(log, rpc_servers(ll) if options.rpc else None)
+        finally:
+            _captured.lines = None
         if sigint.requested:
             self.close()
             raise Interrupted()
@@ -225,7 +245,7 @@ class LlamaCppEngine:
         self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
         # llama.cpp offloads the repeating layers plus the output layer: "offloaded 31/31".
         self.n_layers = int(ll.llama_model_n_layer(self._model)) + 1
-        offloading = self.gpu_layers > 0 and bool(ll.llama_supports_gpu_offload())
+        offloading = self.gpu_layers > 0 and devices
         self.offloaded_layers = min(self.gpu_layers, self.n_layers) if offloading else 0
         threads = options.threads or physical_cores()
         self.n_batch = min(options.batch_size, n_ctx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,90 @@ def gpu_free_memory(ll: Any) -> int | None:
         lib.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
         free_total, found = free_total + free.value, True
     return free_total if found else None
+
+
+def has_offload_devices(ll: Any) -> bool:
+    """Whether llama.cpp has a device to offload layers to: a GPU, or an RPC server's device
+    (they count as GPUs). llama_supports_gpu_offload() cannot say: it is true for any build with
+    the RPC backend, servers or not."""
+    try:
+        lib = ll._lib
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_type.restype = ctypes.c_int
+        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    except AttributeError:  # bindings without the ggml device API
+        return bool(ll.llama_supports_gpu_offload())
+    count = lib.ggml_backend_dev_count()
+    return any(
+        lib.ggml_backend_dev_type(lib.ggml_backend_dev_get(i)) in _GPU_TYPES for i in range(count)
+    )
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    """The part of a loaded model one device holds."""
+
+    device: str  # llama.cpp's device name: CPU, CUDA0, RPC0…
+    where: str  # an RPC device's server (HOST:PORT); "" for a local one
+    layers: int  # repeating layers, plus the output layer where it is
+    model_bytes: int  # weights in its buffers
+
+    def describe(self) -> str:
+        name = f"{self.device} {self.where}" if self.where else self.device
+        return f"{name} {self.layers} layers ({self.model_bytes / 2**20:.1f} MiB)"
+
+
+_ASSIGNED = re.compile(r"layer\s+\d+ assigned to device (\S+?),")
+_BUFFER = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
+_RPC_BUFFER = re.compile(r"^RPC(\d+)\[(.*)\]$")
+
+
+def device_split(log: str, rpc: dict[str, str] | None = None) -> list[DeviceShare]:
+    """Which device holds how many layers and how much of the weights, from llama.cpp's log of
+    the load ("layer N assigned to device X", "X model buffer size = M MiB"): there is no API
+    that says. `rpc`: each RPC device's server (device name -> HOST:PORT), as llama.cpp names an
+    RPC buffer by the server and the device's index there ("RPC0[10.0.0.2:50052]"). Empty when
+    the log had no such lines."""
+    rpc = rpc or {}
+    layers: dict[str, int] = {}
+    for name in _ASSIGNED.findall(log):
+        layers[name] = layers.get(name, 0) + 1
+    sizes: dict[str, float] = {}
+    for buffer, mib in _BUFFER.findall(log):
+        device = _buffer_device(buffer, rpc)
+        sizes[device] = sizes.get(device, 0.0) + float(mib)
+    names = list(dict.fromkeys([*layers, *sizes]))
+    names.sort(key=lambda n: n == "CPU")  # the devices first, the CPU (holding the rest) last
+    return [
+        DeviceShare(n, rpc.get(n, ""), layers.get(n, 0), int(sizes.get(n, 0.0) * 2**20))
+        for n in names
+    ]
+
+
+def _buffer_device(buffer: str, rpc: dict[str, str]) -> str:
+    match = _RPC_BUFFER.match(buffer)
+    if match:
+        index, endpoint = int(match.group(1)), match.group(2)
+        on_server = sorted((n for n, e in rpc.items() if e == endpoint), key=_number)
+        return on_server[index] if index < len(on_server) else f"RPC[{endpoint}]"
+    if buffer.startswith("CPU") or buffer.endswith("_Host"):
+        return "CPU"  # CPU_Mapped, CPU_REPACK, CUDA_Host: host memory
+    return buffer
+
+
+def _number(name: str) -> int:
+    digits = "".join(c for c in name if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def describe_split(shares: list[DeviceShare]) -> str:
+    """The split in words, e.g. "RPC0 10.0.0.2:50052 15 layers (40.1 MiB), CPU 1 layers
+    (13.4 MiB)"; "" when everything is on this machine's CPU."""
+    if all(s.device == "CPU" for s in shares):
+        return ""
+    return ", ".join(s.describe() for s in shares)
 
 
 def layer_bytes(header: GGUFHeader, n_ctx: int) -> tuple[list[int], int]:

@@ -31,6 +31,7 @@ from ..llama.embedder import (
 )
 from ..llama.embedder import default_ctx as embed_default_ctx
 from ..llama.engine import KV_BUDGET_BYTES, LlamaCppEngine, backends, default_ctx
+from ..llama.offload import describe_split
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
@@ -88,7 +89,7 @@ class ModelPool:
         lines = [f"backend: {', '.join(backends())}"]
         for name, s in self._served.items():
             e = s.engine
-            where = (
+            where = describe_split(getattr(e, "split", [])) or (
                 f"{e.offloaded_layers}/{e.n_layers} layers on the GPU"
                 if e.offloaded_layers
                 else "CPU only"

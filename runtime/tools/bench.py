@@ -28,6 +28,7 @@ from .. import paths
 from ..errors import UsageError
 from ..generation.loop import Generation
 from ..llama.engine import Engine, LlamaCppEngine, backends, supports_gpu_offload, system_info
+from ..llama.offload import describe_split
 from ..models.resolve import ResolvedModel
 from ..params import DEFAULT_BATCH, GenerateOptions, LoadOptions, SamplingParams
 
@@ -87,6 +88,8 @@ class BenchResult:
     ttft_s: Spread | None
     generate_tokens_per_s: Spread | None
     system_info: str = ""
+    # Where the layers were, when not all on this CPU (RPC servers, GPUs): llama/offload.py.
+    split: str = ""
     timestamp: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     infer_version: str = field(default_factory=lambda: _version("infer"))
     llama_cpp_python_version: str = field(default_factory=lambda: _version("llama_cpp_python"))
@@ -146,14 +149,16 @@ def run_bench(
     *,
     verbose: bool = False,
     progress: Progress | None = None,
+    rpc: tuple[str, ...] = (),
 ) -> Iterator[BenchResult]:
-    """Measure each point in turn; yields its result as soon as it is known."""
+    """Measure each point in turn; yields its result as soon as it is known. `rpc`: llama.cpp
+    RPC servers that take the offloaded layers."""
     check_counts(n_prompt, n_gen, reps)
     sampling = _sampling(model)
     for point in points:
         options = LoadOptions(
             ctx_size=point.ctx_size or model.defaults.ctx_size, threads=point.threads,
-            gpu_layers=point.gpu_layers, batch_size=point.batch_size, verbose=verbose,
+            gpu_layers=point.gpu_layers, batch_size=point.batch_size, verbose=verbose, rpc=rpc,
         ).validate()  # fmt: skip
         yield _bench_point(model, options, sampling, (n_prompt, n_gen, reps), progress or _quiet)
 
@@ -295,7 +300,7 @@ def _result(
         prompt_tokens_per_s=Spread.of(pp) if n_prompt else None,
         ttft_s=Spread.of(ttft) if n_prompt else None,
         generate_tokens_per_s=Spread.of(tg) if n_gen else None,
-        system_info=info.strip(),
+        system_info=info.strip(), split=describe_split(engine.split),
     )  # fmt: skip
 
 

@@ -1,0 +1,298 @@
+"""llama.cpp's RPC backend: lend this machine's devices to another (`infer rpc-server`), and
+spread a model's layers over other machines' devices (`--rpc HOST:PORT,...`).
+
+Both sides are llama.cpp's own code (ggml-rpc), reached through the backend registry's proc
+addresses as llama.cpp's tools reach them. Two of its habits shape this module:
+- the client aborts the whole process when it cannot connect or when a server stops answering
+  (GGML_ABORT in ggml-rpc.cpp). So every server is probed first, with the protocol's own HELLO,
+  and turned into a one-line error when it is not there, busy or of another version; and while
+  servers are in use, ggml's abort callback turns a server that goes away into one line and
+  exit 1 rather than a core dump;
+- a server serves one client at a time: a second client waits, silently, until the first one
+  leaves. The probe's HELLO has a deadline, so a busy server is said to be busy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import socket
+import struct
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import EngineError, InferError
+from ..params import split_endpoint
+
+# ggml-rpc.cpp: RPC_CMD_HELLO (pinned there: "must be always 14"), RPC_CONN_CAPS_SIZE, and the
+# protocol major version a client of this build speaks.
+_HELLO = 14
+_CAPS = 24
+_PROTO_MAJOR = 7
+_PROBE_TIMEOUT_S = 5.0
+_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "ACCEL"}  # enum ggml_backend_dev_type
+
+
+class RpcError(InferError):
+    """An RPC server that cannot be used, or a build without the RPC backend."""
+
+
+def install_command() -> str:
+    """The pip command that rebuilds llama-cpp-python with the RPC backend. --no-cache-dir:
+    pip's wheel cache is keyed by the source alone and would hand back the build without it."""
+    try:
+        from importlib.metadata import version
+
+        pinned = f"llama-cpp-python=={version('llama-cpp-python')}"
+    except Exception:
+        pinned = "llama-cpp-python"
+    return (
+        'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-deps --no-cache-dir '
+        f'"{pinned}"'
+    )
+
+
+def _lib(ll: Any) -> Any:
+    """The shared library, with the ggml registry calls this module uses typed."""
+    lib = ll._lib
+    if not getattr(lib, "_infer_rpc_typed", False):
+        vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
+        for name, res, args in (
+            ("ggml_backend_reg_by_name", vp, [cp]),
+            ("ggml_backend_reg_get_proc_address", vp, [vp, cp]),
+            ("ggml_backend_register", None, [vp]),
+            ("ggml_backend_dev_count", sz, []),
+            ("ggml_backend_dev_get", vp, [sz]),
+            ("ggml_backend_dev_by_name", vp, [cp]),
+            ("ggml_backend_dev_name", cp, [vp]),
+            ("ggml_backend_dev_description", cp, [vp]),
+            ("ggml_backend_dev_type", ctypes.c_int, [vp]),
+            ("ggml_backend_dev_memory", None, [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]),
+        ):
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        lib._infer_rpc_typed = True
+    return lib
+
+
+def _rpc_reg(ll: Any) -> Any:
+    """llama.cpp's RPC backend registration; RpcError naming the install command without it."""
+    reg = _lib(ll).ggml_backend_reg_by_name(b"RPC")
+    if not reg:
+        raise RpcError(
+            "this llama-cpp-python was built without llama.cpp's RPC backend; rebuild it with: "
+            + install_command()
+        )
+    return reg
+
+
+def _proc(ll: Any, name: str, prototype: Any) -> Any:
+    address = _lib(ll).ggml_backend_reg_get_proc_address(_rpc_reg(ll), name.encode())
+    if not address:
+        raise RpcError(f"llama.cpp's RPC backend has no {name} (an unexpected build)")
+    return prototype(address)
+
+
+# -- the client side: --rpc ----------------------------------------------------------------------
+
+
+def probe(endpoint: str, timeout: float = _PROBE_TIMEOUT_S) -> None:
+    """Connect and exchange the protocol's HELLO, as llama.cpp's client will; RpcError in one
+    line when that would fail (llama.cpp itself would abort the process)."""
+    host, port = split_endpoint(endpoint)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as e:
+        raise RpcError(f"RPC server {endpoint}: cannot resolve {host!r} ({e.strerror})") from None
+    except TimeoutError:
+        raise RpcError(f"RPC server {endpoint}: no answer within {timeout:g} s") from None
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise RpcError(f"RPC server {endpoint} is not reachable ({reason})") from None
+    with sock:
+        try:
+            sock.sendall(bytes([_HELLO]) + struct.pack("<Q", _CAPS) + bytes(_CAPS))
+            reply = _receive(sock, 8 + 4 + _CAPS)
+        except TimeoutError:
+            raise RpcError(
+                f"RPC server {endpoint} did not answer within {timeout:g} s: it is busy with "
+                "another client (an RPC server serves one client at a time)"
+            ) from None
+        except ConnectionError:  # reset: whatever listens there hung up on the HELLO
+            reply = b""
+        except OSError as e:
+            raise RpcError(f"RPC server {endpoint}: {e.strerror or e}") from None
+    size, major, minor, patch = struct.unpack_from("<QBBB", reply.ljust(11, b"\0"))
+    if len(reply) < 12 or size != 4 + _CAPS:
+        raise RpcError(
+            f"{endpoint} is not an RPC server of this llama.cpp (protocol {_PROTO_MAJOR}.x): "
+            "start it with `infer rpc-server` from the same infer install"
+        )
+    if major != _PROTO_MAJOR:
+        raise RpcError(
+            f"RPC server {endpoint} speaks protocol {major}.{minor}.{patch}, this llama.cpp "
+            f"{_PROTO_MAJOR}.x: run the same llama.cpp version on both sides"
+        )
+
+
+def _receive(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+_added: set[str] = set()
+_added_lock = threading.Lock()
+
+
+def add_servers(ll: Any, endpoints: tuple[str, ...]) -> None:
+    """Register each server's devices with llama.cpp (once per process), after probing it; a
+    model loaded afterwards spreads its offloaded layers over them by their free memory."""
+    add = _proc(
+        ll, "ggml_backend_rpc_add_server", ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
+    )
+    with _added_lock:
+        for endpoint in endpoints:
+            if endpoint in _added:
+                continue
+            probe(endpoint)
+            _catch_aborts(ll)
+            reg = add(endpoint.encode())
+            if not reg:
+                raise RpcError(f"RPC server {endpoint} offers no devices")
+            _lib(ll).ggml_backend_register(reg)
+            _added.add(endpoint)
+
+
+_abort_state: dict[str, Any] = {}
+
+
+def _catch_aborts(ll: Any) -> None:
+    """While RPC servers are in use, a GGML_ABORT (a server that stopped answering: "Remote RPC
+    server crashed or returned malformed response") becomes one line on stderr and exit 1: ggml
+    calls this callback just before abort(), and it leaves first."""
+    if "callback" in _abort_state:
+        return
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+    def on_abort(message: bytes | None) -> None:
+        text = (message or b"").decode("utf-8", errors="replace").strip().splitlines()
+        reason = text[0].split(": ", 1)[-1] if text else "llama.cpp aborted"
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os.write(2, f"\ninfer: error: llama.cpp's RPC backend failed: {reason}\n".encode())
+        os._exit(1)
+
+    lib = ll._lib
+    lib.ggml_set_abort_callback.restype = ctypes.c_void_p
+    lib.ggml_set_abort_callback.argtypes = [ctypes.c_void_p]
+    lib.ggml_set_abort_callback(ctypes.cast(on_abort, ctypes.c_void_p))
+    _abort_state["callback"] = on_abort  # must outlive every llama.cpp call
+
+
+# -- devices ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str  # llama.cpp's name: CPU, CUDA0, RPC0…
+    description: str  # for an RPC device: its server's HOST:PORT
+    kind: str  # CPU, GPU, iGPU, ACCEL
+    free: int
+    total: int
+
+
+def devices(ll: Any) -> list[Device]:
+    """Every device llama.cpp has registered (local backends, then RPC servers added)."""
+    lib = _lib(ll)
+    found = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append(
+            Device(
+                name=(lib.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
+                description=(lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
+                kind=_DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "?"),
+                free=free.value,
+                total=total.value,
+            )
+        )
+    return found
+
+
+def rpc_servers(ll: Any) -> dict[str, str]:
+    """Each RPC device's server: device name (RPC0…) -> HOST:PORT."""
+    return {d.name: d.description for d in devices(ll) if d.name.startswith("RPC")}
+
+
+# -- the server side: infer rpc-server ------------------------------------------------------------
+
+
+def server_devices(ll: Any, names: list[str]) -> list[Device]:
+    """The devices to lend: those named, else (as llama.cpp's rpc-server chooses) every GPU and
+    only the CPU when there is none. A name that is not a device is a UsageError listing them."""
+    from ..errors import UsageError
+
+    every = devices(ll)
+    if names:
+        by_name = {d.name.lower(): d for d in every}
+        chosen = []
+        for name in names:
+            if name.lower() not in by_name:
+                known = ", ".join(d.name for d in every)
+                raise UsageError(f"--device {name!r} is not a device here (devices: {known})")
+            chosen.append(by_name[name.lower()])
+        return chosen
+    accelerators = [d for d in every if d.kind in ("GPU", "iGPU") and not d.name.startswith("RPC")]
+    return accelerators or [d for d in every if d.kind == "CPU"][:1]
+
+
+def start_server(
+    ll: Any, host: str, port: int, threads: int, lend: list[Device], cache_dir: str | None
+) -> threading.Thread:
+    """Run llama.cpp's RPC server on a thread of its own (its accept loop never returns while it
+    serves; ctypes releases the GIL, so the main thread stays free for signals). The thread ends
+    only when llama.cpp gives up, e.g. when it cannot listen."""
+    start = _proc(
+        ll,
+        "ggml_backend_rpc_start_server",
+        ctypes.CFUNCTYPE(
+            None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_void_p),
+        ),
+    )  # fmt: skip
+    lib = _lib(ll)
+    handles = (ctypes.c_void_p * len(lend))(
+        *(lib.ggml_backend_dev_by_name(d.name.encode()) for d in lend)
+    )
+    endpoint = f"{host}:{port}".encode()
+    cache = cache_dir.encode() if cache_dir else None
+
+    def serve() -> None:
+        start(endpoint, cache, threads, len(lend), handles)
+
+    thread = threading.Thread(target=serve, name="rpc-server", daemon=True)
+    thread._infer_keep = (start, handles)  # type: ignore[attr-defined]  # alive with the thread
+    thread.start()
+    return thread
+
+
+def check_listen(host: str, port: int) -> None:
+    """EngineError in one line when `host:port` cannot be listened on (llama.cpp would only print
+    "Failed to create server socket")."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise EngineError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
