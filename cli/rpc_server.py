@@ -3,7 +3,6 @@ llama.cpp's RPC backend (runtime/llama/rpc.py); and `--rpc`, the option that use
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from typing import Annotated
@@ -128,6 +127,8 @@ def _leave(code: int, message: str) -> None:
 
 def _ipv4(host: str) -> str:
     """llama.cpp's server binds IPv4 addresses only (inet_addr); "localhost" is loopback."""
+    import ipaddress
+
     if host == "localhost":
         return "127.0.0.1"
     try:

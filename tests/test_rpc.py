@@ -118,6 +118,28 @@ def test_the_split_is_read_from_llama_cpps_load_log() -> None:
     assert describe_split(cpu_only) == ""
 
 
+def test_a_build_without_rpc_names_the_command_that_rebuilds_it() -> None:
+    from types import SimpleNamespace
+
+    from infer.runtime.llama import rpc
+
+    class NoRpcLib:
+        def __getattr__(self, name: str) -> object:
+            return SimpleNamespace(restype=None, argtypes=None, __call__=None)
+
+        def ggml_backend_reg_by_name(self, name: bytes) -> int:
+            return 0  # what llama.cpp answers for a backend it was built without
+
+    lib = NoRpcLib()
+    lib._infer_rpc_typed = True  # type: ignore[attr-defined]
+    with pytest.raises(rpc.RpcError) as e:
+        rpc.add_servers(SimpleNamespace(_lib=lib), ("127.0.0.1:50052",))
+    message = str(e.value)
+    assert "built without llama.cpp's RPC backend" in message
+    assert 'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall' in message
+    assert "--no-cache-dir" in message and "llama-cpp-python==" in message
+
+
 def test_bad_rpc_values_are_usage_errors(tiny_model: Path) -> None:
     for value in ("nohost", "127.0.0.1:0", ","):
         r = run_infer("run", str(tiny_model), "hi", "--rpc", value)
