@@ -194,8 +194,61 @@ _WRAP = {
 def grammar(tools: list[dict[str, Any]], kind: str, only: str | None = None) -> str:
     """GBNF that makes the answer one call, in the family's syntax, of one of `tools` (or of
     `only`) whose arguments match its JSON schema. UsageError for a schema it cannot enforce."""
+    from ..llama.grammar import check_grammar
+
+    before, after = _WRAP.get(kind, ("", ""))
+    return check_grammar(
+        f"root ::= {before}infer-tool-call{after}\n{_call_rules(tools, kind, only)}",
+        "tools[].function.parameters",
+    )
+
+
+# The calls from a family's start marker on (what a lazy grammar sees once the marker is
+# written): the marker, then calls whose arguments match their tools' schemas. `{more}`: where
+# further calls may follow.
+_FROM_MARKER = {
+    HERMES: (
+        'root ::= infer-hermes{more} "\\n"?\n'
+        'infer-hermes ::= "<tool_call>" infer-ws infer-tool-call infer-ws "</tool_call>"\n',
+        ' ("\\n"? infer-hermes)*',
+    ),
+    MISTRAL: (
+        'root ::= "[TOOL_CALLS]" infer-ws "[" infer-ws infer-tool-call{more} "]"\n',
+        ' ("," infer-ws infer-tool-call)*',
+    ),
+    LLAMA3: (
+        'root ::= ("<|python_tag|>" infer-ws)? infer-tool-call{more}\n',
+        ' (";" infer-ws infer-tool-call)*',
+    ),
+    GENERIC: ("root ::= infer-tool-call\n", ""),
+}
+_OBJECT_START = ('{"name"', '{ "name"')  # a call object's first text (the converter's spacing)
+
+
+def lazy_grammar(tools: list[dict[str, Any]], kind: str, parallel: bool = True) -> str:
+    """GBNF, lazy (llama/lazy.py), for tool_choice "auto": the answer is free until it writes
+    the family's call marker (Hermes `<tool_call>`, Mistral `[TOOL_CALLS]`, Llama 3
+    `<|python_tag|>`, or a call object `{"name"` as the whole answer for Llama 3 and the generic
+    form); from there on it must be calls of `tools` (one unless `parallel`) whose arguments
+    match their schemas, and then the end."""
+    from ..llama.grammar import check_grammar
+    from ..llama.lazy import Trigger, lazy_text
+
+    triggers = {
+        HERMES: [Trigger("<tool_call>")],
+        MISTRAL: [Trigger("[TOOL_CALLS]")],
+        LLAMA3: [Trigger("<|python_tag|>"), *(Trigger(w, at_start=True) for w in _OBJECT_START)],
+    }.get(kind, [Trigger(w, at_start=True) for w in _OBJECT_START])
+    root, more = _FROM_MARKER.get(kind, _FROM_MARKER[GENERIC])
+    body = root.replace("{more}", more if parallel else "") + "infer-ws ::= [ \\t\\n]{0,8}\n"
+    text = lazy_text(body + _call_rules(tools, kind, None), triggers)
+    return check_grammar(text, "tools[].function.parameters")
+
+
+def _call_rules(tools: list[dict[str, Any]], kind: str, only: str | None) -> str:
+    """The rule `infer-tool-call`: one call object of one of `tools` (or of `only`)."""
     from ..errors import UsageError
-    from ..llama.grammar import check_grammar, schema_dict_grammar
+    from ..llama.grammar import schema_dict_grammar
 
     key = "parameters" if kind == LLAMA3 else "arguments"
     options = []
@@ -215,11 +268,7 @@ def grammar(tools: list[dict[str, Any]], kind: str, only: str | None = None) -> 
         raise UsageError(f"no tool named {only!r}")
     schema = options[0] if len(options) == 1 else {"anyOf": options}
     body = schema_dict_grammar(schema, "tools[].function.parameters")
-    body = re.sub(r"^root ::=", "infer-tool-call ::=", body, flags=re.MULTILINE)
-    before, after = _WRAP.get(kind, ("", ""))
-    return check_grammar(
-        f"root ::= {before}infer-tool-call{after}\n{body}", "tools[].function.parameters"
-    )
+    return re.sub(r"^root ::=", "infer-tool-call ::=", body, flags=re.MULTILINE)
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -268,7 +317,10 @@ def definitions(items: Sequence[Any], what: str = "--tool") -> list[dict[str, An
 
 def choice_grammar(tools: list[dict[str, Any]], kind: str, choice: str, only: str | None) -> str:
     """The grammar for a tool_choice: "required" (of `only`, or of any tool) forces one call
-    whose arguments validate; "auto" and "none": no grammar."""
+    whose arguments validate; "auto" holds a call to the schemas only once the model starts
+    one (a lazy grammar); "none": no grammar."""
     if choice == "required":
         return grammar(tools, kind, only)
+    if choice == "auto":
+        return lazy_grammar(tools, kind)
     return ""

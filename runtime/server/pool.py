@@ -332,14 +332,27 @@ class ModelPool:
 
 
 def _tool_setup(request: TextRequest, template: str | None) -> None:
-    """The syntax the model writes calls in (from its template) and, for a required call, the
-    grammar that forces one whose arguments match the tool's schema."""
+    """The syntax the model writes calls in (from its template) and the grammar for the
+    choice: a required call is forced, one whose arguments match the tool's schema; with "auto"
+    a lazy grammar holds a call to its schema from its start marker on (unless response_format
+    constrains the whole answer)."""
     from ..generation import tool_calls
 
     request.tool_format = tool_calls.family(template)
-    if request.tool_choice == "required" and request.tools:
+    if not request.tools:
+        return
+    if request.tool_choice == "required":
         gbnf = tool_calls.grammar(request.tools, request.tool_format, request.forced_tool)
-        request.sampling = {**request.sampling, "grammar": gbnf}
+    elif request.tool_choice == "auto" and "grammar" not in request.sampling:
+        try:
+            gbnf = tool_calls.lazy_grammar(
+                request.tools, request.tool_format, request.parallel_tool_calls
+            )
+        except UsageError:  # a schema keyword no grammar enforces: the model decides freely
+            return
+    else:
+        return
+    request.sampling = {**request.sampling, "grammar": gbnf}
 
 
 def _embedding_tokens(engine: LlamaCppEngine, inputs: Sequence[str | list[int]]) -> list[list[int]]:
