@@ -4,7 +4,7 @@ load time) through infer's own engine, with sweeps and a history in the state di
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,11 +13,13 @@ import typer
 from infer.runtime.errors import UsageError
 
 from . import output
-from .options import VerboseOpt
+from .options import ApiKeyFileOpt, ApiKeyOpt, RemoteOpt, TimeoutOpt, VerboseOpt
 from .rpc_server import RpcOpt
 
 if TYPE_CHECKING:
     from infer.runtime.tools.bench import BenchResult, Progress
+
+    Runs = Callable[[Progress], Iterator[BenchResult]]
 
 SWEEP = "A comma list runs one benchmark per value."
 BenchModelArg = Annotated[
@@ -85,42 +87,70 @@ def bench(
     json_out: BenchJsonOpt = False,
     history: HistoryOpt = False,
     verbose: VerboseOpt = False,
+    remote: RemoteOpt = None,
+    api_key: ApiKeyOpt = None,
+    api_key_file: ApiKeyFileOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Measure MODEL like llama-bench: load time, prompt tok/s, time to first token and
     generation tok/s (median ± standard deviation over the repetitions). Each result is added
-    to the history that --history shows."""
-    from infer.runtime.tools import bench as rb
-
+    to the history that --history shows. With --remote URL, the model that server runs: one
+    warm-up request, then one streamed request per repetition."""
     if history:
         _show_history(json_out)
         return
     if model is None:
         raise UsageError("missing MODEL: infer bench MODEL (or infer bench --history)")
-    points = rb.sweep(
-        rb.parse_list(threads, "--threads", 1),
-        rb.parse_list(gpu_layers, "--gpu-layers", -1),
-        rb.parse_list(ctx_size, "--ctx-size", 16),
-        rb.parse_list(batch_size, "--batch-size", 1),
-    )
-    rb.check_counts(n_prompt, n_gen, reps)
-    from infer.runtime.params import parse_endpoints
+    args = dict(locals())
+    url = None
+    if remote or api_key or api_key_file or timeout is not None:
+        from .bench_remote import remote_url
 
-    endpoints = parse_endpoints(rpc)
-    from infer.runtime import resolve
-
-    resolved = resolve(model)
+        url = remote_url(args)
+    runs = _local_runs(args) if url is None else _remote_runs(url, args)
     results = []
     with _status() as progress:
-        runs = rb.run_bench(resolved, points, n_prompt, n_gen, reps, verbose=verbose,
-                            progress=progress, rpc=endpoints)  # fmt: skip
         recording = True
-        for i, result in enumerate(runs):
+        for i, result in enumerate(runs(progress)):
             results.append(result)
             if not json_out:
                 _print_row(result, header=i == 0)
             recording = recording and _record(result)
     if json_out:
         output.write_answer(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+
+
+def _local_runs(args: dict[str, Any]) -> Runs:
+    """The sweep's measurements, once every value is checked and the model found."""
+    from infer.runtime import resolve
+    from infer.runtime.params import parse_endpoints
+    from infer.runtime.tools import bench as rb
+
+    points = rb.sweep(
+        rb.parse_list(args["threads"], "--threads", 1),
+        rb.parse_list(args["gpu_layers"], "--gpu-layers", -1),
+        rb.parse_list(args["ctx_size"], "--ctx-size", 16),
+        rb.parse_list(args["batch_size"], "--batch-size", 1),
+    )
+    counts = args["n_prompt"], args["n_gen"], args["reps"]
+    rb.check_counts(*counts)
+    endpoints = parse_endpoints(args["rpc"])
+    resolved = resolve(args["model"])
+    return lambda progress: rb.run_bench(resolved, points, *counts, verbose=args["verbose"],
+                                         progress=progress, rpc=endpoints)  # fmt: skip
+
+
+def _remote_runs(url: str, args: dict[str, Any]) -> Runs:
+    from infer.runtime.tools import bench as rb
+
+    from .bench_remote import bench_remote
+
+    rb.check_counts(args["n_prompt"], args["n_gen"], args["reps"])
+
+    def runs(progress: Progress) -> Iterator[BenchResult]:
+        yield bench_remote(url, args, progress)
+
+    return runs
 
 
 def _record(result: BenchResult) -> bool:
@@ -145,12 +175,14 @@ def _status() -> Iterator[Progress]:
 
 def _print_row(result: BenchResult, *, header: bool) -> None:
     if header:
-        offload = "yes" if result.gpu_offload_supported else "no (CPU-only build)"
+        pp, tg = (
+            _n(result.prompt_tokens, result.n_prompt),
+            _n(result.generated_tokens, result.n_gen),
+        )
         output.write_answer(
-            f"model: {result.model} ({result.model_size_bytes / 2**20:.1f} MiB) · backend: "
-            f"{result.backend} · GPU offload: {offload}\n"
-            f"| threads | gpu layers | ctx | batch | load s | pp{result.n_prompt} tok/s "
-            f"| TTFT ms | tg{result.n_gen} tok/s |\n"
+            f"{_title(result)}\n"
+            f"| threads | gpu layers | ctx | batch | load s | pp{pp} tok/s | TTFT ms "
+            f"| tg{tg} tok/s |\n"
             "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         )
     output.write_answer(_row(result.as_dict()) + "\n")
@@ -158,18 +190,43 @@ def _print_row(result: BenchResult, *, header: bool) -> None:
         output.dim(f"layers on {result.split}")
 
 
+def _title(result: BenchResult) -> str:
+    if result.remote is not None:  # a remote engine: what it runs on is its own
+        return f"model: {result.model} · backend: {result.backend}"
+    offload = "yes" if result.gpu_offload_supported else "no (CPU-only build)"
+    size = (result.model_size_bytes or 0) / 2**20
+    return (
+        f"model: {result.model} ({size:.1f} MiB) · backend: {result.backend} · "
+        f"GPU offload: {offload}"
+    )
+
+
+def _n(real: list[int] | None, asked: int) -> int:
+    """The token count of a column's header: a remote's real one (its median), else -p/-n."""
+    if not real:
+        return asked
+    import statistics
+
+    return round(statistics.median(real))
+
+
 def _row(r: dict[str, Any]) -> str:
+    layers = "-" if r["gpu_layers"] is None else f"{r['gpu_layers']}/{r['layers_total']}"
     cells = [
-        str(r["threads"]),
-        f"{r['gpu_layers']}/{r['layers_total']}",
-        str(r["ctx_size"]),
-        str(r["batch_size"]),
+        _cell(r["threads"]),
+        layers,
+        _cell(r["ctx_size"]),
+        _cell(r["batch_size"]),
         _spread(r["load_s"], "{:.3f}"),
         _spread(r["prompt_tokens_per_s"], "{:.1f}"),
         _spread(r["ttft_s"], "{:.0f}", scale=1000),
         _spread(r["generate_tokens_per_s"], "{:.1f}"),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
 
 
 def _spread(s: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:

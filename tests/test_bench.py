@@ -21,7 +21,7 @@ SPREAD_KEYS = {"median", "mean", "stdev", "min", "max", "samples"}
 RESULT_KEYS = {
     "model", "model_path", "model_size_bytes", "backend", "gpu_offload_supported", "threads",
     "gpu_layers", "layers_total", "ctx_size", "batch_size", "n_prompt", "n_gen", "repetitions",
-    "load_s", "prompt_tokens_per_s", "ttft_s", "generate_tokens_per_s", "system_info",
+    "load_s", "prompt_tokens_per_s", "ttft_s", "generate_tokens_per_s", "system_info", "split",
     "timestamp", "infer_version", "llama_cpp_python_version",
 }  # fmt: skip
 TINY = ("-p", "8", "-n", "4", "-c", "256")  # llama.cpp rounds a context up to 256

@@ -33,6 +33,7 @@ from ..models.resolve import ResolvedModel
 from ..params import DEFAULT_BATCH, GenerateOptions, LoadOptions, SamplingParams
 
 HISTORY_FILE = "bench-history.jsonl"
+REMOTE_KEYS = ("remote", "prompt_tokens", "generated_tokens")
 Progress = Callable[[str], None]
 
 
@@ -68,22 +69,25 @@ class Spread:
 
 @dataclass
 class BenchResult:
-    """One sweep point's figures; `as_dict()` is the `--json` and history record."""
+    """One sweep point's figures; `as_dict()` is the `--json` and history record. A remote
+    engine's result (tools/bench_remote.py) has None for what only a local load knows (path,
+    size, threads, layers, context, batch, load time) and adds `remote` and the token counts
+    the server reported per repetition."""
 
     model: str
-    model_path: str
-    model_size_bytes: int
+    model_path: str | None
+    model_size_bytes: int | None
     backend: str
-    gpu_offload_supported: bool
-    threads: int
-    gpu_layers: int  # layers offloaded to a GPU ...
-    layers_total: int  # ... out of this many (the repeating layers plus the output layer)
-    ctx_size: int
-    batch_size: int
+    gpu_offload_supported: bool | None
+    threads: int | None
+    gpu_layers: int | None  # layers offloaded to a GPU ...
+    layers_total: int | None  # ... out of this many (the repeating layers plus the output layer)
+    ctx_size: int | None
+    batch_size: int | None
     n_prompt: int
     n_gen: int
     repetitions: int
-    load_s: Spread
+    load_s: Spread | None
     prompt_tokens_per_s: Spread | None
     ttft_s: Spread | None
     generate_tokens_per_s: Spread | None
@@ -93,9 +97,16 @@ class BenchResult:
     timestamp: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     infer_version: str = field(default_factory=lambda: _version("infer"))
     llama_cpp_python_version: str = field(default_factory=lambda: _version("llama_cpp_python"))
+    remote: str | None = None  # the server's URL (without credentials); None: measured here
+    prompt_tokens: list[int] | None = None  # per repetition, as the remote's usage says
+    generated_tokens: list[int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.remote is None:  # a local record keeps the fields it always had
+            for key in REMOTE_KEYS:
+                del data[key]
+        return data
 
 
 def parse_list(text: str | None, flag: str, minimum: int) -> list[int | None]:

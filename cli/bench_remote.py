@@ -1,0 +1,69 @@
+"""`infer bench MODEL --remote URL` (or INFER_REMOTE): the server's speed measured over its
+OpenAI API (runtime/tools/bench_remote.py), with the client and flags of `infer run --remote`.
+cli/bench.py prints and records the result as it does a local one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from infer.runtime.errors import Interrupted, UsageError
+
+from .remote import REMOTE_ONLY, _flag, _given
+from .remote_list import connect
+
+if TYPE_CHECKING:
+    from infer.runtime.remote import Remote, RemoteStats
+    from infer.runtime.tools.bench import BenchResult, Progress
+
+# What the local bench sweeps or loads with: the server there chose those for itself.
+LOCAL_ONLY = ("threads", "gpu_layers", "ctx_size", "batch_size", "rpc", "verbose")
+
+
+def remote_url(args: dict[str, Any]) -> str | None:
+    """The remote to measure, after the flags that need one or cannot apply to one are
+    checked (typed on the command line: through their environment variables they are a
+    default for the other kind of run, and are ignored); None for a local bench."""
+    url = args.get("remote") or None
+    if url is None:
+        needing = [_flag(name) for name in REMOTE_ONLY if _given(name)]
+        if needing:
+            verb = "needs" if len(needing) == 1 else "need"
+            raise UsageError(f"{', '.join(needing)} {verb} --remote URL (or INFER_REMOTE)")
+        return None
+    refused = [_flag(name) for name in LOCAL_ONLY if _given(name)]
+    if refused:
+        raise UsageError(
+            f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to a "
+            f"remote engine (--remote {url}): the server there loads and runs the model"
+        )
+    return url
+
+
+def bench_remote(url: str, args: dict[str, Any], progress: Progress) -> BenchResult:
+    """One warm-up request, then `-r` timed ones."""
+    from infer.runtime.tools import bench_remote as rbr
+
+    model: str = args["model"]
+    with connect(url, args) as remote:
+        return rbr.run_remote_bench(
+            lambda prompt, max_tokens: _ask(remote, model, prompt, max_tokens),
+            url, model, args["n_prompt"], args["n_gen"], args["reps"], progress=progress,
+        )  # fmt: skip
+
+
+def _ask(remote: Remote, model: str, prompt: str, max_tokens: int) -> RemoteStats:
+    """One streamed completion, read to its end; Ctrl-C closes the connection (the server
+    stops generating)."""
+    from infer.runtime.remote import RemoteRequest
+    from infer.runtime.tools.bench_remote import request_fields
+
+    answer = remote.answer(RemoteRequest(model, prompt=prompt, fields=request_fields(max_tokens)))
+    pieces = iter(answer)
+    try:
+        for _ in pieces:
+            pass
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+    finally:
+        pieces.close()
+    return answer.stats
