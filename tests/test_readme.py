@@ -11,7 +11,15 @@ from infer.cli.app import app
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Flags of other tools the README mentions (pip, pytest, cmake, jq...).
-FOREIGN = {"--help", "-e", "--unsafe-fixes", "--fix", "--no-cache-dir", "--force-reinstall", "--no-deps"}
+FOREIGN = {
+    "--help",
+    "-e",
+    "--unsafe-fixes",
+    "--fix",
+    "--no-cache-dir",
+    "--force-reinstall",
+    "--no-deps",
+}
 
 
 def commands() -> dict[str, object]:
