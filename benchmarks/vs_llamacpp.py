@@ -50,12 +50,15 @@ def cache_root() -> Path:
 TOOLS = ("llama-bench", "llama-completion")
 
 
-def build_llamacpp(jobs: int = 2, targets: tuple[str, ...] = TOOLS) -> Path:
+def build_llamacpp(jobs: int = 2, targets: tuple[str, ...] = TOOLS, *, rpc: bool = False) -> Path:
     """llama.cpp's tools (`targets`) from the sdist of the installed llama-cpp-python; built
-    once per version. Returns the directory holding the binaries."""
+    once per version. Returns the directory holding the binaries. `rpc`: with llama.cpp's RPC
+    backend (`--rpc` on llama-bench, the `rpc-server` tool), in a build folder of its own so
+    the tools the tests compare with stay as they are."""
     version = importlib.metadata.version("llama_cpp_python")
     root = cache_root() / f"llama-cpp-python-{version}"
-    bin_dir = root / "build" / "bin"
+    build = root / ("build-rpc" if rpc else "build")
+    bin_dir = build / "bin"
     if all((bin_dir / name).exists() for name in targets):
         return bin_dir
     root.mkdir(parents=True, exist_ok=True)
@@ -63,14 +66,14 @@ def build_llamacpp(jobs: int = 2, targets: tuple[str, ...] = TOOLS) -> Path:
     if not (source / "vendor" / "llama.cpp" / "CMakeLists.txt").exists():
         _unpack_sdist(version, root, source)
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    print(f"building {', '.join(targets)} in {root / 'build'} …", file=sys.stderr)
+    print(f"building {', '.join(targets)} in {build} …", file=sys.stderr)
     run(
         [
             "cmake",
             "-S",
             str(source / "vendor" / "llama.cpp"),
             "-B",
-            str(root / "build"),
+            str(build),
             *generator,
             "-DCMAKE_BUILD_TYPE=Release",
             "-DLLAMA_CURL=OFF",
@@ -81,13 +84,14 @@ def build_llamacpp(jobs: int = 2, targets: tuple[str, ...] = TOOLS) -> Path:
             "-DLLAMA_BUILD_TESTS=OFF",
             "-DLLAMA_BUILD_EXAMPLES=ON",  # llama-embedding is an example
             "-DLLAMA_BUILD_SERVER=ON",  # llama-server: the embeddings tests compare with it
+            f"-DGGML_RPC={'ON' if rpc else 'OFF'}",
         ]
     )
     run(
         [
             "cmake",
             "--build",
-            str(root / "build"),
+            str(build),
             "--target",
             *targets,
             "-j",
