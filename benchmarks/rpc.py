@@ -161,10 +161,10 @@ def main() -> None:
                       f" tg {theirs['tg']:.1f}", file=sys.stderr)  # fmt: skip
         bytes_by = {name: traffic(model, rpc, opts.threads, env)
                     for name, rpc in variants.items() if rpc}  # fmt: skip
-        # The same with the output layer kept here: the logits (n_vocab floats a token) then
-        # stay on this machine; only the hidden state crosses.
+        # The same with the first layer kept here (--gpu-layers offloads the last N, the
+        # output layer among them): its hidden state then crosses too.
         layers = samples["local"][0]["layers_total"]
-        bytes_by["1 server, output layer here"] = traffic(
+        bytes_by["1 server, layer 0 here"] = traffic(
             model, endpoints[:1], opts.threads, env, ("--gpu-layers", str(layers - 1))
         )
         report(samples, bytes_by, opts, model)
