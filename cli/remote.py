@@ -196,6 +196,21 @@ def _answer(
     _finish(answer, model, json_out=json_out)
     if stats:
         output.dim(stats_line(answer.stats, remote.url))
+    _check_complete(answer)
+
+
+def _check_complete(answer: RemoteAnswer) -> None:
+    """As a local run: a tool call cut off by the length limit is an error, not an answer (a
+    required call, or calls the server sent in part)."""
+    fields = answer.request.fields
+    if "tools" not in fields or answer.stats.finish_reason != "length":
+        return
+    if fields.get("tool_choice") in (None, "auto", "none") and not answer.tool_calls:
+        return
+    raise InferError(
+        f"the answer was cut off at {answer.stats.generated_tokens} tokens before the tool "
+        "call was complete (--max-tokens)"
+    )
 
 
 def _finish(answer: RemoteAnswer, model: str, *, json_out: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +13,11 @@ from infer.runtime.errors import UsageError
 
 from . import output
 from .options import HARDWARE, ThreadsOpt
+
+if TYPE_CHECKING:
+    import threading
+
+    from infer.runtime.llama.rpc import RpcServer
 
 RPC = "RPC server"
 DEFAULT_PORT = 50052
@@ -65,8 +70,7 @@ def rpc_server(
 ) -> None:
     """Serve this machine's CPU or GPU memory to `infer run/chat/serve/bench/perplexity --rpc`
     elsewhere (llama.cpp's RPC server). One client at a time; stop with Ctrl-C."""
-    from infer.runtime.llama.bindings import bindings
-    from infer.runtime.llama.rpc import check_listen, server_devices, start_server
+    from infer.runtime.llama.rpc import RpcServer
     from infer.runtime.params import check_threads, physical_cores
 
     host = _ipv4(host)
@@ -80,13 +84,10 @@ def rpc_server(
             "CPU and read what runs here. Never expose it to an open network; keep it on a "
             "trusted LAN or behind a firewall."
         )
-    ll = bindings()
-    ll.llama_backend_init()
     names = [n.strip() for d in device or [] for n in d.split(",") if n.strip()]
-    lend = server_devices(ll, names)
-    check_listen(host, port)
+    server = RpcServer(host, port, n_threads, names)
     cache_dir = _cache_dir() if cache else None
-    for d in lend:
+    for d in server.devices:
         output.note(
             f"lending {d.name} ({d.description}, {output.human_size(d.free)} free of "
             f"{output.human_size(d.total)})"
@@ -100,29 +101,27 @@ def rpc_server(
     # stderr with the rest, as stdout carries nothing but answers.
     sys.stdout.flush()
     os.dup2(2, 1)
-    thread = start_server(ll, host, port, n_threads, lend, cache_dir)
-    _wait(thread)
+    _wait(server, server.start(cache_dir))
 
 
-def _wait(thread: object) -> None:
-    """Until llama.cpp's server gives up (exit 1) or a signal ends it (130, 143). The exit skips
-    the interpreter's teardown: the server thread is inside llama.cpp and may be serving."""
+def _wait(server: RpcServer, thread: threading.Thread) -> None:
+    """Until llama.cpp's server gives up (exit 1) or a signal ends it (130, 143)."""
     from infer.runtime.errors import Terminated
 
     try:
-        while thread.is_alive():  # type: ignore[attr-defined]
-            thread.join(0.5)  # type: ignore[attr-defined]
+        while thread.is_alive():
+            thread.join(0.5)
     except KeyboardInterrupt:
-        _leave(130, "stopped")
+        _leave(server, 130, "stopped")
     except Terminated as e:
-        _leave(e.exit_code, "stopped")
-    _leave(1, "error: llama.cpp's RPC server stopped (see its message above)")
+        _leave(server, e.exit_code, "stopped")
+    _leave(server, 1, "error: llama.cpp's RPC server stopped (see its message above)")
 
 
-def _leave(code: int, message: str) -> None:
+def _leave(server: RpcServer, code: int, message: str) -> None:
     output.say(f"\ninfer: {message}" if code == 130 else f"infer: {message}")
     sys.stderr.flush()
-    os._exit(code)
+    server.leave(code)
 
 
 def _ipv4(host: str) -> str:

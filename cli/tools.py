@@ -96,9 +96,8 @@ def answer(
 ) -> None:  # fmt: skip
     """One answer with the tools offered: the model's calls as JSON, or its text."""
     from infer.runtime import Message
-    from infer.runtime.api import prompt_tokens
+    from infer.runtime.api import generate
     from infer.runtime.generation import tool_calls
-    from infer.runtime.generation.loop import Generation, Stats
 
     from .signals import cancel_on_sigint
 
@@ -108,15 +107,12 @@ def answer(
     messages = [Message("system", system)] if system else []
     messages.append(Message("user", text))
     rendered = offered.tools if offered.choice != "none" else None
-    tokens = prompt_tokens(
-        engine, messages, template=resolved.defaults.chat_template, tools=rendered
-    )
-    gen = Generation(
-        engine, tokens, replace(sampling, grammar=grammar), options,
-        stats=Stats(load_s=getattr(engine, "load_s", 0.0)), drafter=drafter,
-    )  # fmt: skip
     with cancel_on_sigint() as cancel:
-        gen.cancel = cancel
+        gen = generate(
+            engine, messages, replace(sampling, grammar=grammar), options,
+            template=resolved.defaults.chat_template, cancel=cancel, drafter=drafter,
+            tools=rendered,
+        )  # fmt: skip
         try:
             for _ in gen:  # held: the answer may turn out to be a call
                 pass

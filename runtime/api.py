@@ -123,11 +123,13 @@ def generate(
     template: str | None = None,
     cancel: threading.Event | None = None,
     drafter: Engine | str | None = None,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> Generation:
     """Stream an answer: iterate the result for text pieces; `.stats` afterwards. `drafter`
     turns on speculative decoding: "lookup" (drafts from the prompt's n-grams) or a draft model
-    from load_draft(); the answer is the one plain decoding gives."""
-    tokens = prompt_tokens(engine, messages, raw=raw, template=template)
+    from load_draft(); the answer is the one plain decoding gives. `tools`: function
+    definitions rendered through the chat template (generation.tool_calls parses the calls)."""
+    tokens = prompt_tokens(engine, messages, raw=raw, template=template, tools=tools)
     stats = Stats(
         load_s=getattr(engine, "load_s", 0.0), split=describe_split(getattr(engine, "split", []))
     )

@@ -217,9 +217,16 @@ def _params(command: str) -> set[str]:
 
 
 def test_chat_help_lists_only_what_applies_to_a_chat() -> None:
-    """`infer chat` has its own command: `infer run`'s options less the one-shot and batch
-    ones, and no PROMPT."""
-    assert _params("chat") == _params("run") - {"--json", "--batch", "--parallel", "prompt"}
+    """`infer chat` has its own command: `infer run`'s options less the one-shot, batch and
+    tool ones, and no PROMPT."""
+    assert _params("chat") == _params("run") - {
+        "--json",
+        "--batch",
+        "--parallel",
+        "prompt",
+        "--tool",
+        "--tool-choice",
+    }
     assert INFER
     result = subprocess.run([INFER, "chat", "--help"], capture_output=True, timeout=30,
                             env={**os.environ, "COLUMNS": "100"})  # fmt: skip

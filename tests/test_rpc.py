@@ -237,6 +237,31 @@ def test_run_over_two_servers_gives_the_local_answer(
     assert f"layers on RPC0 {two_servers[0]}" in remote.stderr.decode()
 
 
+def test_chat_over_a_server_in_a_terminal(two_servers: list[str]) -> None:
+    import pexpect
+
+    assert INFER
+    child = pexpect.spawn(
+        INFER, ["chat", "smollm2", "--rpc", two_servers[0], "--temperature", "0", "-n", "24"],
+        encoding="utf-8", timeout=180, dimensions=(50, 200), env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        child.expect_exact(">>> ")
+        child.sendline(PROMPT)
+        child.expect_exact(">>> ")
+        assert "Paris" in (child.before or "")
+        child.sendline("And which country is it in?")  # the follow-up reuses the server's KV
+        child.expect_exact(">>> ")
+        assert "France" in (child.before or "")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+
 def test_gpu_layers_keeps_the_first_layers_on_this_machine(
     bundled_model: Path, two_servers: list[str]
 ) -> None:

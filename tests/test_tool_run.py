@@ -220,6 +220,16 @@ def test_remote_prints_the_remotes_calls(served: Server, tool_file: Path) -> Non
     assert plain.returncode == 0 and b"tool_calls" not in plain.stdout
 
 
+def test_remote_required_call_cut_off_is_an_error(served: Server, tool_file: Path) -> None:
+    model = served.client().models.list().data[0].id
+    result = run_infer(
+        "run", model, "Oslo?", "--tool", f"@{tool_file}", "--remote", served.url,
+        "--tool-choice", "required", "-n", "5",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert b"cut off at 5 tokens before the tool call was complete (--max-tokens)" in result.stderr
+
+
 def test_remote_refuses_bad_tools_before_connecting(tool_file: Path) -> None:
     result = run_infer("run", "m", "hi", "--tool", '{"name": 1}', "--remote", "http://127.0.0.1:9")
     assert result.returncode == 2 and b"needs a 'name'" in result.stderr

@@ -286,6 +286,29 @@ def start_server(
     return thread
 
 
+class RpcServer:
+    """`infer rpc-server`'s llama.cpp side: the devices to lend, checked with the address before
+    anything starts, then the server on its own thread."""
+
+    def __init__(self, host: str, port: int, threads: int, device_names: list[str]) -> None:
+        from .bindings import bindings
+
+        self._ll = bindings()
+        self._ll.llama_backend_init()
+        self.host, self.port, self.threads = host, port, threads
+        self.devices = server_devices(self._ll, device_names)
+        check_listen(host, port)
+
+    def start(self, cache_dir: str | None) -> threading.Thread:
+        return start_server(self._ll, self.host, self.port, self.threads, self.devices, cache_dir)
+
+    @staticmethod
+    def leave(code: int) -> None:
+        """Exit now, skipping the interpreter's teardown: the server thread is inside llama.cpp
+        and may be serving a client."""
+        os._exit(code)
+
+
 def check_listen(host: str, port: int) -> None:
     """EngineError in one line when `host:port` cannot be listened on (llama.cpp would only print
     "Failed to create server socket")."""
