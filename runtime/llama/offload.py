@@ -30,6 +30,28 @@ _BLOCK = re.compile(r"^blk\.(\d+)\.")
 def gpu_free_memory(ll: Any) -> int | None:
     """Free bytes over the GPU devices llama.cpp sees; None when there is none (a CPU build) or
     the library does not say."""
+    devices = _gpu_devices(ll)
+    if not devices:
+        return None
+    lib, free_total = ll._lib, 0
+    for device in devices:
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
+        free_total += free.value
+    return free_total
+
+
+def has_offload_devices(ll: Any) -> bool:
+    """Whether llama.cpp has a device to offload layers to: a GPU, or an RPC server's device
+    (they count as GPUs). llama_supports_gpu_offload() cannot say: it is true for any build with
+    the RPC backend, servers or not."""
+    devices = _gpu_devices(ll)
+    return bool(ll.llama_supports_gpu_offload()) if devices is None else bool(devices)
+
+
+def _gpu_devices(ll: Any) -> list[int] | None:
+    """The GPU-type devices llama.cpp has registered (RPC servers' among them); None when the
+    bindings lack the ggml device API."""
     try:
         lib = ll._lib
         lib.ggml_backend_dev_count.restype = ctypes.c_size_t
@@ -39,36 +61,10 @@ def gpu_free_memory(ll: Any) -> int | None:
         lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
         size_p = ctypes.POINTER(ctypes.c_size_t)
         lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
-    except AttributeError:  # bindings without the ggml device API
+    except AttributeError:
         return None
-    free_total, found = 0, False
-    for i in range(lib.ggml_backend_dev_count()):
-        device = lib.ggml_backend_dev_get(i)
-        if lib.ggml_backend_dev_type(device) not in _GPU_TYPES:
-            continue
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
-        free_total, found = free_total + free.value, True
-    return free_total if found else None
-
-
-def has_offload_devices(ll: Any) -> bool:
-    """Whether llama.cpp has a device to offload layers to: a GPU, or an RPC server's device
-    (they count as GPUs). llama_supports_gpu_offload() cannot say: it is true for any build with
-    the RPC backend, servers or not."""
-    try:
-        lib = ll._lib
-        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        lib.ggml_backend_dev_type.restype = ctypes.c_int
-        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    except AttributeError:  # bindings without the ggml device API
-        return bool(ll.llama_supports_gpu_offload())
-    count = lib.ggml_backend_dev_count()
-    return any(
-        lib.ggml_backend_dev_type(lib.ggml_backend_dev_get(i)) in _GPU_TYPES for i in range(count)
-    )
+    handles = (lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count()))
+    return [d for d in handles if lib.ggml_backend_dev_type(d) in _GPU_TYPES]
 
 
 @dataclass(frozen=True)
