@@ -103,13 +103,17 @@ def answer(
 
     template = resolved.defaults.chat_template or engine.chat_template
     kind = tool_calls.family(template)
-    grammar = tool_calls.choice_grammar(offered.tools, kind, offered.choice, offered.only)
+    rendered = offered.tools if offered.choice != "none" else None
+    if rendered is not None:  # with "none" a --grammar/--json-schema/--format holds
+        grammar, triggers = tool_calls.choice_grammar(
+            offered.tools, kind, offered.choice, offered.only
+        )
+        sampling = replace(sampling, grammar=grammar, grammar_triggers=triggers)
     messages = [Message("system", system)] if system else []
     messages.append(Message("user", text))
-    rendered = offered.tools if offered.choice != "none" else None
     with cancel_on_sigint() as cancel:
         gen = generate(
-            engine, messages, replace(sampling, grammar=grammar), options,
+            engine, messages, sampling, options,
             template=resolved.defaults.chat_template, cancel=cancel, drafter=drafter,
             tools=rendered,
         )  # fmt: skip

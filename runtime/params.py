@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import UsageError
 
 DEFAULT_BATCH = 512
+
+
+class GrammarTrigger(NamedTuple):
+    """Where a lazy grammar wakes (runtime/llama/lazy.py): at `word` anywhere in the answer, or
+    (`at_start`) only at the answer's start, after whitespace. The grammar starts with `word`."""
+
+    word: str
+    at_start: bool = False
 
 
 @dataclass
@@ -30,6 +39,11 @@ class SamplingParams:
     # Checked before a model loads (runtime/llama/grammar.py makes it from --grammar,
     # --json-schema or --format json).
     grammar: str = ""
+    # Triggers make the grammar lazy (llama.cpp's lazy grammar): every token is allowed until
+    # the answer writes one of them, and the grammar holds from that trigger on. How
+    # tool_choice "auto" keeps a call's arguments valid and a plain answer free. () = the
+    # grammar holds from the first token.
+    grammar_triggers: tuple[GrammarTrigger, ...] = ()
 
     def validate(self) -> SamplingParams:
         checks = [
@@ -47,11 +61,27 @@ class SamplingParams:
                 f"presence_penalty must be between -2 and 2 (got {self.presence_penalty})",
             ),
             (self.seed is None or 0 <= self.seed < 2**32, "--seed must be in 0..4294967295"),
+            (not self.grammar_triggers or bool(self.grammar), "grammar_triggers need a grammar"),
+            (
+                all(_is_trigger(t) for t in self.grammar_triggers),
+                "grammar_triggers must be (word, at_start) pairs with a non-empty word "
+                f"(got {self.grammar_triggers!r})",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
         return self
+
+
+def _is_trigger(trigger: object) -> bool:
+    return (
+        isinstance(trigger, tuple)
+        and len(trigger) == 2
+        and isinstance(trigger[0], str)
+        and trigger[0] != ""
+        and isinstance(trigger[1], bool)
+    )
 
 
 @dataclass

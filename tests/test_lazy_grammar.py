@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ import numpy as np
 import pytest
 
 from infer.runtime import LoadOptions, SamplingParams, load
+from infer.runtime.errors import UsageError
 from infer.runtime.generation import tool_calls
 from infer.runtime.llama.constrained import _state
 from infer.runtime.llama.grammar import check_grammar
-from infer.runtime.llama.lazy import Trigger, lazy_text, triggers_of
+from infer.runtime.llama.lazy import pattern
+from infer.runtime.params import GrammarTrigger
 
 from .test_serve import Server
 from .test_tool_serve import HERMES, LLAMA3, MISTRAL
@@ -42,6 +45,12 @@ TOOLS: Any = [
 ]
 SCHEMAS = {"w": PARAMS, "weather": WEATHER}
 GENERIC = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+
+
+def _lazy(kind: str, parallel: bool = True, **sampling: Any) -> SamplingParams:
+    """Sampling with the lazy grammar of `kind` for TOOLS and its triggers."""
+    grammar, triggers = tool_calls.lazy_grammar(TOOLS, kind, parallel)
+    return SamplingParams(grammar=grammar, grammar_triggers=triggers, **sampling).validate()
 
 
 def _ids(text: str) -> list[int]:
@@ -116,9 +125,8 @@ def test_free_until_the_marker_then_held_to_the_schema(
     kind: str, marker: str, engines: dict[str, Any]
 ) -> None:
     engine = engines[kind]
-    grammar = tool_calls.lazy_grammar(TOOLS, kind)
     for seed in range(3):
-        chain = Chain(engine, SamplingParams(temperature=1.0, seed=seed, grammar=grammar))
+        chain = Chain(engine, _lazy(kind, temperature=1.0, seed=seed))
         try:
             assert chain.allowed() == set(range(chain.n))  # nothing written yet: all allowed
             before, marker_ids = "", _ids(marker)
@@ -143,7 +151,7 @@ def test_free_until_the_marker_then_held_to_the_schema(
 
 @pytest.mark.parametrize("kind", ["llama3", "generic"])
 def test_a_call_object_counts_only_at_the_start(kind: str, engines: dict[str, Any]) -> None:
-    chain = Chain(engines[kind], SamplingParams(grammar=tool_calls.lazy_grammar(TOOLS, kind)))
+    chain = Chain(engines[kind], _lazy(kind))
     try:
         chain.accept(_ids('Here: {"name"'))
         assert chain.allowed() == set(range(chain.n))
@@ -153,8 +161,7 @@ def test_a_call_object_counts_only_at_the_start(kind: str, engines: dict[str, An
 
 
 def test_one_call_unless_parallel(engines: dict[str, Any]) -> None:
-    grammar = tool_calls.lazy_grammar(TOOLS, "hermes", parallel=False)
-    chain = Chain(engines["hermes"], SamplingParams(temperature=0, grammar=grammar))
+    chain = Chain(engines["hermes"], _lazy("hermes", parallel=False, temperature=0))
     try:
         chain.accept(_ids('<tool_call>{"name": "w", "arguments": {"u": "f"}}</tool_call>'))
         assert chain.allowed() == {engines["hermes"].eos_id, _ids("\n")[0]}
@@ -165,8 +172,11 @@ def test_one_call_unless_parallel(engines: dict[str, Any]) -> None:
 def test_a_marker_that_is_one_token_triggers_as_that_token(engines: dict[str, Any]) -> None:
     """`<|im_start|>` is a control token of the tiny vocabulary: llama.cpp's trigger_tokens."""
     engine = engines["hermes"]
-    grammar = lazy_text('root ::= "<|im_start|>" "ab"\n', [Trigger("<|im_start|>")])
-    chain = Chain(engine, SamplingParams(temperature=0, grammar=check_grammar(grammar)))
+    grammar = check_grammar('root ::= "<|im_start|>" "ab"\n')
+    sampling = SamplingParams(
+        temperature=0, grammar=grammar, grammar_triggers=(GrammarTrigger("<|im_start|>"),)
+    )
+    chain = Chain(engine, sampling)
     try:
         assert chain.state.watch.tokens == {3}
         chain.accept(_ids("hi"))
@@ -184,8 +194,7 @@ def test_a_token_running_past_the_marker_is_picked_again(bundled_model: Path) ->
     engine = load(str(bundled_model), LoadOptions())
     try:
         ll, n = engine._ll, engine.n_vocab
-        grammar = tool_calls.lazy_grammar(TOOLS, "hermes")
-        chain = Chain(engine, SamplingParams(temperature=0, grammar=grammar))
+        chain = Chain(engine, _lazy("hermes", temperature=0))
         watch = chain.state.watch
         pieces = {t: watch.piece(t) for t in range(n)}
         close = next(t for t, p in pieces.items() if p == b">")
@@ -207,16 +216,63 @@ def test_a_token_running_past_the_marker_is_picked_again(bundled_model: Path) ->
         engine.close()
 
 
-def test_a_lazy_grammar_travels_as_text() -> None:
-    text = tool_calls.lazy_grammar(TOOLS, "llama3")
-    assert triggers_of(text) == [
-        Trigger("<|python_tag|>"),
-        Trigger('{"name"', at_start=True),
-        Trigger('{ "name"', at_start=True),
-    ]
-    assert triggers_of(tool_calls.grammar(TOOLS, "llama3")) is None
-    assert Trigger("[TOOL_CALLS]").pattern() == "(\\[TOOL_CALLS\\])"
-    assert Trigger('{"name"', at_start=True).pattern() == '^\\s*(\\{"name")'
+def test_a_lazy_grammar_comes_with_its_triggers() -> None:
+    text, triggers = tool_calls.lazy_grammar(TOOLS, "llama3")
+    assert triggers == (
+        GrammarTrigger("<|python_tag|>"),
+        GrammarTrigger('{"name"', at_start=True),
+        GrammarTrigger('{ "name"', at_start=True),
+    )
+    assert text.startswith("root ::= ")  # plain GBNF: the triggers are not in the text
+    assert tool_calls.lazy_grammar(TOOLS, "hermes")[1] == (GrammarTrigger("<tool_call>"),)
+    assert tool_calls.choice_grammar(TOOLS, "llama3", "auto", None) == (text, triggers)
+    required = tool_calls.choice_grammar(TOOLS, "llama3", "required", None)
+    assert required == (tool_calls.grammar(TOOLS, "llama3"), ())
+    assert tool_calls.choice_grammar(TOOLS, "llama3", "none", None) == ("", ())
+    assert pattern(GrammarTrigger("[TOOL_CALLS]")) == "(\\[TOOL_CALLS\\])"
+    assert pattern(GrammarTrigger('{"name"', at_start=True)) == '^\\s*(\\{"name")'
+
+
+@pytest.mark.parametrize(
+    ("triggers", "grammar", "message"),
+    [
+        ((GrammarTrigger("<tool_call>"),), "", "grammar_triggers need a grammar"),
+        ((GrammarTrigger(""),), 'root ::= "a"', "non-empty word"),
+        ((("<tool_call>", "yes"),), 'root ::= "a"', "(word, at_start) pairs"),
+    ],
+)
+def test_triggers_are_checked(triggers: Any, grammar: str, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        SamplingParams(grammar=grammar, grammar_triggers=triggers).validate()
+
+
+def test_plain_pairs_are_triggers() -> None:
+    sampling = SamplingParams(grammar='root ::= "a"', grammar_triggers=(("<tool_call>", True),))
+    assert sampling.validate() is sampling
+    assert pattern(sampling.grammar_triggers[0]) == "^\\s*(<tool_call>)"
+
+
+def test_a_grammar_that_names_triggers_in_a_comment_is_not_lazy(
+    engines: dict[str, Any], tmp_path: Path
+) -> None:
+    """The triggers once travelled as a first-line comment of the grammar text: a user's
+    grammar that starts with that comment is an ordinary grammar now, held from the start."""
+    from .conftest import run_infer
+
+    text = '# infer-lazy-grammar [["<tool_call>", false]]\nroot ::= "ok"\n'
+    chain = Chain(engines["hermes"], SamplingParams(temperature=0, grammar=check_grammar(text)))
+    try:
+        assert chain.state.watch is None
+        assert chain.allowed() == set(_ids("o"))
+    finally:
+        chain.free()
+    model = write_tiny_gguf(tmp_path / "m.gguf", template=HERMES)
+    result = run_infer(
+        "run", str(model), "hi", "--grammar", text, "-n", "8", "--temperature", "0",
+        "--ctx-size", "256",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"ok\n"
 
 
 # --- the server -----------------------------------------------------------------------------

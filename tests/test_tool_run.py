@@ -142,6 +142,16 @@ def test_plain_text_answer_printed_as_text(
     assert plain.stdout.decode(errors="replace").rstrip("\n") == record["text"].rstrip("\n")
 
 
+def test_choice_none_keeps_the_users_grammar(models: dict[str, Path], tool_file: Path) -> None:
+    """With --tool-choice none no tool grammar replaces --grammar: it holds the answer."""
+    result = run_infer(
+        "run", str(models["hermes"]), "Oslo?", "--tool", f"@{tool_file}", "--tool-choice",
+        "none", "--grammar", 'root ::= "ok"', "-n", "8", "--temperature", "0", *QUIET,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"ok\n"
+
+
 def test_required_call_cut_off_is_an_error(models: dict[str, Path], tool_file: Path) -> None:
     result = run_infer(
         "run", str(models["hermes"]), "Oslo?", "--tool", f"@{tool_file}",

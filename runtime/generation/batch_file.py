@@ -118,6 +118,7 @@ def _item(
         ).validate()
         if any(k in fields for k in _CONSTRAINT_FIELDS):
             line_sampling.grammar = _constraint(fields)
+            line_sampling.grammar_triggers = ()  # the caller's were its grammar's
         options = replace(
             base,
             max_tokens=fields.get("max_tokens", base.max_tokens),

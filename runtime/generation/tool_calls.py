@@ -19,6 +19,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..params import GrammarTrigger
+
 HERMES, LLAMA3, MISTRAL, GENERIC = "hermes", "llama3", "mistral", "generic"
 _DECODER = json.JSONDecoder()
 
@@ -225,24 +227,27 @@ _FROM_MARKER = {
 _OBJECT_START = ('{"name"', '{ "name"')  # a call object's first text (the converter's spacing)
 
 
-def lazy_grammar(tools: list[dict[str, Any]], kind: str, parallel: bool = True) -> str:
-    """GBNF, lazy (llama/lazy.py), for tool_choice "auto": the answer is free until it writes
-    the family's call marker (Hermes `<tool_call>`, Mistral `[TOOL_CALLS]`, Llama 3
-    `<|python_tag|>`, or a call object `{"name"` as the whole answer for Llama 3 and the generic
-    form); from there on it must be calls of `tools` (one unless `parallel`) whose arguments
-    match their schemas, and then the end."""
+def lazy_grammar(
+    tools: list[dict[str, Any]], kind: str, parallel: bool = True
+) -> tuple[str, tuple[GrammarTrigger, ...]]:
+    """GBNF and its triggers, a lazy grammar (llama/lazy.py), for tool_choice "auto": the
+    answer is free until it writes the family's call marker (Hermes `<tool_call>`, Mistral
+    `[TOOL_CALLS]`, Llama 3 `<|python_tag|>`, or a call object `{"name"` as the whole answer for
+    Llama 3 and the generic form); from there on it must be calls of `tools` (one unless
+    `parallel`) whose arguments match their schemas, and then the end. The two go to
+    SamplingParams.grammar and .grammar_triggers."""
     from ..llama.grammar import check_grammar
-    from ..llama.lazy import Trigger, lazy_text
 
+    at_start = tuple(GrammarTrigger(w, at_start=True) for w in _OBJECT_START)
     triggers = {
-        HERMES: [Trigger("<tool_call>")],
-        MISTRAL: [Trigger("[TOOL_CALLS]")],
-        LLAMA3: [Trigger("<|python_tag|>"), *(Trigger(w, at_start=True) for w in _OBJECT_START)],
-    }.get(kind, [Trigger(w, at_start=True) for w in _OBJECT_START])
+        HERMES: (GrammarTrigger("<tool_call>"),),
+        MISTRAL: (GrammarTrigger("[TOOL_CALLS]"),),
+        LLAMA3: (GrammarTrigger("<|python_tag|>"), *at_start),
+    }.get(kind, at_start)
     root, more = _FROM_MARKER.get(kind, _FROM_MARKER[GENERIC])
     body = root.replace("{more}", more if parallel else "") + "infer-ws ::= [ \\t\\n]{0,8}\n"
-    text = lazy_text(body + _call_rules(tools, kind, None), triggers)
-    return check_grammar(text, "tools[].function.parameters")
+    text = check_grammar(body + _call_rules(tools, kind, None), "tools[].function.parameters")
+    return text, triggers
 
 
 def _call_rules(tools: list[dict[str, Any]], kind: str, only: str | None) -> str:
@@ -315,12 +320,14 @@ def definitions(items: Sequence[Any], what: str = "--tool") -> list[dict[str, An
     return out
 
 
-def choice_grammar(tools: list[dict[str, Any]], kind: str, choice: str, only: str | None) -> str:
-    """The grammar for a tool_choice: "required" (of `only`, or of any tool) forces one call
-    whose arguments validate; "auto" holds a call to the schemas only once the model starts
-    one (a lazy grammar); "none": no grammar."""
+def choice_grammar(
+    tools: list[dict[str, Any]], kind: str, choice: str, only: str | None
+) -> tuple[str, tuple[GrammarTrigger, ...]]:
+    """The grammar for a tool_choice, and its triggers: "required" (of `only`, or of any tool)
+    forces one call whose arguments validate; "auto" holds a call to the schemas only once the
+    model starts one (a lazy grammar, with triggers); "none": no grammar ("", ())."""
     if choice == "required":
-        return grammar(tools, kind, only)
+        return grammar(tools, kind, only), ()
     if choice == "auto":
         return lazy_grammar(tools, kind)
-    return ""
+    return "", ()

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Sequence
 from typing import Any
 
-from .lazy import Trigger, Watch, init_sampler, triggers_of
+from ..params import GrammarTrigger
+from .lazy import Watch, init_sampler
 
 
 class _Grammar:
@@ -134,13 +136,12 @@ def _interface(ll: Any) -> Any:
 
 def constrained_chain(
     ll: Any, vocab: Any, grammar_text: str, inner: Any, eos: int, *, greedy: bool = False,
-    triggers: list[Trigger] | None = None,
+    triggers: Sequence[GrammarTrigger] = (),
 ) -> Any:  # fmt: skip
     """A sampler chain that samples with `inner` (which it owns from here) under the grammar;
     None if llama.cpp cannot parse the grammar (the caller frees `inner` then). `greedy`: inner
-    is llama.cpp's greedy sampler alone (it changes no candidate). `triggers` (or those a
-    lazy_text header names) make the grammar lazy: every token is allowed until one of them."""
-    triggers = triggers if triggers is not None else triggers_of(grammar_text)
+    is llama.cpp's greedy sampler alone (it changes no candidate). `triggers` make the grammar
+    lazy (llama/lazy.py): every token is allowed until one of them."""
     watch = None
     if triggers:
         grammar, watch = init_sampler(ll, vocab, grammar_text, triggers)

@@ -463,8 +463,9 @@ class LlamaCppEngine:
             p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
         )
         chain = constrained_chain(
-            self._ll, self._vocab, p.grammar, inner, self.eos_id, greedy=greedy
-        )
+            self._ll, self._vocab, p.grammar, inner, self.eos_id, greedy=greedy,
+            triggers=p.grammar_triggers,
+        )  # fmt: skip
         if chain is None:  # checked before the load (llama/grammar.py); a vocabulary clash
             self._ll.llama_sampler_free(inner)
             raise EngineError("llama.cpp could not parse the grammar with this vocabulary")

@@ -3,9 +3,8 @@ inactive, allowing every token, until the answer reaches a trigger (a tool call'
 and from there holds the rest to the grammar. It is how `tool_choice: "auto"` keeps a call's
 arguments valid while leaving a plain answer alone.
 
-A lazy grammar travels as GBNF text whose first line is a comment naming its triggers
-(`# infer-lazy-grammar [...]`): llama.cpp's parser skips it, and the text passes through
-SamplingParams.grammar and every front end unchanged; constrained_chain reads it back.
+The triggers travel beside the grammar as SamplingParams.grammar_triggers (plain
+`GrammarTrigger(word, at_start)` data); constrained_chain makes the grammar lazy when it has any.
 
 When a trigger is found, llama.cpp feeds the grammar the answer from the trigger's start to
 the end of the token that completed it. Text after the trigger in that same token is not
@@ -18,51 +17,32 @@ the trigger, which every lazy grammar begins with.
 from __future__ import annotations
 
 import ctypes
-import json
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-HEADER = "# infer-lazy-grammar "
+from ..params import GrammarTrigger
+
 _SPACE = b" \t\n\r\x0b\x0c"  # what std::regex's \s matches in a byte string
 _ECMA_SPECIAL = re.compile(r"[.^$|()*+?\[\]{}\\/]")
 
 
-@dataclass(frozen=True)
-class Trigger:
-    """Where a lazy grammar wakes: `word` anywhere in the answer, or (`at_start`) only at its
-    start, after whitespace. The grammar must start with `word`."""
-
-    word: str
-    at_start: bool = False
-
-    def pattern(self) -> str:
-        """The ECMAScript pattern llama.cpp searches the answer so far with; its group is where
-        the grammar's input starts."""
-        escaped = _ECMA_SPECIAL.sub(lambda m: "\\" + m.group(0), self.word)
-        return f"^\\s*({escaped})" if self.at_start else f"({escaped})"
+def pattern(trigger: GrammarTrigger) -> str:
+    """The ECMAScript pattern llama.cpp searches the answer so far with for `trigger`; its group
+    is where the grammar's input starts."""
+    word, at_start = trigger
+    escaped = _ECMA_SPECIAL.sub(lambda m: "\\" + m.group(0), word)
+    return f"^\\s*({escaped})" if at_start else f"({escaped})"
 
 
-def lazy_text(grammar: str, triggers: list[Trigger]) -> str:
-    """`grammar` (GBNF) made lazy: inactive until one of `triggers`."""
-    data = [[t.word, t.at_start] for t in triggers]
-    return HEADER + json.dumps(data, ensure_ascii=True) + "\n" + grammar
-
-
-def triggers_of(grammar: str) -> list[Trigger] | None:
-    """The triggers a grammar text's header names; None for a grammar that is not lazy."""
-    if not grammar.startswith(HEADER):
-        return None
-    line = grammar[len(HEADER) : grammar.index("\n")]
-    return [Trigger(str(word), bool(at_start)) for word, at_start in json.loads(line)]
-
-
-def init_sampler(ll: Any, vocab: Any, grammar: str, triggers: list[Trigger]) -> tuple[Any, Any]:
+def init_sampler(
+    ll: Any, vocab: Any, grammar: str, triggers: Sequence[GrammarTrigger]
+) -> tuple[Any, Any]:
     """llama.cpp's lazy grammar sampler (NULL if it cannot parse the grammar) and the Watch
     that mirrors its trigger search. A word that is one token of the vocabulary (Qwen's
     `<tool_call>`) triggers as that token too."""
-    tokens = [t for t in (_single_token(ll, vocab, tr.word) for tr in triggers) if t is not None]
-    patterns = [t.pattern().encode() for t in triggers]
+    tokens = [t for t in (_single_token(ll, vocab, word) for word, _ in triggers) if t is not None]
+    patterns = [pattern(t).encode() for t in triggers]
     c_patterns = (ctypes.c_char_p * len(patterns))(*patterns)
     c_tokens = (ll.llama_token * max(1, len(tokens)))(*tokens)
     sampler = ll.llama_sampler_init_grammar_lazy_patterns(
@@ -90,9 +70,11 @@ class Watch:
 
     __slots__ = ("_text", "awake", "buffer", "ll", "pieces", "tokens", "triggers", "vocab")
 
-    def __init__(self, ll: Any, vocab: Any, triggers: list[Trigger], tokens: set[int]) -> None:
+    def __init__(
+        self, ll: Any, vocab: Any, triggers: Sequence[GrammarTrigger], tokens: set[int]
+    ) -> None:
         self.ll, self.vocab, self.tokens = ll, vocab, tokens
-        self.triggers = [(t.word.encode("utf-8"), t.at_start) for t in triggers]
+        self.triggers = [(word.encode("utf-8"), at_start) for word, at_start in triggers]
         self.pieces: dict[int, bytes] = {}
         self._text = ctypes.create_string_buffer(256)
         self.reset()

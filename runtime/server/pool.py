@@ -35,7 +35,7 @@ from ..llama.offload import describe_split
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
-from ..params import GenerateOptions, SamplingParams
+from ..params import GenerateOptions, GrammarTrigger, SamplingParams
 from .backend import (
     Embeddings,
     Load,
@@ -343,16 +343,17 @@ def _tool_setup(request: TextRequest, template: str | None) -> None:
         return
     if request.tool_choice == "required":
         gbnf = tool_calls.grammar(request.tools, request.tool_format, request.forced_tool)
+        triggers: tuple[GrammarTrigger, ...] = ()
     elif request.tool_choice == "auto" and "grammar" not in request.sampling:
         try:
-            gbnf = tool_calls.lazy_grammar(
+            gbnf, triggers = tool_calls.lazy_grammar(
                 request.tools, request.tool_format, request.parallel_tool_calls
             )
         except UsageError:  # a schema keyword no grammar enforces: the model decides freely
             return
     else:
         return
-    request.sampling = {**request.sampling, "grammar": gbnf}
+    request.sampling = {**request.sampling, "grammar": gbnf, "grammar_triggers": triggers}
 
 
 def _embedding_tokens(engine: LlamaCppEngine, inputs: Sequence[str | list[int]]) -> list[list[int]]:
