@@ -69,3 +69,27 @@ def test_batch_line_with_a_lone_surrogate_names_the_line(tiny_model: Path, tmp_p
     path.write_text('{"prompt": "fine"}\n{"prompt": "broken \\ud800 text"}\n')
     result = run_infer("run", str(tiny_model), "--batch", str(path), "-n", "4")
     assert_one_line_error(result, 1, "p.jsonl, line 2", "'prompt'", "not valid Unicode")
+
+
+def test_a_file_llama_cpp_asserts_on_is_one_line_not_a_core_dump(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tokens with the same text: llama.cpp's vocabulary loader GGML_ASSERTs, which would
+    abort() with a gdb backtrace; ggml's abort callback (llama/aborts.py) makes it one line."""
+    import gguf
+
+    add_tokens = gguf.GGUFWriter.add_token_list
+
+    def duplicated(self: gguf.GGUFWriter, tokens: list[bytes]) -> None:
+        tokens = list(tokens)
+        tokens[5] = tokens[6]
+        add_tokens(self, tokens)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_token_list", duplicated)
+    model = write_tiny_gguf(tmp_path / "dup.gguf")
+    result = run_infer("run", str(model), "hi", "-n", "2")
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert err.count("\n") == 1 and err.startswith("infer: error: llama.cpp failed while loading")
+    assert "dup.gguf" in err and "GGML_ASSERT" in err and "may be damaged" in err
+    assert result.stdout == b""

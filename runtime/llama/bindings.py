@@ -16,14 +16,19 @@ import sys
 import types
 from typing import Any
 
+from .aborts import catch_aborts
+
 _BINDINGS = "llama_cpp.llama_cpp"
 
 
 def bindings() -> Any:
     """The `llama_cpp.llama_cpp` module (every llama.h function as a ctypes function)."""
-    loaded = sys.modules.get(_BINDINGS)
-    if loaded is not None:
-        return loaded
+    module = sys.modules.get(_BINDINGS) or _import()
+    catch_aborts(module)  # a GGML_ASSERT becomes one line and exit 1, not a core dump (once)
+    return module
+
+
+def _import() -> Any:
     if "llama_cpp" in sys.modules:  # the real package is already imported: nothing to save
         return importlib.import_module(_BINDINGS)
     spec = importlib.util.find_spec("llama_cpp")

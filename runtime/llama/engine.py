@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import EngineError, InferWarning, InputError, Interrupted
 from ..models.gguf import GGUFHeader
 from ..params import LoadOptions, SamplingParams, physical_cores
+from .aborts import doing
 from .bindings import bindings
 from .core_share import CoreShare
 from .offload import (
@@ -228,7 +229,7 @@ class LlamaCppEngine:
             mparams.use_mmap = True
         _captured.lines = []  # the load's log says which device got which layer
         try:
-            with sigint:
+            with sigint, doing(f"loading {path.name}"):
                 self._model = ll.llama_model_load_from_file(os.fsencode(path), mparams)
             log = b"".join(_captured.lines).decode("utf-8", "replace")
             self.split = device_split(log, rpc_servers(ll) if options.rpc else None)

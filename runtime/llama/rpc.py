@@ -5,21 +5,18 @@ Both sides are llama.cpp's own code (ggml-rpc), reached through the backend regi
 addresses as llama.cpp's tools reach them. Two of its habits shape this module:
 - the client aborts the whole process when it cannot connect or when a server stops answering
   (GGML_ABORT in ggml-rpc.cpp). So every server is probed first, with the protocol's own HELLO,
-  and turned into a one-line error when it is not there, busy or of another version; and while
-  servers are in use, ggml's abort callback turns a server that goes away into one line and
-  exit 1 rather than a core dump;
+  and turned into a one-line error when it is not there, busy or of another version; a server
+  that goes away later is one line and exit 1 through ggml's abort callback (llama/aborts.py);
 - a server serves one client at a time: a second client waits, silently, until the first one
   leaves. The probe's HELLO has a deadline, so a busy server is said to be busy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import socket
 import struct
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -163,38 +160,11 @@ def add_servers(ll: Any, endpoints: tuple[str, ...]) -> None:
             if endpoint in _added:
                 continue
             probe(endpoint)
-            _catch_aborts(ll)
             reg = add(endpoint.encode())
             if not reg:
                 raise RpcError(f"RPC server {endpoint} offers no devices")
             _lib(ll).ggml_backend_register(reg)
             _added.add(endpoint)
-
-
-_abort_state: dict[str, Any] = {}
-
-
-def _catch_aborts(ll: Any) -> None:
-    """While RPC servers are in use, a GGML_ABORT (a server that stopped answering: "Remote RPC
-    server crashed or returned malformed response") becomes one line on stderr and exit 1: ggml
-    calls this callback just before abort(), and it leaves first."""
-    if "callback" in _abort_state:
-        return
-
-    @ctypes.CFUNCTYPE(None, ctypes.c_char_p)
-    def on_abort(message: bytes | None) -> None:
-        text = (message or b"").decode("utf-8", errors="replace").strip().splitlines()
-        reason = text[0].split(": ", 1)[-1] if text else "llama.cpp aborted"
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-        os.write(2, f"\ninfer: error: llama.cpp's RPC backend failed: {reason}\n".encode())
-        os._exit(1)
-
-    lib = ll._lib
-    lib.ggml_set_abort_callback.restype = ctypes.c_void_p
-    lib.ggml_set_abort_callback.argtypes = [ctypes.c_void_p]
-    lib.ggml_set_abort_callback(ctypes.cast(on_abort, ctypes.c_void_p))
-    _abort_state["callback"] = on_abort  # must outlive every llama.cpp call
 
 
 # -- devices ---------------------------------------------------------------------------------------
