@@ -254,15 +254,15 @@ def _backend(config: ServerConfig) -> Backend:
 
 @contextmanager
 def _graceful_signals() -> Iterator[None]:
-    """uvicorn catches SIGINT/SIGTERM itself (stop accepting, drain, exit) and afterwards
-    raises the signal again with the handler it found. The handlers found are these no-ops, not
-    terminate_cleanly's (SIGTERM → exit 143) or Python's (Ctrl-C → KeyboardInterrupt): a
-    server stopped on purpose exits 0."""
+    """uvicorn catches SIGINT/SIGTERM (runner's server SIGHUP too) itself (stop accepting,
+    drain, exit) and afterwards raises the signal again with the handler it found. The handlers
+    found are these no-ops, not terminate_cleanly's (SIGTERM → exit 143) or Python's (Ctrl-C →
+    KeyboardInterrupt): a server stopped on purpose exits 0."""
 
     def stopped(signum: int, frame: object) -> None:
         pass
 
-    names = ("SIGINT", "SIGTERM")
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
     signums = [getattr(signal, n) for n in names if hasattr(signal, n)]
     previous = {s: signal.signal(s, stopped) for s in signums}
     try:

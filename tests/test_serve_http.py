@@ -822,7 +822,9 @@ def serve_command(pieces: int, *args: str) -> Iterator[tuple[subprocess.Popen[st
         process.wait(10)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_signal_cuts_a_long_answer_after_the_shutdown_timeout(signum: int) -> None:
     with serve_command(10_000, "--shutdown-timeout", "0.5") as (process, url):
         with (
@@ -843,7 +845,8 @@ def test_signal_cuts_a_long_answer_after_the_shutdown_timeout(signum: int) -> No
         assert process.stderr.read().strip().endswith("infer: stopped")
 
 
-def test_sigterm_lets_a_short_answer_finish() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_lets_a_short_answer_finish(signum: int) -> None:
     with serve_command(25, "--shutdown-timeout", "10") as (process, url):
         with (
             httpx.Client(base_url=url, timeout=10) as c,
@@ -851,7 +854,7 @@ def test_sigterm_lets_a_short_answer_finish() -> None:
         ):
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             body = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
         assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in body) == "x" * 25
         assert body[-1]["choices"][0]["finish_reason"] == "stop"

@@ -1,13 +1,16 @@
 """Running the app under uvicorn: bind the socket first (a port in use is one clear error),
 start the backend in the background, announce readiness once the socket accepts AND the models
-are loaded, and on SIGTERM/SIGINT drain the backend while uvicorn stops accepting."""
+are loaded, and on SIGTERM/SIGINT/SIGHUP drain the backend while uvicorn stops accepting."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -108,6 +111,22 @@ class _Server(uvicorn.Server):
             self.should_exit = True
             return
         self.announce()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's (SIGINT, SIGTERM), and SIGHUP too: a closed terminal or a supervisor's
+        hang-up drains the server like SIGTERM instead of ending it mid-answer."""
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is None or threading.current_thread() is not threading.main_thread():
+            with super().capture_signals():
+                yield
+            return
+        previous = signal.signal(hup, self.handle_exit)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(hup, previous)
 
     async def shutdown(self, sockets: Any = None) -> None:
         self.lifecycle.begin_drain()
