@@ -28,7 +28,7 @@ from infer.runtime.params import GrammarTrigger
 
 from .test_serve import Server
 from .test_tool_serve import HERMES, LLAMA3, MISTRAL
-from .tiny_gguf import N_CTX, N_EMBD, N_FF, N_HEAD, N_LAYER, write_tiny_gguf
+from .tiny_gguf import N_EMBD, N_FF, N_LAYER, finish, llama_writer, write_tiny_gguf
 
 PARAMS = {"type": "object", "properties": {"u": {"enum": ["c", "f"]}}, "required": ["u"]}
 WEATHER = {
@@ -288,25 +288,7 @@ def write_caller_gguf(path: Path) -> Path:
     types = [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 3
     types += [gguf.TokenType.USER_DEFINED] + [gguf.TokenType.BYTE] * 256
     n_vocab = len(tokens)
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(N_CTX)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD)
-    w.add_rope_dimension_count(N_EMBD // N_HEAD)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(0)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_scores([0.0] * n_vocab)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_chat_template(HERMES)
+    w = llama_writer(path, tokens, types, template=HERMES)
 
     def tensor(name: str, *shape: int, scale: float = 0.02) -> np.ndarray:
         value = (rng.standard_normal(shape) * scale).astype(np.float32)
@@ -330,11 +312,7 @@ def write_caller_gguf(path: Path) -> Path:
         tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
         tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
         tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return finish(w, path)
 
 
 @pytest.fixture(scope="module")

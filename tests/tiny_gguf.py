@@ -7,7 +7,9 @@ detokeniser must survive.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,37 @@ def write_tiny_gguf(
     types = [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.BYTE] * 256
     n_vocab = len(tokens)
 
+    w = llama_writer(path, tokens, types, template=template, block_count=block_count)
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
+
+    tensor("token_embd.weight", n_vocab, N_EMBD)
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+    tensor("output.weight", n_vocab, N_EMBD)
+    for i in range(N_LAYER):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        for part in ("q", "k", "v", "output"):
+            tensor(f"blk.{i}.attn_{part}.weight", N_EMBD, N_EMBD)
+        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+    return finish(w, path)
+
+
+def llama_writer(
+    path: Path,
+    tokens: Sequence[bytes],
+    types: Sequence[int],
+    *,
+    template: str | None,
+    block_count: int | str = N_LAYER,
+) -> Any:
+    """A GGUFWriter with the tiny llama's hyperparameters and this vocabulary written: the
+    caller adds the tensors and calls finish()."""
+    import gguf
+
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(N_CTX)
     w.add_embedding_length(N_EMBD)
@@ -46,28 +79,17 @@ def write_tiny_gguf(
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_scores([0.0] * n_vocab)
+    w.add_token_scores([0.0] * len(tokens))
     w.add_unk_token_id(0)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_add_bos_token(True)
     if template is not None:
         w.add_chat_template(template)
+    return w
 
-    def tensor(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
 
-    tensor("token_embd.weight", n_vocab, N_EMBD)
-    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    tensor("output.weight", n_vocab, N_EMBD)
-    for i in range(N_LAYER):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        for part in ("q", "k", "v", "output"):
-            tensor(f"blk.{i}.attn_{part}.weight", N_EMBD, N_EMBD)
-        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+def finish(w: Any, path: Path) -> Path:
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
