@@ -338,6 +338,7 @@ def test_serve_over_servers_reports_the_split_and_answers(
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert f"RPC0 {two_servers[0]}" in err.decode(), err.decode()
+    assert f"backend: CPU, RPC ({two_servers[0]}, {two_servers[1]})" in err.decode()
 
 
 def test_a_server_that_goes_away_mid_answer_ends_the_run_in_one_line(

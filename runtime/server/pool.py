@@ -86,7 +86,9 @@ class ModelPool:
         self._ready = True
 
     def describe(self) -> list[str]:
-        lines = [f"backend: {', '.join(backends())}"]
+        rpc = self.config.load.rpc
+        servers = f", RPC ({', '.join(rpc)})" if rpc else ""
+        lines = [f"backend: {', '.join(backends())}{servers}"]
         for name, s in self._served.items():
             e = s.engine
             where = describe_split(getattr(e, "split", [])) or (
