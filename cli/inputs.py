@@ -128,3 +128,11 @@ def compose_prompt(prompt: str | None, stdin: str | None) -> str:
     if not text.strip():
         raise UsageError("empty prompt: pass PROMPT as an argument or pipe text on stdin")
     return text
+
+
+def prompt_text(prompt: str | None) -> str | None:
+    """The prompt (argument and/or stdin), or None for the chat: no prompt, on a terminal."""
+    interactive = prompt is None and stdin_is_terminal() and sys.stdout.isatty()
+    if prompt is None and stdin_is_terminal() and not interactive:
+        raise UsageError('no prompt given: infer run MODEL "PROMPT" (or pipe text on stdin)')
+    return None if interactive else compose_prompt(prompt, read_stdin())

@@ -5,7 +5,6 @@ what the local commands print. Model names pass through as the remote knows them
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from infer.runtime.errors import (
 
 from . import output
 from .chat import Repl, say
-from .inputs import compose_prompt, read_file, read_stdin, stdin_is_terminal
+from .inputs import prompt_text, read_file
 from .remote_list import connect
 
 if TYPE_CHECKING:
@@ -58,7 +57,7 @@ def run_remote(args: dict[str, Any]) -> bool:
     with connect(url, args) as remote:
         if args.get("batch") is not None or args.get("parallel") is not None:
             _batch(remote, args, request_fields)
-        elif (text := _prompt_text(args.get("prompt"))) is None:
+        elif (text := prompt_text(args.get("prompt"))) is None:
             if tools:
                 raise UsageError('--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...')
             _chat(remote, args, request_fields)
@@ -147,14 +146,6 @@ def _response_format(json_schema: str | None, fmt: str | None) -> dict[str, Any]
     if not isinstance(schema, dict):
         raise UsageError("--json-schema: a JSON schema is an object")
     return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
-
-
-def _prompt_text(prompt: str | None) -> str | None:
-    """As `infer run`: the prompt and/or stdin; None for the chat (a terminal, no prompt)."""
-    interactive = prompt is None and stdin_is_terminal() and sys.stdout.isatty()
-    if prompt is None and stdin_is_terminal() and not interactive:
-        raise UsageError('no prompt given: infer run MODEL "PROMPT" (or pipe text on stdin)')
-    return None if interactive else compose_prompt(prompt, read_stdin())
 
 
 def _request(

@@ -3,7 +3,6 @@ prompt on a terminal, the chat. `infer chat`: the chat, with only the flags that
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 import typer
@@ -11,7 +10,7 @@ import typer
 from infer.runtime.errors import Interrupted, UsageError
 
 from . import output
-from .inputs import compose_prompt, read_stdin, stdin_is_terminal
+from .inputs import prompt_text
 from .loading import (
     constraint,
     generate_options,
@@ -123,7 +122,7 @@ def run(
     batched = _check_batch(batch, parallel, prompt, conflicts)
     constrained = constraint(json_schema, grammar, fmt)
     offered = _tools(tool, tool_choice, batched=batched, raw=raw, constrained=bool(constrained))
-    text = None if batched else _prompt_text(prompt)
+    text = None if batched else prompt_text(prompt)
     resolved = resolve_or_pull(model, offline=offline)
     d = resolved.defaults
     sampling = sampling_params(
@@ -209,14 +208,6 @@ def _check_batch(
 
     check_flags(batch, parallel, prompt, conflicts)
     return True
-
-
-def _prompt_text(prompt: str | None) -> str | None:
-    """The prompt (argument and/or stdin), or None for the chat: no prompt, on a terminal."""
-    interactive = prompt is None and stdin_is_terminal() and sys.stdout.isatty()
-    if prompt is None and stdin_is_terminal() and not interactive:
-        raise UsageError('no prompt given: infer run MODEL "PROMPT" (or pipe text on stdin)')
-    return None if interactive else compose_prompt(prompt, read_stdin())
 
 
 def _generate(
