@@ -114,11 +114,11 @@ def _install_log_callback(verbose: bool) -> None:
         llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
 
 
-def _check_ctx_size(ll: Any, header: GGUFHeader, n_ctx: int, gpu_layers: int) -> None:
+def _check_ctx_size(ll: Any, header: GGUFHeader, n_ctx: int, gpu: bool) -> None:
     """Refuse a context whose KV cache cannot fit in memory (llama.cpp would try to allocate
     it, for a minute, before failing), and warn about one longer than the model was trained
-    on (allowed: a user may know the model copes, e.g. with RoPE scaling)."""
-    gpu = gpu_layers > 0 and has_offload_devices(ll)
+    on (allowed: a user may know the model copes, e.g. with RoPE scaling). `gpu`: layers go to
+    GPU or RPC devices."""
     check_kv_fits(ll, header, n_ctx, gpu=gpu)
     trained = header.context_length
     if trained and n_ctx > trained:
@@ -219,7 +219,7 @@ class LlamaCppEngine:
             gpu = ALL_LAYERS if fit is None else fit
         self.gpu_layers = ALL_LAYERS if gpu == -1 else gpu
         if options.ctx_size:  # before llama.cpp allocates it (the default is capped already)
-            _check_ctx_size(ll, header, n_ctx, self.gpu_layers)
+            _check_ctx_size(ll, header, n_ctx, self.gpu_layers > 0 and devices)
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = self.gpu_layers
         mparams.progress_callback = sigint.progress
@@ -227,11 +227,12 @@ class LlamaCppEngine:
         # attribute): there the default load_mode AUTO maps the file wherever the devices can.
         if any(name == "use_mmap" for name, *_ in mparams._fields_):
             mparams.use_mmap = True
-        _captured.lines = []  # the load's log says which device got which layer
+        # The load's log says which device got which layer: kept only when there is a choice.
+        _captured.lines = [] if devices else None
         try:
             with sigint, doing(f"loading {path.name}"):
                 self._model = ll.llama_model_load_from_file(os.fsencode(path), mparams)
-            log = b"".join(_captured.lines).decode("utf-8", "replace")
+            log = b"".join(_captured.lines or []).decode("utf-8", "replace")
             self.split = device_split(log, rpc_servers(ll) if options.rpc else None)
         finally:
             _captured.lines = None

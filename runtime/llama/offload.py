@@ -23,48 +23,77 @@ if TYPE_CHECKING:
 
 RESERVE_BYTES = 512 << 20  # compute buffers and the CUDA/Metal context itself
 RESERVE_FRACTION = 0.05  # and a margin that grows with the device
-_GPU_TYPES = (1, 2)  # enum ggml_backend_dev_type: GPU, IGPU (ggml-backend.h)
+_DEVICE_KINDS = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "ACCEL"}  # enum ggml_backend_dev_type
+_GPU_KINDS = ("GPU", "iGPU")
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
 def gpu_free_memory(ll: Any) -> int | None:
-    """Free bytes over the GPU devices llama.cpp sees; None when there is none (a CPU build) or
-    the library does not say."""
-    devices = _gpu_devices(ll)
-    if not devices:
-        return None
-    lib, free_total = ll._lib, 0
-    for device in devices:
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
-        free_total += free.value
-    return free_total
+    """Free bytes over the GPU devices llama.cpp sees (RPC servers' among them); None when there
+    is none (a CPU build) or the library does not say."""
+    gpus = [d for d in devices(ll) or [] if d.kind in _GPU_KINDS]
+    return sum(d.free for d in gpus) if gpus else None
 
 
 def has_offload_devices(ll: Any) -> bool:
     """Whether llama.cpp has a device to offload layers to: a GPU, or an RPC server's device
     (they count as GPUs). llama_supports_gpu_offload() cannot say: it is true for any build with
     the RPC backend, servers or not."""
-    devices = _gpu_devices(ll)
-    return bool(ll.llama_supports_gpu_offload()) if devices is None else bool(devices)
+    found = devices(ll)
+    if found is None:
+        return bool(ll.llama_supports_gpu_offload())
+    return any(d.kind in _GPU_KINDS for d in found)
 
 
-def _gpu_devices(ll: Any) -> list[int] | None:
-    """The GPU-type devices llama.cpp has registered (RPC servers' among them); None when the
-    bindings lack the ggml device API."""
+@dataclass(frozen=True)
+class Device:
+    name: str  # llama.cpp's name: CPU, CUDA0, RPC0…
+    description: str  # for an RPC device: its server's HOST:PORT
+    kind: str  # CPU, GPU, iGPU, ACCEL
+    free: int
+    total: int
+
+
+def devices(ll: Any) -> list[Device] | None:
+    """Every device llama.cpp has registered (local backends, then RPC servers added); None when
+    the bindings lack the ggml device API."""
     try:
-        lib = ll._lib
-        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        lib.ggml_backend_dev_type.restype = ctypes.c_int
-        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-        size_p = ctypes.POINTER(ctypes.c_size_t)
-        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+        lib = _typed(ll._lib)
     except AttributeError:
         return None
-    handles = (lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count()))
-    return [d for d in handles if lib.ggml_backend_dev_type(d) in _GPU_TYPES]
+    found = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append(
+            Device(
+                name=(lib.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
+                description=(lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
+                kind=_DEVICE_KINDS.get(lib.ggml_backend_dev_type(dev), "?"),
+                free=free.value,
+                total=total.value,
+            )
+        )
+    return found
+
+
+def _typed(lib: Any) -> Any:
+    """`lib` with ggml's device calls typed (once)."""
+    if not getattr(lib, "_infer_devices_typed", False):
+        vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
+        for name, res, args in (
+            ("ggml_backend_dev_count", sz, []),
+            ("ggml_backend_dev_get", vp, [sz]),
+            ("ggml_backend_dev_name", cp, [vp]),
+            ("ggml_backend_dev_description", cp, [vp]),
+            ("ggml_backend_dev_type", ctypes.c_int, [vp]),
+            ("ggml_backend_dev_memory", None, [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]),
+        ):
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        lib._infer_devices_typed = True
+    return lib
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ import os
 import socket
 import struct
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EngineError, InferError
 from ..params import split_endpoint
+from .offload import Device, devices
 
 # ggml-rpc.cpp: RPC_CMD_HELLO (pinned there: "must be always 14"), RPC_CONN_CAPS_SIZE, and the
 # protocol major version a client of this build speaks.
@@ -30,7 +30,6 @@ _HELLO = 14
 _CAPS = 24
 _PROTO_MAJOR = 7
 _PROBE_TIMEOUT_S = 5.0
-_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "ACCEL"}  # enum ggml_backend_dev_type
 
 
 class RpcError(InferError):
@@ -53,21 +52,16 @@ def install_command() -> str:
 
 
 def _lib(ll: Any) -> Any:
-    """The shared library, with the ggml registry calls this module uses typed."""
+    """The shared library, with the ggml registry calls this module uses typed (the device
+    listing's are offload.devices')."""
     lib = ll._lib
     if not getattr(lib, "_infer_rpc_typed", False):
-        vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
+        vp, cp = ctypes.c_void_p, ctypes.c_char_p
         for name, res, args in (
             ("ggml_backend_reg_by_name", vp, [cp]),
             ("ggml_backend_reg_get_proc_address", vp, [vp, cp]),
             ("ggml_backend_register", None, [vp]),
-            ("ggml_backend_dev_count", sz, []),
-            ("ggml_backend_dev_get", vp, [sz]),
             ("ggml_backend_dev_by_name", vp, [cp]),
-            ("ggml_backend_dev_name", cp, [vp]),
-            ("ggml_backend_dev_description", cp, [vp]),
-            ("ggml_backend_dev_type", ctypes.c_int, [vp]),
-            ("ggml_backend_dev_memory", None, [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]),
         ):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
@@ -170,38 +164,9 @@ def add_servers(ll: Any, endpoints: tuple[str, ...]) -> None:
 # -- devices ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Device:
-    name: str  # llama.cpp's name: CPU, CUDA0, RPC0…
-    description: str  # for an RPC device: its server's HOST:PORT
-    kind: str  # CPU, GPU, iGPU, ACCEL
-    free: int
-    total: int
-
-
-def devices(ll: Any) -> list[Device]:
-    """Every device llama.cpp has registered (local backends, then RPC servers added)."""
-    lib = _lib(ll)
-    found = []
-    for i in range(lib.ggml_backend_dev_count()):
-        dev = lib.ggml_backend_dev_get(i)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        found.append(
-            Device(
-                name=(lib.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
-                description=(lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
-                kind=_DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "?"),
-                free=free.value,
-                total=total.value,
-            )
-        )
-    return found
-
-
 def rpc_servers(ll: Any) -> dict[str, str]:
     """Each RPC device's server: device name (RPC0…) -> HOST:PORT."""
-    return {d.name: d.description for d in devices(ll) if d.name.startswith("RPC")}
+    return {d.name: d.description for d in devices(ll) or [] if d.name.startswith("RPC")}
 
 
 # -- the server side: infer rpc-server ------------------------------------------------------------
@@ -212,7 +177,7 @@ def server_devices(ll: Any, names: list[str]) -> list[Device]:
     only the CPU when there is none. A name that is not a device is a UsageError listing them."""
     from ..errors import UsageError
 
-    every = devices(ll)
+    every = devices(ll) or []
     if names:
         by_name = {d.name.lower(): d for d in every}
         chosen = []
