@@ -198,10 +198,9 @@ def _check_complete(answer: RemoteAnswer) -> None:
         return
     if fields.get("tool_choice") in (None, "auto", "none") and not answer.tool_calls:
         return
-    raise InferError(
-        f"the answer was cut off at {answer.stats.generated_tokens} tokens before the tool "
-        "call was complete (--max-tokens)"
-    )
+    from .tools import cut_off
+
+    raise cut_off(answer.stats.generated_tokens, "--max-tokens")
 
 
 def _finish(answer: RemoteAnswer, model: str, *, json_out: bool) -> None:

@@ -173,7 +173,11 @@ def _check_complete(
     started = offered.choice == "required" or any(m in gen.text for m in markers if len(m) > 1)
     if started:
         limit = "--max-tokens" if reason == "length" else "--ctx-size"
-        raise InferError(
-            f"the answer was cut off at {gen.stats.generated_tokens} tokens before the tool "
-            f"call was complete ({limit})"
-        )
+        raise cut_off(gen.stats.generated_tokens, limit)
+
+
+def cut_off(tokens: int, limit: str) -> InferError:
+    """The error for a tool call the limit cut short (a local or a remote run)."""
+    return InferError(
+        f"the answer was cut off at {tokens} tokens before the tool call was complete ({limit})"
+    )
