@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from infer.runtime.errors import Interrupted, UsageError
+from infer.runtime.errors import Interrupted
 
-from .remote import REMOTE_ONLY, _flag, _given
+from .remote import remote_url as checked_url
 from .remote_list import connect
 
 if TYPE_CHECKING:
@@ -20,23 +20,9 @@ LOCAL_ONLY = ("threads", "gpu_layers", "ctx_size", "batch_size", "rpc", "verbose
 
 
 def remote_url(args: dict[str, Any]) -> str | None:
-    """The remote to measure, after the flags that need one or cannot apply to one are
-    checked (typed on the command line: through their environment variables they are a
-    default for the other kind of run, and are ignored); None for a local bench."""
-    url = args.get("remote") or None
-    if url is None:
-        needing = [_flag(name) for name in REMOTE_ONLY if _given(name)]
-        if needing:
-            verb = "needs" if len(needing) == 1 else "need"
-            raise UsageError(f"{', '.join(needing)} {verb} --remote URL (or INFER_REMOTE)")
-        return None
-    refused = [_flag(name) for name in LOCAL_ONLY if _given(name)]
-    if refused:
-        raise UsageError(
-            f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to a "
-            f"remote engine (--remote {url}): the server there loads and runs the model"
-        )
-    return url
+    """The remote to measure (flags checked as `infer run --remote` checks them); None for a
+    local bench."""
+    return checked_url(args, LOCAL_ONLY)
 
 
 def bench_remote(url: str, args: dict[str, Any], progress: Progress) -> BenchResult:

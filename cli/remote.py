@@ -37,21 +37,32 @@ LOCAL_ONLY = (
 REMOTE_ONLY = ("api_key", "api_key_file", "timeout")
 
 
+def remote_url(args: dict[str, Any], local_only: tuple[str, ...]) -> str | None:
+    """The remote the command runs against, after the flags that need one or cannot apply to
+    one (`local_only`) are checked — as typed on the command line: through their environment
+    variables they are a default for the other kind of run, and are ignored. None: run here."""
+    url = args.get("remote") or None
+    if url is None:
+        needing = [_flag(name) for name in REMOTE_ONLY if _given(name)]
+        if needing:
+            verb = "needs" if len(needing) == 1 else "need"
+            raise UsageError(f"{', '.join(needing)} {verb} --remote URL (or INFER_REMOTE)")
+        return None
+    refused = [_flag(name) for name in local_only if _given(name)]
+    if refused:
+        raise UsageError(
+            f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to a "
+            f"remote engine (--remote {url}): the server there loads and runs the model"
+        )
+    return url
+
+
 def run_remote(args: dict[str, Any]) -> bool:
     """`infer run`/`infer chat` with `args` (their parameters by name) against the remote;
     False when no remote is set, for the local run to go on."""
-    url = args.get("remote") or None
+    url = remote_url(args, LOCAL_ONLY)
     if url is None:
-        for name in REMOTE_ONLY:
-            if _given(name):
-                raise UsageError(f"{_flag(name)} needs --remote URL (or INFER_REMOTE)")
         return False
-    for name in LOCAL_ONLY:
-        if _given(name):
-            raise UsageError(
-                f"{_flag(name)} does not apply to a remote engine (--remote {url}): the "
-                "server there loads and runs the model"
-            )
     request_fields = _fields(args)
     tools = _tools(args, request_fields)
     with connect(url, args) as remote:
