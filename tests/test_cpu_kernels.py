@@ -1,7 +1,6 @@
 """llama.cpp's AMX kernels crash (llama.cpp #20824): infer loads without repacking there."""
 
 from infer.runtime.llama.cpu_kernels import repack_is_safe
-from infer.runtime.llama.engine import system_info
 
 
 def test_amx_builds_load_without_repacking() -> None:
@@ -9,7 +8,3 @@ def test_amx_builds_load_without_repacking() -> None:
     assert repack_is_safe("CPU : SSE3 = 1 | AVX2 = 1 | AMX_INT8 = 0 | REPACK = 1 |")
     assert repack_is_safe("CPU : SSE3 = 1 | AVX2 = 1 | REPACK = 1 |")
 
-
-def test_this_build_is_read() -> None:
-    info = system_info()
-    assert repack_is_safe(info) == ("AMX_INT8 = 1" not in info)
