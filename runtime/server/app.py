@@ -35,7 +35,7 @@ from ..errors import (
     TemplateError,
     UsageError,
 )
-from . import openai_schema as schema
+from . import openai_protocol as schema
 from .access_log import AccessLog, LogRecord, record_of
 from .backend import (
     Backend,
@@ -48,7 +48,7 @@ from .backend import (
     TooManyChoices,
 )
 from .metrics import CONTENT_TYPE, Metrics
-from .openai_schema import ApiError
+from .openai_protocol import ApiError
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
