@@ -8,9 +8,10 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from infer.runtime.generation.tool_plan import ToolPlan, plan
 from infer.runtime.server.backend import (
     Finished,
-    Load,
+    LoadReport,
     ModelInfo,
     ModelUnavailable,
     Overloaded,
@@ -37,6 +38,18 @@ class FakeJob:
     def __init__(self, backend: FakeBackend, model: str, request: TextRequest, script: Script):
         self.backend, self.model, self.request, self.script = backend, model, request, script
         self.prompt_tokens = script.prompt_tokens
+        # Planned as the pool plans it, for the template the backend pretends its model has.
+        self.tools: ToolPlan | None = (
+            None
+            if not request.tools
+            else plan(
+                request.tools,
+                request.tool_choice,
+                backend.template,
+                only=request.forced_tool,
+                parallel=request.parallel_tool_calls,
+            )
+        )
         self.generated = 0
         self.first_token_s: float | None = None
         self.cancelled = threading.Event()
@@ -110,6 +123,7 @@ class FakeBackend:
         self.busy_slots = 0
         self.draining = False
         self.start_error: Exception | None = None  # raised by start()
+        self.template: str | None = None  # the model's chat template (None: generic calls)
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay_s)
@@ -145,8 +159,10 @@ class FakeBackend:
         self.jobs.append(job)
         return job
 
-    def load(self) -> Load:
-        return Load(queue_depth=self.queue_depth, busy_slots=self.busy_slots, slots=self.slots)
+    def load_report(self) -> LoadReport:
+        return LoadReport(
+            queue_depth=self.queue_depth, busy_slots=self.busy_slots, slots=self.slots
+        )
 
     async def drain(self, timeout_s: float) -> None:
         """As the contract says: admit nothing more, wait for running answers up to

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from ..errors import InferError
 from ..generation.templates import Message
+from ..generation.tool_plan import ToolPlan
 from ..params import LoadOptions
 
 
@@ -52,8 +53,6 @@ class TextRequest:
     tool_choice: str = "auto"
     forced_tool: str | None = None
     parallel_tool_calls: bool = True
-    # set by the backend at submit: the syntax the model's template writes calls in
-    tool_format: str = "generic"
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,9 @@ class Finished:
 class Job(Protocol):
     model: str  # the id the answer names
     prompt_tokens: int  # known at admission
+    # The request's tools as this model's template writes and reads them (None: none offered):
+    # the answer's text is parsed into calls with it.
+    tools: ToolPlan | None
 
     def events(self) -> AsyncIterator[Piece | Finished]:
         """Pieces as they are generated, a Finished per choice; ends after the last Finished."""
@@ -108,8 +110,8 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class Load:
-    """What /metrics reports besides the HTTP side's own counters."""
+class LoadReport:
+    """How busy the backend is: what /metrics reports besides the HTTP side's own counters."""
 
     queue_depth: int  # admitted requests waiting for a slot
     busy_slots: int  # sequences decoding now
@@ -146,7 +148,9 @@ class Backend(Protocol):
         one-line reason: 400 for a UsageError/TemplateError, 500 otherwise)."""
         ...
 
-    def load(self) -> Load: ...
+    def load_report(self) -> LoadReport:
+        """Queue depth and slots in use, now (for /metrics)."""
+        ...
 
     async def embed(self, model: str, inputs: list[str] | list[list[int]]) -> Embeddings:
         """Vectors for texts (or token arrays), batched with other embedding requests for the

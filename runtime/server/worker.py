@@ -29,6 +29,7 @@ from .backend import Finished, Piece
 
 if TYPE_CHECKING:
     from ..generation.prompt_cache import PromptCache
+    from ..generation.tool_plan import ToolPlan
 
 Event = Piece | Finished
 
@@ -50,8 +51,10 @@ class ServedJob:
         sampling: list[SamplingParams],
         options: GenerateOptions,
         loop: asyncio.AbstractEventLoop,
+        tools: ToolPlan | None = None,
     ) -> None:
         self.model, self.tokens, self.sampling, self.options = model, tokens, sampling, options
+        self.tools = tools  # for the HTTP side, which parses the answer's calls with it
         self.prompt_tokens = len(tokens)
         self._loop = loop
         self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
