@@ -265,7 +265,7 @@ class _Api:
         answer = Answer(jobs, record, parsed.request.n)
         if parsed.stream:
             on_error = functools.partial(backend_error, record=record, prompt_param="")
-            shaper = schema.EventStream(answer.model, chat, parsed.include_usage, on_error)
+            shaper = schema.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
             return EventStream(answer, shaper)
         try:
             choices = await race_disconnect(answer.collect(), request.receive)

@@ -528,90 +528,69 @@ def completion_answer(
     }
 
 
-class EventStream:
-    """OpenAI's server-sent events for one answer (answer.StreamShaper): a chunk per delta,
-    the usage chunk when asked for, then `data: [DONE]`. `on_error` maps a failure to the
-    error object the stream ends with."""
+class ChunkStream:
+    """OpenAI's server-sent events for one answer (an answer.StreamShaper): the chat's role
+    chunk per choice, a chunk per text piece, two per tool call (its head: id, type, name;
+    then its arguments), one per finish, the usage chunk when asked for, then `data: [DONE]`.
+    Every chunk has the same id, created and model. `on_error` maps a failure to the error
+    object that ends a stream cut short."""
 
     media_type = "text/event-stream; charset=utf-8"
 
     def __init__(
         self, model: str, chat: bool, include_usage: bool, on_error: Callable[[Exception], ApiError]
     ) -> None:
-        self.chunks = ChunkMaker(answer_id(chat), int(time.time()), model, chat)
+        self.id, self.created, self.model, self.chat = (
+            answer_id(chat),
+            int(time.time()),
+            model,
+            chat,
+        )
         self.include_usage, self.on_error = include_usage, on_error
 
     def opening(self, choices: int) -> list[bytes]:
-        roles = (self.chunks.role(i) for i in range(choices))
-        return [_event(r) for r in roles if r is not None]
+        if not self.chat:  # completions have no roles
+            return []
+        return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(choices)]
 
     def text(self, index: int, text: str) -> bytes:
-        return _event(self.chunks.text(index, text))
+        return self._chunk(index, {"content": text})
 
     def call(self, index: int, k: int, call: ToolCall) -> bytes:
-        """The call's head (id, type, name), then its arguments: two chunks."""
-        shaped = call.openai()
-        head = self.chunks.tool_call(index, k, shaped, True)
-        return _event(head) + _event(self.chunks.tool_call(index, k, shaped, False))
+        head = {"index": k, "id": call.id, "type": "function"}
+        head["function"] = {"name": call.name, "arguments": ""}
+        arguments = {"index": k, "function": {"arguments": call.arguments}}
+        return self._chunk(index, {"tool_calls": [head]}) + self._chunk(
+            index, {"tool_calls": [arguments]}
+        )
 
     def end(self, index: int, reason: str) -> bytes:
-        return _event(self.chunks.finish(index, reason))
+        return self._chunk(index, {}, finish_reason(reason))
 
     def error(self, error: Exception) -> bytes:
         return _event(self.on_error(error).body())
 
     def closing(self, prompt_tokens: int, completion_tokens: int) -> list[bytes]:
-        used = [self.chunks.usage(usage(prompt_tokens, completion_tokens))]
-        return [_event(u) for u in used if self.include_usage] + [b"data: [DONE]\n\n"]
+        done = b"data: [DONE]\n\n"
+        if not self.include_usage:
+            return [done]
+        used = {**self._wrap([]), "usage": usage(prompt_tokens, completion_tokens)}
+        return [_event(used), done]
 
-
-def _event(payload: dict[str, Any]) -> bytes:
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return b"data: " + text.encode() + b"\n\n"
-
-
-@dataclass(frozen=True)
-class ChunkMaker:
-    """Stream chunks of one answer: the same id, created and model on each."""
-
-    id: str
-    created: int
-    model: str
-    chat: bool
+    def _chunk(self, index: int, delta: dict[str, Any], reason: str | None = None) -> bytes:
+        if self.chat:
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+        else:
+            text = delta.get("content", "")
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+        return _event(self._wrap([choice]))
 
     def _wrap(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         head = {"id": self.id, "object": kind, "created": self.created, "model": self.model}
         return {**head, "choices": choices}
 
-    def role(self, index: int) -> dict[str, Any] | None:
-        """The chat's first chunk of a choice (None for completions, which have no roles)."""
-        if not self.chat:
-            return None
-        delta = {"role": "assistant", "content": ""}
-        return self._wrap([self._choice(index, delta, None)])
 
-    def text(self, index: int, text: str) -> dict[str, Any]:
-        return self._wrap([self._choice(index, {"content": text}, None)])
-
-    def tool_call(self, index: int, k: int, call: dict[str, Any], head: bool) -> dict[str, Any]:
-        """A `delta.tool_calls` fragment: the call's head (id, type, name) or its arguments."""
-        fn = call["function"]
-        if head:
-            part = {"index": k, "id": call["id"], "type": "function"}
-            part["function"] = {"name": fn["name"], "arguments": ""}
-        else:
-            part = {"index": k, "function": {"arguments": fn["arguments"]}}
-        return self._wrap([self._choice(index, {"tool_calls": [part]}, None)])
-
-    def finish(self, index: int, reason: str) -> dict[str, Any]:
-        return self._wrap([self._choice(index, {}, finish_reason(reason))])
-
-    def usage(self, used: dict[str, int]) -> dict[str, Any]:
-        return {**self._wrap([]), "usage": used}
-
-    def _choice(self, index: int, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
-        if self.chat:
-            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
-        text = delta.get("content", "")
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+def _event(payload: dict[str, Any]) -> bytes:
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return b"data: " + text.encode() + b"\n\n"
