@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from infer.runtime.generation.tool_plan import ToolPlan, plan
 from infer.runtime.server.backend import (
     Finished,
+    FinishReason,
     LoadReport,
     ModelInfo,
     ModelUnavailable,
@@ -87,7 +88,7 @@ class FakeJob:
                 raise RuntimeError("the decode loop fell over")
             if limit is not None and k >= limit:
                 for i in range(n):
-                    yield Finished(i, "length")
+                    yield Finished(i, FinishReason.LENGTH)
                 return
             for i in range(n):
                 waited = 0.0
@@ -96,14 +97,14 @@ class FakeJob:
                     waited += 0.01
                 if self.cancelled.is_set():
                     for j in range(n):
-                        yield Finished(j, "cancelled")
+                        yield Finished(j, FinishReason.CANCELLED)
                     return
                 self.generated += 1
                 if self.first_token_s is None:
                     self.first_token_s = self.loop.time() - self.submitted_at
                 yield Piece(i, text)
         for i in range(n):
-            yield Finished(i, s.reason)
+            yield Finished(i, FinishReason(s.reason))
 
 
 class FakeBackend:

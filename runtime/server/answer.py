@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from ..generation.tool_calls import ToolCall, emittable
 from .access_log import LogRecord
-from .backend import Finished, Job, Piece
+from .backend import Finished, FinishReason, Job, Piece
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Choice:
     text: str
     content: str | None
     calls: list[ToolCall] = field(default_factory=list)
-    reason: str = "stop"
+    reason: FinishReason = FinishReason.STOP
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class CallDelta:
 @dataclass(frozen=True)
 class ChoiceEnd:
     index: int
-    reason: str  # as Choice.reason
+    reason: FinishReason  # as Choice.reason
 
 
 Delta = TextDelta | CallDelta | ChoiceEnd
@@ -69,7 +69,7 @@ class StreamShaper(Protocol):
 
     def call(self, index: int, k: int, call: ToolCall) -> bytes: ...
 
-    def end(self, index: int, reason: str) -> bytes:
+    def end(self, index: int, reason: FinishReason) -> bytes:
         """A choice's last frame; `reason` as Choice.reason."""
         ...
 
@@ -103,7 +103,7 @@ class Answer:
     async def collect(self) -> list[Choice]:
         """Every choice, once all have finished."""
         texts: list[list[str]] = [[] for _ in range(self.choices)]
-        reasons = ["stop"] * self.choices
+        reasons = [FinishReason.STOP] * self.choices
         async for event in self.events():
             if isinstance(event, Piece):
                 texts[event.index].append(event.text)
@@ -111,13 +111,13 @@ class Answer:
                 reasons[event.index] = event.reason
         return [self._choice("".join(t), r) for t, r in zip(texts, reasons, strict=True)]
 
-    def _choice(self, text: str, reason: str) -> Choice:
+    def _choice(self, text: str, reason: FinishReason) -> Choice:
         if self.tools is None:
             return Choice(text, text, [], reason)
         parsed = self.tools.parse(text)
         if not parsed.calls:
             return Choice(text, text, [], reason)
-        return Choice(text, parsed.content, parsed.calls, "tool_calls")
+        return Choice(text, parsed.content, parsed.calls, FinishReason.TOOL_CALLS)
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """The answer as it comes. With tools offered, each choice's text is held from where a

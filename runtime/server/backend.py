@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from ..errors import InferError
@@ -61,12 +62,20 @@ class Piece:
     text: str
 
 
+class FinishReason(str, Enum):
+    """Why a choice ended: one set for the backend and answer assembly; each protocol module
+    maps it to its own words (OpenAI's has no "cancelled": a cut answer is "length")."""
+
+    STOP = "stop"  # end of generation or a stop string
+    LENGTH = "length"  # max_tokens or the sequence's context
+    CANCELLED = "cancelled"  # Job.cancel or shutdown
+    TOOL_CALLS = "tool_calls"  # the answer is tool calls (answer assembly, never a backend)
+
+
 @dataclass(frozen=True)
 class Finished:
     index: int
-    # "stop" (end of generation or a stop string) | "length" (max_tokens or the sequence's
-    # context) | "cancelled" (Job.cancel or shutdown)
-    reason: str
+    reason: FinishReason
 
 
 class Job(Protocol):

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
-from .backend import TextRequest
+from .backend import FinishReason, TextRequest
 
 MAX_TOKENS_LIMIT = (
     1 << 20
@@ -446,19 +446,25 @@ def _content(content: Any, where: str) -> str:
 
 
 # --- answers --------------------------------------------------------------------------------
-FINISH = {"stop": "stop", "length": "length", "cancelled": "length", "tool_calls": "tool_calls"}
+# OpenAI has no "cancelled": an answer cut short by a disconnect or shutdown is "length".
+FINISH = {
+    FinishReason.STOP: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.CANCELLED: "length",
+    FinishReason.TOOL_CALLS: "tool_calls",
+}
 
 
 class _Choice(Protocol):  # answer.Choice (not imported: answer → access_log → this module)
     text: str
     content: str | None
     calls: list[ToolCall]
-    reason: str
+    reason: FinishReason
 
 
-def finish_reason(reason: str) -> str:
-    """The backend's Finished.reason as OpenAI names it (a cancelled answer was cut short)."""
-    return FINISH.get(reason, "stop")
+def finish_reason(reason: FinishReason) -> str:
+    """A choice's finish reason in OpenAI's words."""
+    return FINISH[reason]
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -564,7 +570,7 @@ class ChunkStream:
             index, {"tool_calls": [arguments]}
         )
 
-    def end(self, index: int, reason: str) -> bytes:
+    def end(self, index: int, reason: FinishReason) -> bytes:
         return self._chunk(index, {}, finish_reason(reason))
 
     def error(self, error: Exception) -> bytes:

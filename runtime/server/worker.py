@@ -25,7 +25,7 @@ from ..errors import InferError, Interrupted
 from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
-from .backend import Finished, Piece
+from .backend import Finished, FinishReason, Piece
 
 if TYPE_CHECKING:
     from ..generation.prompt_cache import PromptCache
@@ -305,7 +305,7 @@ class ModelWorker:
         """Under the lock: cancelled jobs leave, queued jobs take the free slots."""
         for job in [j for j in self.waiting if j.cancelled]:
             self.waiting.remove(job)
-            job.pending = [Finished(i, "cancelled") for i in range(job.n)]
+            job.pending = [Finished(i, FinishReason.CANCELLED) for i in range(job.n)]
             job.flush()
         for job in [j for j in self._running if j.cancelled]:
             for seq in list(job.seqs.values()):
@@ -337,7 +337,7 @@ class ModelWorker:
         reason = {"context": "length", "interrupted": "cancelled", "error": "cancelled"}.get(
             result.finish_reason, result.finish_reason
         )
-        job.pending.append(Finished(choice, reason))
+        job.pending.append(Finished(choice, FinishReason(reason)))
 
     def _flush(self) -> None:
         loops = {job.flush() for job in self._running}
