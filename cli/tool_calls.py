@@ -108,9 +108,8 @@ def answer(
     messages.append(Message("user", text))
     with cancel_on_sigint() as cancel:
         gen = generate(
-            engine, messages, tools.constrain(sampling), options,
-            template=resolved.defaults.chat_template, cancel=cancel, drafter=drafter,
-            tools=tools.rendered,
+            engine, messages, sampling, options,
+            template=resolved.defaults.chat_template, cancel=cancel, drafter=drafter, tools=tools,
         )  # fmt: skip
         try:
             for _ in gen:  # held: the answer may turn out to be a call
