@@ -5,6 +5,10 @@ access log, the Host allow-list, CORS (only when asked for) and the API key.
 
 Layers, outermost first: AccessLog (request id, one line per request, a bug becomes a 500
 here and never kills the server) → HostCheck → CORS → ApiKeyCheck → routes.
+
+A generation request walks one way: route → protocol.parse_* (the body into TextRequests) →
+backend.submit (Jobs) → answer.Answer (their events into choices), shaped by the protocol
+(protocol.answer_object, or protocol.ChunkStream frames through answer.EventStream).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from ..errors import (
     TemplateError,
     UsageError,
 )
-from . import openai_protocol as schema
+from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
 from .answer import Answer, EventStream, race_disconnect
 from .backend import (
@@ -255,7 +259,7 @@ class _Api:
         try:
             raw = await read_body(request.receive, request.headers, self.settings.max_body)
             body = parse_json(raw)
-            parsed = schema.parse_chat(body) if chat else schema.parse_completion(body)
+            parsed = protocol.parse_chat(body) if chat else protocol.parse_completion(body)
             record.model = parsed.model
             jobs = await self._submit(parsed, record, "messages" if chat else "prompt")
         except ApiError as e:
@@ -265,7 +269,7 @@ class _Api:
         answer = Answer(jobs, record, parsed.request.n)
         if parsed.stream:
             on_error = functools.partial(backend_error, record=record, prompt_param="")
-            shaper = schema.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
+            shaper = protocol.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
             return EventStream(answer, shaper)
         try:
             choices = await race_disconnect(answer.collect(), request.receive)
@@ -276,11 +280,11 @@ class _Api:
             answer.cancel()
             record.disconnected = True
             return Response(status_code=400)
-        used = schema.usage(record.prompt_tokens, record.completion_tokens)
-        return JSONResponse(schema.answer_object(chat, answer.model, choices, used))
+        used = protocol.usage(record.prompt_tokens, record.completion_tokens)
+        return JSONResponse(protocol.answer_object(chat, answer.model, choices, used))
 
     async def _submit(
-        self, parsed: schema.ParsedRequest, record: LogRecord, param: str
+        self, parsed: protocol.ParsedRequest, record: LogRecord, param: str
     ) -> list[Job]:
         jobs: list[Job] = []
         record.started = time.monotonic()

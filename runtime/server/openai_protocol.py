@@ -1,5 +1,7 @@
-"""OpenAI's request and response shapes: a JSON body validated into a `TextRequest`, and the
-answer objects and stream chunks built back. Pure data: no HTTP, no starlette.
+"""OpenAI's protocol: a JSON body validated into a `TextRequest` (`parse_chat`,
+`parse_completion`), and the choices that answer assembly (answer.py) made of the jobs' events
+shaped back into answer objects (`answer_object`) and stream chunks (`ChunkStream`); finish
+reasons become OpenAI's words here and nowhere else. Pure data: no HTTP, no starlette.
 
 Every field the server cannot honour is refused with a 400 naming it, never silently ignored;
 fields it does not know are ignored (OpenAI's clients send new ones all the time). Numbers are
