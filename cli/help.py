@@ -47,7 +47,8 @@ def docs_page(command_path: str) -> str:
 
 def _format_docs(ctx: Any, formatter: Any) -> None:
     formatter.write_paragraph()
-    formatter.write_text(f"Docs: docs/{docs_page(ctx.command_path)}")
+    with formatter.indentation():  # as click indents an epilog: not a section heading
+        formatter.write_text(f"Docs: docs/{docs_page(ctx.command_path)}")
 
 
 def _format_params(command: Any, ctx: Any, formatter: Any, sectioned: bool) -> None:
