@@ -92,3 +92,17 @@ def test_docs_page_of_a_subcommand_falls_back_to_its_group() -> None:
     assert docs_page("infer cache clear") == DOCS["cache"]
     assert docs_page("infer") == DOCS[""]
     assert docs_page("infer chat") != docs_page("infer run")
+
+
+def test_readme_links_resolve() -> None:
+    """README.md is outside the MkDocs site, so its links are checked here: each relative link
+    names a file that exists, and a docs page's section that exists."""
+    readme = ROOT / "README.md"
+    for target in re.findall(r"\]\(([^)\s]+)\)", readme.read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = ROOT / path if path else readme
+        assert file.exists(), target
+        if anchor and file.suffix == ".md":
+            assert anchor in _anchors(file), f"{target}: no such section"
