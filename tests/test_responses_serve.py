@@ -67,7 +67,7 @@ def test_streamed_same_text(server: Server) -> None:
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert events[0].type == "response.created"
     assert events[-1].type in ("response.completed", "response.incomplete")
-    final = events[-1].response  # type: ignore[union-attr]
+    final = events[-1].response
     assert deltas == final.output_text == whole.output_text
     assert final.status == whole.status
 
@@ -126,7 +126,11 @@ def test_a_forced_call_and_its_result(server: Server) -> None:
 
 
 def test_text_format_json_schema(server: Server) -> None:
-    schema = {"type": "object", "properties": {"ok": {"enum": ["yes", "no"]}}, "required": ["ok"]}
+    schema: Any = {
+        "type": "object",
+        "properties": {"ok": {"enum": ["yes", "no"]}},
+        "required": ["ok"],
+    }
     r = server.client().responses.create(
         model="smollm2",
         input="Is Oslo in Norway? Answer in JSON.",
@@ -157,7 +161,7 @@ def test_decodes_beside_a_chat(server: Server) -> None:
     rest = list(events)
     worker.join(300)
     assert rest[-1].type in ("response.completed", "response.incomplete")
-    assert rest[-1].response.output_text  # type: ignore[union-attr]
+    assert rest[-1].response.output_text
     assert chat_done and chat_done[0].choices[0].message.content
 
 
