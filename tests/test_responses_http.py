@@ -298,3 +298,19 @@ def test_the_api_key_guards_the_door() -> None:
         assert error_of(_post(s), 401)
         ok = s.openai(key="sesame").responses.create(model=MODEL, input="x")
         assert ok.status == "completed"
+
+
+def test_a_client_that_leaves_cancels_the_job(served: Served) -> None:
+    served.backend.script = Script(pieces=["x"] * 1000, delay_s=0.05)
+    body = {"model": MODEL, "input": "Capital?", "stream": True}
+    with served.client() as c, c.stream("POST", "/v1/responses", json=body) as r:
+        lines = (line for line in r.iter_lines() if line.startswith("data: "))
+        while "output_text.delta" not in next(lines):  # generation is under way
+            pass
+    job = served.backend.jobs[-1]
+    assert job.cancelled.wait(2.0), "job.cancel() was not called after the client left"
+    assert job.generated < 100
+    served.backend.script = Script(pieces=["x"] * 1000, delay_s=0.05)
+    with pytest.raises(httpx.ReadTimeout), served.client() as c:
+        c.post("/v1/responses", json={**body, "stream": False}, timeout=0.3)
+    assert served.backend.jobs[-1].cancelled.wait(2.0)
