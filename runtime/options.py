@@ -114,8 +114,11 @@ class Option:
 
 
 def _g(number: float) -> str:
-    """A bound as people write it: 0.5, 100, 4294967295 (not 4.29497e+09)."""
-    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+    """A number as people write it, the same whichever front door it came through (500, not
+    500.0 from a flag; 4294967295, not 4.29497e+09)."""
+    if isinstance(number, int):
+        return str(number)
+    return str(int(number)) if number.is_integer() and abs(number) < 1e16 else repr(number)
 
 
 _DEFAULTS = SamplingParams()
@@ -242,22 +245,23 @@ def check(name: str, value: Any) -> float | int:
     number = _number(option, value)
     too_low = number <= option.low if option.low_open else number < option.low
     if too_low or number > option.high:
-        raise OptionError(name, f"{option.out_of_range(number)} (got {value!r})")
+        raise OptionError(name, f"{option.out_of_range(number)} (got {_g(value)})")
     return number
 
 
 def _number(option: Option, value: Any) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise OptionError(option.name, f"must be {_kind(option)} (got {value!r})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(option.name, f"must be a finite number (got {value!r})")
     if option.kind is int:
         if isinstance(value, float):
             if not value.is_integer():
                 raise OptionError(option.name, f"must be an integer (got {value!r})")
-            value = int(value)
+            return int(value)
         return value
-    if not math.isfinite(value):
-        raise OptionError(option.name, f"must be a finite number (got {value!r})")
-    return float(value)
+    # An integer past a float's range (JSON and TOML allow it) is out of any range here.
+    return float(value) if abs(value) < 1e300 else (math.inf if value > 0 else -math.inf)
 
 
 def _kind(option: Option) -> str:

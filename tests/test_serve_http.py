@@ -391,8 +391,8 @@ def test_accepted_fields_are_mapped(served: Served) -> None:
         ],
         max_completion_tokens=9, max_tokens=100, temperature=2, top_p=0.5, seed=42, stop="END",
         presence_penalty=0.5, frequency_penalty=-0.5, top_k=10, min_p=0.1, repeat_penalty=1.1,
-        repeat_last_n=32, logprobs=False, tool_choice="none", response_format={"type": "text"}, logit_bias={},
-        user="someone", store=False, metadata={"a": "b"}, some_future_field={"x": 1},
+        repeat_last_n=32, logprobs=False, tool_choice="none", response_format={"type": "text"},
+        logit_bias={}, user="someone", store=False, metadata={"a": "b"}, some_future_field={"x": 1},
     )  # fmt: skip
     with served.client() as c:
         r = c.post("/v1/chat/completions", json=body)
