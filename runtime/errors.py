@@ -250,13 +250,16 @@ class UnknownQuantTypeError(UsageError):
 
 
 class RequantizeError(UsageError):
-    """The source model is already quantized below 8 bits; requantizing needs a flag."""
+    """The source model is already quantized below 8 bits; requantizing must be allowed."""
 
     def __init__(self, model: str, quantization: str) -> None:
         self.model, self.quantization = model, quantization
-        super().__init__(
-            f"{model} is already quantized ({quantization}): quantizing it again compounds the "
-            "loss; pass --allow-requantize to do it anyway"
+        super().__init__(self.worded(as_is))
+
+    def worded(self, name: Namer) -> str:
+        return (
+            f"{self.model} is already quantized ({self.quantization}): quantizing it again "
+            f"compounds the loss; pass {name('allow_requantize')} to do it anyway"
         )
 
 

@@ -1,4 +1,6 @@
-"""Options for loading a model and for sampling, validated once for every front end."""
+"""Options for loading a model and for a generation's length, stops and drafting, validated once
+for every front end; errors name the field (OptionError), never a flag. The sampling options
+(SamplingParams) live with their table in options.py and are importable from here too."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ from dataclasses import dataclass, field
 
 from .errors import OptionError
 
-# The sampling options live with their table; importable from here as before.
 from .options import GrammarTrigger as GrammarTrigger
 from .options import SamplingParams as SamplingParams
 
