@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import OptionError
-
 from .options import GrammarTrigger as GrammarTrigger
 from .options import SamplingParams as SamplingParams
 
