@@ -5,6 +5,9 @@ A command-line flag, a models.toml default, a batch file's field, an HTTP body's
 verdict on the same value (`check`). Values are layered with one type and one merge:
 `Overrides` (every field unset) over the model's defaults (also `Overrides`) over infer's own
 defaults (`SamplingParams`), so no front end keeps its own "which fields were given" set.
+
+`SamplingParams` lives here, beside the table it is checked against (params.py re-exports it):
+params.py imports this module, so the table cannot import params.py.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class GrammarTrigger(NamedTuple):
 
 @dataclass
 class SamplingParams:
-    """llama.cpp's defaults (the table's, below); temperature 0 means greedy decoding."""
+    """What a generation samples with: llama.cpp's defaults, which the table (below) states;
+    temperature 0 means greedy decoding."""
 
     temperature: float = 0.8
     top_k: int = 40
