@@ -151,3 +151,20 @@ def test_cli_words_runtime_errors_with_flags() -> None:
     assert OptionError("threads", "must be >= 1").worded(flag_of) == "--threads must be >= 1"
     errors = (OptionError("x", "y"), UsageError("u"), Interrupted(), ConfigError("c"))
     assert [exit_code(e) for e in errors] == [2, 2, 130, 1]
+
+
+def test_flags_win_over_the_models_defaults_in_one_merge() -> None:
+    from infer.cli.loading import sampling_params
+    from infer.runtime.models.registry import ModelDefaults
+
+    model = ModelDefaults(Overrides(temperature=0.2, top_k=7), ctx_size=4096)
+    params = sampling_params(model, Overrides(temperature=0.9), grammar="root ::= x")
+    assert (params.temperature, params.top_k, params.grammar) == (0.9, 7, "root ::= x")
+    assert sampling_params(model, top_p=0.5, seed=None).top_p == 0.5  # the flags one by one
+    with pytest.raises(OptionError, match="top_k"):
+        sampling_params(model, Overrides(), top_k=-1)
+    assert (model.context(None), model.context(512), ModelDefaults().context(None)) == (
+        4096,
+        512,
+        None,
+    )
