@@ -25,7 +25,9 @@ def _row(o: Option) -> str:
     names = " / ".join(f"`{n}`" if n else "-" for n in protocols)
     if set(protocols) == {o.name}:
         names = "the same"
-    flag = f"`{o.flag}`" if o.flag else "-"
+    # A flag is the option's name spelled as a flag (the page says so once, in prose).
+    assert o.flag in (None, "--" + o.name.replace("_", "-"))
+    flag = "yes" if o.flag else "no"
     models_toml = "yes" if o.per_model else "no"
     return (
         f"| `{o.name}` | {o.kind.__name__} | {default} | {o.interval()} | {flag} | {names} | "
