@@ -3,22 +3,19 @@ prompt on a terminal, the chat. `infer chat`: the chat, with only the flags that
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import typer
 
-from infer.runtime.errors import Interrupted, UsageError
+from infer.runtime.answer import AnswerRequest
+from infer.runtime.errors import IncompleteAnswerError, Interrupted, UsageError
+from infer.runtime.options import Overrides
 
 from . import output
 from .inputs import prompt_text
-from .loading import (
-    constraint,
-    generate_options,
-    load_drafter,
-    load_model,
-    load_options,
-    sampling_params,
-)
+from .loading import constraint, generate_options, load_drafter, load_model, load_options
 from .models import resolve_or_pull
 from .options import (
     ApiKeyFileOpt,
@@ -31,6 +28,7 @@ from .options import (
     DraftNgramOpt,
     DraftOpt,
     FormatOpt,
+    FrequencyPenaltyOpt,
     GpuLayersOpt,
     GrammarOpt,
     JsonOpt,
@@ -42,9 +40,11 @@ from .options import (
     NoPromptCacheOpt,
     OfflineOpt,
     ParallelOpt,
+    PresencePenaltyOpt,
     PromptArg,
     RawOpt,
     RemoteOpt,
+    RepeatLastNOpt,
     RepeatPenaltyOpt,
     SeedOpt,
     StatsOpt,
@@ -59,19 +59,66 @@ from .options import (
     TopPOpt,
     VerboseOpt,
 )  # fmt: skip
+from .remote import Given, RemoteFlags, on_command_line
 from .rpc_server import RpcOpt
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
-    from infer.runtime.generation.loop import Generation
-    from infer.runtime.llama.engine import Engine
-    from infer.runtime.models.resolve import ResolvedModel
-    from infer.runtime.params import GenerateOptions, SamplingParams
+    from infer.runtime.answer import Answer, Answerer
+    from infer.runtime.models.registry import ModelDefaults
 
     from .tools import Offered
 
 
+@dataclass(frozen=True)
+class LocalFlags:
+    """How the local engine loads and runs the model (a remote refuses each by name)."""
+
+    ctx_size: int | None = None
+    threads: int | None = None
+    gpu_layers: int | None = None
+    rpc: str | None = None
+    verbose: bool = False
+    offline: bool = False
+    draft: str | None = None
+    draft_max: int | None = None
+    draft_ngram: int | None = None
+    draft_always: bool = False
+    no_prompt_cache: bool = False
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """`infer run`'s and `infer chat`'s flags, by what they are for."""
+
+    model: str
+    prompt: str | None = None
+    system: str | None = None
+    overrides: Overrides = field(default_factory=Overrides)
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    raw: bool = False
+    stats: bool = False
+    json_out: bool = False
+    continue_: bool = False
+    markdown: bool = False
+    json_schema: str | None = None
+    grammar: str | None = None
+    fmt: str | None = None
+    tool: tuple[str, ...] = ()
+    tool_choice: str | None = None
+    batch: str | None = None
+    parallel: int | None = None
+    local: LocalFlags = field(default_factory=LocalFlags)
+    remote: RemoteFlags = field(default_factory=RemoteFlags)
+
+    @property
+    def batched(self) -> bool:
+        return self.batch is not None or self.parallel is not None
+
+
 def run(
+    ctx: typer.Context,
     model: ModelArg,
     prompt: PromptArg = None,
     system: SystemOpt = None,
@@ -80,6 +127,9 @@ def run(
     top_k: TopKOpt = None,
     min_p: MinPOpt = None,
     repeat_penalty: RepeatPenaltyOpt = None,
+    repeat_last_n: RepeatLastNOpt = None,
+    frequency_penalty: FrequencyPenaltyOpt = None,
+    presence_penalty: PresencePenaltyOpt = None,
     seed: SeedOpt = None,
     max_tokens: MaxTokensOpt = None,
     stop: StopOpt = None,
@@ -113,118 +163,243 @@ def run(
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
-    if remote or api_key or api_key_file or timeout is not None:
-        from .remote import run_remote
+    overrides = checked(
+        Overrides(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            repeat_last_n=repeat_last_n,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            seed=seed,
+        )
+    )
+    local = LocalFlags(
+        ctx_size, threads, gpu_layers, rpc, verbose, offline, draft, draft_max, draft_ngram,
+        draft_always, no_prompt_cache,
+    )  # fmt: skip
+    args = RunArgs(
+        model, prompt, system, overrides, max_tokens, tuple(stop or ()), raw, stats, json_out,
+        continue_, markdown, json_schema, grammar, fmt, tuple(tool or ()), tool_choice, batch,
+        parallel, local, RemoteFlags(remote, api_key, api_key_file, timeout),
+    )  # fmt: skip
+    execute(args, on_command_line(ctx))
 
-        if run_remote(dict(locals())):
-            return
-    conflicts = {"--continue": continue_, "--markdown": markdown, "--draft": bool(draft)}
-    batched = _check_batch(batch, parallel, prompt, conflicts)
-    constrained = constraint(json_schema, grammar, fmt)
-    offered = _tools(tool, tool_choice, batched=batched, raw=raw, constrained=bool(constrained))
-    text = None if batched else prompt_text(prompt)
-    resolved = resolve_or_pull(model, offline=offline)
+
+def execute(args: RunArgs, given: Given) -> None:
+    """run and chat: one answer, a --batch, a tool run or the chat, asked of the local model
+    or of a remote (`given` tells which flags were typed, for the remote's checks)."""
+    from .remote import LOCAL_ONLY, remote_url
+
+    url = remote_url(args.remote.url, LOCAL_ONLY, given) if args.remote.any() else None
+    if url is not None and args.batched:
+        _check_batch(args, {"--continue": args.continue_, "--markdown": args.markdown})
+    if url is not None:
+        return _execute_remote(args, url)
+    conflicts = {"--continue": args.continue_, "--markdown": args.markdown}
+    conflicts["--draft"] = bool(args.local.draft)
+    batched = _check_batch(args, conflicts)
+    grammar = constraint(args.json_schema, args.grammar, args.fmt)
+    offered = _tools(args, constrained=bool(grammar), what="--json-schema, --grammar or --format")
+    text = None if batched else prompt_text(args.prompt)
+    resolved = resolve_or_pull(args.model, offline=args.local.offline)
     d = resolved.defaults
-    sampling = sampling_params(
-        d, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        repeat_penalty=repeat_penalty, seed=seed, grammar=constrained,
-    )  # fmt: skip
-    options = generate_options(
-        max_tokens=max_tokens, stop=stop, draft_max=draft_max, draft_ngram=draft_ngram,
-        draft_always=draft_always,
-    )  # fmt: skip
+    local = args.local
     engine_options = load_options(
-        d, ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose,
-        no_prompt_cache=no_prompt_cache, rpc=rpc,
+        d,
+        ctx_size=local.ctx_size,
+        threads=local.threads,
+        gpu_layers=local.gpu_layers,
+        verbose=local.verbose,
+        no_prompt_cache=local.no_prompt_cache,
+        rpc=local.rpc,
+    )
+    options = generate_options(
+        max_tokens=args.max_tokens, stop=list(args.stop), draft_max=local.draft_max,
+        draft_ngram=local.draft_ngram, draft_always=local.draft_always,
     )  # fmt: skip
-    system = system or d.system
-    if batch is not None:
+    system = args.system or d.system
+    if batched:
+        from infer.runtime.options import sampling
+
         from .batch import run_batch
 
+        params = sampling(args.overrides, model_overrides(d))
+        params.grammar = grammar
         return run_batch(
-            resolved, batch, parallel, sampling, options, engine_options, system=system, raw=raw,
-            template=d.chat_template, stats=stats, json_out=json_out,
+            resolved, args.batch or "-", args.parallel, params, options, engine_options,
+            system=system, raw=args.raw, template=d.chat_template, stats=args.stats,
+            json_out=args.json_out,
         )  # fmt: skip
-    engine = load_model(resolved, engine_options, quiet=json_out)
-    drafter = load_drafter(draft, engine, engine_options, offline=offline, quiet=json_out)
+    engine = load_model(resolved, engine_options, quiet=args.json_out)
+    drafter = load_drafter(
+        local.draft, engine, engine_options, offline=local.offline, quiet=args.json_out
+    )
     if offered is not None:
+        from infer.runtime.options import sampling
+
         from .tools import answer
 
         if text is None:
             raise UsageError('--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...')
+        params = sampling(args.overrides, model_overrides(d))
         return answer(
-            engine, resolved, text, system, sampling, options, offered, drafter=drafter,
-            json_out=json_out, stats=stats,
+            engine, resolved, text, system, params, options, offered, drafter=drafter,
+            json_out=args.json_out, stats=args.stats,
         )  # fmt: skip
+    from infer.runtime.local import LocalAnswerer
+
+    answerer = LocalAnswerer(
+        engine,
+        resolved.name,
+        str(resolved.path),
+        defaults=model_overrides(d),
+        template=d.chat_template,
+        drafter=drafter,
+    )
+    _answer_or_chat(answerer, args, text, system, grammar=grammar)
+
+
+def _execute_remote(args: RunArgs, url: str) -> None:
+    from .remote import connect, response_format
+
+    if args.json_schema is not None and args.fmt is not None:
+        raise UsageError("give one of --json-schema and --format")
+    fmt = response_format(args.json_schema, args.fmt)
+    offered = _tools(args, constrained=fmt is not None, what="--json-schema or --format")
+    with ExitStack() as stack:
+        remote = stack.enter_context(connect(url, args.remote))
+        answerer = remote.answerer(args.model)
+        if args.batched:
+            from .batch import answer_batch
+
+            return answer_batch(answerer, args.batch or "-", args.parallel, _request(args, fmt))
+        text = prompt_text(args.prompt)
+        if text is None and offered is not None:
+            raise UsageError('--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...')
+        if text is None and args.raw:
+            raise UsageError("--raw does not combine with the chat over --remote: give a PROMPT")
+        request = _request(args, fmt, offered)
+        _answer_or_chat(answerer, args, text, args.system, base=request, offered=offered)
+
+
+def _request(
+    args: RunArgs, response_format: dict[str, object] | None, offered: Offered | None = None
+) -> AnswerRequest:
+    """The request's settings from the flags (messages are added per question)."""
+    tools = tuple(offered.tools) if offered is not None else ()
+    return AnswerRequest(
+        (),
+        raw=args.raw,
+        overrides=args.overrides,
+        max_tokens=args.max_tokens,
+        stop=args.stop,
+        response_format=response_format,
+        tools=tools,
+        tool_choice=offered.openai_choice() if offered is not None else None,
+    )
+
+
+def checked(flags: Overrides) -> Overrides:
+    """The sampling flags' values checked against the option table, an error naming the flag."""
+    from infer.runtime.errors import OptionError
+    from infer.runtime.options import BY_NAME
+
+    try:
+        return Overrides.of(flags.given())
+    except OptionError as e:
+        raise UsageError(f"{BY_NAME[e.option].flag or e.option} {e.problem}") from None
+
+
+def model_overrides(defaults: ModelDefaults) -> Overrides:
+    """The model's models.toml sampling defaults as an Overrides layer."""
+    from infer.runtime.options import OPTIONS
+
+    return Overrides.of({o.name: getattr(defaults, o.name, None) for o in OPTIONS if o.per_model})
+
+
+def _answer_or_chat(
+    answerer: Answerer,
+    args: RunArgs,
+    text: str | None,
+    system: str | None,
+    *,
+    grammar: str = "",
+    base: AnswerRequest | None = None,
+    offered: Offered | None = None,
+) -> None:
+    """One answer to `text`, or the chat when there is none."""
+    from dataclasses import replace
+
+    base = base or _request(args, None)
+    if grammar:
+        base = replace(base, grammar=grammar)
     if text is None:
         from .chat import ChatSettings, start
 
-        settings = ChatSettings(sampling, options, raw, d.chat_template, stats, markdown)
-        raise typer.Exit(
-            start(engine, resolved.name, resolved.path, settings, system, continue_, drafter)
+        settings = ChatSettings.of(base, stats=args.stats, markdown=args.markdown)
+        raise typer.Exit(start(answerer, settings, system, args.continue_))
+    request = replace(base, messages=AnswerRequest.of(text, system).messages)
+    if offered is not None:
+        from .remote import answer_with_tools
+
+        return answer_with_tools(
+            answerer, request, offered, json_out=args.json_out, stats=args.stats
         )
-    gen = _generate(engine, resolved, text, system, sampling, options, raw=raw, drafter=drafter)
-    _stream(gen, resolved.name, json_out=json_out)
-    if stats:
-        output.print_stats(gen.stats)
-    if constrained and gen.stats.finish_reason in ("length", "context"):
-        _cut_off(gen, "JSON" if json_schema is not None or fmt == "json" else "grammar")
+    answer = _stream(answerer, request, json_out=args.json_out)
+    if args.stats:
+        output.print_stats(answer.stats, remote=_remote_of(answerer))
+    if request.grammar and answer.stats.finish_reason in ("length", "context"):
+        _cut_off(
+            answer, "JSON" if args.json_schema is not None or args.fmt == "json" else "grammar"
+        )
 
 
-def _cut_off(gen: Generation, what: str) -> None:
+def _remote_of(answerer: Answerer) -> str | None:
+    """The URL a remote answerer's stats line names; None for the local engine."""
+    return answerer.where if answerer.window() is None else None
+
+
+def _cut_off(answer: Answer, what: str) -> None:
     """A constrained answer stopped by a limit is incomplete (JSON that does not parse)."""
     from infer.runtime.errors import InferError
 
-    limit = "--max-tokens" if gen.stats.finish_reason == "length" else "--ctx-size"
+    limit = "--max-tokens" if answer.stats.finish_reason == "length" else "--ctx-size"
     raise InferError(
-        f"the answer was cut off at {gen.stats.generated_tokens} tokens before the {what} "
+        f"the answer was cut off at {answer.stats.generated_tokens} tokens before the {what} "
         f"was complete ({limit})"
     )
 
 
-def _tools(
-    tool: list[str] | None, choice: str | None, *, batched: bool, raw: bool, constrained: bool
-) -> Offered | None:
+def _tools(args: RunArgs, *, constrained: bool, what: str) -> Offered | None:
     """--tool and --tool-choice, checked before the model loads; None without --tool."""
-    if not tool and choice is None:
+    if not args.tool and args.tool_choice is None:
         return None
     from .tools import check_flags, read_tools
 
-    offered = read_tools(tool, choice)
+    offered = read_tools(list(args.tool), args.tool_choice)
     if offered is not None:
-        flags = {"--batch/--parallel": batched, "--raw (tools go through the chat template)": raw}
-        flags["--json-schema, --grammar or --format"] = constrained and offered.choice != "none"
+        flags = {"--batch/--parallel": args.batched}
+        flags["--raw (tools go through the chat template)"] = args.raw
+        flags[what] = constrained and offered.choice != "none"
         check_flags(flags)
     return offered
 
 
-def _check_batch(
-    batch: str | None, parallel: int | None, prompt: str | None, conflicts: dict[str, bool]
-) -> bool:
+def _check_batch(args: RunArgs, conflicts: dict[str, bool]) -> bool:
     """Whether this is a --batch/--parallel run (its flags checked first)."""
-    if batch is None and parallel is None:
+    if not args.batched:
         return False
     from .batch import check_flags
 
-    check_flags(batch, parallel, prompt, conflicts)
+    check_flags(args.batch, args.parallel, args.prompt, conflicts)
     return True
 
 
-def _generate(
-    engine: Engine, resolved: ResolvedModel, text: str, system: str | None,
-    sampling: SamplingParams, options: GenerateOptions, *, raw: bool, drafter: Engine | str | None,
-) -> Generation:  # fmt: skip
-    from infer.runtime import Message, generate
-
-    messages = [Message("system", system)] if system else []
-    messages.append(Message("user", text))
-    template = resolved.defaults.chat_template
-    return generate(
-        engine, messages, sampling, options, raw=raw, template=template, drafter=drafter
-    )
-
-
 def chat(
+    ctx: typer.Context,
     model: ModelArg,
     system: SystemOpt = None,
     temperature: TemperatureOpt = None,
@@ -232,6 +407,9 @@ def chat(
     top_k: TopKOpt = None,
     min_p: MinPOpt = None,
     repeat_penalty: RepeatPenaltyOpt = None,
+    repeat_last_n: RepeatLastNOpt = None,
+    frequency_penalty: FrequencyPenaltyOpt = None,
+    presence_penalty: PresencePenaltyOpt = None,
     seed: SeedOpt = None,
     max_tokens: MaxTokensOpt = None,
     stop: StopOpt = None,
@@ -261,61 +439,93 @@ def chat(
     """Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt)."""
     # Exactly `infer run MODEL` without a prompt, so off a terminal it also does what run does:
     # piped stdin gets one answer, no input at all is the usage error; it never waits.
-    run(
+    overrides = checked(
+        Overrides(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            repeat_last_n=repeat_last_n,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            seed=seed,
+        )
+    )
+    local = LocalFlags(
+        ctx_size,
+        threads,
+        gpu_layers,
+        rpc,
+        verbose,
+        offline,
+        draft,
+        draft_max,
+        draft_ngram,
+        draft_always,
+        no_prompt_cache,
+    )
+    args = RunArgs(
         model,
         None,
-        system=system,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        min_p=min_p,
-        repeat_penalty=repeat_penalty,
-        seed=seed,
-        max_tokens=max_tokens,
-        stop=stop,
-        ctx_size=ctx_size,
-        threads=threads,
-        gpu_layers=gpu_layers,
-        rpc=rpc,
-        raw=raw,
-        stats=stats,
-        verbose=verbose,
+        system,
+        overrides,
+        max_tokens,
+        tuple(stop or ()),
+        raw,
+        stats,
         continue_=continue_,
         markdown=markdown,
-        offline=offline,
-        draft=draft,
-        draft_max=draft_max,
-        draft_ngram=draft_ngram,
-        draft_always=draft_always,
-        no_prompt_cache=no_prompt_cache,
         json_schema=json_schema,
         grammar=grammar,
         fmt=fmt,
-        remote=remote,
-        api_key=api_key,
-        api_key_file=api_key_file,
-        timeout=timeout,
+        local=local,
+        remote=RemoteFlags(remote, api_key, api_key_file, timeout),
     )
+    execute(args, on_command_line(ctx))
 
 
-def _stream(gen: Generation, model_name: str, *, json_out: bool) -> None:
+def _stream(answerer: Answerer, request: AnswerRequest, *, json_out: bool) -> Answer:
+    """The answer to `request`, written to stdout as it comes (a first Ctrl-C stops it and
+    keeps what was said; a second one, or one while a remote has not answered yet, closes the
+    connection at once)."""
     with cancel_on_sigint() as cancel:
-        gen.cancel = cancel
+        answer = answerer.answer(request, cancel)
+        pieces = iter(answer)
         try:
-            for piece in gen:
+            for piece in pieces:
                 if not json_out:
                     output.write_answer(piece)
         except Interrupted:
-            _finish(gen, model_name, json_out=json_out)
+            _finish(answerer, answer, json_out=json_out, reason="interrupted")
             raise
-    _finish(gen, model_name, json_out=json_out)
-    if gen.stats.finish_reason == "context":
+        except KeyboardInterrupt:
+            _close(pieces)
+            _finish(answerer, answer, json_out=json_out, reason="interrupted")
+            raise Interrupted(answer.text) from None
+        except IncompleteAnswerError:
+            _finish(answerer, answer, json_out=json_out, reason="incomplete")
+            raise
+    _finish(answerer, answer, json_out=json_out)
+    window = answerer.window()
+    if answer.stats.finish_reason == "context" and window is not None:
         output.warn(
-            f"the answer was cut off: the context window ({gen.engine.n_ctx} tokens) is full; "
+            f"the answer was cut off: the context window ({window.size} tokens) is full; "
             "raise --ctx-size"
         )
+    return answer
 
 
-def _finish(gen: Generation, model_name: str, *, json_out: bool) -> None:
-    stats = gen.stats
-    output.end_answer(model_name, gen.text, stats.finish_reason, stats.as_dict(), json_out=json_out)
+def _close(pieces: object) -> None:
+    close = getattr(pieces, "close", None)
+    if close is not None:
+        close()  # a remote's stream: closing the connection stops the server generating
+
+
+def _finish(answerer: Answerer, answer: Answer, *, json_out: bool, reason: str = "") -> None:
+    stats = answer.stats
+    if reason:
+        stats.finish_reason = reason
+    output.end_answer(
+        answerer.model, answer.text, stats.finish_reason, stats.as_dict(), json_out=json_out
+    )
