@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .options import Overrides
 
@@ -115,6 +115,7 @@ class Window:
     size: int
 
 
+@runtime_checkable
 class Answerer(Protocol):
     """Answers requests with one model: `model` is its name, `where` its file or the remote's
     URL. Raises Interrupted when `cancel` is set mid-answer."""

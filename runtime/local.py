@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
-from .answer import AnswerRequest, Stats, Window
+from .answer import Answerer, AnswerRequest, Stats, Window
 from .options import OPTIONS, Overrides, sampling
 
 if TYPE_CHECKING:
@@ -113,3 +113,7 @@ def _messages(request: AnswerRequest) -> list[Message]:
     from .generation.templates import Message
 
     return [Message(m["role"], m["content"]) for m in request.messages]
+
+
+if TYPE_CHECKING:  # mypy checks here that a LocalAnswerer is an Answerer
+    _ANSWERER: type[Answerer] = LocalAnswerer

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .answer import AnswerRequest, Stats
+from .answer import Answerer, AnswerRequest, Stats
 from .errors import IncompleteAnswerError, Interrupted, RemoteError, RemoteModelNotFoundError
 from .options import BY_NAME, Overrides
 
@@ -415,3 +415,7 @@ def _cut_short(e: BaseException) -> bool:
     import httpx
 
     return isinstance(e, httpx.TransportError) and not isinstance(e, httpx.TimeoutException)
+
+
+if TYPE_CHECKING:  # mypy checks here that a RemoteModel is an Answerer
+    _ANSWERER: type[Answerer] = RemoteModel
