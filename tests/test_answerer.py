@@ -258,3 +258,52 @@ def test_the_cli_imports_nothing_private_of_typer() -> None:
 def test_the_private_typer_check_catches_what_it_must() -> None:
     assert private_typer_imports("from typer._click.core import X\nimport typer._click") == [1, 2]
     assert private_typer_imports("import typer\nfrom typer.main import get_command") == []
+
+
+# --- the local answerer over a scripted engine --------------------------------------------
+def _local(**engine: Any) -> Any:
+    from infer.runtime.local import LocalAnswerer
+
+    from .fakes import FakeEngine
+
+    fake = FakeEngine(**engine)
+    defaults = Overrides(temperature=0.3, top_k=7)
+    return fake, LocalAnswerer(fake, "tiny", "/m/tiny.gguf", defaults=defaults)
+
+
+def test_local_answers_with_the_model_defaults_under_the_request() -> None:
+    fake, local = _local()
+    request = AnswerRequest.of("hi", "sys", overrides=Overrides(temperature=0.0), max_tokens=9)
+    answer = local.answer(request)
+    assert "".join(answer) == "Hello world" and answer.text == "Hello world"
+    assert answer.stats.finish_reason and answer.tool_calls == []
+    prompt, sampling = fake.calls[0]
+    assert bytes(prompt).decode() == "<system>sys<user>hi<assistant>"
+    assert (sampling.temperature, sampling.top_k) == (0.0, 7)
+    assert local.settings(Overrides(seed=3))["seed"] == 3
+    assert local.settings(Overrides())["temperature"] == 0.3
+    assert local.window() == Window(fake.n_past, fake.n_ctx)
+    assert local.count(request) == len(prompt)
+    raw = local.answer(replace(request, raw=True))
+    list(raw)
+    assert bytes(fake.calls[1][0]).decode() == "sys\n\nhi"
+
+
+def test_one_shot_run_streams_a_local_answer_as_before(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infer.cli import run as cli_run
+    from infer.runtime.models.resolve import ResolvedModel
+
+    from .fakes import FakeEngine
+
+    fake = FakeEngine()
+    monkeypatch.setattr(cli_run, "resolve_or_pull", lambda m, offline: ResolvedModel(Path(m), m))
+    monkeypatch.setattr(cli_run, "load_model", lambda *a, **k: fake)
+    monkeypatch.setattr(cli_run, "prompt_text", lambda prompt: prompt)
+    args = cli_run.RunArgs("tiny", "hi", json_out=True, overrides=Overrides(top_p=0.5))
+    cli_run.execute(args, lambda name: False)
+    record = json.loads(capsys.readouterr().out)
+    assert record["model"] == "tiny" and record["text"] == "Hello world"
+    assert list(record["stats"]) == list(Stats().as_dict())
+    assert fake.calls[0][1].top_p == 0.5
