@@ -3,9 +3,8 @@ prompt on a terminal, the chat. `infer chat`: the chat, with only the flags that
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -66,8 +65,12 @@ from .signals import cancel_on_sigint
 if TYPE_CHECKING:
     from infer.runtime.answer import Answer, Answerer
     from infer.runtime.models.registry import ModelDefaults
+    from infer.runtime.params import GenerateOptions, LoadOptions
 
     from .tools import Offered
+
+
+NEEDS_PROMPT = '--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...'
 
 
 @dataclass(frozen=True)
@@ -177,14 +180,40 @@ def run(
         )
     )
     local = LocalFlags(
-        ctx_size, threads, gpu_layers, rpc, verbose, offline, draft, draft_max, draft_ngram,
-        draft_always, no_prompt_cache,
-    )  # fmt: skip
+        ctx_size,
+        threads,
+        gpu_layers,
+        rpc,
+        verbose,
+        offline,
+        draft,
+        draft_max,
+        draft_ngram,
+        draft_always,
+        no_prompt_cache,
+    )
     args = RunArgs(
-        model, prompt, system, overrides, max_tokens, tuple(stop or ()), raw, stats, json_out,
-        continue_, markdown, json_schema, grammar, fmt, tuple(tool or ()), tool_choice, batch,
-        parallel, local, RemoteFlags(remote, api_key, api_key_file, timeout),
-    )  # fmt: skip
+        model,
+        prompt,
+        system,
+        overrides,
+        max_tokens,
+        tuple(stop or ()),
+        raw,
+        stats,
+        json_out,
+        continue_,
+        markdown,
+        json_schema,
+        grammar,
+        fmt,
+        tuple(tool or ()),
+        tool_choice,
+        batch,
+        parallel,
+        local,
+        RemoteFlags(remote, api_key, api_key_file, timeout),
+    )
     execute(args, on_command_line(ctx))
 
 
@@ -194,61 +223,60 @@ def execute(args: RunArgs, given: Given) -> None:
     from .remote import LOCAL_ONLY, remote_url
 
     url = remote_url(args.remote.url, LOCAL_ONLY, given) if args.remote.any() else None
-    if url is not None and args.batched:
-        _check_batch(args, {"--continue": args.continue_, "--markdown": args.markdown})
-    if url is not None:
-        return _execute_remote(args, url)
+    if url is None:
+        _execute_local(args)
+    else:
+        _execute_remote(args, url)
+
+
+def _execute_local(args: RunArgs) -> None:
+    from infer.runtime.options import sampling
+
     conflicts = {"--continue": args.continue_, "--markdown": args.markdown}
-    conflicts["--draft"] = bool(args.local.draft)
-    batched = _check_batch(args, conflicts)
+    batched = _check_batch(args, conflicts | {"--draft": bool(args.local.draft)})
     grammar = constraint(args.json_schema, args.grammar, args.fmt)
     offered = _tools(args, constrained=bool(grammar), what="--json-schema, --grammar or --format")
     text = None if batched else prompt_text(args.prompt)
     resolved = resolve_or_pull(args.model, offline=args.local.offline)
-    d = resolved.defaults
-    local = args.local
-    engine_options = load_options(
-        d,
-        ctx_size=local.ctx_size,
-        threads=local.threads,
-        gpu_layers=local.gpu_layers,
-        verbose=local.verbose,
-        no_prompt_cache=local.no_prompt_cache,
-        rpc=local.rpc,
-    )
-    options = generate_options(
-        max_tokens=args.max_tokens, stop=list(args.stop), draft_max=local.draft_max,
-        draft_ngram=local.draft_ngram, draft_always=local.draft_always,
-    )  # fmt: skip
+    d, local, quiet = resolved.defaults, args.local, args.json_out
+    engine_options, options = _options(args, d)
     system = args.system or d.system
+    params = replace(sampling(args.overrides, model_overrides(d)), grammar=grammar)
     if batched:
-        from infer.runtime.options import sampling
-
         from .batch import run_batch
 
-        params = sampling(args.overrides, model_overrides(d))
-        params.grammar = grammar
         return run_batch(
-            resolved, args.batch or "-", args.parallel, params, options, engine_options,
-            system=system, raw=args.raw, template=d.chat_template, stats=args.stats,
-            json_out=args.json_out,
-        )  # fmt: skip
-    engine = load_model(resolved, engine_options, quiet=args.json_out)
-    drafter = load_drafter(
-        local.draft, engine, engine_options, offline=local.offline, quiet=args.json_out
-    )
+            resolved,
+            args.batch or "-",
+            args.parallel,
+            params,
+            options,
+            engine_options,
+            system=system,
+            raw=args.raw,
+            template=d.chat_template,
+            stats=args.stats,
+            json_out=quiet,
+        )
+    engine = load_model(resolved, engine_options, quiet=quiet)
+    drafter = load_drafter(local.draft, engine, engine_options, offline=local.offline, quiet=quiet)
     if offered is not None:
-        from infer.runtime.options import sampling
-
         from .tools import answer
 
         if text is None:
-            raise UsageError('--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...')
-        params = sampling(args.overrides, model_overrides(d))
+            raise UsageError(NEEDS_PROMPT)
         return answer(
-            engine, resolved, text, system, params, options, offered, drafter=drafter,
-            json_out=args.json_out, stats=args.stats,
-        )  # fmt: skip
+            engine,
+            resolved,
+            text,
+            system,
+            params,
+            options,
+            offered,
+            drafter=drafter,
+            json_out=quiet,
+            stats=args.stats,
+        )
     from infer.runtime.local import LocalAnswerer
 
     answerer = LocalAnswerer(
@@ -258,35 +286,65 @@ def execute(args: RunArgs, given: Given) -> None:
         defaults=model_overrides(d),
         template=d.chat_template,
         drafter=drafter,
+        options=options,
     )
-    _answer_or_chat(answerer, args, text, system, grammar=grammar)
+    _answer_or_chat(answerer, args, text, system, base=replace(_request(args), grammar=grammar))
+
+
+def _options(args: RunArgs, defaults: ModelDefaults) -> tuple[LoadOptions, GenerateOptions]:
+    """How the model loads and how it generates, from the flags over its models.toml entry."""
+    local = args.local
+    engine_options = load_options(
+        defaults,
+        ctx_size=local.ctx_size,
+        threads=local.threads,
+        gpu_layers=local.gpu_layers,
+        verbose=local.verbose,
+        no_prompt_cache=local.no_prompt_cache,
+        rpc=local.rpc,
+    )
+    options = generate_options(
+        max_tokens=args.max_tokens,
+        stop=list(args.stop),
+        draft_max=local.draft_max,
+        draft_ngram=local.draft_ngram,
+        draft_always=local.draft_always,
+    )
+    return engine_options, options
 
 
 def _execute_remote(args: RunArgs, url: str) -> None:
     from .remote import connect, response_format
 
+    _check_batch(args, {"--continue": args.continue_, "--markdown": args.markdown})
     if args.json_schema is not None and args.fmt is not None:
         raise UsageError("give one of --json-schema and --format")
     fmt = response_format(args.json_schema, args.fmt)
     offered = _tools(args, constrained=fmt is not None, what="--json-schema or --format")
-    with ExitStack() as stack:
-        remote = stack.enter_context(connect(url, args.remote))
+    with connect(url, args.remote) as remote:
         answerer = remote.answerer(args.model)
         if args.batched:
             from .batch import answer_batch
 
-            return answer_batch(answerer, args.batch or "-", args.parallel, _request(args, fmt))
+            base = replace(_request(args, fmt), messages=_system(args.system))
+            return answer_batch(answerer, args.batch or "-", args.parallel, base)
         text = prompt_text(args.prompt)
         if text is None and offered is not None:
-            raise UsageError('--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...')
+            raise UsageError(NEEDS_PROMPT)
         if text is None and args.raw:
             raise UsageError("--raw does not combine with the chat over --remote: give a PROMPT")
         request = _request(args, fmt, offered)
         _answer_or_chat(answerer, args, text, args.system, base=request, offered=offered)
 
 
+def _system(system: str | None) -> tuple[dict[str, Any], ...]:
+    return ({"role": "system", "content": system},) if system else ()
+
+
 def _request(
-    args: RunArgs, response_format: dict[str, object] | None, offered: Offered | None = None
+    args: RunArgs,
+    response_format: dict[str, object] | None = None,
+    offered: Offered | None = None,
 ) -> AnswerRequest:
     """The request's settings from the flags (messages are added per question)."""
     tools = tuple(offered.tools) if offered is not None else ()
@@ -326,16 +384,10 @@ def _answer_or_chat(
     text: str | None,
     system: str | None,
     *,
-    grammar: str = "",
-    base: AnswerRequest | None = None,
+    base: AnswerRequest,
     offered: Offered | None = None,
 ) -> None:
-    """One answer to `text`, or the chat when there is none."""
-    from dataclasses import replace
-
-    base = base or _request(args, None)
-    if grammar:
-        base = replace(base, grammar=grammar)
+    """One answer to `text` with `base`'s settings, or the chat when there is none."""
     if text is None:
         from .chat import ChatSettings, start
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .answer import Answerer, AnswerRequest, Stats, Window
 from .options import OPTIONS, Overrides, sampling
+from .params import GenerateOptions
 
 if TYPE_CHECKING:
     from .generation.loop import Generation
@@ -40,8 +41,9 @@ class LocalAnswer:
 
 class LocalAnswerer:
     """`engine` answering as `model` (its file `where`), with the model's `defaults` under
-    each request's overrides, its chat `template` (None: the GGUF's) and an optional
-    `drafter` ("lookup" or a loaded draft model)."""
+    each request's overrides, its chat `template` (None: the GGUF's), an optional `drafter`
+    ("lookup" or a loaded draft model) and `options` (the drafting settings; each request
+    sets its own max_tokens and stop)."""
 
     def __init__(
         self,
@@ -52,20 +54,21 @@ class LocalAnswerer:
         defaults: Overrides | None = None,
         template: str | None = None,
         drafter: Engine | str | None = None,
+        options: GenerateOptions | None = None,
     ) -> None:
         self.engine, self.model, self.where = engine, model, where
         self.defaults = defaults or Overrides()
         self.template, self.drafter = template, drafter
+        self.options = options or GenerateOptions()
 
     def answer(self, request: AnswerRequest, cancel: threading.Event | None = None) -> LocalAnswer:
         from .api import generate
-        from .params import GenerateOptions
 
         params = sampling(request.overrides, self.defaults)
         grammar = request.grammar or _grammar(request.response_format)
         if grammar:
             params = replace(params, grammar=grammar)
-        options = GenerateOptions(max_tokens=request.max_tokens, stop=list(request.stop))
+        options = replace(self.options, max_tokens=request.max_tokens, stop=list(request.stop))
         gen = generate(
             self.engine,
             _messages(request),
