@@ -18,7 +18,7 @@ from .remote_list import RemoteFlags, connect
 if TYPE_CHECKING:
     import typer
 
-    from infer.runtime.answer import Answerer, AnswerRequest
+    from infer.runtime.answer import Answer, Answerer, AnswerRequest
 
     from .tools import Offered
 
@@ -119,7 +119,7 @@ def _close(pieces: object) -> None:
     getattr(pieces, "close", lambda: None)()
 
 
-def _print(model: str, answer: Any, reason: str, *, json_out: bool) -> None:
+def _print(model: str, answer: Answer, reason: str, *, json_out: bool) -> None:
     from .tools import print_answer
 
     stats = answer.stats

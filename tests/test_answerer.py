@@ -182,21 +182,22 @@ def test_remote_stats_have_the_local_keys() -> None:
     assert list(answer.stats.as_dict()) == list(Stats().as_dict())
 
 
-def test_a_remote_answer_never_loads_llama_cpp() -> None:
+def test_a_remote_run_never_loads_llama_cpp() -> None:
+    """`infer run --remote` end to end (against a closed port): neither llama.cpp nor the
+    engine's module is imported."""
     code = (
         "import sys\n"
-        "from infer.runtime.remote import Remote\n"
-        "from infer.runtime.answer import AnswerRequest\n"
-        "from infer.cli import run, chat, batch, remote\n"
-        "r = Remote('http://127.0.0.1:9').answerer('m')\n"
+        "from infer.cli.app import main\n"
         "try:\n"
-        "    list(r.answer(AnswerRequest.of('hi')))\n"
-        "except Exception:\n"
-        "    pass\n"
-        "assert 'llama_cpp' not in sys.modules, 'llama_cpp loaded'\n"
+        "    main(['run', 'm', 'hi', '--remote', 'http://127.0.0.1:9', '--temperature', '0'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 1, e.code\n"
+        "loaded = {'llama_cpp', 'infer.runtime.llama.engine'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
+    assert b"connection refused" in result.stderr
 
 
 # --- --batch over a request-at-a-time answerer --------------------------------------------
