@@ -18,6 +18,11 @@ from .options import Overrides
 
 @dataclass
 class Stats:
+    """What one answer cost (`--stats`, `--json`). A remote fills what its client measures: the
+    token counts from the response's usage, `prompt_s` and `ttft_s` the wait for the first
+    piece, `generate_s` first piece to last; nothing loads there and it neither drafts nor
+    splits layers here."""
+
     load_s: float = 0.0
     prompt_tokens: int = 0  # tokens in the prompt
     prompt_eval_tokens: int = 0  # of those, evaluated now (the rest came from the KV cache)
