@@ -10,6 +10,7 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from .answer import Answerer, AnswerRequest, Stats, Window
+from .errors import UsageError
 from .options import OPTIONS, Overrides, sampling
 from .params import GenerateOptions
 
@@ -64,6 +65,8 @@ class LocalAnswerer:
     def answer(self, request: AnswerRequest, cancel: threading.Event | None = None) -> LocalAnswer:
         from .api import generate
 
+        if request.tools:  # the tool run parses calls itself (cli/tools), not through here
+            raise UsageError("a local answer with tools offered goes through the tool run")
         params = sampling(request.overrides, self.defaults)
         grammar = request.grammar or _grammar(request.response_format)
         if grammar:

@@ -24,7 +24,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .answer import Answerer, AnswerRequest, Stats
-from .errors import IncompleteAnswerError, Interrupted, RemoteError, RemoteModelNotFoundError
+from .errors import (
+    IncompleteAnswerError,
+    Interrupted,
+    RemoteError,
+    RemoteModelNotFoundError,
+    UsageError,
+)
 from .options import BY_NAME, Overrides
 
 if TYPE_CHECKING:
@@ -42,6 +48,8 @@ def body(model: str, request: AnswerRequest) -> dict[str, Any]:
     /v1/completions'. Only the options the user set are sent (each by its OpenAI name; top_k,
     min_p and the repeat options are llama.cpp's extensions, which infer serve and vLLM take
     too): the server's defaults hold for the rest."""
+    if request.grammar:
+        raise UsageError("a remote server takes no GBNF grammar: ask for JSON (response_format)")
     fields: dict[str, Any] = {"model": model}
     for name, value in request.overrides.given().items():
         fields[BY_NAME[name].openai or name] = value

@@ -154,6 +154,7 @@ def test_a_local_window_drops_the_oldest_messages(
 
 # --- the remote's request -----------------------------------------------------------------
 def test_the_remote_body_sends_only_what_was_given_by_its_openai_name() -> None:
+    from infer.runtime.errors import UsageError
     from infer.runtime.remote import body
 
     overrides = Overrides.of({"temperature": 0, "presence_penalty": 0.5})
@@ -172,6 +173,8 @@ def test_the_remote_body_sends_only_what_was_given_by_its_openai_name() -> None:
     assert "top_k" not in sent and "seed" not in sent
     raw = body("alpha", replace(request, raw=True))
     assert raw["prompt"] == "Be\n\nhi" and "messages" not in raw
+    with pytest.raises(UsageError, match="no GBNF grammar"):
+        body("alpha", replace(request, grammar="root ::= x"))
 
 
 def test_remote_stats_have_the_local_keys() -> None:
@@ -273,6 +276,8 @@ def _local(**engine: Any) -> Any:
 
 
 def test_local_answers_with_the_model_defaults_under_the_request() -> None:
+    from infer.runtime.errors import UsageError
+
     fake, local = _local()
     request = AnswerRequest.of("hi", "sys", overrides=Overrides(temperature=0.0), max_tokens=9)
     answer = local.answer(request)
@@ -288,6 +293,8 @@ def test_local_answers_with_the_model_defaults_under_the_request() -> None:
     raw = local.answer(replace(request, raw=True))
     list(raw)
     assert bytes(fake.calls[1][0]).decode() == "sys\n\nhi"
+    with pytest.raises(UsageError, match="tool run"):
+        local.answer(replace(request, tools=({"type": "function"},)))
 
 
 def test_one_shot_run_streams_a_local_answer_as_before(
