@@ -251,19 +251,19 @@ def _one(
 
 
 def _other_bases() -> tuple[SamplingParams, GenerateOptions]:
+    """Valid settings that differ from infer's defaults in every field."""
     from infer.runtime.options import OPTIONS
     from infer.runtime.params import GenerateOptions, SamplingParams
 
     defaults = SamplingParams()
-    other = {o.name: _another(o.name, getattr(defaults, o.name)) for o in OPTIONS}
+    other: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(defaults, option.name)
+        if option.kind is int:  # top_k, repeat_last_n, seed: each takes any count up
+            other[option.name] = 1 if value is None else value + 1
+        else:  # every float option's range holds both
+            other[option.name] = 0.123 if value != 0.123 else 0.456
     return SamplingParams(**other), GenerateOptions(max_tokens=1, stop=["\u0000"])
-
-
-def _another(name: str, value: Any) -> Any:
-    """A valid value other than `value` (infer's default)."""
-    return {"seed": 12345, "top_k": 41, "repeat_last_n": 63}.get(name) or (
-        0.123 if value != 0.123 else 0.456
-    )
 
 
 class _Writer:
