@@ -1,7 +1,7 @@
 """`--remote URL` (or INFER_REMOTE): what `infer run`/`infer chat`/`infer bench` check before
 they ask a remote server (runtime/remote.py) instead of a local model — the flags a remote
 cannot honour, refused by name — and what only a remote run prints (tool calls the server
-parsed). The answering itself is the local run's: both are an Answerer to cli/run.py."""
+parsed). The answering itself is the local run's: both are an Answerer to cli/answering.py."""
 
 from __future__ import annotations
 

@@ -300,7 +300,7 @@ def test_local_answers_with_the_model_defaults_under_the_request() -> None:
 def test_one_shot_run_streams_a_local_answer_as_before(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from infer.cli import run as cli_run
+    from infer.cli import answering as cli_run
     from infer.runtime.models.resolve import ResolvedModel
 
     from .fakes import FakeEngine
