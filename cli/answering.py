@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from infer.runtime.models.registry import ModelDefaults
     from infer.runtime.params import GenerateOptions, LoadOptions
 
-    from .tools import Offered
+    from .tool_calls import Offered
 
 NEEDS_PROMPT = '--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...'
 
@@ -121,7 +121,7 @@ def _execute_local(args: RunArgs) -> None:
     engine = load_model(resolved, engine_options, quiet=quiet)
     drafter = load_drafter(local.draft, engine, engine_options, offline=local.offline, quiet=quiet)
     if offered is not None:
-        from .tools import answer
+        from .tool_calls import answer
 
         if text is None:
             raise UsageError(NEEDS_PROMPT)
@@ -278,7 +278,7 @@ def _tools(args: RunArgs, *, constrained: bool, what: str) -> Offered | None:
     """--tool and --tool-choice, checked before the model loads; None without --tool."""
     if not args.tool and args.tool_choice is None:
         return None
-    from .tools import check_flags, read_tools
+    from .tool_calls import check_flags, read_tools
 
     offered = read_tools(list(args.tool), args.tool_choice)
     if offered is not None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from infer.runtime.answer import Answer, Answerer, AnswerRequest
 
-    from .tools import Offered
+    from .tool_calls import Offered
 
 __all__ = ["LOCAL_ONLY", "RemoteFlags", "connect", "on_command_line", "remote_url"]
 
@@ -120,7 +120,7 @@ def _close(pieces: object) -> None:
 
 
 def _print(model: str, answer: Answer, reason: str, *, json_out: bool) -> None:
-    from .tools import print_answer
+    from .tool_calls import print_answer
 
     stats = answer.stats
     stats.finish_reason = reason or stats.finish_reason
@@ -143,6 +143,6 @@ def _check_complete(
         return
     if offered.choice in ("auto", "none") and offered.only is None and not calls:
         return
-    from .tools import cut_off
+    from .tool_calls import cut_off
 
     raise cut_off(tokens, "--max-tokens")

@@ -29,6 +29,7 @@ from ..params import LoadOptions, SamplingParams, physical_cores
 from .aborts import doing
 from .bindings import bindings
 from .core_share import CoreShare
+from .cpu_kernels import repack_is_safe
 from .offload import (
     check_kv_fits,
     default_gpu_layers,
@@ -40,7 +41,8 @@ from .rpc import add_servers, rpc_servers
 from .tokens import common_prefix
 
 if TYPE_CHECKING:
-    from .context import LlamaContext
+    from .cpu_kernels import repack_is_safe
+from .context import LlamaContext
 
 KV_BUDGET_BYTES = 4 << 30  # default context is capped so its KV cache stays within this
 ALL_LAYERS = 999
@@ -223,6 +225,7 @@ class LlamaCppEngine:
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = self.gpu_layers
         mparams.progress_callback = sigint.progress
+        mparams.use_extra_bufts = repack_is_safe(system_info())  # llama/cpu_kernels.py
         # mmap on. Recent bindings have no use_mmap field (assigning it would only add a Python
         # attribute): there the default load_mode AUTO maps the file wherever the devices can.
         if any(name == "use_mmap" for name, *_ in mparams._fields_):
