@@ -111,7 +111,6 @@ _python_showwarning = warnings.showwarning
 
 
 def _run(argv: list[str] | None) -> int:
-    from typer._click.exceptions import ClickException
     from typer.main import get_command
 
     warnings.showwarning = _show_warning
@@ -128,9 +127,9 @@ def _run(argv: list[str] | None) -> int:
         return e.exit_code
     except typer.Exit as e:  # the pinned Typer (0.26-0.28) vendors click: its Exit is this
         return e.exit_code
-    except ClickException as e:
+    except typer.TyperException as e:  # click's ClickException (Typer's vendored click) is one
         output.error(_usage_message(e))
-        return e.exit_code
+        return int(getattr(e, "exit_code", 2))
     except OutputError as e:  # stdout full or unwritable: say so once, not again at exit
         _discard_stdout()
         output.error(str(e))
@@ -182,11 +181,12 @@ def _discard_stdout() -> None:
     os.close(devnull)
 
 
-def _usage_message(e: Any) -> str:
-    from typer._click.exceptions import UsageError
+USAGE_EXIT = 2  # click's UsageError (and only it, of click's errors) exits with 2
 
+
+def _usage_message(e: Any) -> str:
     message = e.format_message().replace("\n", " ")
     ctx = getattr(e, "ctx", None)
-    if isinstance(e, UsageError) and ctx is not None:
+    if getattr(e, "exit_code", None) == USAGE_EXIT and ctx is not None:  # a click UsageError
         message += f" (see '{ctx.command_path} --help')"
     return message

@@ -22,7 +22,7 @@ _EXPORTS = {
     "SamplingParams": "params",
     "GenerateOptions": "params",
     "LoadOptions": "params",
-    "Stats": "generation.loop",
+    "Stats": "answer",
     "InferError": "errors",
     "read_header": "models.gguf",
 }
