@@ -101,7 +101,7 @@ def _execute_local(args: RunArgs) -> None:
     d, local, quiet = resolved.defaults, args.local, args.json_out
     engine_options, options = _options(args, d)
     system = args.system or d.system
-    params = replace(sampling(args.overrides, model_overrides(d)), grammar=grammar)
+    params = replace(sampling(args.overrides, d.sampling), grammar=grammar)
     if batched:
         from .batch import run_batch
 
@@ -143,7 +143,7 @@ def _execute_local(args: RunArgs) -> None:
         engine,
         resolved.name,
         str(resolved.path),
-        defaults=model_overrides(d),
+        defaults=d.sampling,
         template=d.chat_template,
         drafter=drafter,
         options=options,
@@ -218,13 +218,6 @@ def _request(
         tools=tools,
         tool_choice=offered.openai_choice() if offered is not None else None,
     )
-
-
-def model_overrides(defaults: ModelDefaults) -> Overrides:
-    """The model's models.toml sampling defaults as an Overrides layer."""
-    from infer.runtime.options import OPTIONS
-
-    return Overrides.of({o.name: getattr(defaults, o.name, None) for o in OPTIONS if o.per_model})
 
 
 def _answer_or_chat(

@@ -187,34 +187,23 @@ def answer_batch(
 
 def _requests(source: str, base: AnswerRequest) -> tuple[list[BatchItem], list[AnswerRequest]]:
     """FILE's items and each one's request: the line's own settings over the flags'."""
-    # What a line set is what comes out the same over two bases that differ in every field:
-    # batch_file merges and validates, and no field list or second JSON parser is kept here.
     from infer.runtime.generation.batch_file import parse_batch
-    from infer.runtime.options import OPTIONS
     from infer.runtime.params import GenerateOptions, SamplingParams
 
     name, text = _read_source(source)  # once: stdin cannot be read twice
     suffix = Path(source).suffix if source != "-" else ""
-    one = parse_batch(text, SamplingParams(), GenerateOptions(), name=name, suffix=suffix)
-    other = parse_batch(text, *_other_bases(), name=name, suffix=suffix)
-    requests = []
-    for a, b in zip(one, other, strict=True):
-        own = {
-            k: getattr(a.sampling, k)
-            for k in (o.name for o in OPTIONS)
-            if getattr(a.sampling, k) == getattr(b.sampling, k)
-        }
-        request = replace(
+    items = parse_batch(text, SamplingParams(), GenerateOptions(), name=name, suffix=suffix)
+    requests = [
+        replace(
             base,
-            messages=_messages(a, base),
-            overrides=replace(base.overrides, **own),
-            max_tokens=a.options.max_tokens
-            if a.options.max_tokens == b.options.max_tokens
-            else base.max_tokens,
-            stop=tuple(a.options.stop) if a.options.stop == b.options.stop else base.stop,
+            messages=_messages(item, base),
+            overrides=item.own.over(base.overrides),
+            max_tokens=base.max_tokens if item.own_max_tokens is None else item.own_max_tokens,
+            stop=base.stop if item.own_stop is None else item.own_stop,
         )
-        requests.append(request)
-    return one, requests
+        for item in items
+    ]
+    return items, requests
 
 
 def _messages(item: BatchItem, base: AnswerRequest) -> tuple[dict[str, Any], ...]:
@@ -248,22 +237,6 @@ def _one(
     return BatchResult(
         index, answer.text, s.finish_reason, s.prompt_tokens, s.generated_tokens, error
     )
-
-
-def _other_bases() -> tuple[SamplingParams, GenerateOptions]:
-    """Valid settings that differ from infer's defaults in every field."""
-    from infer.runtime.options import OPTIONS
-    from infer.runtime.params import GenerateOptions, SamplingParams
-
-    defaults = SamplingParams()
-    other: dict[str, Any] = {}
-    for option in OPTIONS:
-        value = getattr(defaults, option.name)
-        if option.kind is int:  # top_k, repeat_last_n, seed: each takes any count up
-            other[option.name] = 1 if value is None else value + 1
-        else:  # every float option's range holds both
-            other[option.name] = 0.123 if value != 0.123 else 0.456
-    return SamplingParams(**other), GenerateOptions(max_tokens=1, stop=["\u0000"])
 
 
 class _Writer:

@@ -14,7 +14,7 @@ file access (the caller reads the text, with its own bounds).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import BatchFileError, UsageError
@@ -47,6 +47,11 @@ class BatchItem:
     system: str | None
     sampling: SamplingParams
     options: GenerateOptions
+    # What the line itself set, for front ends that merge over other layers themselves (a
+    # remote answerer sends only what was set): its sampling options, max_tokens and stop.
+    own: Overrides = field(default_factory=Overrides)
+    own_max_tokens: int | None = None
+    own_stop: tuple[str, ...] | None = None
 
 
 def parse_batch(
@@ -132,7 +137,18 @@ def _item(
         ).validate()
     except UsageError as e:  # names the line's field as the line does: 'top_p'
         raise BatchFileError(name, number, e.worded(lambda field: f"'{field}'")) from None
-    return BatchItem(number, prompt, fields.get("id"), fields.get("system"), line_sampling, options)
+    own_stop = None if "stop" not in fields else tuple(options.stop)
+    return BatchItem(
+        number,
+        prompt,
+        fields.get("id"),
+        fields.get("system"),
+        line_sampling,
+        options,
+        own=line,
+        own_max_tokens=fields.get("max_tokens"),
+        own_stop=own_stop,
+    )
 
 
 def _constraint(fields: dict[str, Any]) -> str:
