@@ -29,7 +29,7 @@ from .inputs import read_file
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
-    from infer.runtime.llama.engine import Engine
+    from infer.runtime.llama.interface import Session
     from infer.runtime.params import GenerateOptions, SamplingParams
 
 PROMPT, CONTINUATION = ">>> ", "... "
@@ -67,11 +67,11 @@ class ChatSettings:
 class Repl:
     def __init__(
         self,
-        engine: Engine,
+        engine: Session,
         conversation: Conversation,
         settings: ChatSettings,
         model_path: Path,
-        drafter: Engine | str | None = None,  # --draft: "lookup" or the loaded draft model
+        drafter: Session | str | None = None,  # --draft: "lookup" or the loaded draft model
     ) -> None:
         self.engine, self.conversation, self.settings = engine, conversation, settings
         self.model_path, self.drafter = model_path, drafter
@@ -211,7 +211,7 @@ class Repl:
         s, conv, engine = self.settings, self.conversation, self.engine
 
         def count(messages: Any) -> int:
-            return len(prompt_tokens(engine, messages, raw=s.raw, template=s.template))
+            return len(prompt_tokens(engine.model, messages, raw=s.raw, template=s.template))
 
         try:
             reserve = min(s.options.max_tokens or 256, engine.n_ctx // 4)
@@ -381,8 +381,8 @@ def say(message: str) -> None:
 
 
 def start(
-    engine: Engine, model: str, model_path: Path, settings: ChatSettings, system: str | None,
-    resume: bool, drafter: Engine | str | None = None,
+    engine: Session, model: str, model_path: Path, settings: ChatSettings, system: str | None,
+    resume: bool, drafter: Session | str | None = None,
 ) -> int:  # fmt: skip
     conversation = Conversation(model, system)
     if resume:

@@ -15,8 +15,8 @@ from .loading import (
     constraint,
     generate_options,
     load_drafter,
-    load_model,
     load_options,
+    load_session,
     sampling_params,
 )
 from .models import resolve_or_pull
@@ -64,7 +64,7 @@ from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
     from infer.runtime.generation.loop import Generation
-    from infer.runtime.llama.engine import Engine
+    from infer.runtime.llama.interface import Session
     from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, SamplingParams
 
@@ -145,7 +145,7 @@ def run(
             resolved, batch, parallel, sampling, options, engine_options, system=system, raw=raw,
             template=d.chat_template, stats=stats, json_out=json_out,
         )  # fmt: skip
-    engine = load_model(resolved, engine_options, quiet=json_out)
+    engine = load_session(resolved, engine_options, quiet=json_out)
     drafter = load_drafter(draft, engine, engine_options, offline=offline, quiet=json_out)
     if offered is not None:
         from .tools import answer
@@ -211,8 +211,8 @@ def _check_batch(
 
 
 def _generate(
-    engine: Engine, resolved: ResolvedModel, text: str, system: str | None,
-    sampling: SamplingParams, options: GenerateOptions, *, raw: bool, drafter: Engine | str | None,
+    engine: Session, resolved: ResolvedModel, text: str, system: str | None,
+    sampling: SamplingParams, options: GenerateOptions, *, raw: bool, drafter: Session | str | None,
 ) -> Generation:  # fmt: skip
     from infer.runtime import Message, generate
 
@@ -311,7 +311,7 @@ def _stream(gen: Generation, model_name: str, *, json_out: bool) -> None:
     _finish(gen, model_name, json_out=json_out)
     if gen.stats.finish_reason == "context":
         output.warn(
-            f"the answer was cut off: the context window ({gen.engine.n_ctx} tokens) is full; "
+            f"the answer was cut off: the context window ({gen.session.n_ctx} tokens) is full; "
             "raise --ctx-size"
         )
 
