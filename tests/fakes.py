@@ -37,20 +37,24 @@ class FakeSession:
     def __post_init__(self) -> None:
         self.context = FakeContext(1, self.n_ctx, self.n_batch)
         self.context.held[0] = self.tokens  # one list: the context's sequence 0 is the session
+        self.model.contexts.append(self.context)
 
     @property
     def n_past(self) -> int:
         return len(self.tokens)
 
     def decode_prompt(self, prompt: list[int], cancel: threading.Event) -> None:
-        common = 0
-        while (
-            common < min(len(prompt) - 1, len(self.tokens))
-            and self.tokens[common] == prompt[common]
-        ):
+        """Through sequence 0 of the context, as llama/session.py does: the common prefix is
+        kept (all but the last token at most, so its logits are there to sample)."""
+        ctx, common = self.context, 0
+        limit = min(len(prompt) - 1, len(self.tokens))
+        while common < limit and self.tokens[common] == prompt[common]:
             common += 1
+        del self.tokens[common:]  # the cells only: the sequence keeps its sampler chain
         self.prompt_eval_tokens = len(prompt) - common
-        self.tokens[:] = prompt
+        for start in range(common, len(prompt), self.n_batch):
+            ctx.add(0, prompt[start : start + self.n_batch], True)
+            ctx.decode(cancel)
 
     def generate(
         self,
