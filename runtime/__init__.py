@@ -5,10 +5,10 @@ huggingface_hub until a model is loaded or pulled).
 
 Layers, high to low; each imports only those below it (import-linter contracts in pyproject.toml):
 tools/ (bench, perplexity, quantize) · api (the library surface) · generation/ (templates,
-conversation, the token loop, speculative, batch, prompt cache) · llama/ (bindings, engine,
-offload) · models/ (references, aliases, Hub, pulls, caches, inventory, GGUF headers; never loads
-llama.cpp). The modules beside this file (errors, params, paths, files, progress) are the shared
-base: every layer may import them, they import no layer."""
+conversation, the token loop, speculative, batch, prompt cache) · llama/ (bindings, model,
+contexts, offload) · models/ (references, aliases, Hub, pulls, caches, inventory, GGUF headers;
+never loads llama.cpp). The modules beside this file (errors, params, paths, files, progress)
+are the shared base: every layer may import them, they import no layer."""
 
 from __future__ import annotations
 
