@@ -14,6 +14,42 @@ from typer.core import TyperCommand, TyperGroup
 
 OPTIONS = "Options"
 
+# Where each command is documented: the last line of its --help names the page, relative to
+# infer's repository (no web site to link to). docs/gen_cli_reference.py links the same pages
+# from the generated CLI reference, and tests/test_docs.py checks that each page and anchor exists.
+DOCS = {
+    "": "index.md",
+    "run": "run.md",
+    "chat": "run.md#chat",
+    "pull": "models.md",
+    "list": "models.md",
+    "ls": "models.md",
+    "show": "models.md",
+    "rm": "models.md",
+    "bench": "bench.md",
+    "quantize": "quantize.md",
+    "perplexity": "quantize.md",
+    "serve": "serve.md",
+    "embed": "embeddings.md",
+    "rpc-server": "scaling.md#split-a-model-over-machines",
+    "cache": "speed.md#prompt-cache",
+}
+
+
+def docs_page(command_path: str) -> str:
+    """The page documenting `infer cache list` and the like: the longest registered prefix of
+    the words after the program's name, else the docs' index."""
+    words = command_path.split()[1:]
+    while words and " ".join(words) not in DOCS:
+        words.pop()
+    return DOCS[" ".join(words)]
+
+
+def _format_docs(ctx: Any, formatter: Any) -> None:
+    formatter.write_paragraph()
+    with formatter.indentation():  # as click indents an epilog: not a section heading
+        formatter.write_text(f"Docs: docs/{docs_page(ctx.command_path)}")
+
 
 def _format_params(command: Any, ctx: Any, formatter: Any, sectioned: bool) -> None:
     """Arguments first, then each section in the order its first option was declared; options
@@ -61,6 +97,10 @@ class HelpCommand(TyperCommand):
     def format_options(self, ctx: Any, formatter: Any) -> None:
         _format_params(self, ctx, formatter, self.sectioned)
 
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        super().format_epilog(ctx, formatter)
+        _format_docs(ctx, formatter)
+
 
 class SectionedHelpCommand(HelpCommand):
     """A command with many options (run): its --help groups them by `rich_help_panel`."""
@@ -74,3 +114,7 @@ class HelpGroup(TyperGroup):
     def format_options(self, ctx: Any, formatter: Any) -> None:
         _format_params(self, ctx, formatter, sectioned=False)
         self.format_commands(ctx, formatter)
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        super().format_epilog(ctx, formatter)
+        _format_docs(ctx, formatter)

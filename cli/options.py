@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from infer.runtime.options import BY_NAME
 
 # Sections of --help (cli/help.py), in the order they first appear.
 OUTPUT = "Input and output"
@@ -37,46 +39,32 @@ SystemOpt = Annotated[
         "--system", "-s", rich_help_panel=OUTPUT, help="System prompt.", show_default=False
     ),
 ]
-TemperatureOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--temperature",
-        "--temp",
+
+
+def _sampling_option(name: str, *aliases: str) -> Any:
+    """The flag of a generation option, its help and default from the one table
+    (runtime/options.py): a flag never states a default the runtime does not use."""
+    option = BY_NAME[name]
+    default = "" if option.default is None else f" [default: {option.default:g}]"
+    assert option.flag is not None
+    return typer.Option(
+        option.flag,
+        *aliases,
         rich_help_panel=SAMPLING,
-        help="Sampling temperature; 0 = greedy. [default: 0.8]",
-    ),
-]
-TopPOpt = Annotated[
-    float | None,
-    typer.Option("--top-p", rich_help_panel=SAMPLING, help="Nucleus sampling. [default: 0.95]"),
-]
-TopKOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--top-k", rich_help_panel=SAMPLING, help="Top-k sampling; 0 = off. [default: 40]"
-    ),
-]
-MinPOpt = Annotated[
-    float | None,
-    typer.Option("--min-p", rich_help_panel=SAMPLING, help="Min-p sampling. [default: 0.05]"),
-]
-RepeatPenaltyOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--repeat-penalty",
-        rich_help_panel=SAMPLING,
-        help="Penalty for repeating tokens; 1 = off. [default: 1.0]",
-    ),
-]
-SeedOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--seed",
-        rich_help_panel=SAMPLING,
-        help="Random seed (default: random).",
+        help=option.help + default,
         show_default=False,
-    ),
-]
+    )
+
+
+TemperatureOpt = Annotated[float | None, _sampling_option("temperature", "--temp")]
+TopPOpt = Annotated[float | None, _sampling_option("top_p")]
+TopKOpt = Annotated[int | None, _sampling_option("top_k")]
+MinPOpt = Annotated[float | None, _sampling_option("min_p")]
+RepeatPenaltyOpt = Annotated[float | None, _sampling_option("repeat_penalty")]
+RepeatLastNOpt = Annotated[int | None, _sampling_option("repeat_last_n")]
+FrequencyPenaltyOpt = Annotated[float | None, _sampling_option("frequency_penalty")]
+PresencePenaltyOpt = Annotated[float | None, _sampling_option("presence_penalty")]
+SeedOpt = Annotated[int | None, _sampling_option("seed")]
 MaxTokensOpt = Annotated[
     int | None,
     typer.Option(

@@ -81,7 +81,7 @@ def run_remote(args: dict[str, Any]) -> bool:
 def _tools(args: dict[str, Any], fields: dict[str, Any]) -> bool:
     """--tool/--tool-choice as the request's tools and tool_choice (checked as a local run
     checks them); whether any are offered."""
-    from .tools import check_flags, read_tools
+    from .tool_calls import check_flags, read_tools
 
     offered = read_tools(args.get("tool"), args.get("tool_choice"))
     if offered is None:
@@ -209,7 +209,7 @@ def _check_complete(answer: RemoteAnswer) -> None:
         return
     if fields.get("tool_choice") in (None, "auto", "none") and not answer.tool_calls:
         return
-    from .tools import cut_off
+    from .tool_calls import cut_off
 
     raise cut_off(answer.stats.generated_tokens, "--max-tokens")
 
@@ -218,7 +218,7 @@ def _finish(answer: RemoteAnswer, model: str, *, json_out: bool) -> None:
     """As a local run ends (output.end_answer; with tools offered, tools.print_answer)."""
     stats = answer.stats
     if "tools" in answer.request.fields:
-        from .tools import print_answer
+        from .tool_calls import print_answer
 
         content = answer.text or None
         print_answer(model, content, answer.tool_calls, stats.finish_reason, stats.as_dict(),

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, SamplingParams
 
-    from .tools import Offered
+    from .tool_calls import Offered
 
 
 def run(
@@ -148,7 +148,7 @@ def run(
     engine = load_session(resolved, engine_options, quiet=json_out)
     drafter = load_drafter(draft, engine, engine_options, offline=offline, quiet=json_out)
     if offered is not None:
-        from .tools import answer
+        from .tool_calls import answer
 
         if text is None:
             raise UsageError('--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...')
@@ -188,7 +188,7 @@ def _tools(
     """--tool and --tool-choice, checked before the model loads; None without --tool."""
     if not tool and choice is None:
         return None
-    from .tools import check_flags, read_tools
+    from .tool_calls import check_flags, read_tools
 
     offered = read_tools(tool, choice)
     if offered is not None:

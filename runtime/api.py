@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InferWarning, TemplateError, UsageError
 from .generation.loop import Generation, Stats
@@ -23,6 +23,9 @@ from .llama.offload import describe_split
 from .models.gguf import read_header
 from .models.resolve import ResolvedModel, resolve
 from .params import GenerateOptions, LoadOptions, SamplingParams
+
+if TYPE_CHECKING:  # tool_calls' ids need `secrets`, ~10 ms of hashlib at every `infer run`
+    from .generation.tool_plan import ToolPlan
 
 
 def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Model:
@@ -121,14 +124,19 @@ def generate(
     template: str | None = None,
     cancel: threading.Event | None = None,
     drafter: Session | str | None = None,
-    tools: Sequence[dict[str, Any]] | None = None,
+    tools: Sequence[dict[str, Any]] | ToolPlan | None = None,
 ) -> Generation:
     """Stream an answer from `session` (a model's `new_session()`: a follow-up in the same
     session decodes only its new tokens): iterate the result for text pieces; `.stats`
     afterwards. `drafter`
     turns on speculative decoding: "lookup" (drafts from the prompt's n-grams) or a draft model
     from load_draft(); the answer is the one plain decoding gives. `tools`: function
-    definitions rendered through the chat template (generation.tool_calls parses the calls)."""
+    definitions rendered through the chat template, or a generation.tool_plan.ToolPlan, whose
+    tools are rendered and whose grammar holds the answer (its `parse(gen.text)` reads the
+    calls back)."""
+    if tools is not None and not isinstance(tools, Sequence):  # a ToolPlan
+        sampling = tools.constrain(sampling or SamplingParams())
+        tools = tools.rendered
     model = session.model
     tokens = prompt_tokens(model, messages, raw=raw, template=template, tools=tools)
     stats = Stats(load_s=model.load_s, split=describe_split(model.split))

@@ -19,6 +19,16 @@ class UsageError(InferError):
     exit_code = 2
 
 
+class OptionError(UsageError):
+    """A generation option's value is of the wrong type or out of its range. `option` is its
+    name in runtime/options.py; each front door words it as its own field (a flag, a JSON
+    field), so the message here names none."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        self.option, self.problem = option, problem
+        super().__init__(f"{option} {problem}")
+
+
 class ModelNotFoundError(InferError):
     """A model reference names no alias, file or cached model."""
 

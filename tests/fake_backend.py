@@ -8,9 +8,11 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from infer.runtime.generation.tool_plan import ToolPlan, plan
 from infer.runtime.server.backend import (
     Finished,
-    Load,
+    FinishReason,
+    LoadReport,
     ModelInfo,
     ModelUnavailable,
     Overloaded,
@@ -37,6 +39,18 @@ class FakeJob:
     def __init__(self, backend: FakeBackend, model: str, request: TextRequest, script: Script):
         self.backend, self.model, self.request, self.script = backend, model, request, script
         self.prompt_tokens = script.prompt_tokens
+        # Planned as the pool plans it, for the template the backend pretends its model has.
+        self.tools: ToolPlan | None = (
+            None
+            if not request.tools
+            else plan(
+                request.tools,
+                request.tool_choice,
+                backend.template,
+                only=request.forced_tool,
+                parallel=request.parallel_tool_calls,
+            )
+        )
         self.generated = 0
         self.first_token_s: float | None = None
         self.cancelled = threading.Event()
@@ -74,7 +88,7 @@ class FakeJob:
                 raise RuntimeError("the decode loop fell over")
             if limit is not None and k >= limit:
                 for i in range(n):
-                    yield Finished(i, "length")
+                    yield Finished(i, FinishReason.LENGTH)
                 return
             for i in range(n):
                 waited = 0.0
@@ -83,14 +97,14 @@ class FakeJob:
                     waited += 0.01
                 if self.cancelled.is_set():
                     for j in range(n):
-                        yield Finished(j, "cancelled")
+                        yield Finished(j, FinishReason.CANCELLED)
                     return
                 self.generated += 1
                 if self.first_token_s is None:
                     self.first_token_s = self.loop.time() - self.submitted_at
                 yield Piece(i, text)
         for i in range(n):
-            yield Finished(i, s.reason)
+            yield Finished(i, FinishReason(s.reason))
 
 
 class FakeBackend:
@@ -110,6 +124,7 @@ class FakeBackend:
         self.busy_slots = 0
         self.draining = False
         self.start_error: Exception | None = None  # raised by start()
+        self.template: str | None = None  # the model's chat template (None: generic calls)
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay_s)
@@ -145,8 +160,10 @@ class FakeBackend:
         self.jobs.append(job)
         return job
 
-    def load(self) -> Load:
-        return Load(queue_depth=self.queue_depth, busy_slots=self.busy_slots, slots=self.slots)
+    def load_report(self) -> LoadReport:
+        return LoadReport(
+            queue_depth=self.queue_depth, busy_slots=self.busy_slots, slots=self.slots
+        )
 
     async def drain(self, timeout_s: float) -> None:
         """As the contract says: admit nothing more, wait for running answers up to

@@ -20,7 +20,7 @@ import pytest
 
 from infer.runtime import LoadOptions, SamplingParams, load
 from infer.runtime.errors import UsageError
-from infer.runtime.generation import tool_calls
+from infer.runtime.generation import tool_calls, tool_plan
 from infer.runtime.llama.constrained import _state
 from infer.runtime.llama.grammar import check_grammar
 from infer.runtime.llama.lazy import pattern
@@ -225,10 +225,12 @@ def test_a_lazy_grammar_comes_with_its_triggers() -> None:
     )
     assert text.startswith("root ::= ")  # plain GBNF: the triggers are not in the text
     assert tool_calls.lazy_grammar(TOOLS, "hermes")[1] == (GrammarTrigger("<tool_call>"),)
-    assert tool_calls.choice_grammar(TOOLS, "llama3", "auto", None) == (text, triggers)
-    required = tool_calls.choice_grammar(TOOLS, "llama3", "required", None)
-    assert required == (tool_calls.grammar(TOOLS, "llama3"), ())
-    assert tool_calls.choice_grammar(TOOLS, "llama3", "none", None) == ("", ())
+    auto = tool_plan.plan(TOOLS, "auto", LLAMA3)
+    assert (auto.format, auto.grammar, auto.triggers) == ("llama3", text, triggers)
+    required = tool_plan.plan(TOOLS, "required", LLAMA3)
+    assert (required.grammar, required.triggers) == (tool_calls.grammar(TOOLS, "llama3"), ())
+    none = tool_plan.plan(TOOLS, "none", LLAMA3)
+    assert (none.grammar, none.triggers, none.rendered, none.markers) == ("", (), None, ())
     assert pattern(GrammarTrigger("[TOOL_CALLS]")) == "(\\[TOOL_CALLS\\])"
     assert pattern(GrammarTrigger('{"name"', at_start=True)) == '^\\s*(\\{"name")'
 

@@ -262,6 +262,10 @@ def _msgs(*items: Any) -> dict[str, Any]:
     return {"messages": list(items)}
 
 
+def _fn(name: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, **fields}}
+
+
 INVALID_CHAT = [
     ({"model": None}, "model"),
     ({"model": 3}, "model"),
@@ -306,6 +310,11 @@ INVALID_CHAT = [
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
     ({"tools": [{"type": "function"}]}, "tools[0]"),
+    # the runtime's one validator (tool_calls.definitions), its refusal mapped to the field
+    ({"tools": [_fn("f"), _fn("f")]}, "tools[1].function.name"),
+    ({"tools": [_fn("f"), _fn("g", parameters={"type": "array"})]}, "tools[1].function.parameters"),
+    ({"tools": [_fn("f", description=3)]}, "tools[0].function.description"),
+    ({"tools": [_fn("f", parameters={"properties": {"a": 3}})]}, "tools[0].function.parameters"),
     ({"tool_choice": "auto"}, "tool_choice"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"response_format": {"type": "yaml"}}, "response_format"),

@@ -6,7 +6,10 @@ import json
 
 import pytest
 
+from infer.runtime.errors import UsageError
 from infer.runtime.generation import tool_calls as tc
+from infer.runtime.generation import tool_plan
+from infer.runtime.params import SamplingParams
 
 
 def _calls(parsed: tc.Parsed) -> list[tuple[str, dict]]:
@@ -117,3 +120,70 @@ def test_openai_shape() -> None:
         "type": "function",
         "function": {"name": "f", "arguments": '{"a": 1}'},
     }
+
+
+# --- the plan (runtime/generation/tool_plan.py), shared by `run --tool` and the server -------
+TOOLS = tc.definitions([{"name": "f", "parameters": {"type": "object"}}, {"name": "g"}])
+TWO = '{"name": "f", "arguments": {}}\n{"name": "g", "arguments": {"x": 1}}'
+
+
+def test_definitions_say_which_tool_and_field() -> None:
+    cases = [
+        ([{"name": "f"}, {"name": "f g"}], 1, "name"),
+        ([{"name": "f"}, {"name": "f"}], 1, "name"),
+        ([{"name": "f", "parameters": {"type": "array"}}], 0, "parameters"),
+        ([{"name": "f", "parameters": {"properties": {"a": 3}}}], 0, "parameters"),
+        ([{"name": "f", "description": 3}], 0, "description"),
+        ([{"type": "other", "function": {"name": "f"}}], 0, ""),
+    ]
+    for items, index, field in cases:
+        with pytest.raises(tc.ToolDefinitionError) as e:
+            tc.definitions(items, "--tool")
+        assert (e.value.index, e.value.field) == (index, field)
+        assert str(e.value).startswith("--tool: ") and e.value.reason  # the server's message
+
+
+def test_a_plan_parses_in_its_templates_syntax_and_only_offered_tools() -> None:
+    plan = tool_plan.plan(TOOLS, "auto", "{{ messages }}")
+    assert plan.format == tc.GENERIC and plan.names == {"f", "g"}
+    assert [c.name for c in plan.parse(TWO).calls] == ["f", "g"]
+    assert plan.parse('{"name": "h", "arguments": {}}').calls == []
+    hermes = tool_plan.plan(TOOLS, "auto", "<tool_call>")
+    assert hermes.parse(TWO).calls == [] and hermes.markers == ("<tool_call>",)
+
+
+def test_a_plan_without_parallel_calls_keeps_the_first() -> None:
+    plan = tool_plan.plan(TOOLS, "auto", None, parallel=False)
+    assert [c.name for c in plan.parse(TWO).calls] == ["f"]
+    one = tool_plan.plan(TOOLS, "auto", "<tool_call>", parallel=False).grammar
+    assert one != tool_plan.plan(TOOLS, "auto", "<tool_call>").grammar  # one call, then the end
+
+
+def test_none_offers_nothing_and_reads_nothing() -> None:
+    plan = tool_plan.plan(TOOLS, "none", "<tool_call>")
+    assert plan.rendered is None and plan.markers == () and plan.grammar == ""
+    assert plan.parse(TWO) == tc.Parsed(TWO, [])
+    sampling = SamplingParams(grammar='root ::= "x"')
+    assert plan.constrain(sampling) is sampling
+
+
+def test_constrain_forces_a_required_call_and_keeps_a_given_grammar_under_auto() -> None:
+    given = SamplingParams(grammar='root ::= "x"')
+    required = tool_plan.plan(TOOLS, "required", None, only="g")
+    assert required.constrain(given).grammar == tc.grammar(TOOLS, tc.GENERIC, "g")
+    assert required.constrain(given).grammar_triggers == ()
+    auto = tool_plan.plan(TOOLS, "auto", None)
+    assert auto.constrain(given) is given  # response_format holds the whole answer
+    lazy = auto.constrain(SamplingParams())
+    assert (lazy.grammar, lazy.grammar_triggers) == (auto.grammar, auto.triggers)
+    assert lazy.grammar_triggers  # a lazy grammar: free text until a call starts
+
+
+def test_auto_without_an_enforceable_schema_leaves_the_model_free() -> None:
+    """plan() may be handed definitions no validator saw (a Python caller): under "auto" a
+    schema no grammar enforces means no grammar, not an error."""
+    raw = [{"type": "function", "function": {"name": "f", "parameters": {"properties": 3}}}]
+    plan = tool_plan.plan(raw, "auto", None)
+    assert (plan.grammar, plan.triggers, plan.names) == ("", (), {"f"})
+    with pytest.raises(UsageError):
+        tool_plan.plan(raw, "required", None)

@@ -92,3 +92,24 @@ def test_completions_refuse_tools(served: Served) -> None:
     with httpx.Client(base_url=served.url, timeout=30) as c:
         r = c.post("/v1/completions", json={"model": "m", "prompt": "x", "tools": TOOLS})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+
+
+def test_the_jobs_plan_decides_the_syntax(served: Served) -> None:
+    """The answer is read in the syntax the backend planned for its model's template (the job
+    carries the plan): a bare JSON call is content to a Hermes model."""
+    hermes = ["Sure. ", "<tool_", 'call>{"name": "f", "arguments": {}}</tool_call>']
+    served.backend.template = "{% if tools %}<tool_call>{% endif %}"
+    try:
+        message = _post(served, CALL).json()["choices"][0]["message"]
+        assert message == {"role": "assistant", "content": "".join(CALL)}
+        events = sse_events(_post(served, hermes, stream=True).text)
+    finally:
+        served.backend.template = None
+    chunks = [e for e in events if isinstance(e, dict)]
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert content == "Sure. "  # held from where the marker may begin ("<tool_")
+    parts = [p for c in chunks for p in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [p["function"].get("name") for p in parts] == ["f", None]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    request = served.backend.submits[-1][1]
+    assert not hasattr(request, "tool_format")  # nothing is written back into the request

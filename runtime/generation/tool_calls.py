@@ -19,6 +19,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UsageError
 from ..params import GrammarTrigger
 
 HERMES, LLAMA3, MISTRAL, GENERIC = "hermes", "llama3", "mistral", "generic"
@@ -252,7 +253,6 @@ def lazy_grammar(
 
 def _call_rules(tools: list[dict[str, Any]], kind: str, only: str | None) -> str:
     """The rule `infer-tool-call`: one call object of one of `tools` (or of `only`)."""
-    from ..errors import UsageError
     from ..llama.grammar import schema_dict_grammar
 
     key = "parameters" if kind == LLAMA3 else "arguments"
@@ -280,54 +280,63 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 CHOICES = ("auto", "required", "none")
 
 
+class ToolDefinitionError(UsageError):
+    """A function definition refused by `definitions`: `index` (0-based) and `field` ("" for
+    the whole item, else "name", "parameters" or "description") say where, so the server can
+    name `tools[i].function.field`; `reason` is the message without the CLI's prefix."""
+
+    def __init__(self, message: str, index: int, field: str, reason: str) -> None:
+        super().__init__(message)
+        self.index, self.field, self.reason = index, field, reason
+
+
 def definitions(items: Sequence[Any], what: str = "--tool") -> list[dict[str, Any]]:
     """Function definitions, each OpenAI's `{"type": "function", "function": {...}}` or a bare
-    `{"name", "description", "parameters"}`, in OpenAI's shape. UsageError naming `what` for one
-    without a valid name, a name given twice, or parameters that are not an object schema the
-    grammar converter enforces (checked here, before any model loads)."""
-    from ..errors import UsageError
-    from ..llama.grammar import schema_dict_grammar
-
+    `{"name", "description", "parameters"}`, in OpenAI's shape: the one validator of tools,
+    for `--tool` and the server alike. ToolDefinitionError naming `what` for one without a
+    valid name, a name given twice, or parameters that are not an object schema the grammar
+    converter enforces (checked here, before any model loads)."""
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
-        fn = item.get("function") if isinstance(item, dict) and "function" in item else item
-        if not isinstance(fn, dict) or (
-            fn is not item and (item.get("type", "function") != "function")
-        ):
-            raise UsageError(
-                f'{what}: tool {i + 1} is not a function definition ({{"name": ..., '
-                '"parameters": {...}} or {"type": "function", "function": {...}})'
-            )
-        name = fn.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise UsageError(
-                f"{what}: tool {i + 1} needs a 'name' of 1 to 64 of a-z A-Z 0-9 _ . - "
-                f"(got {name!r})"
-            )
-        if any(t["function"]["name"] == name for t in out):
-            raise UsageError(f"{what}: two tools are named {name!r}")
-        params = fn.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(params, dict) or params.get("type", "object") != "object":
-            raise UsageError(f"{what}: {name}: 'parameters' must be a JSON schema of an object")
-        schema_dict_grammar(params, f"{what}: {name}: parameters")
-        description = fn.get("description")
-        if description is not None and not isinstance(description, str):
-            raise UsageError(f"{what}: {name}: 'description' must be a string")
-        entry: dict[str, Any] = {"name": name, "parameters": params}
-        if description is not None:
-            entry["description"] = description
-        out.append({"type": "function", "function": entry})
+        out.append(_definition(item, i, what, {t["function"]["name"] for t in out}))
     return out
 
 
-def choice_grammar(
-    tools: list[dict[str, Any]], kind: str, choice: str, only: str | None
-) -> tuple[str, tuple[GrammarTrigger, ...]]:
-    """The grammar for a tool_choice, and its triggers: "required" (of `only`, or of any tool)
-    forces one call whose arguments validate; "auto" holds a call to the schemas only once the
-    model starts one (a lazy grammar, with triggers); "none": no grammar ("", ())."""
-    if choice == "required":
-        return grammar(tools, kind, only), ()
-    if choice == "auto":
-        return lazy_grammar(tools, kind)
-    return "", ()
+def _definition(item: Any, i: int, what: str, taken: set[str]) -> dict[str, Any]:
+    from ..llama.grammar import schema_dict_grammar
+
+    def refuse(field: str, reason: str, message: str) -> ToolDefinitionError:
+        return ToolDefinitionError(message, i, field, reason)
+
+    fn = item.get("function") if isinstance(item, dict) and "function" in item else item
+    wrapped = fn is not item and item.get("type", "function") != "function"
+    if not isinstance(fn, dict) or wrapped:
+        reason = (
+            'not a function definition ({"name": ..., "parameters": {...}} or '
+            '{"type": "function", "function": {...}})'
+        )
+        raise refuse("", reason, f"{what}: tool {i + 1} is {reason}")
+    name = fn.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        reason = "a function name is 1 to 64 of a-z A-Z 0-9 _ . -"
+        message = f"{what}: tool {i + 1} needs a 'name' of 1 to 64 of a-z A-Z 0-9 _ . - "
+        raise refuse("name", reason, message + f"(got {name!r})")
+    if name in taken:
+        reason = f"two tools are named {name!r}"
+        raise refuse("name", reason, f"{what}: {reason}")
+    params = fn.get("parameters", {"type": "object", "properties": {}})
+    if not isinstance(params, dict) or params.get("type", "object") != "object":
+        reason = "'parameters' must be a JSON schema of an object"
+        raise refuse("parameters", reason, f"{what}: {name}: {reason}")
+    try:
+        schema_dict_grammar(params, f"{what}: {name}: parameters")
+    except UsageError as e:
+        raise refuse("parameters", str(e), str(e)) from None
+    description = fn.get("description")
+    if description is not None and not isinstance(description, str):
+        reason = "'description' must be a string"
+        raise refuse("description", reason, f"{what}: {name}: {reason}")
+    entry: dict[str, Any] = {"name": name, "parameters": params}
+    if description is not None:
+        entry["description"] = description
+    return {"type": "function", "function": entry}

@@ -28,6 +28,7 @@ from ..params import LoadOptions, SamplingParams, physical_cores
 from .aborts import doing
 from .bindings import bindings
 from .core_share import CoreShare
+from .cpu_kernels import repack_is_safe
 from .engine import (
     ALL_LAYERS,
     _captured,
@@ -36,6 +37,7 @@ from .engine import (
     _FixedCores,
     _install_log_callback,
     default_ctx,
+    system_info,
 )
 from .offload import default_gpu_layers, device_split, has_offload_devices
 from .rpc import add_servers, rpc_servers
@@ -57,6 +59,7 @@ def _model_params(ll: Any, gpu_layers: int, sigint: _DeferredSigint) -> Any:
     mparams = ll.llama_model_default_params()
     mparams.n_gpu_layers = gpu_layers
     mparams.progress_callback = sigint.progress
+    mparams.use_extra_bufts = repack_is_safe(system_info())  # llama/cpu_kernels.py
     # mmap on. Recent bindings have no use_mmap field (assigning it would only add a Python
     # attribute): there the default load_mode AUTO maps the file wherever the devices can.
     if any(name == "use_mmap" for name, *_ in mparams._fields_):

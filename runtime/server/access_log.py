@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .metrics import Metrics
-from .openai_schema import ApiError
+from .openai_protocol import ApiError
 from .security import ASGIApp, Message, Receive, Scope, Send, send_error
 
 SCOPE_KEY = "infer.log"

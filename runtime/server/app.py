@@ -5,17 +5,20 @@ access log, the Host allow-list, CORS (only when asked for) and the API key.
 
 Layers, outermost first: AccessLog (request id, one line per request, a bug becomes a 500
 here and never kills the server) → HostCheck → CORS → ApiKeyCheck → routes.
+
+A generation request walks one way: route → protocol.parse_* (the body into TextRequests) →
+backend.submit (Jobs) → answer.Answer (their events into choices), shaped by the protocol
+(protocol.answer_object, or protocol.ChunkStream frames through answer.EventStream).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import secrets
+import functools
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,20 +38,19 @@ from ..errors import (
     TemplateError,
     UsageError,
 )
-from . import openai_schema as schema
+from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
+from .answer import Answer, EventStream, race_disconnect
 from .backend import (
     Backend,
-    Finished,
     Job,
     ModelUnavailable,
     Overloaded,
-    Piece,
     PromptTooLong,
     TooManyChoices,
 )
 from .metrics import CONTENT_TYPE, Metrics
-from .openai_schema import ApiError
+from .openai_protocol import ApiError
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -205,7 +207,7 @@ class _Api:
         return JSONResponse({"status": "loading"}, 503)
 
     async def prometheus(self, request: Request) -> Response:
-        text = self.metrics.render(self.backend.load())
+        text = self.metrics.render(self.backend.load_report())
         return Response(text, media_type=CONTENT_TYPE)
 
     async def list_models(self, request: Request) -> Response:
@@ -257,29 +259,32 @@ class _Api:
         try:
             raw = await read_body(request.receive, request.headers, self.settings.max_body)
             body = parse_json(raw)
-            parsed = schema.parse_chat(body) if chat else schema.parse_completion(body)
+            parsed = protocol.parse_chat(body) if chat else protocol.parse_completion(body)
             record.model = parsed.model
             jobs = await self._submit(parsed, record, "messages" if chat else "prompt")
         except ApiError as e:
             return _error_response(e)
         except ClientGone:
             return Response(status_code=400)
-        answer = _Answer(parsed, jobs, record, chat=chat)
+        answer = Answer(jobs, record, parsed.request.n)
         if parsed.stream:
-            return _EventStream(answer)
+            on_error = functools.partial(backend_error, record=record, prompt_param="")
+            shaper = protocol.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
+            return EventStream(answer, shaper)
         try:
-            result = await _race_disconnect(answer.collect(), request.receive)
+            choices = await race_disconnect(answer.collect(), request.receive)
         except Exception as e:
             answer.cancel()
             return _error_response(backend_error(e, record, ""))
-        if result is None:  # the client went away: nobody to answer
+        if choices is None:  # the client went away: nobody to answer
             answer.cancel()
             record.disconnected = True
             return Response(status_code=400)
-        return JSONResponse(result)
+        used = protocol.usage(record.prompt_tokens, record.completion_tokens)
+        return JSONResponse(protocol.answer_object(chat, answer.model, choices, used))
 
     async def _submit(
-        self, parsed: schema.ParsedRequest, record: LogRecord, param: str
+        self, parsed: protocol.ParsedRequest, record: LogRecord, param: str
     ) -> list[Job]:
         jobs: list[Job] = []
         record.started = time.monotonic()
@@ -295,234 +300,3 @@ class _Api:
 
 def _model_object(m: Any) -> dict[str, Any]:
     return {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
-
-
-async def _race_disconnect(work: Any, receive: Any) -> Any:
-    """`work`'s result, or None as soon as the client disconnects (work is then cancelled)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in (task, watch):
-            if not t.done():
-                t.cancel()
-                with contextlib.suppress(BaseException):
-                    await t
-    if task.done() and not task.cancelled():
-        return task.result()
-    return None
-
-
-async def _disconnected(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class _Answer:
-    """The jobs of one request (several for a completions list of prompts), their events
-    merged with each job's choices numbered after the previous job's."""
-
-    def __init__(
-        self, parsed: schema.ParsedRequest, jobs: list[Job], record: LogRecord, *, chat: bool
-    ) -> None:
-        self.parsed, self.jobs, self.record, self.chat = parsed, jobs, record, chat
-        prefix = "chatcmpl-" if chat else "cmpl-"
-        self.id = prefix + secrets.token_hex(12)
-        self.created = int(time.time())
-        self.model = jobs[0].model
-        self.choices = parsed.request.n * len(jobs)
-        self.done = False
-        record.prompt_tokens = sum(j.prompt_tokens for j in jobs)
-
-    def cancel(self) -> None:
-        if not self.done:
-            for job in self.jobs:
-                job.cancel()
-
-    def usage(self) -> dict[str, int]:
-        return schema.usage(self.record.prompt_tokens, self.record.completion_tokens)
-
-    async def events(self) -> AsyncIterator[Piece | Finished]:
-        try:
-            if len(self.jobs) == 1:
-                async for event in self.jobs[0].events():
-                    self._seen(event)
-                    yield event
-            else:
-                async for event in self._merged():
-                    self._seen(event)
-                    yield event
-            self.done = True
-        finally:
-            self._account()
-
-    def _seen(self, event: Piece | Finished) -> None:
-        if self.record.ttft_s is None and isinstance(event, Piece):
-            self.record.ttft_s = time.monotonic() - self.record.started
-
-    def _account(self) -> None:
-        self.record.completion_tokens = sum(j.completion_tokens for j in self.jobs)
-        ttfts = [j.ttft_s for j in self.jobs if j.ttft_s is not None]
-        if ttfts:
-            self.record.ttft_s = min(ttfts)
-        if self.record.ttft_s is not None:
-            total = time.monotonic() - self.record.started
-            self.record.generation_s = max(0.0, total - self.record.ttft_s)
-
-    async def _merged(self) -> AsyncIterator[Piece | Finished]:
-        queue: asyncio.Queue[Piece | Finished | BaseException | None] = asyncio.Queue()
-        n = self.parsed.request.n
-
-        async def pump(k: int, job: Job) -> None:
-            try:
-                async for e in job.events():
-                    moved = (
-                        Piece(e.index + k * n, e.text)
-                        if isinstance(e, Piece)
-                        else Finished(e.index + k * n, e.reason)
-                    )
-                    queue.put_nowait(moved)
-            except Exception as e:
-                queue.put_nowait(e)
-            finally:
-                queue.put_nowait(None)
-
-        tasks = [asyncio.create_task(pump(k, job)) for k, job in enumerate(self.jobs)]
-        try:
-            remaining = len(tasks)
-            while remaining:
-                item = await queue.get()
-                if item is None:
-                    remaining -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
-        finally:
-            for t in tasks:
-                t.cancel()
-
-    async def collect(self) -> dict[str, Any]:
-        texts = [[] for _ in range(self.choices)]  # type: list[list[str]]
-        reasons = ["stop"] * self.choices
-        async for event in self.events():
-            if isinstance(event, Piece):
-                texts[event.index].append(event.text)
-            else:
-                reasons[event.index] = event.reason
-        joined = ["".join(t) for t in texts]
-        if not self.chat:
-            return schema.completion_answer(
-                self.id, self.created, self.model, joined, reasons, self.usage()
-            )
-        calls: list[list[dict[str, Any]]] = []
-        contents: list[str | None] = []
-        for text in joined:
-            parsed = self._parse_calls(text)
-            calls.append([c.openai() for c in parsed.calls] if parsed else [])
-            contents.append(parsed.content if parsed else text)
-        return schema.chat_answer(
-            self.id, self.created, self.model, joined, reasons, self.usage(), calls, contents
-        )
-
-    def _parse_calls(self, text: str) -> Any:
-        """The model's answer parsed for calls of the offered tools (None: none offered)."""
-        request = self.parsed.request
-        if not self.chat or not request.tools:
-            return None
-        from ..generation import tool_calls
-
-        names = {t["function"]["name"] for t in request.tools}
-        parsed = tool_calls.parse(text, request.tool_format, names)
-        if not request.parallel_tool_calls and len(parsed.calls) > 1:
-            parsed = tool_calls.Parsed(parsed.content, parsed.calls[:1])
-        return parsed
-
-    async def sse(self) -> AsyncGenerator[bytes, None]:
-        """The answer as server-sent events, ending with `data: [DONE]`."""
-        chunks = schema.ChunkMaker(self.id, self.created, self.model, self.chat)
-        for i in range(self.choices):
-            role = chunks.role(i)
-            if role is not None:
-                yield _event(role)
-        tools = self.chat and bool(self.parsed.request.tools)
-        held = [""] * self.choices  # with tools: each choice's text so far
-        sent = [0] * self.choices  # ... and how much of it went out as content
-        markers: tuple[str, ...] = ()
-        if tools:
-            from ..generation import tool_calls
-
-            markers = tool_calls.start_markers(self.parsed.request.tool_format)
-        try:
-            async for event in self.events():
-                i = event.index
-                if isinstance(event, Piece):
-                    if not tools:
-                        if event.text:
-                            yield _event(chunks.text(i, event.text))
-                        continue
-                    held[i] += event.text
-                    cut = tool_calls.emittable(held[i], markers)
-                    if cut > sent[i]:
-                        yield _event(chunks.text(i, held[i][sent[i] : cut]))
-                        sent[i] = cut
-                    continue
-                reason = event.reason
-                if tools:
-                    parsed = self._parse_calls(held[i])
-                    if parsed is not None and parsed.calls:
-                        for k, call in enumerate(parsed.calls):
-                            yield _event(chunks.tool_call(i, k, call.openai(), True))
-                            yield _event(chunks.tool_call(i, k, call.openai(), False))
-                        reason = "tool_calls"
-                    elif len(held[i]) > sent[i]:
-                        yield _event(chunks.text(i, held[i][sent[i] :]))
-                yield _event(chunks.finish(i, reason))
-        except Exception as e:  # the status line is sent: say it in the stream, as OpenAI does
-            self.cancel()
-            yield _event(backend_error(e, self.record, "").body())
-            return
-        if self.parsed.include_usage:
-            yield _event(chunks.usage(self.usage()))
-        yield b"data: [DONE]\n\n"
-
-
-def _event(payload: dict[str, Any]) -> bytes:
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return b"data: " + text.encode() + b"\n\n"
-
-
-class _EventStream(Response):
-    """A text/event-stream answer that cancels its jobs the moment the client disconnects:
-    a watcher waits on `receive()` for http.disconnect while the events are sent."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, answer: _Answer) -> None:  # no Content-Length: the length is unknown
-        self.status_code, self.background = 200, None
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
-        self.answer = answer
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        stream = self.answer.sse()
-
-        async def pump() -> bool:
-            async for data in stream:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return True
-
-        try:
-            finished = await _race_disconnect(pump(), receive)
-        except OSError:  # a write to a closed connection
-            finished = None
-        if finished is None:
-            self.answer.record.disconnected = True
-            self.answer.cancel()
-        await stream.aclose()

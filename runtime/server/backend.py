@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from ..errors import InferError
 from ..generation.templates import Message
+from ..generation.tool_plan import ToolPlan
 from ..params import LoadOptions
 
 
@@ -52,8 +54,6 @@ class TextRequest:
     tool_choice: str = "auto"
     forced_tool: str | None = None
     parallel_tool_calls: bool = True
-    # set by the backend at submit: the syntax the model's template writes calls in
-    tool_format: str = "generic"
 
 
 @dataclass(frozen=True)
@@ -62,17 +62,28 @@ class Piece:
     text: str
 
 
+class FinishReason(str, Enum):
+    """Why a choice ended: one set for the backend and answer assembly; each protocol module
+    maps it to its own words (OpenAI's has no "cancelled": a cut answer is "length")."""
+
+    STOP = "stop"  # end of generation or a stop string
+    LENGTH = "length"  # max_tokens or the sequence's context
+    CANCELLED = "cancelled"  # Job.cancel or shutdown
+    TOOL_CALLS = "tool_calls"  # the answer is tool calls (answer assembly, never a backend)
+
+
 @dataclass(frozen=True)
 class Finished:
     index: int
-    # "stop" (end of generation or a stop string) | "length" (max_tokens or the sequence's
-    # context) | "cancelled" (Job.cancel or shutdown)
-    reason: str
+    reason: FinishReason
 
 
 class Job(Protocol):
     model: str  # the id the answer names
     prompt_tokens: int  # known at admission
+    # The request's tools as this model's template writes and reads them (None: none offered):
+    # the answer's text is parsed into calls with it.
+    tools: ToolPlan | None
 
     def events(self) -> AsyncIterator[Piece | Finished]:
         """Pieces as they are generated, a Finished per choice; ends after the last Finished."""
@@ -108,8 +119,8 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class Load:
-    """What /metrics reports besides the HTTP side's own counters."""
+class LoadReport:
+    """How busy the backend is: what /metrics reports besides the HTTP side's own counters."""
 
     queue_depth: int  # admitted requests waiting for a slot
     busy_slots: int  # sequences decoding now
@@ -146,7 +157,9 @@ class Backend(Protocol):
         one-line reason: 400 for a UsageError/TemplateError, 500 otherwise)."""
         ...
 
-    def load(self) -> Load: ...
+    def load_report(self) -> LoadReport:
+        """Queue depth and slots in use, now (for /metrics)."""
+        ...
 
     async def embed(self, model: str, inputs: list[str] | list[list[int]]) -> Embeddings:
         """Vectors for texts (or token arrays), batched with other embedding requests for the

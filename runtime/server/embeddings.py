@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backend import Embeddings
-from .openai_schema import invalid
+from .openai_protocol import invalid
 
 MAX_INPUTS = 2048  # as OpenAI's limit on one request
 

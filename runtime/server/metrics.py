@@ -7,7 +7,7 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .backend import Load
+from .backend import LoadReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -69,7 +69,7 @@ class Metrics:
             steps = generated_tokens - 1
             self.per_token.observe(generation_s / steps, steps)
 
-    def render(self, load: Load) -> str:
+    def render(self, load: LoadReport) -> str:
         lines = [
             "# HELP infer_requests_total HTTP requests answered, by status code.",
             "# TYPE infer_requests_total counter",

@@ -23,6 +23,7 @@ from typing import Any
 from ..api import load, prompt_tokens
 from ..errors import BadReferenceError, ModelFileError, ModelNotFoundError, UsageError
 from ..generation.templates import Message
+from ..generation.tool_plan import ToolPlan
 from ..llama.embedder import (
     Embedder,
     embedding_tokens,
@@ -36,10 +37,10 @@ from ..llama.offload import describe_split
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
-from ..params import GenerateOptions, GrammarTrigger, SamplingParams
+from ..params import GenerateOptions, SamplingParams
 from .backend import (
     Embeddings,
-    Load,
+    LoadReport,
     ModelInfo,
     ModelUnavailable,
     Overloaded,
@@ -130,7 +131,7 @@ class ModelPool:
         worker = served.worker
         if request.n > worker.slots:
             raise TooManyChoices(request.n, worker.slots)
-        tokens = await asyncio.to_thread(self._tokens, served, request)
+        tokens, tools = await asyncio.to_thread(self._tokens, served, request)
         if not tokens:
             raise UsageError("the prompt is empty")
         if len(tokens) >= worker.n_ctx_seq:
@@ -138,12 +139,14 @@ class ModelPool:
         options = GenerateOptions(
             max_tokens=request.max_tokens, stop=list(request.stop), ignore_eog=request.ignore_eos
         )
+        sampling = self._sampling(served, request)
         job = ServedJob(
             served.resolved.name,
             tokens,
-            self._sampling(served, request),
+            [tools.constrain(s) for s in sampling] if tools else sampling,
             options.validate(),
             asyncio.get_running_loop(),
+            tools=tools,
         )
         worker.submit(job)
         self._served.move_to_end(served.resolved.name)
@@ -180,9 +183,9 @@ class ModelPool:
         if queued >= self.config.queue:
             raise Overloaded(queued)
 
-    def load(self) -> Load:
+    def load_report(self) -> LoadReport:
         workers = [s.worker for s in self._served.values()]
-        return Load(
+        return LoadReport(
             queue_depth=sum(len(w.waiting) for w in workers),
             busy_slots=sum(w.busy_slots for w in workers),
             slots=sum(w.slots for w in workers),
@@ -302,19 +305,20 @@ class ModelPool:
 
     # -- requests --------------------------------------------------------------------------------
 
-    def _tokens(self, served: _Served, request: TextRequest) -> list[int]:
+    def _tokens(self, served: _Served, request: TextRequest) -> tuple[list[int], ToolPlan | None]:
+        """The prompt's tokens, and the plan for the request's tools in this model's syntax."""
         engine, defaults = served.engine, served.resolved.defaults
         if request.messages is not None:
             messages = list(request.messages)
             if defaults.system and not any(m.role == "system" for m in messages):
                 messages.insert(0, Message("system", defaults.system))
-            template = defaults.chat_template or engine.chat_template
-            if request.tools:
-                _tool_setup(request, template)
-            return prompt_tokens(
-                engine, messages, template=defaults.chat_template, tools=request.tools
+            tools = _tool_plan(request, defaults.chat_template or engine.chat_template)
+            rendered = tools.rendered if tools else None
+            tokens = prompt_tokens(
+                engine, messages, template=defaults.chat_template, tools=rendered
             )
-        return prompt_tokens(engine, [Message("user", request.prompt or "")], raw=True)
+            return tokens, tools
+        return prompt_tokens(engine, [Message("user", request.prompt or "")], raw=True), None
 
     def _sampling(self, served: _Served, request: TextRequest) -> list[SamplingParams]:
         """The request's fields over the model's models.toml defaults over infer's; one per
@@ -332,29 +336,21 @@ class ModelPool:
         return [replace(base, seed=(base.seed + i) % 2**32) for i in range(request.n)]
 
 
-def _tool_setup(request: TextRequest, template: str | None) -> None:
-    """The syntax the model writes calls in (from its template) and the grammar for the
-    choice: a required call is forced, one whose arguments match the tool's schema; with "auto"
-    a lazy grammar holds a call to its schema from its start marker on (unless response_format
-    constrains the whole answer)."""
-    from ..generation import tool_calls
+def _tool_plan(request: TextRequest, template: str | None) -> ToolPlan | None:
+    """The request's tools planned for the model's template (None: none offered): the syntax
+    it writes calls in, and the grammar its tool_choice asks for (applied to each choice's
+    sampling at submit, never written back into the request)."""
+    from ..generation.tool_plan import plan
 
-    request.tool_format = tool_calls.family(template)
     if not request.tools:
-        return
-    if request.tool_choice == "required":
-        gbnf = tool_calls.grammar(request.tools, request.tool_format, request.forced_tool)
-        triggers: tuple[GrammarTrigger, ...] = ()
-    elif request.tool_choice == "auto" and "grammar" not in request.sampling:
-        try:
-            gbnf, triggers = tool_calls.lazy_grammar(
-                request.tools, request.tool_format, request.parallel_tool_calls
-            )
-        except UsageError:  # a schema keyword no grammar enforces: the model decides freely
-            return
-    else:
-        return
-    request.sampling = {**request.sampling, "grammar": gbnf, "grammar_triggers": triggers}
+        return None
+    return plan(
+        request.tools,
+        request.tool_choice,
+        template,
+        only=request.forced_tool,
+        parallel=request.parallel_tool_calls,
+    )
 
 
 def _embedding_tokens(engine: Model, inputs: Sequence[str | list[int]]) -> list[list[int]]:

@@ -9,7 +9,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .openai_schema import ApiError
+from .openai_protocol import ApiError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -25,10 +25,11 @@ from ..errors import InferError, Interrupted
 from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
-from .backend import Finished, Piece
+from .backend import Finished, FinishReason, Piece
 
 if TYPE_CHECKING:
     from ..generation.prompt_cache import PromptCache
+    from ..generation.tool_plan import ToolPlan
 
 Event = Piece | Finished
 
@@ -50,8 +51,10 @@ class ServedJob:
         sampling: list[SamplingParams],
         options: GenerateOptions,
         loop: asyncio.AbstractEventLoop,
+        tools: ToolPlan | None = None,
     ) -> None:
         self.model, self.tokens, self.sampling, self.options = model, tokens, sampling, options
+        self.tools = tools  # for the HTTP side, which parses the answer's calls with it
         self.prompt_tokens = len(tokens)
         self._loop = loop
         self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
@@ -302,7 +305,7 @@ class ModelWorker:
         """Under the lock: cancelled jobs leave, queued jobs take the free slots."""
         for job in [j for j in self.waiting if j.cancelled]:
             self.waiting.remove(job)
-            job.pending = [Finished(i, "cancelled") for i in range(job.n)]
+            job.pending = [Finished(i, FinishReason.CANCELLED) for i in range(job.n)]
             job.flush()
         for job in [j for j in self._running if j.cancelled]:
             for seq in list(job.seqs.values()):
@@ -334,7 +337,7 @@ class ModelWorker:
         reason = {"context": "length", "interrupted": "cancelled", "error": "cancelled"}.get(
             result.finish_reason, result.finish_reason
         )
-        job.pending.append(Finished(choice, reason))
+        job.pending.append(Finished(choice, FinishReason(reason)))
 
     def _flush(self) -> None:
         loops = {job.flush() for job in self._running}

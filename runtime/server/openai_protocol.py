@@ -1,5 +1,7 @@
-"""OpenAI's request and response shapes: a JSON body validated into a `TextRequest`, and the
-answer objects and stream chunks built back. Pure data: no HTTP, no starlette.
+"""OpenAI's protocol: a JSON body validated into a `TextRequest` (`parse_chat`,
+`parse_completion`), and the choices that answer assembly (answer.py) made of the jobs' events
+shaped back into answer objects (`answer_object`) and stream chunks (`ChunkStream`); finish
+reasons become OpenAI's words here and nowhere else. Pure data: no HTTP, no starlette.
 
 Every field the server cannot honour is refused with a 400 naming it, never silently ignored;
 fields it does not know are ignored (OpenAI's clients send new ones all the time). Numbers are
@@ -10,12 +12,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import secrets
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..generation.templates import Message
-from .backend import TextRequest
+from ..generation.tool_calls import ToolCall
+from .backend import FinishReason, TextRequest
 
 MAX_TOKENS_LIMIT = (
     1 << 20
@@ -303,38 +308,8 @@ MAX_TOOLS = 128
 def _tools(body: dict[str, Any], request: TextRequest) -> None:
     """`tools`, `tool_choice` and `parallel_tool_calls` into the request (tool_choice "none":
     no tools are offered to the model at all)."""
-    tools = body.get("tools")
-    if tools in (None, []):
-        tools = []
-    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
-        raise invalid("tools", f"'tools' must be an array of at most {MAX_TOOLS} functions")
-    names: list[str] = []
-    offered = []
-    for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
-            raise invalid(where, f'\'{where}\' must be {{"type": "function", "function": {{...}}}}')
-        name = fn.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
-            raise invalid(
-                f"{where}.function.name", "a function name is 1 to 64 of a-z A-Z 0-9 _ . -"
-            )
-        if name in names:
-            raise invalid(f"{where}.function.name", f"two tools are named {name!r}")
-        params = fn.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(params, dict):
-            raise invalid(
-                f"{where}.function.parameters", "'parameters' must be a JSON schema object"
-            )
-        description = fn.get("description")
-        if description is not None and not isinstance(description, str):
-            raise invalid(f"{where}.function.description", "'description' must be a string")
-        names.append(name)
-        entry: dict[str, Any] = {"name": name, "parameters": params}
-        if description is not None:
-            entry["description"] = description
-        offered.append({"type": "function", "function": entry})
+    offered = _definitions(body.get("tools"))
+    names = [t["function"]["name"] for t in offered]
     choice = body.get("tool_choice")
     if choice is None:
         choice = "auto" if offered else "none"
@@ -366,6 +341,27 @@ def _tools(body: dict[str, Any], request: TextRequest) -> None:
             "tool_choice", "a required tool call and 'response_format' cannot be combined"
         )
     request.tools = offered
+
+
+def _definitions(tools: Any) -> list[dict[str, Any]]:
+    """`tools` in OpenAI's wire shape, checked by the runtime's one validator of function
+    definitions; its refusal is a 400 naming the field (`tools[2].function.name`)."""
+    from ..generation.tool_calls import ToolDefinitionError, definitions
+
+    if tools in (None, []):
+        return []
+    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
+        raise invalid("tools", f"'tools' must be an array of at most {MAX_TOOLS} functions")
+    for i, tool in enumerate(tools):  # OpenAI's shape only: no bare {"name", ...} over HTTP
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
+            where = f"tools[{i}]"
+            raise invalid(where, f'\'{where}\' must be {{"type": "function", "function": {{...}}}}')
+    try:
+        return definitions(tools, "tools")
+    except ToolDefinitionError as e:
+        where = f"tools[{e.index}]" + (f".function.{e.field}" if e.field else "")
+        raise invalid(where, e.reason) from None
 
 
 def _tool_calls(calls: Any, where: str) -> tuple[dict[str, Any], ...]:
@@ -452,12 +448,25 @@ def _content(content: Any, where: str) -> str:
 
 
 # --- answers --------------------------------------------------------------------------------
-FINISH = {"stop": "stop", "length": "length", "cancelled": "length", "tool_calls": "tool_calls"}
+# OpenAI has no "cancelled": an answer cut short by a disconnect or shutdown is "length".
+FINISH = {
+    FinishReason.STOP: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.CANCELLED: "length",
+    FinishReason.TOOL_CALLS: "tool_calls",
+}
 
 
-def finish_reason(reason: str) -> str:
-    """The backend's Finished.reason as OpenAI names it (a cancelled answer was cut short)."""
-    return FINISH.get(reason, "stop")
+class _Choice(Protocol):  # answer.Choice (not imported: answer → access_log → this module)
+    text: str
+    content: str | None
+    calls: list[ToolCall]
+    reason: FinishReason
+
+
+def finish_reason(reason: FinishReason) -> str:
+    """A choice's finish reason in OpenAI's words."""
+    return FINISH[reason]
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -468,30 +477,36 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_answer(
-    id: str,
-    created: int,
-    model: str,
-    texts: list[str],
-    reasons: list[str],
-    used: dict[str, int],
-    calls: list[list[dict[str, Any]]] | None = None,
-    contents: list[str | None] | None = None,
+def answer_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+
+
+def answer_object(
+    chat: bool, model: str, choices: Sequence[_Choice], used: dict[str, int]
 ) -> dict[str, Any]:
-    """`calls` (per choice, OpenAI's tool_calls) with `contents` (the text before them)."""
-    choices = []
-    for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if calls and calls[i]:
-            message = {"role": "assistant", "content": contents[i] if contents else None}
-            message["tool_calls"] = calls[i]
-            reason = "tool_calls"
-        choices.append(
+    """A whole answer: chat.completion or text_completion."""
+    id, created = answer_id(chat), int(time.time())
+    if chat:
+        return chat_answer(id, created, model, choices, used)
+    return completion_answer(id, created, model, choices, used)
+
+
+def chat_answer(
+    id: str, created: int, model: str, choices: Sequence[_Choice], used: dict[str, int]
+) -> dict[str, Any]:
+    """A choice with calls has them as OpenAI's tool_calls, with the text before them."""
+    out = []
+    for i, choice in enumerate(choices):
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+        if choice.calls:
+            message = {"role": "assistant", "content": choice.content}
+            message["tool_calls"] = [c.openai() for c in choice.calls]
+        out.append(
             {
                 "index": i,
                 "message": message,
                 "logprobs": None,
-                "finish_reason": finish_reason(reason),
+                "finish_reason": finish_reason(choice.reason),
             }
         )
     return {
@@ -499,70 +514,91 @@ def chat_answer(
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": choices,
+        "choices": out,
         "usage": used,
     }
 
 
 def completion_answer(
-    id: str, created: int, model: str, texts: list[str], reasons: list[str], used: dict[str, int]
+    id: str, created: int, model: str, choices: Sequence[_Choice], used: dict[str, int]
 ) -> dict[str, Any]:
-    choices = [
-        {"index": i, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}
-        for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
+    out = [
+        {"index": i, "text": c.text, "logprobs": None, "finish_reason": finish_reason(c.reason)}
+        for i, c in enumerate(choices)
     ]
     return {
         "id": id,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": choices,
+        "choices": out,
         "usage": used,
     }
 
 
-@dataclass(frozen=True)
-class ChunkMaker:
-    """Stream chunks of one answer: the same id, created and model on each."""
+class ChunkStream:
+    """OpenAI's server-sent events for one answer (an answer.StreamShaper): the chat's role
+    chunk per choice, a chunk per text piece, two per tool call (its head: id, type, name;
+    then its arguments), one per finish, the usage chunk when asked for, then `data: [DONE]`.
+    Every chunk has the same id, created and model. `on_error` maps a failure to the error
+    object that ends a stream cut short."""
 
-    id: str
-    created: int
-    model: str
-    chat: bool
+    media_type = "text/event-stream; charset=utf-8"
+
+    def __init__(
+        self, model: str, chat: bool, include_usage: bool, on_error: Callable[[Exception], ApiError]
+    ) -> None:
+        self.id, self.created, self.model, self.chat = (
+            answer_id(chat),
+            int(time.time()),
+            model,
+            chat,
+        )
+        self.include_usage, self.on_error = include_usage, on_error
+
+    def opening(self, choices: int) -> list[bytes]:
+        if not self.chat:  # completions have no roles
+            return []
+        return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(choices)]
+
+    def text(self, index: int, text: str) -> bytes:
+        return self._chunk(index, {"content": text})
+
+    def call(self, index: int, k: int, call: ToolCall) -> bytes:
+        head = {"index": k, "id": call.id, "type": "function"}
+        head["function"] = {"name": call.name, "arguments": ""}
+        arguments = {"index": k, "function": {"arguments": call.arguments}}
+        return self._chunk(index, {"tool_calls": [head]}) + self._chunk(
+            index, {"tool_calls": [arguments]}
+        )
+
+    def end(self, index: int, reason: FinishReason) -> bytes:
+        return self._chunk(index, {}, finish_reason(reason))
+
+    def error(self, error: Exception) -> bytes:
+        return _event(self.on_error(error).body())
+
+    def closing(self, prompt_tokens: int, completion_tokens: int) -> list[bytes]:
+        done = b"data: [DONE]\n\n"
+        if not self.include_usage:
+            return [done]
+        used = {**self._wrap([]), "usage": usage(prompt_tokens, completion_tokens)}
+        return [_event(used), done]
+
+    def _chunk(self, index: int, delta: dict[str, Any], reason: str | None = None) -> bytes:
+        if self.chat:
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+        else:
+            text = delta.get("content", "")
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+        return _event(self._wrap([choice]))
 
     def _wrap(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         head = {"id": self.id, "object": kind, "created": self.created, "model": self.model}
         return {**head, "choices": choices}
 
-    def role(self, index: int) -> dict[str, Any] | None:
-        """The chat's first chunk of a choice (None for completions, which have no roles)."""
-        if not self.chat:
-            return None
-        delta = {"role": "assistant", "content": ""}
-        return self._wrap([self._choice(index, delta, None)])
 
-    def text(self, index: int, text: str) -> dict[str, Any]:
-        return self._wrap([self._choice(index, {"content": text}, None)])
-
-    def tool_call(self, index: int, k: int, call: dict[str, Any], head: bool) -> dict[str, Any]:
-        """A `delta.tool_calls` fragment: the call's head (id, type, name) or its arguments."""
-        fn = call["function"]
-        if head:
-            part = {"index": k, "id": call["id"], "type": "function"}
-            part["function"] = {"name": fn["name"], "arguments": ""}
-        else:
-            part = {"index": k, "function": {"arguments": fn["arguments"]}}
-        return self._wrap([self._choice(index, {"tool_calls": [part]}, None)])
-
-    def finish(self, index: int, reason: str) -> dict[str, Any]:
-        return self._wrap([self._choice(index, {}, finish_reason(reason))])
-
-    def usage(self, used: dict[str, int]) -> dict[str, Any]:
-        return {**self._wrap([]), "usage": used}
-
-    def _choice(self, index: int, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
-        if self.chat:
-            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
-        text = delta.get("content", "")
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+def _event(payload: dict[str, Any]) -> bytes:
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return b"data: " + text.encode() + b"\n\n"

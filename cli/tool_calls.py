@@ -5,7 +5,7 @@ act on (infer executes nothing). Local and `--remote` runs print the same shapes
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from infer.runtime.errors import InferError, Interrupted, UsageError
@@ -97,40 +97,33 @@ def answer(
     """One answer with the tools offered: the model's calls as JSON, or its text."""
     from infer.runtime import Message
     from infer.runtime.api import generate
-    from infer.runtime.generation import tool_calls
+    from infer.runtime.generation.tool_calls import Parsed
+    from infer.runtime.generation.tool_plan import plan
 
     from .signals import cancel_on_sigint
 
     template = resolved.defaults.chat_template or engine.model.chat_template
-    kind = tool_calls.family(template)
-    rendered = offered.tools if offered.choice != "none" else None
-    if rendered is not None:  # with "none" a --grammar/--json-schema/--format holds
-        grammar, triggers = tool_calls.choice_grammar(
-            offered.tools, kind, offered.choice, offered.only
-        )
-        sampling = replace(sampling, grammar=grammar, grammar_triggers=triggers)
+    tools = plan(offered.tools, offered.choice, template, only=offered.only)
     messages = [Message("system", system)] if system else []
     messages.append(Message("user", text))
     with cancel_on_sigint() as cancel:
         gen = generate(
             engine, messages, sampling, options,
-            template=resolved.defaults.chat_template, cancel=cancel, drafter=drafter,
-            tools=rendered,
+            template=resolved.defaults.chat_template, cancel=cancel, drafter=drafter, tools=tools,
         )  # fmt: skip
         try:
             for _ in gen:  # held: the answer may turn out to be a call
                 pass
         except Interrupted:
-            _end(gen, resolved.name, tool_calls.Parsed(gen.text, []), json_out)
+            _end(gen, resolved.name, Parsed(gen.text, []), json_out)
             raise
-    parsed = tool_calls.parse(gen.text, kind, offered.names) if rendered else None
-    parsed = parsed or tool_calls.Parsed(gen.text, [])
+    parsed = tools.parse(gen.text)
     if parsed.calls:
         gen.stats.finish_reason = "tool_calls"
     _end(gen, resolved.name, parsed, json_out)
     if stats:
         output.print_stats(gen.stats)
-    _check_complete(gen, parsed, offered, tool_calls.start_markers(kind))
+    _check_complete(gen, parsed, offered, tools.markers)
 
 
 def _end(gen: Generation, model: str, parsed: Parsed, json_out: bool) -> None:

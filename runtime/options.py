@@ -1,0 +1,230 @@
+"""The generation options, declared once: every front door derives its fields from this table.
+
+A command-line flag, a models.toml default, a batch file's field, an HTTP body's field, Ollama's
+`options`, the remote client's request and chat's `/set` all name an option here and get the same
+verdict on the same value (`check`). Values are layered with one type and one merge:
+`Overrides` (every field unset) over the model's defaults (also `Overrides`) over infer's own
+defaults (`SamplingParams`), so no front end keeps its own "which fields were given" set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import OptionError
+from .params import SamplingParams
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its name in infer (the SamplingParams field), its type, default and range,
+    a line of help, and the names the protocols give it (None where a protocol has none)."""
+
+    name: str
+    kind: type  # int or float; an int is accepted where a float is asked
+    default: float | int | None
+    low: float
+    high: float
+    help: str
+    low_open: bool = False  # the range excludes `low` (repeat_penalty > 0)
+    flag: str | None = None  # the command-line flag; None: not a flag
+    openai: str | None = None  # OpenAI's body field
+    ollama: str | None = None  # a key of Ollama's `options`
+    llama_cpp: str | None = None  # llama-server's /completion field
+    per_model: bool = True  # may be a models.toml default
+
+    def range_text(self) -> str:
+        low = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+        if self.high >= INT32_MAX:
+            return f"must be {low}"
+        if self.low_open:
+            return f"must be {low} and <= {self.high:g}"
+        return f"must be between {self.low:g} and {self.high:g}"
+
+
+_DEFAULTS = SamplingParams()
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "temperature",
+        float,
+        _DEFAULTS.temperature,
+        0,
+        100,
+        "Sampling temperature; 0 = greedy.",
+        flag="--temperature",
+        openai="temperature",
+        ollama="temperature",
+        llama_cpp="temperature",
+    ),
+    Option(
+        "top_k",
+        int,
+        _DEFAULTS.top_k,
+        0,
+        INT32_MAX,
+        "Top-k sampling; 0 = off.",
+        flag="--top-k",
+        openai="top_k",
+        ollama="top_k",
+        llama_cpp="top_k",
+    ),
+    Option(
+        "top_p",
+        float,
+        _DEFAULTS.top_p,
+        0,
+        1,
+        "Nucleus sampling; 1 = off.",
+        flag="--top-p",
+        openai="top_p",
+        ollama="top_p",
+        llama_cpp="top_p",
+    ),
+    Option(
+        "min_p",
+        float,
+        _DEFAULTS.min_p,
+        0,
+        1,
+        "Min-p sampling; 0 = off.",
+        flag="--min-p",
+        openai="min_p",
+        ollama="min_p",
+        llama_cpp="min_p",
+    ),
+    Option(
+        "repeat_penalty",
+        float,
+        _DEFAULTS.repeat_penalty,
+        0,
+        100,
+        "Penalty for repeating tokens; 1 = off.",
+        low_open=True,
+        flag="--repeat-penalty",
+        openai="repeat_penalty",
+        ollama="repeat_penalty",
+        llama_cpp="repeat_penalty",
+    ),
+    Option(
+        "repeat_last_n",
+        int,
+        _DEFAULTS.repeat_last_n,
+        -1,
+        INT32_MAX,
+        "Tokens the penalties look back over; 0 = off, -1 = the whole context.",
+        flag="--repeat-last-n",
+        openai="repeat_last_n",
+        ollama="repeat_last_n",
+        llama_cpp="repeat_last_n",
+    ),
+    Option(
+        "frequency_penalty",
+        float,
+        _DEFAULTS.frequency_penalty,
+        -2,
+        2,
+        "Minus this times a token's count so far; 0 = off.",
+        flag="--frequency-penalty",
+        openai="frequency_penalty",
+        ollama="frequency_penalty",
+        llama_cpp="frequency_penalty",
+    ),
+    Option(
+        "presence_penalty",
+        float,
+        _DEFAULTS.presence_penalty,
+        -2,
+        2,
+        "Minus this once a token has appeared; 0 = off.",
+        flag="--presence-penalty",
+        openai="presence_penalty",
+        ollama="presence_penalty",
+        llama_cpp="presence_penalty",
+    ),
+    Option(
+        "seed",
+        int,
+        None,
+        0,
+        2**32 - 1,
+        "Random seed (default: random).",
+        flag="--seed",
+        openai="seed",
+        ollama="seed",
+        llama_cpp="seed",
+        per_model=False,
+    ),
+)
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+
+def check(name: str, value: Any) -> float | int:
+    """`value` for option `name` if its type and range are right, else an OptionError naming
+    the option (each front door words it with its own field name: a flag, a JSON field)."""
+    option = BY_NAME[name]
+    number = _number(option, value)
+    too_low = number <= option.low if option.low_open else number < option.low
+    if too_low or number > option.high:
+        raise OptionError(name, f"{option.range_text()} (got {value!r})")
+    return number
+
+
+def _number(option: Option, value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(option.name, f"must be {_kind(option)} (got {value!r})")
+    if option.kind is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise OptionError(option.name, f"must be an integer (got {value!r})")
+            value = int(value)
+        return value
+    if not math.isfinite(value):
+        raise OptionError(option.name, f"must be a finite number (got {value!r})")
+    return float(value)
+
+
+def _kind(option: Option) -> str:
+    return "an integer" if option.kind is int else "a number"
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Option values a layer sets (a request, a flag, a models.toml entry); None = not set."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> Overrides:
+        """Checked overrides from option names to values (None values are unset)."""
+        checked = {k: check(k, v) for k, v in values.items() if v is not None}
+        return cls(**checked)  # type: ignore[arg-type]
+
+    def given(self) -> dict[str, Any]:
+        """The options this layer sets, by name."""
+        return {o.name: getattr(self, o.name) for o in OPTIONS if getattr(self, o.name) is not None}
+
+    def over(self, base: Overrides | SamplingParams) -> Any:
+        """These values in place of `base`'s: an Overrides over an Overrides is an Overrides,
+        over SamplingParams (infer's defaults) the SamplingParams to sample with."""
+        return replace(base, **self.given())
+
+
+def sampling(*layers: Overrides, base: SamplingParams | None = None) -> SamplingParams:
+    """The sampling parameters of `layers`, the first winning (e.g. request, model defaults),
+    over `base` (infer's defaults when None)."""
+    params = base or SamplingParams()
+    for layer in reversed(layers):
+        params = layer.over(params)
+    return params.validate()
