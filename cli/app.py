@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -17,11 +17,15 @@ from .cache import cache_app
 from .embed import embed
 from .help import HelpCommand, HelpGroup, SectionedHelpCommand
 from .models import list_models, pull, rm, show
+from .options import flag_of
 from .perplexity import perplexity
 from .quantize import quantize
 from .rpc_server import rpc_server
 from .run import chat, run
 from .serve import serve
+
+if TYPE_CHECKING:
+    from infer.runtime.errors import InferError
 
 app = typer.Typer(
     name="infer",
@@ -130,14 +134,14 @@ def _run(argv: list[str] | None) -> int:
     except OutputError as e:  # stdout full or unwritable: say so once, not again at exit
         _discard_stdout()
         output.error(str(e))
-        return e.exit_code
+        return exit_code(e)
     except Interrupted:
         return 130
     except InferError as e:
         if os.environ.get("INFER_DEBUG"):
             raise
-        output.error(str(e))
-        return e.exit_code
+        output.error(e.worded(flag_of))  # options named by their flags
+        return exit_code(e)
     except (KeyboardInterrupt, typer.Abort):
         output.say("")
         return 130
@@ -152,6 +156,15 @@ def _run(argv: list[str] | None) -> int:
         return 1
     except Exception as e:  # a bug: still one line, unless debugging
         return _unexpected(e)
+
+
+def exit_code(e: InferError) -> int:
+    """The exit code of a runtime error: 2 for a usage error, 130 for Ctrl-C, else 1. The
+    runtime's errors carry no codes: exit codes are the command line's business."""
+    from infer.runtime.errors import Interrupted, UsageError
+
+    codes = ((Interrupted, 130), (UsageError, 2))
+    return next((code for kind, code in codes if isinstance(e, kind)), 1)
 
 
 def _unexpected(e: Exception) -> int:

@@ -39,6 +39,7 @@ from ..errors import (
     UsageError,
 )
 from . import openai_protocol as protocol
+from . import responses_routes
 from .access_log import AccessLog, LogRecord, record_of
 from .answer import Answer, EventStream, race_disconnect
 from .backend import (
@@ -142,6 +143,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/v1/models/{id:path}", api.get_model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", api.prometheus, methods=["GET"]),
+            *responses_routes.routes(backend, settings.max_body, backend_error),
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),
