@@ -15,7 +15,7 @@ from infer.runtime.options import Overrides
 
 from . import output
 from .inputs import prompt_text
-from .loading import constraint, generate_options, load_drafter, load_model, load_options
+from .loading import constraint, generate_options, load_drafter, load_options, load_session
 from .models import resolve_or_pull
 from .remote import Given, RemoteFlags
 from .signals import cancel_on_sigint
@@ -118,15 +118,15 @@ def _execute_local(args: RunArgs) -> None:
             stats=args.stats,
             json_out=quiet,
         )
-    engine = load_model(resolved, engine_options, quiet=quiet)
-    drafter = load_drafter(local.draft, engine, engine_options, offline=local.offline, quiet=quiet)
+    session = load_session(resolved, engine_options, quiet=quiet)
+    drafter = load_drafter(local.draft, session, engine_options, offline=local.offline, quiet=quiet)
     if offered is not None:
         from .tool_calls import answer
 
         if text is None:
             raise UsageError(NEEDS_PROMPT)
         return answer(
-            engine,
+            session,
             resolved,
             text,
             system,
@@ -140,7 +140,7 @@ def _execute_local(args: RunArgs) -> None:
     from infer.runtime.local import LocalAnswerer
 
     answerer = LocalAnswerer(
-        engine,
+        session,
         resolved.name,
         str(resolved.path),
         defaults=d.sampling,

@@ -21,13 +21,12 @@ if TYPE_CHECKING:
     from infer.runtime.answer import Answerer, AnswerRequest
     from infer.runtime.generation.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
     from infer.runtime.generation.batch_file import BatchItem
-    from infer.runtime.llama.engine import LlamaCppEngine
+    from infer.runtime.llama.interface import Model
     from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, LoadOptions, SamplingParams
 
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ (runtime.batch.MAX_PARALLEL, without importing it)
-ENGINE_CTX = 256  # the engine's own context is unused here: keep its KV cache small
 
 
 def check_flags(
@@ -83,9 +82,8 @@ def run_batch(
     from .loading import load_model
 
     items = read_batch(source, sampling, options)
-    # The engine's own context (and so its prompt cache) goes unused: the decoder makes one.
-    engine_options = replace(load_options, ctx_size=ENGINE_CTX, prompt_cache=False)
-    engine: Any = load_model(resolved, engine_options, quiet=json_out)
+    # The decoder makes the only context; the prompt cache serves `infer run`'s sessions.
+    engine = load_model(resolved, replace(load_options, prompt_cache=False), quiet=json_out)
     requests, failed = _tokenize(engine, items, system, raw=raw, template=template)
     parallel = parallel or DEFAULT_PARALLEL
     writer = _Writer(items)
@@ -116,7 +114,7 @@ def run_batch(
 
 
 def _tokenize(
-    engine: LlamaCppEngine, items: list[BatchItem], system: str | None, *, raw: bool,
+    engine: Model, items: list[BatchItem], system: str | None, *, raw: bool,
     template: str | None,
 ) -> tuple[list[BatchRequest], list[BatchResult]]:  # fmt: skip
     """Prompt tokens per item, as `infer run` makes them. A template that refuses one

@@ -12,7 +12,7 @@ from . import output
 from .models import resolve_or_pull
 
 if TYPE_CHECKING:
-    from infer.runtime.llama.engine import Engine
+    from infer.runtime.llama.interface import Model, Session
     from infer.runtime.models.registry import ModelDefaults
     from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.options import Overrides
@@ -110,16 +110,29 @@ def load_options(
     ).validate()
 
 
-def load_model(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Engine:
+def load_model(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Model:
     from infer.runtime import load
 
     with output.status("Loading model…", quiet=quiet):
         return load(resolved, options)
 
 
+def load_session(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Session:
+    """The model and one session over it (run, chat): a chat's turns share its KV cache."""
+    from infer.runtime import load
+
+    with output.status("Loading model…", quiet=quiet):
+        model = load(resolved, options)
+        try:
+            return model.new_session()
+        except BaseException:
+            model.close()
+            raise
+
+
 def load_drafter(
-    draft: str | None, engine: Engine, options: LoadOptions, *, offline: bool, quiet: bool
-) -> str | Engine | None:
+    draft: str | None, engine: Session, options: LoadOptions, *, offline: bool, quiet: bool
+) -> str | Session | None:
     """--draft: None without one, "lookup" as is, anything else a model reference resolved like
     MODEL and loaded with the same settings and context size (its vocabulary is checked against
     the model's)."""

@@ -15,7 +15,7 @@ from . import output
 if TYPE_CHECKING:
     from infer.runtime.generation.loop import Generation
     from infer.runtime.generation.tool_calls import Parsed
-    from infer.runtime.llama.engine import Engine
+    from infer.runtime.llama.interface import Session
     from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, SamplingParams
 
@@ -90,9 +90,9 @@ def check_flags(flags: dict[str, bool]) -> None:
 
 
 def answer(
-    engine: Engine, resolved: ResolvedModel, text: str, system: str | None,
+    engine: Session, resolved: ResolvedModel, text: str, system: str | None,
     sampling: SamplingParams, options: GenerateOptions, offered: Offered, *,
-    drafter: Engine | str | None, json_out: bool, stats: bool,
+    drafter: Session | str | None, json_out: bool, stats: bool,
 ) -> None:  # fmt: skip
     """One answer with the tools offered: the model's calls as JSON, or its text."""
     from infer.runtime import Message
@@ -102,7 +102,7 @@ def answer(
 
     from .signals import cancel_on_sigint
 
-    template = resolved.defaults.chat_template or engine.chat_template
+    template = resolved.defaults.chat_template or engine.model.chat_template
     tools = plan(offered.tools, offered.choice, template, only=offered.only)
     messages = [Message("system", system)] if system else []
     messages.append(Message("user", text))

@@ -17,7 +17,7 @@ from .params import GenerateOptions
 if TYPE_CHECKING:
     from .generation.loop import Generation
     from .generation.templates import Message
-    from .llama.engine import Engine
+    from .llama.interface import Session
 
 
 class LocalAnswer:
@@ -41,23 +41,23 @@ class LocalAnswer:
 
 
 class LocalAnswerer:
-    """`engine` answering as `model` (its file `where`), with the model's `defaults` under
+    """`session` answering as `model` (its file `where`), with the model's `defaults` under
     each request's overrides, its chat `template` (None: the GGUF's), an optional `drafter`
     ("lookup" or a loaded draft model) and `options` (the drafting settings; each request
     sets its own max_tokens and stop)."""
 
     def __init__(
         self,
-        engine: Engine,
+        session: Session,
         model: str,
         where: str,
         *,
         defaults: Overrides | None = None,
         template: str | None = None,
-        drafter: Engine | str | None = None,
+        drafter: Session | str | None = None,
         options: GenerateOptions | None = None,
     ) -> None:
-        self.engine, self.model, self.where = engine, model, where
+        self.session, self.model, self.where = session, model, where
         self.defaults = defaults or Overrides()
         self.template, self.drafter = template, drafter
         self.options = options or GenerateOptions()
@@ -73,7 +73,7 @@ class LocalAnswerer:
             params = replace(params, grammar=grammar)
         options = replace(self.options, max_tokens=request.max_tokens, stop=list(request.stop))
         gen = generate(
-            self.engine,
+            self.session,
             _messages(request),
             params,
             options,
@@ -89,18 +89,18 @@ class LocalAnswerer:
         return {o.name: params[o.name] for o in OPTIONS}
 
     def window(self) -> Window:
-        return Window(self.engine.n_past, self.engine.n_ctx)
+        return Window(self.session.n_past, self.session.n_ctx)
 
     def count(self, request: AnswerRequest) -> int:
         from .api import prompt_tokens
 
         tokens = prompt_tokens(
-            self.engine, _messages(request), raw=request.raw, template=self.template
+            self.session.model, _messages(request), raw=request.raw, template=self.template
         )
         return len(tokens)
 
     def reset(self) -> None:
-        self.engine.reset()
+        self.session.reset()
 
 
 def _grammar(response_format: dict[str, Any] | None) -> str:

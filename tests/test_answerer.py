@@ -265,12 +265,16 @@ def test_the_private_typer_check_catches_what_it_must() -> None:
 
 
 # --- the local answerer over a scripted engine --------------------------------------------
+TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+
+
 def _local(**engine: Any) -> Any:
     from infer.runtime.local import LocalAnswerer
 
-    from .fakes import FakeEngine
+    from .fakes import FakeSession
 
-    fake = FakeEngine(**engine)
+    fake = FakeSession(**engine)
+    fake.model.chat_template = TEMPLATE
     defaults = Overrides(temperature=0.3, top_k=7)
     return fake, LocalAnswerer(fake, "tiny", "/m/tiny.gguf", defaults=defaults)
 
@@ -303,11 +307,12 @@ def test_one_shot_run_streams_a_local_answer_as_before(
     from infer.cli import answering as cli_run
     from infer.runtime.models.resolve import ResolvedModel
 
-    from .fakes import FakeEngine
+    from .fakes import FakeSession
 
-    fake = FakeEngine()
+    fake = FakeSession()
+    fake.model.chat_template = TEMPLATE
     monkeypatch.setattr(cli_run, "resolve_or_pull", lambda m, offline: ResolvedModel(Path(m), m))
-    monkeypatch.setattr(cli_run, "load_model", lambda *a, **k: fake)
+    monkeypatch.setattr(cli_run, "load_session", lambda *a, **k: fake)
     monkeypatch.setattr(cli_run, "prompt_text", lambda prompt: prompt)
     args = cli_run.RunArgs("tiny", "hi", json_out=True, overrides=Overrides(top_p=0.5))
     cli_run.execute(args, lambda name: False)

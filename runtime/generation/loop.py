@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..answer import Stats
 from ..errors import ContextOverflowError, Interrupted
-from ..llama.engine import Engine
+from ..llama.interface import Session
 from ..llama.tokens import common_prefix
 from ..params import GenerateOptions, SamplingParams
 
@@ -18,29 +18,29 @@ if TYPE_CHECKING:
     from .speculative import DraftCounts
 
 
-def check_fits(engine: Engine, prompt: list[int]) -> None:
-    if len(prompt) >= engine.n_ctx:
-        raise ContextOverflowError(len(prompt), engine.n_ctx, engine.n_ctx_train)
+def check_fits(session: Session, prompt: list[int]) -> None:
+    if len(prompt) >= session.n_ctx:
+        raise ContextOverflowError(len(prompt), session.n_ctx, session.model.n_ctx_train)
 
 
 class Generation:
-    """Iterate for text pieces as they are generated; afterwards `.text` and `.stats` hold the
-    whole answer. Stop strings never leak: text that could begin a stop string is held back
+    """Iterate for text pieces as `session` generates them; afterwards `.text` and `.stats` hold
+    the whole answer. Stop strings never leak: text that could begin a stop string is held back
     until it is known not to. With a `drafter` ("lookup" or a draft model from
     api.load_draft()) the tokens come from speculative decoding."""
 
     def __init__(
         self,
-        engine: Engine,
+        session: Session,
         prompt: list[int],
         sampling: SamplingParams,
         options: GenerateOptions,
         cancel: threading.Event | None = None,
         stats: Stats | None = None,
-        drafter: Engine | str | None = None,
+        drafter: Session | str | None = None,
     ) -> None:
-        check_fits(engine, prompt)
-        self.engine, self.prompt, self.sampling, self.options = engine, prompt, sampling, options
+        check_fits(session, prompt)
+        self.session, self.prompt, self.sampling, self.options = session, prompt, sampling, options
         self.drafter = drafter
         self.cancel = cancel or threading.Event()
         self.stats = stats or Stats()
@@ -61,12 +61,14 @@ class Generation:
         start = first = time.perf_counter()
         counts: DraftCounts | None = None
         if self.drafter is None:
-            tokens = self.engine.generate(self.prompt, self.sampling, self.cancel)
+            tokens = self.session.generate(
+                self.prompt, self.sampling, self.cancel, ignore_eog=self.options.ignore_eog
+            )
         else:
             from .speculative import generate
 
             tokens, counts = generate(
-                self.engine, self.prompt, self.sampling, self.cancel, self.options, self.drafter
+                self.session, self.prompt, self.sampling, self.cancel, self.options, self.drafter
             )
         try:
             for raw in tokens:
@@ -84,7 +86,7 @@ class Generation:
                     stats.finish_reason = "length"
                     break
             else:
-                if self.engine.n_past >= self.engine.n_ctx:
+                if self.session.n_past >= self.session.n_ctx:
                     stats.finish_reason = "context"
         except Interrupted:
             stats.finish_reason = "interrupted"
@@ -98,16 +100,15 @@ class Generation:
             if stats.generated_tokens == 0:
                 stats.prompt_s = stats.ttft_s = now - start
             stats.generate_s = now - first if stats.generated_tokens else 0.0
-            # The engine knows best: a prompt cache on disk may have filled its KV meanwhile.
-            evaluated = getattr(self.engine, "prompt_eval_tokens", None)
-            stats.prompt_eval_tokens = stats.prompt_eval_tokens if evaluated is None else evaluated
+            # The session knows best: a prompt cache on disk may have filled its KV meanwhile.
+            stats.prompt_eval_tokens = self.session.prompt_eval_tokens
         tail = stream.tail()
         if tail:
             self.pieces.append(tail)
             yield tail
 
     def _common_prefix(self) -> int:
-        held = getattr(self.engine, "tokens", None)
+        held = self.session.tokens
         if not held:
             return 0
         return common_prefix(held, self.prompt, len(self.prompt) - 1)

@@ -30,7 +30,8 @@ from ..llama.embedder import (
     makes_no_sentence_vectors,
 )
 from ..llama.embedder import default_ctx as embed_default_ctx
-from ..llama.engine import KV_BUDGET_BYTES, LlamaCppEngine, backends, default_ctx
+from ..llama.engine import KV_BUDGET_BYTES, backends, default_ctx
+from ..llama.interface import Model
 from ..llama.offload import describe_split
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
@@ -51,13 +52,11 @@ from .backend import (
 )
 from .worker import EmbedRequest, ModelWorker, ServedJob
 
-OWN_CONTEXT = 256  # the engine's own single-sequence context, which the server does not use
-
 
 @dataclass
 class _Served:
     resolved: ResolvedModel
-    engine: LlamaCppEngine
+    engine: Model
     worker: ModelWorker
     created: int
 
@@ -92,7 +91,7 @@ class ModelPool:
         lines = [f"backend: {', '.join(backends())}{servers}"]
         for name, s in self._served.items():
             e = s.engine
-            where = describe_split(getattr(e, "split", [])) or (
+            where = describe_split(e.split) or (
                 f"{e.offloaded_layers}/{e.n_layers} layers on the GPU"
                 if e.offloaded_layers
                 else "CPU only"
@@ -280,10 +279,9 @@ class ModelPool:
         ctx_seq = resolved.defaults.context(config.load.ctx_size)
         if not ctx_seq:
             ctx_seq = default_ctx(read_header(resolved.path), KV_BUDGET_BYTES // parallel)
-        # The engine's own context is not used here: it stays small.
-        own = replace(config.load, ctx_size=OWN_CONTEXT, prompt_cache=False)
-        engine = load(resolved, own)
-        assert isinstance(engine, LlamaCppEngine)
+        # The model makes no context of its own: the worker's is the only one. Its offload and
+        # memory checks are made for one sequence's window; the prompt cache is the worker's.
+        engine = load(resolved, replace(config.load, ctx_size=ctx_seq, prompt_cache=False))
         try:
             context = engine.new_context(parallel, ctx_seq, min(config.load.batch_size, ctx_seq))
         except BaseException:
@@ -353,7 +351,7 @@ def _tool_plan(request: TextRequest, template: str | None) -> ToolPlan | None:
     )
 
 
-def _embedding_tokens(engine: LlamaCppEngine, inputs: Sequence[str | list[int]]) -> list[list[int]]:
+def _embedding_tokens(engine: Model, inputs: Sequence[str | list[int]]) -> list[list[int]]:
     """Texts tokenized as llama-embedding does (BOS/EOS/SEP as the vocabulary adds them);
     token arrays checked against the vocabulary."""
     out = []
