@@ -50,6 +50,7 @@ from .backend import (
     TooManyChoices,
 )
 from .metrics import CONTENT_TYPE, Metrics
+from .ollama_routes import routes as ollama_routes
 from .openai_protocol import ApiError
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
 
@@ -72,6 +73,8 @@ class HttpSettings:
     log_format: str = "text"  # or "json": the access log
     shutdown_timeout: float = 10.0  # seconds running answers get to finish on SIGTERM/SIGINT
     log: Callable[[str], None] = _stderr_line  # where access-log lines go
+    allow_pull: bool = False  # Ollama's /api/pull may download models (--allow-pull)
+    allow_delete: bool = False  # Ollama's /api/delete may remove models (--allow-delete)
 
 
 class Lifecycle:
@@ -142,6 +145,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/v1/models/{id:path}", api.get_model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", api.prometheus, methods=["GET"]),
+            *ollama_routes(backend, settings, backend_error),
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),

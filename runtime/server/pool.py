@@ -70,6 +70,8 @@ class ModelPool:
         self._served: OrderedDict[str, _Served] = OrderedDict()  # least recently used first
         self._names: dict[str, str] = {}  # what requests said -> the served model's key
         self._pinned: set[str] = set()
+        self._expires: dict[str, float] = {}  # keep_alive: key -> Unix seconds to unload at
+        self._timers: set[asyncio.Task[None]] = set()
         self._lock: asyncio.Lock | None = None
         self._ready = False
         self._draining = False
@@ -108,7 +110,8 @@ class ModelPool:
 
         seen: dict[str, ModelInfo] = {}
         for name, s in self._served.items():
-            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True)
+            until, ctx = self._expires.get(name), s.worker.n_ctx_seq
+            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True, until, ctx)
         for row in inventory.aliases():
             if row["status"] != "not downloaded" and row["name"] not in seen:
                 seen[row["name"]] = ModelInfo(row["name"], 0, "library", False)
@@ -173,6 +176,27 @@ class ModelPool:
         self._served.move_to_end(served.resolved.name)
         vectors = await request.future
         return Embeddings(vectors, sum(len(t) for t in tokens))
+
+    async def keep_alive(self, model: str, seconds: float | None) -> None:
+        key = self._names.get(model)
+        if seconds == 0 and key not in self._served:
+            return  # unloading what is not loaded: nothing to do
+        key = (await self._get(model)).resolved.name
+        if key in self._pinned or seconds is None:
+            self._expires.pop(key, None)
+            return
+        self._expires[key] = deadline = time.time() + seconds
+        self._timers.add(task := asyncio.create_task(self._expire(key, deadline)))
+        task.add_done_callback(self._timers.discard)
+
+    async def _expire(self, key: str, deadline: float) -> None:
+        """Unload `key` at `deadline`, or when it is next idle, unless a later keep_alive moved
+        the deadline (or it was unloaded already)."""
+        while self._expires.get(key) == deadline and key in self._served:
+            if time.time() < deadline or not self._served[key].worker.idle:
+                await asyncio.sleep(min(max(deadline - time.time(), 0.05), 1.0))
+                continue
+            self._unload(key)
 
     def _check_room(self) -> None:
         if self._draining:
@@ -268,6 +292,7 @@ class ModelPool:
 
     def _unload(self, key: str) -> None:
         served = self._served.pop(key)
+        self._expires.pop(key, None)
         for alias in [a for a, k in self._names.items() if k == key]:
             del self._names[alias]
         served.worker.stop()
