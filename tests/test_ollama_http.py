@@ -214,8 +214,19 @@ def test_keep_alive_drives_the_pool(served: Served) -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("5m", 300.0), ("1h30m", 5400.0), ("90s", 90.0), ("1.5h", 5400.0), ("250ms", 0.25)]
-    + [(0, 0.0), ("0", 0.0), (120, 120.0), (-1, None), ("-1", None), ("-5m", None)],
+    [
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("90s", 90.0),
+        ("1.5h", 5400.0),
+        ("250ms", 0.25),
+        (0, 0.0),
+        ("0", 0.0),
+        (120, 120.0),
+        (-1, None),
+        ("-1", None),
+        ("-5m", None),
+    ],
 )
 def test_keep_alive_values(value: Any, seconds: float | None) -> None:
     assert keep_alive(value) == seconds
