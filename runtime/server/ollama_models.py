@@ -62,9 +62,10 @@ def facts(info: ModelInfo) -> Facts:
     try:
         resolved = resolve(info.id)
         stat = resolved.path.stat()
-    except (InferError, OSError):
+        key = (resolved.name, str(resolved.path), stat.st_size, stat.st_mtime_ns)
+        return _facts(*key, info.created)
+    except (InferError, OSError):  # a file gone or unreadable since it was listed
         return Facts(modified=float(info.created))
-    return _facts(resolved.name, str(resolved.path), stat.st_size, stat.st_mtime_ns, info.created)
 
 
 @lru_cache(maxsize=256)
