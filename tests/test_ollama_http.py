@@ -167,7 +167,11 @@ def test_backend_errors_in_ollama_shape(served: Served) -> None:
     assert r.status_code == 404 and "nope:7b" in r.json()["error"]
     with served.client() as c:
         r = c.post("/api/chat", content=b"{not json")
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+        r = c.post("/api/create", json={"model": "x"})
+        assert r.status_code == 404 and r.json() == {"error": "no such endpoint: POST /api/create"}
+        r = c.get("/api/chat")
+        assert r.status_code == 405 and "GET" in r.json()["error"]
 
 
 def test_a_failure_midway_ends_the_stream_with_an_error_line(served: Served) -> None:

@@ -167,6 +167,8 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         message = f"method {request.method} is not allowed on {request.url.path}"
     else:
         message = f"no such endpoint: {request.method} {request.url.path}"
+    if request.url.path.startswith("/api/"):  # Ollama's clients read {"error": "..."}
+        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
     error = ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
     return _error_response(error, dict(exc.headers or {}))
 

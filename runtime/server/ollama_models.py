@@ -40,19 +40,15 @@ class Facts:
     template: str = ""
     license: str = ""
     encoder: bool = False  # vectors only
-    pooling_none: bool = False  # no vector for a whole text
     metadata: tuple[tuple[str, Any], ...] = ()  # the header's scalar keys
 
     @property
     def capabilities(self) -> list[str]:
+        """As Ollama lists them: "embedding" marks a model that only makes vectors (clients
+        keep such models out of their chat pickers), though /api/embed takes text models too."""
         if self.encoder:
             return ["embedding"]
-        caps = ["completion"]
-        if self.template:
-            caps.append("tools")
-        if not self.pooling_none:
-            caps.append("embedding")
-        return caps
+        return ["completion", "tools"] if self.template else ["completion"]
 
 
 def facts(info: ModelInfo) -> Facts:
@@ -97,7 +93,6 @@ def _facts(name: str, path: str, size: int, mtime_ns: int, created: int) -> Fact
         template=h.chat_template or "",
         license=license_ if isinstance(license_, str) else "",
         encoder=arch in ENCODERS or h.arch_value("attention.causal") is False,
-        pooling_none=h.arch_value("pooling_type") == 0,
         metadata=scalars,
     )
 
