@@ -14,8 +14,8 @@ import asyncio
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
@@ -72,6 +72,7 @@ class ModelPool:
         self._pinned: set[str] = set()
         self._expires: dict[str, float] = {}  # keep_alive: key -> Unix seconds to unload at
         self._timers: set[asyncio.Task[None]] = set()
+        self._admitting: dict[str, int] = {}  # key -> submits tokenizing with its engine now
         self._lock: asyncio.Lock | None = None
         self._ready = False
         self._draining = False
@@ -134,7 +135,8 @@ class ModelPool:
         worker = served.worker
         if request.n > worker.slots:
             raise TooManyChoices(request.n, worker.slots)
-        tokens, tools = await asyncio.to_thread(self._tokens, served, request)
+        with self._using(served):
+            tokens, tools = await asyncio.to_thread(self._tokens, served, request)
         if not tokens:
             raise UsageError("the prompt is empty")
         if len(tokens) >= worker.n_ctx_seq:
@@ -165,7 +167,8 @@ class ModelPool:
                 "'none'): use an embedding model"
             )
         limit = self.config.load.ctx_size or embed_default_ctx(engine)
-        tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
+        with self._using(served):
+            tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
         for i, t in enumerate(tokens):
             if not t:
                 raise UsageError(f"input {i} is empty")
@@ -189,11 +192,22 @@ class ModelPool:
         self._timers.add(task := asyncio.create_task(self._expire(key, deadline)))
         task.add_done_callback(self._timers.discard)
 
+    @contextmanager
+    def _using(self, served: _Served) -> Iterator[None]:
+        """A submit tokenizing with the model's engine: keep_alive does not unload it meanwhile."""
+        key = served.resolved.name
+        self._admitting[key] = self._admitting.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._admitting[key] -= 1
+
     async def _expire(self, key: str, deadline: float) -> None:
         """Unload `key` at `deadline`, or when it is next idle, unless a later keep_alive moved
         the deadline (or it was unloaded already)."""
         while self._expires.get(key) == deadline and key in self._served:
-            if time.time() < deadline or not self._served[key].worker.idle:
+            busy = self._admitting.get(key, 0) or not self._served[key].worker.idle
+            if time.time() < deadline or busy:
                 await asyncio.sleep(min(max(deadline - time.time(), 0.05), 1.0))
                 continue
             self._unload(key)
