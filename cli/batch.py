@@ -16,6 +16,9 @@ from .inputs import read_file, read_stream
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
+    import threading
+
+    from infer.runtime.answer import Answerer, AnswerRequest
     from infer.runtime.generation.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
     from infer.runtime.generation.batch_file import BatchItem
     from infer.runtime.llama.engine import LlamaCppEngine
@@ -149,6 +152,118 @@ def _decode(
             raise
         finally:
             progress.close(decoder.stats)
+
+
+def answer_batch(
+    answerer: Answerer, source: str, parallel: int | None, base: AnswerRequest
+) -> None:
+    """--batch against an answerer that takes requests one at a time (a remote): each prompt
+    its own request, `parallel` at a time, written by the same writer, in input order. Only
+    what a line (or a flag) sets is sent: the answerer's defaults hold for the rest."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    items, requests = _requests(source, base)
+    writer, cancel = _Writer(items), threading.Event()
+    with ThreadPoolExecutor(max_workers=parallel or DEFAULT_PARALLEL) as pool:
+        futures = [pool.submit(_one, answerer, i, r, cancel) for i, r in enumerate(requests)]
+        try:
+            for future in futures:
+                writer.add(future.result())
+        except BaseException:
+            cancel.set()
+            for future in futures:
+                future.cancel()
+            pool.shutdown(wait=True)
+            for future in futures:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    writer.add(future.result())
+            writer.flush()
+            raise
+    failed = sum(result.error is not None for result in writer.written)
+    if failed:
+        output.warn(f'{failed} prompt(s) failed: see "error" in their results')
+
+
+def _requests(source: str, base: AnswerRequest) -> tuple[list[BatchItem], list[AnswerRequest]]:
+    """FILE's items and each one's request: the line's own settings over the flags'."""
+    # What a line set is what comes out the same over two bases that differ in every field:
+    # batch_file merges and validates, and no field list or second JSON parser is kept here.
+    from infer.runtime.generation.batch_file import parse_batch
+    from infer.runtime.options import OPTIONS
+    from infer.runtime.params import GenerateOptions, SamplingParams
+
+    name, text = _read_source(source)  # once: stdin cannot be read twice
+    suffix = Path(source).suffix if source != "-" else ""
+    one = parse_batch(text, SamplingParams(), GenerateOptions(), name=name, suffix=suffix)
+    other = parse_batch(text, *_other_bases(), name=name, suffix=suffix)
+    requests = []
+    for a, b in zip(one, other, strict=True):
+        own = {
+            k: getattr(a.sampling, k)
+            for k in (o.name for o in OPTIONS)
+            if getattr(a.sampling, k) == getattr(b.sampling, k)
+        }
+        request = replace(
+            base,
+            messages=_messages(a, base),
+            overrides=replace(base.overrides, **own),
+            max_tokens=a.options.max_tokens
+            if a.options.max_tokens == b.options.max_tokens
+            else base.max_tokens,
+            stop=tuple(a.options.stop) if a.options.stop == b.options.stop else base.stop,
+        )
+        requests.append(request)
+    return one, requests
+
+
+def _messages(item: BatchItem, base: AnswerRequest) -> tuple[dict[str, Any], ...]:
+    from infer.runtime.answer import AnswerRequest
+
+    system = item.system
+    if system is None:
+        system = next((m["content"] for m in base.messages if m["role"] == "system"), None)
+    return AnswerRequest.of(item.prompt, system).messages
+
+
+def _one(
+    answerer: Answerer, index: int, request: AnswerRequest, cancel: threading.Event
+) -> BatchResult:
+    """One prompt's result; a request the remote refuses (400) fails that prompt only."""
+    from infer.runtime.errors import RemoteError
+    from infer.runtime.generation.batch import BatchResult
+
+    answer = answerer.answer(request, cancel)
+    error = None
+    try:
+        for _ in answer:
+            pass
+    except RemoteError as e:
+        if e.status not in (400, 413, 422):
+            raise
+        error, answer.stats.finish_reason = str(e), "error"
+    except Interrupted:
+        answer.stats.finish_reason = "interrupted"
+    s = answer.stats
+    return BatchResult(
+        index, answer.text, s.finish_reason, s.prompt_tokens, s.generated_tokens, error
+    )
+
+
+def _other_bases() -> tuple[SamplingParams, GenerateOptions]:
+    """Valid settings that differ from infer's defaults in every field."""
+    from infer.runtime.options import OPTIONS
+    from infer.runtime.params import GenerateOptions, SamplingParams
+
+    defaults = SamplingParams()
+    other: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(defaults, option.name)
+        if option.kind is int:  # top_k, repeat_last_n, seed: each takes any count up
+            other[option.name] = 1 if value is None else value + 1
+        else:  # every float option's range holds both
+            other[option.name] = 0.123 if value != 0.123 else 0.456
+    return SamplingParams(**other), GenerateOptions(max_tokens=1, stop=["\u0000"])
 
 
 class _Writer:

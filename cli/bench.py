@@ -75,6 +75,7 @@ HistoryOpt = Annotated[
 
 
 def bench(
+    ctx: typer.Context,
     model: BenchModelArg = None,
     n_prompt: NPromptOpt = 512,
     n_gen: NGenOpt = 128,

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from infer.runtime.options import BY_NAME
+from infer.runtime.options import BY_NAME, OPTIONS
 
 # Sections of --help (cli/help.py), in the order they first appear.
 OUTPUT = "Input and output"
@@ -39,6 +39,17 @@ SystemOpt = Annotated[
         "--system", "-s", rich_help_panel=OUTPUT, help="System prompt.", show_default=False
     ),
 ]
+
+
+def flag_of(option: str) -> str:
+    """The flag that sets a runtime option (`ctx_size` → `--ctx-size`): the runtime's errors
+    name options as the runtime does, and the CLI words them with its flags (cli/app.py). The
+    table's flag for a generation option; else the option's name spelled as a flag, which is
+    how every other flag here is named after the field it sets."""
+    return _TABLE_FLAGS.get(option) or "--" + option.replace("_", "-")
+
+
+_TABLE_FLAGS = {o.name: o.flag for o in OPTIONS if o.flag}
 
 
 def _sampling_option(name: str, *aliases: str) -> Any:

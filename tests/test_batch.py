@@ -155,7 +155,7 @@ def test_format_is_told_by_suffix_then_first_line(tmp_path: Path) -> None:
         ('{"system": "x"}', '"prompt" is missing'),
         ('{"prompt": "x", "max_tokens": "5"}', "'max_tokens' has the wrong type"),
         ('{"prompt": "x", "temprature": 1}', "unknown field 'temprature'"),
-        ('{"prompt": "x", "top_p": 2}', "--top-p"),
+        ('{"prompt": "x", "top_p": 2}', "'top_p' must be between 0 and 1 (got 2)"),
     ],
 )
 def test_bad_lines_name_the_line(tmp_path: Path, line: str, words: str) -> None:

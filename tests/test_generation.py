@@ -62,7 +62,7 @@ def test_prompt_over_context_is_refused_with_both_counts() -> None:
     with pytest.raises(ContextOverflowError) as err:
         Generation(FakeEngine(n_ctx=8), [1] * 20, SamplingParams(), GenerateOptions())
     assert "20 tokens" in str(err.value) and "8 tokens" in str(err.value)
-    assert "--ctx-size" in str(err.value)
+    assert "raise it with ctx_size" in str(err.value)  # the runtime names no flag
 
 
 def test_interrupt_keeps_the_partial_text() -> None:

@@ -6,9 +6,9 @@ import codecs
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from ..answer import Stats
 from ..errors import ContextOverflowError, Interrupted
 from ..llama.engine import Engine
 from ..llama.tokens import common_prefix
@@ -16,51 +16,6 @@ from ..params import GenerateOptions, SamplingParams
 
 if TYPE_CHECKING:
     from .speculative import DraftCounts
-
-
-@dataclass
-class Stats:
-    load_s: float = 0.0
-    prompt_tokens: int = 0  # tokens in the prompt
-    prompt_eval_tokens: int = 0  # of those, evaluated now (the rest came from the KV cache)
-    prompt_s: float = 0.0
-    ttft_s: float = 0.0  # request start -> first token sampled (prompt evaluation included)
-    generated_tokens: int = 0
-    generate_s: float = 0.0
-    finish_reason: str = ""  # stop | length | context | interrupted
-    draft: str = ""  # speculative decoding: "lookup" or the draft model; "" when off
-    drafted: int = 0  # draft tokens verified
-    accepted: int = 0  # of those, accepted (emitted without a decode of their own)
-    # Where the model's layers are when not all on this CPU, e.g. "RPC0 10.0.0.2:50052 15 layers
-    # (40.1 MiB), CPU 1 layers (13.4 MiB)" (llama/offload.py); "" when all are local.
-    split: str = ""
-
-    @property
-    def prompt_tps(self) -> float:
-        return self.prompt_eval_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
-
-    @property
-    def generate_tps(self) -> float:
-        # The first token is sampled from the prompt's logits; the rate counts the decode steps.
-        steps = self.generated_tokens - 1
-        return steps / self.generate_s if self.generate_s > 0 and steps > 0 else 0.0
-
-    @property
-    def acceptance(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    def as_dict(self) -> dict[str, float | int | str]:
-        data: dict[str, float | int | str] = asdict(self)
-        data["prompt_tokens_per_s"] = round(self.prompt_tps, 2)
-        data["generate_tokens_per_s"] = round(self.generate_tps, 2)
-        if self.draft:
-            data["draft_acceptance"] = round(self.acceptance, 4)
-        else:  # plain decoding: the same keys as before drafting existed
-            for key in ("draft", "drafted", "accepted"):
-                del data[key]
-        if not self.split:
-            del data["split"]
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
 
 
 def check_fits(engine: Engine, prompt: list[int]) -> None:

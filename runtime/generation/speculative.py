@@ -23,7 +23,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import EngineError, IncompatibleDraftError, Interrupted, UsageError
+from ..errors import EngineError, IncompatibleDraftError, Interrupted, OptionError, UsageError
 from ..params import SamplingParams
 from .draft_policy import DraftPolicy
 
@@ -158,7 +158,7 @@ def make_drafter(source: Engine | str, options: GenerateOptions) -> Drafter:
     if source == LOOKUP:
         return LookupDrafter(options.draft_ngram or DEFAULT_NGRAM)
     if isinstance(source, str) or source is None:
-        raise UsageError(f"--draft must be '{LOOKUP}' or a loaded draft model (got {source!r})")
+        raise OptionError("draft", f"must be '{LOOKUP}' or a loaded draft model (got {source!r})")
     engine = _llama(source)
     return ModelDrafter(engine, engine.header.path.stem)
 

@@ -38,6 +38,7 @@ from ..errors import (
     TemplateError,
     UsageError,
 )
+from . import ollama_routes, responses_routes
 from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
 from .answer import Answer, EventStream, race_disconnect
@@ -50,7 +51,6 @@ from .backend import (
     TooManyChoices,
 )
 from .metrics import CONTENT_TYPE, Metrics
-from .ollama_routes import routes as ollama_routes
 from .openai_protocol import ApiError
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
 
@@ -145,7 +145,8 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/v1/models/{id:path}", api.get_model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", api.prometheus, methods=["GET"]),
-            *ollama_routes(backend, settings, backend_error),
+            *responses_routes.routes(backend, settings.max_body, backend_error),
+            *ollama_routes.routes(backend, settings, backend_error),
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),

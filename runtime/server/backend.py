@@ -193,7 +193,7 @@ class PromptTooLong(InferError):
     def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
         super().__init__(
             f"the prompt is {prompt_tokens} tokens; this server's context per sequence is "
-            f"{n_ctx} tokens (start it with a larger --ctx-size)"
+            f"{n_ctx} tokens (it must be started with a larger context size)"
         )
         self.prompt_tokens, self.n_ctx = prompt_tokens, n_ctx
 

@@ -16,9 +16,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from ..api import load, prompt_tokens
 from ..errors import BadReferenceError, ModelFileError, ModelNotFoundError, UsageError
@@ -36,6 +35,8 @@ from ..llama.offload import describe_split
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
+from ..options import BY_NAME, Overrides
+from ..options import sampling as layered
 from ..params import GenerateOptions, SamplingParams
 from .backend import (
     Embeddings,
@@ -51,7 +52,6 @@ from .backend import (
 from .worker import EmbedRequest, ModelWorker, ServedJob
 
 OWN_CONTEXT = 256  # the engine's own single-sequence context, which the server does not use
-_SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
 
 
 @dataclass
@@ -316,7 +316,7 @@ class ModelPool:
     def _load(self, resolved: ResolvedModel) -> _Served:
         config = self.config
         parallel = config.parallel
-        ctx_seq = config.load.ctx_size or resolved.defaults.ctx_size
+        ctx_seq = resolved.defaults.context(config.load.ctx_size)
         if not ctx_seq:
             ctx_seq = default_ctx(read_header(resolved.path), KV_BUDGET_BYTES // parallel)
         # The engine's own context is not used here: it stays small.
@@ -363,14 +363,13 @@ class ModelPool:
     def _sampling(self, served: _Served, request: TextRequest) -> list[SamplingParams]:
         """The request's fields over the model's models.toml defaults over infer's; one per
         choice (with a seed, choice i uses seed + i: n equal answers would be pointless)."""
-        defaults = served.resolved.defaults
-        picked: dict[str, Any] = {
-            name: getattr(defaults, name)
-            for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
-            if getattr(defaults, name) is not None
-        }
-        picked.update((k, v) for k, v in request.sampling.items() if k in _SAMPLING_FIELDS)
-        base = SamplingParams(**picked).validate()
+        given = {k: v for k, v in request.sampling.items() if k in BY_NAME}
+        constraint = {k: v for k, v in request.sampling.items() if k not in BY_NAME}  # grammar
+        base = layered(
+            Overrides.of(given),
+            served.resolved.defaults.sampling,
+            base=SamplingParams(**constraint),
+        )
         if base.seed is None:
             return [base] * request.n
         return [replace(base, seed=(base.seed + i) % 2**32) for i in range(request.n)]

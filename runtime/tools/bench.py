@@ -30,6 +30,7 @@ from ..generation.loop import Generation
 from ..llama.engine import Engine, LlamaCppEngine, backends, supports_gpu_offload, system_info
 from ..llama.offload import describe_split
 from ..models.resolve import ResolvedModel
+from ..options import sampling as layered
 from ..params import DEFAULT_BATCH, GenerateOptions, LoadOptions, SamplingParams
 
 HISTORY_FILE = "bench-history.jsonl"
@@ -168,7 +169,7 @@ def run_bench(
     sampling = _sampling(model)
     for point in points:
         options = LoadOptions(
-            ctx_size=point.ctx_size or model.defaults.ctx_size, threads=point.threads,
+            ctx_size=model.defaults.context(point.ctx_size), threads=point.threads,
             gpu_layers=point.gpu_layers, batch_size=point.batch_size, verbose=verbose, rpc=rpc,
         ).validate()  # fmt: skip
         yield _bench_point(model, options, sampling, (n_prompt, n_gen, reps), progress or _quiet)
@@ -176,12 +177,7 @@ def run_bench(
 
 def _sampling(model: ResolvedModel) -> SamplingParams:
     """What `infer run MODEL` samples with when no flag is given: models.toml, else defaults."""
-    params = SamplingParams()
-    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
-        value = getattr(model.defaults, name)
-        if value is not None:
-            setattr(params, name, value)
-    return params.validate()
+    return layered(model.defaults.sampling)
 
 
 def _bench_point(
