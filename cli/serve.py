@@ -210,7 +210,8 @@ def serve(
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
-    /v1/models, /health, /metrics), many clients decoded together."""
+    /v1/models, /health, /metrics) and Ollama's (/api/chat, /api/generate, /api/tags, ...), many
+    clients decoded together."""
     from infer.runtime.server.app import HttpSettings
     from infer.runtime.server.security import is_loopback
 
