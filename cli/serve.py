@@ -80,6 +80,15 @@ AllowPullOpt = Annotated[
         "Off by default: such a request is a 404 naming `infer pull`.",
     ),
 ]  # fmt: skip
+AllowDeleteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-delete",
+        rich_help_panel=SERVER,
+        help="Let a client remove cached models (Ollama's DELETE /api/delete). Off by "
+        "default: such a request is a 403.",
+    ),
+]
 OfflineOpt = Annotated[
     bool,
     typer.Option(
@@ -181,6 +190,7 @@ def serve(
     queue: QueueOpt = 64,
     max_models: MaxModelsOpt = None,
     allow_pull: AllowPullOpt = False,
+    allow_delete: AllowDeleteOpt = False,
     offline: OfflineOpt = False,
     shutdown_timeout: ShutdownOpt = 10.0,
     draft: ServeDraftOpt = None,
@@ -200,7 +210,8 @@ def serve(
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
-    /v1/models, /health, /metrics), many clients decoded together."""
+    /v1/models, /health, /metrics) and Ollama's (/api/chat, /api/generate, /api/tags, ...), many
+    clients decoded together."""
     from infer.runtime.server.app import HttpSettings
     from infer.runtime.server.security import is_loopback
 
@@ -219,6 +230,7 @@ def serve(
     settings = HttpSettings(
         host=host, api_key=key, cors_origins=list(cors_origin or []), max_body=max_body,
         log_format=log_format.value, shutdown_timeout=shutdown_timeout,
+        allow_pull=allow_pull and not offline, allow_delete=allow_delete,
     )  # fmt: skip
     config = _server_config(
         models or [], parallel, queue, max_models, allow_pull, offline,

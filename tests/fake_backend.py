@@ -125,6 +125,7 @@ class FakeBackend:
         self.draining = False
         self.start_error: Exception | None = None  # raised by start()
         self.template: str | None = None  # the model's chat template (None: generic calls)
+        self.kept: list[tuple[str, float | None]] = []  # keep_alive calls
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay_s)
@@ -159,6 +160,11 @@ class FakeBackend:
         job = FakeJob(self, model, request, self.script)
         self.jobs.append(job)
         return job
+
+    async def keep_alive(self, model: str, seconds: float | None) -> None:
+        if model not in self.known:
+            raise ModelUnavailable(model, f"'{model}' is not in the local cache")
+        self.kept.append((model, seconds))
 
     def load_report(self) -> LoadReport:
         return LoadReport(

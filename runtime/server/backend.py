@@ -116,6 +116,8 @@ class ModelInfo:
     created: int  # Unix seconds: when the model was pulled or made
     owned_by: str  # "library", the Hub owner, or "local"
     loaded: bool
+    expires_at: float | None = None  # Unix seconds it unloads at (keep_alive); None: no deadline
+    context: int | None = None  # tokens per sequence, once loaded
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,11 @@ class Backend(Protocol):
 
     def load_report(self) -> LoadReport:
         """Queue depth and slots in use, now (for /metrics)."""
+        ...
+
+    async def keep_alive(self, model: str, seconds: float | None) -> None:
+        """Load `model` if needed, then unload it once idle `seconds` from now (0: as soon as it
+        is idle, not loading it for that; None: no deadline). Models named at start stay."""
         ...
 
     async def embed(self, model: str, inputs: list[str] | list[list[int]]) -> Embeddings:

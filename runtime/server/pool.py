@@ -14,8 +14,8 @@ import asyncio
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -69,6 +69,9 @@ class ModelPool:
         self._served: OrderedDict[str, _Served] = OrderedDict()  # least recently used first
         self._names: dict[str, str] = {}  # what requests said -> the served model's key
         self._pinned: set[str] = set()
+        self._expires: dict[str, float] = {}  # keep_alive: key -> Unix seconds to unload at
+        self._timers: set[asyncio.Task[None]] = set()
+        self._admitting: dict[str, int] = {}  # key -> submits tokenizing with its engine now
         self._lock: asyncio.Lock | None = None
         self._ready = False
         self._draining = False
@@ -107,7 +110,8 @@ class ModelPool:
 
         seen: dict[str, ModelInfo] = {}
         for name, s in self._served.items():
-            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True)
+            until, ctx = self._expires.get(name), s.worker.n_ctx_seq
+            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True, until, ctx)
         for row in inventory.aliases():
             if row["status"] != "not downloaded" and row["name"] not in seen:
                 seen[row["name"]] = ModelInfo(row["name"], 0, "library", False)
@@ -130,7 +134,8 @@ class ModelPool:
         worker = served.worker
         if request.n > worker.slots:
             raise TooManyChoices(request.n, worker.slots)
-        tokens, tools = await asyncio.to_thread(self._tokens, served, request)
+        with self._using(served):
+            tokens, tools = await asyncio.to_thread(self._tokens, served, request)
         if not tokens:
             raise UsageError("the prompt is empty")
         if len(tokens) >= worker.n_ctx_seq:
@@ -161,7 +166,8 @@ class ModelPool:
                 "'none'): use an embedding model"
             )
         limit = self.config.load.ctx_size or embed_default_ctx(engine)
-        tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
+        with self._using(served):
+            tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
         for i, t in enumerate(tokens):
             if not t:
                 raise UsageError(f"input {i} is empty")
@@ -172,6 +178,38 @@ class ModelPool:
         self._served.move_to_end(served.resolved.name)
         vectors = await request.future
         return Embeddings(vectors, sum(len(t) for t in tokens))
+
+    async def keep_alive(self, model: str, seconds: float | None) -> None:
+        key = self._names.get(model)
+        if seconds == 0 and key not in self._served:
+            return  # unloading what is not loaded: nothing to do
+        key = (await self._get(model)).resolved.name
+        if key in self._pinned or seconds is None:
+            self._expires.pop(key, None)
+            return
+        self._expires[key] = deadline = time.time() + seconds
+        self._timers.add(task := asyncio.create_task(self._expire(key, deadline)))
+        task.add_done_callback(self._timers.discard)
+
+    @contextmanager
+    def _using(self, served: _Served) -> Iterator[None]:
+        """A submit tokenizing with the model's engine: keep_alive does not unload it meanwhile."""
+        key = served.resolved.name
+        self._admitting[key] = self._admitting.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._admitting[key] -= 1
+
+    async def _expire(self, key: str, deadline: float) -> None:
+        """Unload `key` at `deadline`, or when it is next idle, unless a later keep_alive moved
+        the deadline (or it was unloaded already)."""
+        while self._expires.get(key) == deadline and key in self._served:
+            busy = self._admitting.get(key, 0) or not self._served[key].worker.idle
+            if time.time() < deadline or busy:
+                await asyncio.sleep(min(max(deadline - time.time(), 0.05), 1.0))
+                continue
+            self._unload(key)
 
     def _check_room(self) -> None:
         if self._draining:
@@ -267,6 +305,7 @@ class ModelPool:
 
     def _unload(self, key: str) -> None:
         served = self._served.pop(key)
+        self._expires.pop(key, None)
         for alias in [a for a, k in self._names.items() if k == key]:
             del self._names[alias]
         served.worker.stop()
