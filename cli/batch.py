@@ -114,9 +114,13 @@ def run_batch(
 
 
 def _tokenize(
-    engine: Model, items: list[BatchItem], system: str | None, *, raw: bool,
+    engine: Model,
+    items: list[BatchItem],
+    system: str | None,
+    *,
+    raw: bool,
     template: str | None,
-) -> tuple[list[BatchRequest], list[BatchResult]]:  # fmt: skip
+) -> tuple[list[BatchRequest], list[BatchResult]]:
     """Prompt tokens per item, as `infer run` makes them. A template that refuses one
     conversation fails that item only; a model with no template at all fails the run."""
     from infer.runtime import prompt_tokens
@@ -281,9 +285,13 @@ class _Progress:
     def __init__(self, total: int, done: int, *, enabled: bool) -> None:
         self.total, self.done, self.plain_lines = total, done, 0
         self.reporter = output.Reporter(
-            "batch", "bar", "count", "{task.fields[tokens]} tok · {task.fields[tps]:.1f} tok/s",
-            "elapsed", quiet=not enabled,
-        )  # fmt: skip
+            "batch",
+            "bar",
+            "count",
+            "{task.fields[tokens]} tok · {task.fields[tps]:.1f} tok/s",
+            "elapsed",
+            quiet=not enabled,
+        )
         self.reporter.begin("batch", total=total, completed=done, tokens=0, tps=0.0)
 
     def update(self, stats: BatchStats) -> None:

@@ -37,8 +37,13 @@ def bench_remote(url: str, args: dict[str, Any], progress: Progress) -> BenchRes
         answerer = remote.answerer(model)
         return rbr.run_remote_bench(
             lambda prompt, max_tokens: _ask(answerer, prompt, max_tokens),
-            url, model, args["n_prompt"], args["n_gen"], args["reps"], progress=progress,
-        )  # fmt: skip
+            url,
+            model,
+            args["n_prompt"],
+            args["n_gen"],
+            args["reps"],
+            progress=progress,
+        )
 
 
 def _ask(answerer: RemoteModel, prompt: str, max_tokens: int) -> Stats:

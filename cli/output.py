@@ -170,10 +170,14 @@ def key_values(rows: list[tuple[str, Any]]) -> str:
 
 # --- progress -----------------------------------------------------------------------------
 _COLUMNS = {
-    "spinner": "SpinnerColumn", "bar": "BarColumn", "bytes": "DownloadColumn",
-    "speed": "TransferSpeedColumn", "remaining": "TimeRemainingColumn",
-    "count": "MofNCompleteColumn", "elapsed": "TimeElapsedColumn",
-}  # fmt: skip
+    "spinner": "SpinnerColumn",
+    "bar": "BarColumn",
+    "bytes": "DownloadColumn",
+    "speed": "TransferSpeedColumn",
+    "remaining": "TimeRemainingColumn",
+    "count": "MofNCompleteColumn",
+    "elapsed": "TimeElapsedColumn",
+}
 
 
 class Reporter:
@@ -183,10 +187,14 @@ class Reporter:
     seconds (`force` for the first and last); with `quiet` (--json) it shows nothing."""
 
     def __init__(
-        self, *columns: str, quiet: bool = False, transient: bool = False,
-        stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+        self,
+        *columns: str,
+        quiet: bool = False,
+        transient: bool = False,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
         every: float = EVERY_S,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.stream = sys.stderr if stream is None else stream
         self.mode = "off" if quiet else "bar" if use_color(self.stream) else "lines"
         self.columns, self.transient = columns, transient

@@ -28,9 +28,19 @@ __all__ = ["LOCAL_ONLY", "RemoteFlags", "connect", "on_command_line", "remote_ur
 # is refused by name rather than dropped. (Given through their environment variables they are
 # a local default, and are ignored.)
 LOCAL_ONLY = (
-    "ctx_size", "threads", "gpu_layers", "rpc", "verbose", "offline", "draft", "draft_max",
-    "draft_ngram", "draft_always", "no_prompt_cache", "grammar",
-)  # fmt: skip
+    "ctx_size",
+    "threads",
+    "gpu_layers",
+    "rpc",
+    "verbose",
+    "offline",
+    "draft",
+    "draft_max",
+    "draft_ngram",
+    "draft_always",
+    "no_prompt_cache",
+    "grammar",
+)
 REMOTE_ONLY = ("api_key", "api_key_file", "timeout")
 Given = Callable[[str], bool]  # whether the user typed the option of this parameter name
 

@@ -44,8 +44,14 @@ def connect(url: str, flags: RemoteFlags) -> Remote:
     return Remote(url, api_key=key or None, timeout=timeout)
 
 
-def list_remote(url: str, *, json_out: bool, api_key: str | None, api_key_file: str | None,
-                timeout: float | None) -> None:  # fmt: skip
+def list_remote(
+    url: str,
+    *,
+    json_out: bool,
+    api_key: str | None,
+    api_key_file: str | None,
+    timeout: float | None,
+) -> None:
     """The remote's /v1/models: a table of ids and owners, or its entries as JSON."""
     with connect(url, RemoteFlags(url, api_key, api_key_file, timeout)) as remote:
         models = remote.models()

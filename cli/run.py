@@ -51,7 +51,7 @@ from .options import (
     TopKOpt,
     TopPOpt,
     VerboseOpt,
-)  # fmt: skip
+)
 from .remote import RemoteFlags, on_command_line
 from .rpc_server import RpcOpt
 

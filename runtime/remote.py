@@ -76,9 +76,13 @@ class Remote:
     Use as a context manager; `answer()` streams, `models()` lists."""
 
     def __init__(
-        self, url: str, *, api_key: str | None = None, timeout: float | None = None,
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
         retries: int = RETRIES,
-    ) -> None:  # fmt: skip
+    ) -> None:
         import httpx
 
         self.url = url.rstrip("/")
@@ -140,9 +144,13 @@ class Remote:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def status_error(
-        self, response: httpx.Response, model: str | None, *, attempts: int = 1,
+        self,
+        response: httpx.Response,
+        model: str | None,
+        *,
+        attempts: int = 1,
         waited: float = 0.0,
-    ) -> RemoteError:  # fmt: skip
+    ) -> RemoteError:
         status = response.status_code
         said = _server_message(response)
         head = f"{status} {response.reason_phrase}".strip()

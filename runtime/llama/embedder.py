@@ -179,9 +179,13 @@ class Embedder:
             row = 0
             for tokens in inputs:
                 vectors.append(
-                    [self._read(ll.llama_get_embeddings_ith(self._handle, row + i), dim, normalize)
-                     for i in range(len(tokens))]
-                )  # fmt: skip
+                    [
+                        self._read(
+                            ll.llama_get_embeddings_ith(self._handle, row + i), dim, normalize
+                        )
+                        for i in range(len(tokens))
+                    ]
+                )
                 row += len(tokens)
             return vectors
         if self.pooling == "rank":

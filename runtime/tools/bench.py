@@ -65,9 +65,13 @@ class Spread:
     def of(cls, samples: list[float]) -> Spread:
         stdev = statistics.stdev(samples) if len(samples) > 1 else 0.0
         return cls(
-            statistics.median(samples), statistics.fmean(samples), stdev,
-            min(samples), max(samples), samples,
-        )  # fmt: skip
+            statistics.median(samples),
+            statistics.fmean(samples),
+            stdev,
+            min(samples),
+            max(samples),
+            samples,
+        )
 
 
 @dataclass
@@ -171,9 +175,13 @@ def run_bench(
     sampling = _sampling(model)
     for point in points:
         options = LoadOptions(
-            ctx_size=model.defaults.context(point.ctx_size), threads=point.threads,
-            gpu_layers=point.gpu_layers, batch_size=point.batch_size, verbose=verbose, rpc=rpc,
-        ).validate()  # fmt: skip
+            ctx_size=model.defaults.context(point.ctx_size),
+            threads=point.threads,
+            gpu_layers=point.gpu_layers,
+            batch_size=point.batch_size,
+            verbose=verbose,
+            rpc=rpc,
+        ).validate()
         yield _bench_point(model, options, sampling, (n_prompt, n_gen, reps), progress or _quiet)
 
 
@@ -298,16 +306,26 @@ def _result(
 ) -> BenchResult:
     info, loaded = system_info(), engine.model
     return BenchResult(
-        model=model.name, model_path=str(model.path), model_size_bytes=model.path.stat().st_size,
-        backend="+".join(backends(info)), gpu_offload_supported=supports_gpu_offload(),
-        threads=loaded.threads, gpu_layers=loaded.offloaded_layers,
-        layers_total=loaded.n_layers, ctx_size=engine.n_ctx, batch_size=engine.n_batch,
-        n_prompt=n_prompt, n_gen=n_gen, repetitions=reps, load_s=Spread.of(loads),
+        model=model.name,
+        model_path=str(model.path),
+        model_size_bytes=model.path.stat().st_size,
+        backend="+".join(backends(info)),
+        gpu_offload_supported=supports_gpu_offload(),
+        threads=loaded.threads,
+        gpu_layers=loaded.offloaded_layers,
+        layers_total=loaded.n_layers,
+        ctx_size=engine.n_ctx,
+        batch_size=engine.n_batch,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        repetitions=reps,
+        load_s=Spread.of(loads),
         prompt_tokens_per_s=Spread.of(pp) if n_prompt else None,
         ttft_s=Spread.of(ttft) if n_prompt else None,
         generate_tokens_per_s=Spread.of(tg) if n_gen else None,
-        system_info=info.strip(), split=describe_split(loaded.split),
-    )  # fmt: skip
+        system_info=info.strip(),
+        split=describe_split(loaded.split),
+    )
 
 
 def history_path() -> Path:

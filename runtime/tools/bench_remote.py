@@ -146,12 +146,24 @@ def _result(
         )
     pp = [a.prompt_tps for a in answers]
     return BenchResult(
-        model=model, model_path=None, model_size_bytes=None, backend=f"remote {url}",
-        gpu_offload_supported=None, threads=None, gpu_layers=None, layers_total=None,
-        ctx_size=None, batch_size=None, n_prompt=n_prompt, n_gen=n_gen, repetitions=reps,
+        model=model,
+        model_path=None,
+        model_size_bytes=None,
+        backend=f"remote {url}",
+        gpu_offload_supported=None,
+        threads=None,
+        gpu_layers=None,
+        layers_total=None,
+        ctx_size=None,
+        batch_size=None,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        repetitions=reps,
         load_s=None,
         prompt_tokens_per_s=Spread.of(pp) if timed_prompt and 0 not in prompt_tokens else None,
         ttft_s=Spread.of([a.ttft_s for a in answers]) if timed_prompt else None,
         generate_tokens_per_s=Spread.of([a.generate_tps for a in answers]) if n_gen > 1 else None,
-        remote=url, prompt_tokens=prompt_tokens, generated_tokens=generated,
-    )  # fmt: skip
+        remote=url,
+        prompt_tokens=prompt_tokens,
+        generated_tokens=generated,
+    )

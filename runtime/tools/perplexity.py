@@ -111,10 +111,15 @@ def perplexity(
     finally:
         session.close()
     return PerplexityResult(
-        ppl=sums.ppl(), ppl_stderr=sums.ppl_stderr(), nll=sums.nll / sums.count,
-        ctx_size=ctx_size, chunks=n_chunk, tokens=len(tokens), scored_tokens=sums.count,
+        ppl=sums.ppl(),
+        ppl_stderr=sums.ppl_stderr(),
+        nll=sums.nll / sums.count,
+        ctx_size=ctx_size,
+        chunks=n_chunk,
+        tokens=len(tokens),
+        scored_tokens=sums.count,
         seconds=time.perf_counter() - started,
-    )  # fmt: skip
+    )
 
 
 class _Evaluator:
