@@ -25,6 +25,7 @@ from infer.runtime.generation.conversation import (
     save,
     saved_path,
 )
+from infer.runtime.options import OPTIONS
 
 from . import output
 from .inputs import read_file
@@ -40,8 +41,7 @@ COMMANDS = {
     "/bye": "leave (also /exit, Ctrl-D)",
     "/clear": "forget the conversation",
     "/system": "/system TEXT sets the system prompt (no TEXT: show it)",
-    "/set": "/set NAME VALUE: temperature, top_p, top_k, min_p, repeat_penalty, repeat_last_n, "
-    "frequency_penalty, presence_penalty, seed, max_tokens, stop",
+    "/set": "/set NAME VALUE: " + ", ".join([*(o.name for o in OPTIONS), "max_tokens", "stop"]),
     "/show": "model, settings and context use",
     "/stats": "/stats on|off: time to first token and tok/s after each answer",
     "/format": "/format json|off: answers as a JSON object, or free text again",
