@@ -308,6 +308,7 @@ def report(args: argparse.Namespace, model: Path, data: dict[str, list[list[floa
         "first_token": "start → first token, s",
     }
     ok = True
+    results: dict[str, object] = {}
     for key, (target, op) in TARGETS.items():
         ours, theirs = data[key]
         ratio = statistics.median(ours) / statistics.median(theirs)
@@ -315,11 +316,50 @@ def report(args: argparse.Namespace, model: Path, data: dict[str, list[list[floa
         best = max(ours) / max(theirs) if op == ">=" else min(ours) / min(theirs)
         passed = ratio >= target if op == ">=" else ratio <= target
         ok = ok and passed
+        results[key] = {
+            "infer": ours,
+            "llama.cpp": theirs,
+            "ratio_of_medians": ratio,
+            "ratio_of_bests": best,
+            "target": f"{op} {target}",
+            "passed": passed,
+        }
         print(
             f"| {labels[key]} | {summary(ours)} | {summary(theirs)} | {ratio:.3f} "
             f"| {op} {target} {'ok' if passed else 'MISSED'} | {best:.3f} |"
         )
+    if args.json:
+        write_json(args.json, args, model, version, results)
     return ok
+
+
+def write_json(
+    path: Path, args: argparse.Namespace, model: Path, version: str, results: dict[str, object]
+) -> None:
+    """The samples and ratios, with what they were measured on, for the tables to be rendered
+    from (never typed by hand)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    record = {
+        "script": "vs_llamacpp.py",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "commit": commit,
+        "llama_cpp_python": version,
+        "isa_flags": isa_flags(),
+        "settings": {
+            "model": model.name,
+            "threads": args.threads,
+            "prompt": args.prompt,
+            "gen": args.gen,
+            "rounds": args.rounds,
+            "reps": args.reps,
+        },
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def main() -> None:
@@ -347,6 +387,7 @@ def main() -> None:
     parser.add_argument(
         "--no-compile", action="store_true", help="do not write infer's bytecode first"
     )
+    parser.add_argument("--json", type=Path, help="also write the samples and ratios to this file")
     args = parser.parse_args()
     if args.build_only:
         bin_dir = build_llamacpp(args.jobs, tuple(args.tools.split(",")))
