@@ -117,6 +117,7 @@ class FakeBackend:
         self.submits: list[tuple[str, TextRequest]] = []
         self.jobs: list[FakeJob] = []
         self.cancels: list[FakeJob] = []
+        self.counted: list[tuple[str, TextRequest]] = []  # count_tokens calls
         self.started = False
         self.drained: list[float] = []
         self.closed = False
@@ -159,6 +160,13 @@ class FakeBackend:
         job = FakeJob(self, model, request, self.script)
         self.jobs.append(job)
         return job
+
+    async def count_tokens(self, model: str, request: TextRequest) -> int:
+        """The script's prompt_tokens, plus one per message: enough to tell conversations apart."""
+        self.counted.append((model, request))
+        if model not in self.known:
+            raise ModelUnavailable(model, f"'{model}' is not in the local cache")
+        return self.script.prompt_tokens + len(request.messages or [])
 
     def load_report(self) -> LoadReport:
         return LoadReport(

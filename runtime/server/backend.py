@@ -157,6 +157,11 @@ class Backend(Protocol):
         one-line reason: 400 for a UsageError/TemplateError, 500 otherwise)."""
         ...
 
+    async def count_tokens(self, model: str, request: TextRequest) -> int:
+        """The prompt tokens `request` would take on `model` (rendered and tokenized as submit
+        does, tools included), generating nothing. Raises as submit does."""
+        ...
+
     def load_report(self) -> LoadReport:
         """Queue depth and slots in use, now (for /metrics)."""
         ...
