@@ -31,6 +31,7 @@ class Script:
     pieces: list[str] = field(default_factory=lambda: ["Paris", " is", " the", " capital."])
     delay_s: float = 0.0
     reason: str = "stop"
+    stop: str | None = None  # the stop string that ended each choice (with reason "stop")
     prompt_tokens: int = 7
     fail_after: int | None = None  # raise RuntimeError from events() after this many pieces
 
@@ -104,7 +105,7 @@ class FakeJob:
                     self.first_token_s = self.loop.time() - self.submitted_at
                 yield Piece(i, text)
         for i in range(n):
-            yield Finished(i, FinishReason(s.reason))
+            yield Finished(i, FinishReason(s.reason), s.stop)
 
 
 class FakeBackend:

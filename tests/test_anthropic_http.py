@@ -100,6 +100,20 @@ def test_max_tokens_is_max_tokens(served: Served) -> None:
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 2
 
 
+def test_a_stop_sequence_is_named(served: Served) -> None:
+    served.backend.script = Script(stop="\n\n")
+    message = client(served).messages.create(
+        model=MODEL,
+        max_tokens=16,
+        messages=ASK,  # type: ignore[arg-type]
+        stop_sequences=["\n\n", "END"],
+    )
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == "\n\n"
+    served.backend.script = Script(stop="END")
+    seen = events(post(served, body(stop_sequences=["END"], stream=True)).text)
+    assert seen[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+
+
 def test_stream_with_the_anthropic_client(served: Served) -> None:
     with client(served).messages.stream(model=MODEL, max_tokens=16, messages=ASK) as stream:  # type: ignore[arg-type]
         text = "".join(stream.text_stream)

@@ -75,6 +75,23 @@ def test_same_text_as_chat_completions(server: Server) -> None:
     assert final.usage.output_tokens == message.usage.output_tokens
 
 
+def test_a_stop_sequence_ends_the_answer_and_is_named(server: Server) -> None:
+    text, _, _ = openai_text(server, 24)
+    words = text.split()
+    assert len(words) > 3, text
+    stop = words[2]
+    for stream in (False, True):
+        kwargs: Any = {"system": SYSTEM, "messages": TURNS, "extra_body": GREEDY}
+        kwargs |= {"model": "smollm2", "max_tokens": 24, "stop_sequences": [stop]}
+        if stream:
+            with claude(server).messages.stream(**kwargs) as s:
+                message = s.get_final_message()
+        else:
+            message = claude(server).messages.create(**kwargs)
+        assert message.stop_reason == "stop_sequence" and message.stop_sequence == stop
+        assert message.content[0].text == text[: text.find(stop)]  # type: ignore[union-attr]
+
+
 def test_decodes_in_the_same_batch_as_an_openai_chat(server: Server) -> None:
     """An Anthropic stream and an OpenAI stream: each has received text before either ends."""
     first: dict[str, float] = {}

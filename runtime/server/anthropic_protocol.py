@@ -398,10 +398,18 @@ def usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
     }
 
 
+def stop_reason(reason: FinishReason, stop: str | None) -> dict[str, Any]:
+    """`stop_reason` and `stop_sequence`: a choice ended by a stop string says which."""
+    if reason == FinishReason.STOP and stop is not None:
+        return {"stop_reason": "stop_sequence", "stop_sequence": stop}
+    return {"stop_reason": STOP_REASONS[reason], "stop_sequence": None}
+
+
 def message_object(
-    model: str, choice: _Choice, input_tokens: int, output_tokens: int
+    model: str, choice: _Choice, stop: str | None, input_tokens: int, output_tokens: int
 ) -> dict[str, Any]:
-    """A whole answer: the text (when there is some, or nothing else), then the calls."""
+    """A whole answer: the text (when there is some, or nothing else), then the calls; `stop`
+    the stop string that ended it."""
     blocks: list[dict[str, Any]] = []
     text = choice.content if choice.calls else choice.text
     if text or not choice.calls:
@@ -411,8 +419,7 @@ def message_object(
     return {
         **_head(message_id(), model),
         "content": blocks,
-        "stop_reason": STOP_REASONS[choice.reason],
-        "stop_sequence": None,
+        **stop_reason(choice.reason, stop),
         "usage": usage(input_tokens, output_tokens),
     }
 
@@ -426,12 +433,16 @@ class EventShaper:
     per content block a content_block_start, its deltas (text_delta, or a tool_use's
     arguments as one input_json_delta) and a content_block_stop; then message_delta with the
     stop reason and usage, and message_stop. `on_error` maps a failure to the error that ends
-    a stream cut short."""
+    a stream cut short; `stops` is answer.Answer.stops, filled as the answer ends."""
 
     media_type = "text/event-stream; charset=utf-8"
 
     def __init__(
-        self, model: str, input_tokens: int, on_error: Callable[[Exception], ApiError]
+        self,
+        model: str,
+        input_tokens: int,
+        on_error: Callable[[Exception], ApiError],
+        stops: dict[int, str],
     ) -> None:
         self.id, self.model, self.input_tokens, self.on_error = (
             message_id(),
@@ -442,6 +453,7 @@ class EventShaper:
         self.blocks = 0  # content blocks started
         self.open: str | None = None  # the type of the block now open
         self.reason = FinishReason.STOP
+        self.stops = stops
 
     def opening(self, choices: int) -> list[bytes]:
         message = {**_head(self.id, self.model), "content": [], "stop_reason": None}
@@ -468,7 +480,7 @@ class EventShaper:
         return _event("error", error_body(self.on_error(error)))
 
     def closing(self, prompt_tokens: int, completion_tokens: int) -> list[bytes]:
-        delta = {"stop_reason": STOP_REASONS[self.reason], "stop_sequence": None}
+        delta = stop_reason(self.reason, self.stops.get(0))
         used = {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
         tail = {"type": "message_delta", "delta": delta, "usage": used}
         return [_event("message_delta", tail), _event("message_stop", {"type": "message_stop"})]

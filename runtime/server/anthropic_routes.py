@@ -69,7 +69,9 @@ class _Door:
             def on_error(e: Exception) -> ApiError:
                 return self.backend_error(e, record, "")
 
-            shaper = protocol.EventShaper(answer.model, record.prompt_tokens, on_error)
+            shaper = protocol.EventShaper(
+                answer.model, record.prompt_tokens, on_error, answer.stops
+            )
             return EventStream(answer, shaper)
         try:
             choices = await race_disconnect(answer.collect(), request.receive)
@@ -81,7 +83,8 @@ class _Door:
             record.disconnected = True
             return Response(status_code=400)
         used = record.prompt_tokens, record.completion_tokens
-        return JSONResponse(protocol.message_object(answer.model, choices[0], *used))
+        stop = answer.stops.get(0)
+        return JSONResponse(protocol.message_object(answer.model, choices[0], stop, *used))
 
     async def count_tokens(self, request: Request) -> Response:
         record = record_of(request.scope)

@@ -76,6 +76,7 @@ class FinishReason(str, Enum):
 class Finished:
     index: int
     reason: FinishReason
+    stop: str | None = None  # the stop string that ended the choice (reason STOP)
 
 
 class Job(Protocol):
