@@ -74,6 +74,7 @@ class InferSide:
         # The default sampler chain (top-k, top-p, min-p, temperature), as a user gets it.
         self.sampling = SamplingParams(seed=1)
         self.options = GenerateOptions(max_tokens=args.gen)
+        self.session = self.engine.new_session()  # the sequential runs, as `infer run`
         words = self.engine.tokenize(TEXT * 40, False)
         self.prompts = [words[7 * i : 7 * i + args.prompt] for i in range(max(args.batches))]
 
@@ -93,8 +94,8 @@ class InferSide:
         cancel = threading.Event()
         started = time.perf_counter()
         for prompt in self.prompts[:b]:
-            self.engine.reset()  # as a fresh `infer run`
-            tokens = self.engine.generate(prompt, self.sampling, cancel, ignore_eog=True)
+            self.session.reset()  # as a fresh `infer run`
+            tokens = self.session.generate(prompt, self.sampling, cancel, ignore_eog=True)
             for count, _piece in enumerate(tokens, 1):
                 if count == self.args.gen:
                     break

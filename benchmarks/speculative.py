@@ -83,7 +83,7 @@ def story(args: argparse.Namespace) -> str:
 def load_engine(threads: int) -> Any:
     from infer.runtime import LoadOptions, load
 
-    return load("smollm2", LoadOptions(ctx_size=2048, threads=threads))
+    return load("smollm2", LoadOptions(ctx_size=2048, threads=threads)).new_session()
 
 
 def one_run(engine: Any, draft: str | None, args: argparse.Namespace, n: int) -> Any:
@@ -142,9 +142,9 @@ def batch_cost(engine: Any, sizes: list[int], reps: int = 30) -> dict[int, float
     """Milliseconds per llama_decode of m tokens with logits at every position (as a
     verification step decodes them), after a 500-token context."""
     ll = engine._ll
-    context = engine.tokenize(STORY, False)[:500]
+    context = engine.model.tokenize(STORY, False)[:500]
     engine.reset()
-    engine._decode_prompt(context, threading.Event())
+    engine.decode_prompt(context, threading.Event())
     n0, cap = len(engine.tokens), max(sizes)
     batch = ll.llama_batch_init(cap, 0, 1)
     for i in range(cap):
@@ -181,8 +181,8 @@ def main() -> None:
     parser.add_argument("--paragraphs", type=int, default=0, help="only the first N (of 5)")
     args = parser.parse_args()
     engine = load_engine(args.threads)
-    n = args.max_tokens or len(engine.tokenize(story(args), False))
-    prompt_len = len(engine.tokenize(INSTRUCTION + with_typos(story(args)), False))
+    n = args.max_tokens or len(engine.model.tokenize(story(args), False))
+    prompt_len = len(engine.model.tokenize(INSTRUCTION + with_typos(story(args)), False))
     print(f"{machine()}; {args.threads} threads; prompt ~{prompt_len} tokens, answer "
           f"{n} tokens", file=sys.stderr)  # fmt: skip
     results = []

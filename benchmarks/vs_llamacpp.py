@@ -21,6 +21,7 @@ more between processes than within one, so many rounds of one repetition beat fe
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -48,6 +49,20 @@ def cache_root() -> Path:
 
 
 TOOLS = ("llama-bench", "llama-completion")
+# Extra cmake flags that pin llama.cpp's CPU instruction set (.ci/run sets them on x86-64):
+# the tools must compute with the same kernels as infer's own llama.cpp build for the
+# token-for-token comparisons to hold. Builds with other flags live in folders of their own.
+ISA_ENV = "INFER_LLAMA_ISA"
+
+
+def isa_flags() -> list[str]:
+    return os.environ.get(ISA_ENV, "").split()
+
+
+def _build_name(rpc: bool) -> str:
+    name = "build-rpc" if rpc else "build"
+    flags = " ".join(isa_flags())
+    return f"{name}-{hashlib.sha256(flags.encode()).hexdigest()[:8]}" if flags else name
 
 
 def build_llamacpp(jobs: int = 2, targets: tuple[str, ...] = TOOLS, *, rpc: bool = False) -> Path:
@@ -57,7 +72,7 @@ def build_llamacpp(jobs: int = 2, targets: tuple[str, ...] = TOOLS, *, rpc: bool
     the tools the tests compare with stay as they are."""
     version = importlib.metadata.version("llama_cpp_python")
     root = cache_root() / f"llama-cpp-python-{version}"
-    build = root / ("build-rpc" if rpc else "build")
+    build = root / _build_name(rpc)
     bin_dir = build / "bin"
     if all((bin_dir / name).exists() for name in targets):
         return bin_dir
@@ -85,6 +100,7 @@ def build_llamacpp(jobs: int = 2, targets: tuple[str, ...] = TOOLS, *, rpc: bool
             "-DLLAMA_BUILD_EXAMPLES=ON",  # llama-embedding is an example
             "-DLLAMA_BUILD_SERVER=ON",  # llama-server: the embeddings tests compare with it
             f"-DGGML_RPC={'ON' if rpc else 'OFF'}",
+            *isa_flags(),
         ]
     )
     run(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -17,11 +17,15 @@ from .cache import cache_app
 from .embed import embed
 from .help import HelpCommand, HelpGroup, SectionedHelpCommand
 from .models import list_models, pull, rm, show
+from .options import flag_of
 from .perplexity import perplexity
 from .quantize import quantize
 from .rpc_server import rpc_server
 from .run import chat, run
 from .serve import serve
+
+if TYPE_CHECKING:
+    from infer.runtime.errors import InferError
 
 app = typer.Typer(
     name="infer",
@@ -107,7 +111,6 @@ _python_showwarning = warnings.showwarning
 
 
 def _run(argv: list[str] | None) -> int:
-    from typer._click.exceptions import ClickException
     from typer.main import get_command
 
     warnings.showwarning = _show_warning
@@ -124,20 +127,20 @@ def _run(argv: list[str] | None) -> int:
         return e.exit_code
     except typer.Exit as e:  # the pinned Typer (0.26-0.28) vendors click: its Exit is this
         return e.exit_code
-    except ClickException as e:
+    except typer.TyperException as e:  # click's ClickException (Typer's vendored click) is one
         output.error(_usage_message(e))
-        return e.exit_code
+        return int(getattr(e, "exit_code", 2))
     except OutputError as e:  # stdout full or unwritable: say so once, not again at exit
         _discard_stdout()
         output.error(str(e))
-        return e.exit_code
+        return exit_code(e)
     except Interrupted:
         return 130
     except InferError as e:
         if os.environ.get("INFER_DEBUG"):
             raise
-        output.error(str(e))
-        return e.exit_code
+        output.error(e.worded(flag_of))  # options named by their flags
+        return exit_code(e)
     except (KeyboardInterrupt, typer.Abort):
         output.say("")
         return 130
@@ -152,6 +155,15 @@ def _run(argv: list[str] | None) -> int:
         return 1
     except Exception as e:  # a bug: still one line, unless debugging
         return _unexpected(e)
+
+
+def exit_code(e: InferError) -> int:
+    """The exit code of a runtime error: 2 for a usage error, 130 for Ctrl-C, else 1. The
+    runtime's errors carry no codes: exit codes are the command line's business."""
+    from infer.runtime.errors import Interrupted, UsageError
+
+    codes = ((Interrupted, 130), (UsageError, 2))
+    return next((code for kind, code in codes if isinstance(e, kind)), 1)
 
 
 def _unexpected(e: Exception) -> int:
@@ -169,11 +181,12 @@ def _discard_stdout() -> None:
     os.close(devnull)
 
 
-def _usage_message(e: Any) -> str:
-    from typer._click.exceptions import UsageError
+USAGE_EXIT = 2  # click's UsageError (and only it, of click's errors) exits with 2
 
+
+def _usage_message(e: Any) -> str:
     message = e.format_message().replace("\n", " ")
     ctx = getattr(e, "ctx", None)
-    if isinstance(e, UsageError) and ctx is not None:
+    if getattr(e, "exit_code", None) == USAGE_EXIT and ctx is not None:  # a click UsageError
         message += f" (see '{ctx.command_path} --help')"
     return message

@@ -16,15 +16,17 @@ from .inputs import read_file, read_stream
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
+    import threading
+
+    from infer.runtime.answer import Answerer, AnswerRequest
     from infer.runtime.generation.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
     from infer.runtime.generation.batch_file import BatchItem
-    from infer.runtime.llama.engine import LlamaCppEngine
+    from infer.runtime.llama.interface import Model
     from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, LoadOptions, SamplingParams
 
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ (runtime.batch.MAX_PARALLEL, without importing it)
-ENGINE_CTX = 256  # the engine's own context is unused here: keep its KV cache small
 
 
 def check_flags(
@@ -80,9 +82,8 @@ def run_batch(
     from .loading import load_model
 
     items = read_batch(source, sampling, options)
-    # The engine's own context (and so its prompt cache) goes unused: the decoder makes one.
-    engine_options = replace(load_options, ctx_size=ENGINE_CTX, prompt_cache=False)
-    engine: Any = load_model(resolved, engine_options, quiet=json_out)
+    # The decoder makes the only context; the prompt cache serves `infer run`'s sessions.
+    engine = load_model(resolved, replace(load_options, prompt_cache=False), quiet=json_out)
     requests, failed = _tokenize(engine, items, system, raw=raw, template=template)
     parallel = parallel or DEFAULT_PARALLEL
     writer = _Writer(items)
@@ -113,9 +114,13 @@ def run_batch(
 
 
 def _tokenize(
-    engine: LlamaCppEngine, items: list[BatchItem], system: str | None, *, raw: bool,
+    engine: Model,
+    items: list[BatchItem],
+    system: str | None,
+    *,
+    raw: bool,
     template: str | None,
-) -> tuple[list[BatchRequest], list[BatchResult]]:  # fmt: skip
+) -> tuple[list[BatchRequest], list[BatchResult]]:
     """Prompt tokens per item, as `infer run` makes them. A template that refuses one
     conversation fails that item only; a model with no template at all fails the run."""
     from infer.runtime import prompt_tokens
@@ -149,6 +154,91 @@ def _decode(
             raise
         finally:
             progress.close(decoder.stats)
+
+
+def answer_batch(
+    answerer: Answerer, source: str, parallel: int | None, base: AnswerRequest
+) -> None:
+    """--batch against an answerer that takes requests one at a time (a remote): each prompt
+    its own request, `parallel` at a time, written by the same writer, in input order. Only
+    what a line (or a flag) sets is sent: the answerer's defaults hold for the rest."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    items, requests = _requests(source, base)
+    writer, cancel = _Writer(items), threading.Event()
+    with ThreadPoolExecutor(max_workers=parallel or DEFAULT_PARALLEL) as pool:
+        futures = [pool.submit(_one, answerer, i, r, cancel) for i, r in enumerate(requests)]
+        try:
+            for future in futures:
+                writer.add(future.result())
+        except BaseException:
+            cancel.set()
+            for future in futures:
+                future.cancel()
+            pool.shutdown(wait=True)
+            for future in futures:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    writer.add(future.result())
+            writer.flush()
+            raise
+    failed = sum(result.error is not None for result in writer.written)
+    if failed:
+        output.warn(f'{failed} prompt(s) failed: see "error" in their results')
+
+
+def _requests(source: str, base: AnswerRequest) -> tuple[list[BatchItem], list[AnswerRequest]]:
+    """FILE's items and each one's request: the line's own settings over the flags'."""
+    from infer.runtime.generation.batch_file import parse_batch
+    from infer.runtime.params import GenerateOptions, SamplingParams
+
+    name, text = _read_source(source)  # once: stdin cannot be read twice
+    suffix = Path(source).suffix if source != "-" else ""
+    items = parse_batch(text, SamplingParams(), GenerateOptions(), name=name, suffix=suffix)
+    requests = [
+        replace(
+            base,
+            messages=_messages(item, base),
+            overrides=item.own.over(base.overrides),
+            max_tokens=base.max_tokens if item.own_max_tokens is None else item.own_max_tokens,
+            stop=base.stop if item.own_stop is None else item.own_stop,
+        )
+        for item in items
+    ]
+    return items, requests
+
+
+def _messages(item: BatchItem, base: AnswerRequest) -> tuple[dict[str, Any], ...]:
+    from infer.runtime.answer import AnswerRequest
+
+    system = item.system
+    if system is None:
+        system = next((m["content"] for m in base.messages if m["role"] == "system"), None)
+    return AnswerRequest.of(item.prompt, system).messages
+
+
+def _one(
+    answerer: Answerer, index: int, request: AnswerRequest, cancel: threading.Event
+) -> BatchResult:
+    """One prompt's result; a request the remote refuses (400) fails that prompt only."""
+    from infer.runtime.errors import RemoteError
+    from infer.runtime.generation.batch import BatchResult
+
+    answer = answerer.answer(request, cancel)
+    error = None
+    try:
+        for _ in answer:
+            pass
+    except RemoteError as e:
+        if e.status not in (400, 413, 422):
+            raise
+        error, answer.stats.finish_reason = str(e), "error"
+    except Interrupted:
+        answer.stats.finish_reason = "interrupted"
+    s = answer.stats
+    return BatchResult(
+        index, answer.text, s.finish_reason, s.prompt_tokens, s.generated_tokens, error
+    )
 
 
 class _Writer:
@@ -195,9 +285,13 @@ class _Progress:
     def __init__(self, total: int, done: int, *, enabled: bool) -> None:
         self.total, self.done, self.plain_lines = total, done, 0
         self.reporter = output.Reporter(
-            "batch", "bar", "count", "{task.fields[tokens]} tok · {task.fields[tps]:.1f} tok/s",
-            "elapsed", quiet=not enabled,
-        )  # fmt: skip
+            "batch",
+            "bar",
+            "count",
+            "{task.fields[tokens]} tok · {task.fields[tps]:.1f} tok/s",
+            "elapsed",
+            quiet=not enabled,
+        )
         self.reporter.begin("batch", total=total, completed=done, tokens=0, tps=0.0)
 
     def update(self, stats: BatchStats) -> None:

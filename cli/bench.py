@@ -40,32 +40,43 @@ RepsOpt = Annotated[int, typer.Option("-r", "--repetitions", help="Repetitions p
 ThreadsListOpt = Annotated[
     str | None,
     typer.Option(
-        "--threads", "-t", envvar="INFER_THREADS", show_default=False,
+        "--threads",
+        "-t",
+        envvar="INFER_THREADS",
+        show_default=False,
         help=f"CPU threads (default: physical cores). {SWEEP}",
     ),
-]  # fmt: skip
+]
 GpuLayersListOpt = Annotated[
     str | None,
     typer.Option(
-        "--gpu-layers", "-ngl", envvar="INFER_GPU_LAYERS", show_default=False,
+        "--gpu-layers",
+        "-ngl",
+        envvar="INFER_GPU_LAYERS",
+        show_default=False,
         help="Layers offloaded to the GPU, -1 = all (default: all that fit on GPU builds). "
         f"{SWEEP}",
     ),
-]  # fmt: skip
+]
 CtxListOpt = Annotated[
     str | None,
     typer.Option(
-        "--ctx-size", "-c", envvar="INFER_CTX_SIZE", show_default=False,
+        "--ctx-size",
+        "-c",
+        envvar="INFER_CTX_SIZE",
+        show_default=False,
         help=f"Context window (default: as `infer run`). {SWEEP}",
     ),
-]  # fmt: skip
+]
 BatchListOpt = Annotated[
     str | None,
     typer.Option(
-        "--batch-size", "-b", show_default=False,
+        "--batch-size",
+        "-b",
+        show_default=False,
         help=f"Prompt tokens per llama_decode call (default: 512). {SWEEP}",
     ),
-]  # fmt: skip
+]
 BenchJsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the results as a JSON array on stdout.")
 ]
@@ -75,6 +86,7 @@ HistoryOpt = Annotated[
 
 
 def bench(
+    ctx: typer.Context,
     model: BenchModelArg = None,
     n_prompt: NPromptOpt = 512,
     n_gen: NGenOpt = 128,
@@ -136,8 +148,9 @@ def _local_runs(args: dict[str, Any]) -> Runs:
     rb.check_counts(*counts)
     endpoints = parse_endpoints(args["rpc"])
     resolved = resolve(args["model"])
-    return lambda progress: rb.run_bench(resolved, points, *counts, verbose=args["verbose"],
-                                         progress=progress, rpc=endpoints)  # fmt: skip
+    return lambda progress: rb.run_bench(
+        resolved, points, *counts, verbose=args["verbose"], progress=progress, rpc=endpoints
+    )
 
 
 def _remote_runs(url: str, args: dict[str, Any]) -> Runs:

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from infer.runtime.errors import Interrupted
 
+from .remote import on_command_line
 from .remote import remote_url as checked_url
-from .remote_list import connect
+from .remote_list import RemoteFlags, connect
 
 if TYPE_CHECKING:
-    from infer.runtime.remote import Remote, RemoteStats
+    from infer.runtime.answer import Stats
+    from infer.runtime.remote import RemoteModel
     from infer.runtime.tools.bench import BenchResult, Progress
 
 # What the local bench sweeps or loads with: the server there chose those for itself.
@@ -22,7 +24,7 @@ LOCAL_ONLY = ("threads", "gpu_layers", "ctx_size", "batch_size", "rpc", "verbose
 def remote_url(args: dict[str, Any]) -> str | None:
     """The remote to measure (flags checked as `infer run --remote` checks them); None for a
     local bench."""
-    return checked_url(args, LOCAL_ONLY)
+    return checked_url(args.get("remote"), LOCAL_ONLY, on_command_line(args["ctx"]))
 
 
 def bench_remote(url: str, args: dict[str, Any], progress: Progress) -> BenchResult:
@@ -30,20 +32,26 @@ def bench_remote(url: str, args: dict[str, Any], progress: Progress) -> BenchRes
     from infer.runtime.tools import bench_remote as rbr
 
     model: str = args["model"]
-    with connect(url, args) as remote:
+    flags = RemoteFlags(url, args.get("api_key"), args.get("api_key_file"), args.get("timeout"))
+    with connect(url, flags) as remote:
+        answerer = remote.answerer(model)
         return rbr.run_remote_bench(
-            lambda prompt, max_tokens: _ask(remote, model, prompt, max_tokens),
-            url, model, args["n_prompt"], args["n_gen"], args["reps"], progress=progress,
-        )  # fmt: skip
+            lambda prompt, max_tokens: _ask(answerer, prompt, max_tokens),
+            url,
+            model,
+            args["n_prompt"],
+            args["n_gen"],
+            args["reps"],
+            progress=progress,
+        )
 
 
-def _ask(remote: Remote, model: str, prompt: str, max_tokens: int) -> RemoteStats:
+def _ask(answerer: RemoteModel, prompt: str, max_tokens: int) -> Stats:
     """One streamed completion, read to its end; Ctrl-C closes the connection (the server
     stops generating)."""
-    from infer.runtime.remote import RemoteRequest
-    from infer.runtime.tools.bench_remote import request_fields
+    from infer.runtime.tools.bench_remote import request
 
-    answer = remote.answer(RemoteRequest(model, prompt=prompt, fields=request_fields(max_tokens)))
+    answer = answerer.answer(request(prompt, max_tokens))
     pieces = iter(answer)
     try:
         for _ in pieces:

@@ -43,12 +43,19 @@ def list_entries(
     if json_out:
         record = {
             "entries": [
-                {"model": e.model, "tokens": e.tokens, "size": e.size,
-                 "last_used": _iso(e.last_used), "path": str(e.path)}
+                {
+                    "model": e.model,
+                    "tokens": e.tokens,
+                    "size": e.size,
+                    "last_used": _iso(e.last_used),
+                    "path": str(e.path),
+                }
                 for e in found
             ],
-            "total_bytes": total, "limit_bytes": limit, "cache_dir": str(where),
-        }  # fmt: skip
+            "total_bytes": total,
+            "limit_bytes": limit,
+            "cache_dir": str(where),
+        }
         output.write_answer(json.dumps(record, indent=2) + "\n")
         return
     rows = [

@@ -1,7 +1,8 @@
 """The interactive chat: `infer chat MODEL` (or `infer run MODEL` with no prompt) on a terminal.
 
 Line editing and history come from the stdlib readline; the conversation's KV cache stays in the
-engine between turns, so a follow-up evaluates only its new tokens.
+engine between turns, so a follow-up evaluates only its new tokens. The REPL asks an Answerer
+(runtime/answer.py): the local model, or a remote that is sent the whole conversation each turn.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infer.runtime import paths
-from infer.runtime.errors import InferError, Interrupted, UsageError
+from infer.runtime.answer import AnswerRequest
+from infer.runtime.errors import InferError, Interrupted, OptionError, UsageError
 from infer.runtime.generation.conversation import (
     Conversation,
     fit,
@@ -23,14 +25,14 @@ from infer.runtime.generation.conversation import (
     save,
     saved_path,
 )
+from infer.runtime.options import OPTIONS
 
 from . import output
 from .inputs import read_file
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
-    from infer.runtime.llama.engine import Engine
-    from infer.runtime.params import GenerateOptions, SamplingParams
+    from infer.runtime.answer import Answer, Answerer
 
 PROMPT, CONTINUATION = ">>> ", "... "
 MULTILINE = '"""'
@@ -39,8 +41,7 @@ COMMANDS = {
     "/bye": "leave (also /exit, Ctrl-D)",
     "/clear": "forget the conversation",
     "/system": "/system TEXT sets the system prompt (no TEXT: show it)",
-    "/set": "/set NAME VALUE: temperature, top_p, top_k, min_p, repeat_penalty, seed, "
-    "max_tokens, stop",
+    "/set": "/set NAME VALUE: " + ", ".join([*(o.name for o in OPTIONS), "max_tokens", "stop"]),
     "/show": "model, settings and context use",
     "/stats": "/stats on|off: time to first token and tok/s after each answer",
     "/format": "/format json|off: answers as a JSON object, or free text again",
@@ -56,25 +57,23 @@ ALIASES = {"/exit": "/bye", "/quit": "/bye", "/?": "/help"}
 
 @dataclass
 class ChatSettings:
-    sampling: SamplingParams
-    options: GenerateOptions
-    raw: bool = False
-    template: str | None = None
+    """What each question is asked with (`request`, its messages filled in per turn: the
+    options the user set, limits, constraint) and how answers are shown."""
+
+    request: AnswerRequest
     stats: bool = False
     markdown: bool = False
+
+    @classmethod
+    def of(cls, request: AnswerRequest, *, stats: bool, markdown: bool) -> ChatSettings:
+        return cls(request, stats, markdown)
 
 
 class Repl:
     def __init__(
-        self,
-        engine: Engine,
-        conversation: Conversation,
-        settings: ChatSettings,
-        model_path: Path,
-        drafter: Engine | str | None = None,  # --draft: "lookup" or the loaded draft model
+        self, answerer: Answerer, conversation: Conversation, settings: ChatSettings
     ) -> None:
-        self.engine, self.conversation, self.settings = engine, conversation, settings
-        self.model_path, self.drafter = model_path, drafter
+        self.answerer, self.conversation, self.settings = answerer, conversation, settings
         self.history_file: Path | None = None
 
     # --- input ------------------------------------------------------------------------------
@@ -172,7 +171,7 @@ class Repl:
                     self.ask(text.removeprefix("/") if text.startswith("//") else text)
                 except KeyboardInterrupt:
                     # A second Ctrl-C: the answer was abandoned mid-step; start the cache afresh.
-                    self.engine.reset()
+                    self.answerer.reset()
                     say("\n(stopped)")
         finally:
             self.save_history()
@@ -185,10 +184,9 @@ class Repl:
         """Generate the assistant's reply to the conversation as it stands. Ctrl-C anywhere in
         here only sets the cancel event, so the engine's view of its KV cache stays true."""
         with cancel_on_sigint() as cancel:
-            gen = self._prepare()
+            gen = self._prepare(cancel)
             if gen is None:
                 return
-            gen.cancel = cancel
             try:
                 self.render(gen)
             except Interrupted:
@@ -199,34 +197,32 @@ class Repl:
         conv.add("assistant", gen.text)
         if gen.stats.finish_reason == "context":
             say("(the answer filled the context window; older messages will be dropped)")
-        if self.settings.stats:
-            output.print_stats(gen.stats)
+        remote = self.answerer.where if self.answerer.window() is None else None
+        if self.settings.stats and (remote is None or gen.stats.generated_tokens):
+            output.print_stats(gen.stats, remote)
         save(conv, last_path(conv.model))
 
-    def _prepare(self) -> Any:
-        """Fit the conversation into the window (saying what was dropped) and start generating;
-        None, with the message printed, when the last message cannot fit at all."""
-        from infer.runtime import generate, prompt_tokens
+    def _request(self, messages: Any) -> AnswerRequest:
+        turns = tuple({"role": m.role, "content": m.content} for m in messages)
+        return replace(self.settings.request, messages=turns)
 
-        s, conv, engine = self.settings, self.conversation, self.engine
-
-        def count(messages: Any) -> int:
-            return len(prompt_tokens(engine, messages, raw=s.raw, template=s.template))
-
+    def _prepare(self, cancel: Any) -> Answer | None:
+        """Fit the conversation into the window where the answerer keeps one (saying what was
+        dropped) and start the answer; None, with the message printed, when the last message
+        cannot fit at all."""
+        s, conv, answerer = self.settings, self.conversation, self.answerer
         try:
-            reserve = min(s.options.max_tokens or 256, engine.n_ctx // 4)
-            dropped = fit(conv, count, engine.n_ctx, reserve)
-            if dropped:
-                say(f"(dropped the {dropped} oldest messages to fit the context window)")
-            return generate(
-                engine,
-                conv.messages(),
-                s.sampling,
-                s.options,
-                raw=s.raw,
-                template=s.template,
-                drafter=self.drafter,
-            )
+            window = answerer.window()
+            if window is not None:
+                reserve = min(s.request.max_tokens or 256, window.size // 4)
+
+                def count(messages: Any) -> int:
+                    return answerer.count(self._request(messages))
+
+                dropped = fit(conv, count, window.size, reserve)
+                if dropped:
+                    say(f"(dropped the {dropped} oldest messages to fit the context window)")
+            return answerer.answer(self._request(conv.messages()), cancel)
         except InferError as e:
             conv.undo()
             output.error(str(e))
@@ -285,43 +281,70 @@ class Repl:
         say("(system prompt set)")
 
     def cmd_set(self, arg: str) -> None:
+        from infer.runtime.options import BY_NAME, check
+        from infer.runtime.params import GenerateOptions
+
         key, _, value = arg.partition(" ")
         key = key.replace("-", "_").lower()
         value = value.strip()
-        s = self.settings
+        request = self.settings.request
         if not key or not value:
             raise UsageError("usage: /set NAME VALUE (see /help)")
         if key == "grammar":
             raise UsageError("the grammar is set by --grammar/--json-schema; /format json|off")
-        if key in {f.name for f in fields(s.sampling)}:
-            typ = int if key in ("top_k", "repeat_last_n", "seed") else float
-            s.sampling = replace(s.sampling, **{key: _convert(typ, key, value)}).validate()
+        if key in BY_NAME:
+            try:
+                number = check(key, _convert(BY_NAME[key].kind, key, value))
+            except OptionError as e:
+                raise UsageError(str(e)) from None
+            request = replace(request, overrides=replace(request.overrides, **{key: number}))
         elif key == "max_tokens":
-            s.options = replace(s.options, max_tokens=_convert(int, key, value)).validate()
+            GenerateOptions(max_tokens=_convert(int, key, value)).validate()
+            request = replace(request, max_tokens=int(value))
         elif key == "stop":
-            s.options = replace(s.options, stop=shlex.split(value)).validate()
+            stop = shlex.split(value)
+            GenerateOptions(stop=stop).validate()
+            request = replace(request, stop=tuple(stop))
         else:
             raise UsageError(f"unknown setting '{key}' (see /help)")
+        self.settings.request = request
         say(f"({key} = {value})")
 
     def cmd_show(self, arg: str) -> None:
-        s, e = self.settings, self.engine
-        p = s.sampling
+        r, answerer = self.settings.request, self.answerer
+        values = answerer.settings(r.overrides)
+        window = answerer.window()
+        stop = list(r.stop) or "none"
+        if window is None:  # a remote: what was set, the server's defaults for the rest
+            say(
+                f"model: {answerer.model} on {answerer.where}\n"
+                f"settings: {values or 'the remote defaults'}"
+                f" · max_tokens {r.max_tokens or 'the remote default'} · stop {stop}"
+                f" · format {'json' if r.response_format else 'free text'}\n"
+                f"system: {self.conversation.system or '(none)'}\n"
+                f"{len(self.conversation.turns)} messages (the remote keeps the context)"
+            )
+            return
+        shown = " · ".join(f"{k} {v}" for k, v in values.items() if k != "seed")
+        seed = values.get("seed")
+        constrained = r.grammar or r.response_format
         say(
-            f"model: {self.conversation.model} ({self.model_path})\n"
-            f"temperature {p.temperature} · top_p {p.top_p} · top_k {p.top_k} · min_p {p.min_p}"
-            f" · repeat_penalty {p.repeat_penalty}"
-            f" · seed {p.seed if p.seed is not None else 'random'}"
-            f" · max_tokens {s.options.max_tokens or 'none'}"
-            f" · stop {s.options.stop or 'none'}"
-            f" · format {'constrained' if p.grammar else 'free text'}\n"
+            f"model: {answerer.model} ({answerer.where})\n"
+            f"{shown} · seed {seed if seed is not None else 'random'}"
+            f" · max_tokens {r.max_tokens or 'none'} · stop {stop}"
+            f" · format {'constrained' if constrained else 'free text'}\n"
             f"system: {self.conversation.system or '(none)'}\n"
-            f"context: {e.n_past} / {e.n_ctx} tokens · {len(self.conversation.turns)} messages"
+            f"context: {window.used} / {window.size} tokens · "
+            f"{len(self.conversation.turns)} messages"
         )
 
     def cmd_context(self, arg: str) -> None:
-        e = self.engine
-        say(f"context: {e.n_past} / {e.n_ctx} tokens ({100 * e.n_past // max(e.n_ctx, 1)}%)")
+        window = self.answerer.window()
+        if window is None:
+            say(f"{len(self.conversation.turns)} messages, sent whole with each question")
+            return
+        used, size = window.used, window.size
+        say(f"context: {used} / {size} tokens ({100 * used // max(size, 1)}%)")
 
     def cmd_stats(self, arg: str) -> None:
         if arg not in ("on", "off"):
@@ -330,12 +353,11 @@ class Repl:
         say(f"(stats {arg})")
 
     def cmd_format(self, arg: str) -> None:
-        from infer.runtime.llama.grammar import constraint
-
         if arg not in ("json", "off"):
             raise UsageError("usage: /format json|off")
-        grammar = constraint(format=arg, names=("", "", "/format"))
-        self.settings.sampling = replace(self.settings.sampling, grammar=grammar)
+        response_format = {"type": "json_object"} if arg == "json" else None
+        request = replace(self.settings.request, grammar="", response_format=response_format)
+        self.settings.request = request
         say(f"(format {arg})")
 
     def cmd_undo(self, arg: str) -> None:
@@ -380,10 +402,8 @@ def say(message: str) -> None:
     output.say(message)
 
 
-def start(
-    engine: Engine, model: str, model_path: Path, settings: ChatSettings, system: str | None,
-    resume: bool, drafter: Engine | str | None = None,
-) -> int:  # fmt: skip
+def start(answerer: Answerer, settings: ChatSettings, system: str | None, resume: bool) -> int:
+    model = answerer.model
     conversation = Conversation(model, system)
     if resume:
         try:
@@ -391,4 +411,4 @@ def start(
             say(f"(continuing the last conversation: {len(conversation.turns)} messages)")
         except InferError:
             say("(no earlier conversation with this model; starting a new one)")
-    return Repl(engine, conversation, settings, model_path, drafter).loop()
+    return Repl(answerer, conversation, settings).loop()

@@ -36,42 +36,50 @@ TextArg = Annotated[
 FileOpt = Annotated[
     Path | None,
     typer.Option(
-        "--file", "-f", rich_help_panel=OUTPUT, show_default=False,
+        "--file",
+        "-f",
+        rich_help_panel=OUTPUT,
+        show_default=False,
         help="Embed the items of this UTF-8 file ('-': stdin), split by --split.",
     ),
-]  # fmt: skip
+]
 SplitOpt = Annotated[
     str,
     typer.Option(
-        "--split", rich_help_panel=OUTPUT,
+        "--split",
+        rich_help_panel=OUTPUT,
         help="Items of a file or stdin: line | paragraph (blank-line separated) | none.",
     ),
-]  # fmt: skip
+]
 JsonOpt = Annotated[
     bool,
     typer.Option(
-        "--json", rich_help_panel=OUTPUT,
+        "--json",
+        rich_help_panel=OUTPUT,
         help='JSON Lines even for one text: {"index", "text", "embedding"}.',
     ),
-]  # fmt: skip
+]
 NoTextOpt = Annotated[
     bool, typer.Option("--no-text", rich_help_panel=OUTPUT, help="Leave 'text' out of JSON Lines.")
 ]
 FormatOpt = Annotated[
     str,
     typer.Option(
-        "--format", rich_help_panel=OUTPUT,
+        "--format",
+        rich_help_panel=OUTPUT,
         help="json, or binary: little-endian float32, vector after vector (numpy.fromfile).",
     ),
-]  # fmt: skip
+]
 PoolingOpt = Annotated[
     str | None,
     typer.Option(
-        "--pooling", rich_help_panel=HARDWARE, show_default=False,
+        "--pooling",
+        rich_help_panel=HARDWARE,
+        show_default=False,
         help="mean | cls | last | none (a vector per token) | rank (default: the model's, "
         "else mean).",
     ),
-]  # fmt: skip
+]
 NoNormalizeOpt = Annotated[
     bool,
     typer.Option(
@@ -81,31 +89,41 @@ NoNormalizeOpt = Annotated[
 TruncateOpt = Annotated[
     bool,
     typer.Option(
-        "--truncate", rich_help_panel=OUTPUT,
+        "--truncate",
+        rich_help_panel=OUTPUT,
         help="Cut a text longer than the context (said on stderr) instead of failing.",
     ),
-]  # fmt: skip
+]
 CtxOpt = Annotated[
     int | None,
     typer.Option(
-        "--ctx-size", "-c", "--batch-size", "-b", rich_help_panel=HARDWARE, show_default=False,
+        "--ctx-size",
+        "-c",
+        "--batch-size",
+        "-b",
+        rich_help_panel=HARDWARE,
+        show_default=False,
         help="Tokens per batch, so the longest text (default: the model's, at most 4096).",
     ),
-]  # fmt: skip
+]
 SimilarOpt = Annotated[
     str | None,
     typer.Option(
-        "--similar", rich_help_panel=OUTPUT, show_default=False,
+        "--similar",
+        rich_help_panel=OUTPUT,
+        show_default=False,
         help="Print the items most similar to this query (cosine), best first.",
     ),
-]  # fmt: skip
+]
 ParallelOpt = Annotated[
     int,
     typer.Option(
-        "--parallel", "-np", rich_help_panel=HARDWARE,
+        "--parallel",
+        "-np",
+        rich_help_panel=HARDWARE,
         help="Texts decoded together in one batch (llama-embedding's -np; at most 256).",
     ),
-]  # fmt: skip
+]
 TopOpt = Annotated[
     int, typer.Option("-k", "--top", rich_help_panel=OUTPUT, help="With --similar: how many.")
 ]
@@ -152,9 +170,19 @@ def embed(
     if skipped:
         output.note(f"skipped {skipped} blank {'item' if skipped == 1 else 'items'}")
     vectors, query = _compute(
-        model, items, similar, pooling, not no_normalize, truncate, ctx_size, parallel,
-        threads, gpu_layers, verbose, offline,
-    )  # fmt: skip
+        model,
+        items,
+        similar,
+        pooling,
+        not no_normalize,
+        truncate,
+        ctx_size,
+        parallel,
+        threads,
+        gpu_layers,
+        verbose,
+        offline,
+    )
     if similar is not None:
         _print_similar(items, vectors, query, top, json_out)
     elif fmt == "binary":
@@ -189,10 +217,19 @@ def _items(
 
 
 def _compute(
-    model: str, items: list[Item], similar: str | None, pooling: str | None, normalize: bool,
-    truncate: bool, ctx_size: int | None, parallel: int, threads: int | None,
-    gpu_layers: int | None, verbose: bool, offline: bool,
-) -> tuple[list[Any], Any]:  # fmt: skip
+    model: str,
+    items: list[Item],
+    similar: str | None,
+    pooling: str | None,
+    normalize: bool,
+    truncate: bool,
+    ctx_size: int | None,
+    parallel: int,
+    threads: int | None,
+    gpu_layers: int | None,
+    verbose: bool,
+    offline: bool,
+) -> tuple[list[Any], Any]:
     from infer.runtime import LoadOptions, load
     from infer.runtime.llama.embedder import Embedder, default_ctx
     from infer.runtime.tools.embed import Item, embed_all, tokenize

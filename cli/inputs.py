@@ -91,10 +91,12 @@ def _too_large(name: str) -> InputError:
 
 def _kind(mode: int) -> str:
     kinds = {
-        stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO (named pipe)",
-        stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
         stat.S_ISSOCK: "a socket",
-    }  # fmt: skip
+    }
     return next((kind for test, kind in kinds.items() if test(mode)), "a special file")
 
 

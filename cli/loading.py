@@ -12,40 +12,28 @@ from . import output
 from .models import resolve_or_pull
 
 if TYPE_CHECKING:
-    from infer.runtime.llama.engine import Engine
+    from infer.runtime.llama.interface import Model, Session
     from infer.runtime.models.registry import ModelDefaults
     from infer.runtime.models.resolve import ResolvedModel
+    from infer.runtime.options import Overrides
     from infer.runtime.params import GenerateOptions, LoadOptions, SamplingParams
 
 
 def sampling_params(
     defaults: ModelDefaults,
+    overrides: Overrides | None = None,
     *,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    min_p: float | None,
-    repeat_penalty: float | None,
-    seed: int | None,
     grammar: str = "",
+    **flags: float | None,
 ) -> SamplingParams:
-    """Flags win over models.toml defaults; unset both → the dataclass default. `grammar` is
-    constraint()'s text (checked already)."""
-    from infer.runtime import SamplingParams
+    """The flags given (`overrides`) over the model's models.toml defaults over infer's, checked
+    against the table. `grammar` is constraint()'s text (checked already). The sampling flags
+    may also come one by one as keywords (temperature=..., None = not given)."""
+    from infer.runtime.options import Overrides, sampling
+    from infer.runtime.params import SamplingParams
 
-    flags = {
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "min_p": min_p,
-        "repeat_penalty": repeat_penalty,
-    }
-    picked: dict[str, float | int] = {}
-    for name, value in flags.items():
-        chosen = value if value is not None else getattr(defaults, name)
-        if chosen is not None:
-            picked[name] = chosen
-    return SamplingParams(**picked, seed=seed, grammar=grammar).validate()
+    given = (overrides or Overrides()).over(Overrides.of(flags))
+    return sampling(given, defaults.sampling, base=SamplingParams(grammar=grammar))
 
 
 def constraint(json_schema: str | None, grammar: str | None, fmt: str | None) -> str:
@@ -113,7 +101,7 @@ def load_options(
     from infer.runtime.params import parse_endpoints
 
     return LoadOptions(
-        ctx_size=ctx_size or defaults.ctx_size,
+        ctx_size=defaults.context(ctx_size),
         threads=threads,
         gpu_layers=gpu_layers,
         verbose=verbose,
@@ -122,16 +110,29 @@ def load_options(
     ).validate()
 
 
-def load_model(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Engine:
+def load_model(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Model:
     from infer.runtime import load
 
     with output.status("Loading model…", quiet=quiet):
         return load(resolved, options)
 
 
+def load_session(resolved: ResolvedModel, options: LoadOptions, *, quiet: bool) -> Session:
+    """The model and one session over it (run, chat): a chat's turns share its KV cache."""
+    from infer.runtime import load
+
+    with output.status("Loading model…", quiet=quiet):
+        model = load(resolved, options)
+        try:
+            return model.new_session()
+        except BaseException:
+            model.close()
+            raise
+
+
 def load_drafter(
-    draft: str | None, engine: Engine, options: LoadOptions, *, offline: bool, quiet: bool
-) -> str | Engine | None:
+    draft: str | None, engine: Session, options: LoadOptions, *, offline: bool, quiet: bool
+) -> str | Session | None:
     """--draft: None without one, "lookup" as is, anything else a model reference resolved like
     MODEL and loaded with the same settings and context size (its vocabulary is checked against
     the model's)."""

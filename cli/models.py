@@ -23,12 +23,14 @@ ListJsonOpt = Annotated[
 ListRemoteOpt = Annotated[
     str | None,
     typer.Option(
-        "--remote", envvar="INFER_REMOTE", metavar="URL",
+        "--remote",
+        envvar="INFER_REMOTE",
+        metavar="URL",
         help="List the models of the OpenAI-compatible server at URL instead of the cache "
         "(INFER_REMOTE too; INFER_REMOTE= infer list shows the cache).",
         show_default=False,
     ),
-]  # fmt: skip
+]
 ModelsArg = Annotated[
     list[str],
     typer.Argument(
@@ -88,10 +90,15 @@ def list_models(
         return
     models = listing["models"]
     rows = [
-        [m["name"] + _state(m), m["quantization"] or "?",
-         human_size(m["size"]), output.relative_time(m["modified"]), ", ".join(m["aliases"])]
+        [
+            m["name"] + _state(m),
+            m["quantization"] or "?",
+            human_size(m["size"]),
+            output.relative_time(m["modified"]),
+            ", ".join(m["aliases"]),
+        ]
         for m in models
-    ]  # fmt: skip
+    ]
     if rows:
         output.write_answer(output.table(["NAME", "QUANT", "SIZE", "MODIFIED", "ALIASES"], rows))
     count = f"{len(models)} model{'s' if len(models) != 1 else ''}"

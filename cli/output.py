@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from infer.runtime.errors import OutputError
 
 if TYPE_CHECKING:
-    from infer.runtime.generation.loop import Stats
+    from infer.runtime.answer import Stats
 
 EVERY_S = 5.0  # without a terminal, a progress line at most this often
 
@@ -78,7 +78,14 @@ def dim(line: str) -> None:
     say(f"\x1b[2m{line}\x1b[0m" if use_color(sys.stderr) else line)
 
 
-def stats_line(stats: Stats) -> str:
+def stats_line(stats: Stats, remote: str | None = None) -> str:
+    """The faint line after an answer; a `remote`'s says only what the client measured."""
+    if remote is not None:
+        return (
+            f"remote {remote} · prompt {stats.prompt_tokens} tok"
+            f" · first token {stats.ttft_s * 1000:.0f} ms"
+            f" · generated {stats.generated_tokens} tok, {stats.generate_tps:.1f} tok/s"
+        )
     return (
         (
             f"load {stats.load_s:.2f} s · prompt {stats.prompt_tokens} tok"
@@ -96,8 +103,8 @@ def stats_line(stats: Stats) -> str:
     )
 
 
-def print_stats(stats: Stats) -> None:
-    dim(stats_line(stats))
+def print_stats(stats: Stats, remote: str | None = None) -> None:
+    dim(stats_line(stats, remote))
 
 
 @contextmanager
@@ -163,10 +170,14 @@ def key_values(rows: list[tuple[str, Any]]) -> str:
 
 # --- progress -----------------------------------------------------------------------------
 _COLUMNS = {
-    "spinner": "SpinnerColumn", "bar": "BarColumn", "bytes": "DownloadColumn",
-    "speed": "TransferSpeedColumn", "remaining": "TimeRemainingColumn",
-    "count": "MofNCompleteColumn", "elapsed": "TimeElapsedColumn",
-}  # fmt: skip
+    "spinner": "SpinnerColumn",
+    "bar": "BarColumn",
+    "bytes": "DownloadColumn",
+    "speed": "TransferSpeedColumn",
+    "remaining": "TimeRemainingColumn",
+    "count": "MofNCompleteColumn",
+    "elapsed": "TimeElapsedColumn",
+}
 
 
 class Reporter:
@@ -176,10 +187,14 @@ class Reporter:
     seconds (`force` for the first and last); with `quiet` (--json) it shows nothing."""
 
     def __init__(
-        self, *columns: str, quiet: bool = False, transient: bool = False,
-        stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+        self,
+        *columns: str,
+        quiet: bool = False,
+        transient: bool = False,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
         every: float = EVERY_S,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.stream = sys.stderr if stream is None else stream
         self.mode = "off" if quiet else "bar" if use_color(self.stream) else "lines"
         self.columns, self.transient = columns, transient

@@ -67,16 +67,23 @@ def perplexity(
     text = _read_text(file)
     resolved = resolve_or_pull(model, offline=offline)
     options = LoadOptions(
-        ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose,
+        ctx_size=ctx_size,
+        threads=threads,
+        gpu_layers=gpu_layers,
+        verbose=verbose,
         rpc=parse_endpoints(rpc),
-    ).validate()  # fmt: skip
+    ).validate()
     with cancel_on_sigint() as cancel, _progress() as progress:
         engine = load(resolved, options)
         try:
             result = measure(
-                engine, text, ctx_size=ctx_size, max_chunks=chunks, progress=progress,
+                engine,
+                text,
+                ctx_size=ctx_size,
+                max_chunks=chunks,
+                progress=progress,
                 cancel=cancel,
-            )  # fmt: skip
+            )
         finally:
             engine.close()
     if json_out:
@@ -103,9 +110,15 @@ def _progress() -> Iterator[Callable[[int, int, float], None]]:
     """Windows done, the running PPL, elapsed and remaining time on a bar whose spinner starts
     before the model loads; plain lines otherwise: at the start, every few seconds, at the end."""
     with output.Reporter(
-        "spinner", "perplexity", "bar", "count", "PPL {task.fields[ppl]}", "elapsed",
-        "remaining", transient=True,
-    ) as reporter:  # fmt: skip
+        "spinner",
+        "perplexity",
+        "bar",
+        "count",
+        "PPL {task.fields[ppl]}",
+        "elapsed",
+        "remaining",
+        transient=True,
+    ) as reporter:
         reporter.begin("", total=None, ppl="…")
 
         def report(done: int, total: int, ppl: float) -> None:

@@ -25,12 +25,14 @@ DEFAULT_PORT = 50052
 RpcOpt = Annotated[
     str | None,
     typer.Option(
-        "--rpc", rich_help_panel=HARDWARE, metavar="HOST:PORT[,...]",
+        "--rpc",
+        rich_help_panel=HARDWARE,
+        metavar="HOST:PORT[,...]",
         help="llama.cpp RPC servers (`infer rpc-server` on other machines) that take the "
         "offloaded layers, split by their free memory.",
         show_default=False,
     ),
-]  # fmt: skip
+]
 
 
 def rpc_server(

@@ -1,25 +1,15 @@
 """`infer run`: one answer to a prompt (argument and/or stdin), streamed to stdout; with no
-prompt on a terminal, the chat. `infer chat`: the chat, with only the flags that apply to it."""
+prompt on a terminal, the chat. `infer chat`: the chat, with only the flags that apply to it.
+The commands collect their flags into a typed RunArgs; cli/answering.py asks the answerer."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import typer
 
-from infer.runtime.errors import Interrupted, UsageError
+from infer.runtime.errors import UsageError
+from infer.runtime.options import Overrides
 
-from . import output
-from .inputs import prompt_text
-from .loading import (
-    constraint,
-    generate_options,
-    load_drafter,
-    load_model,
-    load_options,
-    sampling_params,
-)
-from .models import resolve_or_pull
+from .answering import LocalFlags, RunArgs, execute
 from .options import (
     ApiKeyFileOpt,
     ApiKeyOpt,
@@ -31,6 +21,7 @@ from .options import (
     DraftNgramOpt,
     DraftOpt,
     FormatOpt,
+    FrequencyPenaltyOpt,
     GpuLayersOpt,
     GrammarOpt,
     JsonOpt,
@@ -42,9 +33,11 @@ from .options import (
     NoPromptCacheOpt,
     OfflineOpt,
     ParallelOpt,
+    PresencePenaltyOpt,
     PromptArg,
     RawOpt,
     RemoteOpt,
+    RepeatLastNOpt,
     RepeatPenaltyOpt,
     SeedOpt,
     StatsOpt,
@@ -58,20 +51,13 @@ from .options import (
     TopKOpt,
     TopPOpt,
     VerboseOpt,
-)  # fmt: skip
+)
+from .remote import RemoteFlags, on_command_line
 from .rpc_server import RpcOpt
-from .signals import cancel_on_sigint
-
-if TYPE_CHECKING:
-    from infer.runtime.generation.loop import Generation
-    from infer.runtime.llama.engine import Engine
-    from infer.runtime.models.resolve import ResolvedModel
-    from infer.runtime.params import GenerateOptions, SamplingParams
-
-    from .tool_calls import Offered
 
 
 def run(
+    ctx: typer.Context,
     model: ModelArg,
     prompt: PromptArg = None,
     system: SystemOpt = None,
@@ -80,6 +66,9 @@ def run(
     top_k: TopKOpt = None,
     min_p: MinPOpt = None,
     repeat_penalty: RepeatPenaltyOpt = None,
+    repeat_last_n: RepeatLastNOpt = None,
+    frequency_penalty: FrequencyPenaltyOpt = None,
+    presence_penalty: PresencePenaltyOpt = None,
     seed: SeedOpt = None,
     max_tokens: MaxTokensOpt = None,
     stop: StopOpt = None,
@@ -113,118 +102,68 @@ def run(
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
-    if remote or api_key or api_key_file or timeout is not None:
-        from .remote import run_remote
-
-        if run_remote(dict(locals())):
-            return
-    conflicts = {"--continue": continue_, "--markdown": markdown, "--draft": bool(draft)}
-    batched = _check_batch(batch, parallel, prompt, conflicts)
-    constrained = constraint(json_schema, grammar, fmt)
-    offered = _tools(tool, tool_choice, batched=batched, raw=raw, constrained=bool(constrained))
-    text = None if batched else prompt_text(prompt)
-    resolved = resolve_or_pull(model, offline=offline)
-    d = resolved.defaults
-    sampling = sampling_params(
-        d, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        repeat_penalty=repeat_penalty, seed=seed, grammar=constrained,
-    )  # fmt: skip
-    options = generate_options(
-        max_tokens=max_tokens, stop=stop, draft_max=draft_max, draft_ngram=draft_ngram,
+    flags = Overrides(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        repeat_last_n=repeat_last_n,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        seed=seed,
+    )
+    local = LocalFlags(
+        ctx_size=ctx_size,
+        threads=threads,
+        gpu_layers=gpu_layers,
+        rpc=rpc,
+        verbose=verbose,
+        offline=offline,
+        draft=draft,
+        draft_max=draft_max,
+        draft_ngram=draft_ngram,
         draft_always=draft_always,
-    )  # fmt: skip
-    engine_options = load_options(
-        d, ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers, verbose=verbose,
-        no_prompt_cache=no_prompt_cache, rpc=rpc,
-    )  # fmt: skip
-    system = system or d.system
-    if batch is not None:
-        from .batch import run_batch
-
-        return run_batch(
-            resolved, batch, parallel, sampling, options, engine_options, system=system, raw=raw,
-            template=d.chat_template, stats=stats, json_out=json_out,
-        )  # fmt: skip
-    engine = load_model(resolved, engine_options, quiet=json_out)
-    drafter = load_drafter(draft, engine, engine_options, offline=offline, quiet=json_out)
-    if offered is not None:
-        from .tool_calls import answer
-
-        if text is None:
-            raise UsageError('--tool needs a PROMPT: infer run MODEL "PROMPT" --tool ...')
-        return answer(
-            engine, resolved, text, system, sampling, options, offered, drafter=drafter,
-            json_out=json_out, stats=stats,
-        )  # fmt: skip
-    if text is None:
-        from .chat import ChatSettings, start
-
-        settings = ChatSettings(sampling, options, raw, d.chat_template, stats, markdown)
-        raise typer.Exit(
-            start(engine, resolved.name, resolved.path, settings, system, continue_, drafter)
-        )
-    gen = _generate(engine, resolved, text, system, sampling, options, raw=raw, drafter=drafter)
-    _stream(gen, resolved.name, json_out=json_out)
-    if stats:
-        output.print_stats(gen.stats)
-    if constrained and gen.stats.finish_reason in ("length", "context"):
-        _cut_off(gen, "JSON" if json_schema is not None or fmt == "json" else "grammar")
-
-
-def _cut_off(gen: Generation, what: str) -> None:
-    """A constrained answer stopped by a limit is incomplete (JSON that does not parse)."""
-    from infer.runtime.errors import InferError
-
-    limit = "--max-tokens" if gen.stats.finish_reason == "length" else "--ctx-size"
-    raise InferError(
-        f"the answer was cut off at {gen.stats.generated_tokens} tokens before the {what} "
-        f"was complete ({limit})"
+        no_prompt_cache=no_prompt_cache,
     )
-
-
-def _tools(
-    tool: list[str] | None, choice: str | None, *, batched: bool, raw: bool, constrained: bool
-) -> Offered | None:
-    """--tool and --tool-choice, checked before the model loads; None without --tool."""
-    if not tool and choice is None:
-        return None
-    from .tool_calls import check_flags, read_tools
-
-    offered = read_tools(tool, choice)
-    if offered is not None:
-        flags = {"--batch/--parallel": batched, "--raw (tools go through the chat template)": raw}
-        flags["--json-schema, --grammar or --format"] = constrained and offered.choice != "none"
-        check_flags(flags)
-    return offered
-
-
-def _check_batch(
-    batch: str | None, parallel: int | None, prompt: str | None, conflicts: dict[str, bool]
-) -> bool:
-    """Whether this is a --batch/--parallel run (its flags checked first)."""
-    if batch is None and parallel is None:
-        return False
-    from .batch import check_flags
-
-    check_flags(batch, parallel, prompt, conflicts)
-    return True
-
-
-def _generate(
-    engine: Engine, resolved: ResolvedModel, text: str, system: str | None,
-    sampling: SamplingParams, options: GenerateOptions, *, raw: bool, drafter: Engine | str | None,
-) -> Generation:  # fmt: skip
-    from infer.runtime import Message, generate
-
-    messages = [Message("system", system)] if system else []
-    messages.append(Message("user", text))
-    template = resolved.defaults.chat_template
-    return generate(
-        engine, messages, sampling, options, raw=raw, template=template, drafter=drafter
+    args = RunArgs(
+        model=model,
+        prompt=prompt,
+        system=system,
+        overrides=checked(flags),
+        max_tokens=max_tokens,
+        stop=tuple(stop or ()),
+        raw=raw,
+        stats=stats,
+        json_out=json_out,
+        continue_=continue_,
+        markdown=markdown,
+        json_schema=json_schema,
+        grammar=grammar,
+        fmt=fmt,
+        tool=tuple(tool or ()),
+        tool_choice=tool_choice,
+        batch=batch,
+        parallel=parallel,
+        local=local,
+        remote=RemoteFlags(remote, api_key, api_key_file, timeout),
     )
+    execute(args, on_command_line(ctx))
+
+
+def checked(flags: Overrides) -> Overrides:
+    """The sampling flags' values checked against the option table, an error naming the flag."""
+    from infer.runtime.errors import OptionError
+    from infer.runtime.options import BY_NAME
+
+    try:
+        return Overrides.of(flags.given())
+    except OptionError as e:
+        raise UsageError(f"{BY_NAME[e.option].flag or e.option} {e.problem}") from None
 
 
 def chat(
+    ctx: typer.Context,
     model: ModelArg,
     system: SystemOpt = None,
     temperature: TemperatureOpt = None,
@@ -232,6 +171,9 @@ def chat(
     top_k: TopKOpt = None,
     min_p: MinPOpt = None,
     repeat_penalty: RepeatPenaltyOpt = None,
+    repeat_last_n: RepeatLastNOpt = None,
+    frequency_penalty: FrequencyPenaltyOpt = None,
+    presence_penalty: PresencePenaltyOpt = None,
     seed: SeedOpt = None,
     max_tokens: MaxTokensOpt = None,
     stop: StopOpt = None,
@@ -262,6 +204,7 @@ def chat(
     # Exactly `infer run MODEL` without a prompt, so off a terminal it also does what run does:
     # piped stdin gets one answer, no input at all is the usage error; it never waits.
     run(
+        ctx,
         model,
         None,
         system=system,
@@ -270,6 +213,9 @@ def chat(
         top_k=top_k,
         min_p=min_p,
         repeat_penalty=repeat_penalty,
+        repeat_last_n=repeat_last_n,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
         seed=seed,
         max_tokens=max_tokens,
         stop=stop,
@@ -296,26 +242,3 @@ def chat(
         api_key_file=api_key_file,
         timeout=timeout,
     )
-
-
-def _stream(gen: Generation, model_name: str, *, json_out: bool) -> None:
-    with cancel_on_sigint() as cancel:
-        gen.cancel = cancel
-        try:
-            for piece in gen:
-                if not json_out:
-                    output.write_answer(piece)
-        except Interrupted:
-            _finish(gen, model_name, json_out=json_out)
-            raise
-    _finish(gen, model_name, json_out=json_out)
-    if gen.stats.finish_reason == "context":
-        output.warn(
-            f"the answer was cut off: the context window ({gen.engine.n_ctx} tokens) is full; "
-            "raise --ctx-size"
-        )
-
-
-def _finish(gen: Generation, model_name: str, *, json_out: bool) -> None:
-    stats = gen.stats
-    output.end_answer(model_name, gen.text, stats.finish_reason, stats.as_dict(), json_out=json_out)

@@ -44,133 +44,172 @@ ModelsArg = Annotated[
 HostOpt = Annotated[
     str,
     typer.Option(
-        "--host", rich_help_panel=SERVER,
+        "--host",
+        rich_help_panel=SERVER,
         help="Address to listen on. Anything but loopback needs an API key (or --insecure).",
     ),
-]  # fmt: skip
+]
 PortOpt = Annotated[int, typer.Option("--port", rich_help_panel=SERVER, help="TCP port.")]
 ParallelOpt = Annotated[
     int,
     typer.Option(
-        "--parallel", rich_help_panel=SERVER,
+        "--parallel",
+        rich_help_panel=SERVER,
         help="Sequences decoded together per model (continuous batching); also the most `n` "
         "choices one request may ask for.",
     ),
-]  # fmt: skip
+]
 QueueOpt = Annotated[
     int,
     typer.Option(
-        "--queue", rich_help_panel=SERVER,
+        "--queue",
+        rich_help_panel=SERVER,
         help="Requests that may wait for a free sequence; beyond them: 503 with Retry-After.",
     ),
-]  # fmt: skip
+]
 MaxModelsOpt = Annotated[
     int | None,
     typer.Option(
-        "--max-models", rich_help_panel=SERVER,
+        "--max-models",
+        rich_help_panel=SERVER,
         help="Models loaded at once; the least recently used one beyond is unloaded "
-        "(default: 1 + the models named).", show_default=False,
+        "(default: 1 + the models named).",
+        show_default=False,
     ),
-]  # fmt: skip
+]
 AllowPullOpt = Annotated[
     bool,
     typer.Option(
-        "--allow-pull", rich_help_panel=SERVER,
+        "--allow-pull",
+        rich_help_panel=SERVER,
         help="Let a request name a model that is not cached yet: the server downloads it. "
         "Off by default: such a request is a 404 naming `infer pull`.",
     ),
-]  # fmt: skip
+]
+AllowDeleteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-delete",
+        rich_help_panel=SERVER,
+        help="Let a client remove cached models (Ollama's DELETE /api/delete). Off by "
+        "default: such a request is a 403.",
+    ),
+]
 OfflineOpt = Annotated[
     bool,
     typer.Option(
-        "--offline", rich_help_panel=SERVER,
+        "--offline",
+        rich_help_panel=SERVER,
         help="Never touch the network, not even to resolve names (also HF_HUB_OFFLINE=1).",
     ),
-]  # fmt: skip
+]
 ShutdownOpt = Annotated[
     float,
     typer.Option(
-        "--shutdown-timeout", rich_help_panel=SERVER,
+        "--shutdown-timeout",
+        rich_help_panel=SERVER,
         help="On SIGTERM/Ctrl-C: seconds running answers get to finish before they are cut.",
     ),
-]  # fmt: skip
+]
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
-        "--api-key", envvar="INFER_API_KEY", rich_help_panel=SECURITY,
+        "--api-key",
+        envvar="INFER_API_KEY",
+        rich_help_panel=SECURITY,
         help="Require 'Authorization: Bearer KEY' on every endpoint but /health. Prefer "
         "--api-key-file or INFER_API_KEY: a command line is visible to other users.",
         show_default=False,
     ),
-]  # fmt: skip
+]
 ApiKeyFileOpt = Annotated[
     Path | None,
     typer.Option(
-        "--api-key-file", rich_help_panel=SECURITY, metavar="FILE",
-        help="Read the API key from FILE (its first line).", show_default=False,
+        "--api-key-file",
+        rich_help_panel=SECURITY,
+        metavar="FILE",
+        help="Read the API key from FILE (its first line).",
+        show_default=False,
     ),
-]  # fmt: skip
+]
 InsecureOpt = Annotated[
     bool,
     typer.Option(
-        "--insecure", rich_help_panel=SECURITY,
+        "--insecure",
+        rich_help_panel=SECURITY,
         help="Allow a non-loopback --host without an API key: anyone who can reach the "
         "port can use the models.",
     ),
-]  # fmt: skip
+]
 CorsOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--cors-origin", rich_help_panel=SECURITY, metavar="ORIGIN",
+        "--cors-origin",
+        rich_help_panel=SECURITY,
+        metavar="ORIGIN",
         help="Let web pages from ORIGIN (e.g. http://localhost:3000) call the server "
-        "(repeatable). Default: no CORS headers.", show_default=False,
+        "(repeatable). Default: no CORS headers.",
+        show_default=False,
     ),
-]  # fmt: skip
+]
 MaxBodyOpt = Annotated[
     int,
     typer.Option(
-        "--max-body", rich_help_panel=SECURITY, metavar="BYTES",
+        "--max-body",
+        rich_help_panel=SECURITY,
+        metavar="BYTES",
         help="Largest request body accepted; larger: 413.",
     ),
-]  # fmt: skip
+]
 CtxSizeOpt = Annotated[
     int | None,
     typer.Option(
-        "--ctx-size", "-c", envvar="INFER_CTX_SIZE", rich_help_panel=HARDWARE,
+        "--ctx-size",
+        "-c",
+        envvar="INFER_CTX_SIZE",
+        rich_help_panel=HARDWARE,
         help="Context window per sequence, in tokens (default: the model's, capped so the "
-        "KV cache of all --parallel sequences stays under 4 GiB).", show_default=False,
+        "KV cache of all --parallel sequences stays under 4 GiB).",
+        show_default=False,
     ),
-]  # fmt: skip
+]
 BatchSizeOpt = Annotated[
     int | None,
     typer.Option(
-        "--batch-size", "-b", rich_help_panel=HARDWARE,
+        "--batch-size",
+        "-b",
+        rich_help_panel=HARDWARE,
         help="Most tokens per llama.cpp batch (prompt chunks and generation steps together) "
-        "[default: 512].", show_default=False,
+        "[default: 512].",
+        show_default=False,
     ),
-]  # fmt: skip
+]
 LogFormatOpt = Annotated[
     LogFormat,
     typer.Option(
-        "--log-format", rich_help_panel=OUTPUT, case_sensitive=False,
+        "--log-format",
+        rich_help_panel=OUTPUT,
+        case_sensitive=False,
         help="Access log on stderr: one text line or one JSON object per request.",
     ),
-]  # fmt: skip
+]
 ServeStatsOpt = Annotated[
     bool,
     typer.Option(
-        "--stats", rich_help_panel=OUTPUT,
+        "--stats",
+        rich_help_panel=OUTPUT,
         help="At start, print the backend, each model's offload split and slots (stderr).",
     ),
-]  # fmt: skip
+]
 ServeDraftOpt = Annotated[
     str | None,
     typer.Option(
-        "--draft", rich_help_panel=SERVER,
+        "--draft",
+        rich_help_panel=SERVER,
         help="Speculative decoding: not available with the server yet (refused).",
         show_default=False,
     ),
-]  # fmt: skip
+]
 
 
 def serve(
@@ -181,6 +220,7 @@ def serve(
     queue: QueueOpt = 64,
     max_models: MaxModelsOpt = None,
     allow_pull: AllowPullOpt = False,
+    allow_delete: AllowDeleteOpt = False,
     offline: OfflineOpt = False,
     shutdown_timeout: ShutdownOpt = 10.0,
     draft: ServeDraftOpt = None,
@@ -200,7 +240,8 @@ def serve(
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
-    /v1/models, /health, /metrics), many clients decoded together."""
+    /v1/models, /health, /metrics) and Ollama's (/api/chat, /api/generate, /api/tags, ...), many
+    clients decoded together."""
     from infer.runtime.server.app import HttpSettings
     from infer.runtime.server.security import is_loopback
 
@@ -217,13 +258,30 @@ def serve(
             )
         output.warn(f"serving on {host} without an API key (--insecure)")
     settings = HttpSettings(
-        host=host, api_key=key, cors_origins=list(cors_origin or []), max_body=max_body,
-        log_format=log_format.value, shutdown_timeout=shutdown_timeout,
-    )  # fmt: skip
+        host=host,
+        api_key=key,
+        cors_origins=list(cors_origin or []),
+        max_body=max_body,
+        log_format=log_format.value,
+        shutdown_timeout=shutdown_timeout,
+        allow_pull=allow_pull and not offline,
+        allow_delete=allow_delete,
+    )
     config = _server_config(
-        models or [], parallel, queue, max_models, allow_pull, offline,
-        ctx_size, threads, gpu_layers, batch_size, no_prompt_cache, verbose, rpc,
-    )  # fmt: skip
+        models or [],
+        parallel,
+        queue,
+        max_models,
+        allow_pull,
+        offline,
+        ctx_size,
+        threads,
+        gpu_layers,
+        batch_size,
+        no_prompt_cache,
+        verbose,
+        rpc,
+    )
     _run(config, settings, port, stats)
 
 
@@ -304,19 +362,38 @@ def _api_key(key: str | None, key_file: Path | None) -> str | None:
 
 
 def _server_config(
-    models: list[str], parallel: int, queue: int, max_models: int | None, allow_pull: bool,
-    offline: bool, ctx_size: int | None, threads: int | None, gpu_layers: int | None,
-    batch_size: int | None, no_prompt_cache: bool, verbose: bool, rpc: str | None = None,
-) -> ServerConfig:  # fmt: skip
+    models: list[str],
+    parallel: int,
+    queue: int,
+    max_models: int | None,
+    allow_pull: bool,
+    offline: bool,
+    ctx_size: int | None,
+    threads: int | None,
+    gpu_layers: int | None,
+    batch_size: int | None,
+    no_prompt_cache: bool,
+    verbose: bool,
+    rpc: str | None = None,
+) -> ServerConfig:
     from infer.runtime.params import DEFAULT_BATCH, LoadOptions, parse_endpoints
     from infer.runtime.server.backend import ServerConfig
 
     load = LoadOptions(
-        ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers,
-        batch_size=batch_size or DEFAULT_BATCH, verbose=verbose, prompt_cache=not no_prompt_cache,
+        ctx_size=ctx_size,
+        threads=threads,
+        gpu_layers=gpu_layers,
+        batch_size=batch_size or DEFAULT_BATCH,
+        verbose=verbose,
+        prompt_cache=not no_prompt_cache,
         rpc=parse_endpoints(rpc),
-    ).validate()  # fmt: skip
+    ).validate()
     return ServerConfig(
-        models=models, load=load, parallel=parallel, queue=queue, max_models=max_models,
-        allow_pull=allow_pull, offline=offline,
-    )  # fmt: skip
+        models=models,
+        load=load,
+        parallel=parallel,
+        queue=queue,
+        max_models=max_models,
+        allow_pull=allow_pull,
+        offline=offline,
+    )

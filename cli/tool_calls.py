@@ -15,7 +15,7 @@ from . import output
 if TYPE_CHECKING:
     from infer.runtime.generation.loop import Generation
     from infer.runtime.generation.tool_calls import Parsed
-    from infer.runtime.llama.engine import Engine
+    from infer.runtime.llama.interface import Session
     from infer.runtime.models.resolve import ResolvedModel
     from infer.runtime.params import GenerateOptions, SamplingParams
 
@@ -90,10 +90,18 @@ def check_flags(flags: dict[str, bool]) -> None:
 
 
 def answer(
-    engine: Engine, resolved: ResolvedModel, text: str, system: str | None,
-    sampling: SamplingParams, options: GenerateOptions, offered: Offered, *,
-    drafter: Engine | str | None, json_out: bool, stats: bool,
-) -> None:  # fmt: skip
+    engine: Session,
+    resolved: ResolvedModel,
+    text: str,
+    system: str | None,
+    sampling: SamplingParams,
+    options: GenerateOptions,
+    offered: Offered,
+    *,
+    drafter: Session | str | None,
+    json_out: bool,
+    stats: bool,
+) -> None:
     """One answer with the tools offered: the model's calls as JSON, or its text."""
     from infer.runtime import Message
     from infer.runtime.api import generate
@@ -102,15 +110,21 @@ def answer(
 
     from .signals import cancel_on_sigint
 
-    template = resolved.defaults.chat_template or engine.chat_template
+    template = resolved.defaults.chat_template or engine.model.chat_template
     tools = plan(offered.tools, offered.choice, template, only=offered.only)
     messages = [Message("system", system)] if system else []
     messages.append(Message("user", text))
     with cancel_on_sigint() as cancel:
         gen = generate(
-            engine, messages, sampling, options,
-            template=resolved.defaults.chat_template, cancel=cancel, drafter=drafter, tools=tools,
-        )  # fmt: skip
+            engine,
+            messages,
+            sampling,
+            options,
+            template=resolved.defaults.chat_template,
+            cancel=cancel,
+            drafter=drafter,
+            tools=tools,
+        )
         try:
             for _ in gen:  # held: the answer may turn out to be a call
                 pass
@@ -128,14 +142,25 @@ def answer(
 
 def _end(gen: Generation, model: str, parsed: Parsed, json_out: bool) -> None:
     calls = [c.openai() for c in parsed.calls]
-    print_answer(model, parsed.content, calls, gen.stats.finish_reason, gen.stats.as_dict(),
-                 json_out=json_out)  # fmt: skip
+    print_answer(
+        model,
+        parsed.content,
+        calls,
+        gen.stats.finish_reason,
+        gen.stats.as_dict(),
+        json_out=json_out,
+    )
 
 
 def print_answer(
-    model: str, content: str | None, calls: list[dict[str, Any]], finish_reason: str,
-    stats: dict[str, Any], *, json_out: bool,
-) -> None:  # fmt: skip
+    model: str,
+    content: str | None,
+    calls: list[dict[str, Any]],
+    finish_reason: str,
+    stats: dict[str, Any],
+    *,
+    json_out: bool,
+) -> None:
     """How an answer with tools offered ends on stdout, local or remote: with calls, one JSON
     object `{"tool_calls": [...], "content": ..., "finish_reason": "tool_calls"}`; without, the
     text as a plain run prints it. `--json`: the usual record with `tool_calls` added."""

@@ -1,14 +1,8 @@
 """infer's runtime: resolve models, load them through llama.cpp, generate. No Typer, no rich.
 
 Names are imported lazily so that `import infer.runtime` stays cheap (no llama_cpp, no
-huggingface_hub until a model is loaded or pulled).
-
-Layers, high to low; each imports only those below it (import-linter contracts in pyproject.toml):
-tools/ (bench, perplexity, quantize) · api (the library surface) · generation/ (templates,
-conversation, the token loop, speculative, batch, prompt cache) · llama/ (bindings, engine,
-offload) · models/ (references, aliases, Hub, pulls, caches, inventory, GGUF headers; never loads
-llama.cpp). The modules beside this file (errors, params, paths, files, progress) are the shared
-base: every layer may import them, they import no layer."""
+huggingface_hub until a model is loaded or pulled). The layers and who may import whom:
+docs/architecture.md, checked by the import-linter contracts in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -28,7 +22,7 @@ _EXPORTS = {
     "SamplingParams": "params",
     "GenerateOptions": "params",
     "LoadOptions": "params",
-    "Stats": "generation.loop",
+    "Stats": "answer",
     "InferError": "errors",
     "read_header": "models.gguf",
 }

@@ -2,15 +2,15 @@
 Python without Typer:
 
     from infer.runtime import resolve, load, generate, Message, SamplingParams
-    engine = load(resolve("smollm2"))
-    for piece in generate(engine, [Message("user", "Hi")], SamplingParams(temperature=0)):
+    model = load(resolve("smollm2"))
+    session = model.new_session()  # one conversation: it keeps what its KV cache holds
+    for piece in generate(session, [Message("user", "Hi")], SamplingParams(temperature=0)):
         print(piece, end="")
 """
 
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InferWarning, TemplateError, UsageError
 from .generation.loop import Generation, Stats
 from .generation.templates import Message, segments, tokenize_segments
-from .llama.engine import Engine
+from .llama.interface import Model, Session
 from .llama.offload import describe_split
 from .models.gguf import read_header
 from .models.resolve import ResolvedModel, resolve
@@ -28,9 +28,10 @@ if TYPE_CHECKING:  # tool_calls' ids need `secrets`, ~10 ms of hashlib at every 
     from .generation.tool_plan import ToolPlan
 
 
-def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Engine:
-    """Validate the GGUF header in Python, then load the weights through llama.cpp."""
-    from .llama.engine import LlamaCppEngine
+def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Model:
+    """Validate the GGUF header in Python, then load the weights through llama.cpp. The model
+    owns no context: `new_session()` for a conversation, `new_context()` for batches."""
+    from .llama.model import load_model
 
     resolved = resolve(model) if isinstance(model, str) else model
     options = (options or LoadOptions()).validate()
@@ -42,19 +43,16 @@ def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Engi
         from .generation.prompt_cache import PromptCache
 
         cache = PromptCache(resolved)
-    started = time.perf_counter()
-    engine = LlamaCppEngine(resolved.path, header, options)
-    engine.load_s = time.perf_counter() - started
-    engine.prompt_cache = cache
-    return engine
+    return load_model(resolved.path, header, options, prompt_cache=cache)
 
 
 def load_draft(
-    model: ResolvedModel | str, target: Engine, options: LoadOptions | None = None
-) -> Engine:
-    """Load a draft model for speculative decoding (`generate(..., drafter=...)`): refused
-    with IncompatibleDraftError unless it shares `target`'s vocabulary. Its context defaults
-    to the target's, since it must hold the same prompt and answer."""
+    model: ResolvedModel | str, target: Session, options: LoadOptions | None = None
+) -> Session:
+    """Load a draft model for speculative decoding (`generate(..., drafter=...)`) and make its
+    session: refused with IncompatibleDraftError unless it shares `target`'s vocabulary. Its
+    context defaults to the target's, since it must hold the same prompt and answer. Close the
+    session's `model` when done with it."""
     from .generation.speculative import check_compatible
 
     resolved = resolve(model) if isinstance(model, str) else model
@@ -65,15 +63,15 @@ def load_draft(
         warnings.simplefilter("ignore", InferWarning)
         draft = load(resolved, options)
     try:
-        check_compatible(target, draft, f"draft model '{resolved.name}'")
+        check_compatible(target.model, draft, f"draft model '{resolved.name}'")
+        return draft.new_session()
     except BaseException:
         draft.close()
         raise
-    return draft
 
 
 def prompt_tokens(
-    engine: Engine,
+    model: Model,
     messages: Sequence[Message],
     *,
     raw: bool = False,
@@ -84,21 +82,21 @@ def prompt_tokens(
     parsed for control tokens. Raw: the messages' text as a plain completion prompt."""
     if raw:
         text = "\n\n".join(m.content for m in messages)
-        return engine.with_bos(engine.tokenize(text, False))
-    template = template or engine.chat_template
+        return model.with_bos(model.tokenize(text, False))
+    template = template or model.chat_template
     if not template:
         raise TemplateError(
             "this model has no chat template: use --raw for plain text completion "
             "(or set chat_template for it in models.toml)"
         )
-    _refuse_markup(engine, [tools or [], [m.tool_calls for m in messages if m.tool_calls]])
+    _refuse_markup(model, [tools or [], [m.tool_calls for m in messages if m.tool_calls]])
     parts = segments(
-        template, messages, bos_token=engine.bos_text, eos_token=engine.eos_text, tools=tools
+        template, messages, bos_token=model.bos_text, eos_token=model.eos_text, tools=tools
     )
-    return engine.with_bos(tokenize_segments(parts, engine.tokenize))
+    return model.with_bos(tokenize_segments(parts, model.tokenize))
 
 
-def _refuse_markup(engine: Engine, data: Any) -> None:
+def _refuse_markup(model: Model, data: Any) -> None:
     """Tool definitions and call arguments are rendered as template text (their JSON cannot be
     split out as plain segments): a string in them that holds control-token markup is refused,
     so that no request text becomes a control token."""
@@ -110,14 +108,14 @@ def _refuse_markup(engine: Engine, data: Any) -> None:
             stack.extend(item.values())
         elif isinstance(item, list | tuple):
             stack.extend(item)
-        elif isinstance(item, str) and engine.tokenize(item, True) != engine.tokenize(item, False):
+        elif isinstance(item, str) and model.tokenize(item, True) != model.tokenize(item, False):
             raise UsageError(
                 f"a tool definition or tool call holds control-token markup: {item[:80]!r}"
             )
 
 
 def generate(
-    engine: Engine,
+    session: Session,
     messages: Sequence[Message],
     sampling: SamplingParams | None = None,
     options: GenerateOptions | None = None,
@@ -125,10 +123,12 @@ def generate(
     raw: bool = False,
     template: str | None = None,
     cancel: threading.Event | None = None,
-    drafter: Engine | str | None = None,
+    drafter: Session | str | None = None,
     tools: Sequence[dict[str, Any]] | ToolPlan | None = None,
 ) -> Generation:
-    """Stream an answer: iterate the result for text pieces; `.stats` afterwards. `drafter`
+    """Stream an answer from `session` (a model's `new_session()`: a follow-up in the same
+    session decodes only its new tokens): iterate the result for text pieces; `.stats`
+    afterwards. `drafter`
     turns on speculative decoding: "lookup" (drafts from the prompt's n-grams) or a draft model
     from load_draft(); the answer is the one plain decoding gives. `tools`: function
     definitions rendered through the chat template, or a generation.tool_plan.ToolPlan, whose
@@ -137,12 +137,11 @@ def generate(
     if tools is not None and not isinstance(tools, Sequence):  # a ToolPlan
         sampling = tools.constrain(sampling or SamplingParams())
         tools = tools.rendered
-    tokens = prompt_tokens(engine, messages, raw=raw, template=template, tools=tools)
-    stats = Stats(
-        load_s=getattr(engine, "load_s", 0.0), split=describe_split(getattr(engine, "split", []))
-    )
+    model = session.model
+    tokens = prompt_tokens(model, messages, raw=raw, template=template, tools=tools)
+    stats = Stats(load_s=model.load_s, split=describe_split(model.split))
     return Generation(
-        engine,
+        session,
         tokens,
         (sampling or SamplingParams()).validate(),
         (options or GenerateOptions()).validate(),

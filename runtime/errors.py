@@ -1,32 +1,46 @@
-"""Typed errors of the runtime. The CLI maps each to a one-line message and an exit code."""
+"""Typed errors of the runtime, in the runtime's own words: an option is named as the runtime
+names it (`ctx_size`), never as a command-line flag. The CLI maps each error to a one-line message,
+with its flags for the options (`worded`), and to an exit code (cli/app.py)."""
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+# How a front door names an option (runtime name → flag, JSON field...).
+Namer = Callable[[str], str]
+
+
+def as_is(option: str) -> str:
+    """The runtime's own name for an option (`str(err)` uses it)."""
+    return option
 
 
 class InferError(Exception):
     """Base of every error infer reports to a user. `str(err)` is the one-line message."""
 
-    exit_code = 1
+    def worded(self, name: Namer) -> str:
+        """The message with each option it mentions named by `name` (the CLI passes its
+        flag's); the same as str(err) for errors that mention none."""
+        return str(self)
 
 
 class UsageError(InferError):
-    """The user asked for something impossible with the options given (exit 2)."""
-
-    exit_code = 2
+    """The user asked for something impossible with the options given."""
 
 
 class OptionError(UsageError):
-    """A generation option's value is of the wrong type or out of its range. `option` is its
-    name in runtime/options.py; each front door words it as its own field (a flag, a JSON
-    field), so the message here names none."""
+    """An option's value is of the wrong type, out of its range or unusable. `option` is its
+    name in the runtime (runtime/options.py's, or a LoadOptions/GenerateOptions field); each
+    front door words it as its own field (a flag, a JSON field) with `problem`."""
 
-    def __init__(self, option: str, problem: str) -> None:
-        self.option, self.problem = option, problem
-        super().__init__(f"{option} {problem}")
+    def __init__(self, option: str, problem: str, sep: str = " ") -> None:
+        self.option, self.problem, self.sep = option, problem, sep
+        super().__init__(self.worded(as_is))
+
+    def worded(self, name: Namer) -> str:
+        return f"{name(self.option)}{self.sep}{self.problem}"
 
 
 class ModelNotFoundError(InferError):
@@ -39,11 +53,15 @@ class ModelNotFoundError(InferError):
 
 
 class UnknownDraftError(ModelNotFoundError):
-    """`--draft X` where X is neither `lookup` nor a model."""
+    """A draft X (`--draft X`) that is neither `lookup` nor a model."""
 
     def __init__(self, name: str, known: list[str], close: list[str]) -> None:
         super().__init__(name, known, close)
-        self.args = (f"--draft: {self.args[0]}; --draft takes 'lookup' or a MODEL",)
+        self.unknown = self.args[0]
+        self.args = (self.worded(as_is),)
+
+    def worded(self, name: Namer) -> str:
+        return f"{name('draft')}: {self.unknown}; {name('draft')} takes 'lookup' or a MODEL"
 
 
 class ModelFileError(InferError):
@@ -71,13 +89,17 @@ class ContextOverflowError(InferError):
 
     def __init__(self, prompt_tokens: int, n_ctx: int, n_ctx_train: int) -> None:
         self.prompt_tokens, self.n_ctx, self.n_ctx_train = prompt_tokens, n_ctx, n_ctx_train
+        super().__init__(self.worded(as_is))
+
+    def worded(self, name: Namer) -> str:
         room = (
-            f"raise it with --ctx-size (the model was trained on {n_ctx_train})"
-            if n_ctx < n_ctx_train
+            f"raise it with {name('ctx_size')} (the model was trained on {self.n_ctx_train})"
+            if self.n_ctx < self.n_ctx_train
             else "shorten the input: the context is already at the model's trained maximum"
         )
-        super().__init__(
-            f"prompt is {prompt_tokens} tokens but the context window is {n_ctx} tokens; {room}"
+        return (
+            f"prompt is {self.prompt_tokens} tokens but the context window is {self.n_ctx} "
+            f"tokens; {room}"
         )
 
 
@@ -86,14 +108,19 @@ class EngineError(InferError):
 
 
 class ContextTooLargeError(UsageError):
-    """--ctx-size asks for a KV cache larger than the memory there is; carries the numbers."""
+    """The ctx_size asked for needs a KV cache larger than the memory there is; carries the
+    numbers."""
 
     def __init__(self, n_ctx: int, needed: int, available: int, fits: int) -> None:
         self.n_ctx, self.needed, self.available, self.fits = n_ctx, needed, available, fits
-        advice = f"use --ctx-size {fits} or less" if fits >= 16 else "free some memory"
-        super().__init__(
-            f"--ctx-size {n_ctx} needs {needed / 2**30:,.1f} GiB for its KV cache, but only "
-            f"{available / 2**30:,.1f} GiB of memory is available; {advice}"
+        super().__init__(self.worded(as_is))
+
+    def worded(self, name: Namer) -> str:
+        flag = name("ctx_size")
+        advice = f"use {flag} {self.fits} or less" if self.fits >= 16 else "free some memory"
+        return (
+            f"{flag} {self.n_ctx} needs {self.needed / 2**30:,.1f} GiB for its KV cache, but "
+            f"only {self.available / 2**30:,.1f} GiB of memory is available; {advice}"
         )
 
 
@@ -122,8 +149,6 @@ class OutputError(InferError):
 
 class Interrupted(InferError):
     """The user pressed Ctrl-C; carries what was generated so far."""
-
-    exit_code = 130
 
     def __init__(self, partial: str = "") -> None:
         self.partial = partial
@@ -225,13 +250,16 @@ class UnknownQuantTypeError(UsageError):
 
 
 class RequantizeError(UsageError):
-    """The source model is already quantized below 8 bits; requantizing needs a flag."""
+    """The source model is already quantized below 8 bits; requantizing must be allowed."""
 
     def __init__(self, model: str, quantization: str) -> None:
         self.model, self.quantization = model, quantization
-        super().__init__(
-            f"{model} is already quantized ({quantization}): quantizing it again compounds the "
-            "loss; pass --allow-requantize to do it anyway"
+        super().__init__(self.worded(as_is))
+
+    def worded(self, name: Namer) -> str:
+        return (
+            f"{self.model} is already quantized ({self.quantization}): quantizing it again "
+            f"compounds the loss; pass {name('allow_requantize')} to do it anyway"
         )
 
 
@@ -255,9 +283,13 @@ class TextTooShortError(InputError):
 
     def __init__(self, tokens: int, needed: int, ctx_size: int) -> None:
         self.tokens, self.needed, self.ctx_size = tokens, needed, ctx_size
-        super().__init__(
-            f"the text is {tokens} tokens; perplexity with --ctx-size {ctx_size} needs at least "
-            f"{needed} (two windows): give more text or a smaller --ctx-size"
+        super().__init__(self.worded(as_is))
+
+    def worded(self, name: Namer) -> str:
+        flag = name("ctx_size")
+        return (
+            f"the text is {self.tokens} tokens; perplexity with {flag} {self.ctx_size} needs at "
+            f"least {self.needed} (two windows): give more text or a smaller {flag}"
         )
 
 

@@ -5,18 +5,83 @@ A command-line flag, a models.toml default, a batch file's field, an HTTP body's
 verdict on the same value (`check`). Values are layered with one type and one merge:
 `Overrides` (every field unset) over the model's defaults (also `Overrides`) over infer's own
 defaults (`SamplingParams`), so no front end keeps its own "which fields were given" set.
+
+`SamplingParams` lives here, beside the table it is checked against (params.py re-exports it):
+params.py imports this module, so the table cannot import params.py.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple, overload
 
 from .errors import OptionError
-from .params import SamplingParams
 
 INT32_MAX = 2**31 - 1
+
+
+class GrammarTrigger(NamedTuple):
+    """Where a lazy grammar wakes (runtime/llama/lazy.py): at `word` anywhere in the answer, or
+    (`at_start`) only at the answer's start, after whitespace. The grammar starts with `word`."""
+
+    word: str
+    at_start: bool = False
+
+
+@dataclass
+class SamplingParams:
+    """What a generation samples with: llama.cpp's defaults, which the table (below) states;
+    temperature 0 means greedy decoding."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    # OpenAI's penalties, which llama.cpp's penalties sampler applies over the last
+    # repeat_last_n tokens: minus frequency x count, minus presence once seen; 0 = off.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None  # None: a fresh random seed per run
+    # Constrained decoding: GBNF text (root rule `root`) that every sampled token must keep
+    # matching, run by llama.cpp's grammar sampler first in the chain; "" = unconstrained.
+    # Checked before a model loads (runtime/llama/grammar.py makes it from --grammar,
+    # --json-schema or --format json).
+    grammar: str = ""
+    # Triggers make the grammar lazy (llama.cpp's lazy grammar): every token is allowed until
+    # the answer writes one of them, and the grammar holds from that trigger on. How
+    # tool_choice "auto" keeps a call's arguments valid and a plain answer free. () = the
+    # grammar holds from the first token.
+    grammar_triggers: tuple[GrammarTrigger, ...] = ()
+
+    def validate(self) -> SamplingParams:
+        """These parameters if every option is in its range (the table's `check`) and the
+        grammar triggers are usable, else an OptionError naming the first bad one."""
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            if value is not None or option.default is not None:  # seed: None is random
+                check(option.name, value)
+        if self.grammar_triggers and not self.grammar:
+            raise OptionError("grammar_triggers", "need a grammar")
+        if not all(_is_trigger(t) for t in self.grammar_triggers):
+            raise OptionError(
+                "grammar_triggers",
+                "must be (word, at_start) pairs with a non-empty word "
+                f"(got {self.grammar_triggers!r})",
+            )
+        return self
+
+
+def _is_trigger(trigger: object) -> bool:
+    return (
+        isinstance(trigger, tuple)
+        and len(trigger) == 2
+        and isinstance(trigger[0], str)
+        and trigger[0] != ""
+        and isinstance(trigger[1], bool)
+    )
 
 
 @dataclass(frozen=True)
@@ -37,13 +102,27 @@ class Option:
     llama_cpp: str | None = None  # llama-server's /completion field
     per_model: bool = True  # may be a models.toml default
 
-    def range_text(self) -> str:
-        low = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
-        if self.high >= INT32_MAX:
-            return f"must be {low}"
+    def interval(self) -> str:
+        """The range in interval notation, as docs/options.md states it: [0, 100], (0, 100]."""
+        return f"{'(' if self.low_open else '['}{_g(self.low)}, {_g(self.high)}]"
+
+    def out_of_range(self, number: float) -> str:
+        """Why `number` is refused, stating the bounds; only the low one where the top is just
+        the integer's limit (INT32_MAX) and the number is below."""
+        low = f"> {_g(self.low)}" if self.low_open else f">= {_g(self.low)}"
+        if self.high == INT32_MAX:
+            return f"must be {low}" if number < self.high else f"must be at most {self.high}"
         if self.low_open:
-            return f"must be {low} and <= {self.high:g}"
-        return f"must be between {self.low:g} and {self.high:g}"
+            return f"must be {low} and <= {_g(self.high)}"
+        return f"must be between {_g(self.low)} and {_g(self.high)}"
+
+
+def _g(number: float) -> str:
+    """A number as people write it, the same whichever front door it came through (500, not
+    500.0 from a flag; 4294967295, not 4.29497e+09)."""
+    if isinstance(number, int):
+        return str(number)
+    return str(int(number)) if number.is_integer() and abs(number) < 1e16 else repr(number)
 
 
 _DEFAULTS = SamplingParams()
@@ -163,28 +242,30 @@ BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
 
 def check(name: str, value: Any) -> float | int:
-    """`value` for option `name` if its type and range are right, else an OptionError naming
-    the option (each front door words it with its own field name: a flag, a JSON field)."""
+    """`value` for option `name` if its type and range are right (an int for an int option, a
+    float for a float one), else an OptionError naming the option: each front door words it
+    with its own name for the field (a flag, a JSON field, a line's key)."""
     option = BY_NAME[name]
     number = _number(option, value)
     too_low = number <= option.low if option.low_open else number < option.low
     if too_low or number > option.high:
-        raise OptionError(name, f"{option.range_text()} (got {value!r})")
+        raise OptionError(name, f"{option.out_of_range(number)} (got {_g(value)})")
     return number
 
 
 def _number(option: Option, value: Any) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise OptionError(option.name, f"must be {_kind(option)} (got {value!r})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(option.name, f"must be a finite number (got {value!r})")
     if option.kind is int:
         if isinstance(value, float):
             if not value.is_integer():
                 raise OptionError(option.name, f"must be an integer (got {value!r})")
-            value = int(value)
+            return int(value)
         return value
-    if not math.isfinite(value):
-        raise OptionError(option.name, f"must be a finite number (got {value!r})")
-    return float(value)
+    # An integer past a float's range (JSON and TOML allow it) is out of any range here.
+    return float(value) if abs(value) < 1e300 else (math.inf if value > 0 else -math.inf)
 
 
 def _kind(option: Option) -> str:
@@ -215,7 +296,11 @@ class Overrides:
         """The options this layer sets, by name."""
         return {o.name: getattr(self, o.name) for o in OPTIONS if getattr(self, o.name) is not None}
 
-    def over(self, base: Overrides | SamplingParams) -> Any:
+    @overload
+    def over(self, base: Overrides) -> Overrides: ...
+    @overload
+    def over(self, base: SamplingParams) -> SamplingParams: ...
+    def over(self, base: Overrides | SamplingParams) -> Overrides | SamplingParams:
         """These values in place of `base`'s: an Overrides over an Overrides is an Overrides,
         over SamplingParams (infer's defaults) the SamplingParams to sample with."""
         return replace(base, **self.given())

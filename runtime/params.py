@@ -1,87 +1,17 @@
-"""Options for loading a model and for sampling, validated once for every front end."""
+"""Options for loading a model and for a generation's length, stops and drafting, validated once
+for every front end; errors name the field (OptionError), never a flag. The sampling options
+(SamplingParams) live with their table in options.py and are importable from here too."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
-from .errors import UsageError
+from .errors import OptionError
+from .options import GrammarTrigger as GrammarTrigger
+from .options import SamplingParams as SamplingParams
 
 DEFAULT_BATCH = 512
-
-
-class GrammarTrigger(NamedTuple):
-    """Where a lazy grammar wakes (runtime/llama/lazy.py): at `word` anywhere in the answer, or
-    (`at_start`) only at the answer's start, after whitespace. The grammar starts with `word`."""
-
-    word: str
-    at_start: bool = False
-
-
-@dataclass
-class SamplingParams:
-    """llama.cpp's defaults; temperature 0 means greedy decoding."""
-
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    # OpenAI's penalties, which llama.cpp's penalties sampler applies over the last
-    # repeat_last_n tokens: minus frequency x count, minus presence once seen; 0 = off.
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None  # None: a fresh random seed per run
-    # Constrained decoding: GBNF text (root rule `root`) that every sampled token must keep
-    # matching, run by llama.cpp's grammar sampler first in the chain; "" = unconstrained.
-    # Checked before a model loads (runtime/llama/grammar.py makes it from --grammar,
-    # --json-schema or --format json).
-    grammar: str = ""
-    # Triggers make the grammar lazy (llama.cpp's lazy grammar): every token is allowed until
-    # the answer writes one of them, and the grammar holds from that trigger on. How
-    # tool_choice "auto" keeps a call's arguments valid and a plain answer free. () = the
-    # grammar holds from the first token.
-    grammar_triggers: tuple[GrammarTrigger, ...] = ()
-
-    def validate(self) -> SamplingParams:
-        checks = [
-            (self.temperature >= 0, f"--temperature must be >= 0 (got {self.temperature})"),
-            (self.top_k >= 0, f"--top-k must be >= 0 (got {self.top_k})"),
-            (0 <= self.top_p <= 1, f"--top-p must be between 0 and 1 (got {self.top_p})"),
-            (0 <= self.min_p <= 1, f"--min-p must be between 0 and 1 (got {self.min_p})"),
-            (self.repeat_penalty > 0, f"--repeat-penalty must be > 0 (got {self.repeat_penalty})"),
-            (
-                -2 <= self.frequency_penalty <= 2,
-                f"frequency_penalty must be between -2 and 2 (got {self.frequency_penalty})",
-            ),
-            (
-                -2 <= self.presence_penalty <= 2,
-                f"presence_penalty must be between -2 and 2 (got {self.presence_penalty})",
-            ),
-            (self.seed is None or 0 <= self.seed < 2**32, "--seed must be in 0..4294967295"),
-            (not self.grammar_triggers or bool(self.grammar), "grammar_triggers need a grammar"),
-            (
-                all(_is_trigger(t) for t in self.grammar_triggers),
-                "grammar_triggers must be (word, at_start) pairs with a non-empty word "
-                f"(got {self.grammar_triggers!r})",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        return self
-
-
-def _is_trigger(trigger: object) -> bool:
-    return (
-        isinstance(trigger, tuple)
-        and len(trigger) == 2
-        and isinstance(trigger[0], str)
-        and trigger[0] != ""
-        and isinstance(trigger[1], bool)
-    )
 
 
 @dataclass
@@ -102,13 +32,13 @@ class GenerateOptions:
 
     def validate(self) -> GenerateOptions:
         if self.max_tokens is not None and self.max_tokens < 0:
-            raise UsageError(f"--max-tokens must be >= 0 (got {self.max_tokens})")
+            raise OptionError("max_tokens", f"must be >= 0 (got {self.max_tokens})")
         if any(s == "" for s in self.stop):
-            raise UsageError("--stop must not be empty")
+            raise OptionError("stop", "must not be empty")
         if self.draft_max is not None and not 1 <= self.draft_max <= 64:
-            raise UsageError(f"--draft-max must be between 1 and 64 (got {self.draft_max})")
+            raise OptionError("draft_max", f"must be between 1 and 64 (got {self.draft_max})")
         if self.draft_ngram is not None and not 1 <= self.draft_ngram <= 16:
-            raise UsageError(f"--draft-ngram must be between 1 and 16 (got {self.draft_ngram})")
+            raise OptionError("draft_ngram", f"must be between 1 and 16 (got {self.draft_ngram})")
         return self
 
 
@@ -127,13 +57,13 @@ class LoadOptions:
 
     def validate(self) -> LoadOptions:
         if self.ctx_size is not None and self.ctx_size < 16:
-            raise UsageError(f"--ctx-size must be >= 16 (got {self.ctx_size})")
+            raise OptionError("ctx_size", f"must be >= 16 (got {self.ctx_size})")
         if self.threads is not None:
             check_threads(self.threads)
         if self.gpu_layers is not None and self.gpu_layers < -1:
-            raise UsageError(f"--gpu-layers must be >= -1 (got {self.gpu_layers})")
+            raise OptionError("gpu_layers", f"must be >= -1 (got {self.gpu_layers})")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
+            raise OptionError("batch_size", f"must be >= 1 (got {self.batch_size})")
         for endpoint in self.rpc:
             split_endpoint(endpoint)
         return self
@@ -145,7 +75,7 @@ def parse_endpoints(value: str | None) -> tuple[str, ...]:
         return ()
     endpoints = tuple(dict.fromkeys(e.strip() for e in value.split(",") if e.strip()))
     if not endpoints:
-        raise UsageError("--rpc needs HOST:PORT[,HOST:PORT...]")
+        raise OptionError("rpc", "needs HOST:PORT[,HOST:PORT...]")
     for endpoint in endpoints:
         split_endpoint(endpoint)
     return endpoints
@@ -153,10 +83,12 @@ def parse_endpoints(value: str | None) -> tuple[str, ...]:
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
     """(host, port) of an RPC server's HOST:PORT, as llama.cpp parses it (up to the first colon:
-    IPv4 addresses and host names), or a UsageError."""
+    IPv4 addresses and host names), or an OptionError."""
     host, sep, port = endpoint.partition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or " " in host:
-        raise UsageError(f"--rpc: {endpoint!r} is not HOST:PORT (e.g. 192.168.1.20:50052)")
+        raise OptionError(
+            "rpc", f"{endpoint!r} is not HOST:PORT (e.g. 192.168.1.20:50052)", sep=": "
+        )
     return host, int(port)
 
 
@@ -164,7 +96,7 @@ THREADS_PER_CPU = 4
 
 
 def max_threads() -> int:
-    """The most --threads accepted. llama.cpp starts one OS thread per --threads and spins them
+    """The most threads accepted. llama.cpp starts one OS thread per --threads and spins them
     at a barrier after every graph node, so threads beyond the logical CPUs only take turns
     (2048 threads: a minute for 4 tokens) and tens of thousands exhaust memory for their stacks
     (a segfault). 4x the logical CPUs still allows measuring oversubscription with `infer bench`."""
@@ -172,12 +104,13 @@ def max_threads() -> int:
 
 
 def check_threads(threads: int) -> int:
-    """`threads` if it is a usable --threads value, else a UsageError naming the bound."""
+    """`threads` if it is a usable thread count, else an OptionError naming the bound."""
     bound = max_threads()
     if not 1 <= threads <= bound:
-        raise UsageError(
-            f"--threads must be between 1 and {bound} ({THREADS_PER_CPU} x the "
-            f"{bound // THREADS_PER_CPU} logical CPUs) (got {threads})"
+        raise OptionError(
+            "threads",
+            f"must be between 1 and {bound} ({THREADS_PER_CPU} x the "
+            f"{bound // THREADS_PER_CPU} logical CPUs) (got {threads})",
         )
     return threads
 

@@ -21,10 +21,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import IncompleteAnswerError, Interrupted, RemoteError, RemoteModelNotFoundError
+from .answer import Answerer, AnswerRequest, Stats
+from .errors import (
+    IncompleteAnswerError,
+    Interrupted,
+    RemoteError,
+    RemoteModelNotFoundError,
+    UsageError,
+)
+from .options import BY_NAME, Overrides
 
 if TYPE_CHECKING:
     import httpx
@@ -34,71 +41,34 @@ RETRIES = 4  # after the first attempt: 5 in all
 BACKOFF_S = 0.5  # the first wait without Retry-After; doubled each time
 MAX_WAIT_S = 10.0  # one wait, Retry-After included, is never longer
 DEFAULT_TIMEOUT_S = 300.0
-# Request fields an OpenAI-compatible server takes, from infer's names. top_k, min_p and
-# repeat_penalty are llama.cpp's extensions (llama-server, infer serve; vLLM takes them too).
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
 
 
-@dataclass
-class RemoteStats:
-    """What one remote answer cost, with the keys of a local run's stats: the token counts from
-    the response's usage, the times measured here (the prompt's time is the wait for the first
-    token: a remote does not say how long it spent on each)."""
-
-    prompt_tokens: int = 0
-    prompt_eval_tokens: int = 0  # the prompt minus what the remote says it had cached
-    ttft_s: float = 0.0  # request sent -> first piece of the answer received
-    generated_tokens: int = 0
-    generate_s: float = 0.0  # first piece -> last piece
-    finish_reason: str = ""
-    load_s: float = 0.0  # nothing loads here
-
-    @property
-    def prompt_s(self) -> float:
-        return self.ttft_s
-
-    @property
-    def prompt_tps(self) -> float:
-        return self.prompt_eval_tokens / self.ttft_s if self.ttft_s > 0 else 0.0
-
-    @property
-    def generate_tps(self) -> float:
-        steps = self.generated_tokens - 1  # as a local run counts: decode steps after the first
-        return steps / self.generate_s if self.generate_s > 0 and steps > 0 else 0.0
-
-    def as_dict(self) -> dict[str, float | int | str]:
-        data: dict[str, float | int | str] = {
-            "load_s": self.load_s,
-            "prompt_tokens": self.prompt_tokens,
-            "prompt_eval_tokens": self.prompt_eval_tokens,
-            "prompt_s": self.prompt_s,
-            "ttft_s": self.ttft_s,
-            "generated_tokens": self.generated_tokens,
-            "generate_s": self.generate_s,
-            "finish_reason": self.finish_reason,
-            "prompt_tokens_per_s": round(self.prompt_tps, 2),
-            "generate_tokens_per_s": round(self.generate_tps, 2),
-        }
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
-
-
-@dataclass
-class RemoteRequest:
-    """One answer to ask for: chat `messages`, or a raw `prompt` (/v1/completions)."""
-
-    model: str
-    messages: list[dict[str, str]] | None = None
-    prompt: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)  # sampling, max_tokens, stop, ...
-
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, **self.fields}
-        if self.messages is not None:
-            body["messages"] = self.messages
-        else:
-            body["prompt"] = self.prompt
-        body.update(stream=True, stream_options={"include_usage": True})
-        return body
+def body(model: str, request: AnswerRequest) -> dict[str, Any]:
+    """The streamed request for `request`: /v1/chat/completions' body, or with `raw`
+    /v1/completions'. Only the options the user set are sent (each by its OpenAI name; top_k,
+    min_p and the repeat options are llama.cpp's extensions, which infer serve and vLLM take
+    too): the server's defaults hold for the rest."""
+    if request.grammar:
+        raise UsageError("a remote server takes no GBNF grammar: ask for JSON (response_format)")
+    fields: dict[str, Any] = {"model": model}
+    for name, value in request.overrides.given().items():
+        fields[BY_NAME[name].openai or name] = value
+    if request.max_tokens is not None:
+        fields["max_tokens"] = request.max_tokens
+    if request.stop:
+        fields["stop"] = list(request.stop)
+    if request.response_format is not None:
+        fields["response_format"] = request.response_format
+    if request.tools:
+        fields["tools"] = list(request.tools)
+        fields["tool_choice"] = request.tool_choice or "auto"
+    fields.update(request.extra)
+    if request.raw:
+        fields["prompt"] = request.prompt
+    else:
+        fields["messages"] = list(request.messages)
+    fields.update(stream=True, stream_options={"include_usage": True})
+    return fields
 
 
 class Remote:
@@ -106,9 +76,13 @@ class Remote:
     Use as a context manager; `answer()` streams, `models()` lists."""
 
     def __init__(
-        self, url: str, *, api_key: str | None = None, timeout: float | None = None,
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
         retries: int = RETRIES,
-    ) -> None:  # fmt: skip
+    ) -> None:
         import httpx
 
         self.url = url.rstrip("/")
@@ -144,9 +118,9 @@ class Remote:
             raise RemoteError(self.url, "/v1/models did not answer an OpenAI model list")
         return [m for m in listing if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
-    def answer(self, request: RemoteRequest, cancel: threading.Event | None = None) -> RemoteAnswer:
-        """The answer to `request`, streamed: iterate it for the pieces."""
-        return RemoteAnswer(self, request, cancel or threading.Event())
+    def answerer(self, model: str) -> RemoteModel:
+        """`model` on this server, as an Answerer."""
+        return RemoteModel(self, model)
 
     # --- HTTP -----------------------------------------------------------------------------
     def send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
@@ -170,9 +144,13 @@ class Remote:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def status_error(
-        self, response: httpx.Response, model: str | None, *, attempts: int = 1,
+        self,
+        response: httpx.Response,
+        model: str | None,
+        *,
+        attempts: int = 1,
         waited: float = 0.0,
-    ) -> RemoteError:  # fmt: skip
+    ) -> RemoteError:
         status = response.status_code
         said = _server_message(response)
         head = f"{status} {response.reason_phrase}".strip()
@@ -224,30 +202,58 @@ class Remote:
             raise RemoteError(self.url, f"the connection failed: {_cause(e)}") from None
 
 
-class RemoteAnswer:
-    """Iterate for the answer's text pieces as they arrive; afterwards `.text` and `.stats`.
-    Raises IncompleteAnswerError when the stream stops before `[DONE]`, Interrupted when
-    `cancel` is set (the connection is closed either way: the server stops generating)."""
+class RemoteModel:
+    """One model of a remote server, as an Answerer (runtime/answer.py): the server keeps the
+    context window and the defaults, so window() is None and settings() only what was given."""
 
-    def __init__(self, remote: Remote, request: RemoteRequest, cancel: threading.Event) -> None:
-        self.remote, self.request, self.cancel = remote, request, cancel
+    def __init__(self, remote: Remote, model: str) -> None:
+        self.remote, self.model, self.where = remote, model, remote.url
+
+    def answer(self, request: AnswerRequest, cancel: threading.Event | None = None) -> RemoteAnswer:
+        """The answer to `request`, streamed: iterate it for the pieces."""
+        return RemoteAnswer(self.remote, self.model, request, cancel or threading.Event())
+
+    def settings(self, overrides: Overrides) -> dict[str, Any]:
+        return overrides.given()
+
+    def window(self) -> None:
+        return None
+
+    def count(self, request: AnswerRequest) -> int:
+        raise NotImplementedError("a remote counts its own tokens")
+
+    def reset(self) -> None:
+        """Nothing of ours is cached: the closed connection ended the answer."""
+
+
+class RemoteAnswer:
+    """Iterate for the answer's text pieces as they arrive; afterwards `.text` and `.stats`
+    (a local answer's keys: the prompt's time is the wait for the first piece, which a remote
+    does not split further; nothing loads here). Raises IncompleteAnswerError when the stream
+    stops before `[DONE]`, Interrupted when `cancel` is set (the connection is closed either
+    way: the server stops generating)."""
+
+    def __init__(
+        self, remote: Remote, model: str, request: AnswerRequest, cancel: threading.Event
+    ) -> None:
+        self.remote, self.model, self.request, self.cancel = remote, model, request, cancel
         self.text = ""
-        self.stats = RemoteStats()
+        self.stats = Stats()
         # OpenAI tool_calls, assembled from the stream's delta.tool_calls fragments
         self.tool_calls: list[dict[str, Any]] = []
 
     def __iter__(self) -> Iterator[str]:
-        remote, chat = self.remote, self.request.messages is not None
+        remote, chat = self.remote, not self.request.raw
         path = "/chat/completions" if chat else "/completions"
         start = time.monotonic()
         first = last = 0.0
         pieces, done = 0, False
         with remote.errors():
-            response = remote.send("POST", path, self.request.body())
+            response = remote.send("POST", path, body(self.model, self.request))
             try:
                 if response.status_code >= 400:
                     response.read()
-                    raise remote.status_error(response, self.request.model)
+                    raise remote.status_error(response, self.model)
                 for event in _events(response):
                     if event is None:
                         done = True
@@ -292,7 +298,7 @@ class RemoteAnswer:
 
     def _times(self, start: float, first: float, last: float, pieces: int) -> None:
         if first:
-            self.stats.ttft_s = first - start
+            self.stats.ttft_s = self.stats.prompt_s = first - start
             self.stats.generate_s = last - first
         if not self.stats.generated_tokens:  # no usage sent: one piece is about one token
             self.stats.generated_tokens = pieces
@@ -425,3 +431,7 @@ def _cut_short(e: BaseException) -> bool:
     import httpx
 
     return isinstance(e, httpx.TransportError) and not isinstance(e, httpx.TimeoutException)
+
+
+if TYPE_CHECKING:  # mypy checks here that a RemoteModel is an Answerer
+    _ANSWERER: type[Answerer] = RemoteModel

@@ -127,6 +127,7 @@ class FakeBackend:
         self.draining = False
         self.start_error: Exception | None = None  # raised by start()
         self.template: str | None = None  # the model's chat template (None: generic calls)
+        self.kept: list[tuple[str, float | None]] = []  # keep_alive calls
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay_s)
@@ -168,6 +169,11 @@ class FakeBackend:
         if model not in self.known:
             raise ModelUnavailable(model, f"'{model}' is not in the local cache")
         return self.script.prompt_tokens + len(request.messages or [])
+
+    async def keep_alive(self, model: str, seconds: float | None) -> None:
+        if model not in self.known:
+            raise ModelUnavailable(model, f"'{model}' is not in the local cache")
+        self.kept.append((model, seconds))
 
     def load_report(self) -> LoadReport:
         return LoadReport(

@@ -1,47 +1,71 @@
-"""A scripted Engine for CLI-logic tests: it yields pre-set byte pieces and records calls."""
+"""Scripted backends (runtime/llama/interface.py's Protocols) for tests without a model: a
+Session that yields pre-set byte pieces for the token loop, and a Model whose Contexts follow a
+rule, for scheduling, speculative acceptance and prompt-cache restore."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from infer.runtime.errors import Interrupted
+from infer.runtime.llama.offload import DeviceShare
+from infer.runtime.models.gguf import GGUFHeader
 from infer.runtime.params import SamplingParams
+
+if TYPE_CHECKING:
+    from infer.runtime.llama.interface import Context, Model, Session
 
 
 @dataclass
-class FakeEngine:
+class FakeSession:
+    """A Session (runtime/llama/interface.py) for the token-loop tests: it yields pre-set byte
+    pieces (whatever the prompt) and records calls."""
+
     pieces: list[bytes] = field(default_factory=lambda: [b"Hello", b" world"])
     n_ctx: int = 128
-    n_ctx_train: int = 256
-    chat_template: str | None = (
-        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
-    )
-    bos_text: str = "<s>"
-    eos_text: str = "</s>"
-    gpu_layers: int = 0
-    load_s: float = 0.0
+    n_batch: int = 64
     interrupt_after: int | None = None  # set the cancel event after this many pieces
     calls: list[tuple[list[int], SamplingParams]] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
+    prompt_eval_tokens: int = 0
+    model: FakeModel = field(default_factory=lambda: FakeModel())
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.context = FakeContext(1, self.n_ctx, self.n_batch)
+        self.context.held[0] = self.tokens  # one list: the context's sequence 0 is the session
+        self.model.contexts.append(self.context)
 
     @property
     def n_past(self) -> int:
         return len(self.tokens)
 
-    def tokenize(self, text: str, special: bool) -> list[int]:
-        return list(text.encode())
-
-    def with_bos(self, tokens: list[int]) -> list[int]:
-        return tokens
+    def decode_prompt(self, prompt: list[int], cancel: threading.Event) -> None:
+        """Through sequence 0 of the context, as llama/session.py does: the common prefix is
+        kept (all but the last token at most, so its logits are there to sample)."""
+        ctx, common = self.context, 0
+        limit = min(len(prompt) - 1, len(self.tokens))
+        while common < limit and self.tokens[common] == prompt[common]:
+            common += 1
+        del self.tokens[common:]  # the cells only: the sequence keeps its sampler chain
+        self.prompt_eval_tokens = len(prompt) - common
+        for start in range(common, len(prompt), self.n_batch):
+            ctx.add(0, prompt[start : start + self.n_batch], True)
+            ctx.decode(cancel)
 
     def generate(
-        self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event
+        self,
+        prompt: list[int],
+        sampling: SamplingParams,
+        cancel: threading.Event,
+        *,
+        ignore_eog: bool = False,
     ) -> Generator[bytes, None, None]:
         self.calls.append((prompt, sampling))
-        self.tokens = list(prompt)
+        self.decode_prompt(prompt, cancel)
         for i, piece in enumerate(self.pieces):
             if self.interrupt_after is not None and i >= self.interrupt_after:
                 cancel.set()
@@ -53,10 +77,15 @@ class FakeEngine:
             yield piece
 
     def reset(self) -> None:
-        self.tokens = []
+        self.tokens.clear()
+
+    def sharing_cores(self) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext()
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 # --- the engine interface (runtime/llama/interface.py), scripted ------------------------------
@@ -69,16 +98,39 @@ class FakeModel:
     end of generation. Tokens are the prompt's bytes, so "hi" is answered "jklmnopqrstuvwxyz".
     With temperature > 0 the sampler may skip a letter, seeded: choices with other seeds differ."""
 
+    n_ctx = 128
     n_ctx_train = 4096
-    chat_template = None
+    n_vocab = 256
+    n_layers = 1
+    offloaded_layers = 0
+    threads = 1
+    chat_template: str | None = None
+    bos_id = -1
+    eos_id = EOG
+    add_bos = False
     bos_text = ""
     eos_text = ""
+    load_s = 0.0
+    is_recurrent = False
 
     def __init__(self) -> None:
+        self.header = GGUFHeader(Path("fake.gguf"), 3, {"general.architecture": "fake"})
+        self.split: list[DeviceShare] = []
         self.contexts: list[FakeContext] = []
+        self.sessions: list[FakeSession] = []
+        self.closed = False
 
     def tokenize(self, text: str, special: bool) -> list[int]:
         return list(text.encode())
+
+    def tokenize_into_buffer(
+        self, text: str, *, add_special: bool, special: bool
+    ) -> tuple[Any, int]:
+        tokens = self.tokenize(text, special)
+        return tokens, len(tokens)
+
+    def token_text(self, token: int) -> str:
+        return chr(token) if token > 0 else ""
 
     def with_bos(self, tokens: list[int]) -> list[int]:
         return tokens
@@ -93,6 +145,14 @@ class FakeModel:
         ctx = FakeContext(n_seq_max, n_ctx_seq, n_batch)
         self.contexts.append(ctx)
         return ctx
+
+    def new_session(self, n_ctx: int | None = None) -> FakeSession:
+        session = FakeSession(n_ctx=n_ctx or self.n_ctx, model=self)
+        self.sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeContext:
@@ -148,6 +208,16 @@ class FakeContext:
                     self.rows[row] = list(self.held[seq])
                 row += 1
 
+    def logits(self, row: int, n: int) -> Any:
+        """n rows of 256 float32: 1.0 at the token the rule predicts (greedy), 0 elsewhere."""
+        from array import array
+
+        out = array("f", bytes(4 * 256 * n))
+        for i in range(n):
+            nxt = self.rows[row + i][-1] + 1
+            out[256 * i + (EOG if nxt > ord("z") else nxt)] = 1.0
+        return out
+
     def set_sampler(self, seq: int, params: SamplingParams) -> None:
         self.samplers[seq] = (params, self._random.Random(params.seed))
 
@@ -200,3 +270,9 @@ class FakeContext:
 
     def close(self) -> None:
         self.closed = True
+
+
+if TYPE_CHECKING:  # mypy checks that the fakes stand in for what they fake
+
+    def _conforms(m: FakeModel, c: FakeContext, s: FakeSession) -> tuple[Model, Context, Session]:
+        return m, c, s

@@ -18,7 +18,7 @@ from infer.runtime import GenerateOptions, LoadOptions, Message, SamplingParams,
 from infer.runtime.api import prompt_tokens
 from infer.runtime.errors import InputError, Interrupted
 from infer.runtime.generation.batch import BatchDecoder, BatchRequest, BatchResult, BatchStats
-from infer.runtime.llama.engine import LlamaCppEngine
+from infer.runtime.llama.model import LlamaModel
 from infer.runtime.models.resolve import resolve
 
 from .conftest import INFER, run_infer
@@ -33,28 +33,29 @@ N = "16"
 
 
 @pytest.fixture()
-def tiny(tiny_model: Path) -> Iterator[LlamaCppEngine]:
-    engine = load(resolve(str(tiny_model)), LoadOptions(ctx_size=256))
-    assert isinstance(engine, LlamaCppEngine)
-    yield engine
-    engine.close()
+def tiny(tiny_model: Path) -> Iterator[LlamaModel]:
+    model = load(resolve(str(tiny_model)), LoadOptions(ctx_size=256))
+    assert isinstance(model, LlamaModel)
+    yield model
+    model.close()
 
 
 TINY_PROMPTS = ["hello", "what?", "x" * 40, "a", "fox"]  # the tiny vocabulary has no "▁"
 
 
-def one_at_a_time(engine: LlamaCppEngine, sampling: SamplingParams, options: GenerateOptions):
-    answers = []
+def one_at_a_time(engine: LlamaModel, sampling: SamplingParams, options: GenerateOptions):
+    answers, session = [], engine.new_session()
     for text in TINY_PROMPTS:
-        engine.reset()  # as a fresh `infer run`
-        gen = generate(engine, [Message("user", text)], sampling, options)
+        session.reset()  # as a fresh `infer run`
+        gen = generate(session, [Message("user", text)], sampling, options)
         list(gen)
         answers.append((gen.text, gen.stats.finish_reason, gen.stats.generated_tokens))
+    session.close()
     return answers
 
 
 def batched(
-    engine: LlamaCppEngine, sampling: SamplingParams, options: GenerateOptions, parallel: int
+    engine: LlamaModel, sampling: SamplingParams, options: GenerateOptions, parallel: int
 ) -> list[tuple[str, str, int]]:
     requests = [
         BatchRequest(i, prompt_tokens(engine, [Message("user", text)]), sampling, options)
@@ -66,7 +67,7 @@ def batched(
 
 
 @pytest.mark.parametrize("parallel", [1, 3])
-def test_greedy_batch_equals_one_at_a_time(tiny: LlamaCppEngine, parallel: int) -> None:
+def test_greedy_batch_equals_one_at_a_time(tiny: LlamaModel, parallel: int) -> None:
     limited = GenerateOptions(max_tokens=24)
     assert batched(tiny, GREEDY, limited, parallel) == one_at_a_time(tiny, GREEDY, limited)
     # No limit: answers run into the 256-token window ("context") or end ("stop"); invalid
@@ -76,7 +77,7 @@ def test_greedy_batch_equals_one_at_a_time(tiny: LlamaCppEngine, parallel: int) 
     assert batched(tiny, GREEDY, GenerateOptions(), parallel) == unlimited
 
 
-def test_stop_strings_as_one_at_a_time(tiny: LlamaCppEngine) -> None:
+def test_stop_strings_as_one_at_a_time(tiny: LlamaModel) -> None:
     plain = one_at_a_time(tiny, GREEDY, GenerateOptions(max_tokens=24))
     stop = plain[2][0][6:8]  # text that occurs in the third answer
     options = GenerateOptions(max_tokens=24, stop=[stop])
@@ -85,7 +86,7 @@ def test_stop_strings_as_one_at_a_time(tiny: LlamaCppEngine) -> None:
     assert batched(tiny, GREEDY, options, 3) == expected
 
 
-def test_seeded_sampling_is_reproducible(tiny: LlamaCppEngine) -> None:
+def test_seeded_sampling_is_reproducible(tiny: LlamaModel) -> None:
     sampling = SamplingParams(temperature=1.0, seed=3)
     options = GenerateOptions(max_tokens=24)
     # One at a time in the batch decoder is the same computation as `infer run`. Several at a
@@ -95,7 +96,7 @@ def test_seeded_sampling_is_reproducible(tiny: LlamaCppEngine) -> None:
     assert batched(tiny, sampling, options, 3) == batched(tiny, sampling, options, 3)
 
 
-def test_cancel_yields_partial_answers_then_raises(tiny: LlamaCppEngine) -> None:
+def test_cancel_yields_partial_answers_then_raises(tiny: LlamaModel) -> None:
     tokens = prompt_tokens(tiny, [Message("user", "hi")])
     requests = [BatchRequest(i, tokens, GREEDY) for i in range(4)]
     cancel = threading.Event()
@@ -113,7 +114,7 @@ def test_cancel_yields_partial_answers_then_raises(tiny: LlamaCppEngine) -> None
     assert all(r.generated_tokens == 3 for r in running)  # one per step
 
 
-def test_oversized_and_zero_token_requests_answer_without_decoding(tiny: LlamaCppEngine) -> None:
+def test_oversized_and_zero_token_requests_answer_without_decoding(tiny: LlamaModel) -> None:
     ok = prompt_tokens(tiny, [Message("user", "hi")])
     requests = [
         BatchRequest(0, [1] * 300),
@@ -155,7 +156,7 @@ def test_format_is_told_by_suffix_then_first_line(tmp_path: Path) -> None:
         ('{"system": "x"}', '"prompt" is missing'),
         ('{"prompt": "x", "max_tokens": "5"}', "'max_tokens' has the wrong type"),
         ('{"prompt": "x", "temprature": 1}', "unknown field 'temprature'"),
-        ('{"prompt": "x", "top_p": 2}', "--top-p"),
+        ('{"prompt": "x", "top_p": 2}', "'top_p' must be between 0 and 1 (got 2)"),
     ],
 )
 def test_bad_lines_name_the_line(tmp_path: Path, line: str, words: str) -> None:
@@ -286,7 +287,7 @@ def test_ctrl_c_writes_what_is_finished_and_exits_130() -> None:
     assert b"Traceback" not in err
 
 
-def test_forks_copy_the_prompt_cells_in_llama_cpp(tiny: LlamaCppEngine) -> None:
+def test_forks_copy_the_prompt_cells_in_llama_cpp(tiny: LlamaModel) -> None:
     """n choices of one prompt: the forks' copied KV cells give the parent's answer at
     temperature 0 (and each fork keeps its own sampler: a freed one would crash)."""
     from infer.runtime.generation.scheduler import Scheduler

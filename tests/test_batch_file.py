@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from infer.runtime.errors import BatchFileError, InputError
 from infer.runtime.generation.batch_file import BatchItem, parse_batch
+from infer.runtime.options import BY_NAME
 from infer.runtime.params import GenerateOptions, SamplingParams
 
 SAMPLING = SamplingParams(temperature=0.5, top_k=20, seed=7)
@@ -41,6 +44,15 @@ def test_json_line_overrides_the_callers_settings_and_keeps_the_rest() -> None:
     assert SAMPLING.temperature == 0.5 and OPTIONS.stop == ["END"]  # the caller's, unchanged
 
 
+def test_a_line_may_set_every_option_of_the_table() -> None:
+    values = {"repeat_last_n": -1, "frequency_penalty": 0.5, "presence_penalty": -0.5,
+              "repeat_penalty": 1.2, "min_p": 0.1, "top_k": 3, "seed": 1, "temperature": 2,
+              "top_p": 0.5}  # fmt: skip
+    assert set(values) == set(BY_NAME)
+    (item,) = parse(json.dumps({"prompt": "hi", **values}) + "\n")
+    assert {name: getattr(item.sampling, name) for name in values} == values
+
+
 def test_plain_text_lines_are_prompts_with_the_callers_settings() -> None:
     items = parse('{"prompt": "a"}\r\nsecond line\n', suffix=".txt")
     assert [(i.line, i.prompt) for i in items] == [(1, '{"prompt": "a"}'), (2, "second line")]
@@ -68,7 +80,11 @@ def test_blank_lines_are_skipped_but_counted() -> None:
         ('{"prompt": "x", "top_k": true}', "'top_k' has the wrong type (bool)"),
         ('{"prompt": "x", "stop": ["a", 1]}', "'stop' has the wrong type (list)"),
         ('{"prompt": "x", "n": 1}', "unknown field 'n' (known: id, prompt, system,"),
-        ('{"prompt": "x", "top_p": 2}', "--top-p"),
+        ('{"prompt": "x", "top_p": 2}', "'top_p' must be between 0 and 1 (got 2)"),
+        ('{"prompt": "x", "top_k": -1}', "'top_k' must be >= 0 (got -1)"),
+        ('{"prompt": "x", "presence_penalty": 2.5}', "'presence_penalty' must be between -2 and 2"),
+        ('{"prompt": "x", "repeat_last_n": 1.5}', "'repeat_last_n' has the wrong type (float)"),
+        ('{"prompt": "x", "max_tokens": -1}', "'max_tokens' must be >= 0 (got -1)"),
         ('{"prompt": "x", "seed": 1' + "0" * 5000 + "}", "a number with too many digits"),
     ],
 )  # fmt: skip

@@ -90,7 +90,7 @@ def test_set_temperature_takes_effect() -> None:
     first = chat.say("Which city is the capital of France?").split("\n", 1)[1]
     again = chat.say("/retry").split("\n", 1)[1]
     assert first == again and "Paris" in first
-    assert "must be >= 0" in chat.say("/set temperature -1")
+    assert "must be between 0 and 100" in chat.say("/set temperature -1")
     assert "not a valid float" in chat.say("/set temperature warm")
     assert chat.bye() == 0
 

@@ -154,9 +154,9 @@ SCHEMAS: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[Any]:
-    engine = load("smollm2", LoadOptions(ctx_size=2048))
+    engine = load("smollm2", LoadOptions(ctx_size=2048)).new_session()
     yield engine
-    engine.close()
+    engine.model.close()
 
 
 def answer(engine: Any, prompt: str, grammar: str, max_tokens: int = 200, **kw: Any) -> Any:
@@ -203,7 +203,7 @@ def test_speculative_decoding_honours_the_grammar(smollm2: Any) -> None:
 
 
 def test_tiny_model_output_matches_the_grammar(tiny_model: Path) -> None:
-    engine = load(str(tiny_model), LoadOptions())
+    engine = load(str(tiny_model), LoadOptions()).new_session()
     try:
         for seed in range(4):
             sampling = SamplingParams(
@@ -216,19 +216,19 @@ def test_tiny_model_output_matches_the_grammar(tiny_model: Path) -> None:
             else:
                 assert re.fullmatch(r"[a-c]*([!?][x-z]{0,3})?", text), text
     finally:
-        engine.close()
+        engine.model.close()
 
 
 def test_a_character_no_token_spells_ends_the_answer(tiny_model: Path) -> None:
     """llama.cpp aborts the process when the grammar is handed a token it rejects; with every
     candidate rejected (a NUL, which no piece holds) the answer ends instead."""
-    engine = load(str(tiny_model), LoadOptions())
+    engine = load(str(tiny_model), LoadOptions()).new_session()
     try:
         sampling = SamplingParams(temperature=0, grammar='root ::= "a" [\\x00] "b"')
         gen = generate(engine, [Message("user", "go")], sampling, GenerateOptions(8))
         assert "".join(gen) == "a"
     finally:
-        engine.close()
+        engine.model.close()
 
 
 # -- checked before a model loads ------------------------------------------------------------

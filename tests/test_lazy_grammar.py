@@ -63,7 +63,7 @@ class Chain:
 
     def __init__(self, engine: Any, sampling: SamplingParams) -> None:
         self.engine, self.ll, self.n = engine, engine._ll, engine.n_vocab
-        self.chain = engine._sampler(sampling)
+        self.chain = engine.sampler(sampling)
         self.state = _state(self.ll.llama_sampler_chain_get(self.chain, 0))
 
     def allowed(self) -> set[int]:

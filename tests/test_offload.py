@@ -10,7 +10,7 @@ from pathlib import Path
 
 from infer.runtime import LoadOptions
 from infer.runtime.llama.bindings import bindings
-from infer.runtime.llama.engine import LlamaCppEngine
+from infer.runtime.llama.model import LlamaModel
 from infer.runtime.llama.offload import (
     RESERVE_BYTES,
     default_gpu_layers,
@@ -68,7 +68,7 @@ def test_no_gpu_on_this_build(tiny_model: Path) -> None:
     ll.llama_backend_init()
     assert gpu_free_memory(ll) is None
     assert default_gpu_layers(ll, read_header(tiny_model), 512) is None
-    engine = LlamaCppEngine(tiny_model, read_header(tiny_model), LoadOptions(ctx_size=256))
+    engine = LlamaModel(tiny_model, read_header(tiny_model), LoadOptions(ctx_size=256))
     try:
         assert engine.offloaded_layers == 0
     finally:

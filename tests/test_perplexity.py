@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from infer.runtime import LoadOptions, load, resolve
-from infer.runtime.llama.engine import LlamaCppEngine
+from infer.runtime.llama.model import LlamaModel
 from infer.runtime.tools.perplexity import perplexity, tokenize_text
 
 from .conftest import INFER, run_infer
@@ -60,9 +60,9 @@ def prose_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> Iterator[LlamaCppEngine]:
+def smollm2() -> Iterator[LlamaModel]:
     engine = load(resolve("smollm2"), LoadOptions(ctx_size=64, threads=1))
-    assert isinstance(engine, LlamaCppEngine)
+    assert isinstance(engine, LlamaModel)
     yield engine
     engine.close()
 
@@ -103,7 +103,7 @@ def test_perplexity_is_finite_above_one_and_the_same_every_time(prose_file: Path
     assert record["tokens"] > 4 * 64 and math.isclose(record["ppl"], math.exp(record["nll"]))
 
 
-def test_prose_is_more_predictable_than_the_same_words_shuffled(smollm2: LlamaCppEngine) -> None:
+def test_prose_is_more_predictable_than_the_same_words_shuffled(smollm2: LlamaModel) -> None:
     words = PROSE.split()
     random.Random(0).shuffle(words)
     prose = perplexity(smollm2, PROSE, ctx_size=64, max_chunks=2)
@@ -116,7 +116,7 @@ def test_windows_batches_and_scoring_match_a_token_by_token_reference(tiny_model
     """Windows of 128 evaluated in batches of 32 (so logits span several batches) give the
     NLL of decoding one token at a time and scoring positions 64..126 of each window."""
     engine = load(resolve(str(tiny_model)), LoadOptions(ctx_size=128, batch_size=32, threads=1))
-    assert isinstance(engine, LlamaCppEngine)
+    assert isinstance(engine, LlamaModel)
     try:
         result = perplexity(engine, PROSE, ctx_size=128, max_chunks=3)
         tokens = tokenize_text(engine, PROSE)
@@ -131,13 +131,14 @@ def test_windows_batches_and_scoring_match_a_token_by_token_reference(tiny_model
     assert math.isclose(result.ppl_stderr, expected, rel_tol=1e-4)
 
 
-def _reference_nll(engine: LlamaCppEngine, tokens: np.ndarray, n_ctx: int, chunks: int) -> list:
+def _reference_nll(engine: LlamaModel, tokens: np.ndarray, n_ctx: int, chunks: int) -> list:
     """One token per decode, each scored alone (the tool decodes batches of rows)."""
-    ctx, nll = engine.context, []
+    session = engine.new_session()
+    ctx, nll = session.context, []
     for i in range(chunks):
         window = [int(t) for t in tokens[i * n_ctx : (i + 1) * n_ctx]]
         window[0] = engine.bos_id
-        engine.reset()
+        session.reset()
         for pos, token in enumerate(window):
             row = ctx.add(0, [token], True)
             ctx.decode()
@@ -147,7 +148,7 @@ def _reference_nll(engine: LlamaCppEngine, tokens: np.ndarray, n_ctx: int, chunk
                 peak = logits.max()
                 lse = peak + math.log(np.exp(logits - peak).sum())
                 nll.append(lse - logits[tokens[i * n_ctx + pos + 1]])
-    engine.reset()
+    session.close()
     return nll
 
 

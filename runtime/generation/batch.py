@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import Interrupted
 from ..llama.engine import KV_BUDGET_BYTES, default_ctx
@@ -25,9 +24,6 @@ from ..params import DEFAULT_BATCH
 from .scheduler import BatchRequest, BatchResult, Scheduler, StepCounts
 
 __all__ = ["BatchDecoder", "BatchRequest", "BatchResult", "BatchStats", "ctx_per_sequence"]
-
-if TYPE_CHECKING:
-    from ..llama.engine import LlamaCppEngine
 
 MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ
 CTX_ALIGN = 256  # llama.cpp pads each sequence's share of the context to this
@@ -65,7 +61,7 @@ class BatchStats:
 
 
 def ctx_per_sequence(
-    engine: LlamaCppEngine, requests: Sequence[BatchRequest], parallel: int, ctx_size: int | None
+    engine: Model, requests: Sequence[BatchRequest], parallel: int, ctx_size: int | None
 ) -> int:
     """KV cells per sequence. `ctx_size` (--ctx-size) when given, as for one `infer run`;
     otherwise the default of one run with its memory budget shared by the N sequences, and no
@@ -104,7 +100,7 @@ class BatchDecoder:
     @classmethod
     def for_requests(
         cls,
-        engine: LlamaCppEngine,
+        engine: Model,
         requests: Sequence[BatchRequest],
         parallel: int,
         ctx_size: int | None = None,

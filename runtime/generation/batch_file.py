@@ -1,7 +1,8 @@
 """Batch files: the prompts of a `--batch` file as validated items, each with its settings.
 
 A batch file is JSON Lines (one object a line: "prompt", optional "id", "system", "max_tokens",
-"stop", the sampling fields, which override the caller's, and at most one of "json_schema" (an
+"stop", any option of runtime/options.py's table (temperature, top_k...), which override the
+caller's, and at most one of "json_schema" (an
 object, or its text), "grammar" (GBNF) or "format" ("json" or "off"), which replace the caller's
 constraint) or plain text with one prompt per
 line. Parsing, validation and the per-prompt merging live here, not in the CLI, because every
@@ -13,21 +14,27 @@ file access (the caller reads the text, with its own bounds).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import BatchFileError, UsageError
-from ..params import GenerateOptions, SamplingParams
+from ..options import BY_NAME, OPTIONS, Overrides, SamplingParams
+from ..params import GenerateOptions
 
-_NUMBER = (int, float)
+# A line's fields and their JSON types: its own, then every option of the table (an integer is a
+# number too; the ranges are the table's, checked when the line's settings are merged).
 FIELDS: dict[str, tuple[type, ...]] = {
-    "id": (str, int), "prompt": (str,), "system": (str,), "max_tokens": (int,),
-    "stop": (str, list), "temperature": _NUMBER, "top_p": _NUMBER, "top_k": (int,),
-    "min_p": _NUMBER, "repeat_penalty": _NUMBER, "seed": (int,),
-    "json_schema": (dict, str), "grammar": (str,), "format": (str,),
-}  # fmt: skip
+    "id": (str, int),
+    "prompt": (str,),
+    "system": (str,),
+    "max_tokens": (int,),
+    "stop": (str, list),
+    **{o.name: (int,) if o.kind is int else (int, float) for o in OPTIONS},
+    "json_schema": (dict, str),
+    "grammar": (str,),
+    "format": (str,),
+}
 _CONSTRAINT_FIELDS = ("json_schema", "grammar", "format")
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
 
 
 @dataclass
@@ -40,6 +47,11 @@ class BatchItem:
     system: str | None
     sampling: SamplingParams
     options: GenerateOptions
+    # What the line itself set, for front ends that merge over other layers themselves (a
+    # remote answerer sends only what was set): its sampling options, max_tokens and stop.
+    own: Overrides = field(default_factory=Overrides)
+    own_max_tokens: int | None = None
+    own_stop: tuple[str, ...] | None = None
 
 
 def parse_batch(
@@ -113,9 +125,8 @@ def _item(
         raise BatchFileError(name, number, '"prompt" is missing or empty')
     stop = fields.get("stop", base.stop)
     try:
-        line_sampling = replace(
-            sampling, **{k: fields[k] for k in _SAMPLING_FIELDS if k in fields}
-        ).validate()
+        line = Overrides.of({k: v for k, v in fields.items() if k in BY_NAME})
+        line_sampling = line.over(sampling).validate()
         if any(k in fields for k in _CONSTRAINT_FIELDS):
             line_sampling.grammar = _constraint(fields)
             line_sampling.grammar_triggers = ()  # the caller's were its grammar's
@@ -124,9 +135,20 @@ def _item(
             max_tokens=fields.get("max_tokens", base.max_tokens),
             stop=[stop] if isinstance(stop, str) else list(stop),
         ).validate()
-    except UsageError as e:
-        raise BatchFileError(name, number, str(e)) from None
-    return BatchItem(number, prompt, fields.get("id"), fields.get("system"), line_sampling, options)
+    except UsageError as e:  # names the line's field as the line does: 'top_p'
+        raise BatchFileError(name, number, e.worded(lambda field: f"'{field}'")) from None
+    own_stop = None if "stop" not in fields else tuple(options.stop)
+    return BatchItem(
+        number,
+        prompt,
+        fields.get("id"),
+        fields.get("system"),
+        line_sampling,
+        options,
+        own=line,
+        own_max_tokens=fields.get("max_tokens"),
+        own_stop=own_stop,
+    )
 
 
 def _constraint(fields: dict[str, Any]) -> str:

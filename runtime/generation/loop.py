@@ -6,11 +6,11 @@ import codecs
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from ..answer import Stats
 from ..errors import ContextOverflowError, Interrupted
-from ..llama.engine import Engine
+from ..llama.interface import Session
 from ..llama.tokens import common_prefix
 from ..params import GenerateOptions, SamplingParams
 
@@ -18,74 +18,29 @@ if TYPE_CHECKING:
     from .speculative import DraftCounts
 
 
-@dataclass
-class Stats:
-    load_s: float = 0.0
-    prompt_tokens: int = 0  # tokens in the prompt
-    prompt_eval_tokens: int = 0  # of those, evaluated now (the rest came from the KV cache)
-    prompt_s: float = 0.0
-    ttft_s: float = 0.0  # request start -> first token sampled (prompt evaluation included)
-    generated_tokens: int = 0
-    generate_s: float = 0.0
-    finish_reason: str = ""  # stop | length | context | interrupted
-    draft: str = ""  # speculative decoding: "lookup" or the draft model; "" when off
-    drafted: int = 0  # draft tokens verified
-    accepted: int = 0  # of those, accepted (emitted without a decode of their own)
-    # Where the model's layers are when not all on this CPU, e.g. "RPC0 10.0.0.2:50052 15 layers
-    # (40.1 MiB), CPU 1 layers (13.4 MiB)" (llama/offload.py); "" when all are local.
-    split: str = ""
-
-    @property
-    def prompt_tps(self) -> float:
-        return self.prompt_eval_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
-
-    @property
-    def generate_tps(self) -> float:
-        # The first token is sampled from the prompt's logits; the rate counts the decode steps.
-        steps = self.generated_tokens - 1
-        return steps / self.generate_s if self.generate_s > 0 and steps > 0 else 0.0
-
-    @property
-    def acceptance(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    def as_dict(self) -> dict[str, float | int | str]:
-        data: dict[str, float | int | str] = asdict(self)
-        data["prompt_tokens_per_s"] = round(self.prompt_tps, 2)
-        data["generate_tokens_per_s"] = round(self.generate_tps, 2)
-        if self.draft:
-            data["draft_acceptance"] = round(self.acceptance, 4)
-        else:  # plain decoding: the same keys as before drafting existed
-            for key in ("draft", "drafted", "accepted"):
-                del data[key]
-        if not self.split:
-            del data["split"]
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
-
-
-def check_fits(engine: Engine, prompt: list[int]) -> None:
-    if len(prompt) >= engine.n_ctx:
-        raise ContextOverflowError(len(prompt), engine.n_ctx, engine.n_ctx_train)
+def check_fits(session: Session, prompt: list[int]) -> None:
+    if len(prompt) >= session.n_ctx:
+        raise ContextOverflowError(len(prompt), session.n_ctx, session.model.n_ctx_train)
 
 
 class Generation:
-    """Iterate for text pieces as they are generated; afterwards `.text` and `.stats` hold the
-    whole answer. Stop strings never leak: text that could begin a stop string is held back
+    """Iterate for text pieces as `session` generates them; afterwards `.text` and `.stats` hold
+    the whole answer. Stop strings never leak: text that could begin a stop string is held back
     until it is known not to. With a `drafter` ("lookup" or a draft model from
     api.load_draft()) the tokens come from speculative decoding."""
 
     def __init__(
         self,
-        engine: Engine,
+        session: Session,
         prompt: list[int],
         sampling: SamplingParams,
         options: GenerateOptions,
         cancel: threading.Event | None = None,
         stats: Stats | None = None,
-        drafter: Engine | str | None = None,
+        drafter: Session | str | None = None,
     ) -> None:
-        check_fits(engine, prompt)
-        self.engine, self.prompt, self.sampling, self.options = engine, prompt, sampling, options
+        check_fits(session, prompt)
+        self.session, self.prompt, self.sampling, self.options = session, prompt, sampling, options
         self.drafter = drafter
         self.cancel = cancel or threading.Event()
         self.stats = stats or Stats()
@@ -106,12 +61,14 @@ class Generation:
         start = first = time.perf_counter()
         counts: DraftCounts | None = None
         if self.drafter is None:
-            tokens = self.engine.generate(self.prompt, self.sampling, self.cancel)
+            tokens = self.session.generate(
+                self.prompt, self.sampling, self.cancel, ignore_eog=self.options.ignore_eog
+            )
         else:
             from .speculative import generate
 
             tokens, counts = generate(
-                self.engine, self.prompt, self.sampling, self.cancel, self.options, self.drafter
+                self.session, self.prompt, self.sampling, self.cancel, self.options, self.drafter
             )
         try:
             for raw in tokens:
@@ -129,7 +86,7 @@ class Generation:
                     stats.finish_reason = "length"
                     break
             else:
-                if self.engine.n_past >= self.engine.n_ctx:
+                if self.session.n_past >= self.session.n_ctx:
                     stats.finish_reason = "context"
         except Interrupted:
             stats.finish_reason = "interrupted"
@@ -143,16 +100,15 @@ class Generation:
             if stats.generated_tokens == 0:
                 stats.prompt_s = stats.ttft_s = now - start
             stats.generate_s = now - first if stats.generated_tokens else 0.0
-            # The engine knows best: a prompt cache on disk may have filled its KV meanwhile.
-            evaluated = getattr(self.engine, "prompt_eval_tokens", None)
-            stats.prompt_eval_tokens = stats.prompt_eval_tokens if evaluated is None else evaluated
+            # The session knows best: a prompt cache on disk may have filled its KV meanwhile.
+            stats.prompt_eval_tokens = self.session.prompt_eval_tokens
         tail = stream.tail()
         if tail:
             self.pieces.append(tail)
             yield tail
 
     def _common_prefix(self) -> int:
-        held = getattr(self.engine, "tokens", None)
+        held = self.session.tokens
         if not held:
             return 0
         return common_prefix(held, self.prompt, len(self.prompt) - 1)

@@ -214,10 +214,16 @@ class PromptCache:
             with open(tmp, "r+b") as f:
                 magic, version, _ = struct.unpack("<III", f.read(12))
                 meta = {
-                    "format": 1, "model": self.model.name, "key": self.key(ctx),
-                    "tokens": n, "state_bytes": state_bytes, "magic": magic,
-                    "version": version, "crc32": checksum(f, state_bytes), "created": time.time(),
-                }  # fmt: skip
+                    "format": 1,
+                    "model": self.model.name,
+                    "key": self.key(ctx),
+                    "tokens": n,
+                    "state_bytes": state_bytes,
+                    "magic": magic,
+                    "version": version,
+                    "crc32": checksum(f, state_bytes),
+                    "created": time.time(),
+                }
                 size = append_meta(f, state_bytes, meta)
             if size > self.max_bytes:
                 return None  # larger than the whole cache may be

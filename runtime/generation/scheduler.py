@@ -71,9 +71,19 @@ class Seq:
     included); `token` is the sampled token to decode next (None while reading the prompt)."""
 
     __slots__ = (
-        "forks", "generated", "n_past", "on_text", "parent", "pieces", "req", "reused", "row",
-        "slot", "stream", "token",
-    )  # fmt: skip
+        "forks",
+        "generated",
+        "n_past",
+        "on_text",
+        "parent",
+        "pieces",
+        "req",
+        "reused",
+        "row",
+        "slot",
+        "stream",
+        "token",
+    )
 
     def __init__(self, req: BatchRequest, slot: int, on_text: Callable[[str], None] | None):
         self.req, self.slot, self.on_text = req, slot, on_text

@@ -12,7 +12,8 @@ Drafts come from prompt lookup (the n-gram that ends the text so far, found earl
 or the answer: free, and right whenever the answer copies from the input) or from a small model
 with the same vocabulary, which keeps its own KV cache in step with the accepted tokens.
 
-The plain per-token loop in engine.py is left alone: this module runs only when a draft is set.
+The plain per-token loop in llama/session.py is left alone: this module runs only when a draft
+is set.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ..errors import EngineError, IncompatibleDraftError, Interrupted, UsageError
+from ..errors import EngineError, IncompatibleDraftError, Interrupted, OptionError, UsageError
 from ..params import SamplingParams
 from .draft_policy import DraftPolicy
 
 if TYPE_CHECKING:
-    from ..llama.engine import Engine, LlamaCppEngine
-    from ..llama.interface import Context, Model
+    from ..llama.interface import Context, Model, Session
     from ..params import GenerateOptions
 
 LOOKUP = "lookup"
@@ -99,25 +99,25 @@ class LookupDrafter:
 
 
 class ModelDrafter:
-    """A small model with the target's vocabulary drafts greedily. Its KV cache is brought to
-    the accepted history at each step (only the new tokens are decoded: rejected drafts are cut
-    off by the common-prefix reuse of the engine)."""
+    """A small model with the target's vocabulary drafts greedily, in its own session. Its KV
+    cache is brought to the accepted history at each step (only the new tokens are decoded:
+    rejected drafts are cut off by the session's common-prefix reuse)."""
 
-    def __init__(self, engine: LlamaCppEngine, name: str = "model") -> None:
-        self.engine, self.name = engine, name
-        engine.context.set_sampler(0, SamplingParams(temperature=0))  # greedy
+    def __init__(self, session: Session, name: str = "model") -> None:
+        self.session, self.name = session, name
+        session.context.set_sampler(0, SamplingParams(temperature=0))  # greedy
 
     def draft(self, history: list[int], k: int, cancel: threading.Event) -> list[int]:
-        e, ctx = self.engine, self.engine.context
-        k = min(k, e.n_ctx - len(history))
+        s, ctx = self.session, self.session.context
+        k = min(k, s.n_ctx - len(history))
         if k <= 0:
             return []
-        e.decode_prompt(history, cancel)
+        s.decode_prompt(history, cancel)
         out: list[int] = []
         row = -1  # the prompt's last logits
         while True:
             token = ctx.sample(0, row)
-            if e.is_eog(token):
+            if s.model.is_eog(token):
                 return out
             out.append(token)
             if len(out) == k:
@@ -129,14 +129,14 @@ class ModelDrafter:
                 return out  # a failed draft only costs acceptance; the target decides
 
     def close(self) -> None:
-        """Nothing to free: the greedy chain belongs to the draft engine's context, and its
+        """Nothing to free: the greedy chain belongs to the draft session's context, and its
         KV cache stays for the next answer (a chat's next turn shares the history)."""
 
 
-def check_compatible(target: Engine, draft: Engine, draft_name: str = "the draft model") -> None:
+def check_compatible(target: Model, draft: Model, draft_name: str = "the draft model") -> None:
     """Refuse a draft model whose tokens mean something else: the same vocabulary size and the
     same text for a spread of token ids (BOS and EOS included)."""
-    t, d = _llama(target), _llama(draft)
+    t, d = target, draft
     if t.n_vocab != d.n_vocab:
         raise IncompatibleDraftError(
             f"{draft_name} has a different vocabulary ({d.n_vocab} tokens, the model has "
@@ -153,33 +153,24 @@ def check_compatible(target: Engine, draft: Engine, draft_name: str = "the draft
             )
 
 
-def make_drafter(source: Engine | str, options: GenerateOptions) -> Drafter:
-    """The drafter for `source`: "lookup", or a draft model loaded with api.load_draft()."""
+def make_drafter(source: Session | str, options: GenerateOptions) -> Drafter:
+    """The drafter for `source`: "lookup", or a draft model's session from api.load_draft()."""
     if source == LOOKUP:
         return LookupDrafter(options.draft_ngram or DEFAULT_NGRAM)
     if isinstance(source, str) or source is None:
-        raise UsageError(f"--draft must be '{LOOKUP}' or a loaded draft model (got {source!r})")
-    engine = _llama(source)
-    return ModelDrafter(engine, engine.header.path.stem)
-
-
-def _llama(engine: Any) -> LlamaCppEngine:
-    from ..llama.engine import LlamaCppEngine  # loaded already: the engine exists
-
-    if not isinstance(engine, LlamaCppEngine):
-        raise UsageError("speculative decoding needs a model loaded through llama.cpp")
-    return engine
+        raise OptionError("draft", f"must be '{LOOKUP}' or a loaded draft model (got {source!r})")
+    return ModelDrafter(source, source.model.header.path.stem)
 
 
 def generate(
-    target: Engine,
+    target: Session,
     prompt: list[int],
     sampling: SamplingParams,
     cancel: threading.Event,
     options: GenerateOptions,
-    source: Engine | str,
+    source: Session | str,
 ) -> tuple[Generator[bytes, None, None], DraftCounts]:
-    """Like LlamaCppEngine.generate (same stops: end-of-generation, full context, `cancel`),
+    """Like Session.generate (same stops: end-of-generation, full context, `cancel`),
     drafting from `source` ("lookup" or a draft model) and verifying up to `options.draft_max`
     tokens per decode. Drafts never run past `options.max_tokens`, so a limit costs no wasted
     verification and is never overshot. Returns the token stream and its counts, which fill in
@@ -189,31 +180,30 @@ def generate(
 
 
 def _generate(
-    target: Engine,
+    target: Session,
     prompt: list[int],
     sampling: SamplingParams,
     cancel: threading.Event,
     options: GenerateOptions,
-    source: Engine | str,
+    source: Session | str,
     counts: DraftCounts,
 ) -> Generator[bytes, None, None]:
-    engine = _llama(target)
-    if engine.is_recurrent:
+    if target.model.is_recurrent:
         raise UsageError("speculative decoding needs a transformer: this model is recurrent")
     drafter = make_drafter(source, options)
     kind = LOOKUP if isinstance(drafter, LookupDrafter) else "model"
     k_max = options.draft_max or DEFAULT_DRAFT_MAX[kind]
     counts.drafter = drafter.name
-    if len(prompt) > engine.n_ctx:
+    if len(prompt) > target.n_ctx:
         raise EngineError("prompt longer than the context")  # callers check this first
-    with engine.cores:
-        engine.decode_prompt(prompt, cancel)
+    with target.sharing_cores():
+        target.decode_prompt(prompt, cancel)
         policy = DraftPolicy(k_max, adaptive=options.draft_adapt)
         try:
+            limit = options.max_tokens
             yield from run(
-                engine, engine.context, sampling, drafter, policy, options.max_tokens, cancel,
-                counts,
-            )  # fmt: skip
+                target.model, target.context, sampling, drafter, policy, limit, cancel, counts
+            )
         finally:
             if isinstance(drafter, ModelDrafter):
                 drafter.close()

@@ -23,9 +23,15 @@ class _Grammar:
     __slots__ = ("dead", "eos", "grammar", "inner", "ll", "one", "one_arr", "saved", "watch")
 
     def __init__(
-        self, ll: Any, inner: Any, grammar: Any, n_vocab: int, eos: int, greedy: bool,
+        self,
+        ll: Any,
+        inner: Any,
+        grammar: Any,
+        n_vocab: int,
+        eos: int,
+        greedy: bool,
         watch: Watch | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.ll, self.inner, self.grammar, self.eos = ll, inner, grammar, eos
         self.watch = watch  # a lazy grammar's trigger search, mirrored
         # A greedy chain only marks its pick: the candidates need no copy to pick again from.
@@ -135,9 +141,15 @@ def _interface(ll: Any) -> Any:
 
 
 def constrained_chain(
-    ll: Any, vocab: Any, grammar_text: str, inner: Any, eos: int, *, greedy: bool = False,
+    ll: Any,
+    vocab: Any,
+    grammar_text: str,
+    inner: Any,
+    eos: int,
+    *,
+    greedy: bool = False,
     triggers: Sequence[GrammarTrigger] = (),
-) -> Any:  # fmt: skip
+) -> Any:
     """A sampler chain that samples with `inner` (which it owns from here) under the grammar;
     None if llama.cpp cannot parse the grammar (the caller frees `inner` then). `greedy`: inner
     is llama.cpp's greedy sampler alone (it changes no candidate). `triggers` make the grammar

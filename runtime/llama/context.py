@@ -12,64 +12,41 @@ import ctypes
 import os
 import threading
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, Interrupted
 from ..params import SamplingParams
 
 if TYPE_CHECKING:
     from .interface import SharedCores
-
-
-class _Owner(Protocol):
-    """What a context needs of the engine whose model it runs on (engine.LlamaCppEngine; named
-    here by shape, so that engine.py may import this module and not the other way round)."""
-
-    _ll: Any
-    _model: Any
-    threads: int
-    n_vocab: int
-    offloaded_layers: int
-
-    def core_share(self, ctx: Any) -> Any: ...
-
-    def abort_on(
-        self, cancel: threading.Event, ctx: Any = None
-    ) -> AbstractContextManager[None]: ...
-
-    def sampler(self, params: SamplingParams) -> Any: ...
-
-    def free_sampler(self, chain: Any) -> None: ...
-
-    def state_identity(self) -> dict[str, Any]: ...
+    from .weights import Weights
 
 
 class LlamaContext:
-    """Over `handle`, a llama_context of `engine`'s model with `n_seq_max` sequences (made by
-    `create`, or the engine's own single-sequence one), which this object frees."""
+    """Over `handle`, a llama_context of `model` with `n_seq_max` sequences (made by
+    `create`, or a LlamaSession's single-sequence one), which this object frees."""
 
     @classmethod
-    def create(cls, engine: _Owner, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> LlamaContext:
-        ll = engine._ll
+    def create(cls, model: Weights, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> LlamaContext:
+        ll = model._ll
         params = ll.llama_context_default_params()
         params.n_seq_max = n_seq_max
         params.n_ctx = n_seq_max * n_ctx_seq
         params.kv_unified = False
         params.n_batch = params.n_ubatch = n_batch
-        params.n_threads = params.n_threads_batch = engine.threads
-        handle = ll.llama_init_from_model(engine._model, params)
+        params.n_threads = params.n_threads_batch = model.threads
+        handle = ll.llama_init_from_model(model._model, params)
         if not handle:
             raise EngineError(
                 f"llama.cpp could not create a context for {n_seq_max} sequences of "
                 f"{n_ctx_seq} tokens (out of memory? try a smaller --parallel or --ctx-size)"
             )
-        return cls(engine, handle, n_seq_max, n_batch)
+        return cls(model, handle, n_seq_max, n_batch)
 
-    def __init__(self, engine: _Owner, handle: Any, n_seq_max: int, n_batch: int):
-        self._engine = engine
-        self._ll = ll = engine._ll
+    def __init__(self, model: Weights, handle: Any, n_seq_max: int, n_batch: int):
+        self._weights = model
+        self._ll = ll = model._ll
         self._handle = handle
         self.n_seq_max, self.n_batch = n_seq_max, n_batch
         self.n_ctx_seq = int(ll.llama_n_ctx_seq(self._handle))
@@ -80,13 +57,13 @@ class LlamaContext:
         self._queued_len = [0] * n_seq_max
         self._n = 0  # rows filled in the batch
         self._chains: list[Any] = [None] * n_seq_max
-        self._cores = engine.core_share(self._handle)
+        self._cores = model.core_share(self._handle)
 
     def tokens(self, seq: int) -> Sequence[int]:
         return self._tokens[seq]
 
     def held(self, seq: int) -> list[int]:
-        """The list behind tokens(seq), for the engine that shares it (changed in place only)."""
+        """The list behind tokens(seq), for the session that shares it (changed in place only)."""
         return self._tokens[seq]
 
     def room(self) -> int:
@@ -121,7 +98,7 @@ class LlamaContext:
         self._cores.step()
         ll = self._ll
         if cancel is not None:  # the abort callback costs a Python call per graph node
-            with self._engine.abort_on(cancel, self._handle):
+            with self._weights.abort_on(cancel, self._handle):
                 rc = int(ll.llama_decode(self._handle, self._batch))
         else:
             rc = int(ll.llama_decode(self._handle, self._batch))
@@ -142,14 +119,14 @@ class LlamaContext:
         ptr = self._ll.llama_get_logits_ith(self._handle, row)
         if not ptr:
             raise EngineError(f"llama.cpp has no logits for batch row {row}")
-        return (ctypes.c_float * (n * self._engine.n_vocab)).from_address(
+        return (ctypes.c_float * (n * self._weights.n_vocab)).from_address(
             ctypes.addressof(ptr.contents)
         )
 
     def set_sampler(self, seq: int, params: SamplingParams) -> None:
         if self._chains[seq] is not None:
-            self._engine.free_sampler(self._chains[seq])
-        self._chains[seq] = self._engine.sampler(params)
+            self._weights.free_sampler(self._chains[seq])
+        self._chains[seq] = self._weights.sampler(params)
 
     def sample(self, seq: int, row: int) -> int:
         return int(self._ll.llama_sampler_sample(self._chains[seq], self._handle, row))
@@ -161,9 +138,9 @@ class LlamaContext:
             # A partial removal llama.cpp refuses (recurrent models): drop the whole sequence.
             self._ll.llama_memory_seq_rm(self._mem, seq, -1, -1)
             start = 0
-        del self._tokens[seq][start:]  # in place: the engine's kv_tokens is this list
+        del self._tokens[seq][start:]  # in place: a session's `tokens` is this list
         if start == 0 and self._chains[seq] is not None:
-            self._engine.free_sampler(self._chains[seq])
+            self._weights.free_sampler(self._chains[seq])
             self._chains[seq] = None
 
     def copy(self, src: int, dst: int) -> None:
@@ -173,7 +150,7 @@ class LlamaContext:
         self._tokens[dst][:] = self._tokens[src]
 
     def identity(self) -> dict[str, Any]:
-        e = self._engine
+        e = self._weights
         return {
             "llama.cpp": e.state_identity(),
             # The micro-batch size and where layers run change the KV values' rounding.
@@ -209,7 +186,7 @@ class LlamaContext:
         if getattr(self, "_handle", None):
             for chain in self._chains:
                 if chain is not None:
-                    self._engine.free_sampler(chain)
+                    self._weights.free_sampler(chain)
             self._chains = [None] * self.n_seq_max
             self._ll.llama_batch_free(self._batch)
             self._ll.llama_free(self._handle)

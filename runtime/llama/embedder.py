@@ -15,12 +15,13 @@ import ctypes
 import math
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import EngineError, Interrupted, UsageError
 
 if TYPE_CHECKING:
-    from .engine import LlamaCppEngine
+    from .interface import Model
+    from .weights import Weights
 
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}  # LLAMA_POOLING_TYPE_*
 POOLING_NAMES = {v: k for k, v in POOLING.items()}
@@ -28,7 +29,7 @@ DEFAULT_POOLING = "mean"  # for a model whose GGUF names none (decoder LLMs): a 
 MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ: sequences one batch may hold
 
 
-def gguf_pooling(engine: LlamaCppEngine) -> str | None:
+def gguf_pooling(engine: Model) -> str | None:
     """The pooling the GGUF asks for ("{arch}.pooling_type"), None when it names none."""
     value = engine.header.arch_value("pooling_type")
     if isinstance(value, int) and value in POOLING_NAMES and value != 0:
@@ -36,35 +37,36 @@ def gguf_pooling(engine: LlamaCppEngine) -> str | None:
     return None
 
 
-def is_encoder_only(engine: LlamaCppEngine) -> bool:
+def is_encoder_only(engine: Model) -> bool:
     """A model that must run `llama_encode` (the encoder of a T5-style model on its own)."""
-    ll, model = engine._ll, engine._model
+    weights = cast("Weights", engine)  # only llama.cpp's models reach here
+    ll, model = weights._ll, weights._model
     return bool(ll.llama_model_has_encoder(model)) and not bool(ll.llama_model_has_decoder(model))
 
 
-def is_non_causal(engine: LlamaCppEngine) -> bool:
+def is_non_causal(engine: Model) -> bool:
     """Attention both ways (BERT-style): such a model must see a whole input at once."""
     return engine.header.arch_value("attention.causal", True) is False
 
 
-def is_embedding_model(engine: LlamaCppEngine) -> bool:
+def is_embedding_model(engine: Model) -> bool:
     """A model that makes vectors, not text: an encoder, or non-causal attention."""
     return is_encoder_only(engine) or is_non_causal(engine)
 
 
-def makes_no_sentence_vectors(engine: LlamaCppEngine) -> bool:
+def makes_no_sentence_vectors(engine: Model) -> bool:
     """The GGUF says pooling "none" outright: a vector per token, nothing for a whole text."""
     return engine.header.arch_value("pooling_type") == 0
 
 
-def embedding_tokens(engine: LlamaCppEngine, text: str) -> list[int]:
+def embedding_tokens(engine: Model, text: str) -> list[int]:
     """`text`'s tokens as llama-embedding makes them: BOS/EOS/SEP as the vocabulary adds them,
     control-token markup parsed (common_tokenize(…, add_special=true, parse_special=true))."""
     buf, n = engine.tokenize_into_buffer(text, add_special=True, special=True)
     return list(buf[:n])
 
 
-def default_ctx(engine: LlamaCppEngine) -> int:
+def default_ctx(engine: Model) -> int:
     """Tokens per batch, so also the longest input: the trained context, at most 4096."""
     return min(engine.n_ctx_train or 4096, 4096)
 
@@ -77,8 +79,9 @@ class Embedder:
     which embeds each input on its own; the default packs as llama-embedding does.)"""
 
     def __init__(
-        self, engine: LlamaCppEngine, *, pooling: str | None, n_ctx: int, n_seq_max: int = MAX_SEQ
+        self, model: Model, *, pooling: str | None, n_ctx: int, n_seq_max: int = MAX_SEQ
     ) -> None:
+        engine = cast("Weights", model)  # only llama.cpp's models reach here
         self._ll = ll = engine._ll
         self._engine = engine
         chosen = pooling or gguf_pooling(engine) or DEFAULT_POOLING
@@ -176,9 +179,13 @@ class Embedder:
             row = 0
             for tokens in inputs:
                 vectors.append(
-                    [self._read(ll.llama_get_embeddings_ith(self._handle, row + i), dim, normalize)
-                     for i in range(len(tokens))]
-                )  # fmt: skip
+                    [
+                        self._read(
+                            ll.llama_get_embeddings_ith(self._handle, row + i), dim, normalize
+                        )
+                        for i in range(len(tokens))
+                    ]
+                )
                 row += len(tokens)
             return vectors
         if self.pooling == "rank":

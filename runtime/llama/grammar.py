@@ -31,18 +31,42 @@ MAX_GRAMMAR_BYTES = 10 * 1024 * 1024  # grammar or schema text; llama.cpp parses
 # Keywords that only describe (never constrain): accepted anywhere, ignored.
 ANNOTATIONS = frozenset(
     {
-        "title", "description", "examples", "default", "$schema", "$id", "$comment",
-        "deprecated", "readOnly", "writeOnly", "$anchor",
+        "title",
+        "description",
+        "examples",
+        "default",
+        "$schema",
+        "$id",
+        "$comment",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$anchor",
     }
-)  # fmt: skip
+)
 # Keywords the converter enforces (each only in the combinations _check_node allows).
 SUPPORTED = frozenset(
     {
-        "type", "properties", "required", "additionalProperties", "items", "prefixItems",
-        "minItems", "maxItems", "enum", "const", "anyOf", "$ref", "$defs", "definitions",
-        "pattern", "format", "minLength", "maxLength",
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "enum",
+        "const",
+        "anyOf",
+        "$ref",
+        "$defs",
+        "definitions",
+        "pattern",
+        "format",
+        "minLength",
+        "maxLength",
     }
-)  # fmt: skip
+)
 TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4"})
 FORMATS |= {"uuid5"}

@@ -1,8 +1,9 @@
-"""What features may use of a backend: a loaded `Model`, and the multi-sequence `Context`s made
-over it. runtime/llama/ implements both on llama.cpp (engine.LlamaCppEngine is a Model with a
-single-sequence context of its own, the fast path of `infer run`; context.LlamaContext is the
-Context); tests/fakes.py implements them with scripted logits, so scheduling logic is tested
-without a model.
+"""The backend, as every feature sees it (the only shapes outside runtime/llama/): a loaded
+`Model`, which owns no context, and what is made over it for the work at hand: multi-sequence
+`Context`s (continuous batching) and single-sequence `Session`s (the lean per-token loop of
+`infer run`), as llama.cpp keeps llama_model and llama_context apart. runtime/llama/ implements
+them on llama.cpp (model.LlamaModel, context.LlamaContext, session.LlamaSession);
+tests/fakes.py with scripted logits, so scheduling logic is tested without a model.
 
 A Context holds `n_seq_max` sequences (ids 0..n_seq_max-1), each with its own KV cells, token
 history and sampler chain. Work is queued with `add` and runs in one `decode` (one llama.cpp
@@ -12,22 +13,50 @@ batch); sequences join and leave between decodes, which is what continuous batch
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..models.gguf import GGUFHeader
 from ..params import SamplingParams
+from .offload import DeviceShare
 
 
 class Model(Protocol):
-    """A loaded model: its vocabulary, chat template and metadata."""
+    """A loaded model: its vocabulary, chat template and metadata, built complete by the loader
+    (load time and prompt cache included)."""
 
+    header: GGUFHeader
+    n_ctx: int  # the window a session gets by default (the one the load was checked for)
     n_ctx_train: int
+    n_vocab: int
+    n_layers: int  # llama.cpp's count: the repeating layers and the output layer
+    offloaded_layers: int  # of those, on a GPU or RPC device
+    split: list[DeviceShare]  # which device holds which layers (empty: all on this CPU)
+    threads: int
     chat_template: str | None
+    bos_id: int  # -1: none
+    eos_id: int
+    add_bos: bool
     bos_text: str
     eos_text: str
+    load_s: float  # seconds the load took
+
+    @property
+    def is_recurrent(self) -> bool: ...
 
     def tokenize(self, text: str, special: bool) -> list[int]: ...
+
+    def tokenize_into_buffer(
+        self, text: str, *, add_special: bool, special: bool
+    ) -> tuple[Any, int]:
+        """The tokens in a buffer numpy can view, and how many there are; `add_special` adds
+        BOS/EOS as the vocabulary does."""
+        ...
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary's text for `token` (control tokens as their markup)."""
+        ...
 
     def with_bos(self, tokens: list[int]) -> list[int]: ...
 
@@ -43,6 +72,74 @@ class Model(Protocol):
         """A context with `n_seq_max` sequences of `n_ctx_seq` cells each, decoding at most
         `n_batch` tokens per step. EngineError when it cannot be made (memory)."""
         ...
+
+    def new_session(self, n_ctx: int | None = None) -> Session:
+        """One sequence of `n_ctx` tokens (None: `n_ctx`), for one conversation at a time.
+        EngineError when it cannot be made (memory)."""
+        ...
+
+    def close(self) -> None:
+        """Free the weights (and the sessions made over them)."""
+        ...
+
+
+class Session(Protocol):
+    """One sequence over a model with the lean per-token loop of `infer run`: the tokens its
+    KV cache holds are remembered, so a prompt that extends the last one decodes only its new
+    tokens (and a long first prompt may come from the model's prompt cache)."""
+
+    n_ctx: int  # the window
+    n_batch: int  # most prompt tokens one decode takes
+    prompt_eval_tokens: int  # of the last prompt, tokens decoded (the rest were held already)
+
+    @property
+    def model(self) -> Model: ...
+
+    @property
+    def context(self) -> Context:
+        """The sequence as a Context's sequence 0 (speculative verification, perplexity)."""
+        ...
+
+    @property
+    def tokens(self) -> Sequence[int]:
+        """What the KV cache holds, in order (live: do not modify)."""
+        ...
+
+    @property
+    def n_past(self) -> int: ...
+
+    def decode_prompt(self, prompt: list[int], cancel: threading.Event) -> None:
+        """Make the KV cache hold exactly `prompt` (its last token decoded, so its logits are
+        there to sample), decoding only what differs from what it holds."""
+        ...
+
+    def generate(
+        self,
+        prompt: list[int],
+        sampling: SamplingParams,
+        cancel: threading.Event,
+        *,
+        ignore_eog: bool = False,
+    ) -> Generator[bytes, None, None]:
+        """Decode `prompt`, then yield each sampled token's bytes until end of generation
+        (unless `ignore_eog`) or a full window; Interrupted when `cancel` is set."""
+        ...
+
+    def reset(self) -> None:
+        """Forget what the KV cache holds."""
+        ...
+
+    def sharing_cores(self) -> SharedCores: ...
+
+    def close(self) -> None: ...
+
+
+class PromptCache(Protocol):
+    """generation/prompt_cache.py's PromptCache, as a session uses it (the model carries one)."""
+
+    def restore(self, ctx: Context, seq: int, prompt: list[int]) -> None: ...
+
+    def save(self, ctx: Context, seq: int, prompt: list[int], evaluated: int) -> None: ...
 
 
 class Context(Protocol):

@@ -201,10 +201,14 @@ def start_server(
         ll,
         "ggml_backend_rpc_start_server",
         ctypes.CFUNCTYPE(
-            None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t,
+            None,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_size_t,
             ctypes.POINTER(ctypes.c_void_p),
         ),
-    )  # fmt: skip
+    )
     lib = _lib(ll)
     handles = (ctypes.c_void_p * len(lend))(
         *(lib.ggml_backend_dev_by_name(d.name.encode()) for d in lend)

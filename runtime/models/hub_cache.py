@@ -147,10 +147,16 @@ def _parse(path: Path, data: Any) -> Manifest:
             CachedFile(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in data["files"]
         )
         m = Manifest(
-            str(data["name"]), str(data["repo"]), data.get("revision"), str(data["commit"]),
-            files, tuple(data["refs"]), str(data["pulled_at"]),
-            data.get("license"), dict(data.get("summary") or {}),
-        )  # fmt: skip
+            str(data["name"]),
+            str(data["repo"]),
+            data.get("revision"),
+            str(data["commit"]),
+            files,
+            tuple(data["refs"]),
+            str(data["pulled_at"]),
+            data.get("license"),
+            dict(data.get("summary") or {}),
+        )
         ref = parse_ref(m.repo)
     except KeyError as e:
         raise _Invalid(f"no {e.args[0]!r} field") from None
@@ -204,10 +210,13 @@ def _read(path: Path) -> Manifest | Damaged | None:
     refs = data.get("refs") if isinstance(data, dict) else None
     named = _hub_ref(name)
     return Damaged(
-        path, repo, name if named and named.repo.lower() == repo else None,
+        path,
+        repo,
+        name if named and named.repo.lower() == repo else None,
         tuple(r for r in refs if isinstance(r, str)) if isinstance(refs, list) else (),
-        frozenset(h.decode() for h in re.findall(rb"[0-9a-f]{64}", raw)), reason,
-    )  # fmt: skip
+        frozenset(h.decode() for h in re.findall(rb"[0-9a-f]{64}", raw)),
+        reason,
+    )
 
 
 def scan(repo: str | None = None) -> tuple[list[Manifest], list[Damaged]]:

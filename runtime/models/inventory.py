@@ -78,10 +78,19 @@ def _damaged_row(d: hub_cache.Damaged) -> dict[str, Any]:
     except OSError:
         modified = ""
     return {
-        "name": d.name or d.repo, "repo": d.repo, "revision": None, "commit": None,
-        "quantization": None, "size": size, "modified": modified, "path": str(d.path),
-        "aliases": [], "complete": False, "files": [], "damaged": d.reason,
-    }  # fmt: skip
+        "name": d.name or d.repo,
+        "repo": d.repo,
+        "revision": None,
+        "commit": None,
+        "quantization": None,
+        "size": size,
+        "modified": modified,
+        "path": str(d.path),
+        "aliases": [],
+        "complete": False,
+        "files": [],
+        "damaged": d.reason,
+    }
 
 
 def _quantized_models() -> list[dict[str, Any]]:
@@ -89,15 +98,21 @@ def _quantized_models() -> list[dict[str, Any]]:
     `quantized_from`."""
     return [
         {
-            "name": m.name, "repo": m.repo, "revision": None, "commit": None,
-            "quantization": m.type, "size": m.size, "modified": m.created_at,
-            "path": str(quantized_store.model_path(m)), "aliases": [],
+            "name": m.name,
+            "repo": m.repo,
+            "revision": None,
+            "commit": None,
+            "quantization": m.type,
+            "size": m.size,
+            "modified": m.created_at,
+            "path": str(quantized_store.model_path(m)),
+            "aliases": [],
             "complete": quantized_store.is_complete(m),
             "files": [{"path": m.sha256, "sha256": m.sha256, "size": m.size}],
             "quantized_from": m.source,
         }
         for m in quantized_store.models()
-    ]  # fmt: skip
+    ]
 
 
 def _header_quant(m: hub_cache.Manifest) -> str | None:
@@ -163,10 +178,14 @@ def _source(resolved: ResolvedModel) -> dict[str, Any]:
     q = resolved.quantized
     if q is not None:
         return {
-            "type": "quantized", "from": q.source, "from_path": q.source_path,
-            "repo": q.repo, "quantization": q.type, "sha256": q.sha256,
+            "type": "quantized",
+            "from": q.source,
+            "from_path": q.source_path,
+            "repo": q.repo,
+            "quantization": q.type,
+            "sha256": q.sha256,
             "created_at": q.created_at,
-        }  # fmt: skip
+        }
     m = resolved.manifest
     if m is not None:
         return {

@@ -36,11 +36,26 @@ from .refs import AliasRef, HubRef, parse_ref
 # The types llama.cpp's quantizer makes without an importance matrix, with their approximate
 # bits per weight (for the disk-space estimate; a K-quant "mix" keeps a few tensors at Q6_K).
 TYPES: dict[str, float] = {
-    "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q5_1": 6.0, "Q5_0": 5.5,
-    "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_1": 5.0, "Q4_0": 4.5, "IQ4_NL": 4.5, "IQ4_XS": 4.3,
-    "Q3_K_L": 4.3, "Q3_K_M": 3.9, "Q3_K_S": 3.5, "Q2_K": 3.4, "F16": 16.0, "BF16": 16.0,
+    "Q8_0": 8.5,
+    "Q6_K": 6.6,
+    "Q5_K_M": 5.7,
+    "Q5_K_S": 5.5,
+    "Q5_1": 6.0,
+    "Q5_0": 5.5,
+    "Q4_K_M": 4.9,
+    "Q4_K_S": 4.6,
+    "Q4_1": 5.0,
+    "Q4_0": 4.5,
+    "IQ4_NL": 4.5,
+    "IQ4_XS": 4.3,
+    "Q3_K_L": 4.3,
+    "Q3_K_M": 3.9,
+    "Q3_K_S": 3.5,
+    "Q2_K": 3.4,
+    "F16": 16.0,
+    "BF16": 16.0,
     "F32": 32.0,
-}  # fmt: skip
+}
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # as llama-quantize has them
 _HEX64 = blob_store.HEX64
 

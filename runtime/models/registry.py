@@ -5,15 +5,16 @@ Entries are validated on load; an error names the file, the entry and the field.
 
 from __future__ import annotations
 
-import math
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..errors import BadReferenceError, ConfigError
+from ..errors import BadReferenceError, ConfigError, OptionError
+from ..options import OPTIONS, Overrides
+from ..params import LoadOptions
 from .refs import AliasRef, HubRef, parse_ref
 
 if sys.version_info >= (3, 11):
@@ -24,16 +25,18 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class ModelDefaults:
-    """Per-model defaults; a command-line flag always wins over these."""
+    """Per-model defaults; a command-line flag or a request's field always wins over these."""
 
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
+    sampling: Overrides = field(default_factory=Overrides)  # the table's options, per model
     system: str | None = None
     ctx_size: int | None = None
     chat_template: str | None = None
+
+    def context(self, given: int | None) -> int | None:
+        """The context size to load with: `given` (a flag's, a request's, a sweep point's),
+        else this model's; None leaves it to the engine (the trained context, capped). 0 is
+        "not given", as llama.cpp's n_ctx 0 means "the model's"."""
+        return given or self.ctx_size
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,10 @@ class ModelSpec:
 # A thousand aliases with defaults and a long system prompt each take about 500 kB.
 MAX_USER_FILE_BYTES = 1 << 20
 
+# The table's per-model options (runtime/options.py) and the entry's own fields, by TOML type: an
+# int is a number too, a float is no integer.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "temperature": (int, float),
-    "top_p": (int, float),
-    "top_k": (int,),
-    "min_p": (int, float),
-    "repeat_penalty": (int, float),
+    **{o.name: (int,) if o.kind is int else (int, float) for o in OPTIONS if o.per_model},
     "system": (str,),
     "ctx_size": (int,),
     "chat_template": (str,),
@@ -162,24 +163,22 @@ def _spec(name: str, entry: dict[str, Any], source: str) -> ModelSpec:
 def _defaults(raw: Any, where: str) -> ModelDefaults:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table")
-    known = {f.name for f in fields(ModelDefaults)}
     for key, value in raw.items():
-        if key not in known:
+        if key not in _FIELD_TYPES:
             raise ConfigError(f"{where}: unknown field '{key}'")
         if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[key]):
             raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
-            raise ConfigError(f"{where}.{key}: must be a finite number")
-    # The same bounds as the command-line flags (params.py), so that a bad default is reported
-    # here, against the file, and not later as if the user had passed a bad flag.
-    for key in ("temperature", "top_k"):
-        if key in raw and raw[key] < 0:
-            raise ConfigError(f"{where}.{key}: must not be negative")
-    for key in ("top_p", "min_p"):
-        if key in raw and not 0 <= raw[key] <= 1:
-            raise ConfigError(f"{where}.{key}: must be between 0 and 1")
-    if "repeat_penalty" in raw and raw["repeat_penalty"] <= 0:
-        raise ConfigError(f"{where}.repeat_penalty: must be positive")
-    if "ctx_size" in raw and raw["ctx_size"] < 16:
-        raise ConfigError(f"{where}.ctx_size: must be at least 16")
-    return ModelDefaults(**raw)
+    # The table's ranges (as for the flags and requests), checked here so that a bad default is
+    # reported against the file, not later as if the user had passed a bad flag.
+    sampling = {k: v for k, v in raw.items() if k not in ("system", "ctx_size", "chat_template")}
+    try:
+        overrides = Overrides.of(sampling)
+        LoadOptions(ctx_size=raw.get("ctx_size")).validate()
+    except OptionError as e:
+        raise ConfigError(f"{where}.{e.option}: {e.problem}") from None
+    return ModelDefaults(
+        overrides,
+        raw.get("system"),
+        raw.get("ctx_size"),
+        raw.get("chat_template"),
+    )

@@ -36,9 +36,13 @@ class NotDownloadedError(InferError):
     """A Hub model that is not in the local cache."""
 
     def __init__(
-        self, ref: HubRef, alias: str | None = None, *, offline: bool = False,
+        self,
+        ref: HubRef,
+        alias: str | None = None,
+        *,
+        offline: bool = False,
         offline_by: str = "HF_HUB_OFFLINE",
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.ref, self.alias, self.offline = ref, alias, offline
         target = alias or str(ref)
         if offline:

@@ -38,7 +38,7 @@ from ..errors import (
     TemplateError,
     UsageError,
 )
-from . import anthropic_routes
+from . import anthropic_routes, ollama_routes, responses_routes
 from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
 from .answer import Answer, EventStream, race_disconnect
@@ -73,6 +73,8 @@ class HttpSettings:
     log_format: str = "text"  # or "json": the access log
     shutdown_timeout: float = 10.0  # seconds running answers get to finish on SIGTERM/SIGINT
     log: Callable[[str], None] = _stderr_line  # where access-log lines go
+    allow_pull: bool = False  # Ollama's /api/pull may download models (--allow-pull)
+    allow_delete: bool = False  # Ollama's /api/delete may remove models (--allow-delete)
 
 
 class Lifecycle:
@@ -144,6 +146,8 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/v1/models/{id:path}", api.get_model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", api.prometheus, methods=["GET"]),
+            *responses_routes.routes(backend, settings.max_body, backend_error),
+            *ollama_routes.routes(backend, settings, backend_error),
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),
@@ -165,6 +169,8 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         message = f"method {request.method} is not allowed on {request.url.path}"
     else:
         message = f"no such endpoint: {request.method} {request.url.path}"
+    if request.url.path.startswith("/api/"):  # Ollama's clients read {"error": "..."}
+        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
     error = ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
     return _error_response(error, dict(exc.headers or {}))
 

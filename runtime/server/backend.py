@@ -117,6 +117,8 @@ class ModelInfo:
     created: int  # Unix seconds: when the model was pulled or made
     owned_by: str  # "library", the Hub owner, or "local"
     loaded: bool
+    expires_at: float | None = None  # Unix seconds it unloads at (keep_alive); None: no deadline
+    context: int | None = None  # tokens per sequence, once loaded
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,11 @@ class Backend(Protocol):
         """Queue depth and slots in use, now (for /metrics)."""
         ...
 
+    async def keep_alive(self, model: str, seconds: float | None) -> None:
+        """Load `model` if needed, then unload it once idle `seconds` from now (0: as soon as it
+        is idle, not loading it for that; None: no deadline). Models named at start stay."""
+        ...
+
     async def embed(self, model: str, inputs: list[str] | list[list[int]]) -> Embeddings:
         """Vectors for texts (or token arrays), batched with other embedding requests for the
         same model. Raises as submit does; a model that makes no sentence vectors (its GGUF
@@ -192,7 +199,7 @@ class PromptTooLong(InferError):
     def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
         super().__init__(
             f"the prompt is {prompt_tokens} tokens; this server's context per sequence is "
-            f"{n_ctx} tokens (start it with a larger --ctx-size)"
+            f"{n_ctx} tokens (it must be started with a larger context size)"
         )
         self.prompt_tokens, self.n_ctx = prompt_tokens, n_ctx
 

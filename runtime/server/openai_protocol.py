@@ -11,15 +11,16 @@ checked for type and range before they reach the model side.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import OptionError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
+from ..options import OPTIONS, check
 from .backend import FinishReason, TextRequest
 
 MAX_TOKENS_LIMIT = (
@@ -30,7 +31,6 @@ MAX_STOP = 16  # OpenAI allows 4
 MAX_STOP_CHARS = 1024
 MAX_PROMPTS = 64  # /v1/completions with a list of prompts
 MAX_MODEL_CHARS = 512
-SEED_LIMIT = 2**32  # llama.cpp's seed is a uint32
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -91,15 +91,19 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise invalid(name, f"'{name}' must be a number (got {_kind(value)})")
-    if not math.isfinite(value) or not low <= value <= high:
-        raise invalid(name, f"'{name}' must be between {low:g} and {high:g} (got {value})")
-    return float(value)
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    """The table's options the body sets (runtime/options.py), by their OpenAI names, with the
+    table's verdict on each; a 400 names the JSON field."""
+    sampling: dict[str, Any] = {}
+    for option in OPTIONS:
+        name = option.openai
+        if name is None or body.get(name) is None:
+            continue
+        try:
+            sampling[option.name] = check(option.name, body[name])
+        except OptionError as e:
+            raise invalid(name, f"'{name}' {e.problem}") from None
+    return sampling
 
 
 def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -222,23 +226,7 @@ def _response_format(fmt: Any) -> str:
 
 def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool, bool]:
     _refuse_unsupported(body, completions)
-    sampling: dict[str, Any] = {}
-    floats = [
-        ("temperature", 0.0, 2.0),
-        ("top_p", 0.0, 1.0),
-        ("min_p", 0.0, 1.0),
-        ("presence_penalty", -2.0, 2.0),
-        ("frequency_penalty", -2.0, 2.0),
-        ("repeat_penalty", 1e-6, 100.0),
-    ]
-    for name, low, high in floats:
-        number = _number(body, name, low, high)
-        if number is not None:
-            sampling[name] = number
-    for name, low, high_int in (("top_k", 0, 1 << 20), ("seed", 0, SEED_LIMIT - 1)):
-        integer = _integer(body, name, low, high_int)
-        if integer is not None:
-            sampling[name] = integer
+    sampling = _sampling(body)
     limit = _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
     if not completions:
         newer = _integer(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)

@@ -14,11 +14,10 @@ import asyncio
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from contextlib import suppress
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from ..api import load, prompt_tokens
 from ..errors import BadReferenceError, ModelFileError, ModelNotFoundError, UsageError
@@ -31,11 +30,14 @@ from ..llama.embedder import (
     makes_no_sentence_vectors,
 )
 from ..llama.embedder import default_ctx as embed_default_ctx
-from ..llama.engine import KV_BUDGET_BYTES, LlamaCppEngine, backends, default_ctx
+from ..llama.engine import KV_BUDGET_BYTES, backends, default_ctx
+from ..llama.interface import Model
 from ..llama.offload import describe_split
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
+from ..options import BY_NAME, Overrides
+from ..options import sampling as layered
 from ..params import GenerateOptions, SamplingParams
 from .backend import (
     Embeddings,
@@ -50,14 +52,11 @@ from .backend import (
 )
 from .worker import EmbedRequest, ModelWorker, ServedJob
 
-OWN_CONTEXT = 256  # the engine's own single-sequence context, which the server does not use
-_SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
-
 
 @dataclass
 class _Served:
     resolved: ResolvedModel
-    engine: LlamaCppEngine
+    engine: Model
     worker: ModelWorker
     created: int
 
@@ -70,6 +69,9 @@ class ModelPool:
         self._served: OrderedDict[str, _Served] = OrderedDict()  # least recently used first
         self._names: dict[str, str] = {}  # what requests said -> the served model's key
         self._pinned: set[str] = set()
+        self._expires: dict[str, float] = {}  # keep_alive: key -> Unix seconds to unload at
+        self._timers: set[asyncio.Task[None]] = set()
+        self._admitting: dict[str, int] = {}  # key -> submits tokenizing with its engine now
         self._lock: asyncio.Lock | None = None
         self._ready = False
         self._draining = False
@@ -92,7 +94,7 @@ class ModelPool:
         lines = [f"backend: {', '.join(backends())}{servers}"]
         for name, s in self._served.items():
             e = s.engine
-            where = describe_split(getattr(e, "split", [])) or (
+            where = describe_split(e.split) or (
                 f"{e.offloaded_layers}/{e.n_layers} layers on the GPU"
                 if e.offloaded_layers
                 else "CPU only"
@@ -108,7 +110,8 @@ class ModelPool:
 
         seen: dict[str, ModelInfo] = {}
         for name, s in self._served.items():
-            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True)
+            until, ctx = self._expires.get(name), s.worker.n_ctx_seq
+            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True, until, ctx)
         for row in inventory.aliases():
             if row["status"] != "not downloaded" and row["name"] not in seen:
                 seen[row["name"]] = ModelInfo(row["name"], 0, "library", False)
@@ -131,7 +134,8 @@ class ModelPool:
         worker = served.worker
         if request.n > worker.slots:
             raise TooManyChoices(request.n, worker.slots)
-        tokens, tools = await asyncio.to_thread(self._tokens, served, request)
+        with self._using(served):
+            tokens, tools = await asyncio.to_thread(self._tokens, served, request)
         if not tokens:
             raise UsageError("the prompt is empty")
         if len(tokens) >= worker.n_ctx_seq:
@@ -154,7 +158,8 @@ class ModelPool:
 
     async def count_tokens(self, model: str, request: TextRequest) -> int:
         served = await self._get(model)
-        tokens, _ = await asyncio.to_thread(self._tokens, served, request)
+        with self._using(served):  # as submit: keep_alive 0 must not unload it meanwhile
+            tokens, _ = await asyncio.to_thread(self._tokens, served, request)
         return len(tokens)
 
     async def embed(self, model: str, inputs: list[str] | list[list[int]]) -> Embeddings:
@@ -167,7 +172,8 @@ class ModelPool:
                 "'none'): use an embedding model"
             )
         limit = self.config.load.ctx_size or embed_default_ctx(engine)
-        tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
+        with self._using(served):
+            tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
         for i, t in enumerate(tokens):
             if not t:
                 raise UsageError(f"input {i} is empty")
@@ -178,6 +184,38 @@ class ModelPool:
         self._served.move_to_end(served.resolved.name)
         vectors = await request.future
         return Embeddings(vectors, sum(len(t) for t in tokens))
+
+    async def keep_alive(self, model: str, seconds: float | None) -> None:
+        key = self._names.get(model)
+        if seconds == 0 and key not in self._served:
+            return  # unloading what is not loaded: nothing to do
+        key = (await self._get(model)).resolved.name
+        if key in self._pinned or seconds is None:
+            self._expires.pop(key, None)
+            return
+        self._expires[key] = deadline = time.time() + seconds
+        self._timers.add(task := asyncio.create_task(self._expire(key, deadline)))
+        task.add_done_callback(self._timers.discard)
+
+    @contextmanager
+    def _using(self, served: _Served) -> Iterator[None]:
+        """A submit tokenizing with the model's engine: keep_alive does not unload it meanwhile."""
+        key = served.resolved.name
+        self._admitting[key] = self._admitting.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._admitting[key] -= 1
+
+    async def _expire(self, key: str, deadline: float) -> None:
+        """Unload `key` at `deadline`, or when it is next idle, unless a later keep_alive moved
+        the deadline (or it was unloaded already)."""
+        while self._expires.get(key) == deadline and key in self._served:
+            busy = self._admitting.get(key, 0) or not self._served[key].worker.idle
+            if time.time() < deadline or busy:
+                await asyncio.sleep(min(max(deadline - time.time(), 0.05), 1.0))
+                continue
+            self._unload(key)
 
     def _check_room(self) -> None:
         if self._draining:
@@ -273,6 +311,7 @@ class ModelPool:
 
     def _unload(self, key: str) -> None:
         served = self._served.pop(key)
+        self._expires.pop(key, None)
         for alias in [a for a, k in self._names.items() if k == key]:
             del self._names[alias]
         served.worker.stop()
@@ -282,13 +321,12 @@ class ModelPool:
     def _load(self, resolved: ResolvedModel) -> _Served:
         config = self.config
         parallel = config.parallel
-        ctx_seq = config.load.ctx_size or resolved.defaults.ctx_size
+        ctx_seq = resolved.defaults.context(config.load.ctx_size)
         if not ctx_seq:
             ctx_seq = default_ctx(read_header(resolved.path), KV_BUDGET_BYTES // parallel)
-        # The engine's own context is not used here: it stays small.
-        own = replace(config.load, ctx_size=OWN_CONTEXT, prompt_cache=False)
-        engine = load(resolved, own)
-        assert isinstance(engine, LlamaCppEngine)
+        # The model makes no context of its own: the worker's is the only one. Its offload and
+        # memory checks are made for one sequence's window; the prompt cache is the worker's.
+        engine = load(resolved, replace(config.load, ctx_size=ctx_seq, prompt_cache=False))
         try:
             context = engine.new_context(parallel, ctx_seq, min(config.load.batch_size, ctx_seq))
         except BaseException:
@@ -329,14 +367,13 @@ class ModelPool:
     def _sampling(self, served: _Served, request: TextRequest) -> list[SamplingParams]:
         """The request's fields over the model's models.toml defaults over infer's; one per
         choice (with a seed, choice i uses seed + i: n equal answers would be pointless)."""
-        defaults = served.resolved.defaults
-        picked: dict[str, Any] = {
-            name: getattr(defaults, name)
-            for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
-            if getattr(defaults, name) is not None
-        }
-        picked.update((k, v) for k, v in request.sampling.items() if k in _SAMPLING_FIELDS)
-        base = SamplingParams(**picked).validate()
+        given = {k: v for k, v in request.sampling.items() if k in BY_NAME}
+        constraint = {k: v for k, v in request.sampling.items() if k not in BY_NAME}  # grammar
+        base = layered(
+            Overrides.of(given),
+            served.resolved.defaults.sampling,
+            base=SamplingParams(**constraint),
+        )
         if base.seed is None:
             return [base] * request.n
         return [replace(base, seed=(base.seed + i) % 2**32) for i in range(request.n)]
@@ -359,7 +396,7 @@ def _tool_plan(request: TextRequest, template: str | None) -> ToolPlan | None:
     )
 
 
-def _embedding_tokens(engine: LlamaCppEngine, inputs: Sequence[str | list[int]]) -> list[list[int]]:
+def _embedding_tokens(engine: Model, inputs: Sequence[str | list[int]]) -> list[list[int]]:
     """Texts tokenized as llama-embedding does (BOS/EOS/SEP as the vocabulary adds them);
     token arrays checked against the vocabulary."""
     out = []

@@ -4,7 +4,7 @@ Each sweep point (threads × GPU layers × context × batch) is measured as llam
 one untimed warm-up, then `reps` repetitions of a prompt test (`n_prompt` random tokens into an
 empty cache: prompt tok/s and time to first token) and a generation test (`n_gen` tokens sampled
 after a one-token prompt: generation tok/s, llama-bench's tg at depth 0). Both go through
-`Generation` and `LlamaCppEngine.generate` with the default sampler chain, so the figures are
+`Generation` and a model session's `generate` with the default sampler chain, so the figures are
 what a user of `infer run` gets. The model is loaded `reps` times for the load-time figures.
 """
 
@@ -18,18 +18,21 @@ import os
 import random
 import statistics
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from .. import paths
 from ..errors import UsageError
 from ..generation.loop import Generation
-from ..llama.engine import Engine, LlamaCppEngine, backends, supports_gpu_offload, system_info
+from ..llama.engine import backends, supports_gpu_offload, system_info
+from ..llama.interface import Model, Session
 from ..llama.offload import describe_split
 from ..models.resolve import ResolvedModel
+from ..options import sampling as layered
 from ..params import DEFAULT_BATCH, GenerateOptions, LoadOptions, SamplingParams
 
 HISTORY_FILE = "bench-history.jsonl"
@@ -62,9 +65,13 @@ class Spread:
     def of(cls, samples: list[float]) -> Spread:
         stdev = statistics.stdev(samples) if len(samples) > 1 else 0.0
         return cls(
-            statistics.median(samples), statistics.fmean(samples), stdev,
-            min(samples), max(samples), samples,
-        )  # fmt: skip
+            statistics.median(samples),
+            statistics.fmean(samples),
+            stdev,
+            min(samples),
+            max(samples),
+            samples,
+        )
 
 
 @dataclass
@@ -168,20 +175,19 @@ def run_bench(
     sampling = _sampling(model)
     for point in points:
         options = LoadOptions(
-            ctx_size=point.ctx_size or model.defaults.ctx_size, threads=point.threads,
-            gpu_layers=point.gpu_layers, batch_size=point.batch_size, verbose=verbose, rpc=rpc,
-        ).validate()  # fmt: skip
+            ctx_size=model.defaults.context(point.ctx_size),
+            threads=point.threads,
+            gpu_layers=point.gpu_layers,
+            batch_size=point.batch_size,
+            verbose=verbose,
+            rpc=rpc,
+        ).validate()
         yield _bench_point(model, options, sampling, (n_prompt, n_gen, reps), progress or _quiet)
 
 
 def _sampling(model: ResolvedModel) -> SamplingParams:
     """What `infer run MODEL` samples with when no flag is given: models.toml, else defaults."""
-    params = SamplingParams()
-    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
-        value = getattr(model.defaults, name)
-        if value is not None:
-            setattr(params, name, value)
-    return params.validate()
+    return layered(model.defaults.sampling)
 
 
 def _bench_point(
@@ -205,7 +211,7 @@ def _bench_point(
             tg.append(gen_tps)
         return _result(model, engine, n_prompt, n_gen, reps, loads, pp, ttft, tg)
     finally:
-        engine.close()
+        engine.model.close()  # and its session
 
 
 def _load_repeatedly(
@@ -214,23 +220,22 @@ def _load_repeatedly(
     reps: int,
     progress: Progress,
     counts: tuple[int, int],
-) -> tuple[LlamaCppEngine, list[float]]:
-    """Load the model `reps` times (load time is one of the figures); keep the last engine.
-    The first load tells the context size: a test that cannot fit stops there."""
-    from ..api import load
-
+) -> tuple[Session, list[float]]:
+    """Load the model and make its session `reps` times (load time is one of the figures: the
+    weights and the context); keep the last. The first load tells the context size: a test
+    that cannot fit stops there."""
     n_prompt, n_gen = counts
     need_ctx = max(n_prompt + 1, n_gen + 2)  # the prompt plus a token; BOS plus n_gen + 1
     loads: list[float] = []
-    engine: LlamaCppEngine | None = None
+    engine: Session | None = None
     for rep in range(reps):
         if engine is not None:
-            engine.close()
+            engine.model.close()
         progress(f"loading {rep + 1}/{reps}")
-        engine = cast(LlamaCppEngine, load(model, options))
-        loads.append(engine.load_s)
+        engine, seconds = _load_session(model, options)
+        loads.append(seconds)
         if need_ctx > engine.n_ctx:
-            engine.close()
+            engine.model.close()
             raise UsageError(
                 f"-p {n_prompt} -n {n_gen} need a {need_ctx}-token context but it is "
                 f"{engine.n_ctx} tokens: raise --ctx-size"
@@ -239,60 +244,58 @@ def _load_repeatedly(
     return engine, loads
 
 
+def _load_session(model: ResolvedModel, options: LoadOptions) -> tuple[Session, float]:
+    """The model's session, and the seconds its weights and context took to load."""
+    from ..api import load
+
+    loaded: Model = load(model, options)
+    started = time.perf_counter()
+    try:
+        session = loaded.new_session()
+    except BaseException:
+        loaded.close()
+        raise
+    return session, loaded.load_s + time.perf_counter() - started
+
+
 def _measure(
-    engine: LlamaCppEngine, sampling: SamplingParams, n_prompt: int, n_gen: int, seed: int
+    engine: Session, sampling: SamplingParams, n_prompt: int, n_gen: int, seed: int
 ) -> tuple[float, float, float]:
     """One repetition: (prompt tok/s, time to first token s, generation tok/s); 0 when skipped."""
     rng = random.Random(seed)
     prompt_tps = ttft = gen_tps = 0.0
     if n_prompt:
         # llama-bench's prompt: BOS (when the model wants one), then random tokens.
-        stats = _timed(engine, sampling, _random_tokens(engine, rng, n_prompt), 1)
+        stats = _timed(engine, sampling, _random_tokens(engine.model, rng, n_prompt), 1)
         prompt_tps, ttft = stats.prompt_tps, stats.ttft_s
     if n_gen:
         # n_gen + 1 tokens: the first comes from the prompt's logits, then n_gen decode steps.
-        stats = _timed(engine, sampling, _random_tokens(engine, rng, 1), n_gen + 1)
+        stats = _timed(engine, sampling, _random_tokens(engine.model, rng, 1), n_gen + 1)
         gen_tps = stats.generate_tps
     return prompt_tps, ttft, gen_tps
 
 
-def _timed(
-    engine: LlamaCppEngine, sampling: SamplingParams, prompt: list[int], max_tokens: int
-) -> Any:
+def _timed(engine: Session, sampling: SamplingParams, prompt: list[int], max_tokens: int) -> Any:
     engine.reset()
-    gen = Generation(
-        cast(Engine, _EndlessEngine(engine)), prompt, sampling,
-        GenerateOptions(max_tokens=max_tokens), threading.Event(),
-    )  # fmt: skip
+    # End-of-generation tokens ignored: a measurement needs exactly the token count asked for
+    # (llama-bench decodes random tokens and never stops).
+    options = GenerateOptions(max_tokens=max_tokens, ignore_eog=True)
+    gen = Generation(engine, prompt, sampling, options, threading.Event())
     for _ in gen:
         pass
     return gen.stats
 
 
-def _random_tokens(engine: LlamaCppEngine, rng: random.Random, n: int) -> list[int]:
-    tokens = [rng.randrange(engine.n_vocab) for _ in range(n)]
-    if engine.add_bos and engine.bos_id >= 0:
-        tokens[0] = engine.bos_id
+def _random_tokens(model: Model, rng: random.Random, n: int) -> list[int]:
+    tokens = [rng.randrange(model.n_vocab) for _ in range(n)]
+    if model.add_bos and model.bos_id >= 0:
+        tokens[0] = model.bos_id
     return tokens
-
-
-class _EndlessEngine:
-    """The engine with end-of-generation tokens ignored: a measurement needs exactly the token
-    count asked for (llama-bench decodes random tokens and never stops)."""
-
-    def __init__(self, engine: LlamaCppEngine) -> None:
-        self._engine = engine
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def generate(self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event) -> Any:
-        return self._engine.generate(prompt, sampling, cancel, ignore_eog=True)
 
 
 def _result(
     model: ResolvedModel,
-    engine: LlamaCppEngine,
+    engine: Session,
     n_prompt: int,
     n_gen: int,
     reps: int,
@@ -301,18 +304,28 @@ def _result(
     ttft: list[float],
     tg: list[float],
 ) -> BenchResult:
-    info = system_info()
+    info, loaded = system_info(), engine.model
     return BenchResult(
-        model=model.name, model_path=str(model.path), model_size_bytes=model.path.stat().st_size,
-        backend="+".join(backends(info)), gpu_offload_supported=supports_gpu_offload(),
-        threads=engine.threads, gpu_layers=engine.offloaded_layers,
-        layers_total=engine.n_layers, ctx_size=engine.n_ctx, batch_size=engine.n_batch,
-        n_prompt=n_prompt, n_gen=n_gen, repetitions=reps, load_s=Spread.of(loads),
+        model=model.name,
+        model_path=str(model.path),
+        model_size_bytes=model.path.stat().st_size,
+        backend="+".join(backends(info)),
+        gpu_offload_supported=supports_gpu_offload(),
+        threads=loaded.threads,
+        gpu_layers=loaded.offloaded_layers,
+        layers_total=loaded.n_layers,
+        ctx_size=engine.n_ctx,
+        batch_size=engine.n_batch,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        repetitions=reps,
+        load_s=Spread.of(loads),
         prompt_tokens_per_s=Spread.of(pp) if n_prompt else None,
         ttft_s=Spread.of(ttft) if n_prompt else None,
         generate_tokens_per_s=Spread.of(tg) if n_gen else None,
-        system_info=info.strip(), split=describe_split(engine.split),
-    )  # fmt: skip
+        system_info=info.strip(),
+        split=describe_split(loaded.split),
+    )
 
 
 def history_path() -> Path:

@@ -13,11 +13,10 @@ skip the prompt's cost.
 
 The HTTP is runtime/remote.py's, which sits beside tools/ in the layers: the caller gives the
 request as `ask(prompt, max_tokens)`, which returns that answer's stats; for example with
-`Remote(url)` and its RemoteStats::
+`Remote(url).answerer(model)` and its answers' Stats::
 
     def ask(prompt, max_tokens):
-        request = RemoteRequest(model, prompt=prompt, fields=request_fields(max_tokens))
-        answer = remote.answer(request)
+        answer = answerer.answer(request(prompt, max_tokens))
         for _ in answer:
             pass
         return answer.stats
@@ -28,10 +27,12 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from ..answer import AnswerRequest
 from ..errors import InferWarning
+from ..options import Overrides
 from .bench import BenchResult, Progress, Spread, check_counts
 
 # Short, common words: one token each in most tokenizers (the warm-up measures the real ratio).
@@ -52,7 +53,7 @@ WORDS = tuple(_WORD_LIST.split())
 
 
 class Answered(Protocol):
-    """What one timed request tells (runtime/remote.py's RemoteStats has all of it)."""
+    """What one timed request tells (runtime/answer.py's Stats has all of it)."""
 
     prompt_tokens: int
     generated_tokens: int
@@ -68,10 +69,16 @@ class Answered(Protocol):
 Ask = Callable[[str, int], Answered]  # (prompt text, max tokens) -> the answer's stats
 
 
-def request_fields(max_tokens: int) -> dict[str, Any]:
-    """The request fields of a measurement: greedy, exactly `max_tokens` tokens (`ignore_eos`
-    is llama.cpp's extension, which infer serve and vLLM take too)."""
-    return {"temperature": 0, "max_tokens": max_tokens, "ignore_eos": True}
+def request(prompt: str, max_tokens: int) -> AnswerRequest:
+    """A measurement: `prompt` as a raw completion, greedy, exactly `max_tokens` tokens
+    (`ignore_eos` is llama.cpp's extension, which infer serve and vLLM take too)."""
+    return AnswerRequest(
+        ({"role": "user", "content": prompt},),
+        raw=True,
+        overrides=Overrides(temperature=0),
+        max_tokens=max_tokens,
+        extra=(("ignore_eos", True),),
+    )
 
 
 def synthetic_prompt(n_words: int, rep: int) -> str:
@@ -139,12 +146,24 @@ def _result(
         )
     pp = [a.prompt_tps for a in answers]
     return BenchResult(
-        model=model, model_path=None, model_size_bytes=None, backend=f"remote {url}",
-        gpu_offload_supported=None, threads=None, gpu_layers=None, layers_total=None,
-        ctx_size=None, batch_size=None, n_prompt=n_prompt, n_gen=n_gen, repetitions=reps,
+        model=model,
+        model_path=None,
+        model_size_bytes=None,
+        backend=f"remote {url}",
+        gpu_offload_supported=None,
+        threads=None,
+        gpu_layers=None,
+        layers_total=None,
+        ctx_size=None,
+        batch_size=None,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        repetitions=reps,
         load_s=None,
         prompt_tokens_per_s=Spread.of(pp) if timed_prompt and 0 not in prompt_tokens else None,
         ttft_s=Spread.of([a.ttft_s for a in answers]) if timed_prompt else None,
         generate_tokens_per_s=Spread.of([a.generate_tps for a in answers]) if n_gen > 1 else None,
-        remote=url, prompt_tokens=prompt_tokens, generated_tokens=generated,
-    )  # fmt: skip
+        remote=url,
+        prompt_tokens=prompt_tokens,
+        generated_tokens=generated,
+    )

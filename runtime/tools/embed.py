@@ -16,7 +16,7 @@ from ..llama.embedder import embedding_tokens
 
 if TYPE_CHECKING:
     from ..llama.embedder import Embedder
-    from ..llama.engine import LlamaCppEngine
+    from ..llama.interface import Model
 
 SPLITS = ("line", "paragraph", "none")
 _PARAGRAPH = re.compile(r"\n(?:[ \t]*\n)+")  # one or more blank lines
@@ -45,7 +45,7 @@ def split(text: str, mode: str) -> tuple[list[Item], int]:
 
 
 def tokenize(
-    engine: LlamaCppEngine, items: Sequence[Item], limit: int, truncate: bool
+    engine: Model, items: Sequence[Item], limit: int, truncate: bool
 ) -> tuple[list[list[int]], int]:
     """Each item's tokens as llama-embedding makes them (BOS/EOS/SEP as the vocabulary adds
     them, control-token markup parsed), and how many were cut to `limit` (--truncate). Without

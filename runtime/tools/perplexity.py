@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError, TextTooShortError, UsageError
+from ..errors import TextTooShortError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..llama.engine import Engine, LlamaCppEngine
+    from ..llama.interface import Model, Session
 
 ROWS_PER_STEP = 64  # logits rows turned into log-probabilities at once: bounds the temporaries
 
@@ -66,17 +66,17 @@ class _Sums:
 Progress = Callable[[int, int, float], None]
 
 
-def tokenize_text(engine: LlamaCppEngine, text: str) -> np.ndarray:
+def tokenize_text(model: Model, text: str) -> np.ndarray:
     """All of `text` as tokens, with the vocabulary's special tokens (BOS) and without parsing
     special-token markup in the text: llama.cpp's common_tokenize(ctx, text, true)."""
     import numpy as np
 
-    out, n = engine.tokenize_into_buffer(text, add_special=True, special=False)
+    out, n = model.tokenize_into_buffer(text, add_special=True, special=False)
     return np.ctypeslib.as_array(out)[:n].copy()
 
 
 def perplexity(
-    engine: Engine,
+    model: Model,
     text: str,
     *,
     ctx_size: int = 512,
@@ -84,19 +84,15 @@ def perplexity(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> PerplexityResult:
-    """Perplexity of `text` in windows of `ctx_size` tokens (at most `max_chunks` of them).
-    The engine's context must hold `ctx_size` tokens; its KV cache is cleared. Raises
+    """Perplexity of `text` in windows of `ctx_size` tokens (at most `max_chunks` of them),
+    on a session of its own (the model's window must hold `ctx_size` tokens). Raises
     TextTooShortError below two windows of text, Interrupted when `cancel` is set."""
-    from ..llama.engine import LlamaCppEngine
-
-    if not isinstance(engine, LlamaCppEngine):  # it reads llama.cpp's logits directly
-        raise EngineError("perplexity needs a model loaded through llama.cpp")
     if ctx_size < 16:
         raise UsageError(f"--ctx-size must be >= 16 (got {ctx_size})")
-    if ctx_size > engine.n_ctx:
-        raise UsageError(f"the model's context holds {engine.n_ctx} tokens, not {ctx_size}")
+    if ctx_size > model.n_ctx:
+        raise UsageError(f"the model's context holds {model.n_ctx} tokens, not {ctx_size}")
     started = time.perf_counter()
-    tokens = tokenize_text(engine, text)
+    tokens = tokenize_text(model, text)
     if len(tokens) < 2 * ctx_size:
         raise TextTooShortError(len(tokens), 2 * ctx_size, ctx_size)
     n_chunk = len(tokens) // ctx_size
@@ -105,25 +101,34 @@ def perplexity(
     sums = _Sums()
     if progress is not None:
         progress(0, n_chunk, math.nan)
-    with _Evaluator(engine, ctx_size, cancel) as ev:
-        for i in range(n_chunk):
-            ev.chunk(tokens[i * ctx_size : (i + 1) * ctx_size], sums)
-            if progress is not None:
-                progress(i + 1, n_chunk, sums.ppl())
+    session = model.new_session()
+    try:
+        with _Evaluator(session, ctx_size, cancel) as ev:
+            for i in range(n_chunk):
+                ev.chunk(tokens[i * ctx_size : (i + 1) * ctx_size], sums)
+                if progress is not None:
+                    progress(i + 1, n_chunk, sums.ppl())
+    finally:
+        session.close()
     return PerplexityResult(
-        ppl=sums.ppl(), ppl_stderr=sums.ppl_stderr(), nll=sums.nll / sums.count,
-        ctx_size=ctx_size, chunks=n_chunk, tokens=len(tokens), scored_tokens=sums.count,
+        ppl=sums.ppl(),
+        ppl_stderr=sums.ppl_stderr(),
+        nll=sums.nll / sums.count,
+        ctx_size=ctx_size,
+        chunks=n_chunk,
+        tokens=len(tokens),
+        scored_tokens=sums.count,
         seconds=time.perf_counter() - started,
-    )  # fmt: skip
+    )
 
 
 class _Evaluator:
-    """Decodes windows on sequence 0 of the engine's context, through the engine interface's
+    """Decodes windows on sequence 0 of a session's context, through the engine interface's
     Context: logits for the second half of each window, scored in numpy."""
 
-    def __init__(self, engine: LlamaCppEngine, n_ctx: int, cancel: threading.Event | None):
-        self.engine, self.context = engine, engine.context
-        self.n_ctx, self.n_batch, self.n_vocab = n_ctx, engine.n_batch, engine.n_vocab
+    def __init__(self, session: Session, n_ctx: int, cancel: threading.Event | None):
+        self.model, self.context = session.model, session.context
+        self.n_ctx, self.n_batch, self.n_vocab = n_ctx, session.n_batch, self.model.n_vocab
         self.cancel = cancel or threading.Event()
 
     def __enter__(self) -> _Evaluator:
@@ -131,15 +136,15 @@ class _Evaluator:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.context.remove(0)  # the engine's record of its KV cache stays true
+        self.context.remove(0)  # the session's record of its KV cache stays true
 
     def chunk(self, window: np.ndarray, sums: _Sums) -> None:
         """Evaluate one window from an empty cache and add the NLL of its second half."""
         ctx, n_ctx, first = self.context, self.n_ctx, self.n_ctx // 2
         ctx.remove(0)
         tokens = window.tolist()
-        if self.engine.add_bos:
-            tokens[0] = self.engine.bos_id  # replaces the first token, as llama.cpp does
+        if self.model.add_bos:
+            tokens[0] = self.model.bos_id  # replaces the first token, as llama.cpp does
         for start in range(0, n_ctx, self.n_batch):
             size = min(self.n_batch, n_ctx - start)
             scored = min(size, start + size - first)  # positions >= first want logits

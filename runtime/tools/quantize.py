@@ -215,9 +215,12 @@ def _run(
     # A session of its own: the terminal's Ctrl-C reaches this process only, which kills the
     # child (in the finally below) and deletes its output.
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     failed, fallbacks, last = b"", 0, deque([b""], maxlen=3)
     try:

@@ -1,0 +1,83 @@
+"""The Responses door's routes: `POST /v1/responses` through the same backend and answer
+assembly as the chat door (so its requests decode in the same batches), and a clear 404 for
+the endpoints that read stored responses, which a stateless server has none of.
+
+    routes(backend, max_body, backend_error) -> list[Route]   # added to app.py's route list
+
+`backend_error` is app.py's mapping of a backend's exception to an ApiError, handed in (this
+module is imported by app.py, so it cannot import it back).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import responses_protocol as protocol
+from .access_log import LogRecord, record_of
+from .answer import Answer, EventStream, race_disconnect
+from .backend import Backend
+from .openai_protocol import ApiError
+from .security import ClientGone, parse_json, read_body
+
+BackendError = Callable[[Exception, LogRecord, str], ApiError]
+
+
+def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:
+    door = _Responses(backend, max_body, backend_error)
+    return [
+        Route("/v1/responses", door.create, methods=["POST"]),
+        Route("/v1/responses/{id:path}", door.stored, methods=["GET", "POST", "DELETE"]),
+    ]
+
+
+def _error(error: ApiError) -> Response:
+    return JSONResponse(error.body(), error.status, headers=error.headers)
+
+
+class _Responses:
+    def __init__(self, backend: Backend, max_body: int, backend_error: BackendError) -> None:
+        self.backend, self.max_body, self.backend_error = backend, max_body, backend_error
+
+    async def create(self, request: Request) -> Response:
+        record = record_of(request.scope)
+        try:
+            raw = await read_body(request.receive, request.headers, self.max_body)
+            parsed = protocol.parse(parse_json(raw))
+            record.model = parsed.model
+            record.started = time.monotonic()
+            try:
+                job = await self.backend.submit(parsed.model, parsed.request)
+            except Exception as e:
+                raise self.backend_error(e, record, "input") from None
+        except ApiError as e:
+            return _error(e)
+        except ClientGone:
+            return Response(status_code=400)
+        answer = Answer([job], record, 1)
+        if parsed.stream:
+
+            def on_error(e: Exception) -> ApiError:
+                return self.backend_error(e, record, "")
+
+            return EventStream(answer, protocol.EventFrames(answer.model, parsed.echo, on_error))
+        try:
+            choices = await race_disconnect(answer.collect(), request.receive)
+        except Exception as e:
+            answer.cancel()
+            return _error(self.backend_error(e, record, ""))
+        if choices is None:  # the client went away: nobody to answer
+            answer.cancel()
+            record.disconnected = True
+            return Response(status_code=400)
+        used = protocol.usage(record.prompt_tokens, record.completion_tokens)
+        return JSONResponse(protocol.whole(answer.model, parsed.echo, choices[0], used))
+
+    async def stored(self, request: Request) -> Response:
+        """GET/DELETE /v1/responses/{id}, …/cancel, …/input_items: nothing is ever stored."""
+        message = "this server is stateless: it stores no responses, so none can be read back"
+        return _error(ApiError(404, message, code="not_found"))
