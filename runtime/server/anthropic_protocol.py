@@ -22,12 +22,12 @@ from typing import Any, Protocol
 from ..errors import OptionError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
-from ..options import check
+from ..options import OPTIONS, check
 from .backend import FinishReason, TextRequest
 from .openai_protocol import MAX_MODEL_CHARS, MAX_STOP, MAX_STOP_CHARS, MAX_TOKENS_LIMIT, ApiError
 
 MAX_TOOLS = 128
-# The sampling fields Anthropic has, each an option of runtime/options.py by the same name.
+# The sampling fields Anthropic has (Option.openai names: Anthropic spells them the same).
 SAMPLING = ("temperature", "top_p", "top_k")
 # Blocks a client may send that hold nothing a text model can read (a past answer's reasoning):
 # dropped, as the real API drops them from models that do not think.
@@ -133,13 +133,15 @@ def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:
 
 
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
-    """temperature, top_p and top_k, each given the one verdict of runtime/options.py."""
+    """temperature, top_p and top_k, each given the one option table's verdict
+    (runtime/options.py): Anthropic spells them as OpenAI does."""
     out: dict[str, Any] = {}
-    for name in SAMPLING:
-        if body.get(name) is None:
+    for option in OPTIONS:
+        name = option.openai
+        if name not in SAMPLING or body.get(name) is None:
             continue
         try:
-            out[name] = check(name, body[name])
+            out[option.name] = check(option.name, body[name])
         except OptionError as e:
             raise invalid(name, e.problem) from None
     return out
