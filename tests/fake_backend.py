@@ -31,6 +31,7 @@ class Script:
     pieces: list[str] = field(default_factory=lambda: ["Paris", " is", " the", " capital."])
     delay_s: float = 0.0
     reason: str = "stop"
+    stop: str | None = None  # the stop string that ended each choice (with reason "stop")
     prompt_tokens: int = 7
     fail_after: int | None = None  # raise RuntimeError from events() after this many pieces
 
@@ -104,7 +105,7 @@ class FakeJob:
                     self.first_token_s = self.loop.time() - self.submitted_at
                 yield Piece(i, text)
         for i in range(n):
-            yield Finished(i, FinishReason(s.reason))
+            yield Finished(i, FinishReason(s.reason), s.stop)
 
 
 class FakeBackend:
@@ -117,6 +118,7 @@ class FakeBackend:
         self.submits: list[tuple[str, TextRequest]] = []
         self.jobs: list[FakeJob] = []
         self.cancels: list[FakeJob] = []
+        self.counted: list[tuple[str, TextRequest]] = []  # count_tokens calls
         self.started = False
         self.drained: list[float] = []
         self.closed = False
@@ -160,6 +162,13 @@ class FakeBackend:
         job = FakeJob(self, model, request, self.script)
         self.jobs.append(job)
         return job
+
+    async def count_tokens(self, model: str, request: TextRequest) -> int:
+        """The script's prompt_tokens, plus one per message: enough to tell conversations apart."""
+        self.counted.append((model, request))
+        if model not in self.known:
+            raise ModelUnavailable(model, f"'{model}' is not in the local cache")
+        return self.script.prompt_tokens + len(request.messages or [])
 
     async def keep_alive(self, model: str, seconds: float | None) -> None:
         if model not in self.known:

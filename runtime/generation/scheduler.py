@@ -56,6 +56,7 @@ class BatchResult:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     error: str | None = None
+    stop: str | None = None  # the stop string that ended it
 
 
 @dataclass
@@ -269,6 +270,8 @@ class Scheduler:
         for fork in seq.forks:  # its forks never got the prompt: they read it themselves
             fork.parent = None
         seq.forks = []
+        text = "".join(seq.pieces)
+        tokens = len(seq.req.tokens)
         return BatchResult(
-            seq.req.index, "".join(seq.pieces), reason, len(seq.req.tokens), seq.generated
+            seq.req.index, text, reason, tokens, seq.generated, stop=seq.stream.matched
         )

@@ -93,6 +93,7 @@ class Answer:
         self.tools = jobs[0].tools
         self.choices = n * len(jobs)
         self.done = False
+        self.stops: dict[int, str] = {}  # choice → the stop string that ended it
         record.prompt_tokens = sum(j.prompt_tokens for j in jobs)
 
     def cancel(self) -> None:
@@ -181,6 +182,8 @@ class Answer:
             self._account()
 
     def _seen(self, event: Piece | Finished) -> None:
+        if isinstance(event, Finished) and event.stop is not None:
+            self.stops[event.index] = event.stop
         if self.record.ttft_s is None and isinstance(event, Piece):
             self.record.ttft_s = time.monotonic() - self.record.started
 
@@ -203,7 +206,7 @@ class Answer:
                     moved = (
                         Piece(e.index + k * n, e.text)
                         if isinstance(e, Piece)
-                        else Finished(e.index + k * n, e.reason)
+                        else Finished(e.index + k * n, e.reason, e.stop)
                     )
                     queue.put_nowait(moved)
             except Exception as e:

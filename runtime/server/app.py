@@ -38,7 +38,7 @@ from ..errors import (
     TemplateError,
     UsageError,
 )
-from . import ollama_routes, responses_routes
+from . import anthropic_routes, ollama_routes, responses_routes
 from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
 from .answer import Answer, EventStream, race_disconnect
@@ -141,6 +141,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/v1/chat/completions", api.chat, methods=["POST"]),
             Route("/v1/completions", api.completions, methods=["POST"]),
             Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+            *anthropic_routes.routes(backend, settings.max_body, backend_error),
             Route("/v1/models", api.list_models, methods=["GET"]),
             Route("/v1/models/{id:path}", api.get_model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),

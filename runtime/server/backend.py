@@ -76,6 +76,7 @@ class FinishReason(str, Enum):
 class Finished:
     index: int
     reason: FinishReason
+    stop: str | None = None  # the stop string that ended the choice (reason STOP)
 
 
 class Job(Protocol):
@@ -157,6 +158,11 @@ class Backend(Protocol):
         tokenize, queue it. Raises ModelUnavailable (404), PromptTooLong (400), Overloaded
         (503 with Retry-After), TooManyChoices (400: n over the slots) or InferError (a
         one-line reason: 400 for a UsageError/TemplateError, 500 otherwise)."""
+        ...
+
+    async def count_tokens(self, model: str, request: TextRequest) -> int:
+        """The prompt tokens `request` would take on `model` (rendered and tokenized as submit
+        does, tools included), generating nothing. Raises as submit does."""
         ...
 
     def load_report(self) -> LoadReport:

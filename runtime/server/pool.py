@@ -156,6 +156,12 @@ class ModelPool:
         self._served.move_to_end(served.resolved.name)
         return job
 
+    async def count_tokens(self, model: str, request: TextRequest) -> int:
+        served = await self._get(model)
+        with self._using(served):  # as submit: keep_alive 0 must not unload it meanwhile
+            tokens, _ = await asyncio.to_thread(self._tokens, served, request)
+        return len(tokens)
+
     async def embed(self, model: str, inputs: list[str] | list[list[int]]) -> Embeddings:
         self._check_room()
         served = await self._get(model)

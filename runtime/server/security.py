@@ -9,6 +9,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from .anthropic_protocol import error_body
 from .openai_protocol import ApiError
 
 Scope = MutableMapping[str, Any]
@@ -45,8 +46,12 @@ def loopback_host_header(value: str) -> bool:
     return bool(name) and is_loopback(name)
 
 
-async def send_error(send: Send, error: ApiError, extra: dict[str, str] | None = None) -> None:
-    body = json.dumps(error.body()).encode()
+async def send_error(
+    send: Send, error: ApiError, extra: dict[str, str] | None = None, path: str = ""
+) -> None:
+    """`error` in the shape of the door `path` belongs to (OpenAI's unless Anthropic's)."""
+    shaped = error_body(error) if path.startswith("/v1/messages") else error.body()
+    body = json.dumps(shaped).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     for k, v in {**error.headers, **(extra or {})}.items():
         headers.append((k.lower().encode("latin-1"), v.encode("latin-1")))
@@ -78,13 +83,14 @@ class HostCheck:
                     f"{host!r}); start it with --host to serve other names",
                     code="host_not_allowed",
                 )
-                await send_error(send, error)
+                await send_error(send, error, path=scope["path"])
                 return
         await self.app(scope, receive, send)
 
 
 class ApiKeyCheck:
-    """`Authorization: Bearer KEY`, compared in constant time; /health stays open."""
+    """`Authorization: Bearer KEY` (or `x-api-key: KEY`, as Anthropic's clients send it),
+    compared in constant time; /health stays open."""
 
     def __init__(self, app: ASGIApp, key: str | None) -> None:
         self.app = app
@@ -96,6 +102,7 @@ class ApiKeyCheck:
             return
         scheme, _, token = (_header(scope, b"authorization") or "").strip().partition(" ")
         given = token.strip().encode("latin-1") if scheme.lower() == "bearer" else b""
+        given = given or (_header(scope, b"x-api-key") or "").strip().encode("latin-1")
         if not hmac.compare_digest(given, self.key):
             message = (
                 "missing API key: send 'Authorization: Bearer KEY'"
@@ -103,7 +110,7 @@ class ApiKeyCheck:
                 else "incorrect API key provided"
             )
             error = ApiError(401, message, code="invalid_api_key", type="invalid_request_error")
-            await send_error(send, error, {"www-authenticate": "Bearer"})
+            await send_error(send, error, {"www-authenticate": "Bearer"}, scope["path"])
             return
         await self.app(scope, receive, send)
 

@@ -337,7 +337,7 @@ class ModelWorker:
         reason = {"context": "length", "interrupted": "cancelled", "error": "cancelled"}.get(
             result.finish_reason, result.finish_reason
         )
-        job.pending.append(Finished(choice, FinishReason(reason)))
+        job.pending.append(Finished(choice, FinishReason(reason), result.stop))
 
     def _flush(self) -> None:
         loops = {job.flush() for job in self._running}
