@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--ctx-size", type=int, default=1024, help="per slot")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the samples and ratios to this file")
     args = ap.parse_args()
     model = args.model or bundled_model()
     server_bin = build_llama_server()
@@ -250,7 +250,10 @@ def main() -> None:
     top = report["results"][levels[-1]]["infer"]["aggregate_tps"]
     print(f"infer: {levels[-1]} clients / {levels[0]}: {top / base:.2f}x aggregate")
     if args.json:
-        print(json.dumps(report, indent=2))
+        report["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        report["args"]["json"] = str(args.json)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
