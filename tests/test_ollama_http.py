@@ -301,7 +301,9 @@ def test_the_ollama_client(served: Served) -> None:
 def test_api_key_and_host_check_cover_the_ollama_door() -> None:
     with serving(api_key="sekrit") as s:
         with s.client() as c:
-            assert c.get("/api/tags").status_code == 401
-            assert c.get("/api/version", headers={"Host": "evil.example"}).status_code == 403
+            refused = c.get("/api/tags")
+            assert refused.status_code == 401 and isinstance(refused.json()["error"], str)
+            foreign = c.get("/api/version", headers={"Host": "evil.example"})
+            assert foreign.status_code == 403 and isinstance(foreign.json()["error"], str)
         client = ollama.Client(host=s.url, headers={"Authorization": "Bearer sekrit"})
         assert client.chat(model=MODEL, messages=[{"role": "user", "content": "x"}]).done

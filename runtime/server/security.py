@@ -49,8 +49,14 @@ def loopback_host_header(value: str) -> bool:
 async def send_error(
     send: Send, error: ApiError, extra: dict[str, str] | None = None, path: str = ""
 ) -> None:
-    """`error` in the shape of the door `path` belongs to (OpenAI's unless Anthropic's)."""
-    shaped = error_body(error) if path.startswith("/v1/messages") else error.body()
+    """`error` in the shape of the door `path` belongs to: Anthropic's, Ollama's
+    (`{"error": "..."}`) or OpenAI's."""
+    if path.startswith("/v1/messages"):
+        shaped = error_body(error)
+    elif path.startswith("/api/") or path == "/":
+        shaped = {"error": error.message}
+    else:
+        shaped = error.body()
     body = json.dumps(shaped).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     for k, v in {**error.headers, **(extra or {})}.items():
