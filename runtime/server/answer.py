@@ -12,26 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starlette.responses import Response
 
 from ..generation.tool_calls import ToolCall, emittable
 from .access_log import LogRecord
-from .backend import Finished, FinishReason, Job, Piece
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One choice of a whole answer. `content` is the text before any calls (None when empty
-    and there are calls); `reason` the backend's Finished.reason, "tool_calls" with calls."""
-
-    text: str
-    content: str | None
-    calls: list[ToolCall] = field(default_factory=list)
-    reason: FinishReason = FinishReason.STOP
+from .backend import Choice, Finished, FinishReason, Job, Piece
 
 
 @dataclass(frozen=True)
@@ -228,6 +217,24 @@ class Answer:
         finally:
             for t in tasks:
                 t.cancel()
+
+
+async def whole(
+    answer: Answer, receive: Any, failed: Callable[[Exception], Response]
+) -> list[Choice] | Response:
+    """Every door's unstreamed answer: the choices; or `failed(e)`, the door's own error
+    response, when the backend failed; or a bare 400 when the client went away first (nobody
+    is left to answer, and its jobs are cancelled)."""
+    try:
+        choices = await race_disconnect(answer.collect(), receive)
+    except Exception as e:
+        answer.cancel()
+        return failed(e)
+    if choices is None:
+        answer.cancel()
+        answer.record.disconnected = True
+        return Response(status_code=400)
+    return list(choices)
 
 
 async def race_disconnect(work: Any, receive: Any) -> Any:

@@ -17,13 +17,13 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import OptionError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import OPTIONS, check
-from .backend import FinishReason, TextRequest
+from .backend import Choice, FinishReason, TextRequest
 from .openai_protocol import MAX_MODEL_CHARS, MAX_STOP, MAX_STOP_CHARS, MAX_TOKENS_LIMIT, ApiError
 
 MAX_TOOLS = 128
@@ -371,13 +371,6 @@ STOP_REASONS = {
 }
 
 
-class _Choice(Protocol):  # answer.Choice (not imported: answer → access_log → openai_protocol)
-    text: str
-    content: str | None
-    calls: list[ToolCall]
-    reason: FinishReason
-
-
 def message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
@@ -408,7 +401,7 @@ def stop_reason(reason: FinishReason, stop: str | None) -> dict[str, Any]:
 
 
 def message_object(
-    model: str, choice: _Choice, stop: str | None, input_tokens: int, output_tokens: int
+    model: str, choice: Choice, stop: str | None, input_tokens: int, output_tokens: int
 ) -> dict[str, Any]:
     """A whole answer: the text (when there is some, or nothing else), then the calls; `stop`
     the stop string that ended it."""

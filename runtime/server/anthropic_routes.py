@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from . import anthropic_protocol as protocol
 from .access_log import LogRecord, record_of
-from .answer import Answer, EventStream, race_disconnect
+from .answer import Answer, EventStream, whole
 from .backend import Backend
 from .openai_protocol import ApiError
 from .security import ClientGone, parse_json, read_body
@@ -73,15 +73,11 @@ class _Door:
                 answer.model, record.prompt_tokens, on_error, answer.stops
             )
             return EventStream(answer, shaper)
-        try:
-            choices = await race_disconnect(answer.collect(), request.receive)
-        except Exception as e:
-            answer.cancel()
-            return error_response(self.backend_error(e, record, ""))
-        if choices is None:  # the client went away: nobody to answer
-            answer.cancel()
-            record.disconnected = True
-            return Response(status_code=400)
+        choices = await whole(
+            answer, request.receive, lambda e: error_response(self.backend_error(e, record, ""))
+        )
+        if isinstance(choices, Response):
+            return choices
         used = record.prompt_tokens, record.completion_tokens
         stop = answer.stops.get(0)
         return JSONResponse(protocol.message_object(answer.model, choices[0], stop, *used))

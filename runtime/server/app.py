@@ -41,7 +41,7 @@ from ..errors import (
 from . import anthropic_routes, ollama_routes, responses_routes
 from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
-from .answer import Answer, EventStream, race_disconnect
+from .answer import Answer, EventStream, whole
 from .backend import (
     Backend,
     Job,
@@ -279,15 +279,11 @@ class _Api:
             on_error = functools.partial(backend_error, record=record, prompt_param="")
             shaper = protocol.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
             return EventStream(answer, shaper)
-        try:
-            choices = await race_disconnect(answer.collect(), request.receive)
-        except Exception as e:
-            answer.cancel()
-            return _error_response(backend_error(e, record, ""))
-        if choices is None:  # the client went away: nobody to answer
-            answer.cancel()
-            record.disconnected = True
-            return Response(status_code=400)
+        choices = await whole(
+            answer, request.receive, lambda e: _error_response(backend_error(e, record, ""))
+        )
+        if isinstance(choices, Response):
+            return choices
         used = protocol.usage(record.prompt_tokens, record.completion_tokens)
         return JSONResponse(protocol.answer_object(chat, answer.model, choices, used))
 

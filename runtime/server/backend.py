@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ..errors import InferError
 from ..generation.templates import Message
+from ..generation.tool_calls import ToolCall
 from ..generation.tool_plan import ToolPlan
 from ..params import LoadOptions
 
@@ -70,6 +71,17 @@ class FinishReason(str, Enum):
     LENGTH = "length"  # max_tokens or the sequence's context
     CANCELLED = "cancelled"  # Job.cancel or shutdown
     TOOL_CALLS = "tool_calls"  # the answer is tool calls (answer assembly, never a backend)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One choice of a whole answer. `content` is the text before any calls (None when empty
+    and there are calls); `reason` the backend's Finished.reason, "tool_calls" with calls."""
+
+    text: str
+    content: str | None
+    calls: list[ToolCall] = field(default_factory=list)
+    reason: FinishReason = FinishReason.STOP
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import OptionError, UsageError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import OPTIONS, check
-from .backend import FinishReason, TextRequest
+from .backend import Choice, FinishReason, TextRequest
 
 VERSION = "0.12.0"  # what /api/version reports: clients gate features on it (Copilot: >= 0.6.4)
 MEDIA_TYPE = "application/x-ndjson"
@@ -393,13 +393,6 @@ DONE = {
 }
 
 
-class _Choice(Protocol):  # answer.Choice (not imported: answer's protocol is neutral)
-    text: str
-    content: str | None
-    calls: list[ToolCall]
-    reason: FinishReason
-
-
 @dataclass
 class Timing:
     """A request's clock, for the durations of the last object (nanoseconds)."""
@@ -448,7 +441,7 @@ def message(content: str, calls: Sequence[ToolCall] = ()) -> dict[str, Any]:
 
 
 def answer_object(
-    chat: bool, model: str, choice: _Choice, metrics: dict[str, Any]
+    chat: bool, model: str, choice: Choice, metrics: dict[str, Any]
 ) -> dict[str, Any]:
     """A whole answer: /api/chat's message or /api/generate's response, and the metrics."""
     head: dict[str, Any] = {"model": model, "created_at": now()}

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from .access_log import LogRecord, record_of
-from .answer import Answer, EventStream, race_disconnect
+from .answer import Answer, EventStream, whole
 from .backend import Backend, Job, ModelInfo
 from .ollama_models import facts, find, process, show, tag
 from .ollama_protocol import (
@@ -169,15 +169,11 @@ class _OllamaApi:
             ttft = functools.partial(getattr, job, "ttft_s")
             shaper = NdjsonStream(parsed.model, chat, timing, ttft, on_error)
             return EventStream(answer, shaper)
-        try:
-            choices = await race_disconnect(answer.collect(), request.receive)
-        except Exception as e:
-            answer.cancel()
-            return error_response(self._error(e, record, ""))
-        if choices is None:  # the client went away: nobody to answer
-            answer.cancel()
-            record.disconnected = True
-            return Response(status_code=400)
+        choices = await whole(
+            answer, request.receive, lambda e: error_response(self._error(e, record, ""))
+        )
+        if isinstance(choices, Response):
+            return choices
         timing.ttft_s = job.ttft_s
         metrics = timing.metrics(record.prompt_tokens, record.completion_tokens)
         return JSONResponse(answer_object(chat, parsed.model, choices[0], metrics))

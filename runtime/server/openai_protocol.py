@@ -15,13 +15,13 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import OptionError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import OPTIONS, check
-from .backend import FinishReason, TextRequest
+from .backend import Choice, FinishReason, TextRequest
 
 MAX_TOKENS_LIMIT = (
     1 << 20
@@ -445,13 +445,6 @@ FINISH = {
 }
 
 
-class _Choice(Protocol):  # answer.Choice (not imported: answer → access_log → this module)
-    text: str
-    content: str | None
-    calls: list[ToolCall]
-    reason: FinishReason
-
-
 def finish_reason(reason: FinishReason) -> str:
     """A choice's finish reason in OpenAI's words."""
     return FINISH[reason]
@@ -470,7 +463,7 @@ def answer_id(chat: bool) -> str:
 
 
 def answer_object(
-    chat: bool, model: str, choices: Sequence[_Choice], used: dict[str, int]
+    chat: bool, model: str, choices: Sequence[Choice], used: dict[str, int]
 ) -> dict[str, Any]:
     """A whole answer: chat.completion or text_completion."""
     id, created = answer_id(chat), int(time.time())
@@ -480,7 +473,7 @@ def answer_object(
 
 
 def chat_answer(
-    id: str, created: int, model: str, choices: Sequence[_Choice], used: dict[str, int]
+    id: str, created: int, model: str, choices: Sequence[Choice], used: dict[str, int]
 ) -> dict[str, Any]:
     """A choice with calls has them as OpenAI's tool_calls, with the text before them."""
     out = []
@@ -508,7 +501,7 @@ def chat_answer(
 
 
 def completion_answer(
-    id: str, created: int, model: str, choices: Sequence[_Choice], used: dict[str, int]
+    id: str, created: int, model: str, choices: Sequence[Choice], used: dict[str, int]
 ) -> dict[str, Any]:
     out = [
         {"index": i, "text": c.text, "logprobs": None, "finish_reason": finish_reason(c.reason)}

@@ -21,8 +21,7 @@ from ..errors import OptionError, UsageError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import OPTIONS, check
-from .answer import Choice
-from .backend import FinishReason, TextRequest
+from .backend import Choice, FinishReason, TextRequest
 from .openai_protocol import MAX_MODEL_CHARS, MAX_TOKENS_LIMIT, ApiError, invalid
 
 MAX_TOOLS = 128

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from . import responses_protocol as protocol
 from .access_log import LogRecord, record_of
-from .answer import Answer, EventStream, race_disconnect
+from .answer import Answer, EventStream, whole
 from .backend import Backend
 from .openai_protocol import ApiError
 from .security import ClientGone, parse_json, read_body
@@ -65,15 +65,11 @@ class _Responses:
                 return self.backend_error(e, record, "")
 
             return EventStream(answer, protocol.EventFrames(answer.model, parsed.echo, on_error))
-        try:
-            choices = await race_disconnect(answer.collect(), request.receive)
-        except Exception as e:
-            answer.cancel()
-            return _error(self.backend_error(e, record, ""))
-        if choices is None:  # the client went away: nobody to answer
-            answer.cancel()
-            record.disconnected = True
-            return Response(status_code=400)
+        choices = await whole(
+            answer, request.receive, lambda e: _error(self.backend_error(e, record, ""))
+        )
+        if isinstance(choices, Response):
+            return choices
         used = protocol.usage(record.prompt_tokens, record.completion_tokens)
         return JSONResponse(protocol.whole(answer.model, parsed.echo, choices[0], used))
 
