@@ -99,9 +99,11 @@ def _standard_streams_open() -> bool:
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
     """The runtime's warnings (InferWarning) as one line on stderr, like errors; any other
     warning as Python shows it."""
-    from infer.runtime.errors import InferWarning
+    from infer.runtime.errors import InferWarning, OptionWarning
 
-    if issubclass(category, InferWarning):
+    if isinstance(message, OptionWarning):
+        output.warn(message.worded(flag_of))  # the option named by its flag
+    elif issubclass(category, InferWarning):
         output.warn(str(message))
     else:
         _python_showwarning(message, category, *args, **kwargs)

@@ -129,6 +129,18 @@ class InferWarning(UserWarning):
     `infer: warning: ...`)."""
 
 
+class OptionWarning(InferWarning):
+    """A warning about an option's value; each front door words the option as its own field,
+    as with OptionError."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        self.option, self.problem = option, problem
+        super().__init__(self.worded(as_is))
+
+    def worded(self, name: Namer) -> str:
+        return f"{name(self.option)} {self.problem}"
+
+
 class InputError(InferError):
     """The input text cannot be used (not UTF-8, ...)."""
 

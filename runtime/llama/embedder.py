@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import EngineError, Interrupted, UsageError
+from ..errors import EngineError, Interrupted, OptionError, UsageError
 
 if TYPE_CHECKING:
     from .interface import Model
@@ -86,7 +86,7 @@ class Embedder:
         self._engine = engine
         chosen = pooling or gguf_pooling(engine) or DEFAULT_POOLING
         if chosen not in POOLING:
-            raise UsageError(f"--pooling must be one of {', '.join(POOLING)} (got {chosen!r})")
+            raise OptionError("pooling", f"must be one of {', '.join(POOLING)} (got {chosen!r})")
         model = engine._model
         self.encoder_only = is_encoder_only(engine)
         if bool(ll.llama_model_has_encoder(model)) and bool(ll.llama_model_has_decoder(model)):
@@ -99,7 +99,7 @@ class Embedder:
         # A non-causal model must see a whole input in one micro-batch (llama.cpp asserts it).
         params.n_ubatch = n_ctx if self.encoder_only or is_non_causal(engine) else min(512, n_ctx)
         if not 1 <= n_seq_max <= MAX_SEQ:
-            raise UsageError(f"--parallel must be between 1 and {MAX_SEQ} (got {n_seq_max})")
+            raise OptionError("parallel", f"must be between 1 and {MAX_SEQ} (got {n_seq_max})")
         self.n_seq_max = n_seq_max  # inputs per batch
         params.n_seq_max = n_seq_max
         params.kv_unified = True

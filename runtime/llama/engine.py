@@ -14,7 +14,7 @@ import threading
 import warnings
 from typing import Any
 
-from ..errors import InferWarning
+from ..errors import OptionWarning
 from ..models.gguf import GGUFHeader
 from .bindings import bindings
 from .offload import check_kv_fits, has_offload_devices, kv_bytes_per_layer
@@ -72,12 +72,11 @@ def _check_ctx_size(ll: Any, header: GGUFHeader, n_ctx: int, gpu: bool) -> None:
     check_kv_fits(ll, header, n_ctx, gpu=gpu)
     trained = header.context_length
     if trained and n_ctx > trained:
-        warnings.warn(
-            f"--ctx-size {n_ctx} is more than the {trained} tokens {header.path.name} was trained "
-            "on: answers past that may lose coherence",
-            InferWarning,
-            stacklevel=3,
+        problem = (
+            f"{n_ctx} is more than the {trained} tokens {header.path.name} was trained on: "
+            "answers past that may lose coherence"
         )
+        warnings.warn(OptionWarning("ctx_size", problem), stacklevel=3)
 
 
 def supports_gpu_offload() -> bool:

@@ -20,7 +20,7 @@ import struct
 import threading
 from typing import Any
 
-from ..errors import EngineError, InferError
+from ..errors import EngineError, InferError, OptionError
 from ..params import split_endpoint
 from .offload import Device, devices
 
@@ -175,7 +175,6 @@ def rpc_servers(ll: Any) -> dict[str, str]:
 def server_devices(ll: Any, names: list[str]) -> list[Device]:
     """The devices to lend: those named, else (as llama.cpp's rpc-server chooses) every GPU and
     only the CPU when there is none. A name that is not a device is a UsageError listing them."""
-    from ..errors import UsageError
 
     every = devices(ll) or []
     if names:
@@ -184,7 +183,7 @@ def server_devices(ll: Any, names: list[str]) -> list[Device]:
         for name in names:
             if name.lower() not in by_name:
                 known = ", ".join(d.name for d in every)
-                raise UsageError(f"--device {name!r} is not a device here (devices: {known})")
+                raise OptionError("device", f"{name!r} is not a device here (devices: {known})")
             chosen.append(by_name[name.lower()])
         return chosen
     accelerators = [d for d in every if d.kind in ("GPU", "iGPU") and not d.name.startswith("RPC")]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 from ..llama.embedder import embedding_tokens
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def split(text: str, mode: str) -> tuple[list[Item], int]:
     """The items of `text` (one per line, per blank-line-separated paragraph, or the whole
     text) and how many blank ones were skipped."""
     if mode not in SPLITS:
-        raise UsageError(f"--split must be one of {', '.join(SPLITS)} (got {mode!r})")
+        raise OptionError("split", f"must be one of {', '.join(SPLITS)} (got {mode!r})")
     if mode == "none":
         parts = [text.removesuffix("\n")]
     elif mode == "paragraph":

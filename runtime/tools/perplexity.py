@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TextTooShortError, UsageError
+from ..errors import OptionError, TextTooShortError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,7 +88,7 @@ def perplexity(
     on a session of its own (the model's window must hold `ctx_size` tokens). Raises
     TextTooShortError below two windows of text, Interrupted when `cancel` is set."""
     if ctx_size < 16:
-        raise UsageError(f"--ctx-size must be >= 16 (got {ctx_size})")
+        raise OptionError("ctx_size", f"must be >= 16 (got {ctx_size})")
     if ctx_size > model.n_ctx:
         raise UsageError(f"the model's context holds {model.n_ctx} tokens, not {ctx_size}")
     started = time.perf_counter()

@@ -27,6 +27,7 @@ from ..errors import (
     Interrupted,
     ModelFileError,
     NotEnoughSpaceError,
+    OptionError,
     QuantizeError,
     RequantizeError,
     UsageError,
@@ -118,7 +119,7 @@ def run(
     """Run the quantizer and add its output to the store. Nothing is added when it fails or
     is interrupted (Interrupted)."""
     if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be >= 1 (got {threads})")
+        raise OptionError("threads", f"must be >= 1 (got {threads})")
     blob_store.clean_parts()
     part = blob_store.new_part()
     started = time.monotonic()
