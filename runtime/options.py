@@ -13,6 +13,7 @@ params.py imports this module, so the table cannot import params.py.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, overload
 
@@ -313,3 +314,24 @@ def sampling(*layers: Overrides, base: SamplingParams | None = None) -> Sampling
     for layer in reversed(layers):
         params = layer.over(params)
     return params.validate()
+
+
+def from_fields(
+    fields: Mapping[str, Any], protocol: str, only: Collection[str] | None = None
+) -> dict[str, float | int]:
+    """The table's options that a request's `fields` set, each found under its name in
+    `protocol` ("openai", "ollama" or "llama_cpp"; `only`: just these of those names) and given
+    check's verdict, by infer's names. Every API door reads its sampling fields here; an
+    OptionError names the field as the protocol spells it."""
+    given: dict[str, float | int] = {}
+    for option in OPTIONS:
+        field = getattr(option, protocol)
+        if field is None or (only is not None and field not in only):
+            continue
+        if fields.get(field) is None:
+            continue
+        try:
+            given[option.name] = check(option.name, fields[field])
+        except OptionError as e:
+            raise OptionError(field, e.problem) from None
+    return given

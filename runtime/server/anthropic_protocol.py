@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import OptionError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
-from ..options import OPTIONS, check
+from ..options import from_fields
 from .backend import Choice, FinishReason, TextRequest
 from .openai_protocol import MAX_MODEL_CHARS, MAX_STOP, MAX_STOP_CHARS, MAX_TOKENS_LIMIT, ApiError
 
@@ -135,16 +135,10 @@ def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     """temperature, top_p and top_k, each given the one option table's verdict
     (runtime/options.py): Anthropic spells them as OpenAI does."""
-    out: dict[str, Any] = {}
-    for option in OPTIONS:
-        name = option.openai
-        if name not in SAMPLING or body.get(name) is None:
-            continue
-        try:
-            out[option.name] = check(option.name, body[name])
-        except OptionError as e:
-            raise invalid(name, e.problem) from None
-    return out
+    try:
+        return dict(from_fields(body, "openai", SAMPLING))
+    except OptionError as e:
+        raise invalid(e.option, e.problem) from None
 
 
 def _stop(stop: Any) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import OptionError, UsageError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
-from ..options import OPTIONS, check
+from ..options import from_fields
 from .backend import Choice, FinishReason, TextRequest
 
 VERSION = "0.12.0"  # what /api/version reports: clients gate features on it (Copilot: >= 0.6.4)
@@ -35,7 +35,6 @@ MAX_STOP_CHARS = 1024
 MAX_INPUTS = 2048
 MAX_TOKENS_LIMIT = 1 << 20
 ROLES = ("system", "user", "assistant", "tool")
-BY_OLLAMA = {o.ollama: o.name for o in OPTIONS if o.ollama is not None}
 # Ollama options with no meaning here (the runner's own settings, mirostat, typical_p…): ignored,
 # as docs/serve.md says. num_ctx too: the context per sequence is set when the model loads.
 _HANDLED = {"num_predict", "stop", "num_ctx"}
@@ -153,16 +152,15 @@ def _options(body: dict[str, Any], request: TextRequest) -> None:
         return
     if not isinstance(options, dict):
         raise invalid("options", "must be an object")
+    try:
+        request.sampling.update(from_fields(options, "ollama"))
+    except OptionError as e:
+        raise invalid(f"options.{e.option}", e.problem) from None
     for key, value in options.items():
         if value is None:
             continue
         where = f"options.{key}"
-        if key in BY_OLLAMA:
-            try:
-                request.sampling[BY_OLLAMA[key]] = check(BY_OLLAMA[key], value)
-            except OptionError as e:
-                raise invalid(where, e.problem) from None
-        elif key == "num_predict":
+        if key == "num_predict":
             request.max_tokens = _num_predict(value)
         elif key == "stop":
             request.stop = _stop(value, where)

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import OptionError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
-from ..options import OPTIONS, check
+from ..options import from_fields
 from .backend import Choice, FinishReason, TextRequest
 
 MAX_TOKENS_LIMIT = (
@@ -94,16 +94,10 @@ def _is_int(value: Any) -> bool:
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     """The table's options the body sets (runtime/options.py), by their OpenAI names, with the
     table's verdict on each; a 400 names the JSON field."""
-    sampling: dict[str, Any] = {}
-    for option in OPTIONS:
-        name = option.openai
-        if name is None or body.get(name) is None:
-            continue
-        try:
-            sampling[option.name] = check(option.name, body[name])
-        except OptionError as e:
-            raise invalid(name, f"'{name}' {e.problem}") from None
-    return sampling
+    try:
+        return dict(from_fields(body, "openai"))
+    except OptionError as e:
+        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
 
 
 def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import OptionError, UsageError
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
-from ..options import OPTIONS, check
+from ..options import from_fields
 from .backend import Choice, FinishReason, TextRequest
 from .openai_protocol import MAX_MODEL_CHARS, MAX_TOKENS_LIMIT, ApiError, invalid
 
@@ -103,16 +103,10 @@ def _refuse(body: dict[str, Any]) -> None:
 
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     """temperature and top_p, each with the one option table's verdict (runtime/options.py)."""
-    sampling: dict[str, Any] = {}
-    for option in OPTIONS:
-        name = option.openai
-        if name not in SAMPLING or body.get(name) is None:
-            continue
-        try:
-            sampling[option.name] = check(option.name, body[name])
-        except OptionError as e:
-            raise invalid(name, f"'{name}' {e.problem}") from None
-    return sampling
+    try:
+        return dict(from_fields(body, "openai", SAMPLING))
+    except OptionError as e:
+        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
 
 
 def _max_output_tokens(value: Any) -> int | None:
