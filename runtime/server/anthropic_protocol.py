@@ -24,7 +24,14 @@ from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from .backend import Choice, FinishReason, TextRequest
-from .openai_protocol import MAX_MODEL_CHARS, MAX_STOP, MAX_STOP_CHARS, MAX_TOKENS_LIMIT, ApiError
+from .openai_protocol import (
+    MAX_MODEL_CHARS,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    MAX_TOKENS_LIMIT,
+    ApiError,
+    kind_of,
+)
 
 MAX_TOOLS = 128
 # The sampling fields Anthropic has (Option.openai names: Anthropic spells them the same).
@@ -83,7 +90,7 @@ def parse_messages(body: Any) -> ParsedMessages:
         raise invalid("mcp_servers", "MCP servers are not supported by this server")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise invalid("stream", f"must be true or false (got {_kind(stream)})")
+        raise invalid("stream", f"must be true or false (got {kind_of(stream)})")
     return ParsedMessages(model, request, stream)
 
 
@@ -108,12 +115,6 @@ def _conversation(body: dict[str, Any]) -> TextRequest:
 
 
 # --- field checks ---------------------------------------------------------------------------
-def _kind(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    names.update({list: "an array", dict: "an object", type(None): "null"})
-    return names.get(type(value), type(value).__name__)
-
-
 def _model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
@@ -126,7 +127,7 @@ def _model(body: dict[str, Any]) -> str:
 def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:
     value = body.get(name)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise invalid(name, f"must be an integer (got {_kind(value)})")
+        raise invalid(name, f"must be an integer (got {kind_of(value)})")
     if not low <= value <= high:
         raise invalid(name, f"must be between {low} and {high} (got {value})")
     return value

@@ -105,7 +105,7 @@ def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None
     if value is None:
         return None
     if not _is_int(value):
-        raise invalid(name, f"'{name}' must be an integer (got {_kind(value)})")
+        raise invalid(name, f"'{name}' must be an integer (got {kind_of(value)})")
     if not low <= value <= high:
         raise invalid(name, f"'{name}' must be between {low} and {high} (got {value})")
     return int(value)
@@ -116,11 +116,12 @@ def _boolean(body: dict[str, Any], name: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise invalid(name, f"'{name}' must be true or false (got {_kind(value)})")
+        raise invalid(name, f"'{name}' must be true or false (got {kind_of(value)})")
     return value
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """A JSON value's kind in words, for 400s ("an array", "null")."""
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     names.update({list: "an array", dict: "an object", type(None): "null"})
     return names.get(type(value), type(value).__name__)
