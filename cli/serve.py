@@ -86,6 +86,16 @@ AllowPullOpt = Annotated[
         "Off by default: such a request is a 404 naming `infer pull`.",
     ),
 ]
+AnyModelNameOpt = Annotated[
+    bool,
+    typer.Option(
+        "--any-model-name",
+        rich_help_panel=SERVER,
+        help="Answer a request naming a model this server cannot find with the first model "
+        "named at start, as llama-server does. Off by default: such a request is a 404 (a "
+        "request naming no model gets the first model either way).",
+    ),
+]
 AllowDeleteOpt = Annotated[
     bool,
     typer.Option(
@@ -221,6 +231,7 @@ def serve(
     max_models: MaxModelsOpt = None,
     allow_pull: AllowPullOpt = False,
     allow_delete: AllowDeleteOpt = False,
+    any_model_name: AnyModelNameOpt = False,
     offline: OfflineOpt = False,
     shutdown_timeout: ShutdownOpt = 10.0,
     draft: ServeDraftOpt = None,
@@ -282,6 +293,7 @@ def serve(
         verbose,
         rpc,
     )
+    config.any_name = any_model_name
     _run(config, settings, port, stats)
 
 

@@ -25,12 +25,12 @@ from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from .backend import Choice, FinishReason, TextRequest
 from .openai_protocol import (
-    MAX_MODEL_CHARS,
     MAX_STOP,
     MAX_STOP_CHARS,
     MAX_TOKENS_LIMIT,
     ApiError,
     kind_of,
+    model_name,
 )
 
 MAX_TOOLS = 128
@@ -116,12 +116,7 @@ def _conversation(body: dict[str, Any]) -> TextRequest:
 
 # --- field checks ---------------------------------------------------------------------------
 def _model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid("model", "Field required: the name of a model this server can run")
-    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
-        raise invalid("model", "not a valid model name")
-    return model
+    return model_name(body, "not a valid model name")
 
 
 def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:

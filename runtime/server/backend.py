@@ -32,6 +32,9 @@ class ServerConfig:
     max_models: int | None = None  # loaded at once; None: 1 + len(models)
     allow_pull: bool = False  # a request may name a model that is not cached yet
     offline: bool = False  # never touch the network (resolving names included)
+    # a request naming a model this server cannot find gets the first model named at start
+    # (as llama-server, which serves one model under any name); off: a 404
+    any_name: bool = False
 
 
 @dataclass
@@ -41,6 +44,9 @@ class TextRequest:
 
     messages: list[Message] | None = None
     prompt: str | None = None
+    # llama.cpp's native prompt: token ids, maybe mixed with text (tokenized as `prompt` is);
+    # used instead of `prompt` when set (/completion)
+    prompt_tokens: list[int | str] | None = None
     # SamplingParams fields the request set (temperature, top_p, top_k, min_p, seed,
     # repeat_penalty, presence_penalty, frequency_penalty); the model's models.toml defaults and
     # then infer's fill the rest.
@@ -166,10 +172,29 @@ class Backend(Protocol):
         ...
 
     async def submit(self, model: str, request: TextRequest) -> Job:
-        """Admit a request: load `model` if needed (LRU unload beyond --max-models), render and
-        tokenize, queue it. Raises ModelUnavailable (404), PromptTooLong (400), Overloaded
-        (503 with Retry-After), TooManyChoices (400: n over the slots) or InferError (a
-        one-line reason: 400 for a UsageError/TemplateError, 500 otherwise)."""
+        """Admit a request (`model` "": the first model named at start, as llama-server and
+        vLLM answer a request that names none): load `model` if needed (LRU unload beyond
+        --max-models), render and tokenize, queue it. Raises ModelUnavailable (404),
+        PromptTooLong (400), Overloaded (503 with Retry-After), TooManyChoices (400: n over the
+        slots) or InferError (a one-line reason: 400 for a UsageError/TemplateError, 500
+        otherwise)."""
+        ...
+
+    async def tokenize(
+        self, model: str, text: str, *, add_special: bool, parse_special: bool
+    ) -> list[int]:
+        """`text` as `model`'s token ids (llama.cpp's /tokenize): `add_special` adds BOS/EOS as
+        the vocabulary does, `parse_special` reads control-token markup as those tokens."""
+        ...
+
+    async def pieces(self, model: str, tokens: list[int]) -> list[bytes]:
+        """The bytes each token stands for (control tokens as their markup); a UsageError (400)
+        names a token outside the vocabulary."""
+        ...
+
+    async def render(self, model: str, request: TextRequest) -> str:
+        """The chat prompt `request.messages` (and tools) make with `model`'s template: what
+        submit would tokenize (llama.cpp's /apply-template)."""
         ...
 
     async def count_tokens(self, model: str, request: TextRequest) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backend import Embeddings
-from .openai_protocol import invalid
+from .openai_protocol import invalid, model_name
 
 MAX_INPUTS = 2048  # as OpenAI's limit on one request
 
@@ -25,9 +25,7 @@ class EmbeddingRequest:
 def parse(body: Any) -> EmbeddingRequest:
     if not isinstance(body, dict):
         raise invalid("", "the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid("model", "'model' must be a non-empty string")
+    model = model_name(body)
     fmt = body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
         raise invalid("encoding_format", "'encoding_format' must be 'float' or 'base64'")

@@ -127,12 +127,18 @@ def kind_of(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _model(body: dict[str, Any]) -> str:
+def model_name(
+    body: dict[str, Any], invalid_name: str = "'model' is not a valid model name"
+) -> str:
+    """The model a body names; "" when it names none (absent, null or ""), which the backend
+    answers with the first model named at start, as llama-server and vLLM do."""
     model = body.get("model")
+    if model is None or model == "":
+        return ""
     if not isinstance(model, str) or not model.strip():
-        raise invalid("model", "'model' is required: the name of a model this server can run")
+        raise invalid("model", f"'model' must be a model's name (got {kind_of(model)})")
     if len(model) > MAX_MODEL_CHARS or not model.isprintable():
-        raise invalid("model", "'model' is not a valid model name")
+        raise invalid("model", invalid_name)
     return model
 
 
@@ -253,7 +259,7 @@ def parse_chat(body: Any) -> ParsedRequest:
     """A /v1/chat/completions body → the request, or ApiError (400) naming the field."""
     if not isinstance(body, dict):
         raise invalid("", "the request body must be a JSON object")
-    model = _model(body)
+    model = model_name(body)
     messages = _messages(body.get("messages"))
     request, stream, include_usage = _common(body, completions=False)
     request.messages = messages
@@ -265,7 +271,7 @@ def parse_completion(body: Any) -> ParsedRequest:
     """A /v1/completions body → the request (one prompt per entry of a list), or ApiError."""
     if not isinstance(body, dict):
         raise invalid("", "the request body must be a JSON object")
-    model = _model(body)
+    model = model_name(body)
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         prompts = [prompt]

@@ -156,6 +156,33 @@ class ModelPool:
         self._served.move_to_end(served.resolved.name)
         return job
 
+    async def tokenize(
+        self, model: str, text: str, *, add_special: bool, parse_special: bool
+    ) -> list[int]:
+        served = await self._get(model)
+        engine = served.engine
+
+        def work() -> list[int]:
+            buffer, n = engine.tokenize_into_buffer(
+                text, add_special=add_special, special=parse_special
+            )
+            return list(buffer[:n])
+
+        with self._using(served):
+            return await asyncio.to_thread(work)
+
+    async def pieces(self, model: str, tokens: list[int]) -> list[bytes]:
+        served = await self._get(model)
+        engine = served.engine
+        _check_vocabulary(engine, tokens, "tokens")
+        # Control tokens as their markup, as llama.cpp's /detokenize writes them.
+        return [engine.piece(t) or engine.token_text(t).encode() for t in tokens]
+
+    async def render(self, model: str, request: TextRequest) -> str:
+        served = await self._get(model)
+        with self._using(served):
+            return await asyncio.to_thread(self._render, served, request)
+
     async def count_tokens(self, model: str, request: TextRequest) -> int:
         served = await self._get(model)
         with self._using(served):  # as submit: keep_alive 0 must not unload it meanwhile
@@ -256,6 +283,12 @@ class ModelPool:
         return all(s.worker.idle for s in self._served.values())
 
     async def _get(self, name: str, *, from_start: bool = False) -> _Served:
+        if not name:  # a request that names no model: the first one named at start
+            if not self.config.models:
+                raise UsageError(
+                    "'model' is required: this server was started without a model to default to"
+                )
+            name = self.config.models[0]
         key = self._names.get(name)
         if key is not None and key in self._served:
             self._served.move_to_end(key)
@@ -290,6 +323,8 @@ class ModelPool:
         except (NotDownloadedError, ModelNotFoundError, BadReferenceError, ModelFileError) as e:
             if from_start:
                 raise
+            if self.config.any_name and self.config.models:  # --any-model-name
+                return self._resolve(self.config.models[0], True)
             hint = "" if isinstance(e, NotDownloadedError) else f"; run: infer pull {name}"
             raise ModelUnavailable(name, f"{e}{hint}") from None
 
@@ -362,7 +397,29 @@ class ModelPool:
                 engine, messages, template=defaults.chat_template, tools=rendered
             )
             return tokens, tools
+        if request.prompt_tokens is not None:
+            return _mixed_tokens(engine, request.prompt_tokens), None
         return prompt_tokens(engine, [Message("user", request.prompt or "")], raw=True), None
+
+    def _render(self, served: _Served, request: TextRequest) -> str:
+        """The chat prompt as text, rendered as _tokens renders it (system default, tools)."""
+        from ..generation.templates import render
+
+        engine, defaults = served.engine, served.resolved.defaults
+        messages = list(request.messages or [])
+        if defaults.system and not any(m.role == "system" for m in messages):
+            messages.insert(0, Message("system", defaults.system))
+        template = defaults.chat_template or engine.chat_template
+        if not template:
+            raise UsageError(f"{served.resolved.name} has no chat template")
+        tools = _tool_plan(request, template)
+        return render(
+            template,
+            messages,
+            bos_token=engine.bos_text,
+            eos_token=engine.eos_text,
+            tools=tools.rendered if tools else None,
+        )
 
     def _sampling(self, served: _Served, request: TextRequest) -> list[SamplingParams]:
         """The request's fields over the model's models.toml defaults over infer's; one per
@@ -394,6 +451,29 @@ def _tool_plan(request: TextRequest, template: str | None) -> ToolPlan | None:
         only=request.forced_tool,
         parallel=request.parallel_tool_calls,
     )
+
+
+def _check_vocabulary(engine: Model, tokens: Sequence[int], field: str) -> None:
+    bad = next((t for t in tokens if not 0 <= t < engine.n_vocab), None)
+    if bad is not None:
+        raise UsageError(
+            f"'{field}' has token {bad}, outside the vocabulary (0..{engine.n_vocab - 1})"
+        )
+
+
+def _mixed_tokens(engine: Model, parts: Sequence[int | str]) -> list[int]:
+    """llama.cpp's prompt of token ids and text: text tokenized as a completion's prompt is
+    (never parsed for control tokens), ids checked against the vocabulary; BOS added before a
+    prompt that starts with text, as llama.cpp's tokenize_mixed does."""
+    out: list[int] = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            tokens = engine.tokenize(part, False)
+            out.extend(engine.with_bos(tokens) if i == 0 else tokens)
+        else:
+            out.append(part)
+    _check_vocabulary(engine, out, "prompt")
+    return out
 
 
 def _embedding_tokens(engine: Model, inputs: Sequence[str | list[int]]) -> list[list[int]]:

@@ -22,7 +22,7 @@ from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from .backend import Choice, FinishReason, TextRequest
-from .openai_protocol import MAX_MODEL_CHARS, MAX_TOKENS_LIMIT, ApiError, invalid
+from .openai_protocol import MAX_TOKENS_LIMIT, ApiError, invalid, model_name
 
 MAX_TOOLS = 128
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -63,11 +63,7 @@ def parse(body: Any) -> ResponsesRequest:
     if not isinstance(body, dict):
         raise invalid("", "the request body must be a JSON object")
     _refuse(body)
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid("model", "'model' is required: the name of a model this server can run")
-    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
-        raise invalid("model", "'model' is not a valid model name")
+    model = model_name(body)
     request = TextRequest(messages=_conversation(body), sampling=_sampling(body))
     request.max_tokens = _max_output_tokens(body.get("max_output_tokens"))
     text = body.get("text")
