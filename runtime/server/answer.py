@@ -79,6 +79,7 @@ class Answer:
     def __init__(self, jobs: list[Job], record: LogRecord, n: int) -> None:
         self.jobs, self.record, self.n = jobs, record, n
         self.model = jobs[0].model
+        record.model = record.model or self.model  # a request that named none: the default
         self.tools = jobs[0].tools
         self.choices = n * len(jobs)
         self.done = False

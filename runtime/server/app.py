@@ -38,7 +38,7 @@ from ..errors import (
     TemplateError,
     UsageError,
 )
-from . import anthropic_routes, ollama_routes, responses_routes
+from . import anthropic_routes, llamacpp_routes, ollama_routes, responses_routes
 from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
 from .answer import Answer, EventStream, whole
@@ -50,6 +50,7 @@ from .backend import (
     PromptTooLong,
     TooManyChoices,
 )
+from .llamacpp_protocol import timings
 from .metrics import CONTENT_TYPE, Metrics
 from .openai_protocol import ApiError
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
@@ -145,6 +146,11 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/v1/models", api.list_models, methods=["GET"]),
             Route("/v1/models/{id:path}", api.get_model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
+            # llama-server's paths: the OpenAI routes without /v1, and its own (llamacpp_routes)
+            Route("/v1/health", api.health, methods=["GET"]),
+            Route("/chat/completions", api.chat, methods=["POST"]),
+            Route("/models", api.list_models, methods=["GET"]),
+            *llamacpp_routes.routes(backend, settings.max_body, backend_error),
             Route("/metrics", api.prometheus, methods=["GET"]),
             *responses_routes.routes(backend, settings.max_body, backend_error),
             *ollama_routes.routes(backend, settings, backend_error),
@@ -285,7 +291,9 @@ class _Api:
         if isinstance(choices, Response):
             return choices
         used = protocol.usage(record.prompt_tokens, record.completion_tokens)
-        return JSONResponse(protocol.answer_object(chat, answer.model, choices, used))
+        body = protocol.answer_object(chat, answer.model, choices, used)
+        body["timings"] = timings(record)  # as llama-server adds them
+        return JSONResponse(body)
 
     async def _submit(
         self, parsed: protocol.ParsedRequest, record: LogRecord, param: str

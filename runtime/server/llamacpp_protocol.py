@@ -1,0 +1,370 @@
+"""llama.cpp's own protocol (llama-server's routes without /v1): the native `/completion` body
+validated into `TextRequest`s, its answers and stream frames, the `timings` object llama-server
+adds to every answer, and the bodies of /tokenize, /detokenize and /apply-template. Pure data:
+no HTTP, no starlette. Errors are OpenAI-shaped `ApiError`s (400 naming the field), as the
+rest of the server's answers.
+
+Where llama-server's fields mean what infer's table means they are read through the one option
+table (`options.from_fields(body, "llama_cpp")`); fields it only uses for its slots
+(`cache_prompt`, `id_slot`, `samplers`...) are ignored, as the OpenAI door ignores unknown ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import OptionError
+from ..generation.tool_calls import ToolCall
+from ..options import from_fields
+from ..params import SamplingParams
+from .access_log import LogRecord
+from .backend import FinishReason, TextRequest
+from .openai_protocol import MAX_PROMPTS, MAX_TOKENS_LIMIT, ApiError, invalid, kind_of, model_name
+
+SEED_RANDOM = {-1, 0xFFFFFFFF}  # llama.cpp's LLAMA_DEFAULT_SEED: a new seed per request
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _boolean(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise invalid(name, f"'{name}' must be true or false (got {kind_of(value)})")
+    return value
+
+
+# --- /completion ----------------------------------------------------------------------------
+@dataclass
+class NativeRequest:
+    """A validated /completion body: one TextRequest per prompt."""
+
+    model: str
+    requests: list[TextRequest]
+    stream: bool = False
+    n_predict: int = -1  # as asked (-1: until end of generation or the context)
+    settings: dict[str, Any] = field(default_factory=dict)  # generation_settings echoed back
+    several: bool = False  # a list of prompts: the answer is a list of results
+
+
+def _prompts(prompt: Any) -> list[str | list[int | str]]:
+    """llama.cpp's prompt shapes: a string; token ids (maybe mixed with strings); or a list of
+    those (several prompts, several results)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, list) or not prompt:
+        raise invalid("prompt", "'prompt' must be a string, token ids or a list of prompts")
+    if any(_is_int(p) for p in prompt):  # one prompt of ids, maybe mixed with text
+        if not all(_is_int(p) or isinstance(p, str) for p in prompt):
+            raise invalid("prompt", "a prompt of token ids holds only integers and strings")
+        return [list(prompt)]
+    if len(prompt) > MAX_PROMPTS:
+        raise invalid("prompt", f"at most {MAX_PROMPTS} prompts per request")
+    out: list[str | list[int | str]] = []
+    for p in prompt:
+        if isinstance(p, str):
+            out.append(p)
+        elif isinstance(p, list) and p and all(_is_int(t) or isinstance(t, str) for t in p):
+            out.append(list(p))
+        else:
+            raise invalid("prompt", "each prompt must be a string or an array of token ids")
+    return out
+
+
+def _n_predict(body: dict[str, Any]) -> int:
+    name = "n_predict" if body.get("n_predict") is not None else "max_tokens"
+    value = body.get(name)
+    if value is None:
+        return -1
+    if not _is_int(value) or not -1 <= value <= MAX_TOKENS_LIMIT:
+        raise invalid(name, f"'{name}' must be an integer from -1 to {MAX_TOKENS_LIMIT}")
+    return int(value)
+
+
+def _stop(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise invalid("stop", "'stop' must be a string or an array of strings")
+    return [s for s in items if s]
+
+
+def _grammar(body: dict[str, Any]) -> str:
+    """llama.cpp's `json_schema` (a schema held to as the OpenAI door's response_format is) or
+    `grammar` (GBNF as given)."""
+    schema, grammar = body.get("json_schema"), body.get("grammar")
+    if schema is not None:
+        from ..errors import UsageError
+        from ..llama.grammar import constraint
+
+        if not isinstance(schema, dict):
+            raise invalid("json_schema", "'json_schema' must be a JSON schema object")
+        try:
+            return constraint(json_schema=schema, names=("json_schema", "", ""))
+        except UsageError as e:
+            raise invalid("json_schema", str(e)) from None
+    if grammar is not None and grammar != "":
+        if not isinstance(grammar, str):
+            raise invalid("grammar", "'grammar' must be a string (GBNF)")
+        return grammar
+    return ""
+
+
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    fields = dict(body)
+    if _is_int(fields.get("seed")) and fields["seed"] in SEED_RANDOM:
+        del fields["seed"]
+    try:
+        return dict(from_fields(fields, "llama_cpp"))
+    except OptionError as e:
+        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
+
+
+def parse_completion(body: Any) -> NativeRequest:
+    """A /completion body → the request, or ApiError (400) naming the field."""
+    if not isinstance(body, dict):
+        raise invalid("", "the request body must be a JSON object")
+    model = model_name(body)
+    if "prompt" not in body:
+        raise invalid("prompt", "'prompt' is required")
+    prompts = _prompts(body["prompt"])
+    for name in ("n_probs", "lora"):  # issue #23's other parts (logprobs, adapters)
+        if body.get(name) not in (None, 0, []):
+            raise invalid(name, f"'{name}' is not supported by this server")
+    sampling = _sampling(body)
+    grammar = _grammar(body)
+    if grammar:
+        sampling["grammar"] = grammar
+    n_predict = _n_predict(body)
+    if n_predict == 0:
+        raise invalid("n_predict", "'n_predict' must be -1 (no limit) or at least 1")
+    stream = _boolean(body, "stream")
+    base = TextRequest(
+        sampling=sampling,
+        max_tokens=None if n_predict < 0 else n_predict,
+        stop=_stop(body),
+        ignore_eos=_boolean(body, "ignore_eos"),
+    )
+    requests = []
+    for p in prompts:
+        if isinstance(p, str):
+            requests.append(TextRequest(**{**base.__dict__, "prompt": p}))
+        else:
+            requests.append(TextRequest(**{**base.__dict__, "prompt_tokens": p}))
+    defaults = SamplingParams()
+    settings = {
+        "n_predict": n_predict,
+        "seed": sampling.get("seed", -1 if defaults.seed is None else defaults.seed),
+        "temperature": sampling.get("temperature", defaults.temperature),
+        "top_k": sampling.get("top_k", defaults.top_k),
+        "top_p": sampling.get("top_p", defaults.top_p),
+        "min_p": sampling.get("min_p", defaults.min_p),
+        "repeat_penalty": sampling.get("repeat_penalty", defaults.repeat_penalty),
+        "presence_penalty": sampling.get("presence_penalty", defaults.presence_penalty),
+        "frequency_penalty": sampling.get("frequency_penalty", defaults.frequency_penalty),
+        "stop": base.stop,
+        "ignore_eos": base.ignore_eos,
+        "stream": stream,
+        "n_probs": 0,
+        "grammar": grammar,
+    }
+    return NativeRequest(model, requests, stream, n_predict, settings, len(prompts) > 1)
+
+
+# --- answers --------------------------------------------------------------------------------
+def timings(record: LogRecord, prompt_n: int | None = None) -> dict[str, float | int]:
+    """llama-server's `timings`: prompt reading up to the first token, then generation. Taken
+    from the request's own clock (submit to first token, first token to last), so the prompt's
+    time includes any wait for a slot."""
+    prompt_n = record.prompt_tokens if prompt_n is None else prompt_n
+    prompt_ms = 1000 * (record.ttft_s or 0.0)
+    predicted_ms = 1000 * (record.generation_s or 0.0)
+    predicted_n = record.completion_tokens
+
+    def rates(n: int, ms: float) -> tuple[float, float]:
+        return (ms / n if n else 0.0), (1000 * n / ms if ms > 0 else 0.0)
+
+    prompt_per_token, prompt_per_second = rates(prompt_n, prompt_ms)
+    predicted_per_token, predicted_per_second = rates(predicted_n, predicted_ms)
+    return {
+        "cache_n": 0,
+        "prompt_n": prompt_n,
+        "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_per_token,
+        "prompt_per_second": prompt_per_second,
+        "predicted_n": predicted_n,
+        "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_per_token,
+        "predicted_per_second": predicted_per_second,
+    }
+
+
+def stop_type(reason: FinishReason, word: str | None) -> str:
+    """llama-server's stop_type: "eos", "word" (a stop string), "limit" (n_predict or the
+    context), "none" (cut short)."""
+    if reason is FinishReason.LENGTH:
+        return "limit"
+    if reason is FinishReason.CANCELLED:
+        return "none"
+    return "word" if word else "eos"
+
+
+def result(
+    parsed: NativeRequest,
+    index: int,
+    text: str,
+    reason: FinishReason,
+    word: str | None,
+    model: str,
+    record: LogRecord,
+    counts: tuple[int, int],
+) -> dict[str, Any]:
+    """One prompt's whole answer (or a stream's last frame, with `text` "")."""
+    prompt_n, predicted_n = counts
+    return {
+        "index": index,
+        "content": text,
+        "tokens": [],
+        "id_slot": -1,
+        "stop": True,
+        "model": model,
+        "tokens_predicted": predicted_n,
+        "tokens_evaluated": prompt_n,
+        "generation_settings": parsed.settings,
+        "prompt": "",
+        "has_new_line": "\n" in text,
+        "truncated": False,
+        "stop_type": stop_type(reason, word),
+        "stopping_word": word or "",
+        "tokens_cached": prompt_n + predicted_n,
+        "timings": timings(record),
+    }
+
+
+class NativeStream:
+    """/completion's stream: a `data: {...}` frame per piece ({content, stop: false, ...}),
+    then one final frame per prompt with `stop: true`, the counts and the timings."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        parsed: NativeRequest,
+        model: str,
+        record: LogRecord,
+        stops: dict[int, str],
+        failed: Callable[[Exception], ApiError],
+    ) -> None:
+        self.parsed, self.model, self.record, self.stops, self.failed = (
+            parsed,
+            model,
+            record,
+            stops,
+            failed,
+        )
+        self.reasons: dict[int, FinishReason] = {}
+        self.generated: dict[int, int] = {}
+
+    @staticmethod
+    def _frame(data: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+    def opening(self, choices: int) -> list[bytes]:
+        return []
+
+    def text(self, index: int, text: str) -> bytes:
+        self.generated[index] = self.generated.get(index, 0) + 1
+        return self._frame(
+            {
+                "index": index,
+                "content": text,
+                "tokens": [],
+                "stop": False,
+                "id_slot": -1,
+                "tokens_predicted": self.generated[index],
+                "tokens_evaluated": self.record.prompt_tokens,
+            }
+        )
+
+    def call(self, index: int, k: int, call: ToolCall) -> bytes:
+        return b""  # /completion offers no tools
+
+    def end(self, index: int, reason: FinishReason) -> bytes:
+        self.reasons[index] = reason
+        return b""
+
+    def error(self, error: Exception) -> bytes:
+        e = self.failed(error)
+        return self._frame({"error": {"code": e.status, "message": e.message, "type": e.type}})
+
+    def closing(self, prompt_tokens: int, completion_tokens: int) -> list[bytes]:
+        frames = []
+        for index in sorted(self.reasons):
+            body = result(
+                self.parsed,
+                index,
+                "",
+                self.reasons[index],
+                self.stops.get(index),
+                self.model,
+                self.record,
+                (prompt_tokens, completion_tokens),
+            )
+            frames.append(self._frame(body))
+        return frames
+
+
+# --- /tokenize, /detokenize -----------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenizeRequest:
+    model: str
+    content: str
+    add_special: bool
+    parse_special: bool
+    with_pieces: bool
+
+
+def parse_tokenize(body: Any) -> TokenizeRequest:
+    if not isinstance(body, dict):
+        raise invalid("", "the request body must be a JSON object")
+    content = body.get("content", "")
+    if not isinstance(content, str):
+        raise invalid("content", f"'content' must be a string (got {kind_of(content)})")
+    return TokenizeRequest(
+        model_name(body),
+        content,
+        _boolean(body, "add_special"),
+        _boolean(body, "parse_special", default=True),
+        _boolean(body, "with_pieces"),
+    )
+
+
+def tokens_answer(tokens: list[int], pieces: list[bytes] | None) -> dict[str, Any]:
+    """{"tokens": ids}, or with pieces [{id, piece}]: the piece as text where it is whole
+    UTF-8, else its bytes as a list of numbers (as llama-server writes a partial character)."""
+    if pieces is None:
+        return {"tokens": tokens}
+    out: list[dict[str, Any]] = []
+    for token, piece in zip(tokens, pieces, strict=True):
+        try:
+            out.append({"id": token, "piece": piece.decode("utf-8")})
+        except UnicodeDecodeError:
+            out.append({"id": token, "piece": list(piece)})
+    return {"tokens": out}
+
+
+def parse_detokenize(body: Any) -> tuple[str, list[int]]:
+    if not isinstance(body, dict):
+        raise invalid("", "the request body must be a JSON object")
+    tokens = body.get("tokens", [])
+    if not isinstance(tokens, list) or not all(_is_int(t) for t in tokens):
+        raise invalid("tokens", "'tokens' must be an array of token ids")
+    return model_name(body), list(tokens)

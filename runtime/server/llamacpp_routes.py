@@ -1,0 +1,205 @@
+"""llama-server's own routes, for its clients and its test suite: the native `/completion`
+(also `/completions`, as llama-server answers it), `/tokenize`, `/detokenize`,
+`/apply-template`, `/props` and the native `/embeddings`. The OpenAI routes without `/v1`
+(`/chat/completions`, `/models`, `/v1/health`) are app.py's own handlers under a second path.
+
+Each handler: body → llamacpp_protocol.parse_* → the backend → answer assembly (answer.py),
+shaped by llamacpp_protocol. Errors are OpenAI-shaped, as on every route but Ollama's.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import llamacpp_protocol as protocol
+from . import openai_protocol
+from .access_log import LogRecord, record_of
+from .answer import Answer, EventStream, whole
+from .backend import Backend, Job, TextRequest
+from .openai_protocol import ApiError
+from .security import ClientGone, parse_json, read_body
+
+BackendError = Callable[[Exception, LogRecord, str], ApiError]
+
+
+def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:
+    doors = _Routes(backend, max_body, backend_error)
+    return [
+        Route("/completion", doors.completion, methods=["POST"]),
+        Route("/completions", doors.completion, methods=["POST"]),
+        Route("/tokenize", doors.tokenize, methods=["POST"]),
+        Route("/detokenize", doors.detokenize, methods=["POST"]),
+        Route("/apply-template", doors.apply_template, methods=["POST"]),
+        Route("/embeddings", doors.embeddings, methods=["POST"]),
+        Route("/embedding", doors.embeddings, methods=["POST"]),
+        Route("/props", doors.props, methods=["GET"]),
+    ]
+
+
+def _error(e: ApiError) -> Response:
+    return JSONResponse(e.body(), e.status, headers=e.headers)
+
+
+class _Routes:
+    def __init__(self, backend: Backend, max_body: int, backend_error: BackendError) -> None:
+        self.backend, self.max_body, self.backend_error = backend, max_body, backend_error
+
+    async def _body(self, request: Request) -> Any:
+        raw = await read_body(request.receive, request.headers, self.max_body)
+        return parse_json(raw)
+
+    def _failed(self, e: Exception, record: LogRecord, param: str = "") -> ApiError:
+        return self.backend_error(e, record, param)
+
+    # --- /completion ------------------------------------------------------------------------
+    async def completion(self, request: Request) -> Response:
+        record = record_of(request.scope)
+        try:
+            parsed = protocol.parse_completion(await self._body(request))
+            record.model = parsed.model
+            jobs = await self._submit(parsed.model, parsed.requests, record, "prompt")
+        except ApiError as e:
+            return _error(e)
+        except ClientGone:
+            return Response(status_code=400)
+        answer = Answer(jobs, record, 1)
+        if parsed.stream:
+            failed = functools.partial(self._failed, record=record)
+            stream = protocol.NativeStream(parsed, answer.model, record, answer.stops, failed)
+            return EventStream(answer, stream)
+        choices = await whole(answer, request.receive, lambda e: _error(self._failed(e, record)))
+        if isinstance(choices, Response):
+            return choices
+        results = [
+            protocol.result(
+                parsed,
+                i,
+                choice.text,
+                choice.reason,
+                answer.stops.get(i),
+                answer.model,
+                record,
+                (jobs[i].prompt_tokens, jobs[i].completion_tokens),
+            )
+            for i, choice in enumerate(choices)
+        ]
+        return JSONResponse(results if parsed.several else results[0])
+
+    async def _submit(
+        self, model: str, requests: list[TextRequest], record: LogRecord, param: str
+    ) -> list[Job]:
+        jobs: list[Job] = []
+        record.started = time.monotonic()
+        try:
+            for text_request in requests:
+                jobs.append(await self.backend.submit(model, text_request))
+        except Exception as e:
+            for job in jobs:
+                job.cancel()
+            raise self._failed(e, record, param) from None
+        return jobs
+
+    # --- tokens -----------------------------------------------------------------------------
+    async def tokenize(self, request: Request) -> Response:
+        record = record_of(request.scope)
+        try:
+            parsed = protocol.parse_tokenize(await self._body(request))
+            try:
+                tokens = await self.backend.tokenize(
+                    parsed.model,
+                    parsed.content,
+                    add_special=parsed.add_special,
+                    parse_special=parsed.parse_special,
+                )
+                pieces = None
+                if parsed.with_pieces:
+                    pieces = await self.backend.pieces(parsed.model, tokens)
+            except Exception as e:
+                raise self._failed(e, record, "content") from None
+            return JSONResponse(protocol.tokens_answer(tokens, pieces))
+        except ApiError as e:
+            return _error(e)
+        except ClientGone:
+            return Response(status_code=400)
+
+    async def detokenize(self, request: Request) -> Response:
+        record = record_of(request.scope)
+        try:
+            model, tokens = protocol.parse_detokenize(await self._body(request))
+            try:
+                pieces = await self.backend.pieces(model, tokens)
+            except Exception as e:
+                raise self._failed(e, record, "tokens") from None
+            content = b"".join(pieces).decode("utf-8", errors="replace")
+            return JSONResponse({"content": content})
+        except ApiError as e:
+            return _error(e)
+        except ClientGone:
+            return Response(status_code=400)
+
+    async def apply_template(self, request: Request) -> Response:
+        """The prompt a chat request renders to (what /v1/chat/completions would read)."""
+        record = record_of(request.scope)
+        try:
+            parsed = openai_protocol.parse_chat(await self._body(request))
+            try:
+                prompt = await self.backend.render(parsed.model, parsed.request)
+            except Exception as e:
+                raise self._failed(e, record, "messages") from None
+            return JSONResponse({"prompt": prompt})
+        except ApiError as e:
+            return _error(e)
+        except ClientGone:
+            return Response(status_code=400)
+
+    # --- embeddings, props ------------------------------------------------------------------
+    async def embeddings(self, request: Request) -> Response:
+        """llama-server's own /embeddings: `input` or `content`; one result per input, its
+        vector in a list ([{index, embedding: [[...]]}]), as llama-server writes pooled ones."""
+        from . import embeddings
+
+        record = record_of(request.scope)
+        try:
+            body = await self._body(request)
+            if isinstance(body, dict) and "input" not in body and "content" in body:
+                body = {**body, "input": body["content"]}
+            parsed = embeddings.parse(body)
+            record.model = parsed.model
+            try:
+                result = await self.backend.embed(parsed.model, parsed.inputs)
+            except Exception as e:
+                raise self._failed(e, record, "input") from None
+            record.prompt_tokens = result.prompt_tokens
+            data = [{"index": i, "embedding": [v]} for i, v in enumerate(result.vectors)]
+            return JSONResponse(data)
+        except ApiError as e:
+            return _error(e)
+        except ClientGone:
+            return Response(status_code=400)
+
+    async def props(self, request: Request) -> Response:
+        """What llama.cpp's clients read of /props: the slots, each slot's context, the model."""
+        loaded = [m for m in self.backend.models() if m.loaded]
+        report = self.backend.load_report()
+        first = loaded[0] if loaded else None
+        return JSONResponse(
+            {
+                "default_generation_settings": {
+                    "n_ctx": first.context if first else 0,
+                    "params": {"seed": -1, "n_predict": -1},
+                },
+                "total_slots": report.slots,
+                "model_alias": first.id if first else "",
+                "model_path": first.id if first else "",
+                "modalities": {"vision": False, "audio": False},
+                "build_info": "infer",
+                "is_sleeping": False,
+            }
+        )
