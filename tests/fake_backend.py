@@ -149,6 +149,7 @@ class FakeBackend:
         return [ModelInfo(m, 1_700_000_000, "local", loaded) for m, loaded in self.known.items()]
 
     async def submit(self, model: str, request: TextRequest) -> FakeJob:
+        model = model or MODEL  # none named: the first model named at start, as the pool does
         self.submits.append((model, request))
         if self.draining:
             raise Overloaded(0)

@@ -267,7 +267,7 @@ def _fn(name: str, **fields: Any) -> dict[str, Any]:
 
 
 INVALID_CHAT = [
-    ({"model": None}, "model"),
+    ({"model": ["x"]}, "model"),
     ({"model": 3}, "model"),
     ({"messages": []}, "messages"),
     ({"messages": "hi"}, "messages"),
