@@ -278,7 +278,7 @@ IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png"
         ({"model": MODEL, "messages": ASK}, "max_tokens"),
         (body(max_tokens=0), "max_tokens"),
         (body(max_tokens="8"), "max_tokens"),
-        (body(model=""), "model"),
+        (body(model=5), "model"),
         (body(messages=[]), "messages"),
         (body(messages=[{"role": "system", "content": "x"}]), "messages.0.role"),
         (body(messages=[{"role": "user", "content": 3}]), "messages.0.content"),

@@ -262,7 +262,7 @@ def test_tool_choice(served: Served, choice: Any, forced: str | None) -> None:
             "tool_choice",
         ),
         ({"stream": "yes"}, "stream"),
-        ({"model": ""}, "model"),
+        ({"model": 5}, "model"),
     ],
 )
 def test_refusals_name_the_field(served: Served, body: dict[str, Any], param: str) -> None:
