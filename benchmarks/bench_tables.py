@@ -67,7 +67,16 @@ def measured(record: Record, what: str = "") -> str:
     script = record.get("script", "")
     if script:
         line += f" — `benchmarks/{script}`"
-    return line + (f". {what}" if what else ".")
+    line += f". {what}" if what else "."
+    if record.get("smoke"):
+        line = f"{SMOKE}\n\n{line}"
+    return line
+
+
+SMOKE = (
+    "**A smoke run** (short settings, no quiet-machine gate, `INFER_BENCH_NO_WAIT=1`): it shows "
+    "the table's shape; its figures mean nothing until the script is run again as shown above."
+)
 
 
 def _setting(value: Any) -> str:
@@ -479,7 +488,8 @@ def when(r: Record) -> str:
     """`benchmarks/X.py`, DATE, CPU: where a figure in the docs comes from."""
     cpu = str(r.get("machine", "?")).split(",")
     where = ", ".join(x.strip() for x in cpu[:2])
-    return f"`benchmarks/{r.get('script', '?')}`, {str(r.get('date', '?'))[:10]}, {where}"
+    smoke = "; **a smoke run: these figures mean nothing yet**" if r.get("smoke") else ""
+    return f"`benchmarks/{r.get('script', '?')}`, {str(r.get('date', '?'))[:10]}, {where}{smoke}"
 
 
 @renderer("prompt_cache/line")

@@ -194,6 +194,8 @@ def write_results(
         "llama_cpp_python": llama,
         "isa_flags": os.environ.get("INFER_LLAMA_ISA", ""),
         "settings": settings,
+        # INFER_BENCH_NO_WAIT: no quiet-machine gate, so the figures are a smoke test's only
+        "smoke": os.environ.get("INFER_BENCH_NO_WAIT") == "1",
         **extra,
         "results": results,
     }
