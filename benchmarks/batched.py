@@ -27,7 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Sample, compile_infer, machine, measure, run, summary, wait_quiet
+from common import (
+    Sample,
+    add_json_arg,
+    compile_infer,
+    machine,
+    measure,
+    run,
+    summary,
+    wait_quiet,
+    write_results,
+)
 from vs_llamacpp import build_llamacpp, bundled_model
 
 TARGET = 0.9
@@ -193,12 +203,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="build parallelism")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
     parser.add_argument("--wait", type=float, default=120, help="most seconds to wait for one")
+    add_json_arg(parser, "batched")
     args = parser.parse_args()
     exe = batched_bench(build_llamacpp(args.jobs))
     model = (args.model or bundled_model()).resolve()
     compile_infer()
     data = compare(args, exe, model)
-    sys.exit(0 if report(args, model, data) else 1)
+    ok = report(args, model, data)
+    # per B and figure: the samples no other process disturbed (all, if none was quiet)
+    results = {str(b): {key: clean(values) for key, values in row.items()} for b, row in
+               data.items()}  # fmt: skip
+    settings = {"model": model.name, "threads": args.threads, "rounds": args.rounds,
+                "batches": args.batches, "prompt": args.prompt, "gen": args.gen}  # fmt: skip
+    write_results(args.json, "batched.py", settings, results, target=f">= {TARGET}")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

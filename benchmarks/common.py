@@ -8,6 +8,8 @@ more than a sliver of the CPU while it ran (their CPU time = all busy time minus
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import resource
@@ -17,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -40,9 +43,26 @@ def _own_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds used so far by these processes (ones this process started but does not
+    wait for, such as servers: getrusage's children counts only waited-for ones)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass  # gone: its time no longer shows anywhere
+    return total / HZ
+
+
 def wait_quiet(max_busy: float = 0.10, window: float = 1.0, timeout: float = 600) -> float:
     """Wait until other processes use at most `max_busy` of the CPUs over `window` seconds;
-    returns the seconds waited (gives up after `timeout` and goes on)."""
+    returns the seconds waited (gives up after `timeout` and goes on). INFER_BENCH_NO_WAIT=1
+    skips the wait: a smoke run that checks a script works, whose figures mean nothing."""
+    if os.environ.get("INFER_BENCH_NO_WAIT") == "1":
+        return 0.0
     start = time.monotonic()
     while True:
         b0, o0 = _busy_seconds(), _own_seconds()
@@ -65,17 +85,23 @@ def measure(
     tries: int = 6,
     quiet: bool = True,
     max_busy: float = 0.10,
+    helpers: list[int] | None = None,
 ) -> Sample:
     """Run `fn` on a quiet machine (others using at most `max_busy` of the CPUs); again (up to
-    `tries` times) while others used more than `max_interference` of them during the run."""
+    `tries` times) while others used more than `max_interference` of them during the run.
+    `helpers`: pids whose CPU time is part of the run (servers it talks to), not interference."""
+    helpers = helpers or []
     best: Sample | None = None
+    if os.environ.get("INFER_BENCH_NO_WAIT") == "1":
+        tries = 1
     for attempt in range(tries):
         if quiet:
             wait_quiet(max_busy)
-        b0, o0, w0 = _busy_seconds(), _own_seconds(), time.monotonic()
+        b0, o0, w0 = _busy_seconds(), _own_seconds() + cpu_seconds(helpers), time.monotonic()
         value = fn()
         wall = time.monotonic() - w0
-        foreign = max(0.0, (_busy_seconds() - b0) - (_own_seconds() - o0))
+        own = _own_seconds() + cpu_seconds(helpers) - o0
+        foreign = max(0.0, (_busy_seconds() - b0) - own)
         share = foreign / max(wall * NCPU, 1e-9)
         if best is None or share < best.interference:
             best = Sample(value, share, attempt)
@@ -125,3 +151,54 @@ def compile_infer() -> None:
         spec = importlib.util.find_spec(name)
         for folder in (spec.submodule_search_locations or []) if spec else []:
             compileall.compile_dir(folder, maxlevels=0, quiet=1)
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_json_arg(parser: argparse.ArgumentParser, name: str) -> None:
+    """`--json FILE`, by default benchmarks/results/NAME.json: every script writes its figures
+    there, and benchmarks/render.py renders the tables in the READMEs and docs from them."""
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=RESULTS / f"{name}.json",
+        help=f"write the results here (default: benchmarks/results/{name}.json)",
+    )
+
+
+def write_results(
+    path: Path, script: str, settings: dict[str, Any], results: Any, **extra: Any
+) -> None:
+    """One run's figures with what they were measured on (date, machine, commit, llama.cpp
+    build, settings): what benchmarks/render.py renders the tables from, so that no table is
+    typed by hand."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=RESULTS.parent,
+        check=False,
+    ).stdout.strip()
+    try:
+        from importlib.metadata import version
+
+        llama = version("llama-cpp-python")
+    except Exception:  # not installed: the record says so rather than failing the run
+        llama = "?"
+    record = {
+        "script": script,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "commit": commit,
+        "llama_cpp_python": llama,
+        "isa_flags": os.environ.get("INFER_LLAMA_ISA", ""),
+        "settings": settings,
+        # INFER_BENCH_NO_WAIT: no quiet-machine gate, so the figures are a smoke test's only
+        "smoke": os.environ.get("INFER_BENCH_NO_WAIT") == "1",
+        **extra,
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"results written to {path}", file=sys.stderr)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine
+from common import add_json_arg, machine
 from serve import Server, free_port
 from vs_llamacpp import build_llamacpp, bundled_model, cache_root
 
@@ -78,7 +78,7 @@ def run_suites(python: str, port: int) -> dict[str, dict[str, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--python", default=sys.executable, help="runs the suites (see above)")
-    ap.add_argument("--json", type=Path, help="also write the counts to this file")
+    add_json_arg(ap, "compat")
     args = ap.parse_args()
     model = bundled_model().resolve()
     binary = build_llamacpp(targets=("llama-server",)) / "llama-server"

@@ -1,11 +1,13 @@
 """Several generations at once on one machine: infer against llama.cpp's llama-completion.
 
-    python benchmarks/concurrency.py [--model PATH] [--n 1,2,4] [--tokens 256] [--rounds 2]
-                                     [--variants shared,unshared,passive]
+    python benchmarks/concurrency.py [--model PATH] [--n 1,2] [--tokens 64] [--rounds 2]
+                                     [--variants shared,unshared,passive] [--json FILE]
 
 For each N, N processes of one tool start together, each generating `--tokens` tokens from the
 same chat-templated prompt with default threads (llama-completion gets -t = infer's default,
-the physical cores). Reported per tool and N: the aggregate (all tokens generated / wall time
+the physical cores), at temperature 0, both stopping where the model ends its answer (infer has
+no --ignore-eos, so llama-completion runs without it too; the tokens each side generated are
+recorded). Reported per tool and N: the aggregate (all tokens generated / wall time
 from the first start to the last exit) and each process's own generation tok/s (min and max: a
 starving process shows as a low min). Ratios are against the same tool at N = 1, measured in the
 same round. Rounds interleave the tools (A B, B A …). llama-completion is built from the
@@ -30,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import compile_infer, machine, wait_quiet
+from common import add_json_arg, compile_infer, machine, wait_quiet, write_results
 from vs_llamacpp import build_llamacpp, bundled_model, chat_prompt, infer_exe
 
 PROMPT = "Write a long story about a dragon who learns to fly."
@@ -81,10 +83,11 @@ def _generated(out: str, err: str) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--n", default="1,2,4", help="process counts (comma-separated)")
-    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--n", default="1,2", help="process counts (comma-separated)")
+    parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default="shared,unshared", help=", ".join(VARIANTS))
+    add_json_arg(parser, "concurrency")
     args = parser.parse_args()
     counts = [int(x) for x in args.n.split(",")]
     variants = args.variants.split(",")
@@ -98,15 +101,15 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="infer-bench-home-")
     n = str(args.tokens)
     completion = [str(bin_dir / "llama-completion"), "-m", str(model), "-t", str(threads)]
-    completion += ["-p", text, "-n", n, "--temp", "0", "--ignore-eos", "-no-cnv"]
+    completion += ["-p", text, "-n", n, "--temp", "0", "-no-cnv"]  # as infer: stops at EOS
     completion += ["--no-display-prompt"]
     infer = [infer_exe(), "run", str(model), PROMPT, "-n", n, "--temperature", "0", "--json"]
     infer += ["--no-prompt-cache"]
     tools = {"llama-completion": (completion, {})}
     for v in variants:
         tools[f"infer ({v})"] = (infer, {"INFER_HOME": home, **VARIANTS[v]})
-    # tool -> N -> [(aggregate tok/s, min per-process, max per-process)] per round
-    data: dict[str, dict[int, list[tuple[float, float, float]]]] = {
+    # tool -> N -> [(aggregate tok/s, min per-process, max per-process, tokens)] per round
+    data: dict[str, dict[int, list[tuple[float, float, float, int]]]] = {
         t: {c: [] for c in counts} for t in tools
     }
     group([infer], tools[f"infer ({variants[0]})"][1])  # untimed: page cache, bytecode
@@ -119,27 +122,41 @@ def main() -> None:
                 wall, results = group([cmd] * count, env)
                 total = sum(tok for tok, _ in results)
                 rates = [tok / s for tok, s in results if s > 0]
-                data[tool][count].append((total / wall, min(rates), max(rates)))
+                data[tool][count].append((total / wall, min(rates), max(rates), total))
                 print(
                     f"round {round_no + 1} N={count} {tool}: aggregate {total / wall:.1f} tok/s, "
                     f"per process {min(rates):.1f}-{max(rates):.1f} tok/s, {wall:.1f} s",
                     file=sys.stderr,
                 )
-    report(data, counts, threads, args.tokens)
+    results = report(data, counts, threads, args.tokens)
+    settings = {"model": model.name, "n": counts, "tokens": args.tokens, "rounds": args.rounds,
+                "threads": threads, "variants": variants}  # fmt: skip
+    write_results(args.json, "concurrency.py", settings, results)
 
 
-def report(data: dict, counts: list[int], threads: int, tokens: int) -> None:
+def report(data: dict, counts: list[int], threads: int, tokens: int) -> dict[str, object]:
     print(f"machine: {machine()}; {threads} threads alone; {tokens} tokens per process")
     print("| tool | N | aggregate tok/s | vs N=1 | per-process tok/s (min-max) |")
     print("|---|---|---|---|---|")
+    results: dict[str, object] = {}
     for tool, by_n in data.items():
-        alone = statistics.median(a for a, _, _ in by_n[counts[0]])
+        alone = statistics.median(a for a, _, _, _ in by_n[counts[0]])
+        rows_out = {}
         for count in counts:
             rows = by_n[count]
-            agg = statistics.median(a for a, _, _ in rows)
-            lo = min(lo for _, lo, _ in rows)
-            hi = max(hi for _, _, hi in rows)
+            agg = statistics.median(a for a, _, _, _ in rows)
+            lo = min(lo for _, lo, _, _ in rows)
+            hi = max(hi for _, _, hi, _ in rows)
             print(f"| {tool} | {count} | {agg:.1f} | {agg / alone:.2f} | {lo:.1f}-{hi:.1f} |")
+            rows_out[str(count)] = {
+                "aggregate_tps": agg,
+                "vs_alone": agg / alone,
+                "per_process_min": lo,
+                "per_process_max": hi,
+                "tokens_per_process": [t / count for _, _, _, t in rows],
+            }
+        results[tool] = rows_out
+    return results
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import machine
+from common import add_json_arg, machine
 from serve import Server, free_port
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None, help="GGUF (default: smollm2, bundled)")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--json", type=Path, help="also write the samples and ratios to this file")
+    add_json_arg(ap, "doors")
     args = ap.parse_args()
     model = str(args.model) if args.model else "smollm2"
     port = free_port()

@@ -1,14 +1,18 @@
 """`infer embed` against llama.cpp's `llama-embedding`, and against embedding one text per call.
 
-    python benchmarks/embed.py [--model PATH] [--lines 1000] [--rounds 3] [--single 40]
+    python benchmarks/embed.py [--model PATH] [--lines 150] [--rounds 5] [--single 10] [--json FILE]
 
 The same file of `--lines` distinct sentences (8–20 words), the same model, pooling (mean),
-context (4096 tokens per batch) and threads. Timed from process start to exit, model load
-included, interleaved rounds (A B, B A …), each on a quiet machine (common.wait_quiet):
+batches (4096 tokens, micro-batches of 512, up to 256 texts: set explicitly, as llama-embedding
+picks them by itself; its -np is left out, since any -np but 1 also splits its KV cache per
+sequence) and threads. Timed from process start to exit,
+model load included; one untimed run of each first (page cache, bytecode), then interleaved
+rounds (A B, B A …), each run on a quiet machine (common.wait_quiet):
 
-- llama-embedding: `llama-embedding -m MODEL -f FILE -c 4096 --pooling mean -t T` (it packs the
-  lines into batches of up to 4096 tokens, a sequence per line; its printing is left as is)
-- infer:           `infer embed MODEL --file FILE --json -c 4096 --pooling mean -t T > /dev/null`
+- llama-embedding: `llama-embedding -m MODEL -f FILE -c 4096 -b 4096 -ub 512 --pooling mean
+  -t T` (it packs the lines into batches, a sequence per line; its printing is left as is)
+- infer:           `infer embed MODEL --file FILE --json -c 4096 -np 256 --pooling mean -t T`
+  (infer's micro-batch is 512 for a causal model, as llama-embedding's)
 - one call each:   `infer embed MODEL "LINE"` per line, for the first `--single` lines; the rate
   per line is what 1,000 such calls would take.
 
@@ -26,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import compile_infer, machine, wait_quiet
+from common import add_json_arg, compile_infer, machine, wait_quiet, write_results
 from vs_llamacpp import build_llamacpp, bundled_model, infer_exe
 
 TEXT = (
@@ -60,10 +64,11 @@ def timed(cmd: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--lines", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--single", type=int, default=40, help="lines embedded one call each")
+    ap.add_argument("--lines", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--single", type=int, default=10, help="lines embedded one call each")
     ap.add_argument("--threads", type=int, default=2)
+    add_json_arg(ap, "embed")
     args = ap.parse_args()
     model = (args.model or bundled_model()).resolve()
     tool = build_llamacpp(targets=("llama-embedding",)) / "llama-embedding"
@@ -75,10 +80,12 @@ def main() -> None:
         t = str(args.threads)
         commands = {
             "llama-embedding": [str(tool), "-m", str(model), "-f", str(docs), "-c", "4096",
-                                "--pooling", "mean", "-t", t],
+                                "-b", "4096", "-ub", "512", "--pooling", "mean", "-t", t],
             "infer": [infer_exe(), "embed", str(model), "--file", str(docs), "--json", "-c",
-                      "4096", "--pooling", "mean", "-t", t],
+                      "4096", "-np", "256", "--pooling", "mean", "-t", t],
         }  # fmt: skip
+        for name in commands:  # warm-up, untimed: the model file in the page cache
+            timed(commands[name])
         times: dict[str, list[float]] = {name: [] for name in commands}
         single: list[float] = []
         for rnd in range(args.rounds):
@@ -105,6 +112,19 @@ def main() -> None:
     print(f"| infer, one call per line | {1 / one:.3f} per line | {one:.1f} | "
           f"{one / base:.3f} |")  # fmt: skip
     print(f"infer packed / one call per line: {rate['infer'] / one:.1f}x")
+    results = {
+        name: {"seconds": times[name], "lines_per_s": rate[name], "vs_llama_embedding":
+               rate[name] / base}
+        for name in commands
+    }  # fmt: skip
+    results["infer, one call per line"] = {
+        "seconds_per_line": single,
+        "lines_per_s": one,
+        "vs_llama_embedding": one / base,
+    }
+    settings = {"model": model.name, "lines": args.lines, "rounds": args.rounds,
+                "single": args.single, "threads": args.threads}  # fmt: skip
+    write_results(args.json, "embed.py", settings, results)
 
 
 if __name__ == "__main__":

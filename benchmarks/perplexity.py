@@ -1,11 +1,12 @@
 """`infer perplexity` against llama.cpp's `llama-perplexity`, and what a quantization costs.
 
     python benchmarks/perplexity.py [--model PATH] [--threads 2] [--ctx-size 512]
-                                    [--types Q8_0,Q4_K_M,Q2_K] [--json] [--no-wait]
+                                    [--types Q8_0,Q4_K_M,Q2_K] [--json FILE] [--no-wait]
 
 1. Cross-check: the same model, text and window size through `infer perplexity` and
-   `llama-perplexity -f FILE -c 512 -t 2`; prints both values and their relative difference
-   (target: within 1%).
+   `llama-perplexity -f FILE -c 512 -t 2`; prints both values, their relative difference
+   (target: within 1%) and whether infer's value rounds to the 4 decimals llama-perplexity
+   prints (below those, a difference is its rounding, not a measurement).
 2. Quantization cost: the model is quantized with `infer quantize` to each of --types (into a
    temporary INFER_HOME), and each result measured the same way, with the quantize time and file
    size. The bundled SmolLM2 is already Q4_1, so these are *re*quantizations
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, measure, run
+from common import add_json_arg, machine, measure, run, write_results
 from vs_llamacpp import build_llamacpp, bundled_model, infer_exe
 
 HERE = Path(__file__).resolve().parent
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx-size", type=int, default=512)
     parser.add_argument("--types", default="Q8_0,Q4_K_M,Q2_K", help="comma-separated")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json_arg(parser, "perplexity")
     parser.add_argument(
         "--no-wait", action="store_true", help="do not wait for an idle machine before each run"
     )
@@ -142,10 +143,15 @@ def main() -> None:
         meta = {"machine": machine(), "model": model.name, "ctx_size": args.ctx_size,
                 "threads": args.threads, "text_bytes": text.stat().st_size,
                 "text_sha256": digest}  # fmt: skip
-    if args.json:
-        print(json.dumps({**meta, "rows": rows}, indent=2))
-    else:
-        report(meta, rows)
+    report(meta, rows)
+    for r in rows:  # llama-perplexity prints 4 decimals: equal to those, or not
+        r["same_to_4_decimals"] = all(
+            round(r["infer"][k], 4) == round(r["llama_cpp"][k], 4) for k in ("ppl", "stderr")
+        )
+    settings = {"model": model.name, "ctx_size": args.ctx_size, "threads": args.threads,
+                "types": args.types, "text_bytes": meta["text_bytes"],
+                "text_sha256": meta["text_sha256"], "corpus_commit": CORPUS_COMMIT}  # fmt: skip
+    write_results(args.json, "perplexity.py", settings, rows)
     if any(r["rel_diff"] > 0.01 for r in rows):
         sys.exit(1)
 

@@ -34,7 +34,7 @@ import tempfile
 import time
 from typing import Any
 
-from common import compile_infer, machine, measure, summary
+from common import add_json_arg, compile_infer, machine, measure, summary, write_results
 
 TARGET = 0.25
 QUESTIONS = [
@@ -171,15 +171,21 @@ def main() -> None:
     parser.add_argument("--sections", type=int, default=51, help="document length")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
     parser.add_argument("--placeholder", action="store_true", help='"{stdin} QUESTION" form')
+    add_json_arg(parser, "prompt_cache")
     args = parser.parse_args()
     args.doc = document(args.sections)
     compile_infer()
     home = tempfile.mkdtemp(prefix="infer-bench-prompt-cache-")
     try:
         data = rounds(args, home)
-        ok = report(args, data, entry_size(home))
+        size = entry_size(home)
+        ok = report(args, data, size)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+    settings = {"model": args.model, "threads": args.threads, "rounds": args.rounds,
+                "sections": args.sections, "form": "{stdin} QUESTION" if args.placeholder
+                else "QUESTION + piped document"}  # fmt: skip
+    write_results(args.json, "prompt_cache.py", settings, data, entry_bytes=size, target=TARGET)
     sys.exit(0 if ok else 1)
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import compile_infer, machine, measure
+from common import add_json_arg, compile_infer, machine, measure, write_results
 from vs_llamacpp import build_llamacpp, bundled_model, infer_exe
 
 PROMPT = "Write a long story about a dragon who learns to fly."
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
+    add_json_arg(parser, "remote")
     opts = parser.parse_args()
     model = (opts.model or bundled_model()).resolve()
     compile_infer()
@@ -103,7 +104,10 @@ def main() -> None:
             order = names[r % 3 :] + names[: r % 3]
             for name in order:
                 prompt = f"Tale {next(tale)}. {PROMPT}"
-                sample = measure(lambda name=name, p=prompt: one_run([*variants[name], p], env))
+                sample = measure(
+                    lambda name=name, p=prompt: one_run([*variants[name], p], env),
+                    helpers=[serve.pid, llama.pid],  # their work is the run's, not interference
+                )
                 samples[name].append(sample.value)
                 s = sample.value
                 print(
@@ -113,6 +117,8 @@ def main() -> None:
                     file=sys.stderr,
                 )
         report(samples, opts)
+        settings = {"model": model.name, "tokens": opts.tokens, "rounds": opts.rounds}
+        write_results(opts.json, "remote.py", settings, samples)
     finally:
         for proc in (serve, llama):
             proc.terminate()

@@ -2,17 +2,19 @@
 by `infer bench --rpc` and by llama.cpp's own `llama-bench --rpc` against the same servers, and
 the bytes that cross the network per token.
 
-    python benchmarks/rpc.py [--model PATH] [-p 128] [-n 64] [--rounds 3] [--threads 2]
+    python benchmarks/rpc.py [--model PATH] [-p 128] [-n 64] [--rounds 3] [--threads 2] [--json F]
 
 Every server lends its CPU (`--threads` each) on a loopback port; all layers go to the servers
 (infer's default with RPC devices, llama-bench `-ngl 99`), so with one server the whole model
 runs there and every token makes a round trip; with two, each holds half and a token makes two.
 Each round runs every variant once in a rotated order, each on a quiet machine (servers idle
-between runs): infer's and llama-bench's prompt and generation tok/s, and infer's time to first
-token. Bytes per token: the loopback interface's byte counter (/proc/net/dev, `lo`) around two
-`infer bench` runs that differ only in the tokens generated (or read), so the load's traffic (the
-weights, sent once) cancels out; loopback counts every byte once. The machine must be otherwise
-idle for that count to be right.
+between runs), and a run is taken again when other processes used more than 5% of the CPUs
+meanwhile (the servers' CPU time counts as the run's own): infer's and llama-bench's prompt and
+generation tok/s, and infer's time to first token. Bytes per token: the loopback interface's
+byte counter (/proc/net/dev, `lo`) around `infer bench` runs that differ only in the tokens
+generated (or read), so the load's traffic (the weights, sent once) cancels out; the load's own
+figure is what is left at zero tokens (the token traffic of the smallest run taken off).
+Loopback counts every byte once; the machine must be otherwise idle for that count to be right.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import compile_infer, machine, measure, wait_quiet
+from common import add_json_arg, compile_infer, machine, measure, wait_quiet, write_results
 from vs_llamacpp import build_llamacpp, bundled_model, infer_exe
 
 
@@ -104,10 +106,13 @@ def traffic(model: Path, rpc: list[str], threads: int, env: dict[str, str],
 
     small, more_gen, more_prompt = sent(16, 16), sent(16, 80), sent(144, 16)
     # infer bench runs its repetition plus one warm-up: each token is generated twice.
+    per_gen = (more_gen - small) / (64 * 2)
+    per_prompt = (more_prompt - small) / (128 * 2)
     return {
-        "per_generated_token": (more_gen - small) / (64 * 2),
-        "per_prompt_token": (more_prompt - small) / (128 * 2),
-        "load": float(small),
+        "per_generated_token": per_gen,
+        "per_prompt_token": per_prompt,
+        # the smallest run less its 2 x (16 + 16) tokens' traffic: the load alone
+        "load": small - 2 * 16 * (per_gen + per_prompt),
     }
 
 
@@ -119,6 +124,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions inside each bench")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    add_json_arg(parser, "rpc")
     opts = parser.parse_args()
     model = (opts.model or bundled_model()).resolve()
     compile_infer()
@@ -128,6 +134,7 @@ def main() -> None:
     env.pop("INFER_REMOTE", None)
     servers = [start_server(opts.threads, env) for _ in range(2)]
     endpoints = [e for _, e in servers]
+    pids = [proc.pid for proc, _ in servers]
     try:
         variants = {"local": [], "1 server": endpoints[:1], "2 servers": endpoints}
         samples: dict[str, list[dict]] = {v: [] for v in variants}
@@ -138,12 +145,12 @@ def main() -> None:
                 ours = measure(
                     lambda rpc=rpc: infer_bench(model, rpc, opts.p, opts.n, opts.reps,
                                                 opts.threads, env),
-                    max_interference=1.0,  # the servers' own CPU time is part of the run
+                    helpers=pids,  # the servers' CPU time is part of the run
                 ).value  # fmt: skip
                 theirs = measure(
                     lambda rpc=rpc: llama_bench(bench_bin, model, rpc, opts.p, opts.n, opts.reps,
                                                 opts.threads),
-                    max_interference=1.0,
+                    helpers=pids,
                 ).value  # fmt: skip
                 sample = {
                     "pp": ours["prompt_tokens_per_s"]["median"],
@@ -177,6 +184,9 @@ def main() -> None:
 def report(samples: dict[str, list[dict]], traffic_by: dict[str, dict[str, float]],
            opts: argparse.Namespace, model: Path) -> None:  # fmt: skip
     med = statistics.median
+    settings = {"model": model.name, "p": opts.p, "n": opts.n, "reps": opts.reps,
+                "rounds": opts.rounds, "threads": opts.threads}  # fmt: skip
+    write_results(opts.json, "rpc.py", settings, {"speed": samples, "traffic": traffic_by})
     print(f"machine: {machine()}")
     print(f"model: {model.name}; {opts.rounds} rounds, -p {opts.p} -n {opts.n} -r {opts.reps}, "
           f"{opts.threads} threads per process, servers on loopback\n")  # fmt: skip

@@ -17,6 +17,8 @@ import statistics
 import time
 from pathlib import Path
 
+from common import add_json_arg, write_results
+
 from infer.runtime import LoadOptions, SamplingParams, load
 from infer.runtime.generation.scheduler import BatchRequest, Scheduler
 from infer.runtime.params import GenerateOptions
@@ -59,10 +61,12 @@ def main() -> None:
     ap.add_argument("--parallel", default="1,4,8")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    add_json_arg(ap, "scheduler_overhead")
     args = ap.parse_args()
     model = str(Path(args.model)) if Path(args.model).exists() else args.model
     print("| sequences | tok/s | decode ms/step | Python µs/token | Python share |")
     print("|---|---|---|---|---|")
+    results = {}
     for n in (int(x) for x in args.parallel.split(",")):
         rows = [run(model, n, args.tokens) for _ in range(args.rounds)]
         total = statistics.median(r[0] for r in rows)
@@ -73,6 +77,15 @@ def main() -> None:
             f"| {n} | {generated / total:.1f} | {decode / steps * 1e3:.2f} | "
             f"{overhead_us:.1f} | {(total - decode) / total:.1%} |"
         )
+        results[str(n)] = {
+            "tps": generated / total,
+            "decode_ms_per_step": decode / steps * 1e3,
+            "python_us_per_token": overhead_us,
+            "python_share": (total - decode) / total,
+        }
+    settings = {"model": args.model, "parallel": args.parallel, "tokens": args.tokens,
+                "rounds": args.rounds}  # fmt: skip
+    write_results(args.json, "scheduler_overhead.py", settings, results)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import compile_infer, machine, run, wait_quiet
+from common import add_json_arg, compile_infer, run, wait_quiet, write_results
 from vs_llamacpp import build_llamacpp, bundled_model, cache_root, infer_exe
 
 TEXT = (
@@ -154,6 +154,9 @@ async def load(
     return wall, flat
 
 
+MIN_P95 = 20  # requests in the pool before its 95th percentile means anything
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
@@ -164,12 +167,12 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--requests", type=int, default=2, help="per client, one after another")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt-words", type=int, default=48, help="about 64 tokens with SmolLM2")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--ctx-size", type=int, default=1024, help="per slot")
-    ap.add_argument("--json", type=Path, help="also write the samples and ratios to this file")
+    add_json_arg(ap, "serve")
     args = ap.parse_args()
     model = args.model or bundled_model()
     server_bin = build_llama_server()
@@ -188,7 +191,11 @@ def main() -> None:
         ],
     }  # fmt: skip
     env_note = {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "INFER_"))}
-    rows: dict[tuple[str, int], list[dict[str, float]]] = {}
+    # Per (server, clients): each round's aggregate, and every request's TTFT over all rounds:
+    # a p95 needs the pool (2-8 requests a round would make "p95" the maximum).
+    aggregates: dict[tuple[str, int], list[float]] = {}
+    ttfts: dict[tuple[str, int], list[float]] = {}
+    prompts: dict[tuple[str, int], list[int]] = {}
     seed = 0
     for rnd in range(args.rounds):
         order = list(commands) if rnd % 2 == 0 else list(reversed(commands))
@@ -209,51 +216,43 @@ def main() -> None:
                     )
                     seed += 1000
                     generated = sum(r[1] for r in flat)
-                    ttfts = [r[0] for r in flat]
-                    row = {
-                        "aggregate_tps": generated / wall,
-                        "ttft_p50": percentile(ttfts, 0.5),
-                        "ttft_p95": percentile(ttfts, 0.95),
-                        "generated": generated,
-                        "prompt_tokens": statistics.mean(r[2] for r in flat),
-                    }
-                    rows.setdefault((name, clients), []).append(row)
+                    aggregates.setdefault((name, clients), []).append(generated / wall)
+                    ttfts.setdefault((name, clients), []).extend(r[0] for r in flat)
+                    prompts.setdefault((name, clients), []).extend(r[2] for r in flat)
                     print(
                         f"round {rnd + 1} {name:12} clients={clients}: "
-                        f"{row['aggregate_tps']:.1f} tok/s, ttft p50 {row['ttft_p50']:.3f}s "
-                        f"p95 {row['ttft_p95']:.3f}s ({generated} tokens, prompt "
-                        f"{row['prompt_tokens']:.0f})",
+                        f"{generated / wall:.1f} tok/s ({generated} tokens)",
                         file=sys.stderr,
                     )
-    report = {"machine": machine(), "model": model.name, "args": vars(args) | {"model": str(model)},
-              "env": env_note, "results": {}}  # fmt: skip
-    print(f"\n{machine()}  model {model.name}  slots {args.parallel}  rounds {args.rounds}")
-    print("| clients | infer tok/s | llama-server tok/s | ratio | TTFT p50 infer / llama-server "
-          "| TTFT p95 infer / llama-server | p95 ratio |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    base = None
+    results: dict[str, dict[str, object]] = {}
     for clients in levels:
-        med = {
-            name: {k: statistics.median(r[k] for r in rows[(name, clients)]) for k in rows[
-                (name, clients)][0]}
-            for name in commands
-        }  # fmt: skip
-        i, s = med["infer"], med["llama-server"]
-        base = base or i["aggregate_tps"]
-        report["results"][clients] = med
-        print(
-            f"| {clients} | {i['aggregate_tps']:.1f} | {s['aggregate_tps']:.1f} | "
-            f"{i['aggregate_tps'] / s['aggregate_tps']:.3f} | {i['ttft_p50']:.3f} / "
-            f"{s['ttft_p50']:.3f} | {i['ttft_p95']:.3f} / {s['ttft_p95']:.3f} | "
-            f"{i['ttft_p95'] / s['ttft_p95']:.3f} |"
-        )
-    top = report["results"][levels[-1]]["infer"]["aggregate_tps"]
-    print(f"infer: {levels[-1]} clients / {levels[0]}: {top / base:.2f}x aggregate")
-    if args.json:
-        report["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        report["args"]["json"] = str(args.json)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        results[str(clients)] = {}
+        for name in commands:
+            key = (name, clients)
+            pool = ttfts[key]
+            results[str(clients)][name] = {
+                "aggregate_tps": statistics.median(aggregates[key]),
+                "aggregate_rounds": aggregates[key],
+                "ttft_p50": statistics.median(pool),
+                # a 95th percentile only from enough requests; below that, the maximum
+                "ttft_p95": percentile(pool, 0.95) if len(pool) >= MIN_P95 else None,
+                "ttft_max": max(pool),
+                "ttft_n": len(pool),
+                "prompt_tokens": statistics.mean(prompts[key]),
+            }
+        i, s = results[str(clients)]["infer"], results[str(clients)]["llama-server"]
+        print(f"{clients} clients: infer {i}\n  llama-server {s}")
+    settings = {
+        "model": model.name,
+        "clients": levels,
+        "requests": args.requests,
+        "rounds": args.rounds,
+        "prompt_words": args.prompt_words,
+        "tokens": args.tokens,
+        "parallel": args.parallel,
+        "ctx_size": args.ctx_size,
+    }
+    write_results(args.json, "serve.py", settings, results, env=env_note, min_p95=MIN_P95)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Speculative decoding: `--draft lookup` against plain decoding on a copy-heavy task.
 
-    python benchmarks/speculative.py [--rounds 5] [--threads 2] [--draft-max 10] [--ngram 3]
-                                     [--max-tokens N] [--sweep 4,8,12,16] [--json]
+    python benchmarks/speculative.py [--rounds 4] [--threads 2] [--draft-max 10] [--ngram 3]
+                                     [--variants full,full-always,paragraph,paragraph-always]
+                                     [--max-tokens N] [--sweep 8,24,32] [--json FILE]
+
+Variants: the whole story or its first paragraph (a ~100-token answer), each with infer's
+adaptive drafting (the default) and as `--draft-always` (every draft verified).
 
 The task: "Return this text with the typos fixed" over a ~500-token story with a typo in about
 every ninth word (fixed seed), through SmolLM2's chat template, greedy (temperature 0). The answer
@@ -13,15 +17,15 @@ and checks that the two answers are identical. Generation tok/s is infer's own f
 (Stats.generate_tps: decode steps after the first token / time), prompt evaluation excluded.
 Every sample waits for an idle machine and is retaken when other processes interfered (common.py).
 
-`--sweep` also times the verification batch itself: llama_decode of m tokens with logits at every
-position, for m = 1 .. draft-max+1. That cost, against a single-token decode, bounds what any
-drafter can gain on a given machine (see benchmarks/README.md).
+Then it times the verification batch itself (`--no-curve` skips it): llama_decode of m tokens with
+logits at every position, for m = 1 .. 17, after 500 and after 100 tokens of context. That cost,
+against a single-token decode, bounds what any drafter can gain on a given machine (see
+benchmarks/README.md). `--sweep` also compares other --draft-max values (full story, adaptive).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -30,7 +34,7 @@ import threading
 import time
 from typing import Any
 
-from common import machine, measure
+from common import add_json_arg, machine, measure, write_results
 
 STORY = """The old lighthouse stood at the edge of the cliff for more than a hundred years. \
 Every night its lamp turned slowly, sending a beam of light across the dark water so that ships \
@@ -60,6 +64,13 @@ needs to be wound or polished. But the older fishermen say that the sea feels em
 on stormy nights some of them still look up at the tower, half expecting to see a figure \
 standing at the window, watching over them."""
 INSTRUCTION = "Return this text with the typos fixed. Do not change anything else.\n\n"
+# variant -> (paragraphs, 0 = all; every draft verified, as --draft-always)
+VARIANTS = {
+    "full": (0, False),
+    "full-always": (0, True),
+    "paragraph": (1, False),
+    "paragraph-always": (1, True),
+}
 
 
 def with_typos(text: str, every: int = 9, seed: int = 7) -> str:
@@ -138,11 +149,11 @@ def compare(engine: Any, args: argparse.Namespace, n: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def batch_cost(engine: Any, sizes: list[int], reps: int = 30) -> dict[int, float]:
+def batch_cost(engine: Any, sizes: list[int], after: int, reps: int = 30) -> dict[int, float]:
     """Milliseconds per llama_decode of m tokens with logits at every position (as a
-    verification step decodes them), after a 500-token context."""
+    verification step decodes them), after a context of `after` tokens."""
     ll = engine._ll
-    context = engine.model.tokenize(STORY, False)[:500]
+    context = engine.model.tokenize(STORY, False)[:after]
     engine.reset()
     engine.decode_prompt(context, threading.Event())
     n0, cap = len(engine.tokens), max(sizes)
@@ -170,45 +181,52 @@ def batch_cost(engine: Any, sizes: list[int], reps: int = 30) -> dict[int, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draft-max", type=int, default=None, help="default: infer's")
     parser.add_argument("--ngram", type=int, default=None, help="default: infer's")
     parser.add_argument("--max-tokens", type=int, default=None, help="default: the story's")
     parser.add_argument("--sweep", default="", help="also compare these --draft-max values")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--always", action="store_true", help="as --draft-always")
-    parser.add_argument("--paragraphs", type=int, default=0, help="only the first N (of 5)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=", ".join(VARIANTS))
+    parser.add_argument("--no-curve", action="store_true", help="do not time verify batches")
+    add_json_arg(parser, "speculative")
     args = parser.parse_args()
     engine = load_engine(args.threads)
-    n = args.max_tokens or len(engine.model.tokenize(story(args), False))
-    prompt_len = len(engine.model.tokenize(INSTRUCTION + with_typos(story(args)), False))
-    print(f"{machine()}; {args.threads} threads; prompt ~{prompt_len} tokens, answer "
-          f"{n} tokens", file=sys.stderr)  # fmt: skip
+    print(f"{machine()}; {args.threads} threads", file=sys.stderr)
+    default_max = args.draft_max
+    plan = [(v, default_max) for v in args.variants.split(",") if v]
+    plan += [("full", int(x)) for x in args.sweep.split(",") if x]
     results = []
-    for k in [args.draft_max, *(int(x) for x in args.sweep.split(",") if x)]:
+    for variant, k in plan:
+        args.paragraphs, args.always = VARIANTS[variant]
         args.draft_max = k
+        n = args.max_tokens or len(engine.model.tokenize(story(args), False))
+        prompt_len = len(engine.model.tokenize(INSTRUCTION + with_typos(story(args)), False))
         always = " --draft-always" if args.always else ""
-        print(f"--draft lookup{always} --draft-max {k or 'default'}", file=sys.stderr)
-        results.append(compare(engine, args, n))
-    report: dict[str, Any] = {"machine": machine(), "threads": args.threads, "runs": results}
-    if args.sweep:
+        print(f"{variant}: --draft lookup{always} --draft-max {k or 'default'}; prompt "
+              f"~{prompt_len} tokens, answer {n} tokens", file=sys.stderr)  # fmt: skip
+        res = compare(engine, args, n)
+        res.update(variant=variant, always=args.always, prompt_tokens=prompt_len)
+        results.append(res)
+    report: dict[str, Any] = {"runs": results}
+    if not args.no_curve:
         sizes = sorted({1, 2, 3, 5, 9, 11, 13, 17})
-        report["batch_ms"] = batch_cost(engine, sizes)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
+        report["batch_ms"] = {str(after): batch_cost(engine, sizes, after) for after in (500, 100)}
+    settings = {"model": "smollm2", "threads": args.threads, "rounds": args.rounds,
+                "ngram": args.ngram, "draft_max": default_max}  # fmt: skip
+    write_results(args.json, "speculative.py", settings, report)
     for res in results:
         print(
-            f"draft-max {res['draft_max'] or 'default'}: plain "
+            f"{res['variant']} draft-max {res['draft_max'] or 'default'}: plain "
             f"{statistics.median(res['plain_tps']):.1f} tok/s, lookup "
             f"{statistics.median(res['lookup_tps']):.1f} tok/s, speedup x"
             f"{res['speedup_median']:.2f} (rounds: {', '.join(f'{x:.2f}' for x in res['speedup'])})"
             f", acceptance {res['acceptance']:.0%} ({res['accepted']}/{res['drafted']}), "
             f"identical output: {res['identical_output']}"
         )
-    for m, ms in report.get("batch_ms", {}).items():
-        print(f"verify batch of {m:2} tokens: {ms:6.2f} ms ({ms / m:5.2f} ms/token)")
+    for after, curve in report.get("batch_ms", {}).items():
+        for m, ms in curve.items():
+            print(f"after {after}: verify {m:2} tokens: {ms:6.2f} ms ({ms / m:5.2f} ms/token)")
 
 
 if __name__ == "__main__":

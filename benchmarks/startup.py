@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import compile_infer, machine, measure, summary
+from common import add_json_arg, compile_infer, machine, measure, summary, write_results
 from vs_llamacpp import PROMPT, bundled_model, infer_exe
 
 
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument(
         "--no-compile", action="store_true", help="do not write infer's bytecode first"
     )
+    add_json_arg(parser, "startup")
     args = parser.parse_args()
     if not args.no_compile:
         compile_infer()
@@ -79,6 +80,10 @@ def main() -> None:
     print("|---|---|---|")
     for name in commands:
         print(f"| `{name}` | {summary(first[name])} | {summary(total[name])} |")
+    results = {name: {"first_byte_ms": first[name], "exit_ms": total[name]} for name in commands}
+    settings = {"model": Path(model).name, "runs": args.runs, "threads": args.threads,
+                "bytecode": not args.no_compile}  # fmt: skip
+    write_results(args.json, "startup.py", settings, results)
 
 
 if __name__ == "__main__":

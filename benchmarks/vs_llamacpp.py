@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import compile_infer, machine, measure, run, summary
+from common import add_json_arg, compile_infer, machine, measure, run, summary
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "Which city is the capital of France?"
@@ -387,7 +387,7 @@ def main() -> None:
     parser.add_argument(
         "--no-compile", action="store_true", help="do not write infer's bytecode first"
     )
-    parser.add_argument("--json", type=Path, help="also write the samples and ratios to this file")
+    add_json_arg(parser, "vs_llamacpp")
     args = parser.parse_args()
     if args.build_only:
         bin_dir = build_llamacpp(args.jobs, tuple(args.tools.split(",")))

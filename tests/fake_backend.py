@@ -7,9 +7,12 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from infer.runtime.generation.tool_plan import ToolPlan, plan
 from infer.runtime.server.backend import (
+    Backend,
+    Embeddings,
     Finished,
     FinishReason,
     LoadReport,
@@ -128,6 +131,7 @@ class FakeBackend:
         self.start_error: Exception | None = None  # raised by start()
         self.template: str | None = None  # the model's chat template (None: generic calls)
         self.kept: list[tuple[str, float | None]] = []  # keep_alive calls
+        self.embedded: list[tuple[str, list[str] | list[list[int]]]] = []  # embed calls
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay_s)
@@ -181,6 +185,15 @@ class FakeBackend:
             queue_depth=self.queue_depth, busy_slots=self.busy_slots, slots=self.slots
         )
 
+    async def embed(self, model: str, inputs: list[str] | list[list[int]]) -> Embeddings:
+        """One 4-dimensional vector per input, made from its length (texts and token arrays
+        alike), so a test can tell the inputs' vectors and their order apart."""
+        self.embedded.append((model, inputs))
+        if model not in self.known:
+            raise ModelUnavailable(model, f"'{model}' is not in the local cache")
+        sizes = [len(x) for x in inputs]
+        return Embeddings([[float(n), 1.0, 0.0, 0.0] for n in sizes], prompt_tokens=sum(sizes))
+
     async def drain(self, timeout_s: float) -> None:
         """As the contract says: admit nothing more, wait for running answers up to
         `timeout_s`, then cancel the rest (each ends with Finished "cancelled")."""
@@ -193,3 +206,9 @@ class FakeBackend:
         for job in self.jobs:
             if not job.finished:
                 job.cancel()
+
+
+if TYPE_CHECKING:  # mypy checks that the fake stands in for the Protocol it fakes
+
+    def _conforms(b: FakeBackend) -> Backend:
+        return b

@@ -339,8 +339,8 @@ def split_gguf(seed: int = 0) -> tuple[bytes, ...]:
     import gguf
 
     class SplitWriter(gguf.GGUFWriter):
-        def __init__(self, path: Any, arch: str, **kw: Any) -> None:
-            super().__init__(path, arch, split_max_tensors=10, **kw)
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **{"split_max_tensors": 10, **kw})
 
     out = _TMP / f"split-{seed}"
     out.mkdir(exist_ok=True)

@@ -20,6 +20,8 @@ from infer.runtime.answer import Answer, Answerer, AnswerRequest, Stats, Window
 from infer.runtime.errors import Interrupted
 from infer.runtime.options import Overrides
 
+from .fakes import FakeSession
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,7 +76,7 @@ def test_the_fake_and_both_answerers_are_answerers() -> None:
     from infer.runtime.remote import Remote, RemoteModel
 
     with Remote("http://127.0.0.1:9") as remote:
-        kinds = [Scripted(["x"]), LocalAnswerer(object(), "m", "p"), RemoteModel(remote, "m")]
+        kinds = [Scripted(["x"]), LocalAnswerer(FakeSession(), "m", "p"), RemoteModel(remote, "m")]
         assert all(isinstance(kind, Answerer) for kind in kinds)
     assert not isinstance(object(), Answerer)
 

@@ -198,9 +198,17 @@ def test_refused_flags_are_named_together(standin: str) -> None:
 
 
 def test_local_only_env_vars_are_ignored(standin: str) -> None:
+    # The same settings as flags are refused (above); from the environment, where they may be
+    # set for local runs, they are left out: the run goes to the remote, none of them recorded.
     env = {"INFER_THREADS": "3", "INFER_CTX_SIZE": "512", "INFER_REMOTE": standin}
-    result = run_infer("bench", "alpha", "-r", "1", "-p", "4", "-n", "2", env=env)
+    result = run_infer("bench", "alpha", "-r", "1", "-p", "4", "-n", "2", "--json", env=env)
     assert result.returncode == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["remote"] == standin and record["backend"] == f"remote {standin}"
+    assert record["threads"] is None and record["ctx_size"] is None
+    assert len(StandIn.seen) == 2  # the warm-up and the one repetition, both to the remote
+    assert all(seen["body"]["model"] == "alpha" for seen in StandIn.seen)
+    assert "does not apply" not in result.stderr.decode()
 
 
 def test_remote_flags_need_a_remote() -> None:

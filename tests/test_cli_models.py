@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,7 +65,7 @@ def one_line_error(result: subprocess.CompletedProcess[bytes], *words: str) -> s
     return lines[-1]
 
 
-def listing(env: dict[str, str]) -> dict[str, object]:
+def listing(env: dict[str, str]) -> dict[str, Any]:
     return json.loads(ok(infer(env, "list", "--json")))
 
 
@@ -80,7 +81,7 @@ def test_pull_chooses_q4_k_m_and_says_so(env: dict[str, str]) -> None:
 def test_pull_with_a_lower_case_tag_and_an_exact_file(env: dict[str, str]) -> None:
     assert f"pulled {REPO}:Q8_0" in ok(infer(env, "pull", "me/tiny-gguf:q8_0"))
     ok(infer(env, "pull", f"hf://{REPO}/tiny-Q4_K_M.gguf"))
-    names = [m["name"] for m in listing(env)["models"]]  # type: ignore[index]
+    names = [m["name"] for m in listing(env)["models"]]
     assert sorted(names) == [f"{REPO}:Q4_K_M", f"{REPO}:Q8_0"]
 
 
@@ -126,7 +127,7 @@ def test_a_dropped_connection_leaves_no_model_and_pulling_again_works(
     one_line_error(infer({**env, "HF_HUB_OFFLINE": "1"}, "run", REPO, "hi"), "infer pull")
     hub.drop_at.clear()
     ok(infer(env, "pull", REPO))
-    assert [m["name"] for m in listing(env)["models"]] == [f"{REPO}:Q4_K_M"]  # type: ignore[index]
+    assert [m["name"] for m in listing(env)["models"]] == [f"{REPO}:Q4_K_M"]
 
 
 def test_path_traversal_references_are_rejected(hub: FakeHub, env: dict[str, str]) -> None:
@@ -154,7 +155,7 @@ def test_two_concurrent_pulls_end_with_one_good_copy(hub: FakeHub, env: dict[str
         errs.append(err.decode())
     assert sum("waiting for another infer pull" in e for e in errs) == 1, errs
     assert hub.count("GET", "/resolve/") == 1  # the second one waited, then found the file
-    [model] = listing(env)["models"]  # type: ignore[misc]
+    [model] = listing(env)["models"]
     assert model["size"] == len(big) and listing(env)["total_bytes"] == len(big)
 
 
@@ -216,7 +217,7 @@ def test_list_text_and_json(hub: FakeHub, env: dict[str, str], infer_home: Path)
     assert lines[3].startswith("2 models, 940.0 kB in ")
     data = listing(env)
     assert set(data) == {"models", "total_bytes", "partial_bytes", "cache_dir"}
-    model = data["models"][1]  # type: ignore[index]
+    model = data["models"][1]
     assert set(model) == {
         "name", "repo", "revision", "commit", "quantization", "size", "modified", "path",
         "aliases", "complete", "files",

@@ -51,7 +51,7 @@ def llama_server() -> Path:
     code and common_embd_normalize) but prints them through llama.cpp's logger thread, which
     loses some or all of its output at exit: 4 whole arrays in 20 runs here."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp  # type: ignore[import-not-found]
+    from vs_llamacpp import build_llamacpp
 
     return Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
 

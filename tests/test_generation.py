@@ -13,7 +13,7 @@ from infer.runtime.params import GenerateOptions, SamplingParams
 from .fakes import FakeSession
 
 
-def run(session: FakeSession, prompt_len: int = 4, **options: object) -> Generation:
+def run(session: FakeSession, prompt_len: int = 4, **options: Any) -> Generation:
     gen = Generation(session, [1] * prompt_len, SamplingParams(), GenerateOptions(**options))
     list(gen)
     return gen

@@ -180,14 +180,27 @@ def test_format_json_answers_an_object(smollm2: Any) -> None:
     assert isinstance(json.loads(text), dict)
 
 
+# Every answer this schema allows is short (a bounded name, an age from a list, llama.cpp's
+# bounded whitespace): a sampled answer must end by itself well within 300 tokens.
+BOUNDED_PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"enum": [18, 31, 42, 67]}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
 def test_sampled_answers_validate_too(smollm2: Any) -> None:
-    grammar = schema_grammar(json.dumps(PERSON))
+    grammar = schema_grammar(json.dumps(BOUNDED_PERSON))
+    texts = set()
     for seed in range(3):
         sampling = SamplingParams(temperature=1.0, seed=seed, grammar=grammar)
         gen = generate(smollm2, [Message("user", "A person")], sampling, GenerateOptions(300))
         text = "".join(gen)
-        if gen.stats.finish_reason == "stop":
-            jsonschema.validate(json.loads(text), PERSON)
+        assert gen.stats.finish_reason == "stop", text  # the grammar ended it, not the budget
+        jsonschema.validate(json.loads(text), BOUNDED_PERSON)
+        texts.add(text)
+    assert len(texts) > 1  # sampled, not greedy: the seeds gave different answers
 
 
 def test_speculative_decoding_honours_the_grammar(smollm2: Any) -> None:

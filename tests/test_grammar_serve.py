@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from .test_serve import Server
 
@@ -24,7 +25,9 @@ SCHEMA_FORMAT: Any = {
     "type": "json_schema",
     "json_schema": {"name": "person", "schema": PERSON, "strict": True},
 }
-ASK = [{"role": "user", "content": "Describe Ann, who is 31, as JSON."}]
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Describe Ann, who is 31, as JSON."}
+]
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +101,12 @@ def test_cut_off_answer_is_length(server: Server) -> None:
         ),
     ],
 )
-def test_unsupported_response_format_is_a_400(
-    server: Server, fmt: dict[str, Any], words: str
-) -> None:
+def test_unsupported_response_format_is_a_400(server: Server, fmt: Any, words: str) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         server.client().chat.completions.create(
             model="smollm2",
             messages=ASK,
-            response_format=fmt,  # type: ignore[arg-type]
+            response_format=fmt,
         )
     body: Any = e.value.body
     assert body["param"] == "response_format"

@@ -23,7 +23,7 @@ from infer.runtime.errors import UsageError
 from infer.runtime.generation import tool_calls, tool_plan
 from infer.runtime.llama.constrained import _state
 from infer.runtime.llama.grammar import check_grammar
-from infer.runtime.llama.lazy import pattern
+from infer.runtime.llama.lazy import Watch, pattern
 from infer.runtime.params import GrammarTrigger
 
 from .test_serve import Server
@@ -66,6 +66,11 @@ class Chain:
         self.chain = engine.sampler(sampling)
         self.state = _state(self.ll.llama_sampler_chain_get(self.chain, 0))
 
+    @property
+    def watch(self) -> Watch:
+        assert self.state.watch is not None  # a lazy grammar's state has one
+        return self.state.watch
+
     def allowed(self) -> set[int]:
         return {t for t in range(self.n) if self.state.allows(t)}
 
@@ -90,7 +95,7 @@ class Chain:
             if self.ll.llama_vocab_is_eog(self.engine._vocab, token):
                 return out
             self.accept([token])
-            out += self.state.watch.piece(token)
+            out += self.watch.piece(token)
         pytest.fail(f"no end after {limit} tokens: {out!r}")
 
     def free(self) -> None:
@@ -155,7 +160,7 @@ def test_a_call_object_counts_only_at_the_start(kind: str, engines: dict[str, An
     try:
         chain.accept(_ids('Here: {"name"'))
         assert chain.allowed() == set(range(chain.n))
-        assert not chain.state.watch.awake
+        assert not chain.watch.awake
     finally:
         chain.free()
 
@@ -178,7 +183,7 @@ def test_a_marker_that_is_one_token_triggers_as_that_token(engines: dict[str, An
     )
     chain = Chain(engine, sampling)
     try:
-        assert chain.state.watch.tokens == {3}
+        assert chain.watch.tokens == {3}
         chain.accept(_ids("hi"))
         assert chain.allowed() == set(range(chain.n))
         chain.accept([3])
@@ -195,7 +200,7 @@ def test_a_token_running_past_the_marker_is_picked_again(bundled_model: Path) ->
     try:
         ll, n = engine._ll, engine.n_vocab
         chain = Chain(engine, _lazy("hermes", temperature=0))
-        watch = chain.state.watch
+        watch = chain.watch
         pieces = {t: watch.piece(t) for t in range(n)}
         close = next(t for t, p in pieces.items() if p == b">")
         longer = [t for t, p in pieces.items() if len(p) > 1 and p.startswith(b">")]

@@ -10,11 +10,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import ollama
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from .fake_hub import FakeHub, tiny_gguf
 from .test_serve import Server
@@ -46,9 +47,11 @@ def client(server: Server) -> ollama.Client:
     return ollama.Client(host=server.url, timeout=300)
 
 
-def openai_text(server: Server, messages: list[dict[str, Any]], n: int) -> str:
+def openai_text(server: Server, messages: list[dict[str, str]], n: int) -> str:
+    # The same plain dicts the Ollama client is given, as a user would pass them.
+    typed = cast("list[ChatCompletionMessageParam]", messages)
     answer = server.client().chat.completions.create(
-        model="smollm2", messages=messages, temperature=0, max_tokens=n
+        model="smollm2", messages=typed, temperature=0, max_tokens=n
     )
     text = answer.choices[0].message.content or ""
     assert text.strip()  # a comparison with nothing would prove nothing
@@ -101,10 +104,10 @@ def test_tools_are_offered_and_answered(client: ollama.Client) -> None:
     answer = client.chat(model="smollm2", messages=ask, tools=[tool], options={"num_predict": 40})
     for call in answer.message.tool_calls or []:  # the model may or may not call
         assert call.function.name == "weather" and isinstance(call.function.arguments, dict)
-    call = {"function": {"name": "weather", "arguments": {"city": "Paris"}}}
-    turns = [
+    sent = {"function": {"name": "weather", "arguments": {"city": "Paris"}}}
+    turns: list[dict[str, Any]] = [
         *ask,
-        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "assistant", "content": "", "tool_calls": [sent]},
         {"role": "tool", "content": "sunny, 21 C", "tool_name": "weather"},
     ]
     after = client.chat(model="smollm2", messages=turns, tools=[tool], options={"num_predict": 8})

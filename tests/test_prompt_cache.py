@@ -27,6 +27,7 @@ from infer.runtime import (
 )
 from infer.runtime.generation import prompt_store
 from infer.runtime.generation.loop import Generation, Stats
+from infer.runtime.generation.prompt_cache import PromptCache
 from infer.runtime.llama.session import LlamaSession
 from infer.runtime.models.resolve import ResolvedModel, resolve
 
@@ -125,7 +126,7 @@ def _too_many_cells(state: bytearray) -> None:
     state[at : at + 4] = struct.pack("<I", 0xFFFFFFF0)
 
 
-DAMAGE: dict[str, Callable[[Path], None]] = {
+DAMAGE: dict[str, Callable[[Path], object]] = {
     "truncated": lambda p: os.truncate(p, p.stat().st_size // 2),  # llama.cpp would abort
     "bit flip": lambda p: _flip(p, p.stat().st_size // 2),
     "garbage": lambda p: p.write_bytes(os.urandom(5000)),
@@ -149,6 +150,12 @@ def _set_meta(path: Path, **fields: object) -> None:
     path.write_bytes(data[: -12 - length] + blob + struct.pack("<I", len(blob)) + b"INFERPC1")
 
 
+def _last_error(engine: LlamaSession) -> str | None:
+    cache = engine.model.prompt_cache
+    assert isinstance(cache, PromptCache)
+    return cache.last_error
+
+
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_entry_is_survived_and_replaced(engine: LlamaSession, damage: str) -> None:
     prompt = _prompt(engine, 3)
@@ -157,7 +164,7 @@ def test_a_damaged_entry_is_survived_and_replaced(engine: LlamaSession, damage: 
     DAMAGE[damage](entry)
     got, stats = _greedy(engine, prompt)  # ignored: a full evaluation, the same answer
     assert (got, stats.prompt_eval_tokens) == (want, 300)
-    assert engine.model.prompt_cache.last_error is None
+    assert _last_error(engine) is None
     assert _files() == [entry]  # replaced by a good one
     got, stats = _greedy(engine, prompt)
     assert (got, stats.prompt_eval_tokens) == (want, 1)
@@ -176,7 +183,7 @@ def test_a_bug_in_the_cache_is_only_recorded_unless_infer_debug(
     monkeypatch.setattr(prompt_cache, "read_meta", bug)  # restore
     got, stats = _greedy(engine, prompt)  # a full evaluation, the same answer
     assert (got, stats.prompt_eval_tokens) == (want, 300)
-    assert engine.model.prompt_cache.last_error == "restore: TypeError: a bug"
+    assert _last_error(engine) == "restore: TypeError: a bug"
     monkeypatch.setenv("INFER_DEBUG", "1")
     with pytest.raises(TypeError, match="a bug"):
         _greedy(engine, prompt)
@@ -186,7 +193,7 @@ def test_a_bug_in_the_cache_is_only_recorded_unless_infer_debug(
     prompt_store.clear()
     monkeypatch.setattr(prompt_cache, "append_meta", bug)  # save
     got, _ = _greedy(engine, prompt)
-    assert got == want and engine.model.prompt_cache.last_error == "save: TypeError: a bug"
+    assert got == want and _last_error(engine) == "save: TypeError: a bug"
     monkeypatch.setenv("INFER_DEBUG", "1")
     with pytest.raises(TypeError, match="a bug"):
         _greedy(engine, prompt)

@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ def one_line_error(result: subprocess.CompletedProcess[bytes], code: int, *words
     return line
 
 
-def listing() -> dict[str, object]:
+def listing() -> dict[str, Any]:
     return json.loads(ok(run_infer("list", "--json")))
 
 
@@ -65,7 +66,7 @@ def test_quantized_model_runs_lists_shows_and_is_removed(tiny_model: Path) -> No
     ok(run_infer("run", "tiny:Q8_0", "hi", "-n", "4", "--temperature", "0"))
 
     data = listing()
-    [row] = data["models"]  # type: ignore[misc]
+    [row] = data["models"]
     assert (row["name"], row["quantization"], row["complete"]) == ("tiny:Q8_0", "Q8_0", True)
     assert row["quantized_from"] == str(tiny_model.resolve())
     assert Path(row["path"]).stat().st_size == row["size"] == data["total_bytes"]
@@ -73,7 +74,7 @@ def test_quantized_model_runs_lists_shows_and_is_removed(tiny_model: Path) -> No
 
     info = json.loads(ok(run_infer("show", "tiny:Q8_0", "--json")))
     assert info["quantization"] == "Q8_0" and info["source"]["type"] == "quantized"
-    assert info["source"]["sha256"] == row["files"][0]["sha256"]  # type: ignore[index]
+    assert info["source"]["sha256"] == row["files"][0]["sha256"]
     assert "source          quantized from " in ok(run_infer("show", "tiny:q8_0"))
 
     assert ok(run_infer("rm", "tiny:q8_0")).startswith("removed tiny:Q8_0 (131.7 kB freed)")
@@ -118,7 +119,8 @@ def test_low_bit_sources_need_allow_requantize(tiny_model: Path) -> None:
     assert ok(run_infer("quantize", "tiny:Q8_0", "Q4_1", "-t", "1")).startswith(
         "quantized tiny:Q4_1"
     )
-    assert read_header(quantized.model_path(quantized.find("tiny:q4_1"))).quantization == "Q4_1"  # type: ignore[arg-type]
+    q4_1 = quantized.find("tiny:q4_1")
+    assert q4_1 is not None and read_header(quantized.model_path(q4_1)).quantization == "Q4_1"
 
 
 def test_unknown_type_is_a_usage_error_listing_the_valid_ones() -> None:
@@ -154,7 +156,7 @@ def test_a_hub_model_quantized_runs_offline_as_repo_colon_type(
     taken = run_infer("quantize", "me/tiny-GGUF:F16", "Q4_K_M", env=offline)
     one_line_error(taken, 2, "already in the cache", "infer rm me/tiny-GGUF:Q4_K_M")
     ok(run_infer("rm", "me/tiny-GGUF:Q8_0", env=env))
-    names = sorted(m["name"] for m in listing()["models"])  # type: ignore[attr-defined]
+    names = sorted(m["name"] for m in listing()["models"])
     assert names == ["me/tiny-GGUF:F16", "me/tiny-GGUF:Q4_K_M"]
 
 

@@ -158,7 +158,7 @@ def test_ctrl_c_closes_the_request_and_the_slot_frees(serve: Server) -> None:
 @pytest.fixture(scope="module")
 def llama_server(bundled_model: Path) -> Iterator[str]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp  # type: ignore[import-not-found]
+    from vs_llamacpp import build_llamacpp
 
     binary = Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
     port = free_port()

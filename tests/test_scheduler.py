@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from .fakes import FakeContext, FakeModel
 GREEDY = SamplingParams(temperature=0)
 
 
-def request(index: int, text: str, max_tokens: int | None = None, **kw: object) -> BatchRequest:
+def request(index: int, text: str, max_tokens: int | None = None, **kw: Any) -> BatchRequest:
     options = GenerateOptions(max_tokens=max_tokens, **kw)
     return BatchRequest(index, list(text.encode()), GREEDY, options)
 
@@ -160,10 +161,12 @@ def test_stop_strings_and_limits_as_generation_has_them() -> None:
 
 def test_requests_that_need_no_decode_are_answered_by_check() -> None:
     s, _ = make(n_ctx_seq=8)
-    assert s.check(request(0, "")).error == "empty prompt"
+    empty = s.check(request(0, ""))
+    assert empty is not None and empty.error == "empty prompt"
     too_long = s.check(request(1, "abcdefgh"))
     assert too_long is not None and "8" in (too_long.error or "")
-    assert s.check(request(2, "a", max_tokens=0)).finish_reason == "length"
+    nothing = s.check(request(2, "a", max_tokens=0))
+    assert nothing is not None and nothing.finish_reason == "length"
     assert s.check(request(3, "a")) is None
 
 
@@ -201,11 +204,12 @@ def test_a_long_prompt_is_saved_once_read_and_restored_in_another_context(
     first = Scheduler(model, model.new_context(2, 64, 16), cache)
     first.join(request(0, "abcdefghijklmnopqrst", max_tokens=1))
     [a] = run_all(first)
-    later = Scheduler(model, model.new_context(2, 64, 16), cache)  # another server, say
+    ctx = model.new_context(2, 64, 16)
+    later = Scheduler(model, ctx, cache)  # another server, say
     seq = later.join(request(1, "abcdefghijklmnopqrsXYZ", max_tokens=1))
     assert seq.n_past == seq.reused == 19  # the shared 19 tokens came from disk
     [b] = run_all(later)
-    assert later.context.decodes == [[(seq.slot, 3)]]  # only "XYZ" was decoded
+    assert ctx.decodes == [[(seq.slot, 3)]]  # only "XYZ" was decoded
     assert (a.text, b.text) == ("u", "[")
     short = Scheduler(model, model.new_context(1, 64, 16), cache)
     assert short.join(request(2, "abcdefg", max_tokens=1)).reused == 0  # under the minimum

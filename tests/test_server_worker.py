@@ -5,17 +5,18 @@ prompt read."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from infer.runtime.params import GenerateOptions, SamplingParams
-from infer.runtime.server.backend import Finished, Piece
+from infer.runtime.server.backend import Finished, FinishReason, Piece
 from infer.runtime.server.worker import ModelWorker, ServedJob
 
-from .fakes import FakeModel
+from .fakes import FakeContext, FakeModel
 
 GREEDY = SamplingParams(temperature=0)
 
 
-def job(text: str, n: int = 1, max_tokens: int | None = None, **kw: object) -> ServedJob:
+def job(text: str, n: int = 1, max_tokens: int | None = None, **kw: Any) -> ServedJob:
     sampling = [SamplingParams(temperature=0.8, seed=i) for i in range(n)] if n > 1 else [GREEDY]
     options = GenerateOptions(max_tokens=max_tokens, **kw)
     return ServedJob("fake", list(text.encode()), sampling, options, asyncio.get_running_loop())
@@ -38,6 +39,12 @@ def worker(slots: int = 2) -> ModelWorker:
     return ModelWorker("fake", model, model.new_context(slots, 64, 16), print)
 
 
+def fake(w: ModelWorker) -> FakeContext:
+    """The worker's context as the fake it is, for the knobs and records only the fake has."""
+    assert isinstance(w.context, FakeContext)
+    return w.context
+
+
 def test_jobs_stream_and_finish() -> None:
     async def main() -> None:
         w = worker()
@@ -57,7 +64,7 @@ def test_jobs_stream_and_finish() -> None:
 def test_a_cancelled_job_frees_its_slot_for_the_next() -> None:
     async def main() -> None:
         w = worker(slots=1)
-        w.context.step_delay = 0.01
+        fake(w).step_delay = 0.01
         try:
             long = job("a")
             w.submit(long)
@@ -68,7 +75,7 @@ def test_a_cancelled_job_frees_its_slot_for_the_next() -> None:
             assert isinstance(first, Piece)
             long.cancel()
             rest = [e async for e in events]
-            assert rest[-1] == Finished(0, "cancelled")
+            assert rest[-1] == Finished(0, FinishReason.CANCELLED)
             assert await collect(queued) == ({0: "yz"}, {0: "length"})
             for _ in range(100):  # the thread updates its books right after delivering
                 if w.idle:
@@ -90,7 +97,7 @@ def test_n_choices_read_the_prompt_once() -> None:
             texts, reasons = await collect(j)
             assert sorted(texts) == [0, 1, 2] and reasons == {0: "length", 1: "length", 2: "length"}
             assert j.completion_tokens == 12
-            ctx = w.context
+            ctx = fake(w)
             assert sorted(ctx.copies) == [(0, 1), (0, 2)]
         finally:
             w.stop()
@@ -102,7 +109,7 @@ def test_a_failed_decode_ends_the_answers_and_the_worker_goes_on() -> None:
     async def main() -> None:
         w = worker()
         try:
-            w.context.fail_next_decode = True
+            fake(w).fail_next_decode = True
             broken = job("a")
             w.submit(broken)
             _, reasons = await collect(broken)

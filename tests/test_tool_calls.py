@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -128,7 +129,7 @@ TWO = '{"name": "f", "arguments": {}}\n{"name": "g", "arguments": {"x": 1}}'
 
 
 def test_definitions_say_which_tool_and_field() -> None:
-    cases = [
+    cases: list[tuple[list[dict[str, Any]], int, str]] = [
         ([{"name": "f"}, {"name": "f g"}], 1, "name"),
         ([{"name": "f"}, {"name": "f"}], 1, "name"),
         ([{"name": "f", "parameters": {"type": "array"}}], 0, "parameters"),

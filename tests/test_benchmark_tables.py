@@ -1,0 +1,136 @@
+"""The benchmark tables in the READMEs and docs are rendered from benchmarks/results/*.json by
+benchmarks/render.py, never typed: a table that differs from its file fails here, and so does a
+script that writes no results file."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+RENDER = BENCH / "render.py"
+HELPERS = {"common.py", "render.py", "bench_tables.py"}  # modules, not benchmarks
+MARKER = re.compile(r"^<!-- table:([\w.-]+)(?:/[\w.-]+)? -->$", re.M)
+
+
+def render(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(RENDER), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def documents(root: Path) -> list[Path]:
+    return [root / "README.md", root / "benchmarks" / "README.md", *(root / "docs").glob("*.md")]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A copy of the documents and results, for render.py to find stale and rewrite."""
+    for doc in documents(ROOT):
+        target = tmp_path / doc.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(doc, target)
+    shutil.copytree(BENCH / "results", tmp_path / "benchmarks" / "results")
+    return tmp_path
+
+
+def test_the_tables_match_the_results_files() -> None:
+    result = render("--check")
+    assert result.returncode == 0, result.stdout + result.stderr  # run benchmarks/render.py
+
+
+def test_a_changed_figure_makes_the_check_fail_until_rendered(tree: Path) -> None:
+    results = tree / "benchmarks" / "results" / "vs_llamacpp.json"
+    record = json.loads(results.read_text())
+    record["results"]["generation"]["ratio_of_medians"] = 0.123456
+    results.write_text(json.dumps(record))
+    stale = render("--check", root=tree)
+    assert stale.returncode == 1
+    assert "+| generation (tg128) tok/s |" in stale.stdout and "| 0.123 |" in stale.stdout
+    assert "**0.12×**" in stale.stdout  # the README's sentence comes from the same file
+    assert stale.stderr.strip().endswith("run python benchmarks/render.py")
+    assert "README.md" in stale.stderr and "docs/bench.md" in stale.stderr
+
+    assert render(root=tree).returncode == 0
+    assert "**0.12×**" in (tree / "README.md").read_text()
+    assert render("--check", root=tree).returncode == 0
+
+
+def test_a_hand_edit_inside_a_table_is_undone(tree: Path) -> None:
+    doc = tree / "benchmarks" / "README.md"
+    text = doc.read_text()
+    start = text.index("<!-- table:vs_llamacpp -->")
+    edited = text[:start] + text[start:].replace("| ", "| 9", 1)
+    doc.write_text(edited)
+    assert render("--check", root=tree).returncode == 1
+    assert render(root=tree).returncode == 0 and doc.read_text() == text
+
+
+def test_a_new_scripts_file_renders_as_a_generic_table(tree: Path) -> None:
+    results = tree / "benchmarks" / "results"
+    record = {
+        "script": "newthing.py",
+        "date": "2026-12-07T10:00:00Z",
+        "machine": "Test CPU, 2 CPUs",
+        "commit": "abc1234",
+        "settings": {"rounds": 3},
+        "results": {"infer": {"tps": 101.25, "ok": True}, "llama.cpp": {"tps": 99.5}},
+    }
+    (results / "newthing.json").write_text(json.dumps(record))
+    unshown = render("--check", root=tree)
+    assert unshown.returncode == 0 and "newthing" in unshown.stderr  # said, not failed
+    doc = tree / "docs" / "bench.md"
+    doc.write_text(doc.read_text() + "\n<!-- table:newthing -->\n<!-- /table:newthing -->\n")
+    assert render(root=tree).returncode == 0
+    text = doc.read_text()
+    assert "commit abc1234 (rounds 3) — `benchmarks/newthing.py`." in text
+    assert "| infer | 101.250 | yes |" in text and "| llama.cpp | 99.500 | - |" in text
+
+
+def test_a_missing_results_file_names_the_script_that_writes_it(tree: Path) -> None:
+    (tree / "benchmarks" / "results" / "startup.json").unlink(missing_ok=True)
+    assert render(root=tree).returncode == 0
+    assert (
+        "*No results yet: `python benchmarks/startup.py` writes `startup.json`.*"
+        in (tree / "docs" / "bench.md").read_text()
+    )
+
+
+def test_a_file_of_an_older_shape_is_an_error_not_a_table(tree: Path) -> None:
+    (tree / "benchmarks" / "results" / "serve.json").write_text('{"results": {"1": {}}}')
+    result = render(root=tree)
+    assert result.returncode == 1
+    assert "cannot render serve.json (serve): KeyError" in result.stderr
+
+
+def test_every_table_names_a_script_that_exists() -> None:
+    names = {m for doc in documents(ROOT) for m in MARKER.findall(doc.read_text())}
+    assert names  # the tables are there at all
+    missing = sorted(n for n in names if not (BENCH / f"{n}.py").exists())
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "script", sorted(p.name for p in BENCH.glob("*.py") if p.name not in HELPERS)
+)
+def test_every_benchmark_writes_a_results_file(script: str) -> None:
+    # common.add_json_arg: `--json FILE`, by default benchmarks/results/NAME.json, what render.py
+    # reads; --help shows it (and runs nothing else)
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=BENCH,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())
+    assert f"(default: benchmarks/results/{script[:-3]}.json)" in help_text, help_text[-300:]
