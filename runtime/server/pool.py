@@ -20,7 +20,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ..api import load, prompt_tokens
-from ..errors import BadReferenceError, ModelFileError, ModelNotFoundError, UsageError
+from ..errors import (
+    BadReferenceError,
+    ModelFileError,
+    ModelNotFoundError,
+    UsageError,
+)
+from ..generation.infill import infill_tokens
 from ..generation.templates import Message
 from ..generation.tool_plan import ToolPlan
 from ..llama.embedder import (
@@ -33,12 +39,14 @@ from ..llama.embedder import default_ctx as embed_default_ctx
 from ..llama.engine import KV_BUDGET_BYTES, backends, default_ctx
 from ..llama.interface import Model
 from ..llama.offload import describe_split
+from ..llama.special import rerank_tokens
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
 from ..options import BY_NAME, Overrides
 from ..options import sampling as layered
 from ..params import GenerateOptions, SamplingParams
+from ..tools.rerank import check_reranker
 from .backend import (
     Embeddings,
     LoadReport,
@@ -171,9 +179,25 @@ class ModelPool:
                 f"{served.resolved.name} makes no vector for a whole text (its pooling is "
                 "'none'): use an embedding model"
             )
-        limit = self.config.load.ctx_size or embed_default_ctx(engine)
         with self._using(served):
             tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
+        return await self._pooled(served, tokens)
+
+    async def rerank(self, model: str, query: str, documents: list[str]) -> Embeddings:
+        self._check_room()
+        served = await self._get(model)
+        engine = served.engine
+        check_reranker(engine, served.resolved.name)
+        with self._using(served):
+            tokens = await asyncio.to_thread(
+                lambda: [rerank_tokens(engine, query, d) for d in documents]
+            )
+        return await self._pooled(served, tokens)
+
+    async def _pooled(self, served: _Served, tokens: list[list[int]]) -> Embeddings:
+        """Pooled outputs (vectors, or a reranker's scores) for these inputs, computed on the
+        model's decode thread together with the other pooled requests waiting there."""
+        limit = self.config.load.ctx_size or embed_default_ctx(served.engine)
         for i, t in enumerate(tokens):
             if not t:
                 raise UsageError(f"input {i} is empty")
@@ -352,6 +376,16 @@ class ModelPool:
     def _tokens(self, served: _Served, request: TextRequest) -> tuple[list[int], ToolPlan | None]:
         """The prompt's tokens, and the plan for the request's tools in this model's syntax."""
         engine, defaults = served.engine, served.resolved.defaults
+        if request.infill is not None:  # the context per sequence and batch llama-server's has
+            n_batch, n_ctx = self.config.load.batch_size, served.worker.n_ctx_seq
+            fim = infill_tokens(
+                engine,
+                request.infill,
+                n_batch=n_batch,
+                n_ctx=n_ctx,
+                field_name=request.infill_field,
+            )
+            return fim, None
         if request.messages is not None:
             messages = list(request.messages)
             if defaults.system and not any(m.role == "system" for m in messages):
