@@ -65,7 +65,8 @@ def infill_tokens(
     field_name: str = "suffix",
 ) -> list[int]:
     """The FIM prompt's tokens for `model` (see the module's docstring). `n_batch` and `n_ctx`
-    are the batch size and the sequence's context; `spm`: suffix before prefix (llama-server's
+    are the batch size and the sequence's context (as llama-server's slot: at most the trained
+    context); `spm`: suffix before prefix (llama-server's
     --spm-infill)."""
     ids = fim_tokens(model)
     if ids is None:
@@ -88,6 +89,8 @@ def infill_tokens(
     prompt = model.tokenize(infill.prompt, True)
     n_prefix = min(len(prefix), 3 * (n_batch // 4))
     n_suffix = min(len(suffix), max(0, n_batch // 4 - (2 + len(prompt))))
+    if model.n_ctx_train > 0:  # llama-server caps a slot's context at the trained one
+        n_ctx = min(n_ctx, model.n_ctx_train)
     n_extra = min(max(0, n_ctx - n_batch - 2 * n_predict), len(extra))
 
     head = [ids.pre, *prefix[len(prefix) - n_prefix :], *prompt]
