@@ -117,7 +117,12 @@ class ModelPool:
         from ..models import inventory
 
         seen: dict[str, ModelInfo] = {}
-        for name, s in self._served.items():
+        # Those named at start first, in that order: a request that names no model (/infill,
+        # /v1/rerank) gets the first, whichever was used last.
+        started = [self._names.get(n, n) for n in self.config.models]
+        rank = {name: i for i, name in reversed(list(enumerate(started)))}
+        order = sorted(self._served.items(), key=lambda kv: rank.get(kv[0], len(started)))
+        for name, s in order:
             until, ctx = self._expires.get(name), s.worker.n_ctx_seq
             seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True, until, ctx)
         for row in inventory.aliases():
