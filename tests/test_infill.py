@@ -107,6 +107,7 @@ def test_ollama_suffix_fills_in_the_middle(servers: tuple, fim: Path) -> None:
     ).json()["content"]
     client = ollama.Client(host=ours.url, timeout=120)
     options = {"temperature": 0, "num_predict": 16}
+    assert "insert" in client.show(str(fim)).capabilities  # Ollama's mark of a FIM model
     got = client.generate(model=str(fim), prompt=prefix, suffix=suffix, options=options)
     assert got.response == want
     pieces = client.generate(
@@ -153,6 +154,7 @@ def test_a_model_without_fim_tokens_is_refused(tmp_path: Path) -> None:
         r = httpx.post(s.url + "/infill", json={"input_prefix": "a", "input_suffix": "b"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "input_suffix"
         assert "fill-in-the-middle" in r.json()["error"]["message"]
+        assert "insert" not in ollama.Client(host=s.url).show(str(plain)).capabilities
         with pytest.raises(ollama.ResponseError) as refused:
             ollama.Client(host=s.url).generate(model=str(plain), prompt="a", suffix="b")
         assert refused.value.status_code == 400 and "suffix" in refused.value.error

@@ -168,8 +168,10 @@ def test_cohere_and_tei_shapes(served: Server, want: dict[int, float]) -> None:
     assert tei[0]["text"] == DOCS[tei[0]["index"]]
 
 
-def test_the_server_refuses_bad_requests(served: Server) -> None:
+def test_the_server_refuses_bad_requests(served: Server, reranker: Path) -> None:
     bert = str(served.bert)  # type: ignore[attr-defined]
+    r = httpx.post(served.url + "/v1/embeddings", json={"model": str(reranker), "input": "x"})
+    assert r.status_code == 400 and "/v1/rerank" in r.json()["error"]["message"]
     for body, field in [
         ({"model": bert, "query": QUERY, "documents": DOCS}, "model"),
         ({"documents": DOCS}, "query"),

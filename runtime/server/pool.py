@@ -32,6 +32,7 @@ from ..generation.tool_plan import ToolPlan
 from ..llama.embedder import (
     Embedder,
     embedding_tokens,
+    gguf_pooling,
     is_embedding_model,
     makes_no_sentence_vectors,
 )
@@ -183,6 +184,11 @@ class ModelPool:
             raise UsageError(
                 f"{served.resolved.name} makes no vector for a whole text (its pooling is "
                 "'none'): use an embedding model"
+            )
+        if gguf_pooling(engine) == "rank":
+            raise UsageError(
+                f"{served.resolved.name} is a reranker: it scores documents for a query "
+                "(POST /v1/rerank), it makes no vectors"
             )
         with self._using(served):
             tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
