@@ -14,7 +14,7 @@ from infer.runtime.errors import IncompleteAnswerError, Interrupted, UsageError
 from infer.runtime.options import Overrides
 
 from . import output
-from .inputs import prompt_text
+from .inputs import prompt_text, stdin_is_terminal
 from .loading import constraint, generate_options, load_drafter, load_options, load_session
 from .models import resolve_or_pull
 from .remote import Given, RemoteFlags
@@ -69,6 +69,7 @@ class RunArgs:
     tool_choice: str | None = None
     batch: str | None = None
     parallel: int | None = None
+    suffix: str | None = None  # fill-in-the-middle: PROMPT is the code before the gap
     local: LocalFlags = field(default_factory=LocalFlags)
     remote: RemoteFlags = field(default_factory=RemoteFlags)
 
@@ -83,6 +84,8 @@ def execute(args: RunArgs, given: Given) -> None:
     from .remote import LOCAL_ONLY, remote_url
 
     url = remote_url(args.remote.url, LOCAL_ONLY, given) if args.remote.any() else None
+    if args.suffix is not None:
+        _check_suffix(args, remote=url is not None)
     if url is None:
         _execute_local(args)
     else:
@@ -100,7 +103,7 @@ def _execute_local(args: RunArgs) -> None:
     resolved = resolve_or_pull(args.model, offline=args.local.offline)
     d, local, quiet = resolved.defaults, args.local, args.json_out
     engine_options, options = _options(args, d)
-    system = args.system or d.system
+    system = None if args.suffix is not None else args.system or d.system
     params = replace(sampling(args.overrides, d.sampling), grammar=grammar)
     if batched:
         from .batch import run_batch
@@ -149,6 +152,22 @@ def _execute_local(args: RunArgs) -> None:
         options=options,
     )
     _answer_or_chat(answerer, args, text, system, base=replace(_request(args), grammar=grammar))
+
+
+def _check_suffix(args: RunArgs, *, remote: bool) -> None:
+    """--suffix fills in the middle of one PROMPT on the local engine: what cannot go with it."""
+    conflicts = {
+        "--remote": remote,
+        "--batch/--parallel": args.batched,
+        "--system": args.system is not None,
+        "--tool": bool(args.tool),
+        "--continue": args.continue_,
+    }
+    given = [flag for flag, on in conflicts.items() if on]
+    if given:
+        raise UsageError(f"--suffix does not combine with {', '.join(given)}")
+    if args.prompt is None and stdin_is_terminal():
+        raise UsageError("--suffix needs a PROMPT: the code before the gap")
 
 
 def _options(args: RunArgs, defaults: ModelDefaults) -> tuple[LoadOptions, GenerateOptions]:
@@ -217,6 +236,7 @@ def _request(
         response_format=response_format,
         tools=tools,
         tool_choice=offered.openai_choice() if offered is not None else None,
+        suffix=args.suffix,
     )
 
 

@@ -20,6 +20,7 @@ from .models import list_models, pull, rm, show
 from .options import flag_of
 from .perplexity import perplexity
 from .quantize import quantize
+from .rerank import rerank
 from .rpc_server import rpc_server
 from .run import chat, run
 from .serve import serve
@@ -47,6 +48,7 @@ app.command(cls=HelpCommand)(quantize)
 app.command(cls=HelpCommand)(perplexity)
 app.command(cls=SectionedHelpCommand)(serve)
 app.command(cls=SectionedHelpCommand)(embed)
+app.command(cls=SectionedHelpCommand)(rerank)
 app.command("rpc-server", cls=SectionedHelpCommand)(rpc_server)
 app.add_typer(cache_app, name="cache")
 

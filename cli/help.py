@@ -31,6 +31,7 @@ DOCS = {
     "perplexity": "quantize.md",
     "serve": "serve.md",
     "embed": "embeddings.md",
+    "rerank": "embeddings.md#rerank",
     "rpc-server": "scaling.md#split-a-model-over-machines",
     "cache": "speed.md#prompt-cache",
 }

@@ -4,6 +4,8 @@ The commands collect their flags into a typed RunArgs; cli/answering.py asks the
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from infer.runtime.errors import UsageError
@@ -11,6 +13,7 @@ from infer.runtime.options import Overrides
 
 from .answering import LocalFlags, RunArgs, execute
 from .options import (
+    OUTPUT,
     ApiKeyFileOpt,
     ApiKeyOpt,
     BatchOpt,
@@ -54,6 +57,17 @@ from .options import (
 )
 from .remote import RemoteFlags, on_command_line
 from .rpc_server import RpcOpt
+
+SuffixOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--suffix",
+        rich_help_panel=OUTPUT,
+        show_default=False,
+        help="Fill in the middle: PROMPT is the code before the gap, this the code after it "
+        "(a model with FIM tokens, such as Qwen2.5-Coder; as llama-server's /infill).",
+    ),
+]
 
 
 def run(
@@ -99,6 +113,7 @@ def run(
     timeout: TimeoutOpt = None,
     tool: ToolOpt = None,
     tool_choice: ToolChoiceOpt = None,
+    suffix: SuffixOpt = None,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
@@ -145,6 +160,7 @@ def run(
         tool_choice=tool_choice,
         batch=batch,
         parallel=parallel,
+        suffix=suffix,
         local=local,
         remote=RemoteFlags(remote, api_key, api_key_file, timeout),
     )

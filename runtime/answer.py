@@ -82,6 +82,9 @@ class AnswerRequest:
     tools: tuple[dict[str, Any], ...] = ()  # OpenAI function definitions
     tool_choice: str | dict[str, Any] | None = None
     extra: tuple[tuple[str, Any], ...] = ()  # protocol fields as they are (bench: ignore_eos)
+    # Fill-in-the-middle (`infer run --suffix`): the messages' text is the code before the gap,
+    # this the code after it; the local engine builds the model's FIM prompt from both.
+    suffix: str | None = None
 
     @classmethod
     def of(cls, text: str, system: str | None = None, **kwargs: Any) -> AnswerRequest:

@@ -22,9 +22,10 @@ from .llama.interface import Model, Session
 from .llama.offload import describe_split
 from .models.gguf import read_header
 from .models.resolve import ResolvedModel, resolve
-from .params import GenerateOptions, LoadOptions, SamplingParams
+from .params import DEFAULT_BATCH, GenerateOptions, LoadOptions, SamplingParams
 
 if TYPE_CHECKING:  # tool_calls' ids need `secrets`, ~10 ms of hashlib at every `infer run`
+    from .generation.infill import Infill
     from .generation.tool_plan import ToolPlan
 
 
@@ -125,6 +126,7 @@ def generate(
     cancel: threading.Event | None = None,
     drafter: Session | str | None = None,
     tools: Sequence[dict[str, Any]] | ToolPlan | None = None,
+    infill: Infill | None = None,
 ) -> Generation:
     """Stream an answer from `session` (a model's `new_session()`: a follow-up in the same
     session decodes only its new tokens): iterate the result for text pieces; `.stats`
@@ -133,12 +135,18 @@ def generate(
     from load_draft(); the answer is the one plain decoding gives. `tools`: function
     definitions rendered through the chat template, or a generation.tool_plan.ToolPlan, whose
     tools are rendered and whose grammar holds the answer (its `parse(gen.text)` reads the
-    calls back)."""
+    calls back). `infill`: fill in the middle between its prefix and suffix (a FIM model's
+    prompt, built as llama-server's /infill builds it; `messages` are not used)."""
     if tools is not None and not isinstance(tools, Sequence):  # a ToolPlan
         sampling = tools.constrain(sampling or SamplingParams())
         tools = tools.rendered
     model = session.model
-    tokens = prompt_tokens(model, messages, raw=raw, template=template, tools=tools)
+    if infill is not None:
+        from .generation.infill import infill_tokens
+
+        tokens = infill_tokens(model, infill, n_batch=DEFAULT_BATCH, n_ctx=session.n_ctx)
+    else:
+        tokens = prompt_tokens(model, messages, raw=raw, template=template, tools=tools)
     stats = Stats(load_s=model.load_s, split=describe_split(model.split))
     return Generation(
         session,

@@ -15,6 +15,7 @@ from .options import OPTIONS, Overrides, sampling
 from .params import GenerateOptions
 
 if TYPE_CHECKING:
+    from .generation.infill import Infill
     from .generation.loop import Generation
     from .generation.templates import Message
     from .llama.interface import Session
@@ -81,6 +82,7 @@ class LocalAnswerer:
             template=self.template,
             cancel=cancel,
             drafter=self.drafter,
+            infill=_infill(request),
         )
         return LocalAnswer(gen)
 
@@ -113,6 +115,14 @@ def _grammar(response_format: dict[str, Any] | None) -> str:
     if schema is not None:
         return constraint(json_schema=schema)
     return constraint(format="json" if response_format.get("type") == "json_object" else None)
+
+
+def _infill(request: AnswerRequest) -> Infill | None:
+    if request.suffix is None:
+        return None
+    from .generation.infill import Infill
+
+    return Infill(request.prompt, request.suffix)
 
 
 def _messages(request: AnswerRequest) -> list[Message]:

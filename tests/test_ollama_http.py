@@ -144,7 +144,7 @@ def test_format_json_and_schema_hold_the_answer_to_a_grammar(served: Served) -> 
         ("/api/chat", chat(tools=[*TOOLS, *TOOLS]), "tools[1].function.name"),
         ("/api/chat", chat(logprobs=True), "logprobs"),
         ("/api/generate", {"model": MODEL, "prompt": "x", "images": ["aGk="]}, "images"),
-        ("/api/generate", {"model": MODEL, "prompt": "x", "suffix": "y"}, "suffix"),
+        ("/api/generate", {"model": MODEL, "prompt": "x", "suffix": 3}, "suffix"),
         ("/api/generate", {"model": MODEL, "prompt": "x", "template": "{{ .Prompt }}"}, "template"),
         ("/api/generate", {"model": MODEL, "prompt": 3}, "prompt"),
         ("/api/embed", {"model": MODEL, "input": [1, 2]}, "input"),

@@ -42,6 +42,7 @@ FOREIGN = {
     "--jinja",  # llama-server's, in the comparison table
     "--prompt-cache",  # llama.cpp's, in the comparison table
     "--quantize",  # ollama create's, in the comparison table
+    "--reranking",  # llama-server's, which /v1/rerank answers as
     "--strict",  # mkdocs build's
 }
 # Shown command lines (their text as shown) that do not parse on purpose, each with the reason.

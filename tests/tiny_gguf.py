@@ -100,15 +100,24 @@ def finish(w: Any, path: Path) -> Path:
 BERT_WORDS = ["the", "cat", "sat", "on", "mat", "dog", "hello", "world", "query", ":", "."]
 
 
-def write_tiny_bert_gguf(path: Path, *, seed: int = 0, pooling: int = 1) -> Path:
+def write_tiny_bert_gguf(
+    path: Path,
+    *,
+    seed: int = 0,
+    pooling: int = 1,
+    extra: dict[str, Any] | None = None,
+    words: Sequence[str] = BERT_WORDS,
+) -> Path:
     """A tiny random-weight BERT encoder (non-causal, mean pooling by default) with a
-    WordPiece vocabulary of a few words, [CLS]/[SEP], and the 26 letters as pieces."""
+    WordPiece vocabulary of a few words, [CLS]/[SEP], and the 26 letters as pieces. `extra`:
+    more tensors by name (a reranker's classification head: tests/tiny_rerank.py); `words`:
+    the whole-word tokens (llama.cpp's WordPiece looks words up as "\u2581word")."""
     import gguf
 
     rng = np.random.default_rng(seed)
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    tokens = special + BERT_WORDS + letters + ["##" + c for c in letters]
+    tokens = special + list(words) + letters + ["##" + c for c in letters]
     types = [gguf.TokenType.CONTROL] * len(special) + [gguf.TokenType.NORMAL] * (
         len(tokens) - len(special)
     )
@@ -158,6 +167,8 @@ def write_tiny_bert_gguf(path: Path, *, seed: int = 0, pooling: int = 1) -> Path
         tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
         tensor(f"blk.{i}.ffn_down.bias", N_EMBD)
         norm(f"blk.{i}.layer_output_norm")
+    for name, array in (extra or {}).items():
+        w.add_tensor(name, array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

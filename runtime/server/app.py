@@ -38,7 +38,14 @@ from ..errors import (
     TemplateError,
     UsageError,
 )
-from . import anthropic_routes, llamacpp_routes, ollama_routes, responses_routes
+from . import (
+    anthropic_routes,
+    infill_routes,
+    llamacpp_routes,
+    ollama_routes,
+    rerank_routes,
+    responses_routes,
+)
 from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
 from .answer import Answer, EventStream, whole
@@ -154,6 +161,8 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/metrics", api.prometheus, methods=["GET"]),
             *responses_routes.routes(backend, settings.max_body, backend_error),
             *ollama_routes.routes(backend, settings, backend_error),
+            *infill_routes.routes(backend, settings.max_body, backend_error),
+            *rerank_routes.routes(backend, settings.max_body, backend_error),
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),

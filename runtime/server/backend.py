@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from ..errors import InferError
+from ..generation.infill import Infill
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..generation.tool_plan import ToolPlan
@@ -61,6 +62,10 @@ class TextRequest:
     tool_choice: str = "auto"
     forced_tool: str | None = None
     parallel_tool_calls: bool = True
+    # Fill-in-the-middle (/infill, Ollama's suffix): the prompt is built from this, by
+    # generation/infill.py, for the model's FIM tokens; `messages` and `prompt` are unused.
+    infill: Infill | None = None
+    infill_field: str = "input_suffix"  # the request's word for the suffix, for a 400 naming it
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,12 @@ class Backend(Protocol):
         """Vectors for texts (or token arrays), batched with other embedding requests for the
         same model. Raises as submit does; a model that makes no sentence vectors (its GGUF
         says pooling "none") is a UsageError (400)."""
+        ...
+
+    async def rerank(self, model: str, query: str, documents: list[str]) -> Embeddings:
+        """A relevance score per document (each a one-number vector), for a reranker (its GGUF's
+        pooling is "rank"), batched with the model's other pooled requests. Raises as embed
+        does; a model that is not a reranker is an OptionError naming "model" (400)."""
         ...
 
     async def drain(self, timeout_s: float) -> None:

@@ -48,7 +48,11 @@ class Facts:
         keep such models out of their chat pickers), though /api/embed takes text models too."""
         if self.encoder:
             return ["embedding"]
-        return ["completion", "tools"] if self.template else ["completion"]
+        found = ["completion", "tools"] if self.template else ["completion"]
+        keys = {k for k, _ in self.metadata}
+        if all(f"tokenizer.ggml.fim_{t}_token_id" in keys for t in ("pre", "suf", "mid")):
+            found.append("insert")  # `suffix` works: fill-in-the-middle tokens (Ollama's word)
+        return found
 
 
 def facts(info: ModelInfo) -> Facts:

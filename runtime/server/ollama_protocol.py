@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import OptionError, UsageError
+from ..generation.infill import Infill
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
@@ -215,7 +216,6 @@ def _refuse(body: dict[str, Any], names: Sequence[str]) -> None:
     """Fields this server cannot honour: a 400 naming each, unless empty."""
     reasons = {
         "images": "images are not supported yet (vision is another issue): send text only",
-        "suffix": "fill-in-the-middle is not supported yet: send the prompt alone",
         "template": "a custom prompt template is not supported: the model's own is used",
         "context": "the deprecated 'context' token array is not supported: send the messages",
         "logprobs": "logprobs are not supported by this server",
@@ -260,18 +260,21 @@ def parse_generate(body: Any) -> OllamaRequest:
     if not isinstance(body, dict):
         raise invalid("body", "the request body must be a JSON object")
     model = _model(body)
-    request, stream = _common(
-        body, ("images", "suffix", "template", "context", "logprobs", "top_logprobs")
-    )
+    request, stream = _common(body, ("images", "template", "context", "logprobs", "top_logprobs"))
     alive = keep_alive(body.get("keep_alive"))
     prompt, system = body.get("prompt"), body.get("system")
     if prompt is not None and not isinstance(prompt, str):
         raise invalid("prompt", "must be a string")
     if system is not None and not isinstance(system, str):
         raise invalid("system", "must be a string")
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise invalid("suffix", "must be a string")
     if not prompt:  # Ollama's load / unload request
         return OllamaRequest(model, model_ref(model), None, stream, alive)
-    if _boolean(body, "raw", False):
+    if suffix:  # fill-in-the-middle: the prompt is the code before the gap (generation/infill)
+        request.infill, request.infill_field = Infill(prompt, suffix), "suffix"
+    elif _boolean(body, "raw", False):
         request.prompt = prompt
     else:
         request.messages = [Message("system", system)] if system else []

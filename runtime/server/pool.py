@@ -20,12 +20,19 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ..api import load, prompt_tokens
-from ..errors import BadReferenceError, ModelFileError, ModelNotFoundError, UsageError
+from ..errors import (
+    BadReferenceError,
+    ModelFileError,
+    ModelNotFoundError,
+    UsageError,
+)
+from ..generation.infill import infill_tokens
 from ..generation.templates import Message
 from ..generation.tool_plan import ToolPlan
 from ..llama.embedder import (
     Embedder,
     embedding_tokens,
+    gguf_pooling,
     is_embedding_model,
     makes_no_sentence_vectors,
 )
@@ -33,12 +40,14 @@ from ..llama.embedder import default_ctx as embed_default_ctx
 from ..llama.engine import KV_BUDGET_BYTES, backends, default_ctx
 from ..llama.interface import Model
 from ..llama.offload import describe_split
+from ..llama.special import rerank_tokens
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
 from ..options import BY_NAME, Overrides
 from ..options import sampling as layered
 from ..params import GenerateOptions, SamplingParams
+from ..tools.rerank import check_reranker
 from .backend import (
     Embeddings,
     LoadReport,
@@ -109,7 +118,12 @@ class ModelPool:
         from ..models import inventory
 
         seen: dict[str, ModelInfo] = {}
-        for name, s in self._served.items():
+        # Those named at start first, in that order: a request that names no model (/infill,
+        # /v1/rerank) gets the first, whichever was used last.
+        started = [self._names.get(n, n) for n in self.config.models]
+        rank = {name: i for i, name in reversed(list(enumerate(started)))}
+        order = sorted(self._served.items(), key=lambda kv: rank.get(kv[0], len(started)))
+        for name, s in order:
             until, ctx = self._expires.get(name), s.worker.n_ctx_seq
             seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True, until, ctx)
         for row in inventory.aliases():
@@ -198,9 +212,30 @@ class ModelPool:
                 f"{served.resolved.name} makes no vector for a whole text (its pooling is "
                 "'none'): use an embedding model"
             )
-        limit = self.config.load.ctx_size or embed_default_ctx(engine)
+        if gguf_pooling(engine) == "rank":
+            raise UsageError(
+                f"{served.resolved.name} is a reranker: it scores documents for a query "
+                "(POST /v1/rerank), it makes no vectors"
+            )
         with self._using(served):
             tokens = await asyncio.to_thread(_embedding_tokens, engine, inputs)
+        return await self._pooled(served, tokens)
+
+    async def rerank(self, model: str, query: str, documents: list[str]) -> Embeddings:
+        self._check_room()
+        served = await self._get(model)
+        engine = served.engine
+        check_reranker(engine, served.resolved.name)
+        with self._using(served):
+            tokens = await asyncio.to_thread(
+                lambda: [rerank_tokens(engine, query, d) for d in documents]
+            )
+        return await self._pooled(served, tokens)
+
+    async def _pooled(self, served: _Served, tokens: list[list[int]]) -> Embeddings:
+        """Pooled outputs (vectors, or a reranker's scores) for these inputs, computed on the
+        model's decode thread together with the other pooled requests waiting there."""
+        limit = self.config.load.ctx_size or embed_default_ctx(served.engine)
         for i, t in enumerate(tokens):
             if not t:
                 raise UsageError(f"input {i} is empty")
@@ -387,6 +422,16 @@ class ModelPool:
     def _tokens(self, served: _Served, request: TextRequest) -> tuple[list[int], ToolPlan | None]:
         """The prompt's tokens, and the plan for the request's tools in this model's syntax."""
         engine, defaults = served.engine, served.resolved.defaults
+        if request.infill is not None:  # the context per sequence and batch llama-server's has
+            n_batch, n_ctx = self.config.load.batch_size, served.worker.n_ctx_seq
+            fim = infill_tokens(
+                engine,
+                request.infill,
+                n_batch=n_batch,
+                n_ctx=n_ctx,
+                field_name=request.infill_field,
+            )
+            return fim, None
         if request.messages is not None:
             messages = list(request.messages)
             if defaults.system and not any(m.role == "system" for m in messages):
