@@ -119,7 +119,7 @@ class TextStream:
     (invalid bytes become U+FFFD), and text that could begin a stop string is held back until it
     is known not to. Shared by `Generation` and the batch decoder, so both emit the same text."""
 
-    __slots__ = ("_decode", "held", "hit", "matched", "stops")
+    __slots__ = ("_decode", "decoded", "held", "hit", "matched", "stops")
 
     def __init__(self, stops: list[str]) -> None:
         self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
@@ -127,10 +127,12 @@ class TextStream:
         self.held = ""
         self.hit = False  # a stop string was found: nothing more is emitted
         self.matched: str | None = None  # ... which one (the server reports it)
+        self.decoded = ""  # the text the last token's bytes completed (logprobs report it)
 
     def feed(self, raw: bytes) -> str:
         """The text this token's bytes release (may be empty)."""
-        text = self.held + self._decode(raw)
+        self.decoded = self._decode(raw)
+        text = self.held + self.decoded
         out, self.held, self.hit = _split_stop(text, self.stops)
         if self.hit:
             self.matched = min((s for s in self.stops if s in text), key=text.find)

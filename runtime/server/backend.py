@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from ..errors import InferError
+from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..generation.tool_plan import ToolPlan
@@ -55,12 +56,16 @@ class TextRequest:
     tool_choice: str = "auto"
     forced_tool: str | None = None
     parallel_tool_calls: bool = True
+    # The log-probability of each generated token and of its `logprobs` most likely
+    # alternatives (generation/logprobs.py); None: none computed.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
 class Piece:
     index: int  # the choice
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens of `text`, when the request asked
 
 
 class FinishReason(str, Enum):
@@ -82,6 +87,7 @@ class Choice:
     content: str | None
     calls: list[ToolCall] = field(default_factory=list)
     reason: FinishReason = FinishReason.STOP
+    logprobs: tuple[TokenLogprob, ...] | None = None  # every token's, when the request asked
 
 
 @dataclass(frozen=True)
