@@ -71,8 +71,12 @@ class LogprobReader:
         top: tuple[Alternative, ...] = ()
         if self.n_top:
             k = self.n_top
-            ids = np.argpartition(row, -k)[-k:] if k < self._n_vocab else np.arange(k)
-            ids = ids[np.lexsort((ids, -row[ids]))]  # most likely first; ties by token id
+            # The k largest, ties at the k-th value broken by the lower token id (argpartition
+            # alone would pick among equal values arbitrarily); most likely first.
+            kth = np.partition(row, -k)[-k]
+            above = np.flatnonzero(row > kth)
+            ids = np.concatenate((above, np.flatnonzero(row == kth)[: k - len(above)]))
+            ids = ids[np.lexsort((ids, -row[ids]))]
             top = tuple(self._alternative(int(t), float(row[t]) - lse) for t in ids)
         return float(row[token]) - lse, top
 
