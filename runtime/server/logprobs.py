@@ -118,14 +118,12 @@ def ollama_requested(body: dict[str, Any], invalid: Any) -> int | None:
 
 def ollama(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
     """An answer's (or stream line's) `logprobs` list."""
-    return [
-        {
-            "token": t.text,
-            "logprob": t.logprob,
-            "bytes": list(t.raw),
-            "top_logprobs": [
+    out = []
+    for t in tokens:
+        entry: dict[str, Any] = {"token": t.text, "logprob": t.logprob, "bytes": list(t.raw)}
+        if t.top:  # Ollama leaves an empty list out (omitempty)
+            entry["top_logprobs"] = [
                 {"token": a.text, "logprob": a.logprob, "bytes": list(a.raw)} for a in t.top
-            ],
-        }
-        for t in tokens
-    ]
+            ]
+        out.append(entry)
+    return out
