@@ -29,6 +29,9 @@ class GenerateOptions:
     # Keep generating past end-of-generation tokens, up to max_tokens (llama.cpp's ignore_eos:
     # for benchmarks that need an exact token count). The batch scheduler honours it.
     ignore_eog: bool = False
+    # Log-probabilities of each generated token and of its `logprobs` most likely alternatives
+    # (generation/logprobs.py); None: not computed at all.
+    logprobs: int | None = None
 
     def validate(self) -> GenerateOptions:
         if self.max_tokens is not None and self.max_tokens < 0:
@@ -39,6 +42,8 @@ class GenerateOptions:
             raise OptionError("draft_max", f"must be between 1 and 64 (got {self.draft_max})")
         if self.draft_ngram is not None and not 1 <= self.draft_ngram <= 16:
             raise OptionError("draft_ngram", f"must be between 1 and 16 (got {self.draft_ngram})")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise OptionError("logprobs", f"must be >= 0 (got {self.logprobs})")
         return self
 
 

@@ -5,7 +5,7 @@ rule, for scheduling, speculative acceptance and prompt-cache restore."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +63,7 @@ class FakeSession:
         cancel: threading.Event,
         *,
         ignore_eog: bool = False,
+        on_sample: Callable[[int, Any], None] | None = None,
     ) -> Generator[bytes, None, None]:
         self.calls.append((prompt, sampling))
         self.decode_prompt(prompt, cancel)
@@ -74,6 +75,12 @@ class FakeSession:
             if len(self.tokens) >= self.n_ctx:
                 return
             self.tokens.append(0)
+            if on_sample is not None:  # a row that makes the piece's first byte most likely
+                from array import array
+
+                row = array("f", bytes(4 * 256))
+                row[piece[0] if piece else 0] = 1.0
+                on_sample(piece[0] if piece else 0, row)
             yield piece
 
     def reset(self) -> None:

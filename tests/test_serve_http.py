@@ -308,8 +308,13 @@ INVALID_CHAT = [
     ({"stream": "yes"}, "stream"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"stream": True, "stream_options": {"include_usage": "yes"}}, "include_usage"),
-    ({"logprobs": True}, "logprobs"),
-    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"logprobs": 1}, "logprobs"),
+    ({"logprobs": "yes"}, "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+    ({"logprobs": False, "top_logprobs": 0}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 2.5}, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
     ({"tools": [{"type": "function"}]}, "tools[0]"),
     # the runtime's one validator (tool_calls.definitions), its refusal mapped to the field
@@ -375,7 +380,10 @@ INVALID_COMPLETION = [
     ({"echo": True}, "echo"),
     ({"best_of": 3}, "best_of"),
     ({"suffix": "end"}, "suffix"),
-    ({"logprobs": 2}, "logprobs"),
+    ({"logprobs": True}, "logprobs"),
+    ({"logprobs": -1}, "logprobs"),
+    ({"logprobs": 101}, "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),
     ({"max_tokens": -3}, "max_tokens"),
 ]
 

@@ -6,15 +6,16 @@ import codecs
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..answer import Stats
-from ..errors import ContextOverflowError, Interrupted
+from ..errors import ContextOverflowError, Interrupted, UsageError
 from ..llama.interface import Session
 from ..llama.tokens import common_prefix
 from ..params import GenerateOptions, SamplingParams
 
 if TYPE_CHECKING:
+    from .logprobs import TokenLogprob, Trail
     from .speculative import DraftCounts
 
 
@@ -27,7 +28,8 @@ class Generation:
     """Iterate for text pieces as `session` generates them; afterwards `.text` and `.stats` hold
     the whole answer. Stop strings never leak: text that could begin a stop string is held back
     until it is known not to. With a `drafter` ("lookup" or a draft model from
-    api.load_draft()) the tokens come from speculative decoding."""
+    api.load_draft()) the tokens come from speculative decoding. With `options.logprobs`,
+    `.logprobs` holds afterwards each token's log-probabilities (generation/logprobs.py)."""
 
     def __init__(
         self,
@@ -40,11 +42,15 @@ class Generation:
         drafter: Session | str | None = None,
     ) -> None:
         check_fits(session, prompt)
+        if options.logprobs is not None and drafter is not None:
+            # Verification samples several rows per decode; their logits are not kept.
+            raise UsageError("logprobs are not computed with speculative decoding (--draft)")
         self.session, self.prompt, self.sampling, self.options = session, prompt, sampling, options
         self.drafter = drafter
         self.cancel = cancel or threading.Event()
         self.stats = stats or Stats()
         self.pieces: list[str] = []
+        self.logprobs: list[TokenLogprob] | None = None  # with options.logprobs, once done
 
     @property
     def text(self) -> str:
@@ -60,9 +66,14 @@ class Generation:
         stream = TextStream(stops)
         start = first = time.perf_counter()
         counts: DraftCounts | None = None
+        trail, sampled = self._trail()
         if self.drafter is None:
             tokens = self.session.generate(
-                self.prompt, self.sampling, self.cancel, ignore_eog=self.options.ignore_eog
+                self.prompt,
+                self.sampling,
+                self.cancel,
+                ignore_eog=self.options.ignore_eog,
+                on_sample=None if trail is None else (lambda *s: sampled.append(s)),
             )
         else:
             from .speculative import generate
@@ -77,6 +88,10 @@ class Generation:
                     stats.ttft_s = stats.prompt_s = first - start
                 stats.generated_tokens += 1
                 out = stream.feed(raw)
+                if trail is not None:  # the row is valid until the generator resumes
+                    token, row = sampled.pop()
+                    trail.add(row, token, raw, stream.decoded)
+                    trail.release(out)
                 if out:
                     self.pieces.append(out)
                     yield out
@@ -103,9 +118,21 @@ class Generation:
             # The session knows best: a prompt cache on disk may have filled its KV meanwhile.
             stats.prompt_eval_tokens = self.session.prompt_eval_tokens
         tail = stream.tail()
+        if trail is not None:
+            trail.release(tail, end=not stream.hit)
+            self.logprobs = trail.tokens
         if tail:
             self.pieces.append(tail)
             yield tail
+
+    def _trail(self) -> tuple[Trail | None, list[tuple[int, Any]]]:
+        """With options.logprobs: the trail the tokens go through, and the list the session's
+        on_sample fills (one token and its logits row at a time)."""
+        if self.options.logprobs is None:
+            return None, []
+        from .logprobs import LogprobReader, Trail
+
+        return Trail(LogprobReader(self.session.model, self.options.logprobs)), []
 
     def _common_prefix(self) -> int:
         held = self.session.tokens
@@ -119,7 +146,7 @@ class TextStream:
     (invalid bytes become U+FFFD), and text that could begin a stop string is held back until it
     is known not to. Shared by `Generation` and the batch decoder, so both emit the same text."""
 
-    __slots__ = ("_decode", "held", "hit", "matched", "stops")
+    __slots__ = ("_decode", "decoded", "held", "hit", "matched", "stops")
 
     def __init__(self, stops: list[str]) -> None:
         self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
@@ -127,10 +154,12 @@ class TextStream:
         self.held = ""
         self.hit = False  # a stop string was found: nothing more is emitted
         self.matched: str | None = None  # ... which one (the server reports it)
+        self.decoded = ""  # the text the last token's bytes completed (logprobs report it)
 
     def feed(self, raw: bytes) -> str:
         """The text this token's bytes release (may be empty)."""
-        text = self.held + self._decode(raw)
+        self.decoded = self._decode(raw)
+        text = self.held + self.decoded
         out, self.held, self.hit = _split_stop(text, self.stops)
         if self.hit:
             self.matched = min((s for s in self.stops if s in text), key=text.find)

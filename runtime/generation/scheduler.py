@@ -23,7 +23,7 @@ generation, stop string, max tokens, full context).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +31,7 @@ from ..errors import ContextOverflowError
 from ..llama.interface import Context, Model
 from ..llama.tokens import common_prefix
 from ..params import GenerateOptions, SamplingParams
+from .logprobs import LogprobReader, TokenLogprob, Trail
 from .loop import TextStream
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class BatchResult:
     generated_tokens: int = 0
     error: str | None = None
     stop: str | None = None  # the stop string that ended it
+    logprobs: list[TokenLogprob] | None = None  # with options.logprobs: each released token
 
 
 @dataclass
@@ -83,9 +85,10 @@ class Seq:
         "slot",
         "stream",
         "token",
+        "trail",
     )
 
-    def __init__(self, req: BatchRequest, slot: int, on_text: Callable[[str], None] | None):
+    def __init__(self, req: BatchRequest, slot: int, on_text: TextSink | None):
         self.req, self.slot, self.on_text = req, slot, on_text
         self.n_past = 0
         self.reused = 0  # prompt tokens its slot held already (or the prompt cache restored)
@@ -96,11 +99,20 @@ class Seq:
         self.stream = TextStream(req.options.stop)
         self.parent: Seq | None = None
         self.forks: list[Seq] = []
+        self.trail: Trail | None = None  # with options.logprobs
 
-    def emit(self, text: str) -> None:
-        self.pieces.append(text)
-        if self.on_text is not None:
-            self.on_text(text)
+    def emit(self, text: str, *, end: bool = False) -> None:
+        """Release `text` (with the log-probabilities of its tokens, when asked for)."""
+        entries = self.trail.release(text, end=end) if self.trail is not None else ()
+        if text:
+            self.pieces.append(text)
+        if self.on_text is not None and (text or entries):
+            self.on_text(text, entries)
+
+
+# Gets a sequence's text as it is released, with the log-probabilities of the tokens it holds
+# (empty unless the request asked for them).
+TextSink = Callable[[str, Sequence[TokenLogprob]], None]
 
 
 class Scheduler:
@@ -139,13 +151,15 @@ class Scheduler:
     def join(
         self,
         req: BatchRequest,
-        on_text: Callable[[str], None] | None = None,
+        on_text: TextSink | None = None,
         fork_of: Seq | None = None,
     ) -> Seq:
         """Start `req` in a free slot (the caller checked `free_slots()` and `check(req)`).
         `on_text` gets each piece of text as it is released."""
         slot, reuse = self._pick_slot(req.tokens if fork_of is None else [])
         seq = self.slots[slot] = Seq(req, slot, on_text)
+        if req.options.logprobs is not None:
+            seq.trail = Trail(LogprobReader(self.model, req.options.logprobs))
         cache, prompt = self.prompt_cache, req.tokens
         if cache is not None and fork_of is None and reuse < cache.min_tokens <= len(prompt):
             self.context.remove(slot)
@@ -244,8 +258,11 @@ class Scheduler:
             return self._finish(seq, "stop")
         seq.generated += 1
         counts.generated_tokens += 1
-        out = seq.stream.feed(model.piece(token))
-        if out:
+        raw = model.piece(token)
+        out = seq.stream.feed(raw)
+        if seq.trail is not None:  # the row the token came from: valid until the next decode
+            seq.trail.add(self.context.logits(seq.row, 1), token, raw, seq.stream.decoded)
+        if out or seq.trail is not None:
             seq.emit(out)
         if seq.stream.hit:
             return self._finish(seq, "stop")
@@ -260,8 +277,8 @@ class Scheduler:
     def _finish(self, seq: Seq, reason: str) -> BatchResult:
         if reason not in ("interrupted", "cancelled"):
             tail = seq.stream.tail()
-            if tail:
-                seq.emit(tail)
+            if tail or seq.trail is not None:
+                seq.emit(tail, end=not seq.stream.hit)
         if self.slots[seq.slot] is seq:
             self.slots[seq.slot] = None
         if seq.parent is not None:  # a fork that never started
@@ -272,6 +289,13 @@ class Scheduler:
         seq.forks = []
         text = "".join(seq.pieces)
         tokens = len(seq.req.tokens)
+        logprobs = seq.trail.tokens if seq.trail is not None else None
         return BatchResult(
-            seq.req.index, text, reason, tokens, seq.generated, stop=seq.stream.matched
+            seq.req.index,
+            text,
+            reason,
+            tokens,
+            seq.generated,
+            stop=seq.stream.matched,
+            logprobs=logprobs,
         )

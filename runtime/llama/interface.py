@@ -13,7 +13,7 @@ batch); sequences join and leave between decodes, which is what continuous batch
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -120,9 +120,12 @@ class Session(Protocol):
         cancel: threading.Event,
         *,
         ignore_eog: bool = False,
+        on_sample: Callable[[int, Any], None] | None = None,
     ) -> Generator[bytes, None, None]:
         """Decode `prompt`, then yield each sampled token's bytes until end of generation
-        (unless `ignore_eog`) or a full window; Interrupted when `cancel` is set."""
+        (unless `ignore_eog`) or a full window; Interrupted when `cancel` is set. `on_sample`
+        gets each token yielded, just before, with the logits row it was sampled from (a
+        buffer of n_vocab float32, valid until the generator resumes): logprobs."""
         ...
 
     def reset(self) -> None:

@@ -10,7 +10,7 @@ sample, the piece (cached per token id), decode on a reused one-token batch.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, Interrupted
@@ -123,19 +123,26 @@ class LlamaSession:
         cancel: threading.Event,
         *,
         ignore_eog: bool = False,
+        on_sample: Callable[[int, Any], None] | None = None,
     ) -> Generator[bytes, None, None]:
         """Decode `prompt` (reusing the cache), then yield each sampled token's bytes until an
         end-of-generation token, the context is full, or `cancel` is set (raises Interrupted).
         The first `next()` includes prompt evaluation. Stops silently at a full context: the
         caller compares n_past with n_ctx to tell the user. `ignore_eog` keeps going past
-        end-of-generation tokens (benchmarks need an exact token count)."""
+        end-of-generation tokens (benchmarks need an exact token count). `on_sample`: see
+        interface.Session.generate (None: the per-token path does nothing more)."""
         if len(prompt) > self.n_ctx:
             raise EngineError("prompt longer than the context")  # callers check this first
         with self.cores:
-            yield from self._generate(prompt, sampling, cancel, ignore_eog)
+            yield from self._generate(prompt, sampling, cancel, ignore_eog, on_sample)
 
     def _generate(
-        self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event, ignore_eog: bool
+        self,
+        prompt: list[int],
+        sampling: SamplingParams,
+        cancel: threading.Event,
+        ignore_eog: bool,
+        on_sample: Callable[[int, Any], None] | None,
     ) -> Generator[bytes, None, None]:
         self.decode_prompt(prompt, cancel)
         ll, model = self._ll, self.model
@@ -151,6 +158,8 @@ class LlamaSession:
                 if is_eog(vocab, token) and not ignore_eog:
                     return
                 piece = pieces.get(token)
+                if on_sample is not None:  # the row sampled: the last of the last decode
+                    on_sample(token, self.context.logits(-1, 1))
                 yield piece if piece is not None else model.piece(token)
                 if cancel.is_set():
                     raise Interrupted()

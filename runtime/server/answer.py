@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from starlette.responses import Response
 
+from ..generation.logprobs import TokenLogprob
 from ..generation.tool_calls import ToolCall, emittable
 from .access_log import LogRecord
 from .backend import Choice, Finished, FinishReason, Job, Piece
@@ -27,6 +28,7 @@ from .backend import Choice, Finished, FinishReason, Job, Piece
 class TextDelta:
     index: int  # the choice
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # its tokens', when the request asked
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,10 @@ class StreamShaper(Protocol):
         """Frames before any text (OpenAI's chat: each choice's role)."""
         ...
 
-    def text(self, index: int, text: str) -> bytes: ...
+    def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        """A piece of a choice's text, with its tokens' log-probabilities when asked for (only
+        the doors that parse a logprobs field get any)."""
+        ...
 
     def call(self, index: int, k: int, call: ToolCall) -> bytes: ...
 
@@ -76,8 +81,10 @@ class Answer:
     merged with each job's choices numbered after the previous job's. The jobs' tool plan
     (the first job's: every job of a request has the same tools) reads calls out of the text."""
 
-    def __init__(self, jobs: list[Job], record: LogRecord, n: int) -> None:
-        self.jobs, self.record, self.n = jobs, record, n
+    def __init__(self, jobs: list[Job], record: LogRecord, n: int, *, logprobs: bool = False):
+        """`logprobs`: the request asked for log-probabilities (then every whole choice has
+        its tokens' list, empty or not)."""
+        self.jobs, self.record, self.n, self.logprobs = jobs, record, n, logprobs
         self.model = jobs[0].model
         record.model = record.model or self.model  # a request that named none: the default
         self.tools = jobs[0].tools
@@ -94,13 +101,18 @@ class Answer:
     async def collect(self) -> list[Choice]:
         """Every choice, once all have finished."""
         texts: list[list[str]] = [[] for _ in range(self.choices)]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.choices)]
         reasons = [FinishReason.STOP] * self.choices
         async for event in self.events():
             if isinstance(event, Piece):
                 texts[event.index].append(event.text)
+                logprobs[event.index].extend(event.logprobs)
             else:
                 reasons[event.index] = event.reason
-        return [self._choice("".join(t), r) for t, r in zip(texts, reasons, strict=True)]
+        out = [self._choice("".join(t), r) for t, r in zip(texts, reasons, strict=True)]
+        if self.logprobs:
+            out = [replace(c, logprobs=tuple(lp)) for c, lp in zip(out, logprobs, strict=True)]
+        return out
 
     def _choice(self, text: str, reason: FinishReason) -> Choice:
         if self.tools is None:
@@ -117,24 +129,27 @@ class Answer:
         markers = self.tools.markers if self.tools is not None else ()
         held = [""] * self.choices  # with tools: each choice's text so far
         sent = [0] * self.choices  # ... and how much of it went out as text
+        # ... and the log-probabilities of tokens not sent yet (they go with the next text)
+        waiting: list[tuple[TokenLogprob, ...]] = [()] * self.choices
         async for event in self.events():
             i = event.index
             if isinstance(event, Piece):
                 if not markers:
-                    if event.text:
-                        yield TextDelta(i, event.text)
+                    if event.text or event.logprobs:
+                        yield TextDelta(i, event.text, event.logprobs)
                     continue
                 held[i] += event.text
+                waiting[i] += event.logprobs
                 cut = emittable(held[i], markers)
                 if cut > sent[i]:
-                    yield TextDelta(i, held[i][sent[i] : cut])
-                    sent[i] = cut
+                    yield TextDelta(i, held[i][sent[i] : cut], waiting[i])
+                    sent[i], waiting[i] = cut, ()
                 continue
             choice = self._choice(held[i], event.reason)
             for k, call in enumerate(choice.calls):
                 yield CallDelta(i, k, call)
-            if not choice.calls and len(held[i]) > sent[i]:
-                yield TextDelta(i, held[i][sent[i] :])
+            if not choice.calls and (len(held[i]) > sent[i] or waiting[i]):
+                yield TextDelta(i, held[i][sent[i] :], waiting[i])
             yield ChoiceEnd(i, choice.reason)
 
     async def frames(self, shaper: StreamShaper) -> AsyncGenerator[bytes, None]:
@@ -145,7 +160,7 @@ class Answer:
         try:
             async for delta in self.deltas():
                 if isinstance(delta, TextDelta):
-                    yield shaper.text(delta.index, delta.text)
+                    yield shaper.text(delta.index, delta.text, delta.logprobs)
                 elif isinstance(delta, CallDelta):
                     yield shaper.call(delta.index, delta.k, delta.call)
                 else:
@@ -194,7 +209,7 @@ class Answer:
             try:
                 async for e in job.events():
                     moved = (
-                        Piece(e.index + k * n, e.text)
+                        Piece(e.index + k * n, e.text, e.logprobs)
                         if isinstance(e, Piece)
                         else Finished(e.index + k * n, e.reason, e.stop)
                     )

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OptionError
+from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
@@ -446,7 +447,7 @@ class EventShaper:
         start = _event("message_start", {"type": "message_start", "message": message})
         return [start, _event("ping", {"type": "ping"})]
 
-    def text(self, index: int, text: str) -> bytes:
+    def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         head = b"" if self.open == "text" else self._close() + self._start(_EMPTY_TEXT)
         delta = {"type": "text_delta", "text": text}
         return head + self._delta(delta)

@@ -289,7 +289,9 @@ class _Api:
             return _error_response(e)
         except ClientGone:
             return Response(status_code=400)
-        answer = Answer(jobs, record, parsed.request.n)
+        answer = Answer(
+            jobs, record, parsed.request.n, logprobs=parsed.request.logprobs is not None
+        )
         if parsed.stream:
             on_error = functools.partial(backend_error, record=record, prompt_param="")
             shaper = protocol.ChunkStream(answer.model, chat, parsed.include_usage, on_error)

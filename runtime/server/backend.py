@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ..errors import InferError
 from ..generation.infill import Infill
+from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..generation.tool_plan import ToolPlan
@@ -66,12 +67,16 @@ class TextRequest:
     # generation/infill.py, for the model's FIM tokens; `messages` and `prompt` are unused.
     infill: Infill | None = None
     infill_field: str = "input_suffix"  # the request's word for the suffix, for a 400 naming it
+    # The log-probability of each generated token and of its `logprobs` most likely
+    # alternatives (generation/logprobs.py); None: none computed.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
 class Piece:
     index: int  # the choice
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens of `text`, when the request asked
 
 
 class FinishReason(str, Enum):
@@ -93,6 +98,7 @@ class Choice:
     content: str | None
     calls: list[ToolCall] = field(default_factory=list)
     reason: FinishReason = FinishReason.STOP
+    logprobs: tuple[TokenLogprob, ...] | None = None  # every token's, when the request asked
 
 
 @dataclass(frozen=True)

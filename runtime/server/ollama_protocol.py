@@ -22,9 +22,11 @@ from typing import Any
 
 from ..errors import OptionError, UsageError
 from ..generation.infill import Infill
+from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
+from . import logprobs as shapes
 from .backend import Choice, FinishReason, TextRequest
 
 VERSION = "0.12.0"  # what /api/version reports: clients gate features on it (Copilot: >= 0.6.4)
@@ -218,8 +220,6 @@ def _refuse(body: dict[str, Any], names: Sequence[str]) -> None:
         "images": "images are not supported yet (vision is another issue): send text only",
         "template": "a custom prompt template is not supported: the model's own is used",
         "context": "the deprecated 'context' token array is not supported: send the messages",
-        "logprobs": "logprobs are not supported by this server",
-        "top_logprobs": "logprobs are not supported by this server",
     }
     for name in names:
         if body.get(name) not in (None, "", [], False, 0):
@@ -230,6 +230,7 @@ def _common(body: dict[str, Any], names: Sequence[str]) -> tuple[TextRequest, bo
     _refuse(body, names)
     request = TextRequest()
     _options(body, request)
+    request.logprobs = shapes.ollama_requested(body, invalid)
     grammar = _format(body.get("format"))
     if grammar:
         request.sampling["grammar"] = grammar
@@ -242,7 +243,7 @@ def parse_chat(body: Any) -> OllamaRequest:
     if not isinstance(body, dict):
         raise invalid("body", "the request body must be a JSON object")
     model = _model(body)
-    request, stream = _common(body, ("logprobs", "top_logprobs"))
+    request, stream = _common(body, ())
     alive = keep_alive(body.get("keep_alive"))
     raw = body.get("messages")
     if raw is None or raw == []:  # Ollama's load / unload request
@@ -260,7 +261,7 @@ def parse_generate(body: Any) -> OllamaRequest:
     if not isinstance(body, dict):
         raise invalid("body", "the request body must be a JSON object")
     model = _model(body)
-    request, stream = _common(body, ("images", "template", "context", "logprobs", "top_logprobs"))
+    request, stream = _common(body, ("images", "template", "context"))
     alive = keep_alive(body.get("keep_alive"))
     prompt, system = body.get("prompt"), body.get("system")
     if prompt is not None and not isinstance(prompt, str):
@@ -451,6 +452,8 @@ def answer_object(
         head["message"] = message(content, choice.calls)
     else:
         head["response"] = choice.text
+    if choice.logprobs is not None:
+        head["logprobs"] = shapes.ollama(choice.logprobs)
     return {**head, "done": True, "done_reason": DONE[choice.reason], **metrics}
 
 
@@ -487,8 +490,11 @@ class NdjsonStream:
     def opening(self, choices: int) -> list[bytes]:
         return []
 
-    def text(self, index: int, text: str) -> bytes:
-        return line(self._part(text))
+    def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        part = self._part(text)
+        if logprobs:
+            part["logprobs"] = shapes.ollama(logprobs)
+        return line(part)
 
     def call(self, index: int, k: int, call: ToolCall) -> bytes:
         return line(self._part("", [call]))

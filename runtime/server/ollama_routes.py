@@ -163,7 +163,7 @@ class _OllamaApi:
             return error_response(e)
         except ClientGone:
             return Response(status_code=400)
-        answer = Answer([job], record, 1)
+        answer = Answer([job], record, 1, logprobs=parsed.request.logprobs is not None)
         if parsed.stream:
             on_error = functools.partial(self._error, record=record, param="")
             ttft = functools.partial(getattr, job, "ttft_s")

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import OptionError
+from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
+from . import logprobs as shapes
 from .backend import Choice, FinishReason, TextRequest
 
 MAX_TOKENS_LIMIT = (
@@ -160,9 +162,6 @@ def _stop(body: dict[str, Any]) -> list[str]:
 def _refuse_unsupported(body: dict[str, Any], completions: bool) -> None:
     """The OpenAI features this server cannot honour: a 400 naming each, unless the field holds
     its neutral value (what a client sends when it does not use the feature)."""
-    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
-        name = "logprobs" if body.get("logprobs") not in (None, False) else "top_logprobs"
-        raise invalid(name, f"'{name}' is not supported by this server")
     for name in ("functions", "function_call", "audio", "prediction"):
         if body.get(name) not in (None, [], {}):
             hint = " (use 'tools' and 'tool_choice')" if "function" in name else ""
@@ -248,6 +247,7 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
     if grammar:
         sampling["grammar"] = grammar
     request = TextRequest(sampling=sampling, max_tokens=limit, stop=_stop(body), n=n or 1)
+    request.logprobs = shapes.openai_requested(body, completions, invalid)
     # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact
     # lengths); with no max_tokens it would run to the end of the context.
     request.ignore_eos = _boolean(body, "ignore_eos")
@@ -483,11 +483,12 @@ def chat_answer(
         if choice.calls:
             message = {"role": "assistant", "content": choice.content}
             message["tool_calls"] = [c.openai() for c in choice.calls]
+        logprobs = None if choice.logprobs is None else shapes.chat(choice.logprobs)
         out.append(
             {
                 "index": i,
                 "message": message,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason(choice.reason),
             }
         )
@@ -505,7 +506,12 @@ def completion_answer(
     id: str, created: int, model: str, choices: Sequence[Choice], used: dict[str, int]
 ) -> dict[str, Any]:
     out = [
-        {"index": i, "text": c.text, "logprobs": None, "finish_reason": finish_reason(c.reason)}
+        {
+            "index": i,
+            "text": c.text,
+            "logprobs": None if c.logprobs is None else shapes.completion(c.logprobs),
+            "finish_reason": finish_reason(c.reason),
+        }
         for i, c in enumerate(choices)
     ]
     return {
@@ -537,14 +543,22 @@ class ChunkStream:
             chat,
         )
         self.include_usage, self.on_error = include_usage, on_error
+        self._offsets: dict[int, int] = {}  # completions' logprobs: each choice's text so far
 
     def opening(self, choices: int) -> list[bytes]:
         if not self.chat:  # completions have no roles
             return []
         return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(choices)]
 
-    def text(self, index: int, text: str) -> bytes:
-        return self._chunk(index, {"content": text})
+    def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        shaped = None
+        if self.chat:
+            shaped = shapes.chat(logprobs) if logprobs else None
+        else:
+            offset = self._offsets.get(index, 0)
+            self._offsets[index] = offset + len(text)
+            shaped = shapes.completion(logprobs, offset) if logprobs else None
+        return self._chunk(index, {"content": text}, logprobs=shaped)
 
     def call(self, index: int, k: int, call: ToolCall) -> bytes:
         head = {"index": k, "id": call.id, "type": "function"}
@@ -567,12 +581,18 @@ class ChunkStream:
         used = {**self._wrap([]), "usage": usage(prompt_tokens, completion_tokens)}
         return [_event(used), done]
 
-    def _chunk(self, index: int, delta: dict[str, Any], reason: str | None = None) -> bytes:
+    def _chunk(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        reason: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
         if self.chat:
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
         else:
             text = delta.get("content", "")
-            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
         return _event(self._wrap([choice]))
 
     def _wrap(self, choices: list[dict[str, Any]]) -> dict[str, Any]:

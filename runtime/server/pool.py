@@ -155,7 +155,10 @@ class ModelPool:
         if len(tokens) >= worker.n_ctx_seq:
             raise PromptTooLong(len(tokens), worker.n_ctx_seq)
         options = GenerateOptions(
-            max_tokens=request.max_tokens, stop=list(request.stop), ignore_eog=request.ignore_eos
+            max_tokens=request.max_tokens,
+            stop=list(request.stop),
+            ignore_eog=request.ignore_eos,
+            logprobs=request.logprobs,
         )
         sampling = self._sampling(served, request)
         job = ServedJob(

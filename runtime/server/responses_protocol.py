@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import OptionError, UsageError
+from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
@@ -430,7 +431,7 @@ class EventFrames:
     def opening(self, choices: int) -> list[bytes]:
         return [self._life("response.created"), self._life("response.in_progress")]
 
-    def text(self, index: int, text: str) -> bytes:
+    def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         opened = b"" if self.message is not None else self._open_message()
         self.text_so_far += text
         return opened + self._event(

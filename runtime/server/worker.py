@@ -16,13 +16,14 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InferError, Interrupted
-from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq
+from ..generation.logprobs import TokenLogprob
+from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq, TextSink
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
 from .backend import Finished, FinishReason, Piece
@@ -367,8 +368,8 @@ def _wait_until_sent(loop: asyncio.AbstractEventLoop) -> None:
     sent.wait(HANDOFF_S)
 
 
-def _text_sink(job: ServedJob, choice: int) -> Callable[[str], None]:
-    def on_text(text: str) -> None:
-        job.pending.append(Piece(choice, text))
+def _text_sink(job: ServedJob, choice: int) -> TextSink:
+    def on_text(text: str, logprobs: Sequence[TokenLogprob]) -> None:
+        job.pending.append(Piece(choice, text, tuple(logprobs)))
 
     return on_text

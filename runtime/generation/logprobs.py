@@ -1,0 +1,125 @@
+"""Log-probabilities of generated tokens, as llama-server reports them (its
+`get_token_probabilities`): the log-softmax over the whole vocabulary of the raw logits row the
+token was sampled from, before any sampler touched it (temperature, top-k/p, min-p, penalties,
+grammar), for the sampled token and the `n` most likely tokens of that row.
+
+Computed only for a sequence that asks (`GenerateOptions.logprobs`): numpy over one logits row
+per generated token, about a tenth of a millisecond for a 50k vocabulary; nothing at all
+otherwise. numpy comes with llama-cpp-python, and is imported when a reader is made.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+MAX_TOP = 20  # alternatives per token on every door that follows OpenAI's chat limit
+MAX_TOP_COMPLETIONS = 100  # /v1/completions' `logprobs`: llama-server allows more than OpenAI's 5
+
+
+class _Vocabulary(Protocol):
+    n_vocab: int
+
+    def piece(self, token: int) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """One of the most likely tokens at a position. `text` is the token's text as llama-server
+    writes it (an unfinished UTF-8 sequence at its end left out); `raw` its bytes."""
+
+    token: int
+    text: str
+    raw: bytes
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token. `text` is the text this token adds to the answer (a character split
+    over two tokens belongs to the token that completes it), so the texts of an answer's tokens
+    join to its text; `raw` is the token's own bytes, which join to the answer's bytes."""
+
+    token: int
+    text: str
+    raw: bytes
+    logprob: float
+    top: tuple[Alternative, ...]
+
+
+class LogprobReader:
+    """Reads a sampled token's log-probability and the `n_top` most likely tokens out of the
+    logits row it was sampled from."""
+
+    def __init__(self, model: _Vocabulary, n_top: int) -> None:
+        import numpy as np
+
+        self._np, self._model, self.n_top = np, model, max(0, min(n_top, model.n_vocab))
+        self._n_vocab = model.n_vocab
+        self._texts: dict[int, str] = {}
+
+    def read(self, logits: Any, token: int) -> tuple[float, tuple[Alternative, ...]]:
+        """(log p(token), the top alternatives, most likely first) of one row: `logits` is a
+        buffer of n_vocab float32 (Context.logits(row, 1))."""
+        np = self._np
+        row = np.frombuffer(logits, dtype=np.float32, count=self._n_vocab)
+        peak = float(row.max())
+        # log-sum-exp in float64: the log-probabilities of unlikely tokens stay finite where
+        # llama-server's float32 probabilities underflow to 0 (it then reports -FLT_MAX).
+        lse = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
+        top: tuple[Alternative, ...] = ()
+        if self.n_top:
+            k = self.n_top
+            # The k largest, ties at the k-th value broken by the lower token id (argpartition
+            # alone would pick among equal values arbitrarily); most likely first.
+            kth = np.partition(row, -k)[-k]
+            above = np.flatnonzero(row > kth)
+            ids = np.concatenate((above, np.flatnonzero(row == kth)[: k - len(above)]))
+            ids = ids[np.lexsort((ids, -row[ids]))]
+            top = tuple(self._alternative(int(t), float(row[t]) - lse) for t in ids)
+        return float(row[token]) - lse, top
+
+    def _alternative(self, token: int, logprob: float) -> Alternative:
+        raw = self._model.piece(token)
+        text = self._texts.get(token)
+        if text is None:
+            # The incremental decoder leaves an unfinished UTF-8 sequence at the end out, as
+            # llama-server's validate_utf8 does; other invalid bytes become U+FFFD.
+            text = self._texts[token] = codecs.getincrementaldecoder("utf-8")("replace").decode(raw)
+        return Alternative(token, text, raw, logprob)
+
+
+class Trail:
+    """A sequence's token log-probabilities on their way out with its text. Text is released
+    later than tokens are sampled (a UTF-8 character split over tokens, text held back while it
+    may begin a stop string), so each token waits here until text reaching into it goes out,
+    and goes out with that text: a streamed chunk carries the tokens of its own text. Tokens
+    wholly inside a stop string are never released, as llama-server drops them."""
+
+    __slots__ = ("_decoded", "_pending", "_released", "reader", "tokens")
+
+    def __init__(self, reader: LogprobReader) -> None:
+        self.reader = reader
+        self.tokens: list[TokenLogprob] = []  # released so far, in order
+        self._pending: list[tuple[int, TokenLogprob]] = []  # (where its text starts, token)
+        self._decoded = 0  # characters of the answer's text decoded so far
+        self._released = 0  # ... and released
+
+    def add(self, logits: Any, token: int, raw: bytes, text: str) -> None:
+        """A sampled token: its logits row, its bytes and the text they completed."""
+        logprob, top = self.reader.read(logits, token)
+        self._pending.append((self._decoded, TokenLogprob(token, text, raw, logprob, top)))
+        self._decoded += len(text)
+
+    def release(self, released: str, *, end: bool = False) -> tuple[TokenLogprob, ...]:
+        """The tokens that go out with `released`, the text released now; at the `end` (no stop
+        string cut the answer), every token still waiting."""
+        self._released += len(released)
+        n = len(self._pending)
+        if not end:
+            n = next((i for i, (at, _) in enumerate(self._pending) if at >= self._released), n)
+        out = tuple(entry for _, entry in self._pending[:n])
+        del self._pending[:n]
+        self.tokens.extend(out)
+        return out

@@ -1,0 +1,129 @@
+"""The `logprobs` fields of the doors that have them: read from a request, and the tokens'
+log-probabilities (generation/logprobs.py) shaped as each door answers them. The values are
+llama-server's on every door (the log-softmax of the raw logits, before sampling).
+
+OpenAI (openai_protocol):
+- /v1/chat/completions: `logprobs: true` and `top_logprobs` 0..20 (OpenAI's range; without
+  `logprobs: true` a 400, as OpenAI and llama-server answer) →
+  `choices[].logprobs = {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob,
+  bytes}]}]}`. Each entry also has llama-server's `id` (the token id).
+- /v1/completions: `logprobs: N` alternatives (OpenAI allows 0..5; llama-server any number; here
+  up to 100) → `{tokens, token_logprobs, top_logprobs: [{text: logprob}], text_offset}` as
+  OpenAI answers, plus llama-server's `content` list (the chat shape), which its clients read.
+Where OpenAI and llama-server differ in shape, OpenAI is followed: `logprobs: true` without
+`top_logprobs` gives no alternatives (llama-server gives 20) and `top_logprobs: 0` still gives
+the tokens' own log-probabilities (llama-server gives none); the end-of-generation token is not
+part of the answer's text and has no entry (llama-server lists it with an empty text).
+
+Ollama (ollama_protocol, api/types.go): `logprobs: true` and `top_logprobs` 0..20 on /api/chat
+and /api/generate → `"logprobs": [{token, logprob, bytes, top_logprobs: [{token, logprob,
+bytes}]}]` beside the message (each stream line: its own tokens').
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..generation.logprobs import MAX_TOP, MAX_TOP_COMPLETIONS, TokenLogprob
+
+
+def openai_requested(body: dict[str, Any], completions: bool, invalid: Any) -> int | None:
+    """How many alternatives the body asks for per token (None: no logprobs). `invalid(field,
+    message)` makes the protocol's 400."""
+    value, top = body.get("logprobs"), body.get("top_logprobs")
+    if completions:
+        if top is not None:
+            raise invalid(
+                "top_logprobs",
+                "'top_logprobs' is a chat field: on /v1/completions 'logprobs' is the number of "
+                "alternatives per token",
+            )
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise invalid("logprobs", "'logprobs' must be an integer: alternatives per token")
+        if not 0 <= value <= MAX_TOP_COMPLETIONS:
+            raise invalid(
+                "logprobs", f"'logprobs' must be between 0 and {MAX_TOP_COMPLETIONS} (got {value})"
+            )
+        return value
+    if value is not None and not isinstance(value, bool):
+        raise invalid("logprobs", "'logprobs' must be true or false")
+    if top is not None:
+        if value is not True:
+            raise invalid("top_logprobs", "'top_logprobs' requires 'logprobs': true")
+        if not isinstance(top, int) or isinstance(top, bool):
+            raise invalid("top_logprobs", "'top_logprobs' must be an integer")
+        if not 0 <= top <= MAX_TOP:
+            raise invalid("top_logprobs", f"'top_logprobs' must be between 0 and {MAX_TOP}")
+        return top
+    return 0 if value else None
+
+
+def chat(tokens: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """A chat choice's (or chunk's) `logprobs` object."""
+    return {"content": [_entry(t) for t in tokens]}
+
+
+def _entry(t: TokenLogprob) -> dict[str, Any]:
+    top = [
+        {"id": a.token, "token": a.text, "logprob": a.logprob, "bytes": list(a.raw)} for a in t.top
+    ]
+    return {
+        "id": t.token,
+        "token": t.text,
+        "logprob": t.logprob,
+        "bytes": list(t.raw),
+        "top_logprobs": top,
+    }
+
+
+def completion(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """A completion choice's (or chunk's) `logprobs` object; `offset`: where the first token's
+    text starts in the choice's text (a stream's later chunks)."""
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.text)
+    tops = []
+    for t in tokens:
+        top: dict[str, float] = {}
+        for a in t.top:  # two alternatives with one text: the likelier one's value
+            top.setdefault(a.text, a.logprob)
+        tops.append(top)
+    return {
+        "tokens": [t.text for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": tops,
+        "text_offset": offsets,
+        "content": [_entry(t) for t in tokens],
+    }
+
+
+def ollama_requested(body: dict[str, Any], invalid: Any) -> int | None:
+    """Ollama's `logprobs` (bool) and `top_logprobs` (0..20): alternatives per token, or None."""
+    value, top = body.get("logprobs"), body.get("top_logprobs")
+    if value is not None and not isinstance(value, bool):
+        raise invalid("logprobs", f"must be true or false (got {value!r})")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool)):
+        raise invalid("top_logprobs", f"must be an integer (got {top!r})")
+    top = top or 0
+    if not 0 <= top <= MAX_TOP:
+        raise invalid("top_logprobs", f"must be between 0 and {MAX_TOP}")
+    if top and not value:  # Ollama would compute nothing: say so rather than answer without
+        raise invalid("top_logprobs", "requires logprobs: true")
+    return top if value else None
+
+
+def ollama(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+    """An answer's (or stream line's) `logprobs` list."""
+    out = []
+    for t in tokens:
+        entry: dict[str, Any] = {"token": t.text, "logprob": t.logprob, "bytes": list(t.raw)}
+        if t.top:  # Ollama leaves an empty list out (omitempty)
+            entry["top_logprobs"] = [
+                {"token": a.text, "logprob": a.logprob, "bytes": list(a.raw)} for a in t.top
+            ]
+        out.append(entry)
+    return out
