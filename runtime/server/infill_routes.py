@@ -13,6 +13,7 @@ llama.cpp's native completion object (`content`, `stop`, `tokens_predicted`…);
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from ..errors import OptionError
 from ..generation.infill import Infill
+from ..generation.logprobs import TokenLogprob
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from .access_log import record_of
@@ -154,7 +156,7 @@ class _NativeStream:
     def opening(self, choices: int) -> list[bytes]:
         return []
 
-    def text(self, index: int, text: str) -> bytes:
+    def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         self.pieces += 1
         return _event({"index": index, "content": text, "tokens": [], "stop": False})
 

@@ -12,11 +12,12 @@ table (`options.from_fields(body, "llama_cpp")`); fields it only uses for its sl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import OptionError
+from ..generation.logprobs import TokenLogprob
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from ..params import SamplingParams
@@ -280,7 +281,7 @@ class NativeStream:
     def opening(self, choices: int) -> list[bytes]:
         return []
 
-    def text(self, index: int, text: str) -> bytes:
+    def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         self.generated[index] = self.generated.get(index, 0) + 1
         return self._frame(
             {
