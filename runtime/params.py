@@ -5,6 +5,7 @@ for every front end; errors name the field (OptionError), never a flag. The samp
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from .errors import OptionError
@@ -54,6 +55,8 @@ class LoadOptions:
     prompt_cache: bool = False
     # llama.cpp RPC servers (HOST:PORT) whose devices take the offloaded layers (llama/rpc.py).
     rpc: tuple[str, ...] = ()
+    # The projector GGUF (mmproj) that lets the model see images or hear audio (llama/vision.py)
+    mmproj: Path | None = None
 
     def validate(self) -> LoadOptions:
         if self.ctx_size is not None and self.ctx_size < 16:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infer.runtime.errors import Interrupted
+from infer.runtime.errors import Interrupted, MediaError
+from infer.runtime.media import Media
 from infer.runtime.llama.offload import DeviceShare
 from infer.runtime.models.gguf import GGUFHeader
 from infer.runtime.params import SamplingParams
@@ -134,6 +135,9 @@ class FakeModel:
 
     def with_bos(self, tokens: list[int]) -> list[int]:
         return tokens
+
+    def media_prompt(self, pieces: Sequence[list[int] | Media]) -> list[int]:
+        raise MediaError("this model takes no images or audio: it has no projector (mmproj)")
 
     def piece(self, token: int) -> bytes:
         return bytes([token])

@@ -12,6 +12,7 @@ from ..answer import Stats
 from ..errors import ContextOverflowError, Interrupted
 from ..llama.interface import Session
 from ..llama.tokens import common_prefix
+from ..llama.vision import media_counts, media_stats
 from ..params import GenerateOptions, SamplingParams
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class Generation:
         if limit == 0:
             return
         stream = TextStream(stops)
+        encoded = media_counts(self.prompt)
         start = first = time.perf_counter()
         counts: DraftCounts | None = None
         if self.drafter is None:
@@ -102,6 +104,8 @@ class Generation:
             stats.generate_s = now - first if stats.generated_tokens else 0.0
             # The session knows best: a prompt cache on disk may have filled its KV meanwhile.
             stats.prompt_eval_tokens = self.session.prompt_eval_tokens
+            if encoded is not None:
+                media_stats(stats, self.prompt, encoded)
         tail = stream.tail()
         if tail:
             self.pieces.append(tail)

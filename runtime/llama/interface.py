@@ -17,6 +17,7 @@ from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..media import Media
 from ..models.gguf import GGUFHeader
 from ..params import SamplingParams
 from .offload import DeviceShare
@@ -59,6 +60,12 @@ class Model(Protocol):
         ...
 
     def with_bos(self, tokens: list[int]) -> list[int]: ...
+
+    def media_prompt(self, pieces: Sequence[list[int] | Media]) -> list[int]:
+        """Token lists and media (runtime/media.py) in prompt order as one prompt, each media
+        as the chunk its projector makes; MediaError when the model has no projector for it,
+        or a media cannot be used."""
+        ...
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (a piece of UTF-8, maybe not a whole character)."""
