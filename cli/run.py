@@ -13,6 +13,7 @@ from .answering import LocalFlags, RunArgs, execute
 from .options import (
     ApiKeyFileOpt,
     ApiKeyOpt,
+    AudioOpt,
     BatchOpt,
     ContinueOpt,
     CtxSizeOpt,
@@ -24,11 +25,13 @@ from .options import (
     FrequencyPenaltyOpt,
     GpuLayersOpt,
     GrammarOpt,
+    ImageOpt,
     JsonOpt,
     JsonSchemaOpt,
     MarkdownOpt,
     MaxTokensOpt,
     MinPOpt,
+    MmprojOpt,
     ModelArg,
     NoPromptCacheOpt,
     OfflineOpt,
@@ -99,6 +102,9 @@ def run(
     timeout: TimeoutOpt = None,
     tool: ToolOpt = None,
     tool_choice: ToolChoiceOpt = None,
+    image: ImageOpt = None,
+    audio: AudioOpt = None,
+    mmproj: MmprojOpt = None,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
@@ -125,6 +131,7 @@ def run(
         draft_ngram=draft_ngram,
         draft_always=draft_always,
         no_prompt_cache=no_prompt_cache,
+        mmproj=mmproj,
     )
     args = RunArgs(
         model=model,
@@ -143,6 +150,8 @@ def run(
         fmt=fmt,
         tool=tuple(tool or ()),
         tool_choice=tool_choice,
+        images=tuple(image or ()),
+        audio=tuple(audio or ()),
         batch=batch,
         parallel=parallel,
         local=local,
@@ -199,6 +208,9 @@ def chat(
     api_key: ApiKeyOpt = None,
     api_key_file: ApiKeyFileOpt = None,
     timeout: TimeoutOpt = None,
+    image: ImageOpt = None,
+    audio: AudioOpt = None,
+    mmproj: MmprojOpt = None,
 ) -> None:
     """Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt)."""
     # Exactly `infer run MODEL` without a prompt, so off a terminal it also does what run does:

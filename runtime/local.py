@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .answer import Answerer, AnswerRequest, Stats, Window
 from .errors import UsageError
+from .media import Media, flatten
 from .options import OPTIONS, Overrides, sampling
 from .params import GenerateOptions
 
@@ -72,15 +73,17 @@ class LocalAnswerer:
         if grammar:
             params = replace(params, grammar=grammar)
         options = replace(self.options, max_tokens=request.max_tokens, stop=list(request.stop))
+        messages, media = _messages(request)
         gen = generate(
             self.session,
-            _messages(request),
+            messages,
             params,
             options,
             raw=request.raw,
             template=self.template,
             cancel=cancel,
             drafter=self.drafter,
+            media=media,
         )
         return LocalAnswer(gen)
 
@@ -94,8 +97,9 @@ class LocalAnswerer:
     def count(self, request: AnswerRequest) -> int:
         from .api import prompt_tokens
 
+        messages, media = _messages(request)
         tokens = prompt_tokens(
-            self.session.model, _messages(request), raw=request.raw, template=self.template
+            self.session.model, messages, raw=request.raw, template=self.template, media=media
         )
         return len(tokens)
 
@@ -115,10 +119,16 @@ def _grammar(response_format: dict[str, Any] | None) -> str:
     return constraint(format="json" if response_format.get("type") == "json_object" else None)
 
 
-def _messages(request: AnswerRequest) -> list[Message]:
+def _messages(request: AnswerRequest) -> tuple[list[Message], list[Media]]:
+    """The messages as the template renders them (media as MARKERs) and the media in order."""
     from .generation.templates import Message
 
-    return [Message(m["role"], m["content"]) for m in request.messages]
+    messages, media = [], []
+    for m in request.messages:
+        text, found = flatten(m["content"])
+        messages.append(Message(m["role"], text))
+        media.extend(found)
+    return messages, media
 
 
 if TYPE_CHECKING:  # mypy checks here that a LocalAnswerer is an Answerer

@@ -115,7 +115,9 @@ def _image(data: bytes, index: int | None) -> Info:
         return Info("bmp", abs(width), abs(height))  # a negative height is a top-down BMP
     head = data[:256].lstrip().lower()
     if head.startswith((b"<svg", b"<?xml", b"<!doctype", b"<html")) or b"<svg" in head:
-        raise MediaError("SVG or HTML is not an image libmtmd decodes: use PNG, JPEG, GIF or BMP", index)
+        raise MediaError(
+            "SVG or HTML is not an image libmtmd decodes: use PNG, JPEG, GIF or BMP", index
+        )
     raise MediaError("not an image libmtmd decodes: use PNG, JPEG, GIF or BMP", index)
 
 
@@ -150,3 +152,36 @@ def _audio(data: bytes, index: int | None) -> Info:
     if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
         return Info("mp3")
     raise MediaError("not audio libmtmd decodes: use WAV, MP3 or FLAC", index)
+
+
+def place(text: str, media: Iterable[Media]) -> list[dict[str, Any]]:
+    """A user message's content: `text` with `media` where its MARKERs are, or, with no marker
+    in it, every media before the text (as llama-mtmd-cli places them)."""
+    items = list(media)
+    if MARKER not in text:
+        return [part(m) for m in items] + ([{"type": "text", "text": text}] if text else [])
+    content: list[dict[str, Any]] = []
+    for i, piece in enumerate(text.split(MARKER)):
+        if i:
+            if not items:
+                raise MediaError(f"the prompt has more {MARKER} markers than media given")
+            content.append(part(items.pop(0)))
+        if piece:
+            content.append({"type": "text", "text": piece})
+    if items:
+        raise MediaError(f"the prompt has fewer {MARKER} markers than media given")
+    return content
+
+
+def flatten(content: Any) -> tuple[str, list[Media]]:
+    """A message's content as the template sees it (text, each media as MARKER) and its media."""
+    if not isinstance(content, list):
+        return str(content or ""), []
+    text, media = [], []
+    for item in content:
+        if isinstance(item, dict) and item.get("type") == "media":
+            text.append(MARKER)
+            media.append(item["media"])
+        elif isinstance(item, dict):
+            text.append(str(item.get("text") or ""))
+    return "".join(text), media

@@ -5,8 +5,8 @@ for every front end; errors name the field (OptionError), never a flag. The samp
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import OptionError
 from .options import GrammarTrigger as GrammarTrigger

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infer.runtime.errors import Interrupted, MediaError
-from infer.runtime.media import Media
 from infer.runtime.llama.offload import DeviceShare
+from infer.runtime.media import Media
 from infer.runtime.models.gguf import GGUFHeader
 from infer.runtime.params import SamplingParams
 

@@ -13,6 +13,7 @@ the libmtmd chunk to evaluate at each media run's start.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +28,12 @@ from .bindings import mtmd
 from .engine import route_mtmd_logs
 
 
-def media_token(media_id: str) -> int:
+def media_token(media_id: str, projector_key: str) -> int:
     """The id every position of one media's chunk holds: negative (no vocabulary token is),
-    from its sha256, within int32."""
-    return -1 - int(media_id[:7], 16)
+    from its sha256 and the projector's identity (another projector makes other embeddings
+    of the same picture, which a prompt cache entry must not be taken for), within int32."""
+    digest = hashlib.sha256(f"{projector_key}\0{media_id}".encode()).hexdigest()
+    return -1 - int(digest[:7], 16)
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Projector:
         params.n_threads = threads
         params.print_timings = False
         self.path = path
+        st = path.stat()
+        self.key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
         self._ctx = lib.mtmd_init_from_file(str(path).encode(), handle, params)
         if not self._ctx:
             raise MediaError(
@@ -141,7 +146,7 @@ class Projector:
                 for part in self.pieces(piece, index):
                     if isinstance(part, Span):
                         prompt.spans[len(prompt)] = part
-                        prompt.extend([media_token(piece.id)] * part.n)
+                        prompt.extend([media_token(piece.id, self.key)] * part.n)
                     else:
                         prompt.extend(part)
                 index += 1
@@ -176,8 +181,10 @@ def _check_fits(path: Path, n_embd: int) -> None:
     except Exception as e:  # the header reader's own errors name the problem
         raise MediaError(f"{path.name} is not a projector GGUF: {e}") from None
     if header.architecture != "clip":
-        raise MediaError(f"{path.name} is not a projector (its architecture is "
-                         f"'{header.architecture}', not 'clip')")
+        raise MediaError(
+            f"{path.name} is not a projector (its architecture is "
+            f"'{header.architecture}', not 'clip')"
+        )
     dim = header.metadata.get("clip.vision.projection_dim") or header.metadata.get(
         "clip.audio.projection_dim"
     )
