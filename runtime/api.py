@@ -173,6 +173,11 @@ def generate(
         raise UsageError("speculative decoding (--draft) does not take images or audio yet")
     model = session.model
     tokens = prompt_tokens(model, messages, raw=raw, template=template, tools=tools, media=media)
+    if media and len(tokens) >= session.n_ctx:
+        raise MediaError(
+            f"the prompt with its {len(media)} media is {len(tokens)} tokens; the context "
+            f"holds {session.n_ctx} (raise ctx_size or send fewer)"
+        )
     stats = Stats(load_s=model.load_s, split=describe_split(model.split))
     return Generation(
         session,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.tiny_gguf import N_EMBD, finish
+from tests.tiny_gguf import CONTROL, N_EMBD, N_FF, N_LAYER, TEMPLATE, finish, llama_writer
 
 V_EMBD, V_HEAD, V_FF, V_LAYER = 32, 4, 48, 2
 IMAGE_SIZE, PATCH = 32, 8
@@ -70,6 +70,36 @@ def write_tiny_projector(path: Path, *, n_embd_text: int = N_EMBD, seed: int = 1
     tensor("mm.0.bias", n_embd_text)
     tensor("mm.2.weight", n_embd_text, n_embd_text)
     tensor("mm.2.bias", n_embd_text)
+    return finish(w, path)
+
+
+def write_tiny_text_model(path: Path, *, seed: int = 0) -> Path:
+    """tests/tiny_gguf.py's tiny llama without SentencePiece's space prefix: its vocabulary is
+    the 256 bytes, so any split of the prompt into tokenizer calls gives the same tokens. (infer
+    tokenizes template text and message text apart, llama-mtmd-cli the text between two media
+    in one call; with a space prefix each call would start with its own space.)"""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    tokens = [t.encode() for t in CONTROL] + [f"<0x{i:02X}>".encode() for i in range(256)]
+    types = [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.BYTE] * 256
+    w = llama_writer(path, tokens, types, template=TEMPLATE)
+    w.add_add_space_prefix(False)
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
+
+    tensor("token_embd.weight", len(tokens), N_EMBD)
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+    tensor("output.weight", len(tokens), N_EMBD)
+    for i in range(N_LAYER):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        for part in ("q", "k", "v", "output"):
+            tensor(f"blk.{i}.attn_{part}.weight", N_EMBD, N_EMBD)
+        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
     return finish(w, path)
 
 
