@@ -225,7 +225,7 @@ def test_refusals_of_models_and_projectors(vision: dict[str, Path], tmp_path: Pa
                 a,
             ],
             "the context holds",
-        ),  # fmt: skip
+        ),
         "markers without media": (
             [m, "<__media__> <__media__>", "--mmproj", str(vision["mmproj"]), "--image", a],
             "markers",
