@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import InferWarning, MediaError, TemplateError, UsageError
@@ -20,7 +21,7 @@ from .generation.loop import Generation, Stats
 from .generation.templates import Message, Segment, segments, tokenize_segments
 from .llama.interface import Model, Session
 from .llama.offload import describe_split
-from .media import MARKER, Media
+from .media import MARKER, Media, flatten
 from .models.gguf import read_header
 from .models.resolve import ResolvedModel, resolve
 from .params import GenerateOptions, LoadOptions, SamplingParams
@@ -83,6 +84,9 @@ def prompt_tokens(
     """The prompt as tokens (`media`: the images and audio the messages' MARKERs place, in
     order). Chat: through the (given or GGUF) chat template, user text never
     parsed for control tokens. Raw: the messages' text as a plain completion prompt."""
+    if not media and any(isinstance(m.content, list) for m in messages):
+        # Media parts in the messages' content (runtime/media.py), as the API doors place them
+        messages, media = _split_media(messages)
     if raw:
         text = "\n\n".join(m.content for m in messages)
         if media:
@@ -101,6 +105,17 @@ def prompt_tokens(
     if media:
         return _with_media(model, parts, media)
     return model.with_bos(tokenize_segments(parts, model.tokenize))
+
+
+def _split_media(messages: Sequence[Message]) -> tuple[list[Message], list[Media]]:
+    """Messages whose content lists text and media parts as the template renders them (each
+    media as MARKER), and the media in order."""
+    out, media = [], []
+    for m in messages:
+        text, found = flatten(m.content)
+        out.append(replace(m, content=text))
+        media.extend(found)
+    return out, media
 
 
 def _with_media(model: Model, parts: Sequence[Segment], media: Sequence[Media]) -> list[int]:

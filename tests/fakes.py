@@ -190,6 +190,9 @@ class FakeContext:
         self.queue.append((seq, list(tokens), logits))
         return self.n_batch - self.room() - logits if logits else -1
 
+    def add_media(self, seq: int, prompt: Sequence[int], start: int) -> int:
+        raise ValueError("the fake context holds no media")
+
     def decode(self, cancel: threading.Event | None = None) -> None:
         queue, self.queue = self.queue, []
         if self.step_delay:

@@ -169,6 +169,14 @@ class Context(Protocol):
         decode (rows follow), else -1. ValueError past `room()` or the sequence's cells."""
         ...
 
+    def add_media(self, seq: int, prompt: Sequence[int], start: int) -> int:
+        """Evaluate now, into `seq`, the media chunk that starts at position `start` of
+        `prompt` (a Model.media_prompt): encoded by the projector and decoded in batches of its
+        own, while what is queued for other sequences waits for the next `decode`. `seq` must
+        hold exactly the prompt up to `start`, with nothing queued for it. The positions it
+        filled (then in `tokens(seq)`); ValueError when it does not fit."""
+        ...
+
     def decode(self, cancel: threading.Event | None = None) -> None:
         """Decode what is queued, in one batch; then `tokens(seq)` includes it. With `cancel`,
         setting it stops a long decode (Interrupted; nothing queued is kept). EngineError when

@@ -18,7 +18,7 @@ from ..params import SamplingParams
 from .context import LlamaContext
 from .engine import _DeferredSigint
 from .tokens import common_prefix
-from .vision import Span, media_safe, prompt_spans, span_projector
+from .vision import Span, media_safe, prompt_spans
 from .weights import Weights
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class LlamaSession:
             for start, end, span in _runs(prompt, common, self.n_batch):
                 self.cores.step()
                 if span is not None:  # an image or audio clip: libmtmd encodes and decodes it
-                    self._media(prompt, span, start, end)
+                    self.context.add_media(0, prompt, start)
                     continue
                 chunk = prompt[start:end]
                 arr = (ll.llama_token * len(chunk))(*chunk)
@@ -137,14 +137,6 @@ class LlamaSession:
                 self.tokens.extend(chunk)
         if cache is not None:
             cache.save(self.context, 0, prompt, self.prompt_eval_tokens)  # no answer yet
-
-    def _media(self, prompt: list[int], span: Span, start: int, end: int) -> None:
-        try:
-            span_projector(prompt).evaluate(span, self._ctx, start, 0, self.n_batch)
-        except BaseException:
-            self._ll.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)
-            raise
-        self.tokens.extend(prompt[start:end])
 
     def generate(
         self,

@@ -152,6 +152,9 @@ class Projector:
                 index += 1
             else:
                 prompt.extend(piece)
+        if prompt.spans and max(s + p.n for s, p in prompt.spans.items()) == len(prompt):
+            # The last position must be a token whose logits are sampled from.
+            raise MediaError("the prompt ends with a media: put text after it")
         return prompt
 
     def evaluate(self, span: Span, lctx: Any, n_past: int, seq: int, n_batch: int) -> None:
