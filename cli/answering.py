@@ -219,13 +219,18 @@ def _execute_remote(args: RunArgs, url: str) -> None:
 
             base = replace(_request(args, fmt), messages=_system(args.system))
             return answer_batch(answerer, args.batch or "-", args.parallel, base)
-        text = prompt_text(args.prompt)
+        media = _media_flags(args, offered is not None)
+        if media and args.raw:
+            raise UsageError("--raw does not take --image or --audio over --remote")
+        text = _prompt(args, media)
         if text is None and offered is not None:
             raise UsageError(NEEDS_PROMPT)
         if text is None and args.raw:
             raise UsageError("--raw does not combine with the chat over --remote: give a PROMPT")
         request = _request(args, fmt, offered)
-        _answer_or_chat(answerer, args, text, args.system, base=request, offered=offered)
+        _answer_or_chat(
+            answerer, args, text, args.system, base=request, offered=offered, media=media
+        )
 
 
 def _system(system: str | None) -> tuple[dict[str, Any], ...]:
