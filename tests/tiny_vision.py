@@ -122,3 +122,60 @@ def png_header_only(width: int, height: int) -> bytes:
 def _chunk(kind: bytes, data: bytes) -> bytes:
     crc = zlib.crc32(kind + data) & 0xFFFFFFFF
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+A_EMBD, A_HEAD, A_FF, A_LAYER, A_MEL, A_POS = 32, 4, 48, 1, 128, 1500
+
+
+def write_tiny_audio_projector(path: Path, *, n_embd_text: int = N_EMBD, seed: int = 2) -> Path:
+    """A Qwen2-Audio-style projector ("qwen2a"): a 1-layer Whisper encoder (conv1d stem,
+    n_embd 32, 128 mel bins) and one linear layer into the text model's n_embd. libmtmd frames
+    its chunk with <|audio_bos|> and <|audio_eos|>, tokenized as text (bytes, here)."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_bool("clip.has_vision_encoder", False)
+    w.add_bool("clip.has_audio_encoder", True)
+    w.add_string("clip.projector_type", "qwen2a")
+    w.add_uint32("clip.audio.embedding_length", A_EMBD)
+    w.add_uint32("clip.audio.feed_forward_length", A_FF)
+    w.add_uint32("clip.audio.block_count", A_LAYER)
+    w.add_uint32("clip.audio.projection_dim", n_embd_text)
+    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
+    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w.add_uint32("clip.audio.num_mel_bins", A_MEL)
+
+    def tensor(name: str, *shape: int, scale: float = 0.3) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    tensor("a.conv1d.1.weight", A_EMBD, A_MEL, 3, scale=0.05)  # ne [3, mel, embd]
+    tensor("a.conv1d.1.bias", A_EMBD, 1)
+    tensor("a.conv1d.2.weight", A_EMBD, A_EMBD, 3, scale=0.1)
+    tensor("a.conv1d.2.bias", A_EMBD, 1)
+    tensor("a.position_embd.weight", A_POS, A_EMBD, scale=0.1)
+    for i in range(A_LAYER):
+        for part in ("q", "k", "v", "out"):
+            tensor(f"a.blk.{i}.attn_{part}.weight", A_EMBD, A_EMBD)
+            if part != "k":  # Whisper's key projection has no bias
+                tensor(f"a.blk.{i}.attn_{part}.bias", A_EMBD)
+        for ln in ("ln1", "ln2"):
+            w.add_tensor(f"a.blk.{i}.{ln}.weight", np.ones(A_EMBD, dtype=np.float32))
+            tensor(f"a.blk.{i}.{ln}.bias", A_EMBD, scale=0.01)
+        tensor(f"a.blk.{i}.ffn_up.weight", A_FF, A_EMBD)
+        tensor(f"a.blk.{i}.ffn_up.bias", A_FF)
+        tensor(f"a.blk.{i}.ffn_down.weight", A_EMBD, A_FF)
+        tensor(f"a.blk.{i}.ffn_down.bias", A_EMBD)
+    tensor("mm.a.fc.weight", n_embd_text, A_EMBD)
+    tensor("mm.a.fc.bias", n_embd_text)
+    return finish(w, path)
+
+
+def wav(seconds: float, hz: float, rate: int = 16000) -> bytes:
+    """A mono 16-bit PCM WAV of a sine tone."""
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (np.sin(2 * np.pi * hz * t) * 12000).astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+    body += b"data" + struct.pack("<I", len(samples)) + samples
+    return b"RIFF" + struct.pack("<I", len(body)) + body
