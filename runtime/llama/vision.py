@@ -71,14 +71,15 @@ class _Chunks:
 
 
 class Projector:
-    """A projector GGUF loaded for `model` (its llama_model pointer `handle`, its `n_embd`)."""
+    """A projector GGUF loaded for a model (its llama_model pointer `handle`, its `n_embd`), on
+    the GPU when `gpu` (the model's layers are offloaded)."""
 
-    def __init__(self, path: Path, handle: Any, n_embd: int, threads: int) -> None:
+    def __init__(self, path: Path, handle: Any, n_embd: int, threads: int, gpu: bool) -> None:
         _check_fits(path, n_embd)
         self._lib = lib = mtmd()
         route_mtmd_logs(lib)
         params = lib.mtmd_context_params_default()
-        params.use_gpu = False
+        params.use_gpu = gpu  # where the model's layers went (llama-mtmd-cli's default: GPU)
         params.n_threads = threads
         params.print_timings = False
         self.path = path

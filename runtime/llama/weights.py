@@ -111,7 +111,8 @@ class Weights(ABC):
 
             n_embd = int(ll.llama_model_n_embd(self._model))
             try:
-                self.projector = Projector(options.mmproj, self._model, n_embd, self.threads)
+                gpu = self.offloaded_layers > 0
+                self.projector = Projector(options.mmproj, self._model, n_embd, self.threads, gpu)
             except BaseException:
                 self.close()
                 raise
