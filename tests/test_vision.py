@@ -340,3 +340,41 @@ def test_different_sounds_give_different_answers(hearing: dict[str, Path]) -> No
         assert out["stats"]["media"] == 1 and out["stats"]["media_tokens"] == 750
         answers.add(out["text"])
     assert len(answers) == 2
+
+
+def test_chat_on_a_terminal_attaches_images_with_slash_image(vision: dict[str, Path]) -> None:
+    """Through a real pseudo-terminal: /image attaches a picture to the next message; the next
+    question about it finds it in the KV cache (0 encoded in the stats line)."""
+    import os
+    import re
+
+    import pexpect
+
+    from .conftest import INFER
+
+    assert INFER
+    child = pexpect.spawn(
+        INFER,
+        ["chat", str(vision["model"]), "--mmproj", str(vision["mmproj"]), "--temperature", "0",
+         "-n", "6", "--stats"],
+        encoding="utf-8", timeout=120, dimensions=(50, 200), env=dict(os.environ),
+    )  # fmt: skip
+    try:
+
+        def say(line: str) -> str:
+            child.sendline(line)
+            child.expect_exact(">>> ")
+            return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before or "")
+
+        child.expect_exact(">>> ")
+        assert "goes with your next message" in say(f"/image {vision['a']}")
+        assert "media 1 (16 tok), 1 encoded" in say("What is this?")
+        assert "media 1 (16 tok), 0 encoded" in say("And now?")
+        assert "not an image" in say(f"/image {vision['text']}")
+        # The refused file attached nothing: the prompt's one picture is still the first
+        # message's, held in the cache.
+        assert "media 1 (16 tok), 0 encoded" in say("A question without it")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
