@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from ..media import MARKER, Media, check
 from ..models.gguf import read_header
 from .bindings import mtmd
 from .engine import route_mtmd_logs
+
+RECENT = 8  # media whose chunks a projector keeps (the chunks hold the preprocessed pixels)
 
 
 def media_token(media_id: str, projector_key: str) -> int:
@@ -98,10 +101,26 @@ class Projector:
         self._non_causal = False
         self.encoded = 0  # media encoded since load, and the seconds it took
         self.encode_s = 0.0
+        self._recent: dict[str, list[list[int] | Span]] = {}
+        # The server tokenizes requests on worker threads while its decode thread evaluates:
+        # one libmtmd call at a time on this context.
+        self._lock = threading.Lock()
 
     def pieces(self, media: Media, index: int) -> list[list[int] | Span]:
         """`media` as libmtmd tokenizes it at a marker: text token lists (some models frame an
-        image with text such as <start_of_image>) and the media chunk itself."""
+        image with text such as <start_of_image>) and the media chunk itself. The last few are
+        kept by id: a chat's next question (and its window fitting) would decode and resize the
+        same picture again."""
+        with self._lock:
+            cached = self._recent.pop(media.id, None)
+            if cached is None:
+                cached = self._tokenize(media, index)
+            self._recent[media.id] = cached  # most recent last
+            while len(self._recent) > RECENT:
+                del self._recent[next(iter(self._recent))]
+            return cached
+
+    def _tokenize(self, media: Media, index: int) -> list[list[int] | Span]:
         check(media, index)
         if media.kind == "image" and not self.vision:
             raise MediaError(f"the projector {self.path.name} takes no images", index)
@@ -162,16 +181,18 @@ class Projector:
         """Encode the span's media and decode its embeddings into sequence `seq` at `n_past`."""
         lib = self._lib
         new_n_past = ctypes.c_int32(0)  # llama_pos
-        started = time.perf_counter()
-        rc = lib.mtmd_helper_eval_chunk_single(
-            self._ctx, lctx, span.chunk, n_past, seq, n_batch, False, ctypes.byref(new_n_past)
-        )
-        self.encode_s += time.perf_counter() - started
-        self.encoded += 1
+        with self._lock:
+            started = time.perf_counter()
+            rc = lib.mtmd_helper_eval_chunk_single(
+                self._ctx, lctx, span.chunk, n_past, seq, n_batch, False, ctypes.byref(new_n_past)
+            )
+            self.encode_s += time.perf_counter() - started
+            self.encoded += 1
         if rc != 0:
             raise EngineError(f"libmtmd could not evaluate the {span.kind} (code {rc})")
 
     def close(self) -> None:
+        self._recent.clear()
         if self._ctx:
             self._lib.mtmd_free(self._ctx)
             self._ctx = None
