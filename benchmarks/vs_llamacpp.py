@@ -375,7 +375,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="build parallelism")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument(
-        "--tools", default=",".join(TOOLS), help="with --build-only: the llama.cpp targets"
+        "--tools",
+        default=",".join(TOOLS),
+        help="with --build-only: the llama.cpp targets (also llama-server, llama-mtmd-cli)",
     )
     parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
     parser.add_argument(

@@ -16,12 +16,14 @@ from infer.runtime.options import Overrides
 from . import output
 from .inputs import prompt_text, stdin_is_terminal
 from .loading import constraint, generate_options, load_drafter, load_options, load_session
+from .media import projector, read_all, with_media
 from .models import resolve_or_pull
 from .remote import Given, RemoteFlags
 from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
     from infer.runtime.answer import Answer, Answerer
+    from infer.runtime.media import Media
     from infer.runtime.models.registry import ModelDefaults
     from infer.runtime.params import GenerateOptions, LoadOptions
 
@@ -45,6 +47,7 @@ class LocalFlags:
     draft_ngram: int | None = None
     draft_always: bool = False
     no_prompt_cache: bool = False
+    mmproj: str | None = None  # the projector for images and audio (cli/media.py)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class RunArgs:
     fmt: str | None = None
     tool: tuple[str, ...] = ()
     tool_choice: str | None = None
+    images: tuple[str, ...] = ()  # --image files ('-': stdin), placed before the prompt
+    audio: tuple[str, ...] = ()
     batch: str | None = None
     parallel: int | None = None
     suffix: str | None = None  # fill-in-the-middle: PROMPT is the code before the gap
@@ -99,10 +104,13 @@ def _execute_local(args: RunArgs) -> None:
     batched = _check_batch(args, conflicts | {"--draft": bool(args.local.draft)})
     grammar = constraint(args.json_schema, args.grammar, args.fmt)
     offered = _tools(args, constrained=bool(grammar), what="--json-schema, --grammar or --format")
-    text = None if batched else prompt_text(args.prompt)
+    media = _media_flags(args, batched or offered is not None)
+    text = None if batched else _prompt(args, media)
     resolved = resolve_or_pull(args.model, offline=args.local.offline)
     d, local, quiet = resolved.defaults, args.local, args.json_out
     engine_options, options = _options(args, d)
+    mmproj = projector(local.mmproj, resolved.path, needed=bool(media))
+    engine_options = replace(engine_options, mmproj=mmproj)
     system = None if args.suffix is not None else args.system or d.system
     params = replace(sampling(args.overrides, d.sampling), grammar=grammar)
     if batched:
@@ -151,7 +159,30 @@ def _execute_local(args: RunArgs) -> None:
         drafter=drafter,
         options=options,
     )
-    _answer_or_chat(answerer, args, text, system, base=replace(_request(args), grammar=grammar))
+    base = replace(_request(args), grammar=grammar)
+    _answer_or_chat(answerer, args, text, system, base=base, media=media)
+
+
+def _media_flags(args: RunArgs, excluded: bool) -> tuple[Media, ...]:
+    """--image and --audio read and checked before the model loads."""
+    if not (args.images or args.audio):
+        return ()
+    if excluded:
+        raise UsageError("--image and --audio do not combine with --batch, --parallel or --tool")
+    if args.local.draft:
+        raise UsageError("--image and --audio do not combine with --draft yet")
+    return read_all(list(args.images), list(args.audio))
+
+
+def _prompt(args: RunArgs, media: tuple[Media, ...]) -> str | None:
+    """The prompt; with a medium read from stdin, only the PROMPT argument (stdin is taken)."""
+    if "-" in args.images or "-" in args.audio:
+        if args.prompt is None:
+            raise UsageError(
+                'with --image - (stdin) give the question as PROMPT: infer run MODEL "PROMPT"'
+            )
+        return args.prompt
+    return prompt_text(args.prompt)
 
 
 def _check_suffix(args: RunArgs, *, remote: bool) -> None:
@@ -207,13 +238,18 @@ def _execute_remote(args: RunArgs, url: str) -> None:
 
             base = replace(_request(args, fmt), messages=_system(args.system))
             return answer_batch(answerer, args.batch or "-", args.parallel, base)
-        text = prompt_text(args.prompt)
+        media = _media_flags(args, offered is not None)
+        if media and args.raw:
+            raise UsageError("--raw does not take --image or --audio over --remote")
+        text = _prompt(args, media)
         if text is None and offered is not None:
             raise UsageError(NEEDS_PROMPT)
         if text is None and args.raw:
             raise UsageError("--raw does not combine with the chat over --remote: give a PROMPT")
         request = _request(args, fmt, offered)
-        _answer_or_chat(answerer, args, text, args.system, base=request, offered=offered)
+        _answer_or_chat(
+            answerer, args, text, args.system, base=request, offered=offered, media=media
+        )
 
 
 def _system(system: str | None) -> tuple[dict[str, Any], ...]:
@@ -248,14 +284,16 @@ def _answer_or_chat(
     *,
     base: AnswerRequest,
     offered: Offered | None = None,
+    media: tuple[Media, ...] = (),
 ) -> None:
-    """One answer to `text` with `base`'s settings, or the chat when there is none."""
+    """One answer to `text` (after `media`) with `base`'s settings, or the chat when there is
+    none (the media then go with its first message)."""
     if text is None:
         from .chat import ChatSettings, start
 
         settings = ChatSettings.of(base, stats=args.stats, markdown=args.markdown)
-        raise typer.Exit(start(answerer, settings, system, args.continue_))
-    request = replace(base, messages=AnswerRequest.of(text, system).messages)
+        raise typer.Exit(start(answerer, settings, system, args.continue_, media))
+    request = replace(base, messages=with_media(AnswerRequest.of(text, system).messages, media))
     if offered is not None:
         from .remote import answer_with_tools
 

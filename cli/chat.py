@@ -33,6 +33,7 @@ from .signals import cancel_on_sigint
 
 if TYPE_CHECKING:
     from infer.runtime.answer import Answer, Answerer
+    from infer.runtime.media import Media, MediaKind
 
 PROMPT, CONTINUATION = ">>> ", "... "
 MULTILINE = '"""'
@@ -48,6 +49,8 @@ COMMANDS = {
     "/undo": "drop the last exchange",
     "/retry": "regenerate the last answer",
     "/read": "/read FILE sends the file's text",
+    "/image": "/image FILE attaches an image to your next message (a vision model's)",
+    "/audio": "/audio FILE attaches an audio clip to your next message",
     "/save": "/save NAME keeps the conversation",
     "/load": "/load NAME restores a saved conversation",
     "/context": "tokens used of the context window",
@@ -75,6 +78,11 @@ class Repl:
     ) -> None:
         self.answerer, self.conversation, self.settings = answerer, conversation, settings
         self.history_file: Path | None = None
+        # Images and audio: those waiting for the next message (/image, /audio, --image), and
+        # those each user message carries, by the message object (turns are not renumbered
+        # when the window drops old ones). Saved conversations keep only the text.
+        self.pending: list[Media] = []
+        self.media: dict[int, tuple[Media, ...]] = {}
 
     # --- input ------------------------------------------------------------------------------
 
@@ -178,6 +186,9 @@ class Repl:
 
     def ask(self, text: str) -> None:
         self.conversation.add("user", text)
+        if self.pending:
+            self.media[id(self.conversation.turns[-1])] = tuple(self.pending)
+            self.pending = []
         self.answer()
 
     def answer(self) -> None:
@@ -203,7 +214,14 @@ class Repl:
         save(conv, last_path(conv.model))
 
     def _request(self, messages: Any) -> AnswerRequest:
-        turns = tuple({"role": m.role, "content": m.content} for m in messages)
+        from infer.runtime.media import place
+
+        turns = tuple(
+            {"role": m.role, "content": place(m.content, self.media[id(m)])}
+            if id(m) in self.media
+            else {"role": m.role, "content": m.content}
+            for m in messages
+        )
         return replace(self.settings.request, messages=turns)
 
     def _prepare(self, cancel: Any) -> Answer | None:
@@ -379,6 +397,20 @@ class Repl:
         say(f"(sending {path.name}: {len(text)} characters)")
         self.ask(text)
 
+    def cmd_image(self, arg: str) -> None:
+        self._attach("image", arg)
+
+    def cmd_audio(self, arg: str) -> None:
+        self._attach("audio", arg)
+
+    def _attach(self, kind: MediaKind, arg: str) -> None:
+        if not arg:
+            raise UsageError(f"usage: /{kind} FILE")
+        from .media import read_media
+
+        self.pending.append(read_media(kind, os.path.expanduser(arg), len(self.pending)))
+        say(f"({kind} {Path(arg).name} goes with your next message)")
+
     def cmd_save(self, arg: str) -> None:
         path = saved_path(arg)
         save(self.conversation, path)
@@ -402,7 +434,14 @@ def say(message: str) -> None:
     output.say(message)
 
 
-def start(answerer: Answerer, settings: ChatSettings, system: str | None, resume: bool) -> int:
+def start(
+    answerer: Answerer,
+    settings: ChatSettings,
+    system: str | None,
+    resume: bool,
+    media: tuple[Media, ...] = (),
+) -> int:
+    """The chat; `media` (--image, --audio) go with the first message."""
     model = answerer.model
     conversation = Conversation(model, system)
     if resume:
@@ -411,4 +450,6 @@ def start(answerer: Answerer, settings: ChatSettings, system: str | None, resume
             say(f"(continuing the last conversation: {len(conversation.turns)} messages)")
         except InferError:
             say("(no earlier conversation with this model; starting a new one)")
-    return Repl(answerer, conversation, settings).loop()
+    repl = Repl(answerer, conversation, settings)
+    repl.pending = list(media)
+    return repl.loop()

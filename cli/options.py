@@ -133,6 +133,35 @@ RawOpt = Annotated[
     bool,
     typer.Option("--raw", rich_help_panel=OUTPUT, help="Plain text completion: no chat template."),
 ]
+ImageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--image",
+        metavar="FILE",
+        rich_help_panel=OUTPUT,
+        help="An image for a vision model (PNG, JPEG, GIF, BMP; '-' reads stdin); repeatable. "
+        "Placed before the prompt unless the prompt holds <__media__> markers.",
+    ),
+]
+AudioOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--audio",
+        metavar="FILE",
+        rich_help_panel=OUTPUT,
+        help="An audio clip (WAV, MP3, FLAC) for a model whose projector hears; repeatable.",
+    ),
+]
+MmprojOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mmproj",
+        metavar="FILE",
+        rich_help_panel=HARDWARE,
+        help="The model's projector GGUF (mmproj), for --image and --audio (default: the one "
+        "stored with the model).",
+    ),
+]
 StatsOpt = Annotated[
     bool,
     typer.Option(

@@ -100,6 +100,12 @@ def stats_line(stats: Stats, remote: str | None = None) -> str:
             else ""
         )
         + (f" · layers on {stats.split}" if stats.split else "")
+        + (
+            f" · media {stats.media} ({stats.media_tokens} tok),"
+            f" {stats.media_encoded} encoded in {stats.encode_s * 1000:.0f} ms"
+            if stats.media
+            else ""
+        )
     )
 
 

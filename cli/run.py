@@ -16,6 +16,7 @@ from .options import (
     OUTPUT,
     ApiKeyFileOpt,
     ApiKeyOpt,
+    AudioOpt,
     BatchOpt,
     ContinueOpt,
     CtxSizeOpt,
@@ -27,11 +28,13 @@ from .options import (
     FrequencyPenaltyOpt,
     GpuLayersOpt,
     GrammarOpt,
+    ImageOpt,
     JsonOpt,
     JsonSchemaOpt,
     MarkdownOpt,
     MaxTokensOpt,
     MinPOpt,
+    MmprojOpt,
     ModelArg,
     NoPromptCacheOpt,
     OfflineOpt,
@@ -114,6 +117,9 @@ def run(
     tool: ToolOpt = None,
     tool_choice: ToolChoiceOpt = None,
     suffix: SuffixOpt = None,
+    image: ImageOpt = None,
+    audio: AudioOpt = None,
+    mmproj: MmprojOpt = None,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
@@ -140,6 +146,7 @@ def run(
         draft_ngram=draft_ngram,
         draft_always=draft_always,
         no_prompt_cache=no_prompt_cache,
+        mmproj=mmproj,
     )
     args = RunArgs(
         model=model,
@@ -158,6 +165,8 @@ def run(
         fmt=fmt,
         tool=tuple(tool or ()),
         tool_choice=tool_choice,
+        images=tuple(image or ()),
+        audio=tuple(audio or ()),
         batch=batch,
         parallel=parallel,
         suffix=suffix,
@@ -215,6 +224,9 @@ def chat(
     api_key: ApiKeyOpt = None,
     api_key_file: ApiKeyFileOpt = None,
     timeout: TimeoutOpt = None,
+    image: ImageOpt = None,
+    audio: AudioOpt = None,
+    mmproj: MmprojOpt = None,
 ) -> None:
     """Chat with MODEL on a terminal (the same as `infer run MODEL` with no prompt)."""
     # Exactly `infer run MODEL` without a prompt, so off a terminal it also does what run does:

@@ -37,6 +37,13 @@ class Stats:
     # Where the model's layers are when not all on this CPU, e.g. "RPC0 10.0.0.2:50052 15 layers
     # (40.1 MiB), CPU 1 layers (13.4 MiB)" (llama/offload.py); "" when all are local.
     split: str = ""
+    # Images and audio in the prompt (runtime/media.py): how many, the positions their chunks
+    # fill (of prompt_tokens), how many were encoded now (the rest were held in the KV cache or
+    # restored from the prompt cache) and the seconds encoding and decoding them took.
+    media: int = 0
+    media_tokens: int = 0
+    media_encoded: int = 0
+    encode_s: float = 0.0
 
     @property
     def prompt_tps(self) -> float:
@@ -63,6 +70,9 @@ class Stats:
                 del data[key]
         if not self.split:
             del data["split"]
+        if not self.media:  # a text prompt: the same keys as before media existed
+            for key in ("media", "media_tokens", "media_encoded", "encode_s"):
+                del data[key]
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import InferWarning, TemplateError, UsageError
+from .errors import InferWarning, MediaError, TemplateError, UsageError
 from .generation.loop import Generation, Stats
-from .generation.templates import Message, segments, tokenize_segments
+from .generation.templates import Message, Segment, segments, tokenize_segments
 from .llama.interface import Model, Session
 from .llama.offload import describe_split
+from .media import MARKER, Media, flatten
 from .models.gguf import read_header
 from .models.resolve import ResolvedModel, resolve
 from .params import DEFAULT_BATCH, GenerateOptions, LoadOptions, SamplingParams
@@ -78,11 +80,18 @@ def prompt_tokens(
     raw: bool = False,
     template: str | None = None,
     tools: Sequence[dict[str, Any]] | None = None,
+    media: Sequence[Media] = (),
 ) -> list[int]:
-    """The prompt as tokens. Chat: through the (given or GGUF) chat template, user text never
+    """The prompt as tokens (`media`: the images and audio the messages' MARKERs place, in
+    order). Chat: through the (given or GGUF) chat template, user text never
     parsed for control tokens. Raw: the messages' text as a plain completion prompt."""
+    if not media and any(isinstance(m.content, list) for m in messages):
+        # Media parts in the messages' content (runtime/media.py), as the API doors place them
+        messages, media = _split_media(messages)
     if raw:
         text = "\n\n".join(m.content for m in messages)
+        if media:
+            return _with_media(model, [Segment(text, False)], media)
         return model.with_bos(model.tokenize(text, False))
     template = template or model.chat_template
     if not template:
@@ -94,7 +103,44 @@ def prompt_tokens(
     parts = segments(
         template, messages, bos_token=model.bos_text, eos_token=model.eos_text, tools=tools
     )
+    if media:
+        return _with_media(model, parts, media)
     return model.with_bos(tokenize_segments(parts, model.tokenize))
+
+
+def _split_media(messages: Sequence[Message]) -> tuple[list[Message], list[Media]]:
+    """Messages whose content lists text and media parts as the template renders them (each
+    media as MARKER), and the media in order."""
+    out, media = [], []
+    for m in messages:
+        text, found = flatten(m.content)
+        out.append(replace(m, content=text))
+        media.extend(found)
+    return out, media
+
+
+def _with_media(model: Model, parts: Sequence[Segment], media: Sequence[Media]) -> list[int]:
+    """The prompt with each MARKER in message text replaced by the next media's chunk (as
+    llama-mtmd-cli splits its prompt at the markers)."""
+    pieces: list[list[int] | Media] = []
+    queue = list(media)
+    for part in parts:
+        texts = [part.text] if part.special else part.text.split(MARKER)
+        for i, text in enumerate(texts):
+            if i:
+                if not queue:
+                    break
+                pieces.append(queue.pop(0))
+            if text:
+                pieces.append(model.tokenize(text, part.special))
+    markers = sum(p.text.count(MARKER) for p in parts if not p.special)
+    if markers != len(media):
+        raise MediaError(f"the prompt places {markers} media but {len(media)} were given")
+    if pieces and isinstance(pieces[0], list):
+        pieces[0] = model.with_bos(pieces[0])
+    else:
+        pieces.insert(0, model.with_bos([]))
+    return model.media_prompt(pieces)
 
 
 def _refuse_markup(model: Model, data: Any) -> None:
@@ -127,6 +173,7 @@ def generate(
     drafter: Session | str | None = None,
     tools: Sequence[dict[str, Any]] | ToolPlan | None = None,
     infill: Infill | None = None,
+    media: Sequence[Media] = (),
 ) -> Generation:
     """Stream an answer from `session` (a model's `new_session()`: a follow-up in the same
     session decodes only its new tokens): iterate the result for text pieces; `.stats`
@@ -140,13 +187,22 @@ def generate(
     if tools is not None and not isinstance(tools, Sequence):  # a ToolPlan
         sampling = tools.constrain(sampling or SamplingParams())
         tools = tools.rendered
+    if media and drafter is not None:
+        raise UsageError("speculative decoding (--draft) does not take images or audio yet")
     model = session.model
     if infill is not None:
         from .generation.infill import infill_tokens
 
         tokens = infill_tokens(model, infill, n_batch=DEFAULT_BATCH, n_ctx=session.n_ctx)
     else:
-        tokens = prompt_tokens(model, messages, raw=raw, template=template, tools=tools)
+        tokens = prompt_tokens(
+            model, messages, raw=raw, template=template, tools=tools, media=media
+        )
+    if media and len(tokens) >= session.n_ctx:
+        raise MediaError(
+            f"the prompt with its {len(media)} media is {len(tokens)} tokens; the context "
+            f"holds {session.n_ctx} (raise ctx_size or send fewer)"
+        )
     stats = Stats(load_s=model.load_s, split=describe_split(model.split))
     return Generation(
         session,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .answer import Answerer, AnswerRequest, Stats, Window
 from .errors import UsageError
+from .media import Media, flatten
 from .options import OPTIONS, Overrides, sampling
 from .params import GenerateOptions
 
@@ -73,9 +74,10 @@ class LocalAnswerer:
         if grammar:
             params = replace(params, grammar=grammar)
         options = replace(self.options, max_tokens=request.max_tokens, stop=list(request.stop))
+        messages, media = _messages(request)
         gen = generate(
             self.session,
-            _messages(request),
+            messages,
             params,
             options,
             raw=request.raw,
@@ -83,6 +85,7 @@ class LocalAnswerer:
             cancel=cancel,
             drafter=self.drafter,
             infill=_infill(request),
+            media=media,
         )
         return LocalAnswer(gen)
 
@@ -96,8 +99,9 @@ class LocalAnswerer:
     def count(self, request: AnswerRequest) -> int:
         from .api import prompt_tokens
 
+        messages, media = _messages(request)
         tokens = prompt_tokens(
-            self.session.model, _messages(request), raw=request.raw, template=self.template
+            self.session.model, messages, raw=request.raw, template=self.template, media=media
         )
         return len(tokens)
 
@@ -125,10 +129,16 @@ def _infill(request: AnswerRequest) -> Infill | None:
     return Infill(request.prompt, request.suffix)
 
 
-def _messages(request: AnswerRequest) -> list[Message]:
+def _messages(request: AnswerRequest) -> tuple[list[Message], list[Media]]:
+    """The messages as the template renders them (media as MARKERs) and the media in order."""
     from .generation.templates import Message
 
-    return [Message(m["role"], m["content"]) for m in request.messages]
+    messages, media = [], []
+    for m in request.messages:
+        text, found = flatten(m["content"])
+        messages.append(Message(m["role"], text))
+        media.extend(found)
+    return messages, media
 
 
 if TYPE_CHECKING:  # mypy checks here that a LocalAnswerer is an Answerer

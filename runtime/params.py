@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import OptionError
 from .options import GrammarTrigger as GrammarTrigger
@@ -59,6 +60,8 @@ class LoadOptions:
     prompt_cache: bool = False
     # llama.cpp RPC servers (HOST:PORT) whose devices take the offloaded layers (llama/rpc.py).
     rpc: tuple[str, ...] = ()
+    # The projector GGUF (mmproj) that lets the model see images or hear audio (llama/vision.py)
+    mmproj: Path | None = None
 
     def validate(self) -> LoadOptions:
         if self.ctx_size is not None and self.ctx_size < 16:

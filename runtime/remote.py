@@ -66,9 +66,40 @@ def body(model: str, request: AnswerRequest) -> dict[str, Any]:
     if request.raw:
         fields["prompt"] = request.prompt
     else:
-        fields["messages"] = list(request.messages)
+        fields["messages"] = [_wire_message(m) for m in request.messages]
     fields.update(stream=True, stream_options={"include_usage": True})
     return fields
+
+
+_MIME = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "bmp": "image/bmp"}
+
+
+def _wire_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as OpenAI's wire has it: media parts (runtime/media.py) become image_url parts
+    with a data: URI, and input_audio parts."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    import base64
+
+    from .media import check
+
+    parts = []
+    for item in content:
+        if isinstance(item, dict) and item.get("type") == "media":
+            media = item["media"]
+            info = check(media)
+            data = base64.b64encode(media.data).decode("ascii")
+            if media.kind == "image":
+                url = f"data:{_MIME[info.format]};base64,{data}"
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            else:
+                parts.append(
+                    {"type": "input_audio", "input_audio": {"data": data, "format": info.format}}
+                )
+        else:
+            parts.append(item)
+    return {**message, "content": parts}
 
 
 class Remote:

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infer.runtime.errors import Interrupted
+from infer.runtime.errors import Interrupted, MediaError
 from infer.runtime.llama.offload import DeviceShare
+from infer.runtime.media import Media
 from infer.runtime.models.gguf import GGUFHeader
 from infer.runtime.params import SamplingParams
 
@@ -142,6 +143,9 @@ class FakeModel:
     def with_bos(self, tokens: list[int]) -> list[int]:
         return tokens
 
+    def media_prompt(self, pieces: Sequence[list[int] | Media]) -> list[int]:
+        raise MediaError("this model takes no images or audio: it has no projector (mmproj)")
+
     def piece(self, token: int) -> bytes:
         return bytes([token])
 
@@ -192,6 +196,9 @@ class FakeContext:
         logits = min(int(logits), len(tokens))
         self.queue.append((seq, list(tokens), logits))
         return self.n_batch - self.room() - logits if logits else -1
+
+    def add_media(self, seq: int, prompt: Sequence[int], start: int) -> int:
+        raise ValueError("the fake context holds no media")
 
     def decode(self, cancel: threading.Event | None = None) -> None:
         queue, self.queue = self.queue, []

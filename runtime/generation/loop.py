@@ -12,6 +12,7 @@ from ..answer import Stats
 from ..errors import ContextOverflowError, Interrupted, UsageError
 from ..llama.interface import Session
 from ..llama.tokens import common_prefix
+from ..llama.vision import media_counts, media_stats
 from ..params import GenerateOptions, SamplingParams
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Generation:
         if limit == 0:
             return
         stream = TextStream(stops)
+        encoded = media_counts(self.prompt)
         start = first = time.perf_counter()
         counts: DraftCounts | None = None
         trail, sampled = self._trail()
@@ -117,6 +119,8 @@ class Generation:
             stats.generate_s = now - first if stats.generated_tokens else 0.0
             # The session knows best: a prompt cache on disk may have filled its KV meanwhile.
             stats.prompt_eval_tokens = self.session.prompt_eval_tokens
+            if encoded is not None:
+                media_stats(stats, self.prompt, encoded)
         tail = stream.tail()
         if trail is not None:
             trail.release(tail, end=not stream.hit)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from ..errors import ContextOverflowError
 from ..llama.interface import Context, Model
 from ..llama.tokens import common_prefix
+from ..llama.vision import media_safe, prompt_spans
 from ..params import GenerateOptions, SamplingParams
 from .logprobs import LogprobReader, TokenLogprob, Trail
 from .loop import TextStream
@@ -165,6 +166,7 @@ class Scheduler:
             self.context.remove(slot)
             cache.restore(self.context, slot, prompt)
             reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
+        reuse = media_safe(reuse, prompt)  # a media chunk is held whole or not at all
         self.context.remove(slot, reuse)
         self.context.set_sampler(slot, req.sampling)
         seq.n_past = seq.reused = reuse
@@ -240,10 +242,21 @@ class Scheduler:
         for seq in active:
             if seq.token is not None or seq.parent is not None:
                 continue
+            prompt = seq.req.tokens
+            spans = prompt_spans(prompt)
+            while seq.n_past in spans:
+                # An image or audio clip (or several in a row): evaluated into its slot now, by
+                # libmtmd's own decodes (what is queued for the others waits); text follows.
+                n = ctx.add_media(seq.slot, prompt, seq.n_past)
+                seq.n_past += n
+                counts.prompt_tokens += n
             room = ctx.room()
             if room <= 0:
                 break
-            chunk = seq.req.tokens[seq.n_past : seq.n_past + room]
+            end = min([s for s in spans if s > seq.n_past], default=len(prompt))
+            chunk = prompt[seq.n_past : min(seq.n_past + room, end)]
+            if not chunk:
+                continue
             seq.n_past += len(chunk)
             seq.row = ctx.add(seq.slot, chunk, seq.n_past == len(seq.req.tokens))
             counts.prompt_tokens += len(chunk)

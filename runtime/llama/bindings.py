@@ -28,18 +28,28 @@ def bindings() -> Any:
     return module
 
 
-def _import() -> Any:
+def mtmd() -> Any:
+    """The `llama_cpp.mtmd_cpp` module (libmtmd: images and audio), imported as the bindings
+    are; loading it loads libmtmd.so, so only a model given a projector asks for it."""
+    bindings()
+    return sys.modules.get(_MTMD) or _import(_MTMD)
+
+
+_MTMD = "llama_cpp.mtmd_cpp"
+
+
+def _import(name: str = _BINDINGS) -> Any:
     if "llama_cpp" in sys.modules:  # the real package is already imported: nothing to save
-        return importlib.import_module(_BINDINGS)
+        return importlib.import_module(name)
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.submodule_search_locations:
-        return importlib.import_module(_BINDINGS)  # an unusual install: let it fail or work
+        return importlib.import_module(name)  # an unusual install: let it fail or work
     stand_in = types.ModuleType("llama_cpp")
     stand_in.__path__ = list(spec.submodule_search_locations)
     stand_in.__spec__ = spec
     sys.modules["llama_cpp"] = stand_in
     try:
-        return importlib.import_module(_BINDINGS)
+        return importlib.import_module(name)
     finally:
         # Only drop the stand-in: the bindings and their helper modules stay imported.
         if sys.modules.get("llama_cpp") is stand_in:

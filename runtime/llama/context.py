@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, Interrupted
 from ..params import SamplingParams
+from .vision import prompt_spans, span_projector
 
 if TYPE_CHECKING:
     from .interface import SharedCores
@@ -90,6 +91,26 @@ class LlamaContext:
         for row in range(first, self._n):
             want[row] = 1
         return first
+
+    def add_media(self, seq: int, prompt: Sequence[int], start: int) -> int:
+        span = prompt_spans(prompt).get(start)
+        if span is None:
+            raise ValueError(f"no media chunk starts at position {start} of this prompt")
+        held = self._tokens[seq]
+        if self._queued_len[seq] or len(held) != start:
+            raise ValueError(f"sequence {seq} is not at position {start} with nothing queued")
+        if start + span.n > self.n_ctx_seq:
+            raise ValueError(f"the media chunk does not fit in the cells of sequence {seq}")
+        self._cores.step()
+        try:
+            # libmtmd decodes with batches of its own: the rows queued here (other sequences')
+            # are untouched and go in the next decode.
+            span_projector(prompt).evaluate(span, self._handle, start, seq, self.n_batch)
+        except BaseException:
+            self._ll.llama_memory_seq_rm(self._mem, seq, len(held), -1)
+            raise
+        held.extend(prompt[start : start + span.n])
+        return span.n
 
     def decode(self, cancel: threading.Event | None = None) -> None:
         if not self._n:

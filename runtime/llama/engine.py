@@ -64,6 +64,13 @@ def _install_log_callback(verbose: bool) -> None:
         llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
 
 
+def route_mtmd_logs(lib: Any) -> None:
+    """libmtmd (and its helpers) log through their own setters: the same callback as llama.cpp's,
+    so they too are silent unless --verbose."""
+    lib.mtmd_log_set(_log_state["callback"], ctypes.c_void_p(0))
+    lib.mtmd_helper_log_set(_log_state["callback"], ctypes.c_void_p(0))
+
+
 def _check_ctx_size(ll: Any, header: GGUFHeader, n_ctx: int, gpu: bool) -> None:
     """Refuse a context whose KV cache cannot fit in memory (llama.cpp would try to allocate
     it, for a minute, before failing), and warn about one longer than the model was trained

@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..media import Media
 from ..models.gguf import GGUFHeader
 from ..params import SamplingParams
 from .offload import DeviceShare
@@ -59,6 +60,12 @@ class Model(Protocol):
         ...
 
     def with_bos(self, tokens: list[int]) -> list[int]: ...
+
+    def media_prompt(self, pieces: Sequence[list[int] | Media]) -> list[int]:
+        """Token lists and media (runtime/media.py) in prompt order as one prompt, each media
+        as the chunk its projector makes; MediaError when the model has no projector for it,
+        or a media cannot be used."""
+        ...
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (a piece of UTF-8, maybe not a whole character)."""
@@ -163,6 +170,14 @@ class Context(Protocol):
         The logits of the last `logits` of them are kept (True: the last one; speculative
         verification wants all): the batch row of the first of those, for `sample` after the
         decode (rows follow), else -1. ValueError past `room()` or the sequence's cells."""
+        ...
+
+    def add_media(self, seq: int, prompt: Sequence[int], start: int) -> int:
+        """Evaluate now, into `seq`, the media chunk that starts at position `start` of
+        `prompt` (a Model.media_prompt): encoded by the projector and decoded in batches of its
+        own, while what is queued for other sequences waits for the next `decode`. `seq` must
+        hold exactly the prompt up to `start`, with nothing queued for it. The positions it
+        filled (then in `tokens(seq)`); ValueError when it does not fit."""
         ...
 
     def decode(self, cancel: threading.Event | None = None) -> None:

@@ -18,6 +18,7 @@ from ..params import SamplingParams
 from .context import LlamaContext
 from .engine import _DeferredSigint
 from .tokens import common_prefix
+from .vision import Span, media_safe, prompt_spans
 from .weights import Weights
 
 if TYPE_CHECKING:
@@ -45,6 +46,24 @@ def _single_context(model: Weights, n_ctx: int, n_batch: int) -> Any:
             "try a smaller --ctx-size)"
         )
     return handle
+
+
+def _runs(
+    prompt: list[int], start: int, n_batch: int
+) -> Generator[tuple[int, int, Span | None], None, None]:
+    """The prompt from `start` as (start, end, span): text in runs of at most n_batch tokens
+    (a larger batch aborts llama.cpp) that stop at each media chunk, and each media chunk."""
+    spans = prompt_spans(prompt)
+    starts = sorted(s for s in spans if s >= start)
+    while start < len(prompt):
+        span = spans.get(start)
+        if span is not None:
+            yield start, start + span.n, span
+            start += span.n
+            continue
+        stop = min([s for s in starts if s > start] + [start + n_batch, len(prompt)])
+        yield start, stop, None
+        start = stop
 
 
 class LlamaSession:
@@ -96,14 +115,17 @@ class LlamaSession:
         cache = self.model.prompt_cache if not self.tokens else None
         if cache is not None:
             cache.restore(self.context, 0, prompt)  # may fill the KV cache (and `tokens`)
-        self._truncate(common_prefix(self.tokens, prompt, len(prompt) - 1))
+        self._truncate(media_safe(common_prefix(self.tokens, prompt, len(prompt) - 1), prompt))
         common = len(self.tokens)  # 0 when the memory could not be trimmed and was reset
         self.prompt_eval_tokens = len(prompt) - common
         ll = self._ll
         with self.model.abort_on(cancel, self._ctx):
-            for start in range(common, len(prompt), self.n_batch):
+            for start, end, span in _runs(prompt, common, self.n_batch):
                 self.cores.step()
-                chunk = prompt[start : start + self.n_batch]
+                if span is not None:  # an image or audio clip: libmtmd encodes and decodes it
+                    self.context.add_media(0, prompt, start)
+                    continue
+                chunk = prompt[start:end]
                 arr = (ll.llama_token * len(chunk))(*chunk)
                 rc = ll.llama_decode(self._ctx, ll.llama_batch_get_one(arr, len(chunk)))
                 if rc != 0 or cancel.is_set():

@@ -16,13 +16,14 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError, InputError, Interrupted
+from ..errors import EngineError, InputError, Interrupted, MediaError
+from ..media import Media
 from ..models.gguf import GGUFHeader
 from ..params import LoadOptions, SamplingParams, physical_cores
 from .aborts import doing
@@ -44,6 +45,7 @@ from .rpc import add_servers, rpc_servers
 
 if TYPE_CHECKING:
     from .interface import Context, PromptCache, Session
+    from .vision import Projector
 
 
 def _gpu_layers(ll: Any, header: GGUFHeader, options: LoadOptions, n_ctx: int) -> int:
@@ -103,6 +105,17 @@ class Weights(ABC):
         self._cancel: threading.Event | None = None
         self._abort_cb = ll.ggml_abort_callback(self._should_abort)
         self._no_abort_cb = ll.ggml_abort_callback()
+        self.projector: Projector | None = None
+        if options.mmproj is not None:
+            from .vision import Projector
+
+            n_embd = int(ll.llama_model_n_embd(self._model))
+            try:
+                gpu = self.offloaded_layers > 0
+                self.projector = Projector(options.mmproj, self._model, n_embd, self.threads, gpu)
+            except BaseException:
+                self.close()
+                raise
         self.load_s = time.perf_counter() - started  # llama.cpp's model load, mostly
 
     def _load(self, path: Path, options: LoadOptions) -> None:
@@ -308,7 +321,18 @@ class Weights(ABC):
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
         return chain
 
+    def media_prompt(self, pieces: Sequence[list[int] | Media]) -> list[int]:
+        """Token lists and media in prompt order as one prompt (llama/vision.py)."""
+        if self.projector is None:
+            raise MediaError(
+                "this model takes no images or audio: it has no projector (mmproj) beside it"
+            )
+        return self.projector.prompt(pieces)
+
     def close(self) -> None:
+        if getattr(self, "projector", None) is not None:
+            self.projector.close()  # type: ignore[union-attr]
+            self.projector = None
         if self._model:
             self._ll.llama_model_free(self._model)
             self._model = None

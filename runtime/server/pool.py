@@ -397,9 +397,14 @@ class ModelPool:
         ctx_seq = resolved.defaults.context(config.load.ctx_size)
         if not ctx_seq:
             ctx_seq = default_ctx(read_header(resolved.path), KV_BUDGET_BYTES // parallel)
+        from ..models.projector import projector_for
+
+        # Images and audio: the projector stored with the model (a library user may name one).
         # The model makes no context of its own: the worker's is the only one. Its offload and
         # memory checks are made for one sequence's window; the prompt cache is the worker's.
-        engine = load(resolved, replace(config.load, ctx_size=ctx_seq, prompt_cache=False))
+        mmproj = config.load.mmproj or projector_for(resolved.path)
+        options = replace(config.load, ctx_size=ctx_seq, prompt_cache=False, mmproj=mmproj)
+        engine = load(resolved, options)
         try:
             context = engine.new_context(parallel, ctx_seq, min(config.load.batch_size, ctx_seq))
         except BaseException:
