@@ -81,7 +81,7 @@ def prompt_tokens(
     """The prompt as tokens. Chat: through the (given or GGUF) chat template, user text never
     parsed for control tokens. Raw: the messages' text as a plain completion prompt."""
     if raw:
-        text = "\n\n".join(m.content for m in messages)
+        text = "\n\n".join(m.text for m in messages)
         return model.with_bos(model.tokenize(text, False))
     template = template or model.chat_template
     if not template:

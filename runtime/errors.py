@@ -376,3 +376,14 @@ class IncompleteAnswerError(RemoteError):
         super().__init__(
             url, f"the answer ended before [DONE] ({why}): the text printed is incomplete"
         )
+
+
+class MediaError(UsageError):
+    """An image or audio clip that cannot be used: not a format libmtmd decodes, damaged, too
+    large, or sent to a model without the projector for it. `index` is its place among the
+    request's media (0-based; None when it is about all of them), so that an API door can name
+    the message part; `reason` is the problem in words."""
+
+    def __init__(self, reason: str, index: int | None = None) -> None:
+        self.reason, self.index = reason, index
+        super().__init__(reason if index is None else f"media {index + 1}: {reason}")

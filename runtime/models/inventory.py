@@ -13,7 +13,7 @@ from ..errors import ModelFileError
 from . import blob_store, hub_cache, quantized_store
 from .gguf import read_header
 from .projector import capabilities_or_none, projector_for
-from .registry import load_registry
+from .registry import ModelSpec, load_registry
 from .resolve import ResolvedModel, bundled_path
 
 
@@ -152,9 +152,20 @@ def aliases() -> list[dict[str, Any]]:
                 "hub": str(spec.hub) if spec.hub else None,
                 "bundled": spec.bundled,
                 "status": status,
+                "capabilities": _alias_capabilities(spec) if status != "not downloaded" else [],
             }
         )
     return rows
+
+
+def _alias_capabilities(spec: ModelSpec) -> list[str]:
+    """What an alias's model takes besides text: its own `mmproj`, else its pulled model's."""
+    if spec.mmproj is not None:
+        return capabilities_or_none(spec.mmproj)
+    found = bundled_path(spec.bundled) if spec.bundled else None
+    m = hub_cache.find(spec.hub) if spec.hub is not None and found is None else None
+    path = found or (hub_cache.model_path(m) if m is not None else None)
+    return capabilities_or_none(projector_for(path)) if path is not None else []
 
 
 def describe(resolved: ResolvedModel) -> dict[str, Any]:

@@ -41,14 +41,16 @@ class Facts:
     license: str = ""
     encoder: bool = False  # vectors only
     metadata: tuple[tuple[str, Any], ...] = ()  # the header's scalar keys
+    media: tuple[str, ...] = ()  # "vision", "audio": what its projector takes (projector.py)
 
     @property
     def capabilities(self) -> list[str]:
         """As Ollama lists them: "embedding" marks a model that only makes vectors (clients
-        keep such models out of their chat pickers), though /api/embed takes text models too."""
+        keep such models out of their chat pickers), though /api/embed takes text models too;
+        "vision" (and "audio") come after the text ones, as Ollama appends them."""
         if self.encoder:
             return ["embedding"]
-        return ["completion", "tools"] if self.template else ["completion"]
+        return [*(["completion", "tools"] if self.template else ["completion"]), *self.media]
 
 
 def facts(info: ModelInfo) -> Facts:
@@ -67,6 +69,7 @@ def facts(info: ModelInfo) -> Facts:
 @lru_cache(maxsize=256)
 def _facts(name: str, path: str, size: int, mtime_ns: int, created: int) -> Facts:
     from ..models.gguf import read_header
+    from ..models.projector import capabilities_or_none, projector_for
     from ..models.resolve import resolve
 
     resolved = resolve(name)
@@ -94,6 +97,7 @@ def _facts(name: str, path: str, size: int, mtime_ns: int, created: int) -> Fact
         license=license_ if isinstance(license_, str) else "",
         encoder=arch in ENCODERS or h.arch_value("attention.causal") is False,
         metadata=scalars,
+        media=tuple(capabilities_or_none(projector_for(Path(path)))),
     )
 
 

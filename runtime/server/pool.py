@@ -107,20 +107,26 @@ class ModelPool:
 
     def models(self) -> list[ModelInfo]:
         from ..models import inventory
+        from ..models.projector import capabilities_or_none, projector_for
 
         seen: dict[str, ModelInfo] = {}
         for name, s in self._served.items():
             until, ctx = self._expires.get(name), s.worker.n_ctx_seq
-            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True, until, ctx)
+            caps = tuple(capabilities_or_none(projector_for(s.resolved.path)))
+            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True, until, ctx, caps)
         for row in inventory.aliases():
             if row["status"] != "not downloaded" and row["name"] not in seen:
-                seen[row["name"]] = ModelInfo(row["name"], 0, "library", False)
+                caps = tuple(row.get("capabilities") or ())
+                seen[row["name"]] = ModelInfo(row["name"], 0, "library", False, capabilities=caps)
         for row in inventory.cached_models()["models"]:
             name = row["name"]
             if row.get("damaged") or not row.get("complete") or name in seen:
                 continue
             owner = str(row.get("repo") or "local").split("/")[0]
-            seen[name] = ModelInfo(name, _epoch(row.get("modified")), owner, False)
+            caps = tuple(row.get("capabilities") or ())
+            seen[name] = ModelInfo(
+                name, _epoch(row.get("modified")), owner, False, capabilities=caps
+            )
         return list(seen.values())
 
     async def submit(self, model: str, request: TextRequest) -> ServedJob:
