@@ -87,6 +87,24 @@ RUNTIME_HAS_MEDIA = (
 )
 
 
+@pytest.mark.skipif(RUNTIME_HAS_MEDIA, reason="the runtime evaluates media: the guard is gone")
+def test_without_the_runtimes_media_support_an_image_is_refused_not_ignored(
+    server: Server,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().chat.completions.create(
+            model=VISION,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": data_uri(png())}}],
+                }
+            ],
+        )
+    assert "does not evaluate images" in e.value.body["message"]  # type: ignore[index]
+    assert server.proc.poll() is None
+
+
 @pytest.mark.skipif(
     not RUNTIME_HAS_MEDIA,
     reason="the runtime has no libmtmd support on this branch (infer.runtime.llama.vision and "

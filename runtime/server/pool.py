@@ -20,7 +20,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ..api import load, prompt_tokens
-from ..errors import BadReferenceError, ModelFileError, ModelNotFoundError, UsageError
+from ..errors import (
+    BadReferenceError,
+    MediaError,
+    ModelFileError,
+    ModelNotFoundError,
+    UsageError,
+)
 from ..generation.templates import Message
 from ..generation.tool_plan import ToolPlan
 from ..llama.embedder import (
@@ -359,6 +365,10 @@ class ModelPool:
         """The prompt's tokens, and the plan for the request's tools in this model's syntax."""
         engine, defaults = served.engine, served.resolved.defaults
         if request.messages is not None:
+            if any(isinstance(m.content, list) for m in request.messages):
+                # Until the scheduler evaluates media chunks (libmtmd: the vision branch's
+                # half), an image is refused, never rendered as its marker and ignored.
+                raise MediaError("this server does not evaluate images or audio yet")
             messages = list(request.messages)
             if defaults.system and not any(m.role == "system" for m in messages):
                 messages.insert(0, Message("system", defaults.system))
