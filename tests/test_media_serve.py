@@ -56,8 +56,9 @@ def test_listings_say_which_models_see_images(server: Server) -> None:
     show = httpx.post(server.url + "/api/show", json={"model": f"hf.co/{VISION}"}, timeout=30)
     assert show.status_code == 200, show.text
     assert "vision" in show.json()["capabilities"]
+    assert show.json()["projector_info"]["clip.has_vision_encoder"] is True
     show = httpx.post(server.url + "/api/show", json={"model": f"hf.co/{TEXT}"}, timeout=30)
-    assert "vision" not in show.json()["capabilities"]
+    assert "vision" not in show.json()["capabilities"] and "projector_info" not in show.json()
 
 
 def test_a_text_only_model_refuses_images(server: Server) -> None:

@@ -225,3 +225,23 @@ def test_list_and_show_say_which_models_see_images(hub: FakeHub, tmp_path: Path)
     assert shown["source"]["mmproj"]["sha256"] == hub.sha256(REPO, "mmproj-see-Q8_0.gguf")
     assert "media           vision" in infer("show", f"{REPO}:Q8_0")
     assert "none (text only)" in infer("show", TEXT_REPO)
+
+
+def test_infer_rm_keeps_a_projector_another_model_uses(hub: FakeHub, tmp_path: Path) -> None:
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
+    env |= {"HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": ""}
+
+    def infer(*args: str) -> str:
+        result: subprocess.CompletedProcess[bytes] = run_infer(*args, env=env)
+        assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
+        return result.stdout.decode()
+
+    infer("pull", f"{REPO}:Q4_K_M")
+    infer("pull", f"{REPO}:Q8_0")  # the same projector: closest to 4 bits and to 8
+    proj = hub.sha256(REPO, "mmproj-see-Q8_0.gguf")
+    assert f"blobs/{proj}" in cache_files()
+    infer("rm", f"{REPO}:Q4_K_M")
+    assert f"blobs/{proj}" in cache_files()
+    assert json.loads(infer("show", f"{REPO}:Q8_0", "--json"))["capabilities"] == ["vision"]
+    infer("rm", f"{REPO}:Q8_0")
+    assert cache_files() == []

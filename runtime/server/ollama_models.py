@@ -42,6 +42,7 @@ class Facts:
     encoder: bool = False  # vectors only
     metadata: tuple[tuple[str, Any], ...] = ()  # the header's scalar keys
     media: tuple[str, ...] = ()  # "vision", "audio": what its projector takes (projector.py)
+    projector: tuple[tuple[str, Any], ...] = ()  # the projector header's scalar keys
 
     @property
     def capabilities(self) -> list[str]:
@@ -69,7 +70,7 @@ def facts(info: ModelInfo) -> Facts:
 @lru_cache(maxsize=256)
 def _facts(name: str, path: str, size: int, mtime_ns: int, created: int) -> Facts:
     from ..models.gguf import read_header
-    from ..models.projector import capabilities_or_none, projector_for
+    from ..models.projector import projector_for
     from ..models.resolve import resolve
 
     resolved = resolve(name)
@@ -80,11 +81,7 @@ def _facts(name: str, path: str, size: int, mtime_ns: int, created: int) -> Fact
     size, digest = _size_and_digest(resolved, Path(path), size)
     arch = h.architecture
     license_ = h.metadata.get("general.license")
-    scalars = tuple(
-        (k, v)
-        for k, v in h.metadata.items()
-        if isinstance(v, str | int | float | bool) and k != "tokenizer.chat_template"
-    )
+    scalars = _scalars(h.metadata)
     return Facts(
         size=size,
         digest=digest,
@@ -97,7 +94,26 @@ def _facts(name: str, path: str, size: int, mtime_ns: int, created: int) -> Fact
         license=license_ if isinstance(license_, str) else "",
         encoder=arch in ENCODERS or h.arch_value("attention.causal") is False,
         metadata=scalars,
-        media=tuple(capabilities_or_none(projector_for(Path(path)))),
+        **_projector_facts(projector_for(Path(path))),
+    )
+
+
+def _projector_facts(projector: Path | None) -> dict[str, Any]:
+    """What the model's projector adds: Ollama's `vision` capability and `projector_info`."""
+    from ..models.gguf import read_header
+    from ..models.projector import capabilities_or_none
+
+    media = tuple(capabilities_or_none(projector))
+    if projector is None or not media:
+        return {}
+    return {"media": media, "projector": _scalars(read_header(projector).metadata)}
+
+
+def _scalars(metadata: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        (k, v)
+        for k, v in metadata.items()
+        if isinstance(v, str | int | float | bool) and k != "tokenizer.chat_template"
     )
 
 
@@ -186,6 +202,7 @@ def show(info: ModelInfo, f: Facts) -> dict[str, Any]:
         "model_info": model_info,
         "capabilities": f.capabilities,
         "modified_at": _time(f.modified),
+        **({"projector_info": dict(f.projector)} if f.projector else {}),
     }
 
 
