@@ -365,9 +365,10 @@ class ModelPool:
         """The prompt's tokens, and the plan for the request's tools in this model's syntax."""
         engine, defaults = served.engine, served.resolved.defaults
         if request.messages is not None:
-            if any(isinstance(m.content, list) for m in request.messages):
-                # Until the scheduler evaluates media chunks (libmtmd: the vision branch's
-                # half), an image is refused, never rendered as its marker and ignored.
+            media = any(isinstance(m.content, list) for m in request.messages)
+            if media and not hasattr(engine, "media_prompt"):
+                # A runtime without libmtmd (Model.media_prompt, the vision half of issue 22):
+                # an image is refused, never rendered as its marker text and ignored.
                 raise MediaError("this server does not evaluate images or audio yet")
             messages = list(request.messages)
             if defaults.system and not any(m.role == "system" for m in messages):
