@@ -245,3 +245,15 @@ def test_infer_rm_keeps_a_projector_another_model_uses(hub: FakeHub, tmp_path: P
     assert json.loads(infer("show", f"{REPO}:Q8_0", "--json"))["capabilities"] == ["vision"]
     infer("rm", f"{REPO}:Q8_0")
     assert cache_files() == []
+
+
+def test_a_manifest_whose_projector_leaves_the_cache_is_damaged(hub: FakeHub) -> None:
+    m = pull.pull(ref(f"{REPO}:Q8_0"))
+    [path] = (cache.root() / "manifests").rglob("*.json")
+    data = json.loads(path.read_text())
+    data["mmproj"]["path"] = "../../../evil.gguf"
+    path.write_text(json.dumps(data))
+    good, damaged = cache.scan()
+    assert good == [] and [d.name for d in damaged] == [m.name]
+    assert m.mmproj is not None and m.mmproj.sha256 in damaged[0].blobs  # kept until repaired
+    assert pull.pull(ref(f"{REPO}:Q8_0")).mmproj == m.mmproj  # a pull rewrites it
