@@ -85,8 +85,7 @@ def projector_for(model_path: Path) -> Path | None:
     entry that runs this file, else the one `infer pull` recorded with it; None for a text-only
     model. Reads local files only."""
     from . import hub_cache
-    from .registry import load_registry
-    from .resolve import bundled_path
+    from .registry import bundled_path, load_registry
 
     wanted = _same_file_key(model_path)
     for spec in load_registry().values():

