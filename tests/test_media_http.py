@@ -6,9 +6,7 @@ protocol's own error shape, naming the message part. Answers about the images ne
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anthropic
@@ -24,7 +22,17 @@ from infer.runtime.server.backend import ModelInfo, TextRequest
 
 from .fake_backend import MODEL, FakeBackend
 from .test_serve_http import Served, serving
-from .tiny_media import HTML, SVG, b64, data_uri, jpeg_header, png, png_claiming, wav
+from .tiny_media import (
+    HTML,
+    SVG,
+    b64,
+    data_uri,
+    jpeg_header,
+    png,
+    png_claiming,
+    wav,
+    web_server,
+)
 
 TEXT_ONLY = "smollm2"
 
@@ -50,24 +58,8 @@ def served() -> Iterator[Served]:
 def pictures() -> Iterator[tuple[str, dict[str, bytes]]]:
     """A loopback web server with a picture, an HTML page and a 404, for --allow-image-urls."""
     files = {"/cat.png": png(3, 2, seed=7), "/page.png": HTML, "/big.png": png(64, 64)}
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            body = files.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", files
-    server.shutdown()
-    server.server_close()
+    with web_server(files) as url:
+        yield url, files
 
 
 def last_request(s: Served) -> TextRequest:

@@ -16,7 +16,7 @@ import pytest
 from .conftest import run_infer
 from .fake_hub import FakeHub, tiny_gguf
 from .test_serve import Server
-from .tiny_media import data_uri, png
+from .tiny_media import data_uri, png, web_server
 from .tiny_projector import projector_bytes
 
 VISION = "me/see-GGUF:Q8_0"
@@ -80,6 +80,32 @@ def test_a_text_only_model_refuses_images(server: Server) -> None:
         assert body["message"] == f"model {model} does not support images"  # type: ignore[index]
         assert body["param"] == "messages[0].content[1].image_url"  # type: ignore[index]
     assert server.proc.poll() is None  # nothing crashed
+
+
+def test_allow_image_urls_makes_the_server_fetch_them(home: Path) -> None:
+    def ask(s: Server, url: str) -> str:
+        with pytest.raises(openai.BadRequestError) as e:
+            s.client().chat.completions.create(
+                model=TEXT,
+                messages=[
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+                ],  # type: ignore[list-item]
+            )
+        return str(e.value.body["message"])  # type: ignore[index]
+
+    with web_server({"/cat.png": png()}) as base:
+        closed = Server(home=home).wait_ready()
+        try:
+            assert "--allow-image-urls" in ask(closed, f"{base}/cat.png")
+        finally:
+            assert closed.stop() == 0
+        s = Server("--allow-image-urls", home=home).wait_ready()
+        try:
+            # Fetched and checked, then refused for the model: the fetch happened.
+            assert ask(s, f"{base}/cat.png") == f"model {TEXT} does not support images"
+            assert "HTTP 404" in ask(s, f"{base}/gone.png")
+        finally:
+            assert s.stop() == 0
 
 
 RUNTIME_HAS_MEDIA = (

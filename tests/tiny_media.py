@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import base64
 import struct
+import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -59,3 +64,29 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 
 HTML = b"<!DOCTYPE html><html><body>not a picture</body></html>"
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+
+
+@contextmanager
+def web_server(files: dict[str, bytes]) -> Iterator[str]:
+    """A loopback web server answering GET /path with `files[path]` (else 404): image URLs for
+    --allow-image-urls. Yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
