@@ -53,6 +53,8 @@ def pull(model: ModelArg) -> None:
     with pull_progress() as progress:
         m = pull_model(ref, progress=progress)
     files = f"{len(m.files)} files" if len(m.files) > 1 else m.files[0].path
+    if m.mmproj is not None:
+        files += f" + projector {m.mmproj.path}"
     output.write_answer(f"pulled {m.name} ({files}, {human_size(m.size)}, sha256 verified)\n")
 
 
@@ -93,6 +95,7 @@ def list_models(
         [
             m["name"] + _state(m),
             m["quantization"] or "?",
+            "+".join(m.get("capabilities") or ["-"]),  # what it takes besides text
             human_size(m["size"]),
             output.relative_time(m["modified"]),
             ", ".join(m["aliases"]),
@@ -100,7 +103,9 @@ def list_models(
         for m in models
     ]
     if rows:
-        output.write_answer(output.table(["NAME", "QUANT", "SIZE", "MODIFIED", "ALIASES"], rows))
+        output.write_answer(
+            output.table(["NAME", "QUANT", "MEDIA", "SIZE", "MODIFIED", "ALIASES"], rows)
+        )
     count = f"{len(models)} model{'s' if len(models) != 1 else ''}"
     footer = f"{count}, {human_size(listing['total_bytes'])} in {listing['cache_dir']}"
     if listing["partial_bytes"]:
@@ -154,6 +159,8 @@ def _show_text(info: dict[str, Any]) -> str:
         ("layers", info["layers"]),
         ("embedding size", info["embedding_size"]),
         ("chat template", f"yes ({len(template)} characters)" if template else "no"),
+        ("media", ", ".join(info["capabilities"]) or "none (text only)"),
+        ("projector", info["mmproj"] or "none"),
         ("license", info["license"]),
         ("size", human_size(info["size"])),
         ("path", info["path"]),

@@ -105,6 +105,16 @@ AllowDeleteOpt = Annotated[
         "default: such a request is a 403.",
     ),
 ]
+AllowImageUrlsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-image-urls",
+        rich_help_panel=SERVER,
+        help="Fetch the http(s) image URLs requests send (10 s and 20 MiB each). Off by "
+        "default: the server then opens no connection a client asks for, and such a part is "
+        "a 400 asking for a data: URI.",
+    ),
+]
 OfflineOpt = Annotated[
     bool,
     typer.Option(
@@ -232,6 +242,7 @@ def serve(
     allow_pull: AllowPullOpt = False,
     allow_delete: AllowDeleteOpt = False,
     any_model_name: AnyModelNameOpt = False,
+    allow_image_urls: AllowImageUrlsOpt = False,
     offline: OfflineOpt = False,
     shutdown_timeout: ShutdownOpt = 10.0,
     draft: ServeDraftOpt = None,
@@ -277,6 +288,7 @@ def serve(
         shutdown_timeout=shutdown_timeout,
         allow_pull=allow_pull and not offline,
         allow_delete=allow_delete,
+        allow_image_urls=allow_image_urls and not offline,
     )
     config = _server_config(
         models or [],

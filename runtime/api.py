@@ -89,7 +89,7 @@ def prompt_tokens(
         # Media parts in the messages' content (runtime/media.py), as the API doors place them
         messages, media = _split_media(messages)
     if raw:
-        text = "\n\n".join(m.content for m in messages)
+        text = "\n\n".join(m.text for m in messages)
         if media:
             return _with_media(model, [Segment(text, False)], media)
         return model.with_bos(model.tokenize(text, False))

@@ -282,7 +282,7 @@ IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png"
         (body(messages=[]), "messages"),
         (body(messages=[{"role": "system", "content": "x"}]), "messages.0.role"),
         (body(messages=[{"role": "user", "content": 3}]), "messages.0.content"),
-        (body(messages=[{"role": "user", "content": [IMAGE]}]), "messages.0.content.0"),
+        (body(messages=[{"role": "user", "content": [IMAGE]}]), "messages.0.content.0.source"),
         (body(messages=[{"role": "user", "content": [{"type": "video"}]}]), "messages.0.content.0"),
         (
             body(messages=[{"role": "assistant", "content": [{"type": "tool_use", "name": "f"}]}]),

@@ -211,16 +211,16 @@ def test_list_text_and_json(hub: FakeHub, env: dict[str, str], infer_home: Path)
     ok(infer(env, "pull", "tiny"))
     ok(infer(env, "pull", REPO))
     lines = ok(infer(env, "list")).splitlines()
-    assert lines[0].split() == ["NAME", "QUANT", "SIZE", "MODIFIED", "ALIASES"]
-    assert lines[1].split() == [f"{REPO}:Q4_K_M", "F32", "470.0", "kB", "just", "now"]
-    assert lines[2].split() == [f"{REPO}:Q8_0", "F32", "470.0", "kB", "just", "now", "tiny"]
+    assert lines[0].split() == ["NAME", "QUANT", "MEDIA", "SIZE", "MODIFIED", "ALIASES"]
+    assert lines[1].split() == [f"{REPO}:Q4_K_M", "F32", "-", "470.0", "kB", "just", "now"]
+    assert lines[2].split() == [f"{REPO}:Q8_0", "F32", "-", "470.0", "kB", "just", "now", "tiny"]
     assert lines[3].startswith("2 models, 940.0 kB in ")
     data = listing(env)
     assert set(data) == {"models", "total_bytes", "partial_bytes", "cache_dir"}
     model = data["models"][1]
     assert set(model) == {
         "name", "repo", "revision", "commit", "quantization", "size", "modified", "path",
-        "aliases", "complete", "files",
+        "aliases", "complete", "files", "mmproj", "capabilities",
     }  # fmt: skip
     assert model["aliases"] == ["tiny"] and model["commit"] == hub.repos[REPO].commit
     assert model["files"][0]["sha256"] == hub.sha256(REPO, "tiny-Q8_0.gguf")

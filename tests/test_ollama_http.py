@@ -138,7 +138,7 @@ def test_format_json_and_schema_hold_the_answer_to_a_grammar(served: Served) -> 
         (
             "/api/chat",
             chat(messages=[{"role": "user", "content": "x", "images": ["aGk="]}]),
-            "messages[0].images",
+            "messages[0].images[0]",  # "hi": not an image
         ),
         ("/api/chat", chat(tools=[{"type": "function"}]), "tools[0]"),
         ("/api/chat", chat(tools=[*TOOLS, *TOOLS]), "tools[1].function.name"),
@@ -147,7 +147,7 @@ def test_format_json_and_schema_hold_the_answer_to_a_grammar(served: Served) -> 
         ("/api/chat", chat(logprobs=True, top_logprobs=-1), "top_logprobs"),
         ("/api/chat", chat(top_logprobs=3), "top_logprobs"),
         ("/api/generate", {"model": MODEL, "prompt": "x", "top_logprobs": "3"}, "top_logprobs"),
-        ("/api/generate", {"model": MODEL, "prompt": "x", "images": ["aGk="]}, "images"),
+        ("/api/generate", {"model": MODEL, "prompt": "x", "images": ["aGk="]}, "images[0]"),
         ("/api/generate", {"model": MODEL, "prompt": "x", "suffix": 3}, "suffix"),
         ("/api/generate", {"model": MODEL, "prompt": "x", "template": "{{ .Prompt }}"}, "template"),
         ("/api/generate", {"model": MODEL, "prompt": 3}, "prompt"),

@@ -223,7 +223,7 @@ def test_tool_choice(served: Served, choice: Any, forced: str | None) -> None:
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
-            "input[0].content[0]",
+            "input[0].content[0].image_url",
         ),
         ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
         (

@@ -359,7 +359,7 @@ def test_temperature_nan_and_infinity(served: Served) -> None:
         assert error_of(r, 400)["param"] == "temperature"
 
 
-def test_image_part_says_no_vision(served: Served) -> None:
+def test_an_image_part_that_is_no_image_names_the_part(served: Served) -> None:
     content = [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
@@ -369,7 +369,8 @@ def test_image_part_says_no_vision(served: Served) -> None:
             "/v1/chat/completions", json=chat_body(messages=[{"role": "user", "content": content}])
         )
     error = error_of(r, 400)
-    assert "vision" in error["message"] and error["param"] == "messages[0].content[1]"
+    assert "not an image" in error["message"]
+    assert error["param"] == "messages[0].content[1].image_url"
 
 
 INVALID_COMPLETION = [

@@ -45,7 +45,7 @@ class Conversation:
         """Remove the last assistant message (for /retry); return the user text it answered."""
         if self.turns and self.turns[-1].role == "assistant":
             self.turns.pop()
-        return self.turns[-1].content if self.turns and self.turns[-1].role == "user" else None
+        return self.turns[-1].text if self.turns and self.turns[-1].role == "user" else None
 
     def to_dict(self) -> dict[str, object]:
         return {

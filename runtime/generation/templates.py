@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import TemplateError
+from ..media import MARKER
 
 RENDER_SECONDS = 5.0
 EXTRA_OUTPUT_CHARS = 1 << 20  # template text allowed beyond the messages' own text
@@ -34,12 +35,22 @@ _PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
 @dataclass(frozen=True)
 class Message:
     role: str
-    content: str
+    content: str | list[dict[str, Any]]  # a list: text and media parts (runtime/media.py)
     # OpenAI tool calling: an assistant's calls ({"id", "type", "function": {"name",
     # "arguments" as a dict}}), and a tool message's call id and function name
     tool_calls: tuple[dict[str, Any], ...] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The content as the chat template sees it: a list's text parts joined, each media
+        part (runtime/media.py) as libmtmd's marker, where the runtime puts its chunks."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(
+            MARKER if p.get("type") == "media" else str(p.get("text") or "") for p in self.content
+        )
 
     def context(self, content: str) -> dict[str, Any]:
         """The message as HF chat templates see it."""
@@ -125,10 +136,10 @@ def render(
     tools: Sequence[dict[str, Any]] | None = None,
 ) -> str:
     """Render a chat template in the bounded sandbox; raise TemplateError on any failure."""
-    budget = sum(len(m.content) for m in messages) + EXTRA_OUTPUT_CHARS
+    budget = sum(len(m.text) for m in messages) + EXTRA_OUTPUT_CHARS
     env, fatal = _sandbox(budget)
     context = {
-        "messages": [m.context(m.content) for m in messages],
+        "messages": [m.context(m.text) for m in messages],
         "bos_token": bos_token,
         "eos_token": eos_token,
         "add_generation_prompt": add_generation_prompt,
@@ -205,8 +216,8 @@ def segments(
         index = int(match.group(1))
         if index >= len(messages):
             raise TemplateError("the chat template produced an unexpected placeholder")
-        if messages[index].content:
-            out.append(Segment(messages[index].content, False))
+        if messages[index].text:
+            out.append(Segment(messages[index].text, False))
         pos = match.end()
     if pos < len(text):
         out.append(Segment(text[pos:], True))

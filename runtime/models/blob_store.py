@@ -17,10 +17,10 @@ A file becomes a blob only by an atomic rename of a finished, checked file into 
 nothing half-written ever counts as one. A manifest names the blobs of one model; a blob no
 manifest of any kind names is garbage. The collector reads every manifest file under
 `manifest_dirs()` the same way, whatever its kind: the blobs a manifest names are its `sha256`
-field and the `sha256` of each entry of its `files` list; a file that does not read that way
-(damaged) keeps every sha256-looking string in it, until it is removed or rewritten. So a
-quantized model survives `infer rm` of a Hub model, and a blob both kinds name stays until
-neither does.
+field, the `sha256` of each entry of its `files` list and of its `mmproj` (projector); a
+file that does not read that way (damaged) keeps every sha256-looking string in it, until it
+is removed or rewritten. So a quantized model survives `infer rm` of a Hub model, and a blob
+both kinds name stays until neither does.
 Writers install a blob and then its manifest while holding the `gc` lock shared; the collector
 holds it exclusively, so it never sees a fresh blob without its manifest.
 """
@@ -134,6 +134,8 @@ def named_blobs(raw: bytes) -> set[str]:
         data: Any = json.loads(raw)
         named = {data["sha256"]} if "sha256" in data else set()
         named.update(f["sha256"] for f in data.get("files") or ())
+        if data.get("mmproj"):  # a Hub model's projector (hub_cache.Manifest.mmproj)
+            named.add(data["mmproj"]["sha256"])
         if all(isinstance(d, str) and HEX64.match(d) for d in named):
             return named
     except (ValueError, TypeError, KeyError, AttributeError):

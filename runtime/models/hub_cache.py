@@ -61,6 +61,7 @@ class Manifest:
     pulled_at: str  # ISO 8601, UTC
     license: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)  # from the GGUF header at pull time
+    mmproj: CachedFile | None = None  # the multimodal projector pulled with it (projector.py)
 
     @property
     def id(self) -> str:
@@ -69,7 +70,12 @@ class Manifest:
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size for f in self.all_files)
+
+    @property
+    def all_files(self) -> tuple[CachedFile, ...]:
+        """The model's parts and its projector: every file the manifest keeps."""
+        return self.files + ((self.mmproj,) if self.mmproj is not None else ())
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "format": 1}, indent=2)
@@ -91,6 +97,11 @@ def snapshot_path(repo: str, commit: str, filename: str) -> Path:
 def model_path(m: Manifest) -> Path:
     """The file to load: the first (or only) part."""
     return snapshot_path(m.repo, m.commit, m.files[0].path)
+
+
+def mmproj_path(m: Manifest) -> Path | None:
+    """The projector pulled with the model, if any."""
+    return snapshot_path(m.repo, m.commit, m.mmproj.path) if m.mmproj is not None else None
 
 
 def ref_key(ref: HubRef) -> str:
@@ -139,6 +150,13 @@ class _Invalid(ValueError):
     pass
 
 
+def _mmproj(raw: Any) -> CachedFile | None:
+    """The manifest's projector entry (absent in manifests written before projectors)."""
+    if raw is None:
+        return None
+    return CachedFile(str(raw["path"]), str(raw["sha256"]), int(raw["size"]))
+
+
 def _parse(path: Path, data: Any) -> Manifest:
     """A manifest, validated like any input (a hand-edited one could name '../../x'); raises
     _Invalid (a ValueError) with the reason."""
@@ -156,6 +174,7 @@ def _parse(path: Path, data: Any) -> Manifest:
             str(data["pulled_at"]),
             data.get("license"),
             dict(data.get("summary") or {}),
+            _mmproj(data.get("mmproj")),
         )
         ref = parse_ref(m.repo)
     except KeyError as e:
@@ -166,7 +185,7 @@ def _parse(path: Path, data: Any) -> Manifest:
         raise _Invalid("bad repo or files")
     if (path.parent.parent.name, path.parent.name) != _repo_parts(m.repo):
         raise _Invalid(f"repo {m.repo} is not its folder's")
-    for f in files:
+    for f in m.all_files:
         try:
             check_filename(f.path)
         except BadReferenceError:
@@ -261,7 +280,7 @@ def find(ref: HubRef) -> Manifest | None:
 def is_complete(m: Manifest) -> bool:
     """Every file linked and of the recorded size (a cheap check: hashing GBs on every run
     would cost more than loading the model)."""
-    for f in m.files:
+    for f in m.all_files:
         try:
             if snapshot_path(m.repo, m.commit, f.path).stat().st_size != f.size:
                 return False
@@ -287,7 +306,7 @@ def save(m: Manifest) -> None:
     """Link the model's files and write its manifest. A reference names one model: any other
     manifest of the repository that claimed one of these refs gives it up."""
     with lock("manifests"):
-        for f in m.files:
+        for f in m.all_files:
             _link(m, f)
         for other in manifests(m.repo):
             if other.id != m.id and set(other.refs) & set(m.refs):
@@ -321,7 +340,7 @@ def collect_garbage(wait: bool = False) -> int:
 def _collect() -> int:
     """The blob store's collector, then the snapshot links no Hub manifest names."""
     freed = blob_store.collect()
-    links = {snapshot_path(m.repo, m.commit, f.path) for m in manifests() for f in m.files}
+    links = {snapshot_path(m.repo, m.commit, f.path) for m in manifests() for f in m.all_files}
     snapshots = root() / "snapshots"
     for dirpath, _dirnames, filenames in os.walk(snapshots, topdown=False):
         for name in filenames:

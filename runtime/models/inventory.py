@@ -4,6 +4,7 @@ prints them as tables or JSON). Metadata comes from GGUF headers, never from loa
 from __future__ import annotations
 
 from contextlib import suppress
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 from ..errors import ModelFileError
 from . import blob_store, hub_cache, quantized_store
 from .gguf import read_header
-from .registry import load_registry
+from .projector import capabilities_or_none, projector_for
+from .registry import ModelSpec, load_registry
 from .resolve import ResolvedModel, bundled_path
 
 
@@ -30,6 +32,16 @@ def _aliases() -> dict[str, list[str]]:
 
 def _files(m: hub_cache.Manifest) -> list[dict[str, Any]]:
     return [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files]
+
+
+def _media(model: Path) -> dict[str, Any]:
+    """The model's projector and what it takes in besides text ("vision", "audio"), from the
+    projector's header."""
+    mmproj = projector_for(model)
+    return {
+        "mmproj": str(mmproj) if mmproj else None,
+        "capabilities": capabilities_or_none(mmproj),
+    }
 
 
 def cached_models() -> dict[str, Any]:
@@ -51,6 +63,7 @@ def cached_models() -> dict[str, Any]:
                 "aliases": sorted(aliases.get(m.id, [])),
                 "complete": hub_cache.is_complete(m),
                 "files": _files(m),
+                **_media(hub_cache.model_path(m)),
             }
         )
     models += _quantized_models()
@@ -89,6 +102,8 @@ def _damaged_row(d: hub_cache.Damaged) -> dict[str, Any]:
         "aliases": [],
         "complete": False,
         "files": [],
+        "mmproj": None,
+        "capabilities": [],
         "damaged": d.reason,
     }
 
@@ -110,6 +125,7 @@ def _quantized_models() -> list[dict[str, Any]]:
             "complete": quantized_store.is_complete(m),
             "files": [{"path": m.sha256, "sha256": m.sha256, "size": m.size}],
             "quantized_from": m.source,
+            **_media(quantized_store.model_path(m)),
         }
         for m in quantized_store.models()
     ]
@@ -136,9 +152,20 @@ def aliases() -> list[dict[str, Any]]:
                 "hub": str(spec.hub) if spec.hub else None,
                 "bundled": spec.bundled,
                 "status": status,
+                "capabilities": _alias_capabilities(spec) if status != "not downloaded" else [],
             }
         )
     return rows
+
+
+def _alias_capabilities(spec: ModelSpec) -> list[str]:
+    """What an alias's model takes besides text: its own `mmproj`, else its pulled model's."""
+    if spec.mmproj is not None:
+        return capabilities_or_none(spec.mmproj)
+    found = bundled_path(spec.bundled) if spec.bundled else None
+    m = hub_cache.find(spec.hub) if spec.hub is not None and found is None else None
+    path = found or (hub_cache.model_path(m) if m is not None else None)
+    return capabilities_or_none(projector_for(path)) if path is not None else []
 
 
 def describe(resolved: ResolvedModel) -> dict[str, Any]:
@@ -161,6 +188,7 @@ def describe(resolved: ResolvedModel) -> dict[str, Any]:
         "chat_template": h.chat_template,
         "license": license_ if isinstance(license_, str) else _license(resolved),
         "source": _source(resolved),
+        **_media(Path(resolved.path)),
     }
 
 
@@ -195,6 +223,7 @@ def _source(resolved: ResolvedModel) -> dict[str, Any]:
             "commit": m.commit,
             "files": _files(m),
             "pulled_at": m.pulled_at,
+            "mmproj": asdict(m.mmproj) if m.mmproj else None,
         }
     if resolved.spec is not None and resolved.spec.bundled:
         return {"type": "bundled", "package": resolved.spec.bundled.partition("/")[0]}

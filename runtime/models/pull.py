@@ -15,6 +15,7 @@ from ..errors import DiskFullError, HubError, ModelFileError, OfflineError
 from ..progress import NullProgress, PullProgress
 from . import blob_store, hub, hub_cache
 from .gguf import read_header
+from .projector import capabilities, choose_projector
 from .refs import HubRef
 from .selection import Choice, RemoteFile, choose, quant_label
 
@@ -37,12 +38,16 @@ def pull(
     choice = choose(listing.files, ref)
     if choice.note:
         progress.note(choice.note)
+    mmproj = choose_projector(listing.files, choice.primary.path)
+    wanted = [*choice.files, *([mmproj] if mmproj else [])]
     try:
         waiting = functools.partial(progress.note, "waiting for a running `infer rm` to finish")
         with blob_store.lock("gc", shared=True, on_wait=waiting):  # keeps rm off our fresh blobs
-            _check_space(choice)
-            digests = [_fetch(s, listing, f, progress) for f in choice.files]
-            manifest = _record(ref, listing, choice, digests)
+            _check_space(wanted)
+            # The projector is fetched and checked like a part: the manifest, written last,
+            # names either the model with its projector or nothing at all.
+            digests = [_fetch(s, listing, f, progress) for f in wanted]
+            manifest = _record(ref, listing, choice, digests, mmproj)
     finally:
         hub_cache.collect_garbage(wait=False)  # blobs of an older commit, or of a rejected file
     return manifest
@@ -52,9 +57,9 @@ def _part_key(f: RemoteFile) -> str:
     return f.sha256 or f"git-{f.git_oid}"
 
 
-def _check_space(choice: Choice) -> None:
+def _check_space(wanted: list[RemoteFile]) -> None:
     needed = 0
-    for f in choice.files:
+    for f in wanted:
         if f.sha256 and blob_store.has_blob(f.sha256, f.size):
             continue
         part = blob_store.part_path(_part_key(f))
@@ -91,15 +96,25 @@ def _fetch(
 
 
 def _record(
-    ref: HubRef, listing: hub.RepoListing, choice: Choice, digests: list[str]
+    ref: HubRef,
+    listing: hub.RepoListing,
+    choice: Choice,
+    digests: list[str],
+    mmproj: RemoteFile | None,
 ) -> hub_cache.Manifest:
     """Write the manifest. The model answers to the reference pulled, to its canonical name
     (owner/repo:QUANT, or hf://owner/repo/file when the file name has no quant) and to its
     file."""
     primary = choice.primary.path
+    n = len(choice.files)
     files = tuple(
-        hub_cache.CachedFile(f.path, d, f.size) for f, d in zip(choice.files, digests, strict=True)
+        hub_cache.CachedFile(f.path, d, f.size)
+        for f, d in zip(choice.files, digests[:n], strict=True)
     )
+    projector = None
+    if mmproj is not None:
+        projector = hub_cache.CachedFile(mmproj.path, digests[n], mmproj.size)
+        _check_projector(blob_store.blob_path(digests[n]))
     quant = quant_label(primary)
     by_file = HubRef(listing.repo, None, ref.revision, primary)
     canonical = HubRef(listing.repo, quant, ref.revision) if quant else by_file
@@ -112,10 +127,19 @@ def _record(
         refs=tuple(sorted({hub_cache.ref_key(r) for r in (ref, canonical, by_file)})),
         pulled_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         license=listing.license,
-        summary=_summary([blob_store.blob_path(d) for d in digests]),
+        summary=_summary([blob_store.blob_path(d) for d in digests[:n]]),
+        mmproj=projector,
     )
     hub_cache.save(manifest)
     return manifest
+
+
+def _check_projector(path: Path) -> None:
+    """A projector that does not read as one is refused before it counts as part of a model."""
+    try:
+        capabilities(path)
+    except ModelFileError as e:
+        raise ModelFileError(e.path, f"downloaded, but {e.reason}") from None
 
 
 def _summary(parts: list[Path]) -> dict[str, Any]:

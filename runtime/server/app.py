@@ -42,6 +42,7 @@ from . import (
     anthropic_routes,
     infill_routes,
     llamacpp_routes,
+    media_parts,
     ollama_routes,
     rerank_routes,
     responses_routes,
@@ -58,6 +59,7 @@ from .backend import (
     TooManyChoices,
 )
 from .llamacpp_protocol import timings
+from .media_parts import MediaPolicy
 from .metrics import CONTENT_TYPE, Metrics
 from .openai_protocol import ApiError
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
@@ -83,6 +85,12 @@ class HttpSettings:
     log: Callable[[str], None] = _stderr_line  # where access-log lines go
     allow_pull: bool = False  # Ollama's /api/pull may download models (--allow-pull)
     allow_delete: bool = False  # Ollama's /api/delete may remove models (--allow-delete)
+    allow_image_urls: bool = False  # requests' http(s) image URLs are fetched (--allow-image-urls)
+
+    @property
+    def media(self) -> MediaPolicy:
+        """How the doors take images and audio (media_parts.py)."""
+        return MediaPolicy(allow_urls=self.allow_image_urls)
 
 
 class Lifecycle:
@@ -149,7 +157,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/v1/chat/completions", api.chat, methods=["POST"]),
             Route("/v1/completions", api.completions, methods=["POST"]),
             Route("/v1/embeddings", api.embeddings, methods=["POST"]),
-            *anthropic_routes.routes(backend, settings.max_body, backend_error),
+            *anthropic_routes.routes(backend, settings.max_body, backend_error, settings.media),
             Route("/v1/models", api.list_models, methods=["GET"]),
             Route("/v1/models/{id:path}", api.get_model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
@@ -159,7 +167,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/models", api.list_models, methods=["GET"]),
             *llamacpp_routes.routes(backend, settings.max_body, backend_error),
             Route("/metrics", api.prometheus, methods=["GET"]),
-            *responses_routes.routes(backend, settings.max_body, backend_error),
+            *responses_routes.routes(backend, settings.max_body, backend_error, settings.media),
             *ollama_routes.routes(backend, settings, backend_error),
             *infill_routes.routes(backend, settings.max_body, backend_error),
             *rerank_routes.routes(backend, settings.max_body, backend_error),
@@ -282,7 +290,11 @@ class _Api:
         try:
             raw = await read_body(request.receive, request.headers, self.settings.max_body)
             body = parse_json(raw)
-            parsed = protocol.parse_chat(body) if chat else protocol.parse_completion(body)
+            if chat:
+                parsed = await media_parts.parse(protocol.parse_chat, body, self.settings.media)
+                self._refuse_media(parsed)
+            else:
+                parsed = protocol.parse_completion(body)
             record.model = parsed.model
             jobs = await self._submit(parsed, record, "messages" if chat else "prompt")
         except ApiError as e:
@@ -306,6 +318,12 @@ class _Api:
         body["timings"] = timings(record)  # as llama-server adds them
         return JSONResponse(body)
 
+    def _refuse_media(self, parsed: protocol.ParsedRequest) -> None:
+        """Images or audio for a model that takes none: a 400 naming the message part."""
+        refused = media_parts.refused(self.backend, parsed.model, parsed.request.messages)
+        if refused:
+            raise protocol.invalid(*refused)
+
     async def _submit(
         self, parsed: protocol.ParsedRequest, record: LogRecord, param: str
     ) -> list[Job]:
@@ -322,4 +340,7 @@ class _Api:
 
 
 def _model_object(m: Any) -> dict[str, Any]:
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+    out = {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+    if m.capabilities:  # what it takes besides text ("vision", "audio"), for model pickers
+        out["capabilities"] = list(m.capabilities)
+    return out

@@ -148,6 +148,8 @@ class ModelInfo:
     loaded: bool
     expires_at: float | None = None  # Unix seconds it unloads at (keep_alive); None: no deadline
     context: int | None = None  # tokens per sequence, once loaded
+    # What it takes besides text, from its projector's header: "vision", "audio" (projector.py)
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -41,18 +41,21 @@ class Facts:
     license: str = ""
     encoder: bool = False  # vectors only
     metadata: tuple[tuple[str, Any], ...] = ()  # the header's scalar keys
+    media: tuple[str, ...] = ()  # "vision", "audio": what its projector takes (projector.py)
+    projector: tuple[tuple[str, Any], ...] = ()  # the projector header's scalar keys
 
     @property
     def capabilities(self) -> list[str]:
         """As Ollama lists them: "embedding" marks a model that only makes vectors (clients
-        keep such models out of their chat pickers), though /api/embed takes text models too."""
+        keep such models out of their chat pickers), though /api/embed takes text models too;
+        "vision" (and "audio") come after the text ones, as Ollama appends them."""
         if self.encoder:
             return ["embedding"]
         found = ["completion", "tools"] if self.template else ["completion"]
         keys = {k for k, _ in self.metadata}
         if all(f"tokenizer.ggml.fim_{t}_token_id" in keys for t in ("pre", "suf", "mid")):
             found.append("insert")  # `suffix` works: fill-in-the-middle tokens (Ollama's word)
-        return found
+        return [*found, *self.media]
 
 
 def facts(info: ModelInfo) -> Facts:
@@ -71,6 +74,7 @@ def facts(info: ModelInfo) -> Facts:
 @lru_cache(maxsize=256)
 def _facts(name: str, path: str, size: int, mtime_ns: int, created: int) -> Facts:
     from ..models.gguf import read_header
+    from ..models.projector import projector_for
     from ..models.resolve import resolve
 
     resolved = resolve(name)
@@ -81,11 +85,7 @@ def _facts(name: str, path: str, size: int, mtime_ns: int, created: int) -> Fact
     size, digest = _size_and_digest(resolved, Path(path), size)
     arch = h.architecture
     license_ = h.metadata.get("general.license")
-    scalars = tuple(
-        (k, v)
-        for k, v in h.metadata.items()
-        if isinstance(v, str | int | float | bool) and k != "tokenizer.chat_template"
-    )
+    scalars = _scalars(h.metadata)
     return Facts(
         size=size,
         digest=digest,
@@ -98,6 +98,26 @@ def _facts(name: str, path: str, size: int, mtime_ns: int, created: int) -> Fact
         license=license_ if isinstance(license_, str) else "",
         encoder=arch in ENCODERS or h.arch_value("attention.causal") is False,
         metadata=scalars,
+        **_projector_facts(projector_for(Path(path))),
+    )
+
+
+def _projector_facts(projector: Path | None) -> dict[str, Any]:
+    """What the model's projector adds: Ollama's `vision` capability and `projector_info`."""
+    from ..models.gguf import read_header
+    from ..models.projector import capabilities_or_none
+
+    media = tuple(capabilities_or_none(projector))
+    if projector is None or not media:
+        return {}
+    return {"media": media, "projector": _scalars(read_header(projector).metadata)}
+
+
+def _scalars(metadata: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        (k, v)
+        for k, v in metadata.items()
+        if isinstance(v, str | int | float | bool) and k != "tokenizer.chat_template"
     )
 
 
@@ -186,6 +206,7 @@ def show(info: ModelInfo, f: Facts) -> dict[str, Any]:
         "model_info": model_info,
         "capabilities": f.capabilities,
         "modified_at": _time(f.modified),
+        **({"projector_info": dict(f.projector)} if f.projector else {}),
     }
 
 

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import OptionError, UsageError
+from ..errors import MediaError, OptionError, UsageError
 from ..generation.infill import Infill
 from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from . import logprobs as shapes
+from . import media_parts
 from .backend import Choice, FinishReason, TextRequest
 
 VERSION = "0.12.0"  # what /api/version reports: clients gate features on it (Copilot: >= 0.6.4)
@@ -217,7 +218,6 @@ def _boolean(body: dict[str, Any], name: str, default: bool) -> bool:
 def _refuse(body: dict[str, Any], names: Sequence[str]) -> None:
     """Fields this server cannot honour: a 400 naming each, unless empty."""
     reasons = {
-        "images": "images are not supported yet (vision is another issue): send text only",
         "template": "a custom prompt template is not supported: the model's own is used",
         "context": "the deprecated 'context' token array is not supported: send the messages",
     }
@@ -261,7 +261,7 @@ def parse_generate(body: Any) -> OllamaRequest:
     if not isinstance(body, dict):
         raise invalid("body", "the request body must be a JSON object")
     model = _model(body)
-    request, stream = _common(body, ("images", "template", "context"))
+    request, stream = _common(body, ("template", "context"))
     alive = keep_alive(body.get("keep_alive"))
     prompt, system = body.get("prompt"), body.get("system")
     if prompt is not None and not isinstance(prompt, str):
@@ -274,13 +274,35 @@ def parse_generate(body: Any) -> OllamaRequest:
     if not prompt:  # Ollama's load / unload request
         return OllamaRequest(model, model_ref(model), None, stream, alive)
     if suffix:  # fill-in-the-middle: the prompt is the code before the gap (generation/infill)
+        if body.get("images") not in (None, []):
+            raise invalid("images", "images do not combine with 'suffix' (fill-in-the-middle)")
         request.infill, request.infill_field = Infill(prompt, suffix), "suffix"
     elif _boolean(body, "raw", False):
+        if body.get("images") not in (None, []):
+            raise invalid("images", "images need the chat template: leave 'raw' off")
         request.prompt = prompt
     else:
         request.messages = [Message("system", system)] if system else []
-        request.messages.append(Message("user", prompt))
+        images = body.get("images")
+        content = _with_images(prompt, images, "images") if images not in (None, []) else prompt
+        request.messages.append(Message("user", content))
     return OllamaRequest(model, model_ref(model), request, stream, alive)
+
+
+def _with_images(text: str, images: Any, where: str) -> list[dict[str, Any]]:
+    """A user turn's content with Ollama's images (base64 strings): the images first, then the
+    text, as Ollama and llama-mtmd-cli place them."""
+    if not isinstance(images, list):
+        raise invalid(where, "must be an array of base64-encoded images")
+    parts: list[dict[str, Any]] = []
+    for k, data in enumerate(images):
+        try:
+            parts.append(
+                media_parts.media_part(media_parts.from_base64(data, "image"), f"{where}[{k}]")
+            )
+        except MediaError as e:
+            raise invalid(f"{where}[{k}]", e.reason) from None
+    return [*parts, {"type": "text", "text": text}] if text else parts
 
 
 def _messages(messages: Any) -> list[Message]:
@@ -294,13 +316,16 @@ def _messages(messages: Any) -> list[Message]:
         role = m.get("role")
         if role not in ROLES:
             raise invalid(f"{where}.role", f"unknown role {role!r} (use {', '.join(ROLES)})")
-        if m.get("images") not in (None, []):
-            raise invalid(f"{where}.images", "images are not supported yet: send text only")
         content = m.get("content")
         if content is None:
             content = ""
         if not isinstance(content, str):
             raise invalid(f"{where}.content", "must be a string")
+        if m.get("images") not in (None, []):
+            if role != "user":
+                raise invalid(f"{where}.images", "images go in user messages")
+            out.append(Message(role, _with_images(content, m["images"], f"{where}.images")))
+            continue
         if role == "tool":
             name = m.get("tool_name", m.get("name"))
             name = name if isinstance(name, str) else None

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from . import media_parts
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend, Job, ModelInfo
@@ -35,6 +36,7 @@ from .ollama_protocol import (
     Unset,
     answer_object,
     empty_answer,
+    invalid,
     line,
     model_ref,
     parse_chat,
@@ -157,6 +159,7 @@ class _OllamaApi:
             record.model = parsed.model
             if parsed.request is None:
                 return await self._load_or_unload(parsed, chat, record)
+            self._refuse_media(parsed)
             job = await self._submit(parsed, record, "messages" if chat else "prompt")
             timing.load_s = time.monotonic() - timing.started
         except OllamaError as e:
@@ -177,6 +180,14 @@ class _OllamaApi:
         timing.ttft_s = job.ttft_s
         metrics = timing.metrics(record.prompt_tokens, record.completion_tokens)
         return JSONResponse(answer_object(chat, parsed.model, choices[0], metrics))
+
+    def _refuse_media(self, parsed: OllamaRequest) -> None:
+        """Images for a model without a projector: Ollama's 400, naming the images field."""
+        assert parsed.request is not None
+        messages = parsed.request.messages
+        refused = media_parts.refused(self.backend, parsed.ref, messages, find)
+        if refused:
+            raise invalid(*refused)
 
     async def _submit(self, parsed: OllamaRequest, record: LogRecord, param: str) -> Job:
         assert parsed.request is not None

@@ -17,13 +17,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import OptionError
+from ..errors import MediaError, OptionError
 from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from . import logprobs as shapes
+from . import media_parts
 from .backend import Choice, FinishReason, TextRequest
+from .media_parts import NO_URLS, MediaPolicy
 
 MAX_TOKENS_LIMIT = (
     1 << 20
@@ -255,12 +257,13 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
 
 
 # --- the two endpoints ----------------------------------------------------------------------
-def parse_chat(body: Any) -> ParsedRequest:
-    """A /v1/chat/completions body → the request, or ApiError (400) naming the field."""
+def parse_chat(body: Any, media: MediaPolicy = NO_URLS) -> ParsedRequest:
+    """A /v1/chat/completions body → the request, or ApiError (400) naming the field. Images
+    and audio in user messages become media parts (media_parts.py, under `media`'s rules)."""
     if not isinstance(body, dict):
         raise invalid("", "the request body must be a JSON object")
     model = model_name(body)
-    messages = _messages(body.get("messages"))
+    messages = _messages(body.get("messages"), media)
     request, stream, include_usage = _common(body, completions=False)
     request.messages = messages
     _tools(body, request)
@@ -386,7 +389,7 @@ def _tool_calls(calls: Any, where: str) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def _messages(messages: Any) -> list[Message]:
+def _messages(messages: Any, media: MediaPolicy = NO_URLS) -> list[Message]:
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "'messages' must be a non-empty array of messages")
     out = []
@@ -414,26 +417,74 @@ def _messages(messages: Any) -> list[Message]:
             text = "" if content is None else _content(content, f"{where}.content")
             out.append(Message("assistant", text, tool_calls=calls))
             continue
-        out.append(Message(ROLES[role], _content(m.get("content"), f"{where}.content")))
+        policy = media if role == "user" else None
+        out.append(
+            Message(ROLES[role], _user_content(m.get("content"), f"{where}.content", policy))
+        )
     return out
 
 
-def _content(content: Any, where: str) -> str:
+def _content(content: Any, where: str, media: MediaPolicy | None = None) -> str:
+    """A message's text; its image and audio parts only where `media` is given (user
+    messages): see _user_content."""
+    found = _user_content(content, where, media)
+    if isinstance(found, list):  # only reached with media=None refused above
+        raise invalid(where, "images and audio go in user messages")
+    return found
+
+
+def _user_content(
+    content: Any, where: str, media: MediaPolicy | None
+) -> str | list[dict[str, Any]]:
+    """The text, or with image_url / input_audio parts the content as text and media parts
+    (runtime/media.py) in their order; a 400 names the part that cannot be used."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise invalid(where, f"'{where}' must be a string or an array of text parts")
-    texts = []
+    parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("image_url", "input_image", "image"):
-            raise invalid(f"{where}[{j}]", "this model has no vision support: send text only")
-        if kind in ("input_audio", "file", "audio"):
-            raise invalid(f"{where}[{j}]", f"'{kind}' parts are not supported: send text only")
+        at = f"{where}[{j}]"
+        if kind in ("image_url", "input_audio") and media is None:
+            raise invalid(at, f"'{kind}' parts go in user messages")
+        if kind == "image_url":
+            parts.append(_image_part(part, at, media or NO_URLS))
+            continue
+        if kind == "input_audio":
+            parts.append(_audio_part(part, at, media or NO_URLS))
+            continue
+        if kind in ("input_image", "image", "file", "audio"):
+            raise invalid(at, f"'{kind}' parts are not supported: use image_url or input_audio")
         if kind != "text" or not isinstance(part.get("text"), str):
-            raise invalid(f"{where}[{j}]", 'each part must be {"type": "text", "text": "..."}')
-        texts.append(part["text"])
-    return "".join(texts)
+            raise invalid(at, 'each part must be {"type": "text", "text": "..."}')
+        parts.append({"type": "text", "text": part["text"]})
+    if not any(p["type"] == "media" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _image_part(part: dict[str, Any], at: str, media: MediaPolicy) -> dict[str, Any]:
+    spec = part.get("image_url")
+    url = spec.get("url") if isinstance(spec, dict) else spec  # some clients send the string
+    where = f"{at}.image_url"
+    try:
+        return media_parts.media_part(media_parts.image(url, media), where)
+    except MediaError as e:
+        raise invalid(where, e.reason) from None
+
+
+def _audio_part(part: dict[str, Any], at: str, media: MediaPolicy) -> dict[str, Any]:
+    spec = part.get("input_audio")
+    where = f"{at}.input_audio"
+    if not isinstance(spec, dict):
+        raise invalid(where, 'must be {"data": "<base64>", "format": "wav"}')
+    try:
+        return media_parts.media_part(
+            media_parts.audio(spec.get("data"), spec.get("format"), media), where
+        )
+    except MediaError as e:
+        raise invalid(where, e.reason) from None
 
 
 # --- answers --------------------------------------------------------------------------------

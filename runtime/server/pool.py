@@ -22,6 +22,7 @@ from datetime import datetime
 from ..api import load, prompt_tokens
 from ..errors import (
     BadReferenceError,
+    MediaError,
     ModelFileError,
     ModelNotFoundError,
     UsageError,
@@ -116,6 +117,7 @@ class ModelPool:
 
     def models(self) -> list[ModelInfo]:
         from ..models import inventory
+        from ..models.projector import capabilities_or_none, projector_for
 
         seen: dict[str, ModelInfo] = {}
         # Those named at start first, in that order: a request that names no model (/infill,
@@ -125,16 +127,21 @@ class ModelPool:
         order = sorted(self._served.items(), key=lambda kv: rank.get(kv[0], len(started)))
         for name, s in order:
             until, ctx = self._expires.get(name), s.worker.n_ctx_seq
-            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True, until, ctx)
+            caps = tuple(capabilities_or_none(projector_for(s.resolved.path)))
+            seen[name] = ModelInfo(name, s.created, _owner(s.resolved), True, until, ctx, caps)
         for row in inventory.aliases():
             if row["status"] != "not downloaded" and row["name"] not in seen:
-                seen[row["name"]] = ModelInfo(row["name"], 0, "library", False)
+                caps = tuple(row.get("capabilities") or ())
+                seen[row["name"]] = ModelInfo(row["name"], 0, "library", False, capabilities=caps)
         for row in inventory.cached_models()["models"]:
             name = row["name"]
             if row.get("damaged") or not row.get("complete") or name in seen:
                 continue
             owner = str(row.get("repo") or "local").split("/")[0]
-            seen[name] = ModelInfo(name, _epoch(row.get("modified")), owner, False)
+            caps = tuple(row.get("capabilities") or ())
+            seen[name] = ModelInfo(
+                name, _epoch(row.get("modified")), owner, False, capabilities=caps
+            )
         return list(seen.values())
 
     async def submit(self, model: str, request: TextRequest) -> ServedJob:
@@ -441,6 +448,11 @@ class ModelPool:
             )
             return fim, None
         if request.messages is not None:
+            media = any(isinstance(m.content, list) for m in request.messages)
+            if media and not hasattr(engine, "media_prompt"):
+                # A runtime without libmtmd (Model.media_prompt, the vision half of issue 22):
+                # an image is refused, never rendered as its marker text and ignored.
+                raise MediaError("this server does not evaluate images or audio yet")
             messages = list(request.messages)
             if defaults.system and not any(m.role == "system" for m in messages):
                 messages.insert(0, Message("system", defaults.system))

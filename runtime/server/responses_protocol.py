@@ -17,12 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import OptionError, UsageError
+from ..errors import MediaError, OptionError, UsageError
 from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
+from . import media_parts
 from .backend import Choice, FinishReason, TextRequest
+from .media_parts import NO_URLS, MediaPolicy
 from .openai_protocol import MAX_TOKENS_LIMIT, ApiError, invalid, model_name
 
 MAX_TOOLS = 128
@@ -59,13 +61,14 @@ class ResponsesRequest:
     echo: dict[str, Any] = field(default_factory=dict)
 
 
-def parse(body: Any) -> ResponsesRequest:
-    """A /v1/responses body → the request, or ApiError (400) naming the field."""
+def parse(body: Any, media: MediaPolicy = NO_URLS) -> ResponsesRequest:
+    """A /v1/responses body → the request, or ApiError (400) naming the field. input_image
+    parts of user messages become media parts (media_parts.py, under `media`'s rules)."""
     if not isinstance(body, dict):
         raise invalid("", "the request body must be a JSON object")
     _refuse(body)
     model = model_name(body)
-    request = TextRequest(messages=_conversation(body), sampling=_sampling(body))
+    request = TextRequest(messages=_conversation(body, media), sampling=_sampling(body))
     request.max_tokens = _max_output_tokens(body.get("max_output_tokens"))
     text = body.get("text")
     grammar, fmt = _text_format(text)
@@ -118,7 +121,7 @@ def _max_output_tokens(value: Any) -> int | None:
 
 
 # --- input ----------------------------------------------------------------------------------
-def _conversation(body: dict[str, Any]) -> list[Message]:
+def _conversation(body: dict[str, Any], media: MediaPolicy) -> list[Message]:
     """`instructions` (a system message first) and `input`: a string (one user message) or
     items: messages, and the function_call / function_call_output items of tool turns."""
     out: list[Message] = []
@@ -134,7 +137,7 @@ def _conversation(body: dict[str, Any]) -> list[Message]:
     elif isinstance(given, list) and given:
         calls: dict[str, str] = {}  # call_id → function name, for the tool messages
         for i, item in enumerate(given):
-            _item(item, f"input[{i}]", out, calls)
+            _item(item, f"input[{i}]", out, calls, media)
     else:
         raise invalid("input", "'input' must be a string or a non-empty array of items")
     if not any(m.role != "system" for m in out):
@@ -142,7 +145,9 @@ def _conversation(body: dict[str, Any]) -> list[Message]:
     return out
 
 
-def _item(item: Any, where: str, out: list[Message], calls: dict[str, str]) -> None:
+def _item(
+    item: Any, where: str, out: list[Message], calls: dict[str, str], media: MediaPolicy
+) -> None:
     if not isinstance(item, dict):
         raise invalid(where, f"'{where}' must be an object")
     kind = item.get("type", "message")
@@ -151,7 +156,8 @@ def _item(item: Any, where: str, out: list[Message], calls: dict[str, str]) -> N
         if not isinstance(role, str) or role not in ROLES:
             known = "user, assistant, system, developer"
             raise invalid(f"{where}.role", f"unknown role {role!r} (use one of: {known})")
-        out.append(Message(ROLES[role], _content(item.get("content"), f"{where}.content")))
+        policy = media if role == "user" else None
+        out.append(Message(ROLES[role], _parts(item.get("content"), f"{where}.content", policy)))
     elif kind == "function_call":
         _call_item(item, where, out, calls)
     elif kind == "function_call_output":
@@ -193,21 +199,48 @@ def _call_item(item: dict[str, Any], where: str, out: list[Message], calls: dict
 
 def _content(content: Any, where: str) -> str:
     """A string, or text parts (input_text; output_text in an assistant's turn)."""
+    found = _parts(content, where, None)
+    assert isinstance(found, str)  # no media where no policy is given
+    return found
+
+
+def _parts(content: Any, where: str, media: MediaPolicy | None) -> str | list[dict[str, Any]]:
+    """The text, or with input_image parts (user messages: `media` given) the content as text
+    and media parts in their order."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise invalid(where, f"'{where}' must be a string or an array of text parts")
-    texts = []
+    parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        at = f"{where}[{j}]"
+        if kind == "input_image" and media is not None:
+            parts.append(_image(part, at, media))
+            continue
         if kind in ("input_image", "input_file", "input_audio"):
-            raise invalid(f"{where}[{j}]", f"'{kind}' parts are not supported: send text only")
+            why = "input_image parts go in user messages" if kind == "input_image" else "send text"
+            raise invalid(at, f"'{kind}' parts are not supported here: {why}")
         if kind not in ("input_text", "output_text", "text") or not isinstance(
             part.get("text"), str
         ):
-            raise invalid(f"{where}[{j}]", 'each part must be {"type": "input_text", "text": ...}')
-        texts.append(part["text"])
-    return "".join(texts)
+            raise invalid(at, 'each part must be {"type": "input_text", "text": ...}')
+        parts.append({"type": "text", "text": part["text"]})
+    if any(p["type"] == "media" for p in parts):
+        return parts
+    return "".join(p["text"] for p in parts)
+
+
+def _image(part: dict[str, Any], at: str, media: MediaPolicy) -> dict[str, Any]:
+    """input_image {image_url: a data: URI, base64, or an http(s) URL}; file_id needs a files
+    API this server does not have."""
+    if part.get("file_id") is not None and part.get("image_url") is None:
+        raise invalid(f"{at}.file_id", "file ids are not supported: send image_url as a data: URI")
+    where = f"{at}.image_url"
+    try:
+        return media_parts.media_part(media_parts.image(part.get("image_url"), media), where)
+    except MediaError as e:
+        raise invalid(where, e.reason) from None
 
 
 # --- text.format, tools ---------------------------------------------------------------------

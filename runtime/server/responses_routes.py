@@ -17,18 +17,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from . import media_parts
 from . import responses_protocol as protocol
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend
+from .media_parts import NO_URLS, MediaPolicy
 from .openai_protocol import ApiError
 from .security import ClientGone, parse_json, read_body
 
 BackendError = Callable[[Exception, LogRecord, str], ApiError]
 
 
-def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:
-    door = _Responses(backend, max_body, backend_error)
+def routes(
+    backend: Backend, max_body: int, backend_error: BackendError, media: MediaPolicy = NO_URLS
+) -> list[Route]:
+    door = _Responses(backend, max_body, backend_error, media)
     return [
         Route("/v1/responses", door.create, methods=["POST"]),
         Route("/v1/responses/{id:path}", door.stored, methods=["GET", "POST", "DELETE"]),
@@ -40,15 +44,21 @@ def _error(error: ApiError) -> Response:
 
 
 class _Responses:
-    def __init__(self, backend: Backend, max_body: int, backend_error: BackendError) -> None:
+    def __init__(
+        self, backend: Backend, max_body: int, backend_error: BackendError, media: MediaPolicy
+    ) -> None:
         self.backend, self.max_body, self.backend_error = backend, max_body, backend_error
+        self.media = media
 
     async def create(self, request: Request) -> Response:
         record = record_of(request.scope)
         try:
             raw = await read_body(request.receive, request.headers, self.max_body)
-            parsed = protocol.parse(parse_json(raw))
+            parsed = await media_parts.parse(protocol.parse, parse_json(raw), self.media)
             record.model = parsed.model
+            refused = media_parts.refused(self.backend, parsed.model, parsed.request.messages)
+            if refused:  # images for a model that takes none
+                raise protocol.invalid(*refused)
             record.started = time.monotonic()
             try:
                 job = await self.backend.submit(parsed.model, parsed.request)
