@@ -5,7 +5,6 @@ about an image with exactly `infer run --image`'s text."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,37 +107,8 @@ def test_allow_image_urls_makes_the_server_fetch_them(home: Path) -> None:
             assert s.stop() == 0
 
 
-RUNTIME_HAS_MEDIA = (
-    importlib.util.find_spec("infer.runtime.llama.vision") is not None
-    and (Path(__file__).parent / "tiny_vision.py").is_file()
-)
-
-
-@pytest.mark.skipif(RUNTIME_HAS_MEDIA, reason="the runtime evaluates media: the guard is gone")
-def test_without_the_runtimes_media_support_an_image_is_refused_not_ignored(
-    server: Server,
-) -> None:
-    with pytest.raises(openai.BadRequestError) as e:
-        server.client().chat.completions.create(
-            model=VISION,
-            messages=[
-                {
-                    "role": "user",
-                    "content": [{"type": "image_url", "image_url": {"url": data_uri(png())}}],
-                }
-            ],
-        )
-    assert "does not evaluate images" in e.value.body["message"]  # type: ignore[index]
-    assert server.proc.poll() is None
-
-
-@pytest.mark.skipif(
-    not RUNTIME_HAS_MEDIA,
-    reason="the runtime has no libmtmd support on this branch (infer.runtime.llama.vision and "
-    "tests/tiny_vision.py come with the vision branch): un-skip once merged",
-)
 def test_the_server_answers_about_an_image_as_infer_run_does(tmp_path: Path) -> None:
-    from . import tiny_vision  # type: ignore[attr-defined]
+    from . import tiny_vision
 
     home = tmp_path / "home"
     model = tiny_vision.write_tiny_text_model(tmp_path / "tiny-Q8_0.gguf")

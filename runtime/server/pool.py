@@ -22,7 +22,6 @@ from datetime import datetime
 from ..api import load, prompt_tokens
 from ..errors import (
     BadReferenceError,
-    MediaError,
     ModelFileError,
     ModelNotFoundError,
     UsageError,
@@ -448,11 +447,6 @@ class ModelPool:
             )
             return fim, None
         if request.messages is not None:
-            media = any(isinstance(m.content, list) for m in request.messages)
-            if media and not hasattr(engine, "media_prompt"):
-                # A runtime without libmtmd (Model.media_prompt, the vision half of issue 22):
-                # an image is refused, never rendered as its marker text and ignored.
-                raise MediaError("this server does not evaluate images or audio yet")
             messages = list(request.messages)
             if defaults.system and not any(m.role == "system" for m in messages):
                 messages.insert(0, Message("system", defaults.system))
