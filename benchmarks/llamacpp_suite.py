@@ -71,7 +71,7 @@ import os
 
 def pytest_collection_modifyitems(config, items):
     keep = set(open(os.environ["ONLY_IDS"], encoding="utf-8").read().split("\\n"))
-    chosen = [i for i in items if i.nodeid.split("/", 1)[-1].split("::", 1)[0] + "::" + i.name in keep]
+    chosen = [i for i in items if i.path.name + "::" + i.name in keep]
     config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
     items[:] = chosen
 """
@@ -137,7 +137,9 @@ def serve_infer(args: argparse.Namespace, xml: Path, tests: list[str]) -> dict[s
         cmd[0:1] = [sys.executable, "-m", "infer"]
     # --any-model-name: the suite's requests name models such as "gpt-3.5-turbo", which
     # llama-server answers with the one model it serves; infer does that when asked to.
-    cmd += ["--parallel", str(SLOTS), "--ctx-size", str(CELLS), "--any-model-name"]
+    cmd += ["--parallel", str(SLOTS), "--ctx-size", str(CELLS)]
+    if not args.infer_src:  # main before issue #23 had no such flag
+        cmd.append("--any-model-name")
     cmd += ["--threads", str(args.threads), *args.infer_args]
     with Server("infer", cmd, port):
         return run_suite(args.python, port, tests, args.k, xml)
