@@ -572,7 +572,9 @@ class ChunkStream:
     def opening(self, choices: int) -> list[bytes]:
         if not self.chat:  # completions have no roles
             return []
-        return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(choices)]
+        # content null, not "": llama-server's form, which llama.cpp's clients expect (a
+        # content delta there is never empty); OpenAI's clients read both
+        return [self._chunk(i, {"role": "assistant", "content": None}) for i in range(choices)]
 
     def text(self, index: int, text: str) -> bytes:
         return self._chunk(index, {"content": text})
