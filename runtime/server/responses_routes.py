@@ -31,6 +31,7 @@ def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list
     door = _Responses(backend, max_body, backend_error)
     return [
         Route("/v1/responses", door.create, methods=["POST"]),
+        Route("/responses", door.create, methods=["POST"]),  # llama-server's path too
         Route("/v1/responses/{id:path}", door.stored, methods=["GET", "POST", "DELETE"]),
     ]
 
