@@ -65,6 +65,10 @@ REASONS: dict[str, tuple[str, str]] = {
     "*::test_chat_template*": ("llama-server-only", "the __verbose debug object"),
     "*::test_return_progress*": ("llama-server-only", "return_progress frames"),
     "*::*with_llama_telemetry": ("llama-server-only", "timings_per_token, return_progress"),
+    "*::test_ignore_eos_populates_logit_bias": (
+        "llama-server-only",
+        "ignore_eos done as EOG logit biases, shown in generation_settings",
+    ),
     # differences on purpose
     "test_security.py::test_cors_*": (
         "on-purpose",

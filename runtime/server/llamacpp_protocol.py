@@ -178,6 +178,7 @@ def parse_completion(body: Any) -> NativeRequest:
         "ignore_eos": base.ignore_eos,
         "stream": stream,
         "n_probs": 0,
+        "logit_bias": [],  # none applied (ignore_eos is the loop's, not a bias on EOG tokens)
         "grammar": grammar,
     }
     fields = body.get("response_fields") or []
