@@ -131,6 +131,11 @@ def run_suite(
         )
     except subprocess.TimeoutExpired:
         print("the suite ran past an hour; counting what it wrote", file=sys.stderr)
+    return outcomes_of(xml)
+
+
+def outcomes_of(xml: Path) -> dict[str, str]:
+    """The outcomes a pytest JUnit XML file records, by id file::name[params]."""
     outcomes: dict[str, str] = {}
     if not xml.exists():
         return outcomes
@@ -220,6 +225,7 @@ def main() -> None:
     ap.add_argument(
         "--llama-results", type=Path, help="reuse llama-server's outcomes from an earlier --json"
     )
+    ap.add_argument("--llama-xml", type=Path, help="reuse llama-server's JUnit XML of a run")
     ap.add_argument(
         "--infer-src", type=Path, help="a folder holding another infer package to measure"
     )
@@ -236,6 +242,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.llama_results:
             llama = json.loads(args.llama_results.read_text())["outcomes"]["llama-server"]
+        elif args.llama_xml:
+            llama = outcomes_of(args.llama_xml)
         else:
             llama = serve_llamacpp(model, args, Path(tmp) / "llama.xml")
         # infer runs only what llama-server passes: the rest cannot count (and the suite's
