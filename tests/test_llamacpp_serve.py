@@ -236,3 +236,54 @@ def test_any_model_name_answers_unknown_names(tmp_path: Path) -> None:
         assert s.client().completions.create(model="davinci-002", prompt=PROMPT, max_tokens=3)
     finally:
         assert s.stop() == 0
+
+
+# --- llama.cpp's extensions on the OpenAI doors ---------------------------------------------
+def test_grammar_json_schema_and_token_count_on_chat(server: Server) -> None:
+    chat = {"messages": [{"role": "user", "content": "Say something."}], "max_tokens": 8}
+    fives = post(server.url, "/chat/completions", {**chat, "grammar": 'root ::= "a"{5,5}'})
+    assert fives["choices"][0]["message"]["content"] == "aaaaa"
+    bad = post(server.url, "/chat/completions", {**chat, "grammar": "root ::= (oops"}, 400)
+    assert bad["error"]["param"] == "grammar"
+    fmt = {"type": "json_object", "schema": {"const": "42"}}
+    held = post(server.url, "/v1/chat/completions", {**chat, "response_format": fmt})
+    assert held["choices"][0]["message"]["content"] == '"42"'
+    schema = post(server.url, "/v1/chat/completions", {**chat, "json_schema": {"const": "7"}})
+    assert schema["choices"][0]["message"]["content"] == '"7"'
+    counted = post(server.url, "/chat/completions/input_tokens", chat)
+    assert counted == {"input_tokens": fives["usage"]["prompt_tokens"]}
+
+
+def test_streamed_chat_role_chunk_and_timings(server: Server) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    chunks = []
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=300) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:]))
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert all(c["choices"][0]["delta"].get("content") != "" for c in chunks if c["choices"])
+    usage = chunks[-1]
+    assert usage["choices"] == [] and usage["timings"]["predicted_n"] == 4
+
+
+def test_completion_prompt_object_response_fields_and_responses_path(server: Server) -> None:
+    body = {"prompt": {"prompt_string": PROMPT}, "n_predict": 4, **GREEDY}
+    plain = post(server.url, "/completion", {**body, "prompt": PROMPT})
+    assert post(server.url, "/completion", body)["content"] == plain["content"]
+    fields = ["content", "generation_settings/n_predict", "timings/predicted_n"]
+    picked = post(server.url, "/completion", {**body, "response_fields": fields})
+    assert picked == {
+        "content": plain["content"],
+        "generation_settings/n_predict": 4,
+        "timings/predicted_n": 4,
+    }
+    media = {"prompt_string": "x", "multimodal_data": ["aGk="]}
+    assert post(server.url, "/completion", {"prompt": media}, 400)["error"]["param"] == "prompt"
+    answer = post(server.url, "/responses", {"input": "Hi", "max_output_tokens": 16})
+    assert answer["object"] == "response"

@@ -307,6 +307,7 @@ class _Api:
         if parsed.stream:
             on_error = functools.partial(backend_error, record=record, prompt_param="")
             shaper = protocol.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
+            shaper.timings = functools.partial(timings, record)
             return EventStream(answer, shaper)
         choices = await whole(
             answer, request.receive, lambda e: _error_response(backend_error(e, record, ""))

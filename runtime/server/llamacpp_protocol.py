@@ -23,7 +23,15 @@ from ..options import from_fields
 from ..params import SamplingParams
 from .access_log import LogRecord
 from .backend import FinishReason, TextRequest
-from .openai_protocol import MAX_PROMPTS, MAX_TOKENS_LIMIT, ApiError, invalid, kind_of, model_name
+from .openai_protocol import (
+    MAX_PROMPTS,
+    MAX_TOKENS_LIMIT,
+    ApiError,
+    invalid,
+    kind_of,
+    llama_grammar,
+    model_name,
+)
 
 SEED_RANDOM = {-1, 0xFFFFFFFF}  # llama.cpp's LLAMA_DEFAULT_SEED: a new seed per request
 
@@ -52,13 +60,28 @@ class NativeRequest:
     n_predict: int = -1  # as asked (-1: until end of generation or the context)
     settings: dict[str, Any] = field(default_factory=dict)  # generation_settings echoed back
     several: bool = False  # a list of prompts: the answer is a list of results
+    fields: list[str] = field(default_factory=list)  # response_fields: only these, by path
+    prompts: list[str] = field(default_factory=list)  # each prompt's text ("" for token ids)
+
+
+def _prompt_object(prompt: dict[str, Any]) -> str:
+    """llama.cpp's {"prompt_string", "multimodal_data"}: the text (no model here takes media
+    through /completion: the media door is the chat's content parts)."""
+    if prompt.get("multimodal_data") not in (None, []):
+        raise invalid("prompt", "'multimodal_data' is not supported on /completion")
+    text = prompt.get("prompt_string")
+    if not isinstance(text, str):
+        raise invalid("prompt", "a prompt object needs 'prompt_string', a string")
+    return text
 
 
 def _prompts(prompt: Any) -> list[str | list[int | str]]:
-    """llama.cpp's prompt shapes: a string; token ids (maybe mixed with strings); or a list of
-    those (several prompts, several results)."""
+    """llama.cpp's prompt shapes: a string; token ids (maybe mixed with strings); a
+    {"prompt_string"} object; or a list of those (several prompts, several results)."""
     if isinstance(prompt, str):
         return [prompt]
+    if isinstance(prompt, dict):
+        return [_prompt_object(prompt)]
     if not isinstance(prompt, list) or not prompt:
         raise invalid("prompt", "'prompt' must be a string, token ids or a list of prompts")
     if any(_is_int(p) for p in prompt):  # one prompt of ids, maybe mixed with text
@@ -71,6 +94,8 @@ def _prompts(prompt: Any) -> list[str | list[int | str]]:
     for p in prompt:
         if isinstance(p, str):
             out.append(p)
+        elif isinstance(p, dict):
+            out.append(_prompt_object(p))
         elif isinstance(p, list) and p and all(_is_int(t) or isinstance(t, str) for t in p):
             out.append(list(p))
         else:
@@ -98,27 +123,6 @@ def _stop(body: dict[str, Any]) -> list[str]:
     return [s for s in items if s]
 
 
-def _grammar(body: dict[str, Any]) -> str:
-    """llama.cpp's `json_schema` (a schema held to as the OpenAI door's response_format is) or
-    `grammar` (GBNF as given)."""
-    schema, grammar = body.get("json_schema"), body.get("grammar")
-    if schema is not None:
-        from ..errors import UsageError
-        from ..llama.grammar import constraint
-
-        if not isinstance(schema, dict):
-            raise invalid("json_schema", "'json_schema' must be a JSON schema object")
-        try:
-            return constraint(json_schema=schema, names=("json_schema", "", ""))
-        except UsageError as e:
-            raise invalid("json_schema", str(e)) from None
-    if grammar is not None and grammar != "":
-        if not isinstance(grammar, str):
-            raise invalid("grammar", "'grammar' must be a string (GBNF)")
-        return grammar
-    return ""
-
-
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     fields = dict(body)
     if _is_int(fields.get("seed")) and fields["seed"] in SEED_RANDOM:
@@ -141,7 +145,7 @@ def parse_completion(body: Any) -> NativeRequest:
         if body.get(name) not in (None, 0, []):
             raise invalid(name, f"'{name}' is not supported by this server")
     sampling = _sampling(body)
-    grammar = _grammar(body)
+    grammar = llama_grammar(body)
     if grammar:
         sampling["grammar"] = grammar
     n_predict = _n_predict(body)
@@ -175,9 +179,31 @@ def parse_completion(body: Any) -> NativeRequest:
         "ignore_eos": base.ignore_eos,
         "stream": stream,
         "n_probs": 0,
+        "logit_bias": [],  # none applied (ignore_eos is the loop's, not a bias on EOG tokens)
         "grammar": grammar,
     }
-    return NativeRequest(model, requests, stream, n_predict, settings, len(prompts) > 1)
+    fields = body.get("response_fields") or []
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise invalid("response_fields", "'response_fields' must be an array of strings")
+    texts = [p if isinstance(p, str) else "" for p in prompts]
+    return NativeRequest(
+        model, requests, stream, n_predict, settings, len(prompts) > 1, fields, texts
+    )
+
+
+def only_fields(result: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """llama-server's `response_fields`: each path ("generation_settings/n_predict") that
+    exists in the result, under that path as its key."""
+    out: dict[str, Any] = {}
+    for path in fields:
+        value: Any = result
+        for part in path.split("/"):
+            if not isinstance(value, dict) or part not in value:
+                break
+            value = value[part]
+        else:
+            out[path] = value
+    return out
 
 
 # --- answers --------------------------------------------------------------------------------
@@ -240,7 +266,7 @@ def result(
         "tokens_predicted": predicted_n,
         "tokens_evaluated": prompt_n,
         "generation_settings": parsed.settings,
-        "prompt": "",
+        "prompt": parsed.prompts[index] if index < len(parsed.prompts) else "",
         "has_new_line": "\n" in text,
         "truncated": False,
         "stop_type": stop_type(reason, word),

@@ -37,6 +37,8 @@ def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list
         Route("/tokenize", doors.tokenize, methods=["POST"]),
         Route("/detokenize", doors.detokenize, methods=["POST"]),
         Route("/apply-template", doors.apply_template, methods=["POST"]),
+        Route("/chat/completions/input_tokens", doors.input_tokens, methods=["POST"]),
+        Route("/v1/chat/completions/input_tokens", doors.input_tokens, methods=["POST"]),
         Route("/embeddings", doors.embeddings, methods=["POST"]),
         Route("/embedding", doors.embeddings, methods=["POST"]),
         Route("/props", doors.props, methods=["GET"]),
@@ -90,6 +92,8 @@ class _Routes:
             )
             for i, choice in enumerate(choices)
         ]
+        if parsed.fields:
+            results = [protocol.only_fields(r, parsed.fields) for r in results]
         return JSONResponse(results if parsed.several else results[0])
 
     async def _submit(
@@ -154,6 +158,21 @@ class _Routes:
             except Exception as e:
                 raise self._failed(e, record, "messages") from None
             return JSONResponse({"prompt": prompt})
+        except ApiError as e:
+            return _error(e)
+        except ClientGone:
+            return Response(status_code=400)
+
+    async def input_tokens(self, request: Request) -> Response:
+        """The prompt tokens a chat request would take: {"input_tokens": n}."""
+        record = record_of(request.scope)
+        try:
+            parsed = openai_protocol.parse_chat(await self._body(request))
+            try:
+                n = await self.backend.count_tokens(parsed.model, parsed.request)
+            except Exception as e:
+                raise self._failed(e, record, "messages") from None
+            return JSONResponse({"input_tokens": n})
         except ApiError as e:
             return _error(e)
         except ClientGone:

@@ -203,7 +203,15 @@ def _response_format(fmt: Any) -> str:
     from ..llama.grammar import constraint
 
     if kind == "json_object":
-        return constraint(format="json")
+        schema = fmt.get("schema")  # llama.cpp's extension: json_object held to a schema
+        if schema is None:
+            return constraint(format="json")
+        if not isinstance(schema, dict):
+            raise invalid(param, "'response_format.schema' must be a JSON schema object")
+        try:
+            return constraint(json_schema=schema, names=("response_format.schema", "", ""))
+        except UsageError as e:
+            raise invalid(param, str(e)) from None
     if kind != "json_schema":
         raise invalid(
             param,
@@ -226,6 +234,27 @@ def _response_format(fmt: Any) -> str:
         raise invalid(param, str(e)) from None
 
 
+def llama_grammar(body: dict[str, Any]) -> str:
+    """llama.cpp's extensions `json_schema` (a schema held to as response_format's is) and
+    `grammar` (GBNF), checked as --grammar is; "" when neither is set."""
+    from ..errors import UsageError
+    from ..llama.grammar import constraint
+
+    schema, grammar = body.get("json_schema"), body.get("grammar")
+    try:
+        if schema is not None:
+            if not isinstance(schema, dict):
+                raise invalid("json_schema", "'json_schema' must be a JSON schema object")
+            return constraint(json_schema=schema, names=("json_schema", "", ""))
+        if grammar is not None and grammar != "":
+            if not isinstance(grammar, str):
+                raise invalid("grammar", "'grammar' must be a string (GBNF)")
+            return constraint(grammar=grammar, names=("", "grammar", ""))
+    except UsageError as e:
+        raise invalid("json_schema" if schema is not None else "grammar", str(e)) from None
+    return ""
+
+
 def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool, bool]:
     _refuse_unsupported(body, completions)
     sampling = _sampling(body)
@@ -245,7 +274,7 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
         if not isinstance(options, dict):
             raise invalid("stream_options", "'stream_options' must be an object")
         include_usage = _boolean(options, "include_usage")
-    grammar = _response_format(body.get("response_format"))
+    grammar = _response_format(body.get("response_format")) or llama_grammar(body)
     if grammar:
         sampling["grammar"] = grammar
     request = TextRequest(sampling=sampling, max_tokens=limit, stop=_stop(body), n=n or 1)
@@ -595,11 +624,15 @@ class ChunkStream:
         )
         self.include_usage, self.on_error = include_usage, on_error
         self._offsets: dict[int, int] = {}  # completions' logprobs: each choice's text so far
+        # llama-server's `timings`, added to the usage chunk when the route can tell them
+        self.timings: Callable[[], dict[str, Any]] | None = None
 
     def opening(self, choices: int) -> list[bytes]:
         if not self.chat:  # completions have no roles
             return []
-        return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(choices)]
+        # content null, not "": llama-server's form, which llama.cpp's clients expect (a
+        # content delta there is never empty); OpenAI's clients read both
+        return [self._chunk(i, {"role": "assistant", "content": None}) for i in range(choices)]
 
     def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         shaped = None
@@ -630,6 +663,8 @@ class ChunkStream:
         if not self.include_usage:
             return [done]
         used = {**self._wrap([]), "usage": usage(prompt_tokens, completion_tokens)}
+        if self.timings is not None:
+            used["timings"] = self.timings()
         return [_event(used), done]
 
     def _chunk(

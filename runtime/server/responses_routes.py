@@ -35,6 +35,7 @@ def routes(
     door = _Responses(backend, max_body, backend_error, media)
     return [
         Route("/v1/responses", door.create, methods=["POST"]),
+        Route("/responses", door.create, methods=["POST"]),  # llama-server's path too
         Route("/v1/responses/{id:path}", door.stored, methods=["GET", "POST", "DELETE"]),
     ]
 
