@@ -13,7 +13,6 @@ llama.cpp's native completion object (`content`, `stop`, `tokens_predicted`…);
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -24,7 +23,7 @@ from ..errors import OptionError
 from ..generation.infill import Infill
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
-from .access_log import LogRecord, record_of
+from .access_log import record_of
 from .answer import Answer, EventStream, whole
 from .anthropic_routes import BackendError
 from .backend import Backend, FinishReason, TextRequest
@@ -40,17 +39,9 @@ def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list
     return [Route("/infill", door.infill, methods=["POST"])]
 
 
-@dataclass
-class InfillRequest:
-    infill: Infill
-    request: TextRequest
-    stream: bool
-    fields: list[str] | None  # response_fields: only these (paths such as "timings/prompt_n")
-
-
-def parse(body: Any) -> InfillRequest:
-    """An /infill body → what to fill in, the request's settings, whether to stream and which
-    fields to answer with, or an ApiError naming the field."""
+def parse(body: Any) -> tuple[Infill, TextRequest, bool]:
+    """An /infill body → what to fill in, the request's settings and whether to stream, or an
+    ApiError naming the field."""
     if not isinstance(body, dict):
         raise invalid("", "the request body must be a JSON object")
     prefix, suffix = _text(body, "input_prefix", None), _text(body, "input_suffix", None)
@@ -65,12 +56,7 @@ def parse(body: Any) -> InfillRequest:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid("stream", f"'stream' must be true or false (got {kind_of(stream)})")
-    fields = body.get("response_fields")
-    if fields is not None and (
-        not isinstance(fields, list) or not all(isinstance(f, str) for f in fields)
-    ):
-        raise invalid("response_fields", "'response_fields' must be an array of strings")
-    return InfillRequest(infill, request, stream, fields or None)
+    return infill, request, stream
 
 
 def _text(body: dict[str, Any], name: str, default: str | None) -> str:
@@ -136,17 +122,10 @@ def _stop_type(reason: FinishReason, stop: str | None) -> str:
 
 
 def completion_object(
-    model: str,
-    content: str,
-    reason: FinishReason,
-    stop: str | None,
-    record: LogRecord,
-    fields: list[str] | None,
+    model: str, content: str, reason: FinishReason, stop: str | None, prompt_n: int, n: int
 ) -> dict[str, Any]:
-    """llama.cpp's native completion object, as its clients read it; with `fields`, only those
-    (llama-server's response_fields: "a/b" is the value at key b of key a, under that name)."""
-    prompt_n, n = record.prompt_tokens, record.completion_tokens
-    whole = {
+    """llama.cpp's native completion object, as its clients read it."""
+    return {
         "index": 0,
         "content": content,
         "tokens": [],
@@ -159,36 +138,7 @@ def completion_object(
         "stop_type": _stop_type(reason, stop),
         "stopping_word": stop or "",
         "tokens_cached": 0,
-        "timings": _timings(record),
-    }
-    if not fields:
-        return whole
-    picked = {}
-    for path in fields:
-        value: Any = whole
-        for key in path.split("/"):
-            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
-        if value is not _MISSING:
-            picked[path] = value
-    return picked
-
-
-_MISSING = object()
-
-
-def _timings(record: LogRecord) -> dict[str, Any]:
-    """llama-server's `timings`: the prompt's evaluation (here: up to the first token) and the
-    generation after it, in milliseconds."""
-    prompt_ms = (record.ttft_s or 0.0) * 1000
-    predicted_ms = (record.generation_s or 0.0) * 1000
-    prompt_n, n = record.prompt_tokens, record.completion_tokens
-    return {
-        "prompt_n": prompt_n,
-        "prompt_ms": prompt_ms,
-        "prompt_per_second": prompt_n / prompt_ms * 1000 if prompt_ms > 0 else 0.0,
-        "predicted_n": n,
-        "predicted_ms": predicted_ms,
-        "predicted_per_second": n / predicted_ms * 1000 if predicted_ms > 0 else 0.0,
+        "timings": {"prompt_n": prompt_n, "predicted_n": n},
     }
 
 
@@ -197,8 +147,8 @@ class _NativeStream:
 
     media_type = "text/event-stream; charset=utf-8"
 
-    def __init__(self, answer: Answer, on_error: Any, fields: list[str] | None) -> None:
-        self.answer, self.on_error, self.fields = answer, on_error, fields
+    def __init__(self, answer: Answer, on_error: Any) -> None:
+        self.answer, self.on_error = answer, on_error
         self.reason, self.pieces = FinishReason.STOP, 0
 
     def opening(self, choices: int) -> list[bytes]:
@@ -219,8 +169,10 @@ class _NativeStream:
         return _event(self.on_error(error).body())
 
     def closing(self, prompt_tokens: int, completion_tokens: int) -> list[bytes]:
-        stop, record = self.answer.stops.get(0), self.answer.record
-        last = completion_object(self.answer.model, "", self.reason, stop, record, self.fields)
+        stop = self.answer.stops.get(0)
+        last = completion_object(
+            self.answer.model, "", self.reason, stop, prompt_tokens, completion_tokens
+        )
         return [_event(last)]
 
 
@@ -247,10 +199,10 @@ class _Door:
         record = record_of(request.scope)
         try:
             body = parse_json(await read_body(request.receive, request.headers, self.max_body))
-            parsed = parse(body)
+            _, text_request, stream = parse(body)
             record.model = model = self._model(body)
             try:
-                job = await self.backend.submit(model, parsed.request)
+                job = await self.backend.submit(model, text_request)
             except OptionError as e:  # not a FIM model: name the field, as the CLI names --suffix
                 raise invalid(e.option, str(e)) from None
             except Exception as e:
@@ -260,12 +212,8 @@ class _Door:
         except ClientGone:
             return Response(status_code=400)
         answer = Answer([job], record, 1)
-        if parsed.stream:
-
-            def on_error(e: Exception) -> ApiError:
-                return self.backend_error(e, record, "")
-
-            shaper = _NativeStream(answer, on_error, parsed.fields)
+        if stream:
+            shaper = _NativeStream(answer, lambda e: self.backend_error(e, record, ""))
             return EventStream(answer, shaper)
 
         def failed(e: Exception) -> Response:
@@ -276,7 +224,12 @@ class _Door:
         if isinstance(choices, Response):
             return choices
         choice = choices[0]
-        stop = answer.stops.get(0)
-        return JSONResponse(
-            completion_object(answer.model, choice.text, choice.reason, stop, record, parsed.fields)
+        body_out = completion_object(
+            answer.model,
+            choice.text,
+            choice.reason,
+            answer.stops.get(0),
+            record.prompt_tokens,
+            record.completion_tokens,
         )
+        return JSONResponse(body_out)
