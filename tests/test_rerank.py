@@ -126,7 +126,7 @@ def test_bad_input_is_one_line_and_exit_2(reranker: Path, tmp_path: Path) -> Non
 def test_the_server_reranks_as_llama_server(
     served: Server, reranker: Path, want: dict[int, float]
 ) -> None:
-    for path in ("/v1/rerank", "/rerank", "/v1/reranking"):
+    for path in ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking", "/v2/rerank"):
         r = httpx.post(
             served.url + path,
             json={"model": str(reranker), "query": QUERY, "documents": DOCS},

@@ -1,5 +1,6 @@
 """Reranking: `POST /v1/rerank` (also `/rerank`, `/v1/reranking`, `/reranking`, as
-llama-server answers them), for a reranker GGUF (its pooling is "rank").
+llama-server answers them, and Cohere's `/v2/rerank`), for a reranker GGUF (its pooling is
+"rank").
 
     routes(backend, max_body, backend_error) -> [Route, ...]   # added to app.py's list
 
@@ -31,7 +32,8 @@ from .openai_protocol import ApiError, invalid, kind_of
 from .security import ClientGone, parse_json, read_body
 
 MAX_DOCUMENTS = 1024
-PATHS = ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking")
+# llama-server's four, and Cohere's v2 client's (its v1 client posts to /v1/rerank).
+PATHS = ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking", "/v2/rerank")
 
 
 @dataclass
