@@ -26,6 +26,7 @@ from .options import (
     GrammarOpt,
     JsonOpt,
     JsonSchemaOpt,
+    LogprobsOpt,
     MarkdownOpt,
     MaxTokensOpt,
     MinPOpt,
@@ -99,6 +100,7 @@ def run(
     timeout: TimeoutOpt = None,
     tool: ToolOpt = None,
     tool_choice: ToolChoiceOpt = None,
+    logprobs: LogprobsOpt = None,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
@@ -145,6 +147,7 @@ def run(
         tool_choice=tool_choice,
         batch=batch,
         parallel=parallel,
+        logprobs=logprobs,
         local=local,
         remote=RemoteFlags(remote, api_key, api_key_file, timeout),
     )

@@ -11,6 +11,7 @@ otherwise. numpy comes with llama-cpp-python, and is imported when a reader is m
 from __future__ import annotations
 
 import codecs
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -123,3 +124,22 @@ class Trail:
         del self._pending[:n]
         self.tokens.extend(out)
         return out
+
+
+def as_json(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+    """Tokens as OpenAI's chat answers list them (`choices[].logprobs.content`), with
+    llama-server's `id` beside: {id, token, logprob, bytes, top_logprobs: [{id, token, logprob,
+    bytes}]}. The server's chat door and `infer run --json --logprobs N` write this."""
+    return [
+        {
+            "id": t.token,
+            "token": t.text,
+            "logprob": t.logprob,
+            "bytes": list(t.raw),
+            "top_logprobs": [
+                {"id": a.token, "token": a.text, "logprob": a.logprob, "bytes": list(a.raw)}
+                for a in t.top
+            ],
+        }
+        for t in tokens
+    ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..generation.logprobs import MAX_TOP, MAX_TOP_COMPLETIONS, TokenLogprob
+from ..generation.logprobs import MAX_TOP, MAX_TOP_COMPLETIONS, TokenLogprob, as_json
 
 
 def openai_requested(body: dict[str, Any], completions: bool, invalid: Any) -> int | None:
@@ -63,20 +63,7 @@ def openai_requested(body: dict[str, Any], completions: bool, invalid: Any) -> i
 
 def chat(tokens: Sequence[TokenLogprob]) -> dict[str, Any]:
     """A chat choice's (or chunk's) `logprobs` object."""
-    return {"content": [_entry(t) for t in tokens]}
-
-
-def _entry(t: TokenLogprob) -> dict[str, Any]:
-    top = [
-        {"id": a.token, "token": a.text, "logprob": a.logprob, "bytes": list(a.raw)} for a in t.top
-    ]
-    return {
-        "id": t.token,
-        "token": t.text,
-        "logprob": t.logprob,
-        "bytes": list(t.raw),
-        "top_logprobs": top,
-    }
+    return {"content": as_json(tokens)}
 
 
 def completion(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
@@ -97,7 +84,7 @@ def completion(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any
         "token_logprobs": [t.logprob for t in tokens],
         "top_logprobs": tops,
         "text_offset": offsets,
-        "content": [_entry(t) for t in tokens],
+        "content": as_json(tokens),
     }
 
 
