@@ -55,7 +55,8 @@ def end_answer(
     """How a one-shot answer ends, local or remote: the JSON object (`--json`, with the tokens'
     `logprobs` when --logprobs asked), or the newline after streamed text that lacked one."""
     if json_out:
-        record = {"model": model, "text": text, "finish_reason": finish_reason, "stats": stats}
+        record: dict[str, Any] = {"model": model, "text": text, "finish_reason": finish_reason}
+        record["stats"] = stats
         if logprobs is not None:
             record["logprobs"] = logprobs
         write_answer(json.dumps(record, ensure_ascii=False) + "\n")
