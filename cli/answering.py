@@ -75,6 +75,7 @@ class RunArgs:
     batch: str | None = None
     parallel: int | None = None
     suffix: str | None = None  # fill-in-the-middle: PROMPT is the code before the gap
+    logprobs: int | None = None  # --logprobs N: into the JSON output
     local: LocalFlags = field(default_factory=LocalFlags)
     remote: RemoteFlags = field(default_factory=RemoteFlags)
 
@@ -102,6 +103,7 @@ def _execute_local(args: RunArgs) -> None:
 
     conflicts = {"--continue": args.continue_, "--markdown": args.markdown}
     batched = _check_batch(args, conflicts | {"--draft": bool(args.local.draft)})
+    _check_logprobs(args, batched)
     grammar = constraint(args.json_schema, args.grammar, args.fmt)
     offered = _tools(args, constrained=bool(grammar), what="--json-schema, --grammar or --format")
     media = _media_flags(args, batched or offered is not None)
@@ -220,7 +222,7 @@ def _options(args: RunArgs, defaults: ModelDefaults) -> tuple[LoadOptions, Gener
         draft_ngram=local.draft_ngram,
         draft_always=local.draft_always,
     )
-    return engine_options, options
+    return engine_options, replace(options, logprobs=args.logprobs)
 
 
 def _execute_remote(args: RunArgs, url: str) -> None:
@@ -340,6 +342,17 @@ def _tools(args: RunArgs, *, constrained: bool, what: str) -> Offered | None:
     return offered
 
 
+def _check_logprobs(args: RunArgs, batched: bool) -> None:
+    """--logprobs: values for the JSON output, from plain decoding."""
+    if args.logprobs is None:
+        return
+    if not (args.json_out or batched):
+        raise UsageError("--logprobs goes into the JSON output: add --json (or use --batch)")
+    for flag, given in (("--draft", bool(args.local.draft)), ("--tool", bool(args.tool))):
+        if given:
+            raise UsageError(f"--logprobs cannot be combined with {flag}")
+
+
 def _check_batch(args: RunArgs, conflicts: dict[str, bool]) -> bool:
     """Whether this is a --batch/--parallel run (its flags checked first)."""
     if not args.batched:
@@ -392,5 +405,10 @@ def _finish(answerer: Answerer, answer: Answer, *, json_out: bool, reason: str =
     if reason:
         stats.finish_reason = reason
     output.end_answer(
-        answerer.model, answer.text, stats.finish_reason, stats.as_dict(), json_out=json_out
+        answerer.model,
+        answer.text,
+        stats.finish_reason,
+        stats.as_dict(),
+        json_out=json_out,
+        logprobs=answer.logprobs,
     )

@@ -274,6 +274,10 @@ class _Writer:
         )
         if result.error is not None:
             record["error"] = result.error
+        if result.logprobs is not None:  # --logprobs
+            from infer.runtime.generation.logprobs import as_json
+
+            record["logprobs"] = as_json(result.logprobs)
         output.write_answer(json.dumps(record, ensure_ascii=False) + "\n")
         self.written.append(result)
 

@@ -176,6 +176,18 @@ JsonOpt = Annotated[
         "--json", rich_help_panel=OUTPUT, help="Print one JSON object (text and stats) on stdout."
     ),
 ]
+LogprobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--logprobs",
+        metavar="N",
+        min=0,
+        max=20,
+        rich_help_panel=OUTPUT,
+        help="With --json (or --batch): each generated token's log-probability and its N most "
+        "likely alternatives, as llama-server computes them (before sampling).",
+    ),
+]
 VerboseOpt = Annotated[
     bool,
     typer.Option(

@@ -44,12 +44,21 @@ def write_answer(piece: str) -> None:
 
 # --- stderr: everything else --------------------------------------------------------------
 def end_answer(
-    model: str, text: str, finish_reason: str, stats: dict[str, Any], *, json_out: bool
+    model: str,
+    text: str,
+    finish_reason: str,
+    stats: dict[str, Any],
+    *,
+    json_out: bool,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> None:
-    """How a one-shot answer ends, local or remote: the JSON object (`--json`), or the newline
-    after streamed text that lacked one."""
+    """How a one-shot answer ends, local or remote: the JSON object (`--json`, with the tokens'
+    `logprobs` when --logprobs asked), or the newline after streamed text that lacked one."""
     if json_out:
-        record = {"model": model, "text": text, "finish_reason": finish_reason, "stats": stats}
+        record: dict[str, Any] = {"model": model, "text": text, "finish_reason": finish_reason}
+        record["stats"] = stats
+        if logprobs is not None:
+            record["logprobs"] = logprobs
         write_answer(json.dumps(record, ensure_ascii=False) + "\n")
     elif text and not text.endswith("\n"):
         write_answer("\n")

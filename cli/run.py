@@ -31,6 +31,7 @@ from .options import (
     ImageOpt,
     JsonOpt,
     JsonSchemaOpt,
+    LogprobsOpt,
     MarkdownOpt,
     MaxTokensOpt,
     MinPOpt,
@@ -120,6 +121,7 @@ def run(
     image: ImageOpt = None,
     audio: AudioOpt = None,
     mmproj: MmprojOpt = None,
+    logprobs: LogprobsOpt = None,
 ) -> None:
     """Answer PROMPT (and/or text piped on stdin) with MODEL, streaming to stdout. On a terminal
     with no PROMPT, open an interactive chat."""
@@ -170,6 +172,7 @@ def run(
         batch=batch,
         parallel=parallel,
         suffix=suffix,
+        logprobs=logprobs,
         local=local,
         remote=RemoteFlags(remote, api_key, api_key_file, timeout),
     )

@@ -122,6 +122,12 @@ class Answer(Protocol):
     @property
     def tool_calls(self) -> list[dict[str, Any]]: ...
 
+    @property
+    def logprobs(self) -> list[dict[str, Any]] | None:
+        """Each token's log-probabilities as JSON objects (generation/logprobs.py's as_json),
+        when the local engine was asked for them; None otherwise (and from a remote)."""
+        ...
+
     def __iter__(self) -> Iterator[str]: ...
 
 

@@ -41,6 +41,14 @@ class LocalAnswer:
     def stats(self) -> Stats:
         return self.gen.stats
 
+    @property
+    def logprobs(self) -> list[dict[str, Any]] | None:
+        if self.gen.logprobs is None:
+            return None
+        from .generation.logprobs import as_json
+
+        return as_json(self.gen.logprobs)
+
 
 class LocalAnswerer:
     """`session` answering as `model` (its file `where`), with the model's `defaults` under

@@ -272,6 +272,7 @@ class RemoteAnswer:
         self.stats = Stats()
         # OpenAI tool_calls, assembled from the stream's delta.tool_calls fragments
         self.tool_calls: list[dict[str, Any]] = []
+        self.logprobs: list[dict[str, Any]] | None = None  # not asked of a remote
 
     def __iter__(self) -> Iterator[str]:
         remote, chat = self.remote, not self.request.raw

@@ -33,6 +33,7 @@ class ScriptedAnswer:
     text: str = ""
     stats: Stats = field(default_factory=Stats)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] | None = None
 
     def __iter__(self) -> Iterator[str]:
         for piece in self.pieces:

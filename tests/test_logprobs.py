@@ -243,3 +243,34 @@ def test_the_ollama_client_reads_logprobs(infer: Server) -> None:
     assert all(not t.top_logprobs for t in tokens)  # top_logprobs 0: the tokens' own only
     plain = client.chat(model="smollm2", messages=messages, options=options)
     assert plain.logprobs is None
+
+
+def test_the_openai_client_reads_responses_logprobs(infer: Server) -> None:
+    client = infer.client()
+    asked: Any = {"include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    whole = client.responses.create(
+        model="smollm2", input=QUESTIONS[2], temperature=0, max_output_tokens=12, **asked
+    )
+    part = whole.output[0].content[0]  # type: ignore[union-attr]
+    assert part.type == "output_text" and part.logprobs
+    assert "".join(t.token for t in part.logprobs) == part.text
+    assert all(len(t.top_logprobs) == 2 for t in part.logprobs)
+    # the chat door's values for the same conversation
+    chat = post(infer.url, "/v1/chat/completions", chat_body(
+        QUESTIONS[2], max_tokens=12, logprobs=True, top_logprobs=2))  # fmt: skip
+    assert [t.logprob for t in part.logprobs] == pytest.approx(
+        [e["logprob"] for e in chat["choices"][0]["logprobs"]["content"]], abs=1e-6
+    )
+    streamed = []
+    for event in client.responses.create(
+        model="smollm2", input=QUESTIONS[2], temperature=0, max_output_tokens=12, stream=True,
+        **asked,
+    ):  # fmt: skip
+        if event.type == "response.output_text.delta":
+            assert "".join(t.token for t in event.logprobs) == event.delta
+            streamed.extend(event.logprobs)
+        if event.type == "response.output_text.done":
+            assert [t.token for t in event.logprobs] == [t.token for t in part.logprobs]
+    assert [t.token for t in streamed] == [t.token for t in part.logprobs]
+    plain = client.responses.create(model="smollm2", input="hi", max_output_tokens=3)
+    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]

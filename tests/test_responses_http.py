@@ -263,6 +263,10 @@ def test_tool_choice(served: Served, choice: Any, forced: str | None) -> None:
         ),
         ({"stream": "yes"}, "stream"),
         ({"model": 5}, "model"),
+        ({"include": ["reasoning.encrypted_content"]}, "include"),
+        ({"include": "message.output_text.logprobs"}, "include"),
+        ({"top_logprobs": 3}, "top_logprobs"),  # without include: nothing would carry them
+        ({"include": ["message.output_text.logprobs"], "top_logprobs": 21}, "top_logprobs"),
     ],
 )
 def test_refusals_name_the_field(served: Served, body: dict[str, Any], param: str) -> None:

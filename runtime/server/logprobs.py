@@ -15,6 +15,10 @@ Where OpenAI and llama-server differ in shape, OpenAI is followed: `logprobs: tr
 the tokens' own log-probabilities (llama-server gives none); the end-of-generation token is not
 part of the answer's text and has no entry (llama-server lists it with an empty text).
 
+Responses (responses_protocol): `include: ["message.output_text.logprobs"]` and `top_logprobs`
+0..20 → the output_text part's `logprobs: [{token, logprob, bytes, top_logprobs}]`, and each
+`response.output_text.delta` event's for its own text.
+
 Ollama (ollama_protocol, api/types.go): `logprobs: true` and `top_logprobs` 0..20 on /api/chat
 and /api/generate → `"logprobs": [{token, logprob, bytes, top_logprobs: [{token, logprob,
 bytes}]}]` beside the message (each stream line: its own tokens').
@@ -25,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..generation.logprobs import MAX_TOP, MAX_TOP_COMPLETIONS, TokenLogprob
+from ..generation.logprobs import MAX_TOP, MAX_TOP_COMPLETIONS, TokenLogprob, as_json
 
 
 def openai_requested(body: dict[str, Any], completions: bool, invalid: Any) -> int | None:
@@ -63,20 +67,7 @@ def openai_requested(body: dict[str, Any], completions: bool, invalid: Any) -> i
 
 def chat(tokens: Sequence[TokenLogprob]) -> dict[str, Any]:
     """A chat choice's (or chunk's) `logprobs` object."""
-    return {"content": [_entry(t) for t in tokens]}
-
-
-def _entry(t: TokenLogprob) -> dict[str, Any]:
-    top = [
-        {"id": a.token, "token": a.text, "logprob": a.logprob, "bytes": list(a.raw)} for a in t.top
-    ]
-    return {
-        "id": t.token,
-        "token": t.text,
-        "logprob": t.logprob,
-        "bytes": list(t.raw),
-        "top_logprobs": top,
-    }
+    return {"content": as_json(tokens)}
 
 
 def completion(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
@@ -97,7 +88,7 @@ def completion(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any
         "token_logprobs": [t.logprob for t in tokens],
         "top_logprobs": tops,
         "text_offset": offsets,
-        "content": [_entry(t) for t in tokens],
+        "content": as_json(tokens),
     }
 
 
@@ -117,11 +108,44 @@ def ollama_requested(body: dict[str, Any], invalid: Any) -> int | None:
 
 
 def ollama(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
-    """An answer's (or stream line's) `logprobs` list."""
+    """An answer's (or stream line's) `logprobs` list (an empty top_logprobs left out, as
+    Ollama's omitempty does)."""
+    return _plain(tokens, empty_top=False)
+
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
+def responses_requested(body: dict[str, Any], invalid: Any) -> int | None:
+    """The Responses API's `include` (only LOGPROBS_INCLUDE is honoured) and `top_logprobs`."""
+    include, top = body.get("include"), body.get("top_logprobs")
+    if include is not None and (
+        not isinstance(include, list) or any(i != LOGPROBS_INCLUDE for i in include)
+    ):
+        raise invalid(
+            "include",
+            f"'include' may only hold {LOGPROBS_INCLUDE!r} here (nothing else is kept)",
+        )
+    wanted = bool(include)
+    if top is not None:
+        if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP:
+            raise invalid("top_logprobs", f"'top_logprobs' must be an integer 0 to {MAX_TOP}")
+        if top and not wanted:
+            raise invalid("top_logprobs", f"'top_logprobs' needs 'include': [{LOGPROBS_INCLUDE!r}]")
+    return (top or 0) if wanted else None
+
+
+def responses(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+    """An output_text part's (or delta event's) `logprobs` list."""
+    return _plain(tokens, empty_top=True)
+
+
+def _plain(tokens: Sequence[TokenLogprob], *, empty_top: bool) -> list[dict[str, Any]]:
+    """{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]} per token (no ids)."""
     out = []
     for t in tokens:
         entry: dict[str, Any] = {"token": t.text, "logprob": t.logprob, "bytes": list(t.raw)}
-        if t.top:  # Ollama leaves an empty list out (omitempty)
+        if t.top or empty_top:
             entry["top_logprobs"] = [
                 {"token": a.text, "logprob": a.logprob, "bytes": list(a.raw)} for a in t.top
             ]

@@ -22,6 +22,7 @@ from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
+from . import logprobs as shapes
 from . import media_parts
 from .backend import Choice, FinishReason, TextRequest
 from .media_parts import NO_URLS, MediaPolicy
@@ -38,8 +39,6 @@ REFUSED: dict[str, tuple[Any, ...]] = {
     "conversation": (None,),
     "prompt": (None,),
     "reasoning": (None, {}),
-    "include": (None, []),
-    "top_logprobs": (None, 0),
     "max_tool_calls": (None,),
     "truncation": (None, "disabled"),
 }
@@ -69,6 +68,7 @@ def parse(body: Any, media: MediaPolicy = NO_URLS) -> ResponsesRequest:
     _refuse(body)
     model = model_name(body)
     request = TextRequest(messages=_conversation(body, media), sampling=_sampling(body))
+    request.logprobs = shapes.responses_requested(body, invalid)
     request.max_tokens = _max_output_tokens(body.get("max_output_tokens"))
     text = body.get("text")
     grammar, fmt = _text_format(text)
@@ -379,18 +379,21 @@ def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
     }
 
 
-def message_item(id: str, text: str, status: str) -> dict[str, Any]:
+def message_item(
+    id: str, text: str, status: str, logprobs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {
         "id": id,
         "type": "message",
         "role": "assistant",
         "status": status,
-        "content": [] if status == "in_progress" else [text_part(text)],
+        "content": [] if status == "in_progress" else [text_part(text, logprobs)],
     }
 
 
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`logprobs`: the tokens' (include message.output_text.logprobs), else empty."""
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
 def call_item(id: str, call: ToolCall, status: str = "completed") -> dict[str, Any]:
@@ -437,7 +440,8 @@ def whole(model: str, echo: dict[str, Any], choice: Choice, used: dict[str, Any]
     status = status_of(choice.reason)
     output = []
     if not choice.calls or choice.content:
-        output.append(message_item(new_id("msg"), choice.content or "", status))
+        logprobs = shapes.responses(choice.logprobs) if choice.logprobs else None
+        output.append(message_item(new_id("msg"), choice.content or "", status, logprobs))
     output += [call_item(new_id("fc"), call) for call in choice.calls]
     return response_object(new_id("resp"), int(time.time()), model, echo, output, status, used)
 
@@ -459,6 +463,7 @@ class EventFrames:
         self.output: list[dict[str, Any]] = []  # items done, for the final response
         self.message: dict[str, Any] | None = None  # the open message item
         self.text_so_far = ""
+        self.logprobs_so_far: list[dict[str, Any]] = []  # the open message's tokens'
         self.status = "completed"
 
     def opening(self, choices: int) -> list[bytes]:
@@ -467,8 +472,10 @@ class EventFrames:
     def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         opened = b"" if self.message is not None else self._open_message()
         self.text_so_far += text
+        shaped = shapes.responses(logprobs)
+        self.logprobs_so_far += shaped
         return opened + self._event(
-            "response.output_text.delta", **self._at(), content_index=0, delta=text, logprobs=[]
+            "response.output_text.delta", **self._at(), content_index=0, delta=text, logprobs=shaped
         )
 
     def call(self, index: int, k: int, call: ToolCall) -> bytes:
@@ -510,7 +517,7 @@ class EventFrames:
     # --- the pieces ---
     def _open_message(self) -> bytes:
         self.message = message_item(new_id("msg"), "", "in_progress")
-        self.text_so_far = ""
+        self.text_so_far, self.logprobs_so_far = "", []
         added = self._event(
             "response.output_item.added", output_index=len(self.output), item=self.message
         )
@@ -522,14 +529,14 @@ class EventFrames:
     def _close_message(self, status: str) -> bytes:
         if self.message is None:
             return b""
-        text, at = self.text_so_far, self._at()
+        text, at, logprobs = self.text_so_far, self._at(), self.logprobs_so_far
         out = self._event(
-            "response.output_text.done", **at, content_index=0, text=text, logprobs=[]
+            "response.output_text.done", **at, content_index=0, text=text, logprobs=logprobs
         )
         out += self._event(
-            "response.content_part.done", **at, content_index=0, part=text_part(text)
+            "response.content_part.done", **at, content_index=0, part=text_part(text, logprobs)
         )
-        done = message_item(self.message["id"], text, status)
+        done = message_item(self.message["id"], text, status, logprobs)
         out += self._event("response.output_item.done", output_index=len(self.output), item=done)
         self.output.append(done)
         self.message = None

@@ -69,7 +69,7 @@ class _Responses:
             return _error(e)
         except ClientGone:
             return Response(status_code=400)
-        answer = Answer([job], record, 1)
+        answer = Answer([job], record, 1, logprobs=parsed.request.logprobs is not None)
         if parsed.stream:
 
             def on_error(e: Exception) -> ApiError:
