@@ -69,17 +69,20 @@ def measured(record: Record, what: str = "") -> str:
         line += f" — `benchmarks/{script}`"
     line += f". {what}" if what else "."
     if record.get("smoke"):
-        line = f"{SMOKE}\n\n{line}"
+        line = SMOKE.format(script=script or "its script") + "\n\n" + line
     return line
 
 
 SMOKE = (
     "**A smoke run** (short settings, no quiet-machine gate, `INFER_BENCH_NO_WAIT=1`): it shows "
-    "the table's shape; its figures mean nothing until the script is run again as shown above."
+    "the table's shape; its figures mean nothing until `python benchmarks/{script}` is run on a "
+    "quiet machine."
 )
 
 
 def _setting(value: Any) -> str:
+    if value is None:
+        return "default"
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return str(value)

@@ -94,7 +94,7 @@ def main() -> None:
     model = (args.model or bundled_model()).resolve()
     bin_dir = build_llamacpp()
     compile_infer()
-    text, _ = chat_prompt(model)
+    text, _ = chat_prompt(model, PROMPT)  # the same question infer is asked
     from infer.runtime.params import physical_cores
 
     threads = physical_cores()

@@ -1,6 +1,6 @@
 """`infer embed` against llama.cpp's `llama-embedding`, and against embedding one text per call.
 
-    python benchmarks/embed.py [--model PATH] [--lines 150] [--rounds 5] [--single 10] [--json FILE]
+    python benchmarks/embed.py [--model PATH] [--lines 120] [--rounds 5] [--single 10] [--json FILE]
 
 The same file of `--lines` distinct sentences (8–20 words), the same model, pooling (mean),
 batches (4096 tokens, micro-batches of 512, up to 256 texts: set explicitly, as llama-embedding
@@ -64,7 +64,7 @@ def timed(cmd: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--lines", type=int, default=150)
+    ap.add_argument("--lines", type=int, default=120)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--single", type=int, default=10, help="lines embedded one call each")
     ap.add_argument("--threads", type=int, default=2)

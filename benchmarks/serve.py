@@ -1,7 +1,7 @@
 """`infer serve` against llama.cpp's `llama-server`: the same model, slots and load generator.
 
-    python benchmarks/serve.py [--model PATH] [--clients 1,4,8] [--requests 2] [--rounds 2]
-                               [--prompt-tokens 64] [--tokens 128] [--parallel 8]
+    python benchmarks/serve.py [--model PATH] [--clients 1,4,8] [--requests 2] [--rounds 3]
+                               [--prompt-words 48] [--tokens 128] [--parallel 8] [--json FILE]
 
 llama-server is built from the llama.cpp source that the installed llama-cpp-python's sdist
 vendors (as vs_llamacpp.py builds llama-bench; cached in ~/.cache/infer-bench). Each server runs
@@ -10,8 +10,10 @@ context per slot, and its default threads. For each concurrency C, C clients eac
 `--requests` streaming /v1/completions requests one after another: a distinct prompt of about
 `--prompt-tokens` tokens (so no prefix cache helps), `--tokens` tokens out (`ignore_eos`, so
 both generate exactly that many). Reported per server and C: the aggregate (all generated
-tokens / wall time from the first request to the last answer) and time to first token p50/p95
-over all requests. Rounds interleave the servers (A B, B A …); ratios are infer / llama-server.
+tokens / wall time from the first request to the last answer; the median of the rounds) and
+time to first token over every request of every round: the median, and the 95th percentile
+where the pool holds at least MIN_P95 requests, else the maximum (recorded as such). Rounds
+interleave the servers (A B, B A …); ratios are infer / llama-server.
 """
 
 from __future__ import annotations

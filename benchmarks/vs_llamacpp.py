@@ -201,7 +201,7 @@ def first_token(cmd: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
-def chat_prompt(model: Path) -> tuple[str, int]:
+def chat_prompt(model: Path, prompt: str = PROMPT) -> tuple[str, int]:
     """The prompt text `infer run MODEL PROMPT` evaluates (the chat template applied) and its
     token count, so that llama-completion, which parses special tokens in -p, gets the same."""
     from infer.runtime import LoadOptions, Message, load, prompt_tokens, resolve
@@ -209,7 +209,7 @@ def chat_prompt(model: Path) -> tuple[str, int]:
 
     engine = load(resolve(str(model)), LoadOptions(ctx_size=512))
     try:
-        messages = [Message("user", PROMPT)]
+        messages = [Message("user", prompt)]
         ours = prompt_tokens(engine, messages)
         template = engine.chat_template or ""
         parts = segments(template, messages, bos_token=engine.bos_text, eos_token=engine.eos_text)

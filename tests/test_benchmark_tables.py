@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,3 +135,52 @@ def test_every_benchmark_writes_a_results_file(script: str) -> None:
     assert result.returncode == 0, result.stderr
     help_text = " ".join(result.stdout.split())
     assert f"(default: benchmarks/results/{script[:-3]}.json)" in help_text, help_text[-300:]
+
+
+# The shapes perplexity.py, batched.py and rpc.py write (their runs need llama.cpp tools the
+# suite does not build): their renderers must take them, before anyone runs the scripts.
+PPL = {"ppl": 42.19601, "stderr": 2.81022, "seconds": 1.0, "tokens": 5420, "chunks": 10}
+SHAPES: dict[str, Any] = {
+    "perplexity": [
+        {"model": "smollm2", "size": 98_400_000, "quantize": None, "infer": PPL,
+         "llama_cpp": {**PPL, "ppl": 42.1960}, "rel_diff": 1e-7, "same_to_4_decimals": True},
+        {"model": "smollm2:Q8_0", "size": 144_800_000,
+         "quantize": {"name": "smollm2:Q8_0", "path": "/x", "size": 1, "seconds": 0.9},
+         "infer": PPL, "llama_cpp": {**PPL, "ppl": 42.1970}, "rel_diff": 2e-5,
+         "same_to_4_decimals": False},
+    ],
+    "batched": {
+        "1": {"llama": [136.2, 130.0], "infer": [136.4, 131.0], "total": [89.4],
+              "sequential": [94.9]},
+        "8": {"llama": [194.7], "infer": [190.2], "total": [116.4], "sequential": [89.7]},
+    },
+    "rpc": {
+        "speed": {
+            name: [{"pp": 298.4, "tg": tg, "ttft_ms": 429.0, "load_s": 0.22, "llama_pp": 299.6,
+                    "llama_tg": 138.7, "split": "", "layers_total": 31}]
+            for name, tg in (("local", 148.2), ("1 server", 127.9), ("2 servers", 92.9))
+        },
+        "traffic": {"1 server": {"per_generated_token": 204540.4, "per_prompt_token": 2883.0,
+                                 "load": 105_900_000.0}},
+    },
+}  # fmt: skip
+SHOWN = {
+    "perplexity": ["| smollm2 | 98.4 MB | - | 42.1960 ± 2.8102 | 42.1960 ± 2.8102 | yes |",
+                   "| smollm2:Q8_0 | 144.8 MB | 0.9 s | 42.1960 ± 2.8102 | 42.1970 ± 2.8102 "
+                   "| **no** |"],
+    "batched": ["| 8 | 194.7 (± 0.0, n=1) | 190.2 (± 0.0, n=1) | 0.977 |", "| 1.30× |"],
+    "rpc": ["| 2 servers | 298.4 | 92.9 | 429 | 0.22 | 299.6 | 138.7 | 0.996 | 0.670 | 0.63× |",
+            "| 1 server | 204,540 | 2,883 | 105.9 MB |"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_the_scripts_not_run_here_render(tree: Path, name: str) -> None:
+    record = {"script": f"{name}.py", "date": "2026-12-07T10:00:00Z", "machine": "CPU, 2 CPUs",
+              "commit": "abc1234", "settings": {}, "results": SHAPES[name]}  # fmt: skip
+    (tree / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(record))
+    result = render(root=tree)
+    assert result.returncode == 0, result.stderr
+    text = (tree / "benchmarks" / "README.md").read_text()
+    for line in SHOWN[name]:
+        assert line in text, line

@@ -1,19 +1,26 @@
 """The default --gpu-layers: every layer that fits in the GPUs' free memory
 (runtime/llama/offload.py).
 
-No GPU here: the fit is checked with the real GGUF tables of the tiny and bundled models and
-made-up free memory; on this CPU-only build the device query itself must find no GPU."""
+The fit is checked with the real GGUF tables of the tiny and bundled models and made-up free
+memory, on any build. The device query itself is checked against the devices llama.cpp
+registered: on a build without GPU devices (CPU-only, or a GPU build on a machine without one)
+it must find none and offload nothing; on a GPU build with a GPU, the tiny model must go there
+whole. Each of those two skips on the other kind of build, saying why."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from infer.runtime import LoadOptions
 from infer.runtime.llama.bindings import bindings
 from infer.runtime.llama.model import LlamaModel
 from infer.runtime.llama.offload import (
     RESERVE_BYTES,
+    Device,
     default_gpu_layers,
+    devices,
     gpu_free_memory,
     kv_bytes_per_layer,
     layer_bytes,
@@ -63,13 +70,42 @@ def test_a_split_model_is_spread_over_its_layers(tmp_path: Path) -> None:
     assert layers == [2000] * 3 and output == 2000  # 8000 bytes over 3 layers + output
 
 
-def test_no_gpu_on_this_build(tiny_model: Path) -> None:
+def gpus() -> list[Device]:
+    """The GPU devices this build and machine have (RPC servers count as GPUs; none is added
+    in these tests)."""
     ll = bindings()
     ll.llama_backend_init()
+    found = devices(ll)
+    assert found is not None, "these bindings lack the ggml device API"
+    assert any(d.kind == "CPU" for d in found)  # every build has the CPU
+    return [d for d in found if d.kind in ("GPU", "iGPU")]
+
+
+def test_no_gpu_offloads_nothing(tiny_model: Path) -> None:
+    if found := gpus():
+        pytest.skip(f"needs a build or machine without a GPU; this one has {found[0].name}")
+    ll = bindings()
     assert gpu_free_memory(ll) is None
     assert default_gpu_layers(ll, read_header(tiny_model), 512) is None
     engine = LlamaModel(tiny_model, read_header(tiny_model), LoadOptions(ctx_size=256))
     try:
         assert engine.offloaded_layers == 0
+    finally:
+        engine.close()
+
+
+def test_a_gpu_takes_a_model_that_fits_whole(tiny_model: Path) -> None:
+    found = gpus()
+    if not found:
+        pytest.skip("needs a GPU build (CUDA, Metal, Vulkan …) on a machine with a GPU")
+    ll = bindings()
+    free = gpu_free_memory(ll)
+    assert free == sum(d.free for d in found) and free > 0
+    header = read_header(tiny_model)
+    n_layer = header.arch_int("block_count")
+    assert default_gpu_layers(ll, header, 256) == n_layer + 1  # a few MB: all, and the output
+    engine = LlamaModel(tiny_model, header, LoadOptions(ctx_size=256))
+    try:
+        assert engine.offloaded_layers == engine.n_layers == n_layer + 1
     finally:
         engine.close()

@@ -403,6 +403,8 @@ def test_invalid_completion_field(served: Served, fields: dict[str, Any], param:
 
 
 def test_accepted_fields_are_mapped(served: Served) -> None:
+    # Each field reaches the backend; what it does on a real model, against llama-server, is
+    # tests/test_sampling_vs_llamacpp.py's.
     body = chat_body(
         messages=[
             {"role": "developer", "content": "Be brief."},
