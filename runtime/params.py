@@ -92,8 +92,9 @@ def check_lora_scale(scale: object) -> float:
         raise OptionError("lora", f"scale must be a number (got {scale!r})", sep=": ")
     if not math.isfinite(scale) or abs(scale) > MAX_LORA_SCALE:
         raise OptionError(
-            "lora", f"scale must be between -{MAX_LORA_SCALE:g} and {MAX_LORA_SCALE:g} "
-            f"(got {scale})", sep=": "
+            "lora",
+            f"scale must be between -{MAX_LORA_SCALE:g} and {MAX_LORA_SCALE:g} (got {scale})",
+            sep=": ",
         )
     return float(scale)
 

@@ -12,6 +12,11 @@ hold the longest prefix of it (the rest of the slot is cut), else the lowest fre
 splits a batch over a split KV cache into micro-batches of consecutive sequence ids, so gaps cost.
 Slots keep their cells after a sequence leaves, for the next prompt that shares a prefix.
 
+LoRA adapters: llama.cpp applies a context's adapters to a whole decode, so a step decodes the
+sequences of one set of adapter scales (`BatchRequest.lora`); with several sets running, the
+steps take turns among them, and a slot's cells are reused only by a prompt with the scales
+they were computed with.
+
 `fork_of` decodes `n` choices of one prompt: a fork waits while its parent reads the prompt,
 then copies the parent's cells (no decode) and samples from the same logits with its own chain.
 
@@ -45,6 +50,8 @@ class BatchRequest:
     tokens: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     options: GenerateOptions = field(default_factory=GenerateOptions)
+    # The scale of each of the model's adapters (None: the context's scales when it joins).
+    lora: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -73,6 +80,7 @@ class Seq:
     __slots__ = (
         "forks",
         "generated",
+        "lora",
         "n_past",
         "on_text",
         "parent",
@@ -96,6 +104,7 @@ class Seq:
         self.stream = TextStream(req.options.stop)
         self.parent: Seq | None = None
         self.forks: list[Seq] = []
+        self.lora: tuple[float, ...] = ()
 
     def emit(self, text: str) -> None:
         self.pieces.append(text)
@@ -113,6 +122,9 @@ class Scheduler:
     ) -> None:
         self.model, self.context, self.prompt_cache = model, context, prompt_cache
         self.slots: list[Seq | None] = [None] * context.n_seq_max
+        # The adapter scales each slot's cells were computed with, and whose turn it is.
+        self.slot_lora: list[tuple[float, ...]] = [context.lora] * context.n_seq_max
+        self._turn = 0
 
     @property
     def n_ctx_seq(self) -> int:
@@ -144,11 +156,14 @@ class Scheduler:
     ) -> Seq:
         """Start `req` in a free slot (the caller checked `free_slots()` and `check(req)`).
         `on_text` gets each piece of text as it is released."""
-        slot, reuse = self._pick_slot(req.tokens if fork_of is None else [])
+        lora = self.context.lora if req.lora is None else tuple(req.lora)
+        slot, reuse = self._pick_slot(req.tokens if fork_of is None else [], lora)
         seq = self.slots[slot] = Seq(req, slot, on_text)
+        seq.lora = self.slot_lora[slot] = lora
         cache, prompt = self.prompt_cache, req.tokens
         if cache is not None and fork_of is None and reuse < cache.min_tokens <= len(prompt):
             self.context.remove(slot)
+            self.context.set_lora(lora)  # the cache's key names the adapters applied
             cache.restore(self.context, slot, prompt)
             reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
         self.context.remove(slot, reuse)
@@ -159,16 +174,17 @@ class Scheduler:
             fork_of.forks.append(seq)
         return seq
 
-    def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
-        """(slot, tokens of `prompt` its cells hold already): the longest held prefix, else
-        the lowest free slot. The last prompt token is always decoded, for its logits."""
+    def _pick_slot(self, prompt: list[int], lora: tuple[float, ...]) -> tuple[int, int]:
+        """(slot, tokens of `prompt` its cells hold already): the longest held prefix computed
+        with the same adapter scales, else the lowest free slot. The last prompt token is
+        always decoded, for its logits."""
         best, reuse = -1, 0
         for slot, seq in enumerate(self.slots):
             if seq is not None:
                 continue
             if best < 0:
                 best = slot
-            if prompt:
+            if prompt and self.slot_lora[slot] == lora:
                 held = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
                 if held > reuse:
                     best, reuse = slot, held
@@ -186,7 +202,7 @@ class Scheduler:
         """Decode one batch and sample every sequence that has logits. The results of the
         sequences that finished, and what the step did. `cancel` makes a long prompt decode
         stoppable (Interrupted); `ignore_eog` runs to max_tokens (benchmarks)."""
-        active = self.running()
+        active = self._group(self.running())
         counts = self._fill(active)
         self.context.decode(cancel if counts.prompt_tokens else None)
         finished = []
@@ -194,6 +210,7 @@ class Scheduler:
             if seq.row < 0 or self.slots[seq.slot] is not seq:
                 continue
             if seq.token is None and self.prompt_cache is not None:  # its prompt is read
+                # (the context's adapters are this group's: the key names them)
                 prompt = seq.req.tokens
                 self.prompt_cache.save(self.context, seq.slot, prompt, len(prompt) - seq.reused)
             started = self._start_forks(seq) if seq.forks and seq.token is None else []
@@ -203,6 +220,17 @@ class Scheduler:
                 if result is not None:
                     finished.append(result)
         return finished, counts
+
+    def _group(self, running: list[Seq]) -> list[Seq]:
+        """The sequences this step decodes: all of them when they share one set of adapter
+        scales, else those of one set, taking turns; the context applies that set."""
+        if not running:
+            return running
+        sets = list(dict.fromkeys(seq.lora for seq in running))
+        lora = sets[self._turn % len(sets)]
+        self._turn += 1
+        self.context.set_lora(lora)
+        return running if len(sets) == 1 else [seq for seq in running if seq.lora == lora]
 
     def _start_forks(self, parent: Seq) -> list[Seq]:
         """The parent's prompt is read: its forks take copies of its cells and sample from the

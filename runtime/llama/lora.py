@@ -133,4 +133,5 @@ class AdapterSet:
 
     def identity(self) -> list[tuple[tuple[str, int, int], float]]:
         """The adapters applied (scale not 0) and their scales: a prompt state's dependency."""
-        return [(a.identity, s) for a, s in zip(self._adapters, self.scales) if s != 0.0]
+        pairs = zip(self._adapters, self.scales, strict=False)  # () before any is applied
+        return [(a.identity, s) for a, s in pairs if s != 0.0]

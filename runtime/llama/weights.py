@@ -29,7 +29,6 @@ from .aborts import doing
 from .bindings import bindings
 from .core_share import CoreShare
 from .cpu_kernels import repack_is_safe
-from .lora import LoadedAdapter, check_adapter, load_adapters
 from .engine import (
     ALL_LAYERS,
     _captured,
@@ -40,6 +39,7 @@ from .engine import (
     default_ctx,
     system_info,
 )
+from .lora import LoadedAdapter, check_adapter, load_adapters
 from .offload import default_gpu_layers, device_split, has_offload_devices
 from .rpc import add_servers, rpc_servers
 
