@@ -87,3 +87,35 @@ def write_tiny_lora(
             w.add_tensor(f"blk.{i}.{name}.weight.lora_a", a.astype(np.float32))
             w.add_tensor(f"blk.{i}.{name}.weight.lora_b", b.astype(np.float32))
     return finish(w, path)
+
+
+def write_lora_for(
+    path: Path,
+    model: Path,
+    *,
+    parts: Sequence[str] = ("attn_q", "attn_v"),
+    seed: int = 2,
+    rank: int = 4,
+    strength: float = 0.05,
+) -> Path:
+    """A random LoRA adapter for any llama-architecture GGUF (the bundled SmolLM2): `parts`
+    of every block adapted, with the shapes read from the model's header."""
+    import gguf
+
+    from infer.runtime.models.gguf import read_header
+
+    header = read_header(model)
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), header.architecture)
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank))
+    wanted = {f".{part}.weight" for part in parts}
+    for t in header.tensors:
+        if t.name.startswith("blk.") and any(t.name.endswith(end) for end in wanted):
+            n_in, n_out = t.shape[0], t.shape[1]  # GGUF order: ne0 is the input
+            a = rng.standard_normal((rank, n_in)) * strength
+            b = rng.standard_normal((n_out, rank)) * strength
+            w.add_tensor(f"{t.name}.lora_a", a.astype(np.float32))
+            w.add_tensor(f"{t.name}.lora_b", b.astype(np.float32))
+    return finish(w, path)
