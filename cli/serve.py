@@ -15,7 +15,15 @@ import typer
 from infer.runtime.errors import UsageError
 
 from . import output
-from .options import HARDWARE, OUTPUT, GpuLayersOpt, NoPromptCacheOpt, ThreadsOpt, VerboseOpt
+from .options import (
+    HARDWARE,
+    OUTPUT,
+    GpuLayersOpt,
+    LoraOpt,
+    NoPromptCacheOpt,
+    ThreadsOpt,
+    VerboseOpt,
+)
 from .rpc_server import RpcOpt
 
 if TYPE_CHECKING:
@@ -233,6 +241,7 @@ def serve(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     rpc: RpcOpt = None,
+    lora: LoraOpt = None,
     batch_size: BatchSizeOpt = None,
     no_prompt_cache: NoPromptCacheOpt = False,
     log_format: LogFormatOpt = LogFormat.text,
@@ -281,6 +290,7 @@ def serve(
         no_prompt_cache,
         verbose,
         rpc,
+        lora,
     )
     _run(config, settings, port, stats)
 
@@ -375,8 +385,9 @@ def _server_config(
     no_prompt_cache: bool,
     verbose: bool,
     rpc: str | None = None,
+    lora: list[str] | None = None,
 ) -> ServerConfig:
-    from infer.runtime.params import DEFAULT_BATCH, LoadOptions, parse_endpoints
+    from infer.runtime.params import DEFAULT_BATCH, LoadOptions, parse_endpoints, parse_lora
     from infer.runtime.server.backend import ServerConfig
 
     load = LoadOptions(
@@ -387,6 +398,7 @@ def _server_config(
         verbose=verbose,
         prompt_cache=not no_prompt_cache,
         rpc=parse_endpoints(rpc),
+        lora=parse_lora(lora),  # the models named at start; others: their models.toml's
     ).validate()
     return ServerConfig(
         models=models,

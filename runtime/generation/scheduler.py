@@ -50,7 +50,7 @@ class BatchRequest:
     tokens: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     options: GenerateOptions = field(default_factory=GenerateOptions)
-    # The scale of each of the model's adapters (None: the context's scales when it joins).
+    # The scale of each of the model's adapters (None: the scales the model was loaded with).
     lora: tuple[float, ...] | None = None
 
 
@@ -122,8 +122,10 @@ class Scheduler:
     ) -> None:
         self.model, self.context, self.prompt_cache = model, context, prompt_cache
         self.slots: list[Seq | None] = [None] * context.n_seq_max
-        # The adapter scales each slot's cells were computed with, and whose turn it is.
-        self.slot_lora: list[tuple[float, ...]] = [context.lora] * context.n_seq_max
+        # The adapter scales of a request that gives none (the model's), those each slot's
+        # cells were computed with, and which set's turn it is.
+        self.lora: tuple[float, ...] = tuple(a.scale for a in model.adapters)
+        self.slot_lora: list[tuple[float, ...]] = [self.lora] * context.n_seq_max
         self._turn = 0
 
     @property
@@ -156,7 +158,7 @@ class Scheduler:
     ) -> Seq:
         """Start `req` in a free slot (the caller checked `free_slots()` and `check(req)`).
         `on_text` gets each piece of text as it is released."""
-        lora = self.context.lora if req.lora is None else tuple(req.lora)
+        lora = self.lora if req.lora is None else tuple(req.lora)
         slot, reuse = self._pick_slot(req.tokens if fork_of is None else [], lora)
         seq = self.slots[slot] = Seq(req, slot, on_text)
         seq.lora = self.slot_lora[slot] = lora

@@ -55,6 +55,9 @@ class TextRequest:
     tool_choice: str = "auto"
     forced_tool: str | None = None
     parallel_tool_calls: bool = True
+    # llama-server's per-request LoRA scales, {adapter id: scale} (adapters left out: 0);
+    # None: the scales the server applies now (POST /lora-adapters).
+    lora: dict[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,15 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class AdapterInfo:
+    """A LoRA adapter a served model was loaded with, as GET /lora-adapters lists it."""
+
+    id: int
+    path: str
+    scale: float  # what requests without a `lora` field get now
+
+
+@dataclass(frozen=True)
 class LoadReport:
     """How busy the backend is: what /metrics reports besides the HTTP side's own counters."""
 
@@ -179,6 +191,16 @@ class Backend(Protocol):
 
     def load_report(self) -> LoadReport:
         """Queue depth and slots in use, now (for /metrics)."""
+        ...
+
+    def lora_adapters(self, model: str | None) -> list[AdapterInfo]:
+        """The LoRA adapters of a loaded `model` (None: the first named at start) and their
+        scales now. ModelUnavailable when it is not loaded."""
+        ...
+
+    def set_lora(self, model: str | None, scales: dict[int, float]) -> None:
+        """The scales requests without a `lora` field get from now on (adapters left out: 0);
+        answers already running keep theirs. UsageError for an id the model lacks."""
         ...
 
     async def keep_alive(self, model: str, seconds: float | None) -> None:

@@ -52,8 +52,10 @@ class ServedJob:
         options: GenerateOptions,
         loop: asyncio.AbstractEventLoop,
         tools: ToolPlan | None = None,
+        lora: tuple[float, ...] | None = None,
     ) -> None:
         self.model, self.tokens, self.sampling, self.options = model, tokens, sampling, options
+        self.lora = lora  # each adapter's scale; None: the worker's scales when it starts
         self.tools = tools  # for the HTTP side, which parses the answer's calls with it
         self.prompt_tokens = len(tokens)
         self._loop = loop
@@ -156,6 +158,8 @@ class ModelWorker:
         between decode steps, so one thread runs llama.cpp for the model."""
         self.name, self.engine, self.context, self._note = name, engine, context, note
         self.scheduler = Scheduler(engine, context, prompt_cache)
+        # The LoRA scales of requests without their own (POST /lora-adapters replaces them).
+        self.lora: tuple[float, ...] = tuple(a.scale for a in engine.adapters)
         self.slots = context.n_seq_max
         self.n_ctx_seq = context.n_ctx_seq
         self.waiting: deque[ServedJob] = deque()
@@ -322,7 +326,8 @@ class ModelWorker:
             for choice, sampling in enumerate(job.sampling):
                 index, self._next_index = self._next_index, self._next_index + 1
                 self._owners[index] = (job, choice)
-                req = BatchRequest(index, job.tokens, sampling, replace(job.options))
+                lora = self.lora if job.lora is None else job.lora
+                req = BatchRequest(index, job.tokens, sampling, replace(job.options), lora)
                 on_text = _text_sink(job, choice)
                 seq = scheduler.join(req, on_text, fork_of=parent)
                 parent = parent or seq
