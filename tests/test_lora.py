@@ -207,3 +207,37 @@ def test_models_toml_lora_errors(tmp_path: Path, entry: str, error: str) -> None
     user.write_text(f'[models.x]\nhub = "o/r"\n[models.x.defaults]\n{entry}\n')
     with pytest.raises(ConfigError, match=error.replace("[", r"\[").replace("]", r"\]")):
         load_registry(user)
+
+
+def test_the_scheduler_never_mixes_adapter_scales_in_one_decode() -> None:
+    """On the scripted engine: three requests, two sets of scales, decoding at once. Every
+    decode holds one set's sequences and runs with that set applied; each answer is whole; a
+    slot's cells are reused only by a prompt with the scales they were computed with."""
+    from infer.runtime.generation.scheduler import BatchRequest, Scheduler
+    from infer.runtime.llama.lora import LoadedAdapter
+    from infer.runtime.params import GenerateOptions, SamplingParams
+
+    from .fakes import FakeModel
+
+    model = FakeModel()
+    model.adapters = [LoadedAdapter("a.gguf", 1.0, ("a.gguf", 0, 0), None)]  # 1-tuples
+    ctx = model.new_context(4, 64, 16)
+    s = Scheduler(model, ctx)
+    greedy = SamplingParams(temperature=0)
+    sets = [(1.0,), (0.5,), (1.0,)]
+    seqs = [
+        s.join(BatchRequest(i, list(b"hi"), greedy, GenerateOptions(), lora))
+        for i, lora in enumerate(sets)
+    ]
+    results = []
+    while s.running():
+        results += s.step()[0]
+    assert sorted(r.text for r in results) == ["jklmnopqrstuvwxyz"] * 3
+    for decode, lora in zip(ctx.decodes, ctx.decode_lora, strict=True):
+        assert {sets[seq] for seq, _ in decode} == {lora}
+    assert set(ctx.decode_lora) == {(1.0,), (0.5,)}
+    assert [seq.slot for seq in seqs] == [0, 1, 2]
+    again = s.join(BatchRequest(3, list(b"hi"), greedy, GenerateOptions(), (0.5,)))
+    assert again.slot == 1 and again.reused == 1  # the prefix its scales computed
+    fresh = s.join(BatchRequest(4, list(b"hi"), greedy, GenerateOptions(), (0.25,)))
+    assert fresh.reused == 0
