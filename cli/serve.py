@@ -18,6 +18,8 @@ from . import output
 from .options import (
     HARDWARE,
     OUTPUT,
+    DraftMaxOpt,
+    DraftOpt,
     GpuLayersOpt,
     LoraOpt,
     NoPromptCacheOpt,
@@ -209,15 +211,6 @@ ServeStatsOpt = Annotated[
         help="At start, print the backend, each model's offload split and slots (stderr).",
     ),
 ]
-ServeDraftOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--draft",
-        rich_help_panel=SERVER,
-        help="Speculative decoding: not available with the server yet (refused).",
-        show_default=False,
-    ),
-]
 
 
 def serve(
@@ -231,7 +224,8 @@ def serve(
     allow_delete: AllowDeleteOpt = False,
     offline: OfflineOpt = False,
     shutdown_timeout: ShutdownOpt = 10.0,
-    draft: ServeDraftOpt = None,
+    draft: DraftOpt = None,
+    draft_max: DraftMaxOpt = None,
     api_key: ApiKeyOpt = None,
     api_key_file: ApiKeyFileOpt = None,
     insecure: InsecureOpt = False,
@@ -254,8 +248,6 @@ def serve(
     from infer.runtime.server.app import HttpSettings
     from infer.runtime.server.security import is_loopback
 
-    if draft:
-        raise UsageError("--draft does not compose with continuous batching yet")
     _check_numbers(port, parallel, queue, max_models, max_body, shutdown_timeout)
     key = _api_key(api_key, api_key_file)
     if not is_loopback(host) and key is None:
@@ -292,6 +284,10 @@ def serve(
         rpc,
         lora,
     )
+    from infer.runtime.params import GenerateOptions
+
+    GenerateOptions(draft_max=draft_max).validate()  # the one check of --draft-max
+    config.draft, config.draft_max = draft, draft_max
     _run(config, settings, port, stats)
 
 

@@ -17,6 +17,10 @@ sequences of one set of adapter scales (`BatchRequest.lora`); with several sets 
 steps take turns among them, and a slot's cells are reused only by a prompt with the scales
 they were computed with.
 
+With a `drafter` (generation/batch_draft.py: `infer serve --draft`), a generating sequence
+queues its next token and drafts for the tokens after it; the drafts are verified in the same
+decode with the sequence's own sampler chain, so the text is the same as without.
+
 `fork_of` decodes `n` choices of one prompt: a fork waits while its parent reads the prompt,
 then copies the parent's cells (no decode) and samples from the same logits with its own chain.
 
@@ -39,6 +43,7 @@ from ..params import GenerateOptions, SamplingParams
 from .loop import TextStream
 
 if TYPE_CHECKING:
+    from .batch_draft import BatchDrafter
     from .prompt_cache import PromptCache
 
 
@@ -78,6 +83,7 @@ class Seq:
     included); `token` is the sampled token to decode next (None while reading the prompt)."""
 
     __slots__ = (
+        "drafts",
         "forks",
         "generated",
         "lora",
@@ -105,6 +111,7 @@ class Seq:
         self.parent: Seq | None = None
         self.forks: list[Seq] = []
         self.lora: tuple[float, ...] = ()
+        self.drafts: list[int] = []  # queued after `token` in this step, to verify
 
     def emit(self, text: str) -> None:
         self.pieces.append(text)
@@ -118,9 +125,15 @@ class Scheduler:
     is saved once read (as `infer run` does)."""
 
     def __init__(
-        self, model: Model, context: Context, prompt_cache: PromptCache | None = None
+        self,
+        model: Model,
+        context: Context,
+        prompt_cache: PromptCache | None = None,
+        drafter: BatchDrafter | None = None,
     ) -> None:
         self.model, self.context, self.prompt_cache = model, context, prompt_cache
+        self.drafter = drafter
+        self.drafted = self.accepted = 0  # draft tokens verified, and of those accepted
         self.slots: list[Seq | None] = [None] * context.n_seq_max
         # The adapter scales of a request that gives none (the model's), those each slot's
         # cells were computed with, and which set's turn it is.
@@ -170,6 +183,8 @@ class Scheduler:
             reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
         self.context.remove(slot, reuse)
         self.context.set_sampler(slot, req.sampling)
+        if self.drafter is not None:
+            self.drafter.start(slot)
         seq.n_past = seq.reused = reuse
         if fork_of is not None:
             seq.parent = fork_of
@@ -247,12 +262,14 @@ class Scheduler:
         """Queue the next token of each generating sequence, then prompt tokens of the others
         in slot order up to the batch size."""
         ctx, counts = self.context, StepCounts()
+        drafts = self._drafts(active) if self.drafter is not None else {}
         for seq in active:
-            seq.row = -1
+            seq.row, seq.drafts = -1, []
             if seq.token is not None:
-                seq.row = ctx.add(seq.slot, (seq.token,), True)
-                seq.n_past += 1
-                counts.tokens += 1
+                seq.drafts = drafts.get(seq.slot, [])
+                seq.row = ctx.add(seq.slot, (seq.token, *seq.drafts), 1 + len(seq.drafts))
+                seq.n_past += 1 + len(seq.drafts)
+                counts.tokens += 1 + len(seq.drafts)
         for seq in active:
             if seq.token is not None or seq.parent is not None:
                 continue
@@ -266,10 +283,53 @@ class Scheduler:
             counts.tokens += len(chunk)
         return counts
 
+    def _drafts(self, active: list[Seq]) -> dict[int, list[int]]:
+        """Drafts for the generating sequences, each within the batch's spare rows (shared
+        out), its window and its token limit (a draft past the limit is verified for
+        nothing)."""
+        assert self.drafter is not None
+        generating = [seq for seq in active if seq.token is not None]
+        if not generating:
+            return {}
+        share = (self.context.room() - len(generating)) // len(generating)
+        wanted = {}
+        for seq in generating:
+            assert seq.token is not None
+            k = min(self.drafter.k_max, share, self.n_ctx_seq - seq.n_past - 2)
+            limit = seq.req.options.max_tokens
+            if limit is not None:
+                k = min(k, limit - seq.generated - 1)
+            if k > 0:
+                history = [*self.context.tokens(seq.slot), seq.token]
+                wanted[seq.slot] = (history, k)
+        return self.drafter.draft(wanted) if wanted else {}
+
     def _advance(self, seq: Seq, ignore_eog: bool, counts: StepCounts) -> BatchResult | None:
-        """Sample the sequence's next token; its result when that ends it."""
+        """Sample the sequence's next token, and the tokens after each draft it confirms; its
+        result when one ends it. The cells of rejected drafts are cut."""
+        drafts, base = seq.drafts, seq.n_past - len(seq.drafts)  # base: through `token`
+        ok, result = 0, None
+        while True:
+            seq.n_past = base + ok
+            result = self._next(
+                seq, self.context.sample(seq.slot, seq.row + ok), ignore_eog, counts
+            )
+            if result is not None or ok == len(drafts) or seq.token != drafts[ok]:
+                break
+            ok += 1  # confirmed: it is in the cells, and the row after it has the next logits
+        if drafts:
+            self.drafted += len(drafts)
+            self.accepted += ok
+            if ok < len(drafts):
+                self.context.remove(seq.slot, base + ok)
+            seq.drafts = []
+        return result
+
+    def _next(
+        self, seq: Seq, token: int, ignore_eog: bool, counts: StepCounts
+    ) -> BatchResult | None:
+        """`token` sampled for `seq`: emitted, or the end of it (its result)."""
         model = self.model
-        token = self.context.sample(seq.slot, seq.row)
         if model.is_eog(token) and not (ignore_eog or seq.req.options.ignore_eog):
             return self._finish(seq, "stop")
         seq.generated += 1

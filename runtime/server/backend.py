@@ -32,6 +32,9 @@ class ServerConfig:
     max_models: int | None = None  # loaded at once; None: 1 + len(models)
     allow_pull: bool = False  # a request may name a model that is not cached yet
     offline: bool = False  # never touch the network (resolving names included)
+    # Speculative decoding for the models named at start: "lookup" or a draft model's name.
+    draft: str | None = None
+    draft_max: int | None = None  # drafted tokens per sequence and step; None: the default
 
 
 @dataclass

@@ -51,6 +51,7 @@ from .backend import (
     TextRequest,
     TooManyChoices,
 )
+from .drafting import make_drafter
 from .worker import EmbedRequest, ModelWorker, ServedJob
 
 
@@ -350,9 +351,18 @@ class ModelPool:
         lora = config.load.lora if from_start and config.load.lora else resolved.defaults.lora
         options = replace(config.load, ctx_size=ctx_seq, prompt_cache=False, lora=lora)
         engine = load(resolved, options)
+        n_batch = min(config.load.batch_size, ctx_seq)
         try:
-            context = engine.new_context(parallel, ctx_seq, min(config.load.batch_size, ctx_seq))
+            context = engine.new_context(parallel, ctx_seq, n_batch)
         except BaseException:
+            engine.close()
+            raise
+        try:  # --draft: for the models named at start
+            drafter = (
+                make_drafter(config, resolved, engine, ctx_seq, n_batch) if from_start else None
+            )
+        except BaseException:
+            context.close()
             engine.close()
             raise
         cache = None
@@ -366,6 +376,7 @@ class ModelPool:
             resolved.name, engine, context, self._note, cache,
             warm_up=None if encoder else max(engine.bos_id, 0),
             embedder=lambda: Embedder(engine, pooling=None, n_ctx=embed_ctx),
+            drafter=drafter,
         )  # fmt: skip
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
         return _Served(resolved, engine, worker, _created(resolved))

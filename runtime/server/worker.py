@@ -28,6 +28,7 @@ from ..params import GenerateOptions, SamplingParams
 from .backend import Finished, FinishReason, Piece
 
 if TYPE_CHECKING:
+    from ..generation.batch_draft import BatchDrafter
     from ..generation.prompt_cache import PromptCache
     from ..generation.tool_plan import ToolPlan
 
@@ -151,13 +152,14 @@ class ModelWorker:
         *,
         warm_up: int | None = None,
         embedder: Callable[[], Any] | None = None,
+        drafter: BatchDrafter | None = None,
     ) -> None:
         """`warm_up`: a token to decode once before serving (see _warm_up); the constructor
         returns when it is done. `embedder` makes the model's Embedder (llama/embedder.py) on
         this thread, when the first embedding request comes: embeddings are computed here too,
         between decode steps, so one thread runs llama.cpp for the model."""
         self.name, self.engine, self.context, self._note = name, engine, context, note
-        self.scheduler = Scheduler(engine, context, prompt_cache)
+        self.scheduler = Scheduler(engine, context, prompt_cache, drafter)
         # The LoRA scales of requests without their own (POST /lora-adapters replaces them).
         self.lora: tuple[float, ...] = tuple(a.scale for a in engine.adapters)
         self.slots = context.n_seq_max
@@ -221,6 +223,8 @@ class ModelWorker:
         self._thread.join()
         if self._embedder is not None:
             self._embedder.close()
+        if self.scheduler.drafter is not None:
+            self.scheduler.drafter.close()  # a draft model's context and weights
         self.context.close()
 
     # -- the decode thread -----------------------------------------------------------------------
