@@ -40,6 +40,7 @@ class LocalFlags:
     threads: int | None = None
     gpu_layers: int | None = None
     rpc: str | None = None
+    lora: tuple[str, ...] = ()
     verbose: bool = False
     offline: bool = False
     draft: str | None = None
@@ -214,6 +215,7 @@ def _options(args: RunArgs, defaults: ModelDefaults) -> tuple[LoadOptions, Gener
         verbose=local.verbose,
         no_prompt_cache=local.no_prompt_cache,
         rpc=local.rpc,
+        lora=local.lora,
     )
     options = generate_options(
         max_tokens=args.max_tokens,

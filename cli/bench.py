@@ -13,7 +13,7 @@ import typer
 from infer.runtime.errors import UsageError
 
 from . import output
-from .options import ApiKeyFileOpt, ApiKeyOpt, RemoteOpt, TimeoutOpt, VerboseOpt
+from .options import ApiKeyFileOpt, ApiKeyOpt, LoraOpt, RemoteOpt, TimeoutOpt, VerboseOpt
 from .rpc_server import RpcOpt
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ def bench(
     ctx_size: CtxListOpt = None,
     batch_size: BatchListOpt = None,
     rpc: RpcOpt = None,
+    lora: LoraOpt = None,
     json_out: BenchJsonOpt = False,
     history: HistoryOpt = False,
     verbose: VerboseOpt = False,
@@ -135,7 +136,7 @@ def bench(
 def _local_runs(args: dict[str, Any]) -> Runs:
     """The sweep's measurements, once every value is checked and the model found."""
     from infer.runtime import resolve
-    from infer.runtime.params import parse_endpoints
+    from infer.runtime.params import parse_endpoints, parse_lora
     from infer.runtime.tools import bench as rb
 
     points = rb.sweep(
@@ -147,9 +148,16 @@ def _local_runs(args: dict[str, Any]) -> Runs:
     counts = args["n_prompt"], args["n_gen"], args["reps"]
     rb.check_counts(*counts)
     endpoints = parse_endpoints(args["rpc"])
+    adapters = parse_lora(args["lora"]) or None  # None: the model's models.toml adapters
     resolved = resolve(args["model"])
     return lambda progress: rb.run_bench(
-        resolved, points, *counts, verbose=args["verbose"], progress=progress, rpc=endpoints
+        resolved,
+        points,
+        *counts,
+        verbose=args["verbose"],
+        progress=progress,
+        rpc=endpoints,
+        lora=adapters,
     )
 
 

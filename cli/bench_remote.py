@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from infer.runtime.tools.bench import BenchResult, Progress
 
 # What the local bench sweeps or loads with: the server there chose those for itself.
-LOCAL_ONLY = ("threads", "gpu_layers", "ctx_size", "batch_size", "rpc", "verbose")
+LOCAL_ONLY = ("threads", "gpu_layers", "ctx_size", "batch_size", "rpc", "lora", "verbose")
 
 
 def remote_url(args: dict[str, Any]) -> str | None:

@@ -96,9 +96,10 @@ def load_options(
     verbose: bool,
     no_prompt_cache: bool,
     rpc: str | None = None,
+    lora: list[str] | tuple[str, ...] | None = None,
 ) -> LoadOptions:
     from infer.runtime import LoadOptions
-    from infer.runtime.params import parse_endpoints
+    from infer.runtime.params import parse_endpoints, parse_lora
 
     return LoadOptions(
         ctx_size=defaults.context(ctx_size),
@@ -107,6 +108,7 @@ def load_options(
         verbose=verbose,
         prompt_cache=not no_prompt_cache,
         rpc=parse_endpoints(rpc),
+        lora=parse_lora(lora) or defaults.lora,  # --lora replaces the models.toml list
     ).validate()
 
 

@@ -95,6 +95,17 @@ StopOpt = Annotated[
         show_default=False,
     ),
 ]
+LoraOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lora",
+        rich_help_panel=HARDWARE,
+        metavar="FILE[:SCALE]",
+        help="Apply a LoRA adapter (GGUF, as llama.cpp's convert_lora_to_gguf.py writes) at "
+        "SCALE (default 1.0); repeatable. Replaces the model's models.toml `lora`.",
+        show_default=False,
+    ),
+]
 CtxSizeOpt = Annotated[
     int | None,
     typer.Option(

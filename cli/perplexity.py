@@ -17,7 +17,7 @@ from infer.runtime.errors import UsageError
 from . import output
 from .inputs import read_file, read_stdin, stdin_is_terminal
 from .models import resolve_or_pull
-from .options import GpuLayersOpt, ModelArg, OfflineOpt, ThreadsOpt, VerboseOpt
+from .options import GpuLayersOpt, LoraOpt, ModelArg, OfflineOpt, ThreadsOpt, VerboseOpt
 from .rpc_server import RpcOpt
 from .signals import cancel_on_sigint
 
@@ -52,6 +52,7 @@ def perplexity(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     rpc: RpcOpt = None,
+    lora: LoraOpt = None,
     json_out: PplJsonOpt = False,
     verbose: VerboseOpt = False,
     offline: OfflineOpt = False,
@@ -59,7 +60,7 @@ def perplexity(
     """Compute MODEL's perplexity over the text in FILE (or stdin), in windows of --ctx-size
     tokens as llama.cpp's llama-perplexity does: PPL = 12.3456 +/- 0.1234."""
     from infer.runtime import LoadOptions, load
-    from infer.runtime.params import parse_endpoints
+    from infer.runtime.params import parse_endpoints, parse_lora
     from infer.runtime.tools.perplexity import perplexity as measure
 
     if chunks is not None and chunks < 1:
@@ -72,6 +73,7 @@ def perplexity(
         gpu_layers=gpu_layers,
         verbose=verbose,
         rpc=parse_endpoints(rpc),
+        lora=parse_lora(lora) or resolved.defaults.lora,
     ).validate()
     with cancel_on_sigint() as cancel, _progress() as progress:
         engine = load(resolved, options)

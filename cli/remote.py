@@ -32,6 +32,7 @@ LOCAL_ONLY = (
     "threads",
     "gpu_layers",
     "rpc",
+    "lora",
     "verbose",
     "offline",
     "draft",

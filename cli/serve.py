@@ -15,7 +15,17 @@ import typer
 from infer.runtime.errors import UsageError
 
 from . import output
-from .options import HARDWARE, OUTPUT, GpuLayersOpt, NoPromptCacheOpt, ThreadsOpt, VerboseOpt
+from .options import (
+    HARDWARE,
+    OUTPUT,
+    DraftMaxOpt,
+    DraftOpt,
+    GpuLayersOpt,
+    LoraOpt,
+    NoPromptCacheOpt,
+    ThreadsOpt,
+    VerboseOpt,
+)
 from .rpc_server import RpcOpt
 
 if TYPE_CHECKING:
@@ -221,15 +231,6 @@ ServeStatsOpt = Annotated[
         help="At start, print the backend, each model's offload split and slots (stderr).",
     ),
 ]
-ServeDraftOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--draft",
-        rich_help_panel=SERVER,
-        help="Speculative decoding: not available with the server yet (refused).",
-        show_default=False,
-    ),
-]
 
 
 def serve(
@@ -245,7 +246,8 @@ def serve(
     allow_image_urls: AllowImageUrlsOpt = False,
     offline: OfflineOpt = False,
     shutdown_timeout: ShutdownOpt = 10.0,
-    draft: ServeDraftOpt = None,
+    draft: DraftOpt = None,
+    draft_max: DraftMaxOpt = None,
     api_key: ApiKeyOpt = None,
     api_key_file: ApiKeyFileOpt = None,
     insecure: InsecureOpt = False,
@@ -255,6 +257,7 @@ def serve(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     rpc: RpcOpt = None,
+    lora: LoraOpt = None,
     batch_size: BatchSizeOpt = None,
     no_prompt_cache: NoPromptCacheOpt = False,
     log_format: LogFormatOpt = LogFormat.text,
@@ -267,8 +270,6 @@ def serve(
     from infer.runtime.server.app import HttpSettings
     from infer.runtime.server.security import is_loopback
 
-    if draft:
-        raise UsageError("--draft does not compose with continuous batching yet")
     _check_numbers(port, parallel, queue, max_models, max_body, shutdown_timeout)
     key = _api_key(api_key, api_key_file)
     if not is_loopback(host) and key is None:
@@ -304,8 +305,13 @@ def serve(
         no_prompt_cache,
         verbose,
         rpc,
+        lora,
     )
     config.any_name = any_model_name
+    from infer.runtime.params import GenerateOptions
+
+    GenerateOptions(draft_max=draft_max).validate()  # the one check of --draft-max
+    config.draft, config.draft_max = draft, draft_max
     _run(config, settings, port, stats)
 
 
@@ -399,8 +405,9 @@ def _server_config(
     no_prompt_cache: bool,
     verbose: bool,
     rpc: str | None = None,
+    lora: list[str] | None = None,
 ) -> ServerConfig:
-    from infer.runtime.params import DEFAULT_BATCH, LoadOptions, parse_endpoints
+    from infer.runtime.params import DEFAULT_BATCH, LoadOptions, parse_endpoints, parse_lora
     from infer.runtime.server.backend import ServerConfig
 
     load = LoadOptions(
@@ -411,6 +418,7 @@ def _server_config(
         verbose=verbose,
         prompt_cache=not no_prompt_cache,
         rpc=parse_endpoints(rpc),
+        lora=parse_lora(lora),  # the models named at start; others: their models.toml's
     ).validate()
     return ServerConfig(
         models=models,

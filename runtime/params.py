@@ -4,6 +4,7 @@ for every front end; errors name the field (OptionError), never a flag. The samp
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ class LoadOptions:
     rpc: tuple[str, ...] = ()
     # The projector GGUF (mmproj) that lets the model see images or hear audio (llama/vision.py)
     mmproj: Path | None = None
+    # LoRA adapters loaded with the model, each applied at its scale (llama/lora.py).
+    lora: tuple[LoraAdapter, ...] = ()
 
     def validate(self) -> LoadOptions:
         if self.ctx_size is not None and self.ctx_size < 16:
@@ -74,7 +77,54 @@ class LoadOptions:
             raise OptionError("batch_size", f"must be >= 1 (got {self.batch_size})")
         for endpoint in self.rpc:
             split_endpoint(endpoint)
+        for adapter in self.lora:
+            check_lora_scale(adapter.scale)
         return self
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter file and the scale it is applied at (0: loaded, not applied)."""
+
+    path: str
+    scale: float = 1.0
+
+
+MAX_LORA_SCALE = 1000.0  # llama.cpp takes any float; past this the answer is noise anyway
+
+
+def check_lora_scale(scale: object) -> float:
+    """`scale` as a float if it is a usable LoRA scale (finite, |scale| <= 1000), else an
+    OptionError: the one verdict for --lora, models.toml and the server's `lora` fields."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise OptionError("lora", f"scale must be a number (got {scale!r})", sep=": ")
+    if not math.isfinite(scale) or abs(scale) > MAX_LORA_SCALE:
+        raise OptionError(
+            "lora",
+            f"scale must be between -{MAX_LORA_SCALE:g} and {MAX_LORA_SCALE:g} (got {scale})",
+            sep=": ",
+        )
+    return float(scale)
+
+
+def parse_lora(values: list[str] | tuple[str, ...] | None) -> tuple[LoraAdapter, ...]:
+    """--lora's values, FILE[:SCALE] each (scale 1.0 when none is given), checked. A colon
+    followed by something that is not a number belongs to the file name."""
+    adapters = []
+    for value in values or ():
+        path, sep, tail = value.rpartition(":")
+        scale: float = 1.0
+        if sep and path:
+            try:
+                scale = float(tail)
+            except ValueError:
+                path = value
+        else:
+            path = value
+        if not path:
+            raise OptionError("lora", "needs FILE[:SCALE]", sep=": ")
+        adapters.append(LoraAdapter(path, check_lora_scale(scale)))
+    return tuple(adapters)
 
 
 def parse_endpoints(value: str | None) -> tuple[str, ...]:

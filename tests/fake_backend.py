@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from infer.runtime.errors import UsageError
 from infer.runtime.generation.tool_plan import ToolPlan, plan
 from infer.runtime.server.backend import (
+    AdapterInfo,
     Backend,
     Embeddings,
     Finished,
@@ -132,6 +134,7 @@ class FakeBackend:
         self.template: str | None = None  # the model's chat template (None: generic calls)
         self.kept: list[tuple[str, float | None]] = []  # keep_alive calls
         self.embedded: list[tuple[str, list[str] | list[list[int]]]] = []  # embed calls
+        self.adapters: list[AdapterInfo] = []  # LoRA adapters (GET/POST /lora-adapters)
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay_s)
@@ -179,6 +182,16 @@ class FakeBackend:
         if model not in self.known:
             raise ModelUnavailable(model, f"'{model}' is not in the local cache")
         self.kept.append((model, seconds))
+
+    def lora_adapters(self, model: str | None) -> list[AdapterInfo]:
+        if model is not None and model not in self.known:
+            raise ModelUnavailable(model, f"model '{model}' is not loaded on this server")
+        return list(self.adapters)
+
+    def set_lora(self, model: str | None, scales: dict[int, float]) -> None:
+        if any(i >= len(self.adapters) for i in scales):
+            raise UsageError("no such adapter")
+        self.adapters = [replace(a, scale=scales.get(a.id, 0.0)) for a in self.adapters]
 
     def load_report(self) -> LoadReport:
         return LoadReport(

@@ -124,6 +124,7 @@ class FakeModel:
     def __init__(self) -> None:
         self.header = GGUFHeader(Path("fake.gguf"), 3, {"general.architecture": "fake"})
         self.split: list[DeviceShare] = []
+        self.adapters: list[Any] = []
         self.contexts: list[FakeContext] = []
         self.sessions: list[FakeSession] = []
         self.closed = False
@@ -179,6 +180,8 @@ class FakeContext:
         self.decodes: list[list[tuple[int, int]]] = []  # per decode: (seq, tokens) in order
         self.copies: list[tuple[int, int]] = []
         self.restores: list[tuple[int, int]] = []  # (seq, tokens) restored from a saved state
+        self.lora: tuple[float, ...] = ()  # the adapter scales applied (set_lora)
+        self.decode_lora: list[tuple[float, ...]] = []  # per decode: the scales it ran with
         self.fail_next_decode = False
         self.step_delay = 0.0  # seconds each decode takes, for tests that act mid-answer
         self.closed = False
@@ -214,6 +217,7 @@ class FakeContext:
         if cancel is not None and cancel.is_set():
             raise Interrupted()
         self.decodes.append([(seq, len(t)) for seq, t, _ in queue])
+        self.decode_lora.append(self.lora)
         self.rows, row = {}, 0
         for seq, toks, logits in queue:
             for i, tok in enumerate(toks):
@@ -221,6 +225,11 @@ class FakeContext:
                 if i >= len(toks) - logits:
                     self.rows[row] = list(self.held[seq])
                 row += 1
+
+    def set_lora(self, scales: tuple[float, ...]) -> None:
+        if self.queue:
+            raise ValueError("adapter scales change between decodes only")
+        self.lora = tuple(scales)
 
     def logits(self, row: int, n: int) -> Any:
         """n rows of 256 float32: 1.0 at the token the rule predicts (greedy), 0 elsewhere."""

@@ -782,10 +782,10 @@ def test_serve_refuses_a_public_address_without_a_key() -> None:
         assert word in lines[0]
 
 
-def test_serve_refuses_draft() -> None:
-    result = _infer("serve", "smollm2", "--draft", "lookup")
+def test_serve_refuses_a_bad_draft_max() -> None:
+    result = _infer("serve", "smollm2", "--draft", "lookup", "--draft-max", "0")
     assert result.returncode == 2
-    assert "--draft does not compose with continuous batching yet" in result.stderr
+    assert "--draft-max must be between 1 and 64" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -796,7 +796,8 @@ def test_serve_help_lists_every_flag() -> None:
         "--host", "--port", "--parallel", "--queue", "--ctx-size", "--threads", "--gpu-layers",
         "--batch-size", "--no-prompt-cache", "--offline", "--max-models", "--allow-pull",
         "--api-key", "--api-key-file", "--insecure", "--cors-origin", "--max-body",
-        "--log-format", "--shutdown-timeout", "--stats", "--verbose", "--draft",
+        "--log-format", "--shutdown-timeout", "--stats", "--verbose", "--draft", "--draft-max",
+        "--lora",
     ):  # fmt: skip
         assert flag in result.stdout, flag
 

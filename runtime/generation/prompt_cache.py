@@ -85,7 +85,7 @@ class PromptCache:
         self.model = model
         self.min_tokens = min_tokens()  # read now: a bad value is a usage error at load time
         self.max_bytes = max_bytes()
-        self._key: str | None = None
+        self._model: dict[str, Any] | None = None  # model_identity, read once
         self.last_error: str | None = None  # why the last restore/save gave up (debugging)
         self._base: list[int] | None = None  # tokens of the entry the last restore loaded
         self._base_path: Path | None = None
@@ -94,11 +94,12 @@ class PromptCache:
     def key(self, ctx: Context) -> str:
         """The model's identity and everything else the saved numbers depend on (the
         context's identity: library, state format, micro-batch size, offload)."""
-        if self._key is None:
-            fields = {"model": model_identity(self.model), **ctx.identity()}
-            blob = json.dumps(fields, sort_keys=True).encode()
-            self._key = hashlib.sha256(blob).hexdigest()[:20]
-        return self._key
+        # The model's part once (it reads the file's identity); the context's every time: a
+        # server's context changes its LoRA scales between requests.
+        if self._model is None:
+            self._model = model_identity(self.model)
+        blob = json.dumps({"model": self._model, **ctx.identity()}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:20]
 
     def folder(self, ctx: Context) -> Path:
         return root() / self.key(ctx)

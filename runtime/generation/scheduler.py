@@ -12,6 +12,15 @@ hold the longest prefix of it (the rest of the slot is cut), else the lowest fre
 splits a batch over a split KV cache into micro-batches of consecutive sequence ids, so gaps cost.
 Slots keep their cells after a sequence leaves, for the next prompt that shares a prefix.
 
+LoRA adapters: llama.cpp applies a context's adapters to a whole decode, so a step decodes the
+sequences of one set of adapter scales (`BatchRequest.lora`); with several sets running, the
+steps take turns among them, and a slot's cells are reused only by a prompt with the scales
+they were computed with.
+
+With a `drafter` (generation/batch_draft.py: `infer serve --draft`), a generating sequence
+queues its next token and drafts for the tokens after it; the drafts are verified in the same
+decode with the sequence's own sampler chain, so the text is the same as without.
+
 `fork_of` decodes `n` choices of one prompt: a fork waits while its parent reads the prompt,
 then copies the parent's cells (no decode) and samples from the same logits with its own chain.
 
@@ -36,6 +45,7 @@ from .logprobs import LogprobReader, TokenLogprob, Trail
 from .loop import TextStream
 
 if TYPE_CHECKING:
+    from .batch_draft import BatchDrafter
     from .prompt_cache import PromptCache
 
 
@@ -47,6 +57,8 @@ class BatchRequest:
     tokens: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     options: GenerateOptions = field(default_factory=GenerateOptions)
+    # The scale of each of the model's adapters (None: the scales the model was loaded with).
+    lora: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -74,8 +86,10 @@ class Seq:
     included); `token` is the sampled token to decode next (None while reading the prompt)."""
 
     __slots__ = (
+        "drafts",
         "forks",
         "generated",
+        "lora",
         "n_past",
         "on_text",
         "parent",
@@ -101,6 +115,8 @@ class Seq:
         self.parent: Seq | None = None
         self.forks: list[Seq] = []
         self.trail: Trail | None = None  # with options.logprobs
+        self.lora: tuple[float, ...] = ()
+        self.drafts: list[int] = []  # queued after `token` in this step, to verify
 
     def emit(self, text: str, *, end: bool = False) -> None:
         """Release `text` (with the log-probabilities of its tokens, when asked for)."""
@@ -122,10 +138,21 @@ class Scheduler:
     is saved once read (as `infer run` does)."""
 
     def __init__(
-        self, model: Model, context: Context, prompt_cache: PromptCache | None = None
+        self,
+        model: Model,
+        context: Context,
+        prompt_cache: PromptCache | None = None,
+        drafter: BatchDrafter | None = None,
     ) -> None:
         self.model, self.context, self.prompt_cache = model, context, prompt_cache
+        self.drafter = drafter
+        self.drafted = self.accepted = 0  # draft tokens verified, and of those accepted
         self.slots: list[Seq | None] = [None] * context.n_seq_max
+        # The adapter scales of a request that gives none (the model's), those each slot's
+        # cells were computed with, and which set's turn it is.
+        self.lora: tuple[float, ...] = tuple(a.scale for a in model.adapters)
+        self.slot_lora: list[tuple[float, ...]] = [self.lora] * context.n_seq_max
+        self._turn = 0
 
     @property
     def n_ctx_seq(self) -> int:
@@ -157,34 +184,40 @@ class Scheduler:
     ) -> Seq:
         """Start `req` in a free slot (the caller checked `free_slots()` and `check(req)`).
         `on_text` gets each piece of text as it is released."""
-        slot, reuse = self._pick_slot(req.tokens if fork_of is None else [])
+        lora = self.lora if req.lora is None else tuple(req.lora)
+        slot, reuse = self._pick_slot(req.tokens if fork_of is None else [], lora)
         seq = self.slots[slot] = Seq(req, slot, on_text)
         if req.options.logprobs is not None:
             seq.trail = Trail(LogprobReader(self.model, req.options.logprobs))
+        seq.lora = self.slot_lora[slot] = lora
         cache, prompt = self.prompt_cache, req.tokens
         if cache is not None and fork_of is None and reuse < cache.min_tokens <= len(prompt):
             self.context.remove(slot)
+            self.context.set_lora(lora)  # the cache's key names the adapters applied
             cache.restore(self.context, slot, prompt)
             reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
         reuse = media_safe(reuse, prompt)  # a media chunk is held whole or not at all
         self.context.remove(slot, reuse)
         self.context.set_sampler(slot, req.sampling)
+        if self.drafter is not None:
+            self.drafter.start(slot)
         seq.n_past = seq.reused = reuse
         if fork_of is not None:
             seq.parent = fork_of
             fork_of.forks.append(seq)
         return seq
 
-    def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
-        """(slot, tokens of `prompt` its cells hold already): the longest held prefix, else
-        the lowest free slot. The last prompt token is always decoded, for its logits."""
+    def _pick_slot(self, prompt: list[int], lora: tuple[float, ...]) -> tuple[int, int]:
+        """(slot, tokens of `prompt` its cells hold already): the longest held prefix computed
+        with the same adapter scales, else the lowest free slot. The last prompt token is
+        always decoded, for its logits."""
         best, reuse = -1, 0
         for slot, seq in enumerate(self.slots):
             if seq is not None:
                 continue
             if best < 0:
                 best = slot
-            if prompt:
+            if prompt and self.slot_lora[slot] == lora:
                 held = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
                 if held > reuse:
                     best, reuse = slot, held
@@ -202,7 +235,7 @@ class Scheduler:
         """Decode one batch and sample every sequence that has logits. The results of the
         sequences that finished, and what the step did. `cancel` makes a long prompt decode
         stoppable (Interrupted); `ignore_eog` runs to max_tokens (benchmarks)."""
-        active = self.running()
+        active = self._group(self.running())
         counts = self._fill(active)
         self.context.decode(cancel if counts.prompt_tokens else None)
         finished = []
@@ -210,6 +243,7 @@ class Scheduler:
             if seq.row < 0 or self.slots[seq.slot] is not seq:
                 continue
             if seq.token is None and self.prompt_cache is not None:  # its prompt is read
+                # (the context's adapters are this group's: the key names them)
                 prompt = seq.req.tokens
                 self.prompt_cache.save(self.context, seq.slot, prompt, len(prompt) - seq.reused)
             started = self._start_forks(seq) if seq.forks and seq.token is None else []
@@ -219,6 +253,17 @@ class Scheduler:
                 if result is not None:
                     finished.append(result)
         return finished, counts
+
+    def _group(self, running: list[Seq]) -> list[Seq]:
+        """The sequences this step decodes: all of them when they share one set of adapter
+        scales, else those of one set, taking turns; the context applies that set."""
+        if not running:
+            return running
+        sets = list(dict.fromkeys(seq.lora for seq in running))
+        lora = sets[self._turn % len(sets)]
+        self._turn += 1
+        self.context.set_lora(lora)
+        return running if len(sets) == 1 else [seq for seq in running if seq.lora == lora]
 
     def _start_forks(self, parent: Seq) -> list[Seq]:
         """The parent's prompt is read: its forks take copies of its cells and sample from the
@@ -233,12 +278,14 @@ class Scheduler:
         """Queue the next token of each generating sequence, then prompt tokens of the others
         in slot order up to the batch size."""
         ctx, counts = self.context, StepCounts()
+        drafts = self._drafts(active) if self.drafter is not None else {}
         for seq in active:
-            seq.row = -1
+            seq.row, seq.drafts = -1, []
             if seq.token is not None:
-                seq.row = ctx.add(seq.slot, (seq.token,), True)
-                seq.n_past += 1
-                counts.tokens += 1
+                seq.drafts = drafts.get(seq.slot, [])
+                seq.row = ctx.add(seq.slot, (seq.token, *seq.drafts), 1 + len(seq.drafts))
+                seq.n_past += 1 + len(seq.drafts)
+                counts.tokens += 1 + len(seq.drafts)
         for seq in active:
             if seq.token is not None or seq.parent is not None:
                 continue
@@ -263,10 +310,53 @@ class Scheduler:
             counts.tokens += len(chunk)
         return counts
 
+    def _drafts(self, active: list[Seq]) -> dict[int, list[int]]:
+        """Drafts for the generating sequences, each within the batch's spare rows (shared
+        out), its window and its token limit (a draft past the limit is verified for
+        nothing)."""
+        assert self.drafter is not None
+        generating = [seq for seq in active if seq.token is not None]
+        if not generating:
+            return {}
+        share = (self.context.room() - len(generating)) // len(generating)
+        wanted = {}
+        for seq in generating:
+            assert seq.token is not None
+            k = min(self.drafter.k_max, share, self.n_ctx_seq - seq.n_past - 2)
+            limit = seq.req.options.max_tokens
+            if limit is not None:
+                k = min(k, limit - seq.generated - 1)
+            if k > 0:
+                history = [*self.context.tokens(seq.slot), seq.token]
+                wanted[seq.slot] = (history, k)
+        return self.drafter.draft(wanted) if wanted else {}
+
     def _advance(self, seq: Seq, ignore_eog: bool, counts: StepCounts) -> BatchResult | None:
-        """Sample the sequence's next token; its result when that ends it."""
+        """Sample the sequence's next token, and the tokens after each draft it confirms; its
+        result when one ends it. The cells of rejected drafts are cut."""
+        drafts, base = seq.drafts, seq.n_past - len(seq.drafts)  # base: through `token`
+        ok, result = 0, None
+        while True:
+            seq.n_past = base + ok
+            result = self._next(
+                seq, self.context.sample(seq.slot, seq.row + ok), ignore_eog, counts
+            )
+            if result is not None or ok == len(drafts) or seq.token != drafts[ok]:
+                break
+            ok += 1  # confirmed: it is in the cells, and the row after it has the next logits
+        if drafts:
+            self.drafted += len(drafts)
+            self.accepted += ok
+            if ok < len(drafts):
+                self.context.remove(seq.slot, base + ok)
+            seq.drafts = []
+        return result
+
+    def _next(
+        self, seq: Seq, token: int, ignore_eog: bool, counts: StepCounts
+    ) -> BatchResult | None:
+        """`token` sampled for `seq`: emitted, or the end of it (its result)."""
         model = self.model
-        token = self.context.sample(seq.slot, seq.row)
         if model.is_eog(token) and not (ignore_eog or seq.req.options.ignore_eog):
             return self._finish(seq, "stop")
         seq.generated += 1

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, Interrupted
 from ..params import SamplingParams
+from .lora import AdapterSet
 from .vision import prompt_spans, span_projector
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class LlamaContext:
         self._n = 0  # rows filled in the batch
         self._chains: list[Any] = [None] * n_seq_max
         self._cores = model.core_share(self._handle)
+        self._lora = AdapterSet(ll, handle, model.adapters)  # at the scales they were given
 
     def tokens(self, seq: int) -> Sequence[int]:
         return self._tokens[seq]
@@ -135,6 +137,15 @@ class LlamaContext:
             raise Interrupted()
         raise EngineError(f"llama_decode failed on a batch (code {rc})")
 
+    @property
+    def lora(self) -> tuple[float, ...]:
+        return self._lora.scales
+
+    def set_lora(self, scales: tuple[float, ...]) -> None:
+        if self._n:  # llama.cpp applies one set of adapters to a whole decode
+            raise ValueError("adapter scales change between decodes only")
+        self._lora.apply(scales)
+
     def logits(self, row: int, n: int) -> Any:
         # Rows that asked for logits are stored contiguously, in batch order.
         ptr = self._ll.llama_get_logits_ith(self._handle, row)
@@ -178,6 +189,8 @@ class LlamaContext:
             "n_ubatch": self.n_batch,
             "gpu_layers": e.offloaded_layers,
             "kv_type": "f16",
+            # The adapters applied: a state read with them is not the model's own.
+            **({"lora": self._lora.identity()} if self._lora.identity() else {}),
         }
 
     def save(self, seq: int, path: Path) -> int:

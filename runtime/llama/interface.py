@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from ..media import Media
 from ..models.gguf import GGUFHeader
 from ..params import SamplingParams
+from .lora import LoadedAdapter
 from .offload import DeviceShare
 
 
@@ -42,6 +43,7 @@ class Model(Protocol):
     bos_text: str
     eos_text: str
     load_s: float  # seconds the load took
+    adapters: list[LoadedAdapter]  # LoRA adapters loaded with it (LoadOptions.lora), in order
 
     @property
     def is_recurrent(self) -> bool: ...
@@ -190,6 +192,16 @@ class Context(Protocol):
         """The logits of `n` consecutive batch rows from `row` of the last decode (rows that
         asked for them): a buffer of n x n_vocab float32 that numpy can view, valid until the
         next decode."""
+        ...
+
+    @property
+    def lora(self) -> tuple[float, ...]:
+        """The scale each of the model's LoRA adapters is applied at now (0: not applied)."""
+        ...
+
+    def set_lora(self, scales: tuple[float, ...]) -> None:
+        """Apply the model's adapters at `scales` (one per adapter) from the next decode on:
+        llama.cpp applies one set to a whole decode. ValueError while tokens are queued."""
         ...
 
     def set_sampler(self, seq: int, params: SamplingParams) -> None:

@@ -40,6 +40,7 @@ from .engine import (
     default_ctx,
     system_info,
 )
+from .lora import LoadedAdapter, check_adapter, load_adapters
 from .offload import default_gpu_layers, device_split, has_offload_devices
 from .rpc import add_servers, rpc_servers
 
@@ -90,9 +91,19 @@ class Weights(ABC):
         _install_log_callback(options.verbose)
         self.header, self.prompt_cache = header, prompt_cache
         self.n_ctx = options.ctx_size or default_ctx(header)
+        for adapter in options.lora:  # a bad adapter is refused before the weights load
+            check_adapter(adapter.path, header)
         self._load(path, options)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self._read_vocabulary()
+        # Before any context: a context sizes its graph for the model's adapters.
+        try:
+            self.adapters: list[LoadedAdapter] = load_adapters(
+                ll, self._model, header, options.lora
+            )
+        except BaseException:
+            self.close()
+            raise
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(self._model))
         # llama.cpp offloads the repeating layers plus the output layer: "offloaded 31/31".
         self.n_layers = int(ll.llama_model_n_layer(self._model)) + 1

@@ -15,7 +15,7 @@ from typing import Any
 from .. import paths
 from ..errors import BadReferenceError, ConfigError, OptionError
 from ..options import OPTIONS, Overrides
-from ..params import LoadOptions
+from ..params import LoadOptions, LoraAdapter, check_lora_scale
 from .refs import AliasRef, HubRef, parse_ref
 
 if sys.version_info >= (3, 11):
@@ -32,6 +32,7 @@ class ModelDefaults:
     system: str | None = None
     ctx_size: int | None = None
     chat_template: str | None = None
+    lora: tuple[LoraAdapter, ...] = ()  # adapters applied unless --lora names others
 
     def context(self, given: int | None) -> int | None:
         """The context size to load with: `given` (a flag's, a request's, a sweep point's),
@@ -61,6 +62,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "system": (str,),
     "ctx_size": (int,),
     "chat_template": (str,),
+    "lora": (list,),
 }
 
 
@@ -174,7 +176,7 @@ def _spec(name: str, entry: dict[str, Any], source: str) -> ModelSpec:
         entry.get("description", ""),
         hub,
         bundled,
-        _defaults(entry.get("defaults", {}), f"{where}.defaults"),
+        _defaults(entry.get("defaults", {}), f"{where}.defaults", _base_dir(source)),
         source,
         _mmproj(entry.get("mmproj"), source, f"{where}.mmproj"),
     )
@@ -198,7 +200,35 @@ def _mmproj(raw: str | None, source: str, where: str) -> Path | None:
     return path
 
 
-def _defaults(raw: Any, where: str) -> ModelDefaults:
+def _base_dir(source: str) -> Path | None:
+    """The directory relative paths in an entry are relative to: the user file's."""
+    return Path(source).parent if source.endswith(".toml") and "built-in" not in source else None
+
+
+def _lora(raw: Any, where: str, base: Path | None) -> tuple[LoraAdapter, ...]:
+    """`lora = ["a.gguf", {path = "b.gguf", scale = 0.5}]`: paths relative to the file."""
+    adapters = []
+    for i, item in enumerate(raw):
+        path, scale = (item, 1.0) if isinstance(item, str) else (None, None)
+        if isinstance(item, dict):
+            unknown = set(item) - {"path", "scale"}
+            if unknown:
+                raise ConfigError(f"{where}.lora[{i}]: unknown field '{sorted(unknown)[0]}'")
+            path, scale = item.get("path"), item.get("scale", 1.0)
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{where}.lora[{i}]: must be a path or {{path, scale}}")
+        try:
+            scale = check_lora_scale(scale)
+        except OptionError as e:
+            raise ConfigError(f"{where}.lora[{i}]: {e.problem}") from None
+        full = Path(path).expanduser()
+        if base is not None and not full.is_absolute():
+            full = base / full
+        adapters.append(LoraAdapter(str(full), scale))
+    return tuple(adapters)
+
+
+def _defaults(raw: Any, where: str, base: Path | None = None) -> ModelDefaults:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table")
     for key, value in raw.items():
@@ -208,7 +238,8 @@ def _defaults(raw: Any, where: str) -> ModelDefaults:
             raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
     # The table's ranges (as for the flags and requests), checked here so that a bad default is
     # reported against the file, not later as if the user had passed a bad flag.
-    sampling = {k: v for k, v in raw.items() if k not in ("system", "ctx_size", "chat_template")}
+    own = ("system", "ctx_size", "chat_template", "lora")
+    sampling = {k: v for k, v in raw.items() if k not in own}
     try:
         overrides = Overrides.of(sampling)
         LoadOptions(ctx_size=raw.get("ctx_size")).validate()
@@ -219,4 +250,5 @@ def _defaults(raw: Any, where: str) -> ModelDefaults:
         raw.get("system"),
         raw.get("ctx_size"),
         raw.get("chat_template"),
+        _lora(raw.get("lora", []), where, base),
     )

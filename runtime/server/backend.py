@@ -37,6 +37,9 @@ class ServerConfig:
     # a request naming a model this server cannot find gets the first model named at start
     # (as llama-server, which serves one model under any name); off: a 404
     any_name: bool = False
+    # Speculative decoding for the models named at start: "lookup" or a draft model's name.
+    draft: str | None = None
+    draft_max: int | None = None  # drafted tokens per sequence and step; None: the default
 
 
 @dataclass
@@ -70,6 +73,9 @@ class TextRequest:
     # The log-probability of each generated token and of its `logprobs` most likely
     # alternatives (generation/logprobs.py); None: none computed.
     logprobs: int | None = None
+    # llama-server's per-request LoRA scales, {adapter id: scale} (adapters left out: 0);
+    # None: the scales the server applies now (POST /lora-adapters).
+    lora: dict[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,15 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class AdapterInfo:
+    """A LoRA adapter a served model was loaded with, as GET /lora-adapters lists it."""
+
+    id: int
+    path: str
+    scale: float  # what requests without a `lora` field get now
+
+
+@dataclass(frozen=True)
 class LoadReport:
     """How busy the backend is: what /metrics reports besides the HTTP side's own counters."""
 
@@ -217,6 +232,16 @@ class Backend(Protocol):
 
     def load_report(self) -> LoadReport:
         """Queue depth and slots in use, now (for /metrics)."""
+        ...
+
+    def lora_adapters(self, model: str | None) -> list[AdapterInfo]:
+        """The LoRA adapters of a loaded `model` (None: the first named at start) and their
+        scales now. ModelUnavailable when it is not loaded."""
+        ...
+
+    def set_lora(self, model: str | None, scales: dict[int, float]) -> None:
+        """The scales requests without a `lora` field get from now on (adapters left out: 0);
+        answers already running keep theirs. UsageError for an id the model lacks."""
         ...
 
     async def keep_alive(self, model: str, seconds: float | None) -> None:

@@ -282,6 +282,9 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
     # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact
     # lengths); with no max_tokens it would run to the end of the context.
     request.ignore_eos = _boolean(body, "ignore_eos")
+    from .lora import checked_field
+
+    request.lora = checked_field(body)  # llama-server's per-request LoRA scales
     return request, stream, include_usage
 
 

@@ -49,6 +49,7 @@ from ..options import sampling as layered
 from ..params import GenerateOptions, SamplingParams
 from ..tools.rerank import check_reranker
 from .backend import (
+    AdapterInfo,
     Embeddings,
     LoadReport,
     ModelInfo,
@@ -59,6 +60,7 @@ from .backend import (
     TextRequest,
     TooManyChoices,
 )
+from .drafting import make_drafter
 from .worker import EmbedRequest, ModelWorker, ServedJob
 
 
@@ -167,6 +169,7 @@ class ModelPool:
             logprobs=request.logprobs,
         )
         sampling = self._sampling(served, request)
+        lora = None if request.lora is None else _scales(served, request.lora, "lora")
         job = ServedJob(
             served.resolved.name,
             tokens,
@@ -174,6 +177,7 @@ class ModelPool:
             options.validate(),
             asyncio.get_running_loop(),
             tools=tools,
+            lora=lora,
         )
         worker.submit(job)
         self._served.move_to_end(served.resolved.name)
@@ -348,7 +352,7 @@ class ModelPool:
                 self._names[name] = resolved.name
                 return self._served[resolved.name]
             self._make_room()
-            served = await asyncio.to_thread(self._load, resolved)
+            served = await asyncio.to_thread(self._load, resolved, from_start)
             self._served[resolved.name] = served
             self._names[name] = resolved.name
             return served
@@ -397,7 +401,24 @@ class ModelPool:
         served.engine.close()
         self._note(f"unloaded {key}")
 
-    def _load(self, resolved: ResolvedModel) -> _Served:
+    def lora_adapters(self, model: str | None) -> list[AdapterInfo]:
+        served = self._loaded(model)
+        scales = served.worker.lora
+        return [AdapterInfo(i, a.path, scales[i]) for i, a in enumerate(served.engine.adapters)]
+
+    def set_lora(self, model: str | None, scales: dict[int, float]) -> None:
+        served = self._loaded(model)
+        served.worker.lora = _scales(served, scales, "")  # one assignment: the thread reads it
+
+    def _loaded(self, model: str | None) -> _Served:
+        """A loaded model by name, or the first one named at start."""
+        name = model or (self.config.models[0] if self.config.models else "")
+        key = self._names.get(name, name)
+        if key not in self._served:
+            raise ModelUnavailable(name, f"model '{name}' is not loaded on this server")
+        return self._served[key]
+
+    def _load(self, resolved: ResolvedModel, from_start: bool = False) -> _Served:
         config = self.config
         parallel = config.parallel
         ctx_seq = resolved.defaults.context(config.load.ctx_size)
@@ -409,11 +430,24 @@ class ModelPool:
         # The model makes no context of its own: the worker's is the only one. Its offload and
         # memory checks are made for one sequence's window; the prompt cache is the worker's.
         mmproj = config.load.mmproj or projector_for(resolved.path)
-        options = replace(config.load, ctx_size=ctx_seq, prompt_cache=False, mmproj=mmproj)
+        # --lora is for the models named at start; the others get their models.toml adapters.
+        lora = config.load.lora if from_start and config.load.lora else resolved.defaults.lora
+        options = replace(
+            config.load, ctx_size=ctx_seq, prompt_cache=False, mmproj=mmproj, lora=lora
+        )
         engine = load(resolved, options)
+        n_batch = min(config.load.batch_size, ctx_seq)
         try:
-            context = engine.new_context(parallel, ctx_seq, min(config.load.batch_size, ctx_seq))
+            context = engine.new_context(parallel, ctx_seq, n_batch)
         except BaseException:
+            engine.close()
+            raise
+        try:  # --draft: for the models named at start
+            drafter = (
+                make_drafter(config, resolved, engine, ctx_seq, n_batch) if from_start else None
+            )
+        except BaseException:
+            context.close()
             engine.close()
             raise
         cache = None
@@ -427,6 +461,7 @@ class ModelPool:
             resolved.name, engine, context, self._note, cache,
             warm_up=None if encoder else max(engine.bos_id, 0),
             embedder=lambda: Embedder(engine, pooling=None, n_ctx=embed_ctx),
+            drafter=drafter,
         )  # fmt: skip
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
         return _Served(resolved, engine, worker, _created(resolved))
@@ -493,6 +528,19 @@ class ModelPool:
         if base.seed is None:
             return [base] * request.n
         return [replace(base, seed=(base.seed + i) % 2**32) for i in range(request.n)]
+
+
+def _scales(served: _Served, given: dict[int, float], field: str) -> tuple[float, ...]:
+    """Each adapter's scale from {id: scale} (adapters left out: 0, as llama-server does);
+    an id the model has no adapter for is a UsageError naming the field."""
+    n = len(served.engine.adapters)
+    for i, ident in enumerate(given):
+        if ident >= n:
+            has = f"adapters 0 to {n - 1}" if n else "no adapters (start it with --lora)"
+            raise UsageError(
+                f"{field}[{i}].id: no adapter {ident}; {served.resolved.name} has {has}"
+            )
+    return tuple(given.get(i, 0.0) for i in range(n))
 
 
 def _tool_plan(request: TextRequest, template: str | None) -> ToolPlan | None:

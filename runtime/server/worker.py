@@ -29,6 +29,7 @@ from ..params import GenerateOptions, SamplingParams
 from .backend import Finished, FinishReason, Piece
 
 if TYPE_CHECKING:
+    from ..generation.batch_draft import BatchDrafter
     from ..generation.prompt_cache import PromptCache
     from ..generation.tool_plan import ToolPlan
 
@@ -53,8 +54,10 @@ class ServedJob:
         options: GenerateOptions,
         loop: asyncio.AbstractEventLoop,
         tools: ToolPlan | None = None,
+        lora: tuple[float, ...] | None = None,
     ) -> None:
         self.model, self.tokens, self.sampling, self.options = model, tokens, sampling, options
+        self.lora = lora  # each adapter's scale; None: the worker's scales when it starts
         self.tools = tools  # for the HTTP side, which parses the answer's calls with it
         self.prompt_tokens = len(tokens)
         self._loop = loop
@@ -150,13 +153,16 @@ class ModelWorker:
         *,
         warm_up: int | None = None,
         embedder: Callable[[], Any] | None = None,
+        drafter: BatchDrafter | None = None,
     ) -> None:
         """`warm_up`: a token to decode once before serving (see _warm_up); the constructor
         returns when it is done. `embedder` makes the model's Embedder (llama/embedder.py) on
         this thread, when the first embedding request comes: embeddings are computed here too,
         between decode steps, so one thread runs llama.cpp for the model."""
         self.name, self.engine, self.context, self._note = name, engine, context, note
-        self.scheduler = Scheduler(engine, context, prompt_cache)
+        self.scheduler = Scheduler(engine, context, prompt_cache, drafter)
+        # The LoRA scales of requests without their own (POST /lora-adapters replaces them).
+        self.lora: tuple[float, ...] = tuple(a.scale for a in engine.adapters)
         self.slots = context.n_seq_max
         self.n_ctx_seq = context.n_ctx_seq
         self.waiting: deque[ServedJob] = deque()
@@ -218,6 +224,8 @@ class ModelWorker:
         self._thread.join()
         if self._embedder is not None:
             self._embedder.close()
+        if self.scheduler.drafter is not None:
+            self.scheduler.drafter.close()  # a draft model's context and weights
         self.context.close()
 
     # -- the decode thread -----------------------------------------------------------------------
@@ -323,7 +331,8 @@ class ModelWorker:
             for choice, sampling in enumerate(job.sampling):
                 index, self._next_index = self._next_index, self._next_index + 1
                 self._owners[index] = (job, choice)
-                req = BatchRequest(index, job.tokens, sampling, replace(job.options))
+                lora = self.lora if job.lora is None else job.lora
+                req = BatchRequest(index, job.tokens, sampling, replace(job.options), lora)
                 on_text = _text_sink(job, choice)
                 seq = scheduler.join(req, on_text, fork_of=parent)
                 parent = parent or seq

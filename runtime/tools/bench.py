@@ -33,7 +33,7 @@ from ..llama.interface import Model, Session
 from ..llama.offload import describe_split
 from ..models.resolve import ResolvedModel
 from ..options import sampling as layered
-from ..params import DEFAULT_BATCH, GenerateOptions, LoadOptions, SamplingParams
+from ..params import DEFAULT_BATCH, GenerateOptions, LoadOptions, LoraAdapter, SamplingParams
 
 HISTORY_FILE = "bench-history.jsonl"
 REMOTE_KEYS = ("remote", "prompt_tokens", "generated_tokens")
@@ -168,9 +168,11 @@ def run_bench(
     verbose: bool = False,
     progress: Progress | None = None,
     rpc: tuple[str, ...] = (),
+    lora: tuple[LoraAdapter, ...] | None = None,
 ) -> Iterator[BenchResult]:
     """Measure each point in turn; yields its result as soon as it is known. `rpc`: llama.cpp
-    RPC servers that take the offloaded layers."""
+    RPC servers that take the offloaded layers; `lora`: adapters (None: the model's
+    models.toml ones)."""
     check_counts(n_prompt, n_gen, reps)
     sampling = _sampling(model)
     for point in points:
@@ -181,6 +183,7 @@ def run_bench(
             batch_size=point.batch_size,
             verbose=verbose,
             rpc=rpc,
+            lora=model.defaults.lora if lora is None else lora,
         ).validate()
         yield _bench_point(model, options, sampling, (n_prompt, n_gen, reps), progress or _quiet)
 
