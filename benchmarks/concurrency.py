@@ -109,7 +109,7 @@ def main() -> None:
     completion += ["--no-display-prompt"]
     infer = [infer_exe(), "run", str(model), PROMPT, "-n", n, "--temperature", "0", "--json"]
     infer += ["--no-prompt-cache"]
-    tools = {"llama-completion": (completion, {})}
+    tools: dict[str, tuple[list[str], dict[str, str]]] = {"llama-completion": (completion, {})}
     for v in variants:
         tools[f"infer ({v})"] = (infer, {"INFER_HOME": home, **VARIANTS[v]})
     # tool -> N -> [(aggregate tok/s, min per-process, max per-process, tokens)] per round
@@ -132,10 +132,10 @@ def main() -> None:
                     f"per process {min(rates):.1f}-{max(rates):.1f} tok/s, {wall:.1f} s",
                     file=sys.stderr,
                 )
-    results = report(data, counts, threads, args.tokens)
+    summary = report(data, counts, threads, args.tokens)
     settings = {"model": model.name, "n": counts, "tokens": args.tokens, "rounds": args.rounds,
                 "threads": threads, "variants": variants}  # fmt: skip
-    write_results(args.json, "concurrency.py", settings, results)
+    write_results(args.json, "concurrency.py", settings, summary)
 
 
 def report(data: dict, counts: list[int], threads: int, tokens: int) -> dict[str, object]:
