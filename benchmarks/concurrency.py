@@ -44,8 +44,8 @@ VARIANTS = {
 _EVAL = re.compile(r"\beval time =\s*([\d.]+) ms /\s*(\d+) (?:runs|tokens)")
 
 
-def group(cmds: list[list[str]], env: dict[str, str]) -> tuple[float, list[tuple[int, float]]]:
-    """Start every command at once; (wall seconds, [(tokens generated, seconds generating)])."""
+def group(cmds: list[list[str]], env: dict[str, str]) -> tuple[float, list[tuple[int, int, float]]]:
+    """Start every command at once; (wall seconds, [(tokens, decode steps, their seconds)])."""
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -68,16 +68,20 @@ def group(cmds: list[list[str]], env: dict[str, str]) -> tuple[float, list[tuple
     return wall, results
 
 
-def _generated(out: str, err: str) -> tuple[int, float]:
-    """From `infer run --json` (its stats) or llama-completion's perf lines on stderr."""
+def _generated(out: str, err: str) -> tuple[int, int, float]:
+    """(tokens generated, decode steps, their seconds), from `infer run --json` (its stats) or
+    llama-completion's perf lines on stderr. Counted alike on both sides: the first token is
+    sampled from the prompt's logits, so N tokens take N - 1 decode steps (llama-completion's
+    "eval" runs; infer's first piece to last)."""
     if out.startswith("{"):
         stats = json.loads(out)["stats"]
-        return stats["generated_tokens"], stats["generate_s"]
+        tokens = int(stats["generated_tokens"])
+        return tokens, max(tokens - 1, 0), float(stats["generate_s"])
     found = _EVAL.findall(err)
     if not found:
         sys.exit(f"no eval timings in llama-completion's output:\n{err[-2000:]}")
     ms, n = found[-1]
-    return int(n), float(ms) / 1000
+    return int(n) + 1, int(n), float(ms) / 1000
 
 
 def main() -> None:
@@ -105,7 +109,7 @@ def main() -> None:
     completion += ["--no-display-prompt"]
     infer = [infer_exe(), "run", str(model), PROMPT, "-n", n, "--temperature", "0", "--json"]
     infer += ["--no-prompt-cache"]
-    tools = {"llama-completion": (completion, {})}
+    tools: dict[str, tuple[list[str], dict[str, str]]] = {"llama-completion": (completion, {})}
     for v in variants:
         tools[f"infer ({v})"] = (infer, {"INFER_HOME": home, **VARIANTS[v]})
     # tool -> N -> [(aggregate tok/s, min per-process, max per-process, tokens)] per round
@@ -120,18 +124,18 @@ def main() -> None:
                 cmd, env = tools[tool]
                 wait_quiet()
                 wall, results = group([cmd] * count, env)
-                total = sum(tok for tok, _ in results)
-                rates = [tok / s for tok, s in results if s > 0]
+                total = sum(tok for tok, _, _ in results)
+                rates = [steps / s for _, steps, s in results if s > 0]
                 data[tool][count].append((total / wall, min(rates), max(rates), total))
                 print(
                     f"round {round_no + 1} N={count} {tool}: aggregate {total / wall:.1f} tok/s, "
                     f"per process {min(rates):.1f}-{max(rates):.1f} tok/s, {wall:.1f} s",
                     file=sys.stderr,
                 )
-    results = report(data, counts, threads, args.tokens)
+    summary = report(data, counts, threads, args.tokens)
     settings = {"model": model.name, "n": counts, "tokens": args.tokens, "rounds": args.rounds,
                 "threads": threads, "variants": variants}  # fmt: skip
-    write_results(args.json, "concurrency.py", settings, results)
+    write_results(args.json, "concurrency.py", settings, summary)
 
 
 def report(data: dict, counts: list[int], threads: int, tokens: int) -> dict[str, object]:

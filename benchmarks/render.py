@@ -24,6 +24,7 @@ import re
 import sys
 from pathlib import Path
 
+import bench_lines  # noqa: F401  (its renderers register themselves)
 from bench_tables import RENDERERS, generic  # beside this script, as common.py is to the others
 
 HERE = Path(__file__).resolve().parent
