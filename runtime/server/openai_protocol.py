@@ -542,7 +542,8 @@ class ChunkStream:
     def opening(self, choices: int) -> list[bytes]:
         if not self.chat:  # completions have no roles
             return []
-        return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(choices)]
+        # content null, as llama-server sends it (its tests check; OpenAI's clients take both)
+        return [self._chunk(i, {"role": "assistant", "content": None}) for i in range(choices)]
 
     def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         shaped = None
