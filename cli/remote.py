@@ -40,7 +40,6 @@ LOCAL_ONLY = (
     "draft_always",
     "no_prompt_cache",
     "grammar",
-    "logprobs",
 )
 REMOTE_ONLY = ("api_key", "api_key_file", "timeout")
 Given = Callable[[str], bool]  # whether the user typed the option of this parameter name

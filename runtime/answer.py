@@ -82,6 +82,7 @@ class AnswerRequest:
     tools: tuple[dict[str, Any], ...] = ()  # OpenAI function definitions
     tool_choice: str | dict[str, Any] | None = None
     extra: tuple[tuple[str, Any], ...] = ()  # protocol fields as they are (bench: ignore_eos)
+    logprobs: int | None = None  # each token's log-probability and N alternatives (None: none)
 
     @classmethod
     def of(cls, text: str, system: str | None = None, **kwargs: Any) -> AnswerRequest:
