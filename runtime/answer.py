@@ -112,8 +112,8 @@ class Answer(Protocol):
 
     @property
     def logprobs(self) -> list[dict[str, Any]] | None:
-        """Each token's log-probabilities as JSON objects (generation/logprobs.py's as_json),
-        when the local engine was asked for them; None otherwise (and from a remote)."""
+        """Each token's log-probabilities as JSON objects (generation/logprobs.py's as_json
+        shape; a remote's as its server sent them) when the request asked; else None."""
         ...
 
     def __iter__(self) -> Iterator[str]: ...
