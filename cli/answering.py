@@ -179,7 +179,9 @@ def _execute_remote(args: RunArgs, url: str) -> None:
     from .remote import connect, response_format
 
     _check_batch(args, {"--continue": args.continue_, "--markdown": args.markdown})
-    _check_logprobs(args, False)  # a remote --batch writes no logprobs: --json is needed
+    _check_logprobs(args, False)
+    if args.logprobs is not None and args.batched:  # its lines carry no logprobs (yet)
+        raise UsageError("--logprobs with --remote answers one prompt: not with --batch")
     if args.json_schema is not None and args.fmt is not None:
         raise UsageError("give one of --json-schema and --format")
     fmt = response_format(args.json_schema, args.fmt)

@@ -48,6 +48,10 @@ def test_run_json_carries_the_tokens_logprobs() -> None:
         (("--json", "--logprobs", "1", "--draft", "lookup"), "--draft"),
         (("--json", "--logprobs", "1", "--tool", '{"name": "f"}'), "--tool"),
         (("--logprobs", "1", "--remote", "http://127.0.0.1:9"), "--json"),
+        (
+            ("--json", "--logprobs", "1", "--remote", "http://127.0.0.1:9", "--batch", "-"),
+            "--batch",
+        ),
     ],
 )
 def test_bad_uses_are_usage_errors(flags: tuple[str, ...], message: str) -> None:
