@@ -48,10 +48,6 @@ def test_run_json_carries_the_tokens_logprobs() -> None:
         (("--json", "--logprobs", "1", "--draft", "lookup"), "--draft"),
         (("--json", "--logprobs", "1", "--tool", '{"name": "f"}'), "--tool"),
         (("--logprobs", "1", "--remote", "http://127.0.0.1:9"), "--json"),
-        (
-            ("--json", "--logprobs", "1", "--remote", "http://127.0.0.1:9", "--batch", "-"),
-            "--batch",
-        ),
     ],
 )
 def test_bad_uses_are_usage_errors(flags: tuple[str, ...], message: str) -> None:
@@ -60,6 +56,15 @@ def test_bad_uses_are_usage_errors(flags: tuple[str, ...], message: str) -> None
     err = result.stderr.decode()
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert result.stdout == b""
+
+
+def test_a_remote_batch_is_refused() -> None:
+    flags = ("--json", "--logprobs", "1", "--remote", "http://127.0.0.1:9", "--batch", "-")
+    result = run_infer("run", "smollm2", *flags, input="hi\n")
+    assert result.returncode == 2
+    assert result.stderr.decode() == (
+        "infer: error: --logprobs with --remote answers one prompt: not with --batch\n"
+    )
 
 
 def test_a_remote_gives_its_logprobs(tmp_path: Path) -> None:
