@@ -231,6 +231,9 @@ def _execute_remote(args: RunArgs, url: str) -> None:
     from .remote import connect, response_format
 
     _check_batch(args, {"--continue": args.continue_, "--markdown": args.markdown})
+    _check_logprobs(args, False)
+    if args.logprobs is not None and args.batched:  # its lines carry no logprobs (yet)
+        raise UsageError("--logprobs with --remote answers one prompt: not with --batch")
     if args.json_schema is not None and args.fmt is not None:
         raise UsageError("give one of --json-schema and --format")
     fmt = response_format(args.json_schema, args.fmt)
@@ -273,6 +276,7 @@ def _request(
         overrides=args.overrides,
         max_tokens=args.max_tokens,
         stop=args.stop,
+        logprobs=args.logprobs,
         response_format=response_format,
         tools=tools,
         tool_choice=offered.openai_choice() if offered is not None else None,

@@ -95,6 +95,7 @@ class AnswerRequest:
     # Fill-in-the-middle (`infer run --suffix`): the messages' text is the code before the gap,
     # this the code after it; the local engine builds the model's FIM prompt from both.
     suffix: str | None = None
+    logprobs: int | None = None  # each token's log-probability and N alternatives (None: none)
 
     @classmethod
     def of(cls, text: str, system: str | None = None, **kwargs: Any) -> AnswerRequest:
@@ -124,8 +125,8 @@ class Answer(Protocol):
 
     @property
     def logprobs(self) -> list[dict[str, Any]] | None:
-        """Each token's log-probabilities as JSON objects (generation/logprobs.py's as_json),
-        when the local engine was asked for them; None otherwise (and from a remote)."""
+        """Each token's log-probabilities as JSON objects (generation/logprobs.py's as_json
+        shape; a remote's as its server sent them) when the request asked; else None."""
         ...
 
     def __iter__(self) -> Iterator[str]: ...

@@ -81,7 +81,12 @@ class LocalAnswerer:
         grammar = request.grammar or _grammar(request.response_format)
         if grammar:
             params = replace(params, grammar=grammar)
-        options = replace(self.options, max_tokens=request.max_tokens, stop=list(request.stop))
+        options = replace(
+            self.options,
+            max_tokens=request.max_tokens,
+            stop=list(request.stop),
+            logprobs=request.logprobs,
+        )
         messages, media = _messages(request)
         gen = generate(
             self.session,

@@ -62,6 +62,11 @@ def body(model: str, request: AnswerRequest) -> dict[str, Any]:
     if request.tools:
         fields["tools"] = list(request.tools)
         fields["tool_choice"] = request.tool_choice or "auto"
+    if request.logprobs is not None:  # chat: a flag and a count; completions: the count
+        if request.raw:
+            fields["logprobs"] = request.logprobs
+        else:
+            fields.update(logprobs=True, top_logprobs=request.logprobs)
     fields.update(request.extra)
     if request.raw:
         fields["prompt"] = request.prompt
@@ -272,7 +277,8 @@ class RemoteAnswer:
         self.stats = Stats()
         # OpenAI tool_calls, assembled from the stream's delta.tool_calls fragments
         self.tool_calls: list[dict[str, Any]] = []
-        self.logprobs: list[dict[str, Any]] | None = None  # not asked of a remote
+        # each token's, as the stream's chunks carry them (when the request asked)
+        self.logprobs: list[dict[str, Any]] | None = None if request.logprobs is None else []
 
     def __iter__(self) -> Iterator[str]:
         remote, chat = self.remote, not self.request.raw
@@ -293,6 +299,8 @@ class RemoteAnswer:
                     self._usage(event)
                     if chat:
                         _tool_fragments(event, self.tool_calls)
+                    if self.logprobs is not None:
+                        self.logprobs += _logprobs(event, chat)
                     piece = _piece(event, chat)
                     if piece:
                         last = time.monotonic()
@@ -357,6 +365,30 @@ def _events(response: httpx.Response) -> Iterator[dict[str, Any] | None]:
         if "error" in event:
             raise RemoteError(str(response.url), f"the server failed mid-answer: {_said(event)}")
         yield event
+
+
+def _logprobs(event: dict[str, Any], chat: bool) -> list[dict[str, Any]]:
+    """A chunk's tokens in the chat shape ({token, logprob, bytes, top_logprobs}): a chat
+    chunk's `logprobs.content`; a completion chunk's llama-server `content` list, else the
+    entries built from OpenAI's `tokens`/`token_logprobs`/`top_logprobs` (no bytes there)."""
+    choices = event.get("choices") or []
+    lp = choices[0].get("logprobs") if choices and isinstance(choices[0], dict) else None
+    if not isinstance(lp, dict):
+        return []
+    content = lp.get("content")
+    if isinstance(content, list):
+        return [e for e in content if isinstance(e, dict)]
+    if chat or not isinstance(lp.get("tokens"), list):
+        return []
+    tops = lp.get("top_logprobs") or []
+    out = []
+    values = lp.get("token_logprobs") or []
+    # strict=False: another server's lists of unequal length give the tokens both have
+    for i, (token, value) in enumerate(zip(lp["tokens"], values, strict=False)):
+        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        alternatives = [{"token": t, "logprob": v, "bytes": None} for t, v in top.items()]
+        out.append({"token": token, "logprob": value, "bytes": None, "top_logprobs": alternatives})
+    return out
 
 
 def _piece(event: dict[str, Any], chat: bool) -> str:

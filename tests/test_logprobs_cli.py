@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from .conftest import run_infer
+from .test_serve import Server
 
 QUESTION = "What is the capital of France?"
 FLAGS = ("--temperature", "0", "--max-tokens", "8")
@@ -44,7 +46,8 @@ def test_run_json_carries_the_tokens_logprobs() -> None:
         (("--json", "--logprobs", "21"), "--logprobs"),
         (("--json", "--logprobs", "-1"), "--logprobs"),
         (("--json", "--logprobs", "1", "--draft", "lookup"), "--draft"),
-        (("--json", "--logprobs", "1", "--remote", "http://127.0.0.1:9"), "--logprobs"),
+        (("--json", "--logprobs", "1", "--tool", '{"name": "f"}'), "--tool"),
+        (("--logprobs", "1", "--remote", "http://127.0.0.1:9"), "--json"),
     ],
 )
 def test_bad_uses_are_usage_errors(flags: tuple[str, ...], message: str) -> None:
@@ -53,3 +56,36 @@ def test_bad_uses_are_usage_errors(flags: tuple[str, ...], message: str) -> None
     err = result.stderr.decode()
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert result.stdout == b""
+
+
+def test_a_remote_batch_is_refused() -> None:
+    flags = ("--json", "--logprobs", "1", "--remote", "http://127.0.0.1:9", "--batch", "-")
+    result = run_infer("run", "smollm2", *flags, input="hi\n")
+    assert result.returncode == 2
+    assert result.stderr.decode() == (
+        "infer: error: --logprobs with --remote answers one prompt: not with --batch\n"
+    )
+
+
+def test_a_remote_gives_its_logprobs(tmp_path: Path) -> None:
+    """`--remote` asks the server (infer serve here) for them: the same tokens and values as
+    the local run, in the same JSON; a raw completion through /v1/completions too."""
+    server = Server("smollm2", "--parallel", "1", "--ctx-size", "1024", home=tmp_path)
+    try:
+        server.wait_ready()
+        for extra in ((), ("--raw",)):
+            args = ("run", "smollm2", QUESTION, *FLAGS, "--json", "--logprobs", "2", *extra)
+            local = run_infer(*args)
+            remote = run_infer(*args, "--remote", server.url)
+            assert local.returncode == 0 and remote.returncode == 0, remote.stderr.decode()
+            mine, theirs = json.loads(local.stdout), json.loads(remote.stdout)
+            assert theirs["text"] == mine["text"]
+            assert [t["token"] for t in theirs["logprobs"]] == [
+                t["token"] for t in mine["logprobs"]
+            ]
+            assert [t["logprob"] for t in theirs["logprobs"]] == pytest.approx(
+                [t["logprob"] for t in mine["logprobs"]], abs=1e-4
+            )
+            assert all(len(t["top_logprobs"]) == 2 for t in theirs["logprobs"])
+    finally:
+        assert server.stop() == 0

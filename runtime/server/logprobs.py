@@ -26,13 +26,16 @@ bytes}]}]` beside the message (each stream line: its own tokens').
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..generation.logprobs import MAX_TOP, MAX_TOP_COMPLETIONS, TokenLogprob, as_json
 
+# A door's 400 for a field: invalid(field, message) (openai_protocol.invalid, ollama's...).
+Invalid = Callable[[str, str], Exception]
 
-def openai_requested(body: dict[str, Any], completions: bool, invalid: Any) -> int | None:
+
+def openai_requested(body: dict[str, Any], completions: bool, invalid: Invalid) -> int | None:
     """How many alternatives the body asks for per token (None: no logprobs). `invalid(field,
     message)` makes the protocol's 400."""
     value, top = body.get("logprobs"), body.get("top_logprobs")
@@ -92,7 +95,7 @@ def completion(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any
     }
 
 
-def ollama_requested(body: dict[str, Any], invalid: Any) -> int | None:
+def ollama_requested(body: dict[str, Any], invalid: Invalid) -> int | None:
     """Ollama's `logprobs` (bool) and `top_logprobs` (0..20): alternatives per token, or None."""
     value, top = body.get("logprobs"), body.get("top_logprobs")
     if value is not None and not isinstance(value, bool):
@@ -116,7 +119,7 @@ def ollama(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
-def responses_requested(body: dict[str, Any], invalid: Any) -> int | None:
+def responses_requested(body: dict[str, Any], invalid: Invalid) -> int | None:
     """The Responses API's `include` (only LOGPROBS_INCLUDE is honoured) and `top_logprobs`."""
     include, top = body.get("include"), body.get("top_logprobs")
     if include is not None and (
