@@ -373,7 +373,7 @@ def test_image_part_says_no_vision(served: Served) -> None:
 INVALID_COMPLETION = [
     ({"prompt": None}, "prompt"),
     ({"prompt": []}, "prompt"),
-    ({"prompt": [1, 2, 3]}, "prompt"),
+    ({"prompt": [[1, 2], "a"]}, "prompt"),
     ({"prompt": ["a", 2]}, "prompt"),
     ({"echo": True}, "echo"),
     ({"best_of": 3}, "best_of"),
