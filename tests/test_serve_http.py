@@ -301,6 +301,8 @@ INVALID_CHAT = [
     ({"presence_penalty": 3}, "presence_penalty"),
     ({"frequency_penalty": -2.5}, "frequency_penalty"),
     ({"seed": -1}, "seed"),
+    ({"continue_final_message": True}, "continue_final_message"),
+    ({"add_generation_prompt": False}, "add_generation_prompt"),
     ({"seed": 2**40}, "seed"),
     ({"n": 0}, "n"),
     ({"n": 1000}, "n"),

@@ -174,6 +174,17 @@ def _refuse_unsupported(body: dict[str, Any], completions: bool) -> None:
         for name in ("tools", "tool_choice"):
             if body.get(name) not in (None, [], "none"):
                 raise invalid(name, f"'{name}' is only supported by /v1/chat/completions")
+    # vLLM's and llama-server's assistant prefill: the answer would go on from the last
+    # assistant message; infer always starts a new turn, so asking for it is refused
+    if body.get("continue_final_message") not in (None, False):
+        raise invalid(
+            "continue_final_message", "'continue_final_message' is not supported by this server"
+        )
+    if body.get("add_generation_prompt") not in (None, True):
+        raise invalid(
+            "add_generation_prompt",
+            "'add_generation_prompt: false' is not supported by this server",
+        )
     if body.get("logit_bias") not in (None, {}):
         raise invalid("logit_bias", "'logit_bias' is not supported by this server")
     modalities = body.get("modalities")
