@@ -225,6 +225,12 @@ def main() -> None:
     ap.add_argument(
         "--llama-results", type=Path, help="reuse llama-server's outcomes from an earlier --json"
     )
+    ap.add_argument(
+        "--no-llama", action="store_true", help="run infer alone (on the whole suite or --only)"
+    )
+    ap.add_argument(
+        "--infer-results", type=Path, help="reuse infer's outcomes from an earlier --json"
+    )
     ap.add_argument("--llama-xml", type=Path, help="reuse llama-server's JUnit XML of a run")
     ap.add_argument(
         "--infer-src", type=Path, help="a folder holding another infer package to measure"
@@ -240,7 +246,9 @@ def main() -> None:
     args = ap.parse_args()
     model = bundled_model().resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.llama_results:
+        if args.no_llama:
+            llama = {}
+        elif args.llama_results:
             llama = json.loads(args.llama_results.read_text())["outcomes"]["llama-server"]
         elif args.llama_xml:
             llama = outcomes_of(args.llama_xml)
@@ -249,7 +257,12 @@ def main() -> None:
         # infer runs only what llama-server passes: the rest cannot count (and the suite's
         # answers without n_predict run to the end of the context: an hour on a busy machine)
         passing = [t for t, outcome in llama.items() if outcome == "passed"]
-        infer = serve_infer(args, Path(tmp) / "infer.xml", passing) if passing else {}
+        if args.infer_results:
+            infer = json.loads(args.infer_results.read_text())["outcomes"]["infer"]
+        elif args.no_llama:  # the whole suite (or --only), to be put beside llama's later
+            infer = serve_infer(args, Path(tmp) / "infer.xml", args.only)
+        else:
+            infer = serve_infer(args, Path(tmp) / "infer.xml", passing) if passing else {}
     summary = report(llama, infer)
     show(summary)
     if args.json:

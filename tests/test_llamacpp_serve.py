@@ -287,3 +287,13 @@ def test_completion_prompt_object_response_fields_and_responses_path(server: Ser
     assert post(server.url, "/completion", {"prompt": media}, 400)["error"]["param"] == "prompt"
     answer = post(server.url, "/responses", {"input": "Hi", "max_output_tokens": 16})
     assert answer["object"] == "response"
+
+
+def test_v1_completions_take_token_ids(server: Server) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 6, **GREEDY}
+    text = post(server.url, "/v1/completions", body)["choices"][0]["text"]
+    ids = post(server.url, "/tokenize", {"content": PROMPT, "add_special": True})["tokens"]
+    one = post(server.url, "/v1/completions", {**body, "prompt": ids})
+    assert one["choices"][0]["text"] == text
+    two = post(server.url, "/v1/completions", {**body, "prompt": [ids, ids]})
+    assert [c["text"] for c in two["choices"]] == [text, text]

@@ -301,6 +301,8 @@ INVALID_CHAT = [
     ({"presence_penalty": 3}, "presence_penalty"),
     ({"frequency_penalty": -2.5}, "frequency_penalty"),
     ({"seed": -1}, "seed"),
+    ({"continue_final_message": True}, "continue_final_message"),
+    ({"add_generation_prompt": False}, "add_generation_prompt"),
     ({"seed": 2**40}, "seed"),
     ({"n": 0}, "n"),
     ({"n": 1000}, "n"),
@@ -379,7 +381,7 @@ def test_an_image_part_that_is_no_image_names_the_part(served: Served) -> None:
 INVALID_COMPLETION = [
     ({"prompt": None}, "prompt"),
     ({"prompt": []}, "prompt"),
-    ({"prompt": [1, 2, 3]}, "prompt"),
+    ({"prompt": [[1, 2], "a"]}, "prompt"),
     ({"prompt": ["a", 2]}, "prompt"),
     ({"echo": True}, "echo"),
     ({"best_of": 3}, "best_of"),

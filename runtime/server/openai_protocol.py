@@ -78,15 +78,18 @@ class ParsedRequest:
     model: str
     request: TextRequest  # prompt None for completions: one per entry of `prompts`
     prompts: list[str] = field(default_factory=list)  # /v1/completions only
+    token_prompts: list[list[int | str]] = field(default_factory=list)  # ... as token ids
     stream: bool = False
     include_usage: bool = False
 
     def text_requests(self) -> list[TextRequest]:
         """The backend requests: the chat's one, or one per completion prompt."""
-        if not self.prompts:
-            return [self.request]
         from dataclasses import replace
 
+        if self.token_prompts:
+            return [replace(self.request, prompt_tokens=p) for p in self.token_prompts]
+        if not self.prompts:
+            return [self.request]
         return [replace(self.request, prompt=p) for p in self.prompts]
 
 
@@ -172,6 +175,17 @@ def _refuse_unsupported(body: dict[str, Any], completions: bool) -> None:
         for name in ("tools", "tool_choice"):
             if body.get(name) not in (None, [], "none"):
                 raise invalid(name, f"'{name}' is only supported by /v1/chat/completions")
+    # vLLM's and llama-server's assistant prefill: the answer would go on from the last
+    # assistant message; infer always starts a new turn, so asking for it is refused
+    if body.get("continue_final_message") not in (None, False):
+        raise invalid(
+            "continue_final_message", "'continue_final_message' is not supported by this server"
+        )
+    if body.get("add_generation_prompt") not in (None, True):
+        raise invalid(
+            "add_generation_prompt",
+            "'add_generation_prompt: false' is not supported by this server",
+        )
     if body.get("logit_bias") not in (None, {}):
         raise invalid("logit_bias", "'logit_bias' is not supported by this server")
     modalities = body.get("modalities")
@@ -303,27 +317,34 @@ def parse_chat(body: Any, media: MediaPolicy = NO_URLS) -> ParsedRequest:
 
 
 def parse_completion(body: Any) -> ParsedRequest:
-    """A /v1/completions body → the request (one prompt per entry of a list), or ApiError."""
+    """A /v1/completions body → the request (one prompt per entry of a list; a prompt may be
+    token ids, as llama-server takes them), or ApiError."""
     if not isinstance(body, dict):
         raise invalid("", "the request body must be a JSON object")
     model = model_name(body)
     prompt = body.get("prompt")
+    prompts: list[str] = []
+    tokens: list[list[int | str]] = []
     if isinstance(prompt, str):
         prompts = [prompt]
     elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        if len(prompt) > MAX_PROMPTS:
-            raise invalid("prompt", f"at most {MAX_PROMPTS} prompts per request")
         prompts = list(prompt)
+    elif isinstance(prompt, list) and prompt and all(_is_int(p) for p in prompt):
+        tokens = [list(prompt)]
     elif (
         isinstance(prompt, list)
         and prompt
-        and all(_is_int(p) or isinstance(p, list) for p in prompt)
+        and all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt)
     ):
-        raise invalid("prompt", "prompts as token ids are not supported: send text")
+        tokens = [list(p) for p in prompt]
     else:
-        raise invalid("prompt", "'prompt' must be a string or a non-empty array of strings")
+        raise invalid(
+            "prompt", "'prompt' must be a string, an array of strings, or token ids (arrays)"
+        )
+    if len(prompts) + len(tokens) > MAX_PROMPTS:
+        raise invalid("prompt", f"at most {MAX_PROMPTS} prompts per request")
     request, stream, include_usage = _common(body, completions=True)
-    return ParsedRequest(model, request, prompts, stream=stream, include_usage=include_usage)
+    return ParsedRequest(model, request, prompts, tokens, stream, include_usage)
 
 
 MAX_TOOLS = 128
