@@ -241,3 +241,12 @@ def test_the_scheduler_never_mixes_adapter_scales_in_one_decode() -> None:
     assert again.slot == 1 and again.reused == 1  # the prefix its scales computed
     fresh = s.join(BatchRequest(4, list(b"hi"), greedy, GenerateOptions(), (0.25,)))
     assert fresh.reused == 0
+
+
+def test_speculative_decoding_keeps_the_adapter(files: dict[str, Path]) -> None:
+    """Drafts are verified by the adapted model (its answer, drafted or not); a draft model
+    runs without the target's adapters."""
+    adapted = answer(files["model"], "--lora", f"{files['a']}:0.5", "--no-prompt-cache")
+    for draft in ("lookup", str(files["model"])):
+        flags = ["--draft", draft, "--draft-always", "--no-prompt-cache"]
+        assert answer(files["model"], "--lora", f"{files['a']}:0.5", *flags) == adapted
