@@ -38,7 +38,7 @@ from ..errors import (
     TemplateError,
     UsageError,
 )
-from . import anthropic_routes, lora, ollama_routes, responses_routes
+from . import anthropic_routes, lora_routes, ollama_routes, responses_routes
 from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
 from .answer import Answer, EventStream, whole
@@ -148,7 +148,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/metrics", api.prometheus, methods=["GET"]),
             *responses_routes.routes(backend, settings.max_body, backend_error),
             *ollama_routes.routes(backend, settings, backend_error),
-            *lora.routes(backend, settings.max_body, backend_error),
+            *lora_routes.routes(backend, settings.max_body, backend_error),
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),

@@ -22,6 +22,7 @@ from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from .backend import Choice, FinishReason, TextRequest
+from .lora_fields import parse_lora
 
 MAX_TOKENS_LIMIT = (
     1 << 20
@@ -245,9 +246,10 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
     # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact
     # lengths); with no max_tokens it would run to the end of the context.
     request.ignore_eos = _boolean(body, "ignore_eos")
-    from .lora import checked_field
-
-    request.lora = checked_field(body)  # llama-server's per-request LoRA scales
+    try:
+        request.lora = parse_lora(body.get("lora"))  # llama-server's per-request LoRA scales
+    except OptionError as e:
+        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
     return request, stream, include_usage
 
 
