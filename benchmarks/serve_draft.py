@@ -2,7 +2,7 @@
 
     python benchmarks/serve_draft.py [--model PATH] [--draft-model PATH] [--clients 4]
                                      [--tokens 128] [--paragraphs 0] [--rounds 2]
-                                     [--parallel 4] [--draft-max N] [--out FILE]
+                                     [--parallel 4] [--draft-max N] [--always] [--out FILE]
 
 Each server runs alone (started, measured, stopped) on the same model, slots and context per
 slot, plain and with drafting, on two pairs:
@@ -88,6 +88,7 @@ def commands(args: argparse.Namespace, model: Path, draft: Path, port: int) -> d
         "--cache-ram", "0",
     ]  # fmt: skip
     infer_max = ["--draft-max", str(args.draft_max)] if args.draft_max else []
+    infer_max += ["--draft-always"] if args.always else []
     llama_max = ["--spec-draft-n-max", str(args.draft_max)] if args.draft_max else []
     return {
         "infer plain": infer,
@@ -110,6 +111,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--ctx-size", type=int, default=2048, help="per slot")
     ap.add_argument("--draft-max", type=int, default=None, help="both sides' draft cap")
+    ap.add_argument("--always", action="store_true", help="infer drafts at every step")
     ap.add_argument("--modes", default="plain,lookup,model")
     ap.add_argument("--no-quiet", action="store_true", help="do not wait for a quiet machine")
     ap.add_argument("--out", type=Path, default=RESULTS)

@@ -32,6 +32,7 @@ generation, stop string, max tokens, full context).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -43,7 +44,7 @@ from ..params import GenerateOptions, SamplingParams
 from .loop import TextStream
 
 if TYPE_CHECKING:
-    from .batch_draft import BatchDrafter
+    from .batch_draft import BatchDrafter, DraftGate
     from .prompt_cache import PromptCache
 
 
@@ -130,10 +131,13 @@ class Scheduler:
         context: Context,
         prompt_cache: PromptCache | None = None,
         drafter: BatchDrafter | None = None,
+        gate: DraftGate | None = None,
     ) -> None:
+        """`gate`: draft only in the steps where drafting is measured to pay (None: always)."""
         self.model, self.context, self.prompt_cache = model, context, prompt_cache
-        self.drafter = drafter
+        self.drafter, self.gate = drafter, gate
         self.drafted = self.accepted = 0  # draft tokens verified, and of those accepted
+        self._drafting = False  # this step queued drafts
         self.slots: list[Seq | None] = [None] * context.n_seq_max
         # The adapter scales of a request that gives none (the model's), those each slot's
         # cells were computed with, and which set's turn it is.
@@ -220,6 +224,7 @@ class Scheduler:
         sequences that finished, and what the step did. `cancel` makes a long prompt decode
         stoppable (Interrupted); `ignore_eog` runs to max_tokens (benchmarks)."""
         active = self._group(self.running())
+        began = time.perf_counter()
         counts = self._fill(active)
         self.context.decode(cancel if counts.prompt_tokens else None)
         finished = []
@@ -236,6 +241,9 @@ class Scheduler:
                 sampling.row = -1  # sampled: a fork in a later slot is not sampled again
                 if result is not None:
                     finished.append(result)
+        if self.gate is not None and not counts.prompt_tokens:  # a generation-only step
+            spent = time.perf_counter() - began
+            self.gate.record(self._drafting, counts.generated_tokens, spent)
         return finished, counts
 
     def _group(self, running: list[Seq]) -> list[Seq]:
@@ -263,6 +271,7 @@ class Scheduler:
         in slot order up to the batch size."""
         ctx, counts = self.context, StepCounts()
         drafts = self._drafts(active) if self.drafter is not None else {}
+        self._drafting = bool(drafts)
         for seq in active:
             seq.row, seq.drafts = -1, []
             if seq.token is not None:
@@ -289,7 +298,7 @@ class Scheduler:
         nothing)."""
         assert self.drafter is not None
         generating = [seq for seq in active if seq.token is not None]
-        if not generating:
+        if not generating or (self.gate is not None and not self.gate.want()):
             return {}
         share = (self.context.room() - len(generating)) // len(generating)
         wanted = {}

@@ -376,7 +376,7 @@ class ModelPool:
             resolved.name, engine, context, self._note, cache,
             warm_up=None if encoder else max(engine.bos_id, 0),
             embedder=lambda: Embedder(engine, pooling=None, n_ctx=embed_ctx),
-            drafter=drafter,
+            drafter=drafter, draft_adapt=config.draft_adapt,
         )  # fmt: skip
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
         return _Served(resolved, engine, worker, _created(resolved))
