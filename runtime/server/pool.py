@@ -333,7 +333,9 @@ class ModelPool:
 
     def _loaded(self, model: str | None) -> _Served:
         """A loaded model by name, or the first one named at start."""
-        name = model or (self.config.models[0] if self.config.models else "")
+        if not model and not self.config.models:
+            raise UsageError("no model was named at start: say which with ?model=NAME")
+        name = model or self.config.models[0]
         key = self._names.get(name, name)
         if key not in self._served:
             raise ModelUnavailable(name, f"model '{name}' is not loaded on this server")
