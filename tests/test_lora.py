@@ -48,11 +48,17 @@ def reference(exe: Path, model: Path, adapters: list[tuple[Path, float]]) -> str
     cmd += ["-no-cnv", "--no-display-prompt"]
     for path, scale in adapters:
         cmd += ["--lora-scaled", f"{path}:{scale}"]
-    for _ in range(3):  # its answer goes through llama.cpp's logger thread, which can lose it
+    # Its answer goes through llama.cpp's logger thread, which can lose the end of it at exit
+    # (all of it, or the last tokens, on a busy machine). Every token of this model is one
+    # printable byte and it never ends early, so a whole answer is exactly N characters.
+    seen = []
+    for _ in range(6):
         result = subprocess.run(cmd, capture_output=True, timeout=120, check=True)
-        if result.stdout.strip():
-            return result.stdout.decode().rstrip("\n")
-    raise AssertionError("llama-completion printed no answer")
+        text = result.stdout.decode().rstrip("\n")
+        if len(text) == N:
+            return text
+        seen.append(text)
+    raise AssertionError(f"llama-completion printed no whole answer: {seen}")
 
 
 def answer(model: Path, *flags: str, env: dict[str, str] | None = None) -> str:
