@@ -317,12 +317,11 @@ class Scheduler:
         """Sample the sequence's next token, and the tokens after each draft it confirms; its
         result when one ends it. The cells of rejected drafts are cut."""
         drafts, base = seq.drafts, seq.n_past - len(seq.drafts)  # base: through `token`
-        ok, result = 0, None
+        ok, result, first = 0, None, seq.row
         while True:
-            seq.n_past = base + ok
-            result = self._next(
-                seq, self.context.sample(seq.slot, seq.row + ok), ignore_eog, counts
-            )
+            # `row` and `n_past` as for a plain step that sampled this token (what _next reads)
+            seq.n_past, seq.row = base + ok, first + ok
+            result = self._next(seq, self.context.sample(seq.slot, seq.row), ignore_eog, counts)
             if result is not None or ok == len(drafts) or seq.token != drafts[ok]:
                 break
             ok += 1  # confirmed: it is in the cells, and the row after it has the next logits
