@@ -256,3 +256,19 @@ def test_speculative_decoding_keeps_the_adapter(files: dict[str, Path]) -> None:
     for draft in ("lookup", str(files["model"])):
         flags = ["--draft", draft, "--draft-always", "--no-prompt-cache"]
         assert answer(files["model"], "--lora", f"{files['a']}:0.5", *flags) == adapted
+
+
+def test_batch_applies_the_adapters(tmp_path: Path, files: dict[str, Path]) -> None:
+    """`--batch` decodes its prompts together on one context: with the adapter applied."""
+    import json
+
+    batch = tmp_path / "prompts.txt"
+    batch.write_text(f"{PROMPT}\n{PROMPT}\n")
+    flags = ["--lora", f"{files['a']}:0.5", "--no-prompt-cache"]
+    result = run_infer(
+        "run", str(files["model"]), "--batch", str(batch), "--raw", "--temperature", "0",
+        "-n", str(N), "-t", "1", *flags,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    texts = [json.loads(line)["text"] for line in result.stdout.decode().splitlines()]
+    assert texts == [answer(files["model"], *flags)] * 2
