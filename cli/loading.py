@@ -154,6 +154,7 @@ def load_drafter(
 
         close = difflib.get_close_matches(draft.lower(), [LOOKUP], n=1, cutoff=0.6) + e.close
         raise UnknownDraftError(e.name, e.known, close) from None
-    draft_options = replace(options, ctx_size=engine.n_ctx, prompt_cache=False)
+    # The model's LoRA adapters are the model's: the draft model runs as it is.
+    draft_options = replace(options, ctx_size=engine.n_ctx, prompt_cache=False, lora=())
     with output.status("Loading draft model…", quiet=quiet):
         return load_draft(resolved, engine, draft_options)

@@ -18,6 +18,7 @@ from . import output
 from .options import (
     HARDWARE,
     OUTPUT,
+    DraftAlwaysOpt,
     DraftMaxOpt,
     DraftOpt,
     GpuLayersOpt,
@@ -248,6 +249,7 @@ def serve(
     shutdown_timeout: ShutdownOpt = 10.0,
     draft: DraftOpt = None,
     draft_max: DraftMaxOpt = None,
+    draft_always: DraftAlwaysOpt = False,
     api_key: ApiKeyOpt = None,
     api_key_file: ApiKeyFileOpt = None,
     insecure: InsecureOpt = False,
@@ -311,7 +313,7 @@ def serve(
     from infer.runtime.params import GenerateOptions
 
     GenerateOptions(draft_max=draft_max).validate()  # the one check of --draft-max
-    config.draft, config.draft_max = draft, draft_max
+    config.draft, config.draft_max, config.draft_adapt = draft, draft_max, not draft_always
     _run(config, settings, port, stats)
 
 

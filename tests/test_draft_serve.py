@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from infer.runtime.generation.batch_draft import DraftGate
 from infer.runtime.generation.scheduler import BatchRequest, Scheduler
 from infer.runtime.params import GenerateOptions, SamplingParams
 
@@ -77,6 +78,33 @@ def test_verified_drafts_give_the_plain_text_in_fewer_decodes(max_tokens: int | 
         assert b"!" not in held
 
 
+def test_the_gate_measures_both_and_keeps_the_faster() -> None:
+    gate = DraftGate()
+    assert gate.want() is False  # a plain step is measured first
+    gate.record(False, 4, 0.1)  # 40 tok/s
+    assert gate.want() is True  # then a drafted one
+    gate.record(True, 12, 0.2)  # 60 tok/s
+    choices = [gate.want() for _ in range(16)]
+    assert choices.count(False) == 2 and choices.count(True) == 14  # explores every 8th step
+    for _ in range(10):
+        gate.record(True, 2, 0.2)  # drafts stop paying: 10 tok/s
+    assert [gate.want() for _ in range(7)].count(True) <= 1
+
+
+def test_a_gated_scheduler_gives_the_same_text() -> None:
+    plain, _, _ = run_scheduler(None)
+    model = FakeModel()
+    ctx = model.new_context(4, 64, 32)
+    s = Scheduler(model, ctx, drafter=ScriptedDrafter(wrong=2), gate=DraftGate())
+    for i, text in enumerate(["hi", "abc", "pq"]):
+        s.join(BatchRequest(i, list(text.encode()), SamplingParams(temperature=0)))
+    results = []
+    while s.running():
+        results += s.step()[0]
+    assert {r.index: (r.text, r.finish_reason, r.generated_tokens) for r in results} == plain
+    assert s.drafted > 0  # it drafted in some steps
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("draft-home")
@@ -102,8 +130,8 @@ def plain(home: Path) -> dict[str, str]:
 @pytest.fixture(scope="module", params=["lookup", "smollm2"])
 def server(request: pytest.FixtureRequest, home: Path) -> Iterator[Server]:
     s = Server(
-        "smollm2", "--draft", request.param, "--parallel", "4", "--ctx-size", "1024",
-        "--no-prompt-cache", home=home,
+        "smollm2", "--draft", request.param, "--draft-always", "--parallel", "4",
+        "--ctx-size", "1024", "--no-prompt-cache", home=home,
     ).wait_ready()  # fmt: skip
     yield s
     assert s.stop() == 0

@@ -39,7 +39,7 @@ FOREIGN = {
     "--force-reinstall",
     "--no-deps",
     "--ignore-eos",  # llama-completion's, in the benchmarks' notes
-    "--lora-scaled",  # llama-completion's, in docs/run.md (LoRA adapters)
+    "--lora-scaled",  # llama-completion's and llama-server's, in docs/run.md and the README
     "--jinja",  # llama-server's, in the comparison table
     "--prompt-cache",  # llama.cpp's, in the comparison table
     "--quantize",  # ollama create's, in the comparison table

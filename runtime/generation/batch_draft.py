@@ -142,3 +142,33 @@ class BatchModelDrafter:
     def close(self) -> None:
         self.context.close()
         self.model.close()
+
+
+class DraftGate:
+    """Whether drafting pays on this machine, measured as `infer run`'s DraftPolicy does but
+    for whole steps: the emitted tokens per second of generation-only steps with drafts and
+    without, each an exponential average, and the better one chosen; every EXPLORE-th step
+    tries the other, so a change (more answers at once, a draft that stops matching) is seen.
+    On a GPU verifying several tokens costs about one decode and drafting wins; on a small CPU
+    verification can cost more than the accepted drafts save. The text is the same either way."""
+
+    EXPLORE = 8
+    ALPHA = 0.3
+
+    def __init__(self) -> None:
+        self.rate: dict[bool, float | None] = {True: None, False: None}
+        self._steps = 0
+
+    def want(self) -> bool:
+        self._steps += 1
+        drafted, plain = self.rate[True], self.rate[False]
+        if plain is None or drafted is None:
+            return plain is not None  # measure a plain step first, then a drafted one
+        best = drafted >= plain
+        return (not best) if self._steps % self.EXPLORE == 0 else best
+
+    def record(self, drafted: bool, tokens: int, seconds: float) -> None:
+        if tokens <= 0 or seconds <= 0:
+            return
+        old, new = self.rate[drafted], tokens / seconds
+        self.rate[drafted] = new if old is None else old + self.ALPHA * (new - old)

@@ -32,6 +32,7 @@ generation, stop string, max tokens, full context).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -45,7 +46,7 @@ from .logprobs import LogprobReader, TokenLogprob, Trail
 from .loop import TextStream
 
 if TYPE_CHECKING:
-    from .batch_draft import BatchDrafter
+    from .batch_draft import BatchDrafter, DraftGate
     from .prompt_cache import PromptCache
 
 
@@ -143,10 +144,13 @@ class Scheduler:
         context: Context,
         prompt_cache: PromptCache | None = None,
         drafter: BatchDrafter | None = None,
+        gate: DraftGate | None = None,
     ) -> None:
+        """`gate`: draft only in the steps where drafting is measured to pay (None: always)."""
         self.model, self.context, self.prompt_cache = model, context, prompt_cache
-        self.drafter = drafter
+        self.drafter, self.gate = drafter, gate
         self.drafted = self.accepted = 0  # draft tokens verified, and of those accepted
+        self._drafting = False  # this step queued drafts
         self.slots: list[Seq | None] = [None] * context.n_seq_max
         # The adapter scales of a request that gives none (the model's), those each slot's
         # cells were computed with, and which set's turn it is.
@@ -236,6 +240,7 @@ class Scheduler:
         sequences that finished, and what the step did. `cancel` makes a long prompt decode
         stoppable (Interrupted); `ignore_eog` runs to max_tokens (benchmarks)."""
         active = self._group(self.running())
+        began = time.perf_counter()
         counts = self._fill(active)
         self.context.decode(cancel if counts.prompt_tokens else None)
         finished = []
@@ -252,6 +257,9 @@ class Scheduler:
                 sampling.row = -1  # sampled: a fork in a later slot is not sampled again
                 if result is not None:
                     finished.append(result)
+        if self.gate is not None and not counts.prompt_tokens:  # a generation-only step
+            spent = time.perf_counter() - began
+            self.gate.record(self._drafting, counts.generated_tokens, spent)
         return finished, counts
 
     def _group(self, running: list[Seq]) -> list[Seq]:
@@ -279,6 +287,7 @@ class Scheduler:
         in slot order up to the batch size."""
         ctx, counts = self.context, StepCounts()
         drafts = self._drafts(active) if self.drafter is not None else {}
+        self._drafting = bool(drafts)
         for seq in active:
             seq.row, seq.drafts = -1, []
             if seq.token is not None:
@@ -316,7 +325,7 @@ class Scheduler:
         nothing)."""
         assert self.drafter is not None
         generating = [seq for seq in active if seq.token is not None]
-        if not generating:
+        if not generating or (self.gate is not None and not self.gate.want()):
             return {}
         share = (self.context.room() - len(generating)) // len(generating)
         wanted = {}
@@ -335,12 +344,11 @@ class Scheduler:
         """Sample the sequence's next token, and the tokens after each draft it confirms; its
         result when one ends it. The cells of rejected drafts are cut."""
         drafts, base = seq.drafts, seq.n_past - len(seq.drafts)  # base: through `token`
-        ok, result = 0, None
+        ok, result, first = 0, None, seq.row
         while True:
-            seq.n_past = base + ok
-            result = self._next(
-                seq, self.context.sample(seq.slot, seq.row + ok), ignore_eog, counts
-            )
+            # `row` and `n_past` as for a plain step that sampled this token (what _next reads)
+            seq.n_past, seq.row = base + ok, first + ok
+            result = self._next(seq, self.context.sample(seq.slot, seq.row), ignore_eog, counts)
             if result is not None or ok == len(drafts) or seq.token != drafts[ok]:
                 break
             ok += 1  # confirmed: it is in the cells, and the row after it has the next logits

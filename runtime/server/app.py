@@ -42,7 +42,7 @@ from . import (
     anthropic_routes,
     infill_routes,
     llamacpp_routes,
-    lora,
+    lora_routes,
     media_parts,
     ollama_routes,
     rerank_routes,
@@ -172,7 +172,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             *ollama_routes.routes(backend, settings, backend_error),
             *infill_routes.routes(backend, settings.max_body, backend_error),
             *rerank_routes.routes(backend, settings.max_body, backend_error),
-            *lora.routes(backend, settings.max_body, backend_error),
+            *lora_routes.routes(backend, settings.max_body, backend_error),
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),

@@ -40,6 +40,7 @@ class ServerConfig:
     # Speculative decoding for the models named at start: "lookup" or a draft model's name.
     draft: str | None = None
     draft_max: int | None = None  # drafted tokens per sequence and step; None: the default
+    draft_adapt: bool = True  # False: verify every draft, even where it is measured not to pay
 
 
 @dataclass

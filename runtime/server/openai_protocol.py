@@ -25,6 +25,7 @@ from ..options import from_fields
 from . import logprobs as shapes
 from . import media_parts
 from .backend import Choice, FinishReason, TextRequest
+from .lora_fields import parse_lora
 from .media_parts import NO_URLS, MediaPolicy
 
 MAX_TOKENS_LIMIT = (
@@ -296,9 +297,10 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
     # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact
     # lengths); with no max_tokens it would run to the end of the context.
     request.ignore_eos = _boolean(body, "ignore_eos")
-    from .lora import checked_field
-
-    request.lora = checked_field(body)  # llama-server's per-request LoRA scales
+    try:
+        request.lora = parse_lora(body.get("lora"))  # llama-server's per-request LoRA scales
+    except OptionError as e:
+        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
     return request, stream, include_usage
 
 

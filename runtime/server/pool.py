@@ -412,7 +412,9 @@ class ModelPool:
 
     def _loaded(self, model: str | None) -> _Served:
         """A loaded model by name, or the first one named at start."""
-        name = model or (self.config.models[0] if self.config.models else "")
+        if not model and not self.config.models:
+            raise UsageError("no model was named at start: say which with ?model=NAME")
+        name = model or self.config.models[0]
         key = self._names.get(name, name)
         if key not in self._served:
             raise ModelUnavailable(name, f"model '{name}' is not loaded on this server")
@@ -461,7 +463,7 @@ class ModelPool:
             resolved.name, engine, context, self._note, cache,
             warm_up=None if encoder else max(engine.bos_id, 0),
             embedder=lambda: Embedder(engine, pooling=None, n_ctx=embed_ctx),
-            drafter=drafter,
+            drafter=drafter, draft_adapt=config.draft_adapt,
         )  # fmt: skip
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
         return _Served(resolved, engine, worker, _created(resolved))

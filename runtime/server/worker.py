@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InferError, Interrupted
+from ..generation.batch_draft import DraftGate
 from ..generation.logprobs import TokenLogprob
 from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq, TextSink
 from ..llama.interface import Context, Model
@@ -154,13 +155,15 @@ class ModelWorker:
         warm_up: int | None = None,
         embedder: Callable[[], Any] | None = None,
         drafter: BatchDrafter | None = None,
+        draft_adapt: bool = True,
     ) -> None:
         """`warm_up`: a token to decode once before serving (see _warm_up); the constructor
         returns when it is done. `embedder` makes the model's Embedder (llama/embedder.py) on
         this thread, when the first embedding request comes: embeddings are computed here too,
         between decode steps, so one thread runs llama.cpp for the model."""
         self.name, self.engine, self.context, self._note = name, engine, context, note
-        self.scheduler = Scheduler(engine, context, prompt_cache, drafter)
+        gate = DraftGate() if drafter is not None and draft_adapt else None
+        self.scheduler = Scheduler(engine, context, prompt_cache, drafter, gate)
         # The LoRA scales of requests without their own (POST /lora-adapters replaces them).
         self.lora: tuple[float, ...] = tuple(a.scale for a in engine.adapters)
         self.slots = context.n_seq_max

@@ -1,5 +1,6 @@
 """LoRA adapters over HTTP, as llama-server takes them: a request's `lora` field
-(`[{"id": 0, "scale": 0.5}, ...]` on /v1/chat/completions and /v1/completions), and
+(`[{"id": 0, "scale": 0.5}, ...]` on /v1/chat/completions and /v1/completions; parsed by
+lora_fields.py), and
 `GET /lora-adapters` (the adapters the server loaded, `[{id, path, scale}]`) and
 `POST /lora-adapters` (`[{id, scale}]`: the scales every request without a `lora` field gets).
 
@@ -13,59 +14,19 @@ than ignored. `?model=NAME` picks another loaded model than the first one named 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import OptionError
-from ..params import check_lora_scale
 from .access_log import LogRecord, record_of
 from .backend import Backend
+from .lora_fields import parse_lora
 from .openai_protocol import ApiError, invalid, kind_of
 from .security import ClientGone, parse_json, read_body
 
-MAX_ADAPTERS = 64  # entries in one list: more than any server loads
-
 BackendError = Callable[[Exception, LogRecord, str], ApiError]
-
-
-def parse_lora(value: Any, field: str = "lora") -> dict[int, float] | None:
-    """A `lora` field ([{id, scale}, ...]) as {id: scale}; None when absent or empty (the
-    server's scales apply). OptionError naming the entry's field otherwise."""
-    if value is None or value == []:
-        return None
-    if not isinstance(value, list):
-        raise OptionError(field, f"must be an array of {{id, scale}} (got {kind_of(value)})")
-    if len(value) > MAX_ADAPTERS:
-        raise OptionError(field, f"at most {MAX_ADAPTERS} entries")
-    scales: dict[int, float] = {}
-    for i, entry in enumerate(value):
-        where = f"{field}[{i}]"
-        if not isinstance(entry, dict):
-            raise OptionError(where, f"must be an object {{id, scale}} (got {kind_of(entry)})")
-        unknown = set(entry) - {"id", "scale"}
-        if unknown:
-            raise OptionError(where, f"has an unknown field '{sorted(unknown)[0]}'")
-        ident = entry.get("id")
-        if not isinstance(ident, int) or isinstance(ident, bool) or ident < 0:
-            raise OptionError(
-                f"{where}.id", f"must be an adapter's id, an integer >= 0 (got {ident!r})"
-            )
-        try:
-            scales[ident] = check_lora_scale(entry.get("scale", 0.0))
-        except OptionError as e:
-            raise OptionError(f"{where}.scale", e.problem.removeprefix("scale ")) from None
-    return scales
-
-
-def checked_field(body: dict[str, Any]) -> dict[int, float] | None:
-    """The body's `lora`, or an ApiError (400) naming the field."""
-    try:
-        return parse_lora(body.get("lora"))
-    except OptionError as e:
-        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
 
 
 def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:
