@@ -50,6 +50,7 @@ from .backend import (
     PromptTooLong,
     TooManyChoices,
 )
+from .connections import Admission, ConnectionLimits
 from .metrics import CONTENT_TYPE, Metrics
 from .openai_protocol import ApiError
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
@@ -75,6 +76,7 @@ class HttpSettings:
     log: Callable[[str], None] = _stderr_line  # where access-log lines go
     allow_pull: bool = False  # Ollama's /api/pull may download models (--allow-pull)
     allow_delete: bool = False  # Ollama's /api/delete may remove models (--allow-delete)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # per connection
 
 
 class Lifecycle:
@@ -151,6 +153,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),
+            Middleware(Admission),
             Middleware(HostCheck, enabled=is_loopback(settings.host)),
             *cors,
             Middleware(ApiKeyCheck, key=settings.api_key),
