@@ -17,6 +17,8 @@ Retry-After, so it is not used; this protocol keeps four limits instead:
   buffers are full is disconnected, which cancels its answer (answer.EventStream) and frees its
   slot. Until then what waits for it is bounded: the transport's 64 KiB high-water mark, then
   the send awaits, then the answer's own tokens (at most its max_tokens);
+  (Linux lets the kernel's send buffer of one connection grow to 4 MiB; it is set to
+  SEND_BUFFER instead, so that a thousand stalled readers cannot pin gigabytes of it.)
 - idle keep-alive connections close after `keep_alive` seconds (uvicorn's timer).
 """
 
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import resource
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .openai_protocol import ApiError
 from .security import ASGIApp, Receive, Scope, Send, send_error
+
+# The kernel's send buffer per connection. Ample for streamed text (256 KiB in flight covers a
+# 100 ms round trip at 2.5 MB/s), and what a client that stops reading can make the kernel hold.
+SEND_BUFFER = 256 * 1024
 
 # The scope key that marks a request over the connection limit; security.Admission answers it.
 OVER_LIMIT = "infer.over_connection_limit"
@@ -86,6 +94,10 @@ class _Guarded(H11Protocol):
     # -- the connection limit ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         if len(self.connections) > self.limits.max_connections:
             # Answered once its request line is read, in its door's shape, then closed.
             self.app = _mark_over_limit(self.app)
@@ -133,6 +145,28 @@ class _Guarded(H11Protocol):
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 refused the request. Headers over --max-header-size are told apart (431, naming
+        the flag, in JSON) from other malformed requests (uvicorn's plain 400)."""
+        if len(self.conn.trailing_data[0]) <= self.limits.max_header_size:
+            super().send_400_response(msg)
+            return
+        limit = self.limits.max_header_size
+        error = ApiError(
+            431,
+            f"the request's headers are larger than this server's limit of {limit} bytes "
+            "(--max-header-size)",
+            code="request_header_fields_too_large",
+        )
+        body = json.dumps(error.body()).encode()
+        head = (
+            "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()
 
     # -- writing an answer -------------------------------------------------------------------
     def pause_writing(self) -> None:
