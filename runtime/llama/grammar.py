@@ -323,11 +323,16 @@ def _check_node(node: dict[str, Any], path: str, refuse: Any) -> None:
         _alone(constraints, "anyOf", path, refuse)
         return
     if isinstance(kind, list):
-        if not kind or any(k not in TYPES for k in kind) or len(set(kind)) != len(kind):
+        # isinstance first: a dict or list in 'type' is unhashable (a TypeError, found by fuzzing)
+        if (
+            not kind
+            or any(not isinstance(k, str) or k not in TYPES for k in kind)
+            or len(set(kind)) != len(kind)
+        ):
             refuse(path, f"'type' must list distinct JSON types (got {kind!r})")
         _alone(constraints, "type", path, refuse)
         return
-    if kind is not None and kind not in TYPES:
+    if kind is not None and (not isinstance(kind, str) or kind not in TYPES):
         refuse(path, f"unknown type {kind!r}")
     for key in ("const", "enum"):
         if key in node:
