@@ -56,14 +56,24 @@ def test_remote_sse_reader(text: str, chat: bool) -> None:
 # -- findings, kept as regression tests ------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [{"a": 1}, [{"a": 1}], [["string"]]])
-def test_found_a_type_that_is_not_a_string_is_a_usage_error(kind: Any) -> None:
-    """Fuzzing found {"type": {...}} raising TypeError (unhashable) instead of a 400."""
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": {"a": 1}},
+        {"type": [{"a": 1}]},
+        {"type": [["string"]]},
+        {"prefixItems": None},
+        {"type": "array", "prefixItems": [None]},
+    ],
+)
+def test_found_malformed_schemas_are_a_usage_error(schema: Any) -> None:
+    """Fuzzing found {"type": {...}} raising TypeError (unhashable) and {"prefixItems": null}
+    an AttributeError in the converter, where a 400 naming the field belongs."""
     from infer.runtime.errors import UsageError
     from infer.runtime.llama.grammar import schema_dict_grammar
 
-    with pytest.raises(UsageError, match="type"):
-        schema_dict_grammar({"type": kind}, "response_format")
+    with pytest.raises(UsageError, match="response_format"):
+        schema_dict_grammar(schema, "response_format")
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,17 @@ def schema_dict_grammar(schema: Any, what: str = "--json-schema") -> str:
         _resolve_refs(copy, converter._refs, what)
         resolved = converter.resolve_refs(copy, "input")
         converter.visit(resolved, "")
-    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as e:
+    # The port assumes well-formed schemas: what _check_schema lets through malformed (fuzzing
+    # found {"prefixItems": null}: an AttributeError) is refused here, never a 500.
+    except (
+        AssertionError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        RecursionError,
+    ) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UsageError(f"{what}: unsupported schema ({reason[:200]})") from None
     return _json_correct(converter.format_grammar())
