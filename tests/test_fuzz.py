@@ -64,11 +64,13 @@ def test_remote_sse_reader(text: str, chat: bool) -> None:
         {"type": [["string"]]},
         {"prefixItems": None},
         {"type": "array", "prefixItems": [None]},
+        {"format": []},
+        {"type": "string", "format": {"a": 1}},
     ],
 )
 def test_found_malformed_schemas_are_a_usage_error(schema: Any) -> None:
-    """Fuzzing found {"type": {...}} raising TypeError (unhashable) and {"prefixItems": null}
-    an AttributeError in the converter, where a 400 naming the field belongs."""
+    """Fuzzing found {"type": {...}} and {"format": []} raising TypeError (unhashable) and
+    {"prefixItems": null} an AttributeError in the converter, where a 400 belongs."""
     from infer.runtime.errors import UsageError
     from infer.runtime.llama.grammar import schema_dict_grammar
 

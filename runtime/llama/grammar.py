@@ -129,7 +129,10 @@ def schema_dict_grammar(schema: Any, what: str = "--json-schema") -> str:
     """GBNF for an already parsed JSON schema (see schema_grammar)."""
     if not isinstance(schema, dict):
         raise UsageError(f"{what}: a JSON schema must be a JSON object (got {_kind(schema)})")
-    _check_schema(schema, what)
+    try:
+        _check_schema(schema, what)
+    except (TypeError, AttributeError) as e:  # a keyword's value of a kind no check expected
+        raise UsageError(f"{what}: unsupported schema ({type(e).__name__}: {e})") from None
     port = _port()
     converter = port.SchemaConverter(
         prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
@@ -394,7 +397,7 @@ def _check_typed(
                 refuse(path, "'pattern' must be anchored: start with ^ and end with $")
         elif "format" in node:
             _alone(constraints - {"type"}, "format", path, refuse)
-            if node["format"] not in FORMATS:
+            if not isinstance(node["format"], str) or node["format"] not in FORMATS:
                 refuse(
                     path,
                     f"format {node['format']!r} is not supported (supported: {_FORMATS_SHOWN})",
