@@ -1,5 +1,6 @@
 """Fuzzing with a fixed budget: the property-based targets of tests/fuzz_targets.py (GGUF header
-reader, template sandbox, JSON-schema → grammar, tool-call parsers, remote SSE reader) with
+reader, template sandbox, JSON-schema → grammar, tool-call parsers, remote SSE reader, the
+HTTP doors' body parsers) with
 --examples each, and schemathesis over /openapi.json against a real `infer serve smollm2`
 (loopback) with --api-examples per operation. Findings (a target's exception other than its
 own typed error; a 5xx or dropped connection from the server) are listed in the JSON.
@@ -42,6 +43,7 @@ TARGETS: dict[str, tuple[Any, Any]] = {
         lambda a: ft.check_tool_calls(*a),
     ),
     "remote_sse_reader": (st.tuples(ft.sse_texts, st.booleans()), lambda a: ft.check_sse(*a)),
+    "door_parsers": (ft.bodies, lambda b: ft.check_parsers(b)),
 }
 
 

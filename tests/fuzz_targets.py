@@ -278,3 +278,56 @@ def check_sse(text: str, chat: bool) -> None:
                 assert isinstance(remote._piece(event, chat), str)
     except RemoteError:
         return
+
+
+# -- the HTTP doors' request parsers -------------------------------------------------------------
+
+_FIELDS = [
+    "model", "messages", "prompt", "input", "role", "content", "type", "text", "stream",
+    "max_tokens", "max_completion_tokens", "max_output_tokens", "n", "stop", "stop_sequences",
+    "temperature", "top_p", "top_k", "seed", "tools", "tool_choice", "function", "name",
+    "parameters", "arguments", "tool_calls", "tool_call_id", "response_format", "json_schema",
+    "schema", "format", "options", "num_predict", "num_ctx", "keep_alive", "system",
+    "instructions", "images", "image_url", "url", "source", "data", "encoding_format",
+    "dimensions", "stream_options", "include_usage", "logprobs", "ignore_eos", "suffix",
+    "previous_response_id", "store", "tool_use_id", "id", "think", "raw", "truncate", "metadata",
+]  # fmt: skip
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.floats(), st.text(max_size=8),
+    st.sampled_from(["user", "assistant", "system", "tool", "function", "text", "json_object",
+                     "json_schema", "auto", "none", "required", "smollm2", "5m", "-1"]),
+)  # fmt: skip
+bodies = st.recursive(
+    _json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(_FIELDS), inner, max_size=6)
+    ),
+    max_leaves=30,
+).map(lambda b: {"model": "smollm2", **b} if isinstance(b, dict) else b)
+
+
+def check_parsers(body: Any) -> None:
+    """Every door's body parser accepts `body` or refuses it with the door's error (a 4xx)."""
+    from infer.runtime.server import (
+        anthropic_protocol,
+        embeddings,
+        ollama_protocol,
+        openai_protocol,
+        responses_protocol,
+    )
+    from infer.runtime.server.ollama_protocol import OllamaError
+    from infer.runtime.server.openai_protocol import ApiError
+
+    parsers = [
+        openai_protocol.parse_chat, openai_protocol.parse_completion, embeddings.parse,
+        anthropic_protocol.parse_messages, anthropic_protocol.parse_count,
+        ollama_protocol.parse_chat, ollama_protocol.parse_generate,
+        lambda b: ollama_protocol.parse_embed(b, False), responses_protocol.parse,
+    ]  # fmt: skip
+    for parse in parsers:
+        try:
+            parse(body)
+        except ApiError as e:
+            assert 400 <= e.status < 500, (parse, e.status, e)
+        except OllamaError as e:
+            assert 400 <= getattr(e, "status", 400) < 500, (parse, e)

@@ -98,3 +98,9 @@ def test_found_gguf_shapes_are_refused_naming_the_problem(
     path.write_bytes(ft.CVE_SEEDS[seed])
     with pytest.raises(ModelFileError, match=reason):
         read_header(path)
+
+
+@SHORT
+@given(ft.bodies)
+def test_door_parsers(body: Any) -> None:
+    ft.check_parsers(body)
