@@ -17,11 +17,18 @@ from infer.runtime.errors import UsageError
 from . import output
 from .options import HARDWARE, OUTPUT, GpuLayersOpt, NoPromptCacheOpt, ThreadsOpt, VerboseOpt
 from .rpc_server import RpcOpt
+from .serve_limits import (
+    HeaderTimeoutOpt,
+    KeepAliveOpt,
+    MaxConnectionsOpt,
+    MaxHeaderSizeOpt,
+    WriteTimeoutOpt,
+    connection_limits,
+)
 
 if TYPE_CHECKING:
     from infer.runtime.server.app import HttpSettings
     from infer.runtime.server.backend import Backend, ServerConfig
-    from infer.runtime.server.connections import ConnectionLimits
 
 SERVER = "Server"
 SECURITY = "Security"
@@ -162,53 +169,6 @@ MaxBodyOpt = Annotated[
         help="Largest request body accepted; larger: 413.",
     ),
 ]
-MaxConnectionsOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-connections",
-        rich_help_panel=SECURITY,
-        help="Open connections at once (idle keep-alive ones included); a request on one more "
-        "is answered 503 with Retry-After and its connection closed.",
-    ),
-]
-HeaderTimeoutOpt = Annotated[
-    float,
-    typer.Option(
-        "--header-timeout",
-        rich_help_panel=SECURITY,
-        metavar="SECONDS",
-        help="Time a client gets to send a request's headers, and the longest pause in its "
-        "body; then the connection is closed (slowloris).",
-    ),
-]
-WriteTimeoutOpt = Annotated[
-    float,
-    typer.Option(
-        "--write-timeout",
-        rich_help_panel=SECURITY,
-        metavar="SECONDS",
-        help="Time a client may read nothing of its answer while the server waits to write; "
-        "then it is disconnected and its answer cancelled.",
-    ),
-]
-KeepAliveOpt = Annotated[
-    float,
-    typer.Option(
-        "--keep-alive",
-        rich_help_panel=SECURITY,
-        metavar="SECONDS",
-        help="Time an idle keep-alive connection stays open.",
-    ),
-]
-MaxHeaderSizeOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-header-size",
-        rich_help_panel=SECURITY,
-        metavar="BYTES",
-        help="Largest request line plus headers accepted; larger: 400 and the connection closed.",
-    ),
-]
 CtxSizeOpt = Annotated[
     int | None,
     typer.Option(
@@ -301,7 +261,6 @@ def serve(
     if draft:
         raise UsageError("--draft does not compose with continuous batching yet")
     _check_numbers(port, parallel, queue, max_models, max_body, shutdown_timeout)
-    limits = _limits(max_connections, header_timeout, write_timeout, keep_alive, max_header_size)
     key = _api_key(api_key, api_key_file)
     if not is_loopback(host) and key is None:
         if not insecure:
@@ -320,7 +279,9 @@ def serve(
         shutdown_timeout=shutdown_timeout,
         allow_pull=allow_pull and not offline,
         allow_delete=allow_delete,
-        limits=limits,
+        limits=connection_limits(
+            max_connections, header_timeout, write_timeout, keep_alive, max_header_size
+        ),
     )
     config = _server_config(
         models or [],
@@ -399,30 +360,6 @@ def _check_numbers(
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
-
-
-def _limits(
-    connections: int, header_s: float, write_s: float, keep_alive_s: float, header_size: int
-) -> ConnectionLimits:
-    from infer.runtime.server.connections import ConnectionLimits
-
-    checks = [
-        (
-            1 <= connections <= 1_000_000,
-            f"--max-connections must be 1 to 1000000 (got {connections})",
-        ),
-        (0.1 <= header_s <= 3600, f"--header-timeout must be 0.1 to 3600 seconds (got {header_s})"),
-        (0.1 <= write_s <= 86400, f"--write-timeout must be 0.1 to 86400 seconds (got {write_s})"),
-        (1 <= keep_alive_s <= 3600, f"--keep-alive must be 1 to 3600 seconds (got {keep_alive_s})"),
-        (
-            4096 <= header_size <= 16 * 1024 * 1024,
-            f"--max-header-size must be 4096 to 16777216 bytes (got {header_size})",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-    return ConnectionLimits(connections, header_s, write_s, keep_alive_s, header_size)
 
 
 def _api_key(key: str | None, key_file: Path | None) -> str | None:

@@ -53,6 +53,7 @@ from .backend import (
 from .connections import Admission, ConnectionLimits
 from .metrics import CONTENT_TYPE, Metrics
 from .openai_protocol import ApiError
+from .openapi import openapi_route
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -148,7 +149,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/v1/models/{id:path}", api.get_model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", api.prometheus, methods=["GET"]),
-            Route("/openapi.json", api.openapi, methods=["GET"]),
+            Route("/openapi.json", openapi_route, methods=["GET"]),
             *responses_routes.routes(backend, settings.max_body, backend_error),
             *ollama_routes.routes(backend, settings, backend_error),
         ],
@@ -221,20 +222,6 @@ class _Api:
     async def prometheus(self, request: Request) -> Response:
         text = self.metrics.render(self.backend.load_report())
         return Response(text, media_type=CONTENT_TYPE)
-
-    async def openapi(self, request: Request) -> Response:
-        from importlib.metadata import PackageNotFoundError, version
-
-        from .openapi import document
-
-        try:
-            ours = version("infer")
-        except PackageNotFoundError:
-            ours = "0"
-        routes = [
-            (r.path, sorted(r.methods or ())) for r in request.app.routes if isinstance(r, Route)
-        ]
-        return JSONResponse(document(routes, ours))
 
     async def list_models(self, request: Request) -> Response:
         data = [_model_object(m) for m in self.backend.models()]

@@ -13,6 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from ..options import OPTIONS
 
 Schema = dict[str, Any]
@@ -235,3 +239,16 @@ def document(routes: list[tuple[str, list[str]]], version: str) -> Schema:
         },
         "paths": paths,
     }
+
+
+async def openapi_route(request: Request) -> Response:
+    """GET /openapi.json: the document of the app that serves it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("infer")
+    except PackageNotFoundError:
+        ours = "0"
+    app_routes = request.app.routes
+    routes = [(r.path, sorted(r.methods or ())) for r in app_routes if isinstance(r, Route)]
+    return JSONResponse(document(routes, ours))
