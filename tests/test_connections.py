@@ -23,6 +23,7 @@ from infer.runtime.server.app import HttpSettings, create_app
 from infer.runtime.server.connections import ConnectionLimits, uvicorn_options
 from infer.runtime.server.runner import bind
 
+from .conftest import run_infer
 from .fake_backend import MODEL, FakeBackend, Script
 from .test_serve import Server
 
@@ -259,3 +260,20 @@ def test_an_unread_stream_is_cancelled_and_its_slot_freed() -> None:
         job = backend.cancels[0]
         assert job.generated < 5000  # cut long before its end
         sock.close()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max-connections", "0"),
+        ("--header-timeout", "0"),
+        ("--write-timeout", "-1"),
+        ("--keep-alive", "0"),
+        ("--max-header-size", "100"),
+    ],
+)
+def test_a_limit_out_of_range_is_one_line_and_exit_2(flag: str, value: str) -> None:
+    result = run_infer("serve", flag, value, "--port", "0")
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert err.count("\n") == 1 and flag in err and "Traceback" not in err
