@@ -121,9 +121,11 @@ def test_sigkill_during_a_pull_leaves_nothing_listed_and_the_next_pull_completes
 ) -> None:
     assert INFER
     with FakeHub() as hub:
-        data = tiny_gguf(0)
+        # Over a few MiB (trailing bytes after the tensor data are allowed), so that the hub's
+        # throttle, a pause after each MiB, holds the transfer open long enough to kill it.
+        data = tiny_gguf(0) + b"\0" * (3 << 20)
         hub.add_repo("me/tiny-GGUF", {"tiny-Q4_K_M.gguf": data})
-        hub.throttle = 0.05
+        hub.throttle = 1.0
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
                "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": ""}  # fmt: skip
         tmp = infer_home / "cache" / "hub" / "tmp"
