@@ -113,9 +113,10 @@ def list_models(
     output.write_answer(footer + "\n")
     for m in models:
         if "damaged" in m:
+            repair = "" if m.get("quantized") else f"repair it with infer pull {m['name']}, or "
             output.warn(
-                f"{m['name']}: damaged manifest {m['path']} ({m['damaged']}); repair it with "
-                f"infer pull {m['name']}, or remove it with infer rm {m['name']}"
+                f"{m['name']}: damaged manifest {m['path']} ({m['damaged']}); {repair}"
+                f"remove it with infer rm {m['name']}"
             )
 
 
@@ -187,6 +188,15 @@ def rm(models: ModelsArg) -> None:
 
     for text in models:
         local = quantized_target(text)  # made by `infer quantize`
+        damaged = quantized_store.find_damaged(text) if local is None else None
+        if damaged is not None:
+            freed = quantized_store.remove_damaged(
+                damaged, on_wait=lambda: output.warn("waiting for a running pull to end")
+            )
+            output.write_answer(
+                f"removed the damaged manifest {damaged.path} ({human_size(freed)} freed)\n"
+            )
+            continue
         if local is not None:
             freed = quantized_store.remove(
                 local, on_wait=lambda: output.warn("waiting for a running pull to end")

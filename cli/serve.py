@@ -28,6 +28,14 @@ from .options import (
     VerboseOpt,
 )
 from .rpc_server import RpcOpt
+from .serve_limits import (
+    HeaderTimeoutOpt,
+    KeepAliveOpt,
+    MaxConnectionsOpt,
+    MaxHeaderSizeOpt,
+    WriteTimeoutOpt,
+    connection_limits,
+)
 
 if TYPE_CHECKING:
     from infer.runtime.server.app import HttpSettings
@@ -255,6 +263,11 @@ def serve(
     insecure: InsecureOpt = False,
     cors_origin: CorsOpt = None,
     max_body: MaxBodyOpt = MAX_BODY,
+    max_connections: MaxConnectionsOpt = 1000,
+    header_timeout: HeaderTimeoutOpt = 10.0,
+    write_timeout: WriteTimeoutOpt = 60.0,
+    keep_alive: KeepAliveOpt = 5.0,
+    max_header_size: MaxHeaderSizeOpt = 64 * 1024,
     ctx_size: CtxSizeOpt = None,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
@@ -292,6 +305,9 @@ def serve(
         allow_pull=allow_pull and not offline,
         allow_delete=allow_delete,
         allow_image_urls=allow_image_urls and not offline,
+        limits=connection_limits(
+            max_connections, header_timeout, write_timeout, keep_alive, max_header_size
+        ),
     )
     config = _server_config(
         models or [],

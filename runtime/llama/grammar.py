@@ -129,7 +129,10 @@ def schema_dict_grammar(schema: Any, what: str = "--json-schema") -> str:
     """GBNF for an already parsed JSON schema (see schema_grammar)."""
     if not isinstance(schema, dict):
         raise UsageError(f"{what}: a JSON schema must be a JSON object (got {_kind(schema)})")
-    _check_schema(schema, what)
+    try:
+        _check_schema(schema, what)
+    except (TypeError, AttributeError) as e:  # a keyword's value of a kind no check expected
+        raise UsageError(f"{what}: unsupported schema ({type(e).__name__}: {e})") from None
     port = _port()
     converter = port.SchemaConverter(
         prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
@@ -139,7 +142,17 @@ def schema_dict_grammar(schema: Any, what: str = "--json-schema") -> str:
         _resolve_refs(copy, converter._refs, what)
         resolved = converter.resolve_refs(copy, "input")
         converter.visit(resolved, "")
-    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as e:
+    # The port assumes well-formed schemas: what _check_schema lets through malformed (fuzzing
+    # found {"prefixItems": null}: an AttributeError) is refused here, never a 500.
+    except (
+        AssertionError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        RecursionError,
+    ) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UsageError(f"{what}: unsupported schema ({reason[:200]})") from None
     return _json_correct(converter.format_grammar())
@@ -323,11 +336,16 @@ def _check_node(node: dict[str, Any], path: str, refuse: Any) -> None:
         _alone(constraints, "anyOf", path, refuse)
         return
     if isinstance(kind, list):
-        if not kind or any(k not in TYPES for k in kind) or len(set(kind)) != len(kind):
+        # isinstance first: a dict or list in 'type' is unhashable (a TypeError, found by fuzzing)
+        if (
+            not kind
+            or any(not isinstance(k, str) or k not in TYPES for k in kind)
+            or len(set(kind)) != len(kind)
+        ):
             refuse(path, f"'type' must list distinct JSON types (got {kind!r})")
         _alone(constraints, "type", path, refuse)
         return
-    if kind is not None and kind not in TYPES:
+    if kind is not None and (not isinstance(kind, str) or kind not in TYPES):
         refuse(path, f"unknown type {kind!r}")
     for key in ("const", "enum"):
         if key in node:
@@ -379,7 +397,7 @@ def _check_typed(
                 refuse(path, "'pattern' must be anchored: start with ^ and end with $")
         elif "format" in node:
             _alone(constraints - {"type"}, "format", path, refuse)
-            if node["format"] not in FORMATS:
+            if not isinstance(node["format"], str) or node["format"] not in FORMATS:
                 refuse(
                     path,
                     f"format {node['format']!r} is not supported (supported: {_FORMATS_SHOWN})",

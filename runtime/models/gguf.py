@@ -273,6 +273,8 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:
     metadata: dict[str, Any] = {}
     for i in range(n_kv):
         key = r.string(f"metadata key #{i}")
+        if key in metadata:  # llama.cpp refuses it too; later its reader would pick one
+            raise r.fail(f"metadata key '{key}' appears twice")
         vtype = r.scalar("<I", f"metadata '{key}'")
         metadata[key] = r.value(vtype, f"metadata '{key}'")
     tensors = [_tensor_info(r, i) for i in range(n_tensors)]
@@ -287,7 +289,23 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:
             raise ModelFileError(
                 path, f"truncated GGUF: tensor '{t.name}' extends past the end of the file"
             )
+    _check_disjoint(r, tensors)
     return GGUFHeader(path, version, metadata, tensors, data_offset, size)
+
+
+def _check_disjoint(r: _Reader, tensors: list[TensorInfo]) -> None:
+    """Each tensor named once, each in bytes of its own: a crafted file whose tensors share
+    names or data (one of Ollama's GGUF CVE shapes) is refused here, as llama.cpp's own reader
+    refuses it, with the tensor named."""
+    names: set[str] = set()
+    end = 0
+    for t in sorted(tensors, key=lambda t: t.offset):
+        if t.name in names:
+            raise r.fail(f"tensor '{t.name}' appears twice")
+        names.add(t.name)
+        if t.offset < end:
+            raise r.fail(f"tensor '{t.name}' overlaps the data of another tensor")
+        end = t.offset + t.nbytes
 
 
 def _tensor_info(r: _Reader, i: int) -> TensorInfo:

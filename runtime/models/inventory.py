@@ -110,8 +110,9 @@ def _damaged_row(d: hub_cache.Damaged) -> dict[str, Any]:
 
 def _quantized_models() -> list[dict[str, Any]]:
     """Models made by `infer quantize`, with the fields of a pulled one (no commit) plus
-    `quantized_from`."""
-    return [
+    `quantized_from`; damaged manifests as rows with `damaged` (the reason)."""
+    good, damaged = quantized_store.scan()
+    return [_damaged_quantized_row(d) for d in damaged] + [
         {
             "name": m.name,
             "repo": m.repo,
@@ -127,8 +128,35 @@ def _quantized_models() -> list[dict[str, Any]]:
             "quantized_from": m.source,
             **_media(quantized_store.model_path(m)),
         }
-        for m in quantized_store.models()
+        for m in good
     ]
+
+
+def _damaged_quantized_row(d: quantized_store.DamagedQuantized) -> dict[str, Any]:
+    size = 0
+    for digest in d.blobs:
+        with suppress(OSError):
+            size += blob_store.blob_path(digest).stat().st_size
+    try:
+        mtime = datetime.fromtimestamp(d.path.stat().st_mtime, timezone.utc)
+        modified = mtime.isoformat(timespec="milliseconds")
+    except OSError:
+        modified = ""
+    return {
+        "name": d.name or f"quantized/{d.path.stem}",
+        "repo": None,
+        "revision": None,
+        "commit": None,
+        "quantization": None,
+        "size": size,
+        "modified": modified,
+        "path": str(d.path),
+        "aliases": [],
+        "complete": False,
+        "files": [],
+        "damaged": d.reason,
+        "quantized": True,
+    }
 
 
 def _header_quant(m: hub_cache.Manifest) -> str | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
@@ -145,27 +146,91 @@ def _manifest_file(m: QuantizedModel) -> Path:
     return root() / "manifests" / f"{m.id}.json"
 
 
-def _load(path: Path) -> QuantizedModel | None:
-    """A manifest, validated like any input; None if it is unreadable or invalid."""
+@dataclass(frozen=True)
+class DamagedQuantized:
+    """A quantized model's manifest that does not read as one (truncated, hand-edited): not a
+    model, but `infer list` shows it and `infer rm NAME` removes it (its file name is the id of
+    the name, so the name finds it even when its content is unreadable); the blobs it mentions
+    are kept until then, as for the Hub cache's damaged manifests."""
+
+    path: Path
+    name: str | None  # the name it records, when that much can be read and is its file's
+    blobs: frozenset[str]
+    reason: str
+
+
+def _load(path: Path) -> QuantizedModel | DamagedQuantized | None:
+    """A manifest, validated like any input; what can be told of a damaged one; None if it
+    vanished."""
     try:
         with files.open_regular(path) as f:  # a FIFO would hang `infer list`
-            data = json.loads(f.read().decode("utf-8"))
-        data.pop("format", None)
-        m = QuantizedModel(**data)
-        if not (_HEX64.match(m.sha256) and isinstance(m.size, int) and m.size >= 0):
-            return None
-        if key(m.name) is None or path.stem != m.id or not isinstance(m.summary, dict):
-            return None
-        return m
-    except (OSError, ValueError, TypeError, AttributeError):
+            raw = f.read()
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        return DamagedQuantized(path, None, frozenset(), f"unreadable ({e.strerror})")
+    data: Any = None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        fields = dict(data)
+        fields.pop("format", None)
+        m = QuantizedModel(**fields)
+        if not (_HEX64.match(m.sha256) and isinstance(m.size, int) and m.size >= 0):
+            reason = "its sha256 or size is invalid"
+        elif key(m.name) is None or path.stem != m.id:
+            reason = "its name is not its file's"
+        elif not isinstance(m.summary, dict):
+            reason = "a field has the wrong type"
+        else:
+            return m
+    except (ValueError, TypeError, AttributeError):
+        reason = "not a manifest (truncated?)"
+    name = data.get("name") if isinstance(data, dict) else None
+    own = isinstance(name, str) and _id(name) == path.stem
+    return DamagedQuantized(
+        path, name if own else None, frozenset(blob_store.named_blobs(raw)), reason
+    )
+
+
+def _id(name: str) -> str | None:
+    k = key(name)
+    return hashlib.sha256(k.encode()).hexdigest()[:16] if k else None
+
+
+def scan() -> tuple[list[QuantizedModel], list[DamagedQuantized]]:
+    """Every quantized model, oldest first, and every damaged manifest."""
+    migrate()
+    good, damaged = [], []
+    for p in sorted((root() / "manifests").glob("*.json")):
+        found = _load(p)
+        if isinstance(found, QuantizedModel):
+            good.append(found)
+        elif found is not None:
+            damaged.append(found)
+    return sorted(good, key=lambda m: m.created_at), damaged
 
 
 def models() -> list[QuantizedModel]:
     """Every quantized model, oldest first."""
-    migrate()
-    found = [m for p in sorted((root() / "manifests").glob("*.json")) if (m := _load(p))]
-    return sorted(found, key=lambda m: m.created_at)
+    return scan()[0]
+
+
+def find_damaged(text: str) -> DamagedQuantized | None:
+    """The damaged manifest of the quantized model `text` names, if it is damaged; also by the
+    name `infer list` gives one whose own name is unreadable (`quantized/<id>`)."""
+    prefix, _, rest = text.partition("/")
+    ident = rest if prefix == "quantized" and re.fullmatch(r"[0-9a-f]{16}", rest) else _id(text)
+    if ident is None:
+        return None
+    found = _load(root() / "manifests" / f"{ident}.json")
+    return found if isinstance(found, DamagedQuantized) else None
+
+
+def remove_damaged(d: DamagedQuantized, on_wait: Callable[[], None] | None = None) -> int:
+    """Delete a damaged manifest and every blob no other manifest names; the bytes freed."""
+    with storage(blob_store.root(), "update"), blob_store.lock("gc", on_wait=on_wait):
+        d.path.unlink(missing_ok=True)
+        return blob_store.collect()
 
 
 def find(text: str) -> QuantizedModel | None:

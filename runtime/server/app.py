@@ -59,10 +59,12 @@ from .backend import (
     PromptTooLong,
     TooManyChoices,
 )
+from .connections import Admission, ConnectionLimits
 from .llamacpp_protocol import timings
 from .media_parts import MediaPolicy
 from .metrics import CONTENT_TYPE, Metrics
 from .openai_protocol import ApiError
+from .openapi import openapi_route
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -87,6 +89,7 @@ class HttpSettings:
     allow_pull: bool = False  # Ollama's /api/pull may download models (--allow-pull)
     allow_delete: bool = False  # Ollama's /api/delete may remove models (--allow-delete)
     allow_image_urls: bool = False  # requests' http(s) image URLs are fetched (--allow-image-urls)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # per connection
 
     @property
     def media(self) -> MediaPolicy:
@@ -168,6 +171,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             Route("/models", api.list_models, methods=["GET"]),
             *llamacpp_routes.routes(backend, settings.max_body, backend_error),
             Route("/metrics", api.prometheus, methods=["GET"]),
+            Route("/openapi.json", openapi_route, methods=["GET"]),
             *responses_routes.routes(backend, settings.max_body, backend_error, settings.media),
             *ollama_routes.routes(backend, settings, backend_error),
             *infill_routes.routes(backend, settings.max_body, backend_error),
@@ -176,6 +180,7 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),
+            Middleware(Admission),
             Middleware(HostCheck, enabled=is_loopback(settings.host)),
             *cors,
             Middleware(ApiKeyCheck, key=settings.api_key),

@@ -18,6 +18,7 @@ import uvicorn
 from ..errors import InferError
 from .app import HttpSettings, Lifecycle, create_app
 from .backend import Backend
+from .connections import raise_open_files_limit, uvicorn_options
 
 
 class ListenError(InferError):
@@ -71,6 +72,7 @@ def serve(
     sock = sock or bind(settings.host, port)
     app = create_app(backend, settings)
     lifecycle: Lifecycle = app.state.lifecycle
+    raise_open_files_limit(settings.limits)
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -78,6 +80,7 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5,
         server_header=False,
+        **uvicorn_options(settings.limits),
     )
     server = _Server(config, lifecycle, lambda: on_ready(url_of(sock, settings.host)))
     try:
