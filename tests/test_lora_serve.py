@@ -154,3 +154,21 @@ def test_a_bad_adapter_stops_the_server_at_start(files: dict[str, Path], tmp_pat
     assert s.proc.wait(120) == 2
     s.stop()
     assert any("--lora" in line and "not a LoRA adapter" in line for line in s.lines), s.lines
+
+
+def test_native_completion_takes_per_request_scales_too(
+    server: Server, files: dict[str, Path]
+) -> None:
+    """llama.cpp's own /completion door reads `lora` as /v1/completions does."""
+
+    def native(lora: list[dict[str, float]]) -> str:
+        body = {"prompt": PROMPT, "temperature": 0, "n_predict": N, "lora": lora}
+        response = httpx.post(server.url + "/completion", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return str(response.json()["content"])
+
+    half = native([{"id": 0, "scale": 0.5}])
+    assert half == run(files, 0.5, 0)
+    assert half != native([{"id": 0, "scale": 0.0}])
+    bad = httpx.post(server.url + "/completion", json={"prompt": "x", "lora": [{"id": 7}]})
+    assert bad.status_code == 400 and "lora[0].id" in bad.text

@@ -23,6 +23,7 @@ from ..options import from_fields
 from ..params import SamplingParams
 from .access_log import LogRecord
 from .backend import FinishReason, TextRequest
+from .lora_fields import parse_lora
 from .openai_protocol import (
     MAX_PROMPTS,
     MAX_TOKENS_LIMIT,
@@ -141,9 +142,12 @@ def parse_completion(body: Any) -> NativeRequest:
     if "prompt" not in body:
         raise invalid("prompt", "'prompt' is required")
     prompts = _prompts(body["prompt"])
-    for name in ("n_probs", "lora"):  # issue #23's other parts (logprobs, adapters)
-        if body.get(name) not in (None, 0, []):
-            raise invalid(name, f"'{name}' is not supported by this server")
+    if body.get("n_probs") not in (None, 0):
+        raise invalid("n_probs", "'n_probs' is not supported on /completion: use /v1/completions")
+    try:
+        lora = parse_lora(body.get("lora"))  # llama-server's per-request LoRA scales
+    except OptionError as e:
+        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
     sampling = _sampling(body)
     grammar = llama_grammar(body)
     if grammar:
@@ -157,6 +161,7 @@ def parse_completion(body: Any) -> NativeRequest:
         max_tokens=None if n_predict < 0 else n_predict,
         stop=_stop(body),
         ignore_eos=_boolean(body, "ignore_eos"),
+        lora=lora,
     )
     requests = []
     for p in prompts:
