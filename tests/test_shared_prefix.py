@@ -222,16 +222,19 @@ def test_server_concurrent_requests_sharing_a_system_prompt_answer_as_one_at_a_t
             )
             return answer.choices[0].message.content or ""
 
+        # Not the boiling point: with this system prompt its answer is a near-tie that the
+        # rounding of any batch layout flips (`infer run --batch --parallel 1` differs from
+        # `infer run` on it without any sharing).
+        asked = [q for q in QUESTIONS if "boiling" not in q][:4]
         together: dict[str, str] = {}
         threads = [
-            threading.Thread(target=lambda q=q: together.__setitem__(q, ask(q)))
-            for q in QUESTIONS[:4]
+            threading.Thread(target=lambda q=q: together.__setitem__(q, ask(q))) for q in asked
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join(600)
-        alone = {q: ask(q) for q in QUESTIONS[:4]}
+        alone = {q: ask(q) for q in asked}
         assert together == alone and all(alone.values())
     finally:
         assert server.stop() == 0
