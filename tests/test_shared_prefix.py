@@ -238,3 +238,15 @@ def test_server_concurrent_requests_sharing_a_system_prompt_answer_as_one_at_a_t
         assert together == alone and all(alone.values())
     finally:
         assert server.stop() == 0
+
+
+def test_n_choices_of_a_prompt_that_shares_a_beginning() -> None:
+    """The first choice waits for the donor's cells, reads its own tail, and its forks copy it."""
+    s, ctx = make()
+    s.join(request(0, PREFIX + "a"))
+    first = s.join(request(1, PREFIX + "bb"))
+    second = s.join(request(2, PREFIX + "bb"), fork_of=first)
+    assert first.parent is not None and second.parent is first
+    texts, read = run_all(s)
+    assert read == len(PREFIX) + 1 + 2
+    assert texts[1] == texts[2] and len(ctx.copies) == 2
