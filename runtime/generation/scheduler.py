@@ -166,6 +166,9 @@ class Scheduler:
         self.lora: tuple[float, ...] = tuple(a.scale for a in model.adapters)
         self.slot_lora: list[tuple[float, ...]] = [self.lora] * context.n_seq_max
         self._turn = 0
+        # Slots in a copy of cells since the last decode: llama.cpp moves the data at the next
+        # decode, so a state restored into one now would be overwritten or copied out.
+        self._copied: set[int] = set()
 
     @property
     def n_ctx_seq(self) -> int:
@@ -205,7 +208,8 @@ class Scheduler:
             seq.trail = Trail(LogprobReader(self.model, req.options.logprobs))
         seq.lora = self.slot_lora[slot] = lora
         cache, prompt = self.prompt_cache, req.tokens
-        if cache is not None and fork_of is None and reuse < cache.min_tokens <= len(prompt):
+        restorable = fork_of is None and slot not in self._copied
+        if cache is not None and restorable and reuse < cache.min_tokens <= len(prompt):
             self.context.remove(slot)
             self.context.set_lora(lora)  # the cache's key names the adapters applied
             cache.restore(self.context, slot, prompt)
@@ -215,7 +219,7 @@ class Scheduler:
             donor, held = self._donor(seq, lora)
             if donor is not None and held > reuse:
                 if len(self.context.tokens(donor.slot)) >= held:  # in its cells: copy now
-                    self.context.copy(donor.slot, slot)
+                    self._copy(donor.slot, slot)
                     reuse = held
                 else:  # it is reading them: wait for it, as a fork does
                     fork_of, share = donor, held
@@ -277,6 +281,7 @@ class Scheduler:
         active = self._group(self.running())
         counts = self._fill(active)
         self.context.decode(cancel if counts.prompt_tokens else None)
+        self._copied.clear()
         finished = []
         for seq in active:
             if self.slots[seq.slot] is not seq:
@@ -317,7 +322,7 @@ class Scheduler:
         parent.forks = [fork for fork in parent.forks if fork.share > held]
         sampling = []
         for fork in ready:
-            self.context.copy(parent.slot, fork.slot)
+            self._copy(parent.slot, fork.slot)
             self.context.remove(fork.slot, fork.share)
             fork.n_past = fork.reused = fork.share
             fork.parent = None
@@ -325,6 +330,10 @@ class Scheduler:
                 fork.row = parent.row
                 sampling.append(fork)
         return sampling
+
+    def _copy(self, src: int, dst: int) -> None:
+        self.context.copy(src, dst)
+        self._copied.update((src, dst))
 
     def _fill(self, active: list[Seq]) -> StepCounts:
         """Queue the next token of each generating sequence, then prompt tokens of the others

@@ -209,11 +209,11 @@ class LlamaContext:
 
     def restore(self, seq: int, path: Path, tokens: Sequence[int]) -> bool:
         ll, n = self._ll, len(tokens)
-        self.remove(seq)
         if seq in self._copying:
             # A restore writes the cells now, and the enqueued copy would overwrite them (or
-            # copy them out) at the next decode: the caller reads the prompt instead.
-            return False
+            # copy them out) at the next decode: a caller's bug (the scheduler never does).
+            raise ValueError(f"sequence {seq} is in a copy that the next decode makes")
+        self.remove(seq)
         out, n_out = (ll.llama_token * n)(), ctypes.c_size_t(0)
         rc = ll.llama_state_seq_load_file(
             self._handle, os.fsencode(path), seq, out, n, ctypes.byref(n_out)
