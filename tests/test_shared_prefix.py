@@ -251,3 +251,37 @@ def test_n_choices_of_a_prompt_that_shares_a_beginning() -> None:
     texts, read = run_all(s)
     assert read == len(PREFIX) + 1 + 2
     assert texts[1] == texts[2] and len(ctx.copies) == 2
+
+
+def test_the_servers_worker_shares_a_beginning_between_jobs() -> None:
+    """The server's decode thread on the scripted engine: jobs submitted together copy the
+    cells of the first for their shared system prompt, and answer as alone."""
+    import asyncio
+
+    from infer.runtime.server.backend import Piece
+    from infer.runtime.server.worker import ModelWorker, ServedJob
+
+    async def answers(prompts: list[str]) -> tuple[list[str], FakeContext]:
+        model = FakeModel()
+        ctx = model.new_context(3, 64, 16)
+        w = ModelWorker("fake", model, ctx, print)
+        loop = asyncio.get_running_loop()
+        try:
+            jobs = [
+                ServedJob("fake", list(p.encode()), [GREEDY], GenerateOptions(max_tokens=4), loop)
+                for p in prompts
+            ]
+            for j in jobs:
+                w.submit(j)
+            texts = []
+            for j in jobs:
+                texts.append("".join([e.text async for e in j.events() if isinstance(e, Piece)]))
+            return texts, ctx
+        finally:
+            w.stop()
+
+    prompts = [PREFIX + tail for tail in ("a", "bb", "ccc")]
+    together, ctx = asyncio.run(answers(prompts))
+    assert {dst for _, dst in ctx.copies} == {1, 2}
+    alone = [asyncio.run(answers([p]))[0][0] for p in prompts]
+    assert together == alone
