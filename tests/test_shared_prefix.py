@@ -285,3 +285,14 @@ def test_the_servers_worker_shares_a_beginning_between_jobs() -> None:
     assert {dst for _, dst in ctx.copies} == {1, 2}
     alone = [asyncio.run(answers([p]))[0][0] for p in prompts]
     assert together == alone
+
+
+def test_the_same_prompt_twice_is_read_once_and_both_sample_at_once() -> None:
+    s, ctx = make()
+    first = s.join(request(0, PREFIX + "a"))
+    second = s.join(request(1, PREFIX + "a"))
+    assert second.parent is first and second.share == len(PREFIX) + 1
+    _, counts = s.step()
+    assert counts.prompt_tokens == len(PREFIX) + 1 and counts.generated_tokens == 2
+    texts, _ = run_all(s)
+    assert texts[0] == texts[1] and ctx.copies == [(0, 1)]

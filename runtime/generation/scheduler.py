@@ -236,7 +236,8 @@ class Scheduler:
     def _donor(self, seq: Seq, lora: tuple[float, ...]) -> tuple[Seq | None, int]:
         """The live sequence (not itself waiting) whose prompt or cells begin with the most of
         `seq`'s prompt, under the same adapter scales, and that count when at least MIN_SHARE.
-        The text before the prompt's first media chunk only; the last token is always read."""
+        The text before the prompt's first media chunk only; the last token is read unless the
+        prompt is the whole of one still being read."""
         prompt = seq.req.tokens
         limit = min([*prompt_spans(prompt), len(prompt) - 1])
         best, most = None, 0
@@ -246,6 +247,10 @@ class Scheduler:
             # A sequence still reading holds a prefix of its prompt; one generating, its cells.
             source = other.req.tokens if other.token is None else self.context.tokens(other.slot)
             n = common_prefix(source, prompt, limit)
+            if n == limit == len(prompt) - 1 and other.token is None and source == prompt:
+                # The same prompt, still being read: a fork sampling from its logits, as the
+                # `n` choices of one prompt are (its first token comes in the same step).
+                n = len(prompt)
             if n > most:
                 best, most = other, n
         return (best, most) if most >= MIN_SHARE else (None, 0)
