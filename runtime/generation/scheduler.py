@@ -24,10 +24,10 @@ decode with the sequence's own sampler chain, so the text is the same as without
 `fork_of` decodes `n` choices of one prompt: a fork waits while its parent reads the prompt,
 then copies the parent's cells (no decode) and samples from the same logits with its own chain.
 
-Shared beginnings are read once: a joining prompt that starts with at least `MIN_SHARE` tokens
-of another live sequence's (a system prompt, a document), more than its own slot holds, takes a
-copy of that sequence's cells for them — at once when they are in its cells, else it waits as a
-fork does until its donor has read that far, then reads only the rest. Only text before the
+Shared beginnings are read once: a joining prompt that starts with another live sequence's
+tokens (a system prompt, a document), at least `MIN_SHARE` more of them than its own slot holds,
+takes a copy of that sequence's cells for them — at once when they are in its cells, else it
+waits as a fork does until its donor has read that far — and reads only the rest. Only text before the
 first media chunk is shared, and only between sequences of the same adapter scales (a slot's
 cells hold what its adapters computed).
 
@@ -55,8 +55,9 @@ if TYPE_CHECKING:
     from .batch_draft import BatchDrafter
     from .prompt_cache import PromptCache
 
-# The fewest shared tokens worth a copy of cells. A cross-sequence copy moves the donor's whole
-# KV stream (llama.cpp copies split-cache streams whole), so a few tokens are cheaper to read.
+# The fewest tokens a copy of cells must save (beyond what the slot holds already). A copy
+# moves the donor's whole KV stream (llama.cpp copies split-cache streams whole), so a few
+# tokens are cheaper to read.
 MIN_SHARE = 16
 
 
@@ -217,7 +218,7 @@ class Scheduler:
         reuse = media_safe(reuse, prompt)  # a media chunk is held whole or not at all
         if fork_of is None:
             donor, held = self._donor(seq, lora)
-            if donor is not None and held > reuse:
+            if donor is not None and held - reuse >= MIN_SHARE:
                 if len(self.context.tokens(donor.slot)) >= held:  # in its cells: copy now
                     self._copy(donor.slot, slot)
                     reuse = held
@@ -235,8 +236,8 @@ class Scheduler:
 
     def _donor(self, seq: Seq, lora: tuple[float, ...]) -> tuple[Seq | None, int]:
         """The live sequence (not itself waiting) whose prompt or cells begin with the most of
-        `seq`'s prompt, under the same adapter scales, and that count when at least MIN_SHARE.
-        The text before the prompt's first media chunk only; the last token is read unless the
+        `seq`'s prompt, under the same adapter scales, and that count (None, 0: none). The
+        text before the prompt's first media chunk only; the last token is read unless the
         prompt is the whole of one still being read."""
         prompt = seq.req.tokens
         limit = min([*prompt_spans(prompt), len(prompt) - 1])
@@ -253,7 +254,7 @@ class Scheduler:
                 n = len(prompt)
             if n > most:
                 best, most = other, n
-        return (best, most) if most >= MIN_SHARE else (None, 0)
+        return best, most
 
     def _pick_slot(self, prompt: list[int], lora: tuple[float, ...]) -> tuple[int, int]:
         """(slot, tokens of `prompt` its cells hold already): the longest held prefix computed
