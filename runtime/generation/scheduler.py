@@ -27,9 +27,10 @@ then copies the parent's cells (no decode) and samples from the same logits with
 Shared beginnings are read once: a joining prompt that starts with another live sequence's
 tokens (a system prompt, a document), at least `MIN_SHARE` more of them than its own slot holds,
 takes a copy of that sequence's cells for them — at once when they are in its cells, else it
-waits as a fork does until its donor has read that far — and reads only the rest. Only text before the
-first media chunk is shared, and only between sequences of the same adapter scales (a slot's
-cells hold what its adapters computed).
+waits as a fork does until its donor has read that far — and reads only the rest. Only text
+before the first media chunk is shared, and only between sequences of the same adapter scales
+(a slot's cells hold what its adapters computed). A prompt the same as one still being read is
+a fork of it as an `n` choice is.
 
 The text of a sequence is exactly what `Generation` produces for the same prompt: the same
 TextStream (UTF-8 joining, stop strings) and the same checks in the same order (end of
