@@ -296,3 +296,32 @@ def test_the_same_prompt_twice_is_read_once_and_both_sample_at_once() -> None:
     assert counts.prompt_tokens == len(PREFIX) + 1 and counts.generated_tokens == 2
     texts, _ = run_all(s)
     assert texts[0] == texts[1] and ctx.copies == [(0, 1)]
+
+
+def test_a_newcomer_copies_a_generating_sequence_in_llama_cpp(tiny: LlamaModel) -> None:
+    """The copy made at once from a sequence that is generating (its cells hold the prompt and
+    what it wrote): the newcomer's answer is the one it gets alone."""
+    options = GenerateOptions(max_tokens=8)
+    first = prompt_tokens(tiny, [Message("user", "x" * 40 + "a")])
+    second = prompt_tokens(tiny, [Message("user", "x" * 40 + "fox")])
+
+    def answer(donor: list[int] | None) -> tuple[str, int]:
+        """The second prompt's answer (joining after the donor generated 3 tokens), and the
+        prompt tokens it did not read."""
+        with tiny.new_context(2, 256, 128) as ctx:
+            s = Scheduler(tiny, ctx)
+            if donor is not None:
+                s.join(BatchRequest(0, donor, GREEDY, options))
+                for _ in range(3):
+                    s.step()
+            newcomer = s.join(BatchRequest(1, second, GREEDY, options))
+            copied = newcomer.reused
+            results = []
+            while s.running():
+                results += s.step()[0]
+        return next(r.text for r in results if r.index == 1), copied
+
+    shared, copied = answer(first)
+    assert 16 <= copied < len(second)  # the beginning copied, the rest read
+    alone, nothing = answer(None)
+    assert shared == alone and nothing == 0
