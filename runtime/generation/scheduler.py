@@ -24,6 +24,14 @@ decode with the sequence's own sampler chain, so the text is the same as without
 `fork_of` decodes `n` choices of one prompt: a fork waits while its parent reads the prompt,
 then copies the parent's cells (no decode) and samples from the same logits with its own chain.
 
+Shared beginnings are read once: a joining prompt that starts with another live sequence's
+tokens (a system prompt, a document), at least `MIN_SHARE` more of them than its own slot holds,
+takes a copy of that sequence's cells for them — at once when they are in its cells, else it
+waits as a fork does until its donor has read that far — and reads only the rest. Only text
+before the first media chunk is shared, and only between sequences of the same adapter scales
+(a slot's cells hold what its adapters computed). A prompt the same as one still being read is
+a fork of it as an `n` choice is.
+
 The text of a sequence is exactly what `Generation` produces for the same prompt: the same
 TextStream (UTF-8 joining, stop strings) and the same checks in the same order (end of
 generation, stop string, max tokens, full context).
@@ -48,6 +56,11 @@ from .loop import TextStream
 if TYPE_CHECKING:
     from .batch_draft import BatchDrafter, DraftGate
     from .prompt_cache import PromptCache
+
+# The fewest tokens a copy of cells must save (beyond what the slot holds already). A copy
+# moves the donor's whole KV stream (llama.cpp copies split-cache streams whole), so a few
+# tokens are cheaper to read.
+MIN_SHARE = 16
 
 
 @dataclass
@@ -98,6 +111,7 @@ class Seq:
         "req",
         "reused",
         "row",
+        "share",
         "slot",
         "stream",
         "token",
@@ -115,6 +129,7 @@ class Seq:
         self.stream = TextStream(req.options.stop)
         self.parent: Seq | None = None
         self.forks: list[Seq] = []
+        self.share = 0  # while waiting on `parent`: the prompt tokens it will copy from it
         self.trail: Trail | None = None  # with options.logprobs
         self.lora: tuple[float, ...] = ()
         self.drafts: list[int] = []  # queued after `token` in this step, to verify
@@ -157,6 +172,9 @@ class Scheduler:
         self.lora: tuple[float, ...] = tuple(a.scale for a in model.adapters)
         self.slot_lora: list[tuple[float, ...]] = [self.lora] * context.n_seq_max
         self._turn = 0
+        # Slots in a copy of cells since the last decode: llama.cpp moves the data at the next
+        # decode, so a state restored into one now would be overwritten or copied out.
+        self._copied: set[int] = set()
 
     @property
     def n_ctx_seq(self) -> int:
@@ -190,26 +208,58 @@ class Scheduler:
         `on_text` gets each piece of text as it is released."""
         lora = self.lora if req.lora is None else tuple(req.lora)
         slot, reuse = self._pick_slot(req.tokens if fork_of is None else [], lora)
+        share = len(req.tokens) if fork_of is not None else 0
         seq = self.slots[slot] = Seq(req, slot, on_text)
         if req.options.logprobs is not None:
             seq.trail = Trail(LogprobReader(self.model, req.options.logprobs))
         seq.lora = self.slot_lora[slot] = lora
         cache, prompt = self.prompt_cache, req.tokens
-        if cache is not None and fork_of is None and reuse < cache.min_tokens <= len(prompt):
+        restorable = fork_of is None and slot not in self._copied
+        if cache is not None and restorable and reuse < cache.min_tokens <= len(prompt):
             self.context.remove(slot)
             self.context.set_lora(lora)  # the cache's key names the adapters applied
             cache.restore(self.context, slot, prompt)
             reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
         reuse = media_safe(reuse, prompt)  # a media chunk is held whole or not at all
+        if fork_of is None:
+            donor, held = self._donor(seq, lora)
+            if donor is not None and held - reuse >= MIN_SHARE:
+                if len(self.context.tokens(donor.slot)) >= held:  # in its cells: copy now
+                    self._copy(donor.slot, slot)
+                    reuse = held
+                else:  # it is reading them: wait for it, as a fork does
+                    fork_of, share = donor, held
         self.context.remove(slot, reuse)
         self.context.set_sampler(slot, req.sampling)
         if self.drafter is not None:
             self.drafter.start(slot)
         seq.n_past = seq.reused = reuse
         if fork_of is not None:
-            seq.parent = fork_of
+            seq.parent, seq.share = fork_of, share
             fork_of.forks.append(seq)
         return seq
+
+    def _donor(self, seq: Seq, lora: tuple[float, ...]) -> tuple[Seq | None, int]:
+        """The live sequence (not itself waiting) whose prompt or cells begin with the most of
+        `seq`'s prompt, under the same adapter scales, and that count (None, 0: none). The
+        text before the prompt's first media chunk only; the last token is read unless the
+        prompt is the whole of one still being read."""
+        prompt = seq.req.tokens
+        limit = min([*prompt_spans(prompt), len(prompt) - 1])
+        best, most = None, 0
+        for other in self.slots:
+            if other is None or other is seq or other.parent is not None or other.lora != lora:
+                continue
+            # A sequence still reading holds a prefix of its prompt; one generating, its cells.
+            source = other.req.tokens if other.token is None else self.context.tokens(other.slot)
+            n = common_prefix(source, prompt, limit)
+            if n == limit == len(prompt) - 1 and other.token is None and source == prompt:
+                # The same prompt, still being read: a fork sampling from its logits, as the
+                # `n` choices of one prompt are (its first token comes in the same step).
+                n = len(prompt)
+            if n > most:
+                best, most = other, n
+        return best, most
 
     def _pick_slot(self, prompt: list[int], lora: tuple[float, ...]) -> tuple[int, int]:
         """(slot, tokens of `prompt` its cells hold already): the longest held prefix computed
@@ -243,15 +293,19 @@ class Scheduler:
         began = time.perf_counter()
         counts = self._fill(active)
         self.context.decode(cancel if counts.prompt_tokens else None)
+        self._copied.clear()
         finished = []
         for seq in active:
-            if seq.row < 0 or self.slots[seq.slot] is not seq:
+            if self.slots[seq.slot] is not seq:
+                continue
+            # Forks whose share its cells now hold start (a prefix's while it reads on).
+            started = self._start_forks(seq) if seq.forks and seq.token is None else []
+            if seq.row < 0:
                 continue
             if seq.token is None and self.prompt_cache is not None:  # its prompt is read
                 # (the context's adapters are this group's: the key names them)
                 prompt = seq.req.tokens
                 self.prompt_cache.save(self.context, seq.slot, prompt, len(prompt) - seq.reused)
-            started = self._start_forks(seq) if seq.forks and seq.token is None else []
             for sampling in (seq, *started):
                 result = self._advance(sampling, ignore_eog, counts)
                 sampling.row = -1  # sampled: a fork in a later slot is not sampled again
@@ -274,13 +328,27 @@ class Scheduler:
         return running if len(sets) == 1 else [seq for seq in running if seq.lora == lora]
 
     def _start_forks(self, parent: Seq) -> list[Seq]:
-        """The parent's prompt is read: its forks take copies of its cells and sample from the
-        same logits (this step, right after the parent: a lower slot's turn has passed)."""
-        forks, parent.forks = parent.forks, []
-        for fork in forks:
-            self.context.copy(parent.slot, fork.slot)
-            fork.n_past, fork.row, fork.parent = parent.n_past, parent.row, None
-        return forks
+        """The forks whose share the parent's cells now hold take copies of them (no decode).
+        Those of a whole prompt (`n` choices) are returned: they sample from the parent's
+        logits (this step, right after the parent: a lower slot's turn has passed); those of a
+        prefix read the rest of their prompt from the next step."""
+        held = len(self.context.tokens(parent.slot))
+        ready = [fork for fork in parent.forks if fork.share <= held]
+        parent.forks = [fork for fork in parent.forks if fork.share > held]
+        sampling = []
+        for fork in ready:
+            self._copy(parent.slot, fork.slot)
+            self.context.remove(fork.slot, fork.share)
+            fork.n_past = fork.reused = fork.share
+            fork.parent = None
+            if fork.share == len(fork.req.tokens):
+                fork.row = parent.row
+                sampling.append(fork)
+        return sampling
+
+    def _copy(self, src: int, dst: int) -> None:
+        self.context.copy(src, dst)
+        self._copied.update((src, dst))
 
     def _fill(self, active: list[Seq]) -> StepCounts:
         """Queue the next token of each generating sequence, then prompt tokens of the others

@@ -59,6 +59,9 @@ class LlamaContext:
         self._queued_len = [0] * n_seq_max
         self._n = 0  # rows filled in the batch
         self._chains: list[Any] = [None] * n_seq_max
+        # Sequences in a copy between split-cache streams that llama.cpp has enqueued: it moves
+        # the data at the start of the next decode (libmtmd's included).
+        self._copying: set[int] = set()
         self._cores = model.core_share(self._handle)
         self._lora = AdapterSet(ll, handle, model.adapters)  # at the scales they were given
 
@@ -108,6 +111,7 @@ class LlamaContext:
             # libmtmd decodes with batches of its own: the rows queued here (other sequences')
             # are untouched and go in the next decode.
             span_projector(prompt).evaluate(span, self._handle, start, seq, self.n_batch)
+            self._copying.clear()
         except BaseException:
             self._ll.llama_memory_seq_rm(self._mem, seq, len(held), -1)
             raise
@@ -126,6 +130,7 @@ class LlamaContext:
         else:
             rc = int(ll.llama_decode(self._handle, self._batch))
         queued, self._queued, self._n = self._queued, [], 0
+        self._copying.clear()
         self._queued_len = [0] * self.n_seq_max
         if rc == 0:
             for seq, tokens in queued:
@@ -180,6 +185,8 @@ class LlamaContext:
         self._ll.llama_memory_seq_rm(self._mem, dst, -1, -1)
         self._ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         self._tokens[dst][:] = self._tokens[src]
+        if src != dst:
+            self._copying.update((src, dst))
 
     def identity(self) -> dict[str, Any]:
         e = self._weights
@@ -202,6 +209,10 @@ class LlamaContext:
 
     def restore(self, seq: int, path: Path, tokens: Sequence[int]) -> bool:
         ll, n = self._ll, len(tokens)
+        if seq in self._copying:
+            # A restore writes the cells now, and the enqueued copy would overwrite them (or
+            # copy them out) at the next decode: a caller's bug (the scheduler never does).
+            raise ValueError(f"sequence {seq} is in a copy that the next decode makes")
         self.remove(seq)
         out, n_out = (ll.llama_token * n)(), ctypes.c_size_t(0)
         rc = ll.llama_state_seq_load_file(
