@@ -79,6 +79,28 @@ def connections(r: Record) -> str:
     return measured(r) + "\n\n" + table(header, rows) + tail
 
 
+@renderer("connections/line")
+def connections_line(r: Record) -> str:
+    res = r["results"]
+    burst = res["burst"]
+    under = [res[p]["normal_request"].get("median_s") for p in ABUSES if p in res]
+    times = [t for t in under if t is not None]
+    ok, refused = burst["statuses"].get("200", 0), burst["statuses"].get("503", 0)
+    return (
+        f"Measured ({when(r)}): under {num(res['idle']['connections'])} idle connections, "
+        f"{num(res['slowloris']['connections'])} slowloris clients, a 1 MB header or streams "
+        f"never read, a normal request took {num(min(times, default=None), 2)}–"
+        f"{num(max(times, default=None), 2)} s (alone: "
+        f"{num(res['baseline']['normal_request']['median_s'], 2)} s); of "
+        f"{num(burst['requests'])} chats at once {num(ok)} were answered and {num(refused)} "
+        f"refused with 503 and `Retry-After`, and the server's open files went back to "
+        f"{num(burst['after']['open_files'])} after them."
+    )
+
+
+ABUSES = ("idle", "slowloris", "big_header", "non_reader")
+
+
 # --- soak.py -------------------------------------------------------------------------------
 @renderer("soak")
 def soak(r: Record) -> str:
@@ -108,16 +130,6 @@ def soak(r: Record) -> str:
         + table(["", "result"], rows)
         + "\n\nRequests by kind and status:\n\n"
         + table(["kind", *kinds], by_kind)
-    )
-
-
-@renderer("soak/line")
-def soak_line(r: Record) -> str:
-    res = r["results"]
-    return (
-        f"Soak ({when(r)}): {num(res['requests'])} requests from {res['clients']} clients in "
-        f"{num(res['duration_s'])} s, {num(res['5xx'])} 5xx, "
-        f"{res['temperature_0']['differ']} temperature-0 answers differing from the first."
     )
 
 
