@@ -272,9 +272,12 @@ def main() -> None:
             infer = serve_infer(args, Path(tmp) / "infer.xml", passing) if passing else {}
     summary = report(llama, infer)
     show(summary)
+    # where the outcomes came from: reused files, or the whole suite (or --only / -k) run now
+    reused = {k: str(getattr(args, k)) for k in ("llama_results", "infer_results", "llama_xml",
+                                                 "infer_src") if getattr(args, k)}  # fmt: skip
     settings = {"model": model.name, "slots": SLOTS, "cells": CELLS, "threads": args.threads,
-                "only": args.only or None, "k": args.k,
-                "infer_args": " ".join(args.infer_args) or None}  # fmt: skip
+                "only": args.only or None, "k": args.k, "no_llama": args.no_llama,
+                "infer_args": " ".join(args.infer_args) or None, **reused}  # fmt: skip
     outcomes = {"llama-server": llama, "infer": infer}
     write_results(args.json, "llamacpp_suite.py", settings, {**summary, "outcomes": outcomes})
 
