@@ -14,10 +14,11 @@ while the server is under each abuse, and the server's RSS / open files / thread
                (statuses: 200 / 503 with Retry-After / connection errors; the normal request
                in the middle of it)
 
-    python benchmarks/connections.py [--json benchmarks/results/connections.json]
-        [--burst 10000] [-- --max-connections 1000 ...]
+    python benchmarks/connections.py [--json FILE] [--burst 10000] [-- --max-connections 1000 ...]
 
-The figures are one run's: on a shared machine, a smoke figure only.
+Writes benchmarks/results/connections.json (common.write_results), which benchmarks/render.py
+renders into benchmarks/README.md. The figures are one run's; under INFER_BENCH_NO_WAIT=1 (or
+on a shared machine) a smoke figure only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -35,6 +35,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from common import add_json_arg, write_results
 
 HERE = Path(__file__).resolve().parent
 CHAT = {
@@ -261,7 +263,7 @@ async def run(args: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
         s = Serve(flags, Path(home))
         try:
             await s.wait_ready()
-            out: dict[str, Any] = {"flags": flags}
+            out: dict[str, Any] = {}
             out["baseline"] = {"normal_request": await latencies(s, 5), **s.resources()}
             out["idle"] = await idle(s, args.idle)
             out["slowloris"] = await slowloris(s, args.slowloris)
@@ -284,21 +286,23 @@ def main() -> None:
     ap.add_argument("--non-readers", type=int, default=2)
     ap.add_argument("--burst", type=int, default=10_000)
     ap.add_argument("--burst-concurrency", type=int, default=2000)
-    ap.add_argument("--json", type=Path, help="also write the results to this file")
+    add_json_arg(ap, "connections")
     args = ap.parse_args(argv)
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        **asyncio.run(run(args, flags)),
+    result = asyncio.run(run(args, flags))
+    print(json.dumps(result, indent=2))
+    settings = {
+        "idle": args.idle,
+        "slowloris": args.slowloris,
+        "non_readers": args.non_readers,
+        "burst": args.burst,
+        "burst_concurrency": args.burst_concurrency,
+        "serve_flags": " ".join(flags) or None,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    write_results(args.json, "connections.py", settings, result)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ HTTP doors' body parsers) with
 (loopback) with --api-examples per operation. Findings (a target's exception other than its
 own typed error; a 5xx or dropped connection from the server) are listed in the JSON.
 
-    python benchmarks/fuzz.py [--examples 5000] [--api-examples 100] [--seed 0]
-        [--json benchmarks/results/fuzz.json]
+    python benchmarks/fuzz.py [--examples 5000] [--api-examples 100] [--seed 0] [--json FILE]
+
+Writes benchmarks/results/fuzz.json (common.write_results), which benchmarks/render.py renders
+into benchmarks/README.md.
 
 tests/test_fuzz.py and tests/test_openapi.py run the same with a small budget in CI.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import add_json_arg, write_results
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
@@ -131,23 +134,20 @@ def main() -> None:
     ap.add_argument("--api-examples", type=int, default=100, help="per API operation")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=[*TARGETS, "api"], action="append")
-    ap.add_argument("--json", type=Path, help="also write the results to this file")
+    add_json_arg(ap, "fuzz")
     args = ap.parse_args()
     chosen = args.only or [*TARGETS, "api"]
-    result: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "seed": args.seed,
-    }
+    result: dict[str, Any] = {}
     for name in chosen:
         if name == "api":
             result["api"] = run_api(args.api_examples)
         else:
             result[name] = run_target(name, args.examples, args.seed)
         print(name, json.dumps(result[name]), file=sys.stderr, flush=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print(json.dumps(result, indent=2))
+    budget = {"examples": args.examples, "api_examples": args.api_examples, "seed": args.seed,
+                "only": args.only}  # fmt: skip
+    write_results(args.json, "fuzz.py", budget, result)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 `infer serve` on the same model: per test file, the tests that pass on llama-server and how many
 of those pass on infer; every other test listed with the reason it fails on infer.
 
-    python benchmarks/llamacpp_suite.py [--python PY] [--only FILE...] [-k EXPR]
-                                        [--json benchmarks/results/llamacpp_suite.json]
+    python benchmarks/llamacpp_suite.py [--python PY] [--only FILE...] [-k EXPR] [--json FILE]
+
+Writes benchmarks/results/llamacpp_suite.json (common.write_results), which
+benchmarks/render.py renders into benchmarks/README.md.
 
 Both servers serve the bundled SmolLM2 with 4 slots of 2048 cells (llama-server `-np 4 -c 8192`,
 `infer serve --parallel 4 --ctx-size 2048 --any-model-name`, which answers any model name with
@@ -26,11 +28,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from common import machine
+from common import add_json_arg, write_results
 from compat import tests_dir
 from serve import Server, free_port
 from vs_llamacpp import build_llamacpp, bundled_model, infer_exe
@@ -149,6 +150,12 @@ def outcomes_of(xml: Path) -> dict[str, str]:
     return outcomes
 
 
+def outcomes_in(path: Path) -> dict[str, dict[str, str]]:
+    """The outcomes an earlier run's JSON holds (write_results' shape, or the older flat one)."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return dict(record.get("results", record)["outcomes"])
+
+
 def serve_llamacpp(model: Path, args: argparse.Namespace, xml: Path) -> dict[str, str]:
     binary = build_llamacpp(targets=("llama-server",)) / "llama-server"
     port = free_port()
@@ -221,7 +228,7 @@ def main() -> None:
     ap.add_argument("--python", default=DEFAULT_PYTHON, help="runs the suite (see above)")
     ap.add_argument("--only", nargs="*", default=[], help="test files (test_tokenize.py ...)")
     ap.add_argument("-k", help="pytest's -k expression, to run a subset while iterating")
-    ap.add_argument("--json", type=Path, help="also write the results to this file")
+    add_json_arg(ap, "llamacpp_suite")
     ap.add_argument(
         "--llama-results", type=Path, help="reuse llama-server's outcomes from an earlier --json"
     )
@@ -249,7 +256,7 @@ def main() -> None:
         if args.no_llama:
             llama = {}
         elif args.llama_results:
-            llama = json.loads(args.llama_results.read_text())["outcomes"]["llama-server"]
+            llama = outcomes_in(args.llama_results)["llama-server"]
         elif args.llama_xml:
             llama = outcomes_of(args.llama_xml)
         else:
@@ -258,26 +265,21 @@ def main() -> None:
         # answers without n_predict run to the end of the context: an hour on a busy machine)
         passing = [t for t, outcome in llama.items() if outcome == "passed"]
         if args.infer_results:
-            infer = json.loads(args.infer_results.read_text())["outcomes"]["infer"]
+            infer = outcomes_in(args.infer_results)["infer"]
         elif args.no_llama:  # the whole suite (or --only), to be put beside llama's later
             infer = serve_infer(args, Path(tmp) / "infer.xml", args.only)
         else:
             infer = serve_infer(args, Path(tmp) / "infer.xml", passing) if passing else {}
     summary = report(llama, infer)
     show(summary)
-    if args.json:
-        record = {
-            "script": "llamacpp_suite.py",
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine(),
-            "model": model.name,
-            "slots": SLOTS,
-            "cells": CELLS,
-            "summary": summary,
-            "outcomes": {"llama-server": llama, "infer": infer},
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    # where the outcomes came from: reused files, or the whole suite (or --only / -k) run now
+    reused = {k: str(getattr(args, k)) for k in ("llama_results", "infer_results", "llama_xml",
+                                                 "infer_src") if getattr(args, k)}  # fmt: skip
+    settings = {"model": model.name, "slots": SLOTS, "cells": CELLS, "threads": args.threads,
+                "only": args.only or None, "k": args.k, "no_llama": args.no_llama,
+                "infer_args": " ".join(args.infer_args) or None, **reused}  # fmt: skip
+    outcomes = {"llama-server": llama, "infer": infer}
+    write_results(args.json, "llamacpp_suite.py", settings, {**summary, "outcomes": outcomes})
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/serve_draft.py [--model PATH] [--draft-model PATH] [--clients 4]
                                      [--tokens 128] [--paragraphs 0] [--rounds 2]
-                                     [--parallel 4] [--draft-max N] [--always] [--out FILE]
+                                     [--parallel 4] [--draft-max N] [--always] [--json FILE]
 
 Each server runs alone (started, measured, stopped) on the same model, slots and context per
 slot, plain and with drafting, on two pairs:
@@ -20,7 +20,8 @@ every client), greedy, at most --tokens tokens. Reported per server and mode: th
 (generated tokens / wall time of the whole load), the speed-up of drafting over the same
 server's plain decoding, and whether the drafted answers equal the plain ones (they must, for
 infer). Rounds interleave the servers; samples wait for a quiet machine (common.py). The JSON
-goes to --out (default benchmarks/results/serve_draft.json).
+goes to benchmarks/results/serve_draft.json (common.write_results; --json elsewhere), which
+benchmarks/render.py renders into benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -35,12 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import compile_infer, machine, wait_quiet
+from common import add_json_arg, compile_infer, wait_quiet, write_results
 from serve import Server, build_llama_server, free_port
 from speculative import INSTRUCTION, STORY, with_typos
 from vs_llamacpp import bundled_model, infer_exe
-
-RESULTS = Path(__file__).resolve().parent / "results" / "serve_draft.json"
 
 
 def prompts(clients: int, whole: bool) -> list[str]:
@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--always", action="store_true", help="infer drafts at every step")
     ap.add_argument("--modes", default="plain,lookup,model")
     ap.add_argument("--no-quiet", action="store_true", help="do not wait for a quiet machine")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_json_arg(ap, "serve_draft")
     args = ap.parse_args()
     model = args.model or bundled_model()
     draft = args.draft_model or model
@@ -136,19 +136,18 @@ def main() -> None:
             samples[name].append(tps)
             answers[name] = [a["text"] for a in out]
             print(f"round {rnd + 1} {name:20} {tps:7.1f} tok/s ({wall:.1f} s)", file=sys.stderr)
-    report = summarise(args, model, draft, samples, answers)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report = summarise(samples, answers)
     print(json.dumps(report["speedups"], indent=2))
+    rest = {k: v for k, v in vars(args).items() if k not in ("json", "model", "draft_model")}
+    settings = {"model": model.name, "draft_model": draft.name, **rest}
+    # without the quiet-machine gate (--no-quiet, INFER_BENCH_NO_WAIT=1) or with fewer than 3
+    # rounds the figures are a smoke run's
+    no_wait = os.environ.get("INFER_BENCH_NO_WAIT") == "1"
+    smoke = args.no_quiet or no_wait or args.rounds < 3
+    write_results(args.json, "serve_draft.py", settings, report, smoke=smoke)
 
 
-def summarise(
-    args: argparse.Namespace,
-    model: Path,
-    draft: Path,
-    samples: dict[str, list[float]],
-    answers: dict[str, list[str]],
-) -> dict[str, Any]:
+def summarise(samples: dict[str, list[float]], answers: dict[str, list[str]]) -> dict[str, Any]:
     median = {n: statistics.median(v) for n, v in samples.items() if v}
     speedups, same = {}, {}
     for server in ("infer", "llama-server"):
@@ -159,15 +158,10 @@ def summarise(
                 speedups[name] = round(median[name] / plain, 3)
                 same[name] = answers[name] == answers[f"{server} plain"]
     return {
-        "machine": machine(),
-        "model": model.name,
-        "draft_model": draft.name,
-        "args": {k: str(v) for k, v in vars(args).items()},
         "aggregate_tps": {n: [round(x, 2) for x in v] for n, v in samples.items()},
         "median_tps": {n: round(v, 2) for n, v in median.items()},
         "speedups": speedups,  # drafting over the same server's plain decoding
         "same_answers_as_plain": same,
-        "note": "smoke figures unless run on a quiet machine with --rounds >= 3",
     }
 
 

@@ -11,10 +11,11 @@ to first token (streams) and total time, the server's RSS / open files / threads
 (or half-way, for a shorter run) and at the end, and /metrics totals against the client's
 counts.
 
-    python benchmarks/soak.py --clients 16 --duration 600 --max-requests 100000 \\
-        --json benchmarks/results/soak.json
+    python benchmarks/soak.py --clients 16 --duration 600 --max-requests 100000
 
-A run of a minute or two is a smoke run; the issue's figures need >= 10 minutes.
+Writes benchmarks/results/soak.json (common.write_results; --json elsewhere), which
+benchmarks/render.py renders into benchmarks/README.md. A run shorter than 10 minutes (or under
+INFER_BENCH_NO_WAIT=1) is recorded as a smoke run: the issue's figures need >= 10 minutes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import add_json_arg, write_results
 
 PROMPTS = ["Say hi", "Name a colour", "What is 2+2?", "Translate 'Hola' to English"]
 SCHEMA = {
@@ -336,17 +338,16 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16, help="max tokens per answer")
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, help="also write the results to this file")
+    add_json_arg(ap, "soak")
     args = ap.parse_args()
     random.seed(args.seed)
-    result = {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        **asyncio.run(run(args)),
-    }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    result = asyncio.run(run(args))
+    print(json.dumps(result, indent=2))
+    settings = {k: getattr(args, k) for k in ("clients", "duration", "max_requests", "tokens",
+                                               "parallel", "seed")}  # fmt: skip
+    # the issue's figures need >= 10 minutes: anything shorter only shows that it runs
+    smoke = args.duration < 600 or os.environ.get("INFER_BENCH_NO_WAIT") == "1"
+    write_results(args.json, "soak.py", settings, result, smoke=smoke)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ the other in each round (A B, B A, ...), and report:
   `media_encoded` (0 when the cache served it) and its time to the first token against the
   first question's.
 
-Writes benchmarks/results/vision.json.
+Writes benchmarks/results/vision.json (common.write_results; --json elsewhere), which
+benchmarks/render.py renders into benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import machine  # noqa: E402
+from common import add_json_arg, write_results  # noqa: E402
 from vs_llamacpp import build_llamacpp  # noqa: E402
 
 PROMPT = "What is in this picture?"
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("-n", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    add_json_arg(parser, "vision")
     a = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
     smoke = a.model is None
@@ -106,11 +108,6 @@ def main() -> None:
 
     med = statistics.median
     result = {
-        "machine": machine(),
-        "smoke": smoke,
-        "model": str(a.model),
-        "rounds": a.rounds,
-        "n": a.n,
         "answer_s": {"infer": med(ours), "llama-mtmd-cli": med(theirs)},
         "answer_ratio": med(theirs) / med(ours),
         "encode_s": {
@@ -123,10 +120,13 @@ def main() -> None:
             "second_media_encoded": second["media_encoded"],
         },
     }
-    out = HERE / "results" / "vision.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    # the tiny random-weight pair is a smoke run whatever the machine: no figure about real models
+    model = "tiny random-weight pair (tests/tiny_vision.py)" if smoke else a.model.name
+    settings = {"model": model, "mmproj": a.mmproj.name, "image": a.image.name,
+                "rounds": a.rounds, "n": a.n, "threads": a.threads}  # fmt: skip
+    no_wait = os.environ.get("INFER_BENCH_NO_WAIT") == "1"
+    write_results(a.json, "vision.py", settings, result, smoke=smoke or no_wait)
 
 
 if __name__ == "__main__":
