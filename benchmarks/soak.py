@@ -130,7 +130,7 @@ def request_for(kind: str, model: str, prompt: str, tokens: int) -> tuple[str, d
         [
             {"model": model, "messages": "not a list"},
             {"model": model, "messages": messages, "temperature": -3},
-            {"model": "", "messages": messages},
+            {"model": 7, "messages": messages},  # "" is the served model (llama-server)
             {"model": model, "messages": messages, "max_tokens": "many"},
             {"model": model, "messages": messages, "n": 10_000},
         ]
