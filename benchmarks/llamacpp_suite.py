@@ -186,6 +186,8 @@ def report(llama: dict[str, str], infer: dict[str, str]) -> dict[str, object]:
             entry["infer"] = int(str(entry["infer"])) + 1
         else:
             category, why = reason(test_id)
+            if test_id not in infer:  # an interrupted run: say so, count it apart
+                category, why = "not-run", "infer's run ended before this test"
             rest = entry["rest"]
             assert isinstance(rest, list)
             rest.append({"test": test_id, "infer": infer.get(test_id, "not run"),
