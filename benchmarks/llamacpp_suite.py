@@ -83,6 +83,20 @@ REASONS: dict[str, tuple[str, str]] = {
         "on-purpose",
         "messages: [] is a 400, as Anthropic's API answers it",
     ),
+    "test_compat_anthropic.py::test_anthropic_vision_format_accepted": (
+        "on-purpose",
+        "an image for a model without vision is a 400 naming the block; llama-server: 500",
+    ),
+    "test_compat_anthropic.py::test_anthropic_tool_result_with_image": (
+        "on-purpose",
+        "an image for a model without vision is a 400 naming the block; llama-server: 500",
+    ),
+    # the same model, sampled: llama-server's own test depends on the draw
+    "test_ctx_shift.py::test_ctx_shift_disabled_short_prompt[64-64-False]": (
+        "model-output",
+        "temperature 0.8 with no seed: an end of generation before 64 tokens fails it (it "
+        "passed in a second run)",
+    ),
     # issue #23, done on other branches
     "*::*logprobs*": ("other-helper", "logprobs (issue #23, another branch)"),
     "*::*n_probs*": ("other-helper", "logprobs (issue #23, another branch)"),
@@ -92,6 +106,11 @@ REASONS: dict[str, tuple[str, str]] = {
     "test_speculative.py::*": ("other-helper", "server drafts (issue #23, another branch)"),
     # not done yet
     "*::test_logit_bias*": ("missing-feature", "logit_bias"),
+    "test_chat_completion.py::test_completion_with_response_format"
+    "[response_format1-10-[ -3000 ]]": (
+        "missing-feature",
+        "a JSON schema's tuple-form 'items' (an array of schemas) is refused by infer's checker",
+    ),
 }
 
 
@@ -107,6 +126,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def reason(test_id: str) -> tuple[str, str]:
+    if test_id in REASONS:  # exact ids first: their [params] are not fnmatch's classes
+        return REASONS[test_id]
     for pattern, why in REASONS.items():
         if fnmatch.fnmatchcase(test_id, pattern):
             return why
