@@ -61,16 +61,21 @@ REASONS: dict[str, tuple[str, str]] = {
     "test_slot_save.py::*": ("llama-server-only", "/slots save/restore"),
     "test_router.py::*": ("llama-server-only", "the multi-model router"),
     "test_sleep.py::*": ("llama-server-only", "--sleep-idle-seconds"),
-    "test_vision_api.py::*": ("llama-server-only", "multimodal projector (--mmproj)"),
     "*::test_verbose_debug": ("llama-server-only", "the __verbose debug object"),
-    "*::test_chat_template*": ("llama-server-only", "the __verbose debug object"),
     "*::test_return_progress*": ("llama-server-only", "return_progress frames"),
     "*::*with_llama_telemetry": ("llama-server-only", "timings_per_token, return_progress"),
     "*::test_ignore_eos_populates_logit_bias": (
         "llama-server-only",
         "ignore_eos done as EOG logit biases, shown in generation_settings",
     ),
+    "test_mcp_servers.py::*": ("llama-server-only", "MCP servers and tools"),
+    "test_proxy.py::*": ("llama-server-only", "its CORS proxy for MCP"),
+    "test_stream.py::*": ("llama-server-only", "resumable streams (/v1/stream)"),
     # differences on purpose
+    "test_chat_completion.py::test_invalid_chat_completion_req[messages7]": (
+        "on-purpose",
+        "two assistant messages in a row are accepted, as OpenAI's API accepts them",
+    ),
     "test_security.py::test_cors_*": (
         "on-purpose",
         "CORS is off unless --cors-origin; llama-server allows every origin with credentials",
@@ -78,6 +83,20 @@ REASONS: dict[str, tuple[str, str]] = {
     "test_compat_anthropic.py::test_anthropic_empty_messages": (
         "on-purpose",
         "messages: [] is a 400, as Anthropic's API answers it",
+    ),
+    "test_compat_anthropic.py::test_anthropic_vision_format_accepted": (
+        "on-purpose",
+        "an image for a model without vision is a 400 naming the block; llama-server: 500",
+    ),
+    "test_compat_anthropic.py::test_anthropic_tool_result_with_image": (
+        "on-purpose",
+        "an image for a model without vision is a 400 naming the block; llama-server: 500",
+    ),
+    # the same model, sampled: llama-server's own test depends on the draw
+    "test_ctx_shift.py::test_ctx_shift_disabled_short_prompt[64-64-False]": (
+        "model-output",
+        "temperature 0.8 with no seed: an end of generation before 64 tokens fails it (it "
+        "passed in a second run)",
     ),
     # issue #23, done on other branches
     "*::*logprobs*": ("other-helper", "logprobs (issue #23, another branch)"),
@@ -88,6 +107,11 @@ REASONS: dict[str, tuple[str, str]] = {
     "test_speculative.py::*": ("other-helper", "server drafts (issue #23, another branch)"),
     # not done yet
     "*::test_logit_bias*": ("missing-feature", "logit_bias"),
+    "test_chat_completion.py::test_completion_with_response_format"
+    "[response_format1-10-[ -3000 ]]": (
+        "missing-feature",
+        "a JSON schema's tuple-form 'items' (an array of schemas) is refused by infer's checker",
+    ),
 }
 
 
@@ -103,6 +127,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def reason(test_id: str) -> tuple[str, str]:
+    if test_id in REASONS:  # exact ids first: their [params] are not fnmatch's classes
+        return REASONS[test_id]
     for pattern, why in REASONS.items():
         if fnmatch.fnmatchcase(test_id, pattern):
             return why
@@ -193,6 +219,8 @@ def report(llama: dict[str, str], infer: dict[str, str]) -> dict[str, object]:
             entry["infer"] = int(str(entry["infer"])) + 1
         else:
             category, why = reason(test_id)
+            if test_id not in infer:  # an interrupted run: say so, count it apart
+                category, why = "not-run", "infer's run ended before this test"
             rest = entry["rest"]
             assert isinstance(rest, list)
             rest.append({"test": test_id, "infer": infer.get(test_id, "not run"),
@@ -212,6 +240,12 @@ def show(summary: dict[str, object]) -> None:
     ls, inf = summary["llama_server_passed"], summary["infer_passed"]
     share = 100 * int(str(inf)) / max(1, int(str(ls)))
     print(f"| **all** | **{ls}** | **{inf}** ({share:.0f}%) |")
+    print()
+    rest = [item for entry in files.values() for item in entry["rest"]]
+    ran = int(str(ls)) - sum(1 for item in rest if item["category"] == "not-run")
+    apart = sum(1 for item in rest if item["category"] in ("llama-server-only", "other-helper"))
+    print(f"of the {ran} infer ran: {inf} pass; leaving out llama-server's own machinery and")
+    print(f"issue #23's other branches ({apart}): {inf} of {ran - apart}")
     print()
     by_category: dict[str, int] = {}
     for entry in files.values():

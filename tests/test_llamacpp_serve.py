@@ -116,6 +116,10 @@ def test_apply_template_as_llama_server(
     ours = post(server.url, "/apply-template", {"messages": messages})
     assert ours == post(llama_server, "/apply-template", {"messages": messages})
     assert ours["prompt"].endswith("<|im_start|>assistant\n")
+    bare = {"messages": messages, "add_generation_prompt": False}
+    plain = post(server.url, "/apply-template", bare)
+    assert plain == post(llama_server, "/apply-template", bare)
+    assert plain["prompt"] + "<|im_start|>assistant\n" == ours["prompt"]
     error = post(server.url, "/apply-template", {"messages": "hi"}, 400)["error"]
     assert error["param"] == "messages"
 

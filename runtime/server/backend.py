@@ -221,9 +221,12 @@ class Backend(Protocol):
         names a token outside the vocabulary."""
         ...
 
-    async def render(self, model: str, request: TextRequest) -> str:
+    async def render(
+        self, model: str, request: TextRequest, *, add_generation_prompt: bool = True
+    ) -> str:
         """The chat prompt `request.messages` (and tools) make with `model`'s template: what
-        submit would tokenize (llama.cpp's /apply-template)."""
+        submit would tokenize (llama.cpp's /apply-template); without the assistant turn's
+        opening when `add_generation_prompt` is false."""
         ...
 
     async def count_tokens(self, model: str, request: TextRequest) -> int:

@@ -152,9 +152,15 @@ class _Routes:
         """The prompt a chat request renders to (what /v1/chat/completions would read)."""
         record = record_of(request.scope)
         try:
-            parsed = openai_protocol.parse_chat(await self._body(request))
+            body = await self._body(request)
+            generation_prompt = True
+            if isinstance(body, dict):  # here a rendering choice, not a generation's
+                generation_prompt = body.pop("add_generation_prompt", True) is not False
+            parsed = openai_protocol.parse_chat(body)
             try:
-                prompt = await self.backend.render(parsed.model, parsed.request)
+                prompt = await self.backend.render(
+                    parsed.model, parsed.request, add_generation_prompt=generation_prompt
+                )
             except Exception as e:
                 raise self._failed(e, record, "messages") from None
             return JSONResponse({"prompt": prompt})

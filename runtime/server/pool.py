@@ -205,10 +205,12 @@ class ModelPool:
         # Control tokens as their markup, as llama.cpp's /detokenize writes them.
         return [engine.piece(t) or engine.token_text(t).encode() for t in tokens]
 
-    async def render(self, model: str, request: TextRequest) -> str:
+    async def render(
+        self, model: str, request: TextRequest, *, add_generation_prompt: bool = True
+    ) -> str:
         served = await self._get(model)
         with self._using(served):
-            return await asyncio.to_thread(self._render, served, request)
+            return await asyncio.to_thread(self._render, served, request, add_generation_prompt)
 
     async def count_tokens(self, model: str, request: TextRequest) -> int:
         served = await self._get(model)
@@ -497,7 +499,7 @@ class ModelPool:
             return _mixed_tokens(engine, request.prompt_tokens), None
         return prompt_tokens(engine, [Message("user", request.prompt or "")], raw=True), None
 
-    def _render(self, served: _Served, request: TextRequest) -> str:
+    def _render(self, served: _Served, request: TextRequest, generation_prompt: bool) -> str:
         """The chat prompt as text, rendered as _tokens renders it (system default, tools)."""
         from ..generation.templates import render
 
@@ -514,6 +516,7 @@ class ModelPool:
             messages,
             bos_token=engine.bos_text,
             eos_token=engine.eos_text,
+            add_generation_prompt=generation_prompt,
             tools=tools.rendered if tools else None,
         )
 
