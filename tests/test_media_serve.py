@@ -88,7 +88,7 @@ def test_allow_image_urls_makes_the_server_fetch_them(home: Path) -> None:
                 model=TEXT,
                 messages=[
                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
-                ],  # type: ignore[list-item]
+                ],
             )
         return str(e.value.body["message"])  # type: ignore[index]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def mtmd_cli() -> Path:
     """llama.cpp's llama-mtmd-cli from the installed llama-cpp-python's sdist, built once into
     the cached build folder (benchmarks/vs_llamacpp.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp  # type: ignore[import-not-found]
+    from vs_llamacpp import build_llamacpp
 
     return Path(build_llamacpp(targets=("llama-mtmd-cli",))) / "llama-mtmd-cli"
 
@@ -165,7 +166,7 @@ def test_the_chat_attaches_an_image_to_the_next_message(vision: dict[str, Path])
     from infer.runtime import LoadOptions, load
     from infer.runtime.answer import AnswerRequest
     from infer.runtime.generation.conversation import Conversation
-    from infer.runtime.local import LocalAnswerer
+    from infer.runtime.local import LocalAnswer, LocalAnswerer
     from infer.runtime.options import Overrides
 
     model = load(str(vision["model"]), LoadOptions(ctx_size=256, mmproj=vision["mmproj"]))
@@ -173,11 +174,11 @@ def test_the_chat_attaches_an_image_to_the_next_message(vision: dict[str, Path])
         answerer = LocalAnswerer(model.new_session(), "tiny", str(vision["model"]))
         base = AnswerRequest((), overrides=Overrides(temperature=0), max_tokens=4)
         repl = Repl(answerer, Conversation("tiny-vision-test"), ChatSettings(base))
-        seen = []
+        seen: list[LocalAnswer] = []
         original = answerer.answer
 
-        def spy(request: AnswerRequest, cancel: object = None) -> object:
-            answer = original(request, cancel)  # type: ignore[arg-type]
+        def spy(request: AnswerRequest, cancel: threading.Event | None = None) -> LocalAnswer:
+            answer = original(request, cancel)
             seen.append(answer)
             return answer
 

@@ -37,7 +37,7 @@ IMAGES = {"a": png(40, 30, seed=0), "b": png(40, 30, seed=1)}
 
 def message(text: str, *images: str) -> Message:
     content = [part(Media("image", IMAGES[i])) for i in images] + [{"type": "text", "text": text}]
-    return Message("user", content if images else text)  # type: ignore[arg-type]
+    return Message("user", content if images else text)
 
 
 PROMPTS = [
