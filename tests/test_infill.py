@@ -94,9 +94,13 @@ def test_infill_answers_as_llama_server(servers: tuple, case: str) -> None:
     assert got["content"] == want["content"] and want["tokens_predicted"] == 24
     assert got["tokens_evaluated"] == want["tokens_evaluated"]  # the same prompt, token count
     assert got["tokens_predicted"] == 24 and got["stop_type"] == "limit"
+    # llama-server's native object, as /completion answers it: timings and settings included
+    assert set(want["timings"]) <= set(got["timings"]) and got["timings"]["predicted_n"] == 24
+    assert got["generation_settings"]["n_predict"] == 24 and got["stopping_word"] == ""
     text, last = _streamed(ours.url, body)
     assert text == want["content"]
     assert last["tokens_predicted"] == 24 and last["stop_type"] == "limit"
+    assert set(want["timings"]) <= set(last["timings"]) and last["timings"]["predicted_n"] == 24
 
 
 def test_ollama_suffix_fills_in_the_middle(servers: tuple, fim: Path) -> None:

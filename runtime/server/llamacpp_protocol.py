@@ -164,8 +164,20 @@ def parse_completion(body: Any) -> NativeRequest:
             requests.append(TextRequest(**{**base.__dict__, "prompt": p}))
         else:
             requests.append(TextRequest(**{**base.__dict__, "prompt_tokens": p}))
-    defaults = SamplingParams()
-    settings = {
+    settings = generation_settings(base, n_predict, stream)
+    fields = body.get("response_fields") or []
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise invalid("response_fields", "'response_fields' must be an array of strings")
+    texts = [p if isinstance(p, str) else "" for p in prompts]
+    return NativeRequest(
+        model, requests, stream, n_predict, settings, len(prompts) > 1, fields, texts
+    )
+
+
+def generation_settings(request: TextRequest, n_predict: int, stream: bool) -> dict[str, Any]:
+    """llama-server's `generation_settings` for a request: what it samples with."""
+    sampling, defaults = request.sampling, SamplingParams()
+    return {
         "n_predict": n_predict,
         "seed": sampling.get("seed", -1 if defaults.seed is None else defaults.seed),
         "temperature": sampling.get("temperature", defaults.temperature),
@@ -175,20 +187,13 @@ def parse_completion(body: Any) -> NativeRequest:
         "repeat_penalty": sampling.get("repeat_penalty", defaults.repeat_penalty),
         "presence_penalty": sampling.get("presence_penalty", defaults.presence_penalty),
         "frequency_penalty": sampling.get("frequency_penalty", defaults.frequency_penalty),
-        "stop": base.stop,
-        "ignore_eos": base.ignore_eos,
+        "stop": request.stop,
+        "ignore_eos": request.ignore_eos,
         "stream": stream,
         "n_probs": 0,
         "logit_bias": [],  # none applied (ignore_eos is the loop's, not a bias on EOG tokens)
-        "grammar": grammar,
+        "grammar": sampling.get("grammar", ""),
     }
-    fields = body.get("response_fields") or []
-    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-        raise invalid("response_fields", "'response_fields' must be an array of strings")
-    texts = [p if isinstance(p, str) else "" for p in prompts]
-    return NativeRequest(
-        model, requests, stream, n_predict, settings, len(prompts) > 1, fields, texts
-    )
 
 
 def only_fields(result: dict[str, Any], fields: list[str]) -> dict[str, Any]:
