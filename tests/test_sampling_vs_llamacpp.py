@@ -23,12 +23,6 @@ SEEDED = {"temperature": 0.9, "seed": 7}
 # off the plain answer within a few tokens.
 GREEDY = {"temperature": 0}
 PENALTIES = [{"presence_penalty": 1.5}, {"frequency_penalty": 1.5}, {"repeat_penalty": 1.5}]
-PROMPT_IN_PENALTIES = pytest.mark.xfail(
-    strict=True,
-    reason="llama-server feeds the prompt's tokens to the penalty sampler (tools/server/"
-    "server-context.cpp: common_sampler_accept over prompt.tokens), so a penalty covers the "
-    "prompt; infer's covers only the tokens it generated",
-)
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +99,10 @@ def test_greedy_text_is_llama_servers(infer_url: str, llama_url: str) -> None:
     assert complete(infer_url, **GREEDY) == complete(llama_url, **GREEDY)
 
 
-@PROMPT_IN_PENALTIES
 @pytest.mark.parametrize("penalty", PENALTIES, ids=lambda p: next(iter(p)))
 def test_penalised_text_is_llama_servers(
     infer_url: str, llama_url: str, penalty: dict[str, float]
 ) -> None:
+    """Both penalise the prompt's last repeat_last_n tokens too (llama-server primes its
+    penalties with the prompt: tools/server/server-context.cpp, init_sampler)."""
     assert complete(infer_url, **GREEDY, **penalty) == complete(llama_url, **GREEDY, **penalty)

@@ -198,7 +198,7 @@ class Scheduler:
             reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
         reuse = media_safe(reuse, prompt)  # a media chunk is held whole or not at all
         self.context.remove(slot, reuse)
-        self.context.set_sampler(slot, req.sampling)
+        self.context.set_sampler(slot, req.sampling, prompt)  # penalties see the prompt too
         if self.drafter is not None:
             self.drafter.start(slot)
         seq.n_past = seq.reused = reuse
