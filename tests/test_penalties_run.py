@@ -73,5 +73,12 @@ def test_the_window_counts_the_prompts_last_tokens(
     )
 
 
+def test_minus_one_looks_back_over_the_whole_context() -> None:
+    """--repeat-last-n -1 (Ollama's "the whole context"; llama.cpp's tools refuse it) is the
+    context's size, not 0: here the same as the default 64, which holds prompt and answer."""
+    whole = answer("--presence-penalty", "1.5", "--repeat-last-n", "-1")
+    assert whole == answer("--presence-penalty", "1.5") != answer()
+
+
 def test_no_penalty_is_the_plain_greedy_answer(llama_completion: Path, bundled_model: Path) -> None:
     assert answer() == reference(llama_completion, bundled_model)

@@ -18,6 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -281,9 +282,12 @@ class Weights(ABC):
 
     # -- sampler chains -------------------------------------------------------------------------
 
-    def sampler(self, p: SamplingParams, prompt: Sequence[int] = ()) -> Any:
+    def sampler(self, p: SamplingParams, prompt: Sequence[int] = (), n_ctx: int = 0) -> Any:
         """A sampler chain for `p`, its penalties primed with `prompt` (the tokens the answer
-        follows); free it with free_sampler."""
+        follows); repeat_last_n -1 looks back over `n_ctx` tokens (the sequence's context), as
+        llama.cpp's tools resolve it. Free it with free_sampler."""
+        if p.repeat_last_n < 0:
+            p = replace(p, repeat_last_n=n_ctx)
         if not p.grammar:
             return self._plain_sampler(p, prompt)
         from .grammar import constrained_chain
@@ -357,8 +361,7 @@ def penalty_window(prompt: Sequence[int], last_n: int) -> list[int]:
     """The prompt tokens a penalties sampler must have seen before the first sample, as
     llama-server and llama-completion feed it (common_sampler_accept over the whole prompt, its
     window keeping the last `last_n`): text tokens only (media positions, negative ids here,
-    are llama.cpp's LLAMA_TOKEN_NULL, which it skips). -1: the whole prompt; 0: none."""
-    if last_n == 0:
+    are llama.cpp's LLAMA_TOKEN_NULL, which it skips). 0: none."""
+    if last_n <= 0:
         return []
-    text = [t for t in prompt if t >= 0]
-    return text if last_n < 0 else text[-last_n:]
+    return [t for t in prompt if t >= 0][-last_n:]
