@@ -21,17 +21,24 @@ from starlette.routing import Route
 
 from ..errors import OptionError
 from ..generation.infill import Infill
-from ..options import from_fields
 from .access_log import record_of
 from .answer import Answer, EventStream, whole
 from .anthropic_routes import BackendError
 from .backend import Backend, TextRequest
-from .llamacpp_protocol import NativeRequest, NativeStream, generation_settings, result
+from .llamacpp_protocol import (
+    NativeRequest,
+    NativeStream,
+    boolean,
+    generation_settings,
+    n_predict_of,
+    result,
+    sampling_of,
+    stop_strings,
+)
 from .openai_protocol import ApiError, invalid, kind_of, model_name
 from .security import ClientGone, parse_json, read_body
 
 MAX_EXTRA = 1024  # input_extra chunks per request
-MAX_STOP = 16
 
 
 def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:
@@ -47,17 +54,11 @@ def parse(body: Any) -> NativeRequest:
     model = model_name(body)
     prefix, suffix = _text(body, "input_prefix", None), _text(body, "input_suffix", None)
     infill = Infill(prefix, suffix, _extra(body.get("input_extra")), _text(body, "prompt", ""))
-    try:
-        sampling = dict(from_fields(body, "llama_cpp"))
-    except OptionError as e:
-        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
-    request = TextRequest(sampling=sampling, infill=infill, infill_field="input_suffix")
-    request.max_tokens = _n_predict(body)
-    request.stop = _stop(body.get("stop"))
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise invalid("stream", f"'stream' must be true or false (got {kind_of(stream)})")
-    n_predict = -1 if request.max_tokens is None else request.max_tokens
+    request = TextRequest(sampling=sampling_of(body), infill=infill, infill_field="input_suffix")
+    n_predict = n_predict_of(body)
+    request.max_tokens = None if n_predict < 0 else n_predict
+    request.stop = stop_strings(body)
+    stream = boolean(body, "stream")
     settings = generation_settings(request, n_predict, stream)
     return NativeRequest(model, [request], stream, n_predict, settings, prompts=[infill.prompt])
 
@@ -90,30 +91,6 @@ def _extra(value: Any) -> tuple[tuple[str, str], ...]:
             raise invalid(where, f"'{where}.filename' must be a string")
         chunks.append((filename, chunk["text"]))
     return tuple(chunks)
-
-
-def _n_predict(body: dict[str, Any]) -> int | None:
-    """`n_predict` (llama.cpp's name; -1: no limit) or OpenAI's `max_tokens`."""
-    name = "n_predict" if body.get("n_predict") is not None else "max_tokens"
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
-        raise invalid(name, f"'{name}' must be an integer >= -1 (got {value!r})")
-    return None if value == -1 else value
-
-
-def _stop(value: Any) -> list[str]:
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else value
-    if (
-        not isinstance(items, list)
-        or len(items) > MAX_STOP
-        or not all(isinstance(s, str) and s for s in items)
-    ):
-        raise invalid("stop", f"'stop' must be a string or at most {MAX_STOP} non-empty strings")
-    return list(items)
 
 
 class _Door:

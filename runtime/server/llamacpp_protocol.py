@@ -25,6 +25,8 @@ from .access_log import LogRecord
 from .backend import FinishReason, TextRequest
 from .openai_protocol import (
     MAX_PROMPTS,
+    MAX_STOP,
+    MAX_STOP_CHARS,
     MAX_TOKENS_LIMIT,
     ApiError,
     invalid,
@@ -40,7 +42,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _boolean(body: dict[str, Any], name: str, default: bool = False) -> bool:
+def boolean(body: dict[str, Any], name: str, default: bool = False) -> bool:
     value = body.get(name)
     if value is None:
         return default
@@ -103,7 +105,8 @@ def _prompts(prompt: Any) -> list[str | list[int | str]]:
     return out
 
 
-def _n_predict(body: dict[str, Any]) -> int:
+def n_predict_of(body: dict[str, Any]) -> int:
+    """`n_predict` (llama.cpp's name; -1: no limit) or OpenAI's `max_tokens`; -1 when absent."""
     name = "n_predict" if body.get("n_predict") is not None else "max_tokens"
     value = body.get(name)
     if value is None:
@@ -113,17 +116,24 @@ def _n_predict(body: dict[str, Any]) -> int:
     return int(value)
 
 
-def _stop(body: dict[str, Any]) -> list[str]:
+def stop_strings(body: dict[str, Any]) -> list[str]:
+    """`stop`: a string or an array of them (empty ones dropped, as llama-server drops them),
+    at most MAX_STOP of at most MAX_STOP_CHARS characters, as the OpenAI door allows."""
     stop = body.get("stop")
     if stop is None:
         return []
     items = [stop] if isinstance(stop, str) else stop
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
         raise invalid("stop", "'stop' must be a string or an array of strings")
+    if len(items) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in items):
+        raise invalid(
+            "stop", f"'stop' may hold at most {MAX_STOP} strings of {MAX_STOP_CHARS} characters"
+        )
     return [s for s in items if s]
 
 
-def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+def sampling_of(body: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp's sampling fields through the one option table (a seed of -1: random)."""
     fields = dict(body)
     if _is_int(fields.get("seed")) and fields["seed"] in SEED_RANDOM:
         del fields["seed"]
@@ -144,19 +154,19 @@ def parse_completion(body: Any) -> NativeRequest:
     for name in ("n_probs", "lora"):  # issue #23's other parts (logprobs, adapters)
         if body.get(name) not in (None, 0, []):
             raise invalid(name, f"'{name}' is not supported by this server")
-    sampling = _sampling(body)
+    sampling = sampling_of(body)
     grammar = llama_grammar(body)
     if grammar:
         sampling["grammar"] = grammar
-    n_predict = _n_predict(body)
+    n_predict = n_predict_of(body)
     if n_predict == 0:
         raise invalid("n_predict", "'n_predict' must be -1 (no limit) or at least 1")
-    stream = _boolean(body, "stream")
+    stream = boolean(body, "stream")
     base = TextRequest(
         sampling=sampling,
         max_tokens=None if n_predict < 0 else n_predict,
-        stop=_stop(body),
-        ignore_eos=_boolean(body, "ignore_eos"),
+        stop=stop_strings(body),
+        ignore_eos=boolean(body, "ignore_eos"),
     )
     requests = []
     for p in prompts:
@@ -373,9 +383,9 @@ def parse_tokenize(body: Any) -> TokenizeRequest:
     return TokenizeRequest(
         model_name(body),
         content,
-        _boolean(body, "add_special"),
-        _boolean(body, "parse_special", default=True),
-        _boolean(body, "with_pieces"),
+        boolean(body, "add_special"),
+        boolean(body, "parse_special", default=True),
+        boolean(body, "with_pieces"),
     )
 
 
