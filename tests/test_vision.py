@@ -17,11 +17,9 @@ from .conftest import run_infer
 from .test_remote import StandIn
 from .test_remote import standin as standin  # the stand-in OpenAI server (a fixture)
 from .tiny_gguf import CONTROL
+from .tiny_media import png, png_claiming, wav
 from .tiny_vision import (
     IMAGE_TOKENS,
-    png,
-    png_header_only,
-    wav,
     write_tiny_audio_projector,
     write_tiny_projector,
     write_tiny_text_model,
@@ -45,7 +43,7 @@ def vision(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "html": b"<!DOCTYPE html><html><body>not a picture</body></html>",
         "text": b"just some words\n",
         "truncated": png(40, 30, seed=2)[:60],
-        "bomb": png_header_only(50_000, 50_000) + b"\x00\x00\x00\x00IEND\xaeB`\x82",
+        "bomb": png_claiming(50_000, 50_000),
     }.items():
         files[name] = d / f"{name}.png"
         files[name].write_bytes(data)

@@ -17,7 +17,8 @@ from infer.runtime.generation.templates import Message
 from infer.runtime.media import Media, part
 from infer.runtime.params import GenerateOptions, SamplingParams
 
-from .tiny_vision import png, write_tiny_projector, write_tiny_text_model
+from .tiny_media import png
+from .tiny_vision import write_tiny_projector, write_tiny_text_model
 
 GREEDY = SamplingParams(temperature=0)
 N = 12

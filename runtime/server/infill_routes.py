@@ -28,14 +28,13 @@ from .backend import Backend, TextRequest
 from .llamacpp_protocol import (
     NativeRequest,
     NativeStream,
-    boolean,
     generation_settings,
     n_predict_of,
     result,
     sampling_of,
     stop_strings,
 )
-from .openai_protocol import ApiError, invalid, kind_of, model_name
+from .openai_protocol import ApiError, boolean, invalid, kind_of, model_name
 from .security import ClientGone, parse_json, read_body
 
 MAX_EXTRA = 1024  # input_extra chunks per request

@@ -29,6 +29,7 @@ from .openai_protocol import (
     MAX_STOP_CHARS,
     MAX_TOKENS_LIMIT,
     ApiError,
+    boolean,
     invalid,
     kind_of,
     llama_grammar,
@@ -40,15 +41,6 @@ SEED_RANDOM = {-1, 0xFFFFFFFF}  # llama.cpp's LLAMA_DEFAULT_SEED: a new seed per
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def boolean(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise invalid(name, f"'{name}' must be true or false (got {kind_of(value)})")
-    return value
 
 
 # --- /completion ----------------------------------------------------------------------------

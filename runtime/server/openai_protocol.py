@@ -115,10 +115,11 @@ def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None
     return int(value)
 
 
-def _boolean(body: dict[str, Any], name: str) -> bool:
+def boolean(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    """A true/false field (absent or null: `default`), else a 400 naming it."""
     value = body.get(name)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise invalid(name, f"'{name}' must be true or false (got {kind_of(value)})")
     return value
@@ -265,7 +266,7 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
     elif limit is None and "max_tokens" not in body:
         limit = 16  # OpenAI's default for the legacy completions endpoint
     n = _integer(body, "n", 1, MAX_CHOICES)
-    stream = _boolean(body, "stream")
+    stream = boolean(body, "stream")
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
@@ -273,7 +274,7 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
             raise invalid("stream_options", "'stream_options' is only allowed with 'stream': true")
         if not isinstance(options, dict):
             raise invalid("stream_options", "'stream_options' must be an object")
-        include_usage = _boolean(options, "include_usage")
+        include_usage = boolean(options, "include_usage")
     grammar = _response_format(body.get("response_format")) or llama_grammar(body)
     if grammar:
         sampling["grammar"] = grammar
@@ -281,7 +282,7 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
     request.logprobs = shapes.openai_requested(body, completions, invalid)
     # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact
     # lengths); with no max_tokens it would run to the end of the context.
-    request.ignore_eos = _boolean(body, "ignore_eos")
+    request.ignore_eos = boolean(body, "ignore_eos")
     from .lora import checked_field
 
     request.lora = checked_field(body)  # llama-server's per-request LoRA scales
