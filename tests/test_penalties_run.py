@@ -82,3 +82,13 @@ def test_minus_one_looks_back_over_the_whole_context() -> None:
 
 def test_no_penalty_is_the_plain_greedy_answer(llama_completion: Path, bundled_model: Path) -> None:
     assert answer() == reference(llama_completion, bundled_model)
+
+
+def test_drafting_penalises_the_prompt_as_plain_decoding() -> None:
+    """Speculative decoding primes its verifier's penalties with the prompt as plain decoding
+    does (runtime/generation/speculative.py): the same greedy answer, drafted or not."""
+    flags = ("--presence-penalty", "1.5")
+    plain = answer(*flags)
+    assert plain != answer()
+    assert answer(*flags, "--draft", "lookup", "--draft-always") == plain
+    assert answer(*flags, "--draft", "smollm2", "--draft-max", "4", "--draft-always") == plain
