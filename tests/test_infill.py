@@ -172,6 +172,9 @@ def test_a_model_without_fim_tokens_is_refused(tmp_path: Path) -> None:
             ),
             ({"input_prefix": "a", "input_suffix": "b", "n_predict": "9"}, "n_predict"),
             ({"input_prefix": "a", "input_suffix": "b", "temperature": -1}, "temperature"),
+            ({"input_prefix": "a", "input_suffix": "b", "stop": [1]}, "stop"),
+            ({"input_prefix": "a", "input_suffix": "b", "stop": ["x"] * 17}, "stop"),
+            ({"input_prefix": "a", "input_suffix": "b", "stream": "yes"}, "stream"),
         ]:
             r = httpx.post(s.url + "/infill", json=body)
             assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text

@@ -32,9 +32,8 @@ from .llamacpp_protocol import (
     n_predict_of,
     result,
     sampling_of,
-    stop_strings,
 )
-from .openai_protocol import ApiError, boolean, invalid, kind_of, model_name
+from .openai_protocol import ApiError, boolean, invalid, kind_of, model_name, stop_strings
 from .security import ClientGone, parse_json, read_body
 
 MAX_EXTRA = 1024  # input_extra chunks per request
@@ -56,7 +55,7 @@ def parse(body: Any) -> NativeRequest:
     request = TextRequest(sampling=sampling_of(body), infill=infill, infill_field="input_suffix")
     n_predict = n_predict_of(body)
     request.max_tokens = None if n_predict < 0 else n_predict
-    request.stop = stop_strings(body)
+    request.stop = stop_strings(body, drop_empty=True)
     stream = boolean(body, "stream")
     settings = generation_settings(request, n_predict, stream)
     return NativeRequest(model, [request], stream, n_predict, settings, prompts=[infill.prompt])

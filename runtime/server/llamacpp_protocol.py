@@ -25,8 +25,6 @@ from .access_log import LogRecord
 from .backend import FinishReason, TextRequest
 from .openai_protocol import (
     MAX_PROMPTS,
-    MAX_STOP,
-    MAX_STOP_CHARS,
     MAX_TOKENS_LIMIT,
     ApiError,
     boolean,
@@ -34,6 +32,7 @@ from .openai_protocol import (
     kind_of,
     llama_grammar,
     model_name,
+    stop_strings,
 )
 
 SEED_RANDOM = {-1, 0xFFFFFFFF}  # llama.cpp's LLAMA_DEFAULT_SEED: a new seed per request
@@ -108,22 +107,6 @@ def n_predict_of(body: dict[str, Any]) -> int:
     return int(value)
 
 
-def stop_strings(body: dict[str, Any]) -> list[str]:
-    """`stop`: a string or an array of them (empty ones dropped, as llama-server drops them),
-    at most MAX_STOP of at most MAX_STOP_CHARS characters, as the OpenAI door allows."""
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    items = [stop] if isinstance(stop, str) else stop
-    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise invalid("stop", "'stop' must be a string or an array of strings")
-    if len(items) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in items):
-        raise invalid(
-            "stop", f"'stop' may hold at most {MAX_STOP} strings of {MAX_STOP_CHARS} characters"
-        )
-    return [s for s in items if s]
-
-
 def sampling_of(body: dict[str, Any]) -> dict[str, Any]:
     """llama.cpp's sampling fields through the one option table (a seed of -1: random)."""
     fields = dict(body)
@@ -157,7 +140,7 @@ def parse_completion(body: Any) -> NativeRequest:
     base = TextRequest(
         sampling=sampling,
         max_tokens=None if n_predict < 0 else n_predict,
-        stop=stop_strings(body),
+        stop=stop_strings(body, drop_empty=True),
         ignore_eos=boolean(body, "ignore_eos"),
     )
     requests = []

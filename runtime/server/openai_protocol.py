@@ -147,13 +147,17 @@ def model_name(
     return model
 
 
-def _stop(body: dict[str, Any]) -> list[str]:
+def stop_strings(body: dict[str, Any], *, drop_empty: bool = False) -> list[str]:
+    """`stop`: a string or an array of at most MAX_STOP, each 1 to MAX_STOP_CHARS characters;
+    `drop_empty`: "" is left out instead (llama-server's doors drop it)."""
     stop = body.get("stop")
     if stop is None:
         return []
     items = [stop] if isinstance(stop, str) else stop
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
         raise invalid("stop", "'stop' must be a string or an array of strings")
+    if drop_empty:
+        items = [s for s in items if s]
     if len(items) > MAX_STOP:
         raise invalid("stop", f"'stop' may hold at most {MAX_STOP} strings (got {len(items)})")
     for s in items:
@@ -278,7 +282,7 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
     grammar = _response_format(body.get("response_format")) or llama_grammar(body)
     if grammar:
         sampling["grammar"] = grammar
-    request = TextRequest(sampling=sampling, max_tokens=limit, stop=_stop(body), n=n or 1)
+    request = TextRequest(sampling=sampling, max_tokens=limit, stop=stop_strings(body), n=n or 1)
     request.logprobs = shapes.openai_requested(body, completions, invalid)
     # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact
     # lengths); with no max_tokens it would run to the end of the context.
