@@ -7,9 +7,6 @@ HTTP field checks against the scripted backend in test_serve_http.py / test_olla
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,8 @@ import openai
 import pytest
 from openai.types.responses import Response, ResponseOutputText
 
-from .test_serve import Server, free_port
+from .llama_server import LlamaServer, llama_server_binary
+from .test_serve import Server
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -46,31 +44,11 @@ def infer(home: Path) -> Iterator[Server]:
 def llama(bundled_model: Path) -> Iterator[str]:
     """llama-server from the vendored source (benchmarks/vs_llamacpp.py builds it once), on the
     same model with the same slots and cells per slot."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp
-
-    binary = Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "-m", str(bundled_model), "--port", str(port), "-t", "2",
-         "-c", "2048", "-np", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = LlamaServer(llama_server_binary(), bundled_model, "-c", "2048", "-np", "2")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "llama-server failed"
-            time.sleep(0.1)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 def chat_body(question: str, **extra: Any) -> dict[str, Any]:
