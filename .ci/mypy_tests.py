@@ -1,12 +1,13 @@
-"""Type-check tests/ against infer's real types.
+"""Type-check tests/ (or, with `-p infer`, the package itself) against infer's real types.
 
 `mypy cli runtime _infer` checks the package's own files, but mypy cannot follow the package-dir
 mapping (infer.cli is cli/, infer.runtime is runtime/, infer is _infer/): with an editable
 install it finds no `infer` at all, and an installed copy has no py.typed, so every `from
 infer.… import X` in tests/ would be Any and the fakes' Protocol checks (tests/fakes.py,
 tests/fake_backend.py) could never fail. So this lays the mapping out as links in a temporary
-folder on MYPYPATH and checks tests/ there. pyproject.toml keeps infer's own errors out of this
-run (follow_imports = "silent"): the first run reports them.
+folder on MYPYPATH and checks tests/ there. pyproject.toml keeps infer's own errors out of a
+tests/ run (follow_imports = "silent"); `python .ci/mypy_tests.py -p infer` reports them, with
+cli/'s imports of runtime/ resolved (plain `mypy cli runtime _infer` sees those as Any).
 """
 
 from __future__ import annotations

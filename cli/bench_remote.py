@@ -4,6 +4,7 @@ cli/bench.py prints and records the result as it does a local one."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from infer.runtime.errors import Interrupted
@@ -59,5 +60,6 @@ def _ask(answerer: RemoteModel, prompt: str, max_tokens: int) -> Stats:
     except KeyboardInterrupt:
         raise Interrupted() from None
     finally:
-        pieces.close()
+        if isinstance(pieces, Generator):  # RemoteAnswer's is: closing it closes the stream
+            pieces.close()
     return answer.stats

@@ -315,7 +315,8 @@ class Repl:
                 number = check(key, _convert(BY_NAME[key].kind, key, value))
             except OptionError as e:
                 raise UsageError(str(e)) from None
-            request = replace(request, overrides=replace(request.overrides, **{key: number}))
+            field: dict[str, Any] = {key: number}  # one option, named at run time
+            request = replace(request, overrides=replace(request.overrides, **field))
         elif key == "max_tokens":
             GenerateOptions(max_tokens=_convert(int, key, value)).validate()
             request = replace(request, max_tokens=int(value))

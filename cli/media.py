@@ -36,7 +36,8 @@ def read_media(kind: MediaKind, name: str, index: int) -> Media:
 
 def read_all(images: list[str] | None, audio: list[str] | None) -> tuple[Media, ...]:
     """--image then --audio files, in the order given within each."""
-    named = [("image", n) for n in images or []] + [("audio", n) for n in audio or []]
+    named: list[tuple[MediaKind, str]] = [("image", n) for n in images or []]
+    named += [("audio", n) for n in audio or []]
     if sum(1 for _, n in named if n == "-") > 1:
         raise UsageError("only one --image or --audio can be read from stdin (-)")
     return tuple(read_media(kind, name, i) for i, (kind, name) in enumerate(named))

@@ -91,7 +91,7 @@ def list_models(
         output.write_answer(json.dumps(listing, indent=2) + "\n")
         return
     models = listing["models"]
-    rows = [
+    lines = [
         [
             m["name"] + _state(m),
             m["quantization"] or "?",
@@ -102,9 +102,9 @@ def list_models(
         ]
         for m in models
     ]
-    if rows:
+    if lines:
         output.write_answer(
-            output.table(["NAME", "QUANT", "MEDIA", "SIZE", "MODIFIED", "ALIASES"], rows)
+            output.table(["NAME", "QUANT", "MEDIA", "SIZE", "MODIFIED", "ALIASES"], lines)
         )
     count = f"{len(models)} model{'s' if len(models) != 1 else ''}"
     footer = f"{count}, {human_size(listing['total_bytes'])} in {listing['cache_dir']}"

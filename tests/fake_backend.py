@@ -27,6 +27,7 @@ from infer.runtime.server.backend import (
 )
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q4_K_M"
+BOS = 256  # the fake vocabulary: bytes 0..255, then BOS
 
 
 @dataclass
@@ -135,6 +136,10 @@ class FakeBackend:
         self.kept: list[tuple[str, float | None]] = []  # keep_alive calls
         self.embedded: list[tuple[str, list[str] | list[list[int]]]] = []  # embed calls
         self.adapters: list[AdapterInfo] = []  # LoRA adapters (GET/POST /lora-adapters)
+        self.tokenized: list[tuple[str, str, bool, bool]] = []  # tokenize calls
+        self.detokenized: list[tuple[str, list[int]]] = []  # pieces calls
+        self.rendered: list[tuple[str, TextRequest]] = []  # render calls
+        self.reranked: list[tuple[str, str, list[str]]] = []  # rerank calls
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay_s)
@@ -177,6 +182,49 @@ class FakeBackend:
         if model not in self.known:
             raise ModelUnavailable(model, f"'{model}' is not in the local cache")
         return self.script.prompt_tokens + len(request.messages or [])
+
+    def _known(self, model: str) -> str:
+        model = model or MODEL  # none named: the first model named at start
+        if model not in self.known:
+            raise ModelUnavailable(model, f"'{model}' is not in the local cache")
+        return model
+
+    async def tokenize(
+        self, model: str, text: str, *, add_special: bool, parse_special: bool
+    ) -> list[int]:
+        """A byte-level vocabulary: one token per UTF-8 byte (its value), BOS (256) first when
+        `add_special`; `parse_special` only recorded."""
+        self.tokenized.append((model, text, add_special, parse_special))
+        self._known(model)
+        return ([BOS] if add_special else []) + list(text.encode())
+
+    async def pieces(self, model: str, tokens: list[int]) -> list[bytes]:
+        """The byte each token stands for (BOS as "<s>"); a UsageError outside 0..256."""
+        self.detokenized.append((model, tokens))
+        self._known(model)
+        if any(not 0 <= t <= BOS for t in tokens):
+            raise UsageError(
+                f"token {next(t for t in tokens if not 0 <= t <= BOS)} is not in the vocabulary"
+            )
+        return [b"<s>" if t == BOS else bytes([t]) for t in tokens]
+
+    async def render(
+        self, model: str, request: TextRequest, *, add_generation_prompt: bool = True
+    ) -> str:
+        """Each message as "role: content" on a line of its own (a generic template), then
+        "assistant:" when the answer's turn is opened."""
+        self.rendered.append((model, request))
+        self._known(model)
+        turns = "".join(f"{m.role}: {m.text}\n" for m in request.messages or [])
+        return turns + ("assistant:" if add_generation_prompt else "")
+
+    async def rerank(self, model: str, query: str, documents: list[str]) -> Embeddings:
+        """A score per document: the words it shares with `query`, so order is testable."""
+        self.reranked.append((model, query, documents))
+        self._known(model)
+        words = set(query.lower().split())
+        scores = [[float(len(words & set(d.lower().split())))] for d in documents]
+        return Embeddings(scores, prompt_tokens=sum(len(query) + len(d) for d in documents))
 
     async def keep_alive(self, model: str, seconds: float | None) -> None:
         if model not in self.known:

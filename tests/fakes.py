@@ -241,7 +241,7 @@ class FakeContext:
             out[256 * i + (EOG if nxt > ord("z") else nxt)] = 1.0
         return out
 
-    def set_sampler(self, seq: int, params: SamplingParams) -> None:
+    def set_sampler(self, seq: int, params: SamplingParams, prompt: Sequence[int] = ()) -> None:
         self.samplers[seq] = (params, self._random.Random(params.seed))
 
     def sample(self, seq: int, row: int) -> int:

@@ -15,7 +15,7 @@ import httpx
 
 def llama_server_binary() -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp  # type: ignore[import-not-found]
+    from vs_llamacpp import build_llamacpp
 
     return Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
 

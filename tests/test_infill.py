@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -24,7 +25,7 @@ from .tiny_gguf import write_tiny_gguf
 # for extra context is what the context holds beyond a batch.
 CTX, BATCH = "512", "64"
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "extra files": {
         "input_prefix": "def add(a, b):\n    ",
         "input_suffix": "\n    return c\n",
@@ -93,9 +94,13 @@ def test_infill_answers_as_llama_server(servers: tuple, case: str) -> None:
     assert got["content"] == want["content"] and want["tokens_predicted"] == 24
     assert got["tokens_evaluated"] == want["tokens_evaluated"]  # the same prompt, token count
     assert got["tokens_predicted"] == 24 and got["stop_type"] == "limit"
+    # llama-server's native object, as /completion answers it: timings and settings included
+    assert set(want["timings"]) <= set(got["timings"]) and got["timings"]["predicted_n"] == 24
+    assert got["generation_settings"]["n_predict"] == 24 and got["stopping_word"] == ""
     text, last = _streamed(ours.url, body)
     assert text == want["content"]
     assert last["tokens_predicted"] == 24 and last["stop_type"] == "limit"
+    assert set(want["timings"]) <= set(last["timings"]) and last["timings"]["predicted_n"] == 24
 
 
 def test_ollama_suffix_fills_in_the_middle(servers: tuple, fim: Path) -> None:
@@ -107,13 +112,13 @@ def test_ollama_suffix_fills_in_the_middle(servers: tuple, fim: Path) -> None:
     ).json()["content"]
     client = ollama.Client(host=ours.url, timeout=120)
     options = {"temperature": 0, "num_predict": 16}
-    assert "insert" in client.show(str(fim)).capabilities  # Ollama's mark of a FIM model
+    assert "insert" in (client.show(str(fim)).capabilities or [])  # Ollama's mark of a FIM model
     got = client.generate(model=str(fim), prompt=prefix, suffix=suffix, options=options)
     assert got.response == want
     pieces = client.generate(
         model=str(fim), prompt=prefix, suffix=suffix, options=options, stream=True
     )
-    assert "".join(p.response for p in pieces) == want
+    assert "".join(str(p.response) for p in pieces) == want
 
 
 def test_infer_run_suffix_answers_as_llama_server(fim: Path) -> None:
@@ -154,7 +159,7 @@ def test_a_model_without_fim_tokens_is_refused(tmp_path: Path) -> None:
         r = httpx.post(s.url + "/infill", json={"input_prefix": "a", "input_suffix": "b"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "input_suffix"
         assert "fill-in-the-middle" in r.json()["error"]["message"]
-        assert "insert" not in ollama.Client(host=s.url).show(str(plain)).capabilities
+        assert "insert" not in (ollama.Client(host=s.url).show(str(plain)).capabilities or [])
         with pytest.raises(ollama.ResponseError) as refused:
             ollama.Client(host=s.url).generate(model=str(plain), prompt="a", suffix="b")
         assert refused.value.status_code == 400 and "suffix" in refused.value.error
@@ -167,6 +172,9 @@ def test_a_model_without_fim_tokens_is_refused(tmp_path: Path) -> None:
             ),
             ({"input_prefix": "a", "input_suffix": "b", "n_predict": "9"}, "n_predict"),
             ({"input_prefix": "a", "input_suffix": "b", "temperature": -1}, "temperature"),
+            ({"input_prefix": "a", "input_suffix": "b", "stop": [1]}, "stop"),
+            ({"input_prefix": "a", "input_suffix": "b", "stop": ["x"] * 17}, "stop"),
+            ({"input_prefix": "a", "input_suffix": "b", "stream": "yes"}, "stream"),
         ]:
             r = httpx.post(s.url + "/infill", json=body)
             assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text

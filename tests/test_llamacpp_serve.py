@@ -7,9 +7,6 @@ that allows it (Ollama's API requires one, as Ollama does)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .test_serve import Server, free_port
+from .llama_server import LlamaServer, llama_server_binary
+from .test_serve import Server
 
 GREEDY = {"temperature": 0}
 PROMPT = "I believe the meaning of life is"
@@ -48,31 +46,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def llama_server(bundled_model: Path) -> Iterator[str]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp  # type: ignore[import-not-found]
-
-    binary = Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "-m", str(bundled_model), "--port", str(port), "-t", "2", "-c", "1024",
-         "-np", "1", "--jinja"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = LlamaServer(llama_server_binary(), bundled_model, "-c", "1024", "-np", "1", "--jinja")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "llama-server not up"
-            time.sleep(0.2)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 def post(url: str, path: str, body: dict[str, Any], status: int = 200) -> Any:

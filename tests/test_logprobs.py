@@ -7,9 +7,6 @@ HTTP field checks against the scripted backend in test_serve_http.py / test_olla
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,10 @@ import httpx
 import ollama
 import openai
 import pytest
+from openai.types.responses import Response, ResponseOutputText
 
-from .test_serve import Server, free_port
+from .llama_server import LlamaServer, llama_server_binary
+from .test_serve import Server
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -45,31 +44,11 @@ def infer(home: Path) -> Iterator[Server]:
 def llama(bundled_model: Path) -> Iterator[str]:
     """llama-server from the vendored source (benchmarks/vs_llamacpp.py builds it once), on the
     same model with the same slots and cells per slot."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp  # type: ignore[import-not-found]
-
-    binary = Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "-m", str(bundled_model), "--port", str(port), "-t", "2",
-         "-c", "2048", "-np", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = LlamaServer(llama_server_binary(), bundled_model, "-c", "2048", "-np", "2")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "llama-server failed"
-            time.sleep(0.1)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 def chat_body(question: str, **extra: Any) -> dict[str, Any]:
@@ -210,10 +189,10 @@ def test_bad_values_are_400s_naming_the_field(infer: Server) -> None:
     for extra, param in cases:
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="smollm2", messages=messages, **extra)
-        assert e.value.body and e.value.body.get("param") == param  # type: ignore[union-attr]
+        assert param_of(e.value) == param
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="smollm2", prompt="x", logprobs=1000)
-    assert e.value.body and e.value.body.get("param") == "logprobs"  # type: ignore[union-attr]
+    assert param_of(e.value) == "logprobs"
     r = httpx.post(infer.url + "/api/chat", json={**chat_body("hi"), "logprobs": True,
                                                  "top_logprobs": 30})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"].startswith("top_logprobs: ")
@@ -237,12 +216,26 @@ def test_the_ollama_client_reads_logprobs(infer: Server) -> None:
     )
     parts = list(client.generate(model="smollm2", prompt=QUESTIONS[0], options=options,
                                  logprobs=True, stream=True))  # fmt: skip
-    text = "".join(p.response for p in parts)
+    text = "".join(str(p.response) for p in parts)
     tokens = [t for p in parts for t in (p.logprobs or [])]
     assert "".join(t.token for t in tokens) == text == answer.message.content
     assert all(not t.top_logprobs for t in tokens)  # top_logprobs 0: the tokens' own only
     plain = client.chat(model="smollm2", messages=messages, options=options)
     assert plain.logprobs is None
+
+
+def param_of(error: openai.BadRequestError) -> object:
+    """The `param` of an OpenAI error body (the client types the body as object)."""
+    return error.body.get("param") if isinstance(error.body, dict) else None
+
+
+def output_text(response: Response) -> ResponseOutputText:
+    """A Responses answer's first output part, which must be its message's text."""
+    message = response.output[0]
+    assert message.type == "message"
+    part = message.content[0]
+    assert part.type == "output_text"
+    return part
 
 
 def test_the_openai_client_reads_responses_logprobs(infer: Server) -> None:
@@ -251,7 +244,7 @@ def test_the_openai_client_reads_responses_logprobs(infer: Server) -> None:
     whole = client.responses.create(
         model="smollm2", input=QUESTIONS[2], temperature=0, max_output_tokens=12, **asked
     )
-    part = whole.output[0].content[0]  # type: ignore[union-attr]
+    part = output_text(whole)
     assert part.type == "output_text" and part.logprobs
     assert "".join(t.token for t in part.logprobs) == part.text
     assert all(len(t.top_logprobs) == 2 for t in part.logprobs)
@@ -273,4 +266,4 @@ def test_the_openai_client_reads_responses_logprobs(infer: Server) -> None:
             assert [t.token for t in event.logprobs] == [t.token for t in part.logprobs]
     assert [t.token for t in streamed] == [t.token for t in part.logprobs]
     plain = client.responses.create(model="smollm2", input="hi", max_output_tokens=3)
-    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]
+    assert output_text(plain).logprobs == []

@@ -27,7 +27,7 @@ def llama_completion() -> Path:
     """llama.cpp's llama-completion from the installed llama-cpp-python's sdist, built once and
     cached (~/.cache/infer-bench), as benchmarks/vs_llamacpp.py builds its tools."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp  # type: ignore[import-not-found]
+    from vs_llamacpp import build_llamacpp
 
     return Path(build_llamacpp(targets=("llama-completion",))) / "llama-completion"
 

@@ -7,13 +7,16 @@ protocol's own error shape, naming the message part. Answers about the images ne
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx
 import ollama
 import openai
 import pytest
+from anthropic.types import MessageParam
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.responses import ResponseInputParam
 
 from infer.runtime.errors import MediaError
 from infer.runtime.media import Media
@@ -81,10 +84,21 @@ def openai_error(s: Served, content: list[dict[str, Any]], model: str = MODEL) -
     with pytest.raises(openai.BadRequestError) as e:
         s.openai().chat.completions.create(
             model=model,
-            messages=[{"role": "user", "content": content}],  # type: ignore[misc,list-item]
+            messages=chat_messages({"role": "user", "content": content}),
         )
     assert len(s.backend.submits) == before  # refused at the door
     return e.value.body
+
+
+def chat_messages(*messages: dict[str, Any]) -> list[ChatCompletionMessageParam]:
+    """Messages for the OpenAI client: its TypedDicts cannot tell a role's dict from another's
+    when the content parts are built as plain dicts, so the list is cast to what it is."""
+    return cast("list[ChatCompletionMessageParam]", list(messages))
+
+
+def anthropic_messages(*messages: dict[str, Any]) -> list[MessageParam]:
+    """As chat_messages, for the Anthropic client."""
+    return cast("list[MessageParam]", list(messages))
 
 
 def image_url(url: str) -> dict[str, Any]:
@@ -166,10 +180,10 @@ def test_images_only_in_user_messages(served: Served) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         served.openai().chat.completions.create(
             model=MODEL,
-            messages=[
-                {"role": "system", "content": [image_url(data_uri(png()))]},  # type: ignore[list-item]
+            messages=chat_messages(
+                {"role": "system", "content": [image_url(data_uri(png()))]},
                 {"role": "user", "content": "?"},
-            ],
+            ),
         )
     assert e.value.body["param"] == "messages[0].content[0]"  # type: ignore[index]
 
@@ -179,7 +193,7 @@ def test_image_urls_are_fetched_only_with_the_flag(pictures: tuple[str, dict[str
     with serving(VisionBackend(), allow_image_urls=True) as s:
         s.openai().chat.completions.create(
             model=MODEL,
-            messages=[{"role": "user", "content": [image_url(f"{base}/cat.png")]}],  # type: ignore[list-item]
+            messages=chat_messages({"role": "user", "content": [image_url(f"{base}/cat.png")]}),
         )
         assert media_of(last_request(s)) == [Media("image", files["/cat.png"])]
         missing = openai_error(s, [image_url(f"{base}/gone.png")])
@@ -256,9 +270,9 @@ def test_anthropic_image_blocks(served: Served) -> None:
     anthropic_client(served).messages.create(
         model=MODEL,
         max_tokens=8,
-        messages=[
-            {"role": "user", "content": [image_block(picture), {"type": "text", "text": "What?"}]}  # type: ignore[list-item]
-        ],
+        messages=anthropic_messages(
+            {"role": "user", "content": [image_block(picture), {"type": "text", "text": "What?"}]}
+        ),
     )
     assert media_of(last_request(served)) == [Media("image", picture)]
 
@@ -284,7 +298,7 @@ def test_anthropic_refusals_in_anthropics_shape(
         anthropic_client(served).messages.create(
             model=model,
             max_tokens=8,
-            messages=[{"role": "user", "content": [block]}],  # type: ignore[list-item]
+            messages=anthropic_messages({"role": "user", "content": [block]}),
         )
     error = e.value.body["error"]  # type: ignore[index]
     assert error["type"] == "invalid_request_error"
@@ -300,13 +314,13 @@ def test_responses_input_image(served: Served) -> None:
     ]
     served.openai().responses.create(
         model=MODEL,
-        input=[{"role": "user", "content": content}],  # type: ignore[list-item]
+        input=cast("ResponseInputParam", [{"role": "user", "content": content}]),
     )
     assert media_of(last_request(served)) == [Media("image", picture)]
     with pytest.raises(openai.BadRequestError) as e:
         served.openai().responses.create(
             model=TEXT_ONLY,
-            input=[{"role": "user", "content": content}],  # type: ignore[list-item]
+            input=cast("ResponseInputParam", [{"role": "user", "content": content}]),
         )
     assert e.value.body["param"] == "input[0].content[1].image_url"  # type: ignore[index]
     assert "does not support images" in e.value.body["message"]  # type: ignore[index]

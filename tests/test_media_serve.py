@@ -88,7 +88,7 @@ def test_allow_image_urls_makes_the_server_fetch_them(home: Path) -> None:
                 model=TEXT,
                 messages=[
                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
-                ],  # type: ignore[list-item]
+                ],
             )
         return str(e.value.body["message"])  # type: ignore[index]
 
@@ -122,7 +122,7 @@ def test_the_server_answers_about_an_image_as_infer_run_does(tmp_path: Path) -> 
         env |= {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": ""}
         assert run_infer("pull", "me/tinyvl-GGUF:Q8_0", env=env).returncode == 0
     picture = tmp_path / "cat.png"
-    picture.write_bytes(tiny_vision.png(32, 32, seed=3))
+    picture.write_bytes(png(32, 32, seed=3))
     name = "me/tinyvl-GGUF:Q8_0"
     run = run_infer(
         "run", name, "What is this?", "--image", str(picture), "--temperature", "0",

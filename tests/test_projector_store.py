@@ -20,7 +20,7 @@ from infer.runtime.progress import NullProgress
 
 from .conftest import run_infer
 from .fake_hub import FakeHub, tiny_gguf
-from .tiny_projector import projector_bytes, write_tiny_projector
+from .tiny_projector import projector_bytes, write_header_projector
 
 REPO = "me/see-GGUF"
 TEXT_REPO = "me/text-GGUF"
@@ -174,7 +174,7 @@ def write_models_toml(home: Path, text: str) -> Path:
 def test_models_toml_mmproj_names_the_projector_of_an_entry(
     hub: FakeHub, infer_home: Path, tmp_path: Path
 ) -> None:
-    ears = write_tiny_projector(tmp_path / "audio-mmproj.gguf", vision=False, audio=True)
+    ears = write_header_projector(tmp_path / "audio-mmproj.gguf", vision=False, audio=True)
     config = write_models_toml(
         infer_home,
         f'[models.ears]\nhub = "{TEXT_REPO}"\nmmproj = "{ears}"\n'

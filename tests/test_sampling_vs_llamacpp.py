@@ -5,9 +5,6 @@ only that each field reaches the backend; this checks what it does there."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .test_serve import Server, free_port
+from .llama_server import LlamaServer, llama_server_binary
+from .test_serve import Server
 
 PROMPT = "Once upon a time, there was a little dragon who"
 SEEDED = {"temperature": 0.9, "seed": 7}
@@ -23,12 +21,6 @@ SEEDED = {"temperature": 0.9, "seed": 7}
 # off the plain answer within a few tokens.
 GREEDY = {"temperature": 0}
 PENALTIES = [{"presence_penalty": 1.5}, {"frequency_penalty": 1.5}, {"repeat_penalty": 1.5}]
-PROMPT_IN_PENALTIES = pytest.mark.xfail(
-    strict=True,
-    reason="llama-server feeds the prompt's tokens to the penalty sampler (tools/server/"
-    "server-context.cpp: common_sampler_accept over prompt.tokens), so a penalty covers the "
-    "prompt; infer's covers only the tokens it generated",
-)
 
 
 @pytest.fixture(scope="module")
@@ -45,31 +37,13 @@ def infer_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def llama_url(bundled_model: Path) -> Iterator[str]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp
-
-    binary = Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "-m", str(bundled_model), "--port", str(port), "-t", "1", "-c", "1024",
-         "-np", "1", "--no-webui"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = LlamaServer(
+        llama_server_binary(), bundled_model, "-t", "1", "-c", "1024", "-np", "1", "--no-webui"
+    )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "llama-server not up"
-            time.sleep(0.2)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 def complete(url: str, **fields: Any) -> str:
@@ -105,9 +79,10 @@ def test_greedy_text_is_llama_servers(infer_url: str, llama_url: str) -> None:
     assert complete(infer_url, **GREEDY) == complete(llama_url, **GREEDY)
 
 
-@PROMPT_IN_PENALTIES
 @pytest.mark.parametrize("penalty", PENALTIES, ids=lambda p: next(iter(p)))
 def test_penalised_text_is_llama_servers(
     infer_url: str, llama_url: str, penalty: dict[str, float]
 ) -> None:
+    """Both penalise the prompt's last repeat_last_n tokens too (llama-server primes its
+    penalties with the prompt: tools/server/server-context.cpp, init_sampler)."""
     assert complete(infer_url, **GREEDY, **penalty) == complete(llama_url, **GREEDY, **penalty)

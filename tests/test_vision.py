@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,9 @@ from .conftest import run_infer
 from .test_remote import StandIn
 from .test_remote import standin as standin  # the stand-in OpenAI server (a fixture)
 from .tiny_gguf import CONTROL
+from .tiny_media import png, png_claiming, wav
 from .tiny_vision import (
     IMAGE_TOKENS,
-    png,
-    png_header_only,
-    wav,
     write_tiny_audio_projector,
     write_tiny_projector,
     write_tiny_text_model,
@@ -44,7 +43,7 @@ def vision(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "html": b"<!DOCTYPE html><html><body>not a picture</body></html>",
         "text": b"just some words\n",
         "truncated": png(40, 30, seed=2)[:60],
-        "bomb": png_header_only(50_000, 50_000) + b"\x00\x00\x00\x00IEND\xaeB`\x82",
+        "bomb": png_claiming(50_000, 50_000),
     }.items():
         files[name] = d / f"{name}.png"
         files[name].write_bytes(data)
@@ -56,7 +55,7 @@ def mtmd_cli() -> Path:
     """llama.cpp's llama-mtmd-cli from the installed llama-cpp-python's sdist, built once into
     the cached build folder (benchmarks/vs_llamacpp.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp  # type: ignore[import-not-found]
+    from vs_llamacpp import build_llamacpp
 
     return Path(build_llamacpp(targets=("llama-mtmd-cli",))) / "llama-mtmd-cli"
 
@@ -166,7 +165,7 @@ def test_the_chat_attaches_an_image_to_the_next_message(vision: dict[str, Path])
     from infer.runtime import LoadOptions, load
     from infer.runtime.answer import AnswerRequest
     from infer.runtime.generation.conversation import Conversation
-    from infer.runtime.local import LocalAnswerer
+    from infer.runtime.local import LocalAnswer, LocalAnswerer
     from infer.runtime.options import Overrides
 
     model = load(str(vision["model"]), LoadOptions(ctx_size=256, mmproj=vision["mmproj"]))
@@ -174,11 +173,11 @@ def test_the_chat_attaches_an_image_to_the_next_message(vision: dict[str, Path])
         answerer = LocalAnswerer(model.new_session(), "tiny", str(vision["model"]))
         base = AnswerRequest((), overrides=Overrides(temperature=0), max_tokens=4)
         repl = Repl(answerer, Conversation("tiny-vision-test"), ChatSettings(base))
-        seen = []
+        seen: list[LocalAnswer] = []
         original = answerer.answer
 
-        def spy(request: AnswerRequest, cancel: object = None) -> object:
-            answer = original(request, cancel)  # type: ignore[arg-type]
+        def spy(request: AnswerRequest, cancel: threading.Event | None = None) -> LocalAnswer:
+            answer = original(request, cancel)
             seen.append(answer)
             return answer
 

@@ -17,7 +17,8 @@ from infer.runtime.generation.templates import Message
 from infer.runtime.media import Media, part
 from infer.runtime.params import GenerateOptions, SamplingParams
 
-from .tiny_vision import png, write_tiny_projector, write_tiny_text_model
+from .tiny_media import png
+from .tiny_vision import write_tiny_projector, write_tiny_text_model
 
 GREEDY = SamplingParams(temperature=0)
 N = 12
@@ -37,7 +38,7 @@ IMAGES = {"a": png(40, 30, seed=0), "b": png(40, 30, seed=1)}
 
 def message(text: str, *images: str) -> Message:
     content = [part(Media("image", IMAGES[i])) for i in images] + [{"type": "text", "text": text}]
-    return Message("user", content if images else text)  # type: ignore[arg-type]
+    return Message("user", content if images else text)
 
 
 PROMPTS = [

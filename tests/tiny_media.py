@@ -1,5 +1,6 @@
-"""Small media files for the doors' tests: a real PNG (zlib, CRCs), a JPEG and a WAV header
-that runtime/media.check accepts, and the bad ones it must refuse."""
+"""Small media files, the one home of their builders (the doors' tests and the vision tests
+alike): a real PNG (zlib, CRCs), a JPEG header and a WAV that runtime/media.check accepts and
+libmtmd decodes, and the bad ones it must refuse."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import numpy as np
+
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def png(width: int = 2, height: int = 2, seed: int = 0) -> bytes:
-    """A valid RGB PNG, its pixels varying with `seed` (different bytes, different image)."""
-    rows = b"".join(
-        b"\x00" + bytes((seed * 40 + x * 70 + y * 30) % 256 for x in range(width * 3))
-        for y in range(height)
-    )
+    """A valid RGB PNG of random pixels drawn from `seed` (different seed, different image)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width * 3), dtype=np.uint8)
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)  # filter type 0 per row
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -45,10 +47,11 @@ def jpeg_header(width: int = 4, height: int = 3) -> bytes:
     return b"\xff\xd8" + app0 + sof + b"\xff\xd9"
 
 
-def wav(samples: int = 160) -> bytes:
-    """A mono 16 kHz 16-bit PCM WAV of silence."""
-    data = b"\x00\x00" * samples
-    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+def wav(seconds: float = 0.01, hz: float = 0.0, rate: int = 16000) -> bytes:
+    """A mono 16-bit PCM WAV of a sine tone (`hz` 0: silence)."""
+    t = np.arange(int(seconds * rate)) / rate
+    data = (np.sin(2 * np.pi * hz * t) * 12000).astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
     body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data"
     body += struct.pack("<I", len(data)) + data
     return b"RIFF" + struct.pack("<I", len(body)) + body

@@ -1,7 +1,8 @@
-"""Writes the header of a multimodal projector (mmproj) GGUF for the store's tests: the keys
-llama.cpp's clip loader and infer's capability check read (`clip.has_vision_encoder`,
-`clip.has_audio_encoder`) and one small random tensor. It is not loadable by libmtmd: the
-runtime's own tests build a real one; the store only reads headers."""
+"""A header-only multimodal projector (mmproj) GGUF for the store's tests: the keys infer's
+capability check reads (`clip.has_vision_encoder`, `clip.has_audio_encoder`) and one small
+random tensor, in any vision/audio combination, fast to write. libmtmd cannot load it: the store
+only reads headers, and a test that runs a projector uses tests/tiny_vision.py's real ones
+(image and audio files: tests/tiny_media.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from .tiny_gguf import finish
 
 
-def write_tiny_projector(
+def write_header_projector(
     path: Path, *, vision: bool = True, audio: bool = False, seed: int = 0
 ) -> Path:
     import gguf
@@ -29,4 +30,4 @@ def write_tiny_projector(
 def projector_bytes(tmp: Path, *, vision: bool = True, audio: bool = False, seed: int = 0) -> bytes:
     """The file's bytes (different bytes per seed)."""
     name = f"mmproj-{int(vision)}{int(audio)}-{seed}.gguf"
-    return write_tiny_projector(tmp / name, vision=vision, audio=audio, seed=seed).read_bytes()
+    return write_header_projector(tmp / name, vision=vision, audio=audio, seed=seed).read_bytes()

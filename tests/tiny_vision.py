@@ -1,5 +1,5 @@
 """Tiny vision fixtures: a random-weight projector GGUF of a real architecture that libmtmd loads,
-paired with tests/tiny_gguf.py's tiny llama, plus small image files written byte by byte.
+paired with tests/tiny_gguf.py's tiny llama (the image and audio files: tests/tiny_media.py).
 
 The projector is LLaVA's ("mlp"): a 2-layer ViT (n_embd 32, patches of 8 on a 32 x 32 image, so
 16 image tokens) whose features go through mm.0 -> GELU -> mm.2 into the text model's n_embd.
@@ -10,8 +10,6 @@ that llama-mtmd-cli computes too, which is what the equality tests compare.
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -103,27 +101,6 @@ def write_tiny_text_model(path: Path, *, seed: int = 0) -> Path:
     return finish(w, path)
 
 
-def png(width: int, height: int, seed: int = 0) -> bytes:
-    """A valid RGB PNG of random pixels (stdlib only: zlib and a CRC per chunk)."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (height, width * 3), dtype=np.uint8)
-    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)  # filter type 0 per row
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR claiming `width` x `height`, with no pixels after it."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
 A_EMBD, A_HEAD, A_FF, A_LAYER, A_MEL, A_POS = 32, 4, 48, 1, 128, 1500
 
 
@@ -169,13 +146,3 @@ def write_tiny_audio_projector(path: Path, *, n_embd_text: int = N_EMBD, seed: i
     tensor("mm.a.fc.weight", n_embd_text, A_EMBD)
     tensor("mm.a.fc.bias", n_embd_text)
     return finish(w, path)
-
-
-def wav(seconds: float, hz: float, rate: int = 16000) -> bytes:
-    """A mono 16-bit PCM WAV of a sine tone."""
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (np.sin(2 * np.pi * hz * t) * 12000).astype("<i2").tobytes()
-    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
-    body += b"data" + struct.pack("<I", len(samples)) + samples
-    return b"RIFF" + struct.pack("<I", len(body)) + body

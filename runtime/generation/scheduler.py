@@ -230,7 +230,7 @@ class Scheduler:
                 else:  # it is reading them: wait for it, as a fork does
                     fork_of, share = donor, held
         self.context.remove(slot, reuse)
-        self.context.set_sampler(slot, req.sampling)
+        self.context.set_sampler(slot, req.sampling, prompt)  # penalties see the prompt too
         if self.drafter is not None:
             self.drafter.start(slot)
         seq.n_past = seq.reused = reuse

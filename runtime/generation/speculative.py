@@ -264,7 +264,7 @@ class _Verifier:
 
     def __init__(self, model: Model, context: Context, sampling: SamplingParams) -> None:
         self.model, self.context = model, context
-        context.set_sampler(0, sampling)
+        context.set_sampler(0, sampling, context.tokens(0))  # sequence 0 holds the prompt
 
     def sample(self, row: int) -> int:
         return self.context.sample(0, row)

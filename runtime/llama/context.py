@@ -160,10 +160,10 @@ class LlamaContext:
             ctypes.addressof(ptr.contents)
         )
 
-    def set_sampler(self, seq: int, params: SamplingParams) -> None:
+    def set_sampler(self, seq: int, params: SamplingParams, prompt: Sequence[int] = ()) -> None:
         if self._chains[seq] is not None:
             self._weights.free_sampler(self._chains[seq])
-        self._chains[seq] = self._weights.sampler(params)
+        self._chains[seq] = self._weights.sampler(params, prompt, self.n_ctx_seq)
 
     def sample(self, seq: int, row: int) -> int:
         return int(self._ll.llama_sampler_sample(self._chains[seq], self._handle, row))

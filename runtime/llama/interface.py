@@ -204,8 +204,9 @@ class Context(Protocol):
         llama.cpp applies one set to a whole decode. ValueError while tokens are queued."""
         ...
 
-    def set_sampler(self, seq: int, params: SamplingParams) -> None:
-        """Give `seq` a fresh sampler chain for `params` (its own random state and penalties)."""
+    def set_sampler(self, seq: int, params: SamplingParams, prompt: Sequence[int] = ()) -> None:
+        """Give `seq` a fresh sampler chain for `params` (its own random state and penalties),
+        the penalties primed with `prompt`'s last tokens, as llama.cpp's tools prime them."""
         ...
 
     def sample(self, seq: int, row: int) -> int:

@@ -168,7 +168,9 @@ class LlamaSession:
     ) -> Generator[bytes, None, None]:
         self.decode_prompt(prompt, cancel)
         ll, model = self._ll, self.model
-        chain = model.sampler(sampling)
+        chain = model.sampler(
+            sampling, prompt, self.n_ctx
+        )  # penalties see the prompt, as in llama.cpp
         try:
             sample, is_eog, decode = ll.llama_sampler_sample, ll.llama_vocab_is_eog, ll.llama_decode
             share_cores = self.cores.step

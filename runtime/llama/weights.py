@@ -18,6 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -281,13 +282,18 @@ class Weights(ABC):
 
     # -- sampler chains -------------------------------------------------------------------------
 
-    def sampler(self, p: SamplingParams) -> Any:
-        """A sampler chain for `p`; free it with free_sampler."""
+    def sampler(self, p: SamplingParams, prompt: Sequence[int] = (), n_ctx: int = 0) -> Any:
+        """A sampler chain for `p`, its penalties primed with `prompt` (the tokens the answer
+        follows); repeat_last_n -1 looks back over `n_ctx` tokens (the sequence's context), as
+        llama.cpp's tools resolve it. Free it with free_sampler."""
+        if p.repeat_last_n < 0:
+            p = replace(p, repeat_last_n=n_ctx)
         if not p.grammar:
-            return self._plain_sampler(p)
+            return self._plain_sampler(p, prompt)
         from .grammar import constrained_chain
 
-        inner = self._plain_sampler(p)
+        # The prompt primes the penalties only: llama.cpp's grammar sees generated tokens alone
+        inner = self._plain_sampler(p, prompt)
         greedy = p.temperature <= 0 and not (
             p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
         )
@@ -308,7 +314,7 @@ class Weights(ABC):
     def free_sampler(self, chain: Any) -> None:
         self._ll.llama_sampler_free(chain)
 
-    def _plain_sampler(self, p: SamplingParams) -> Any:
+    def _plain_sampler(self, p: SamplingParams, prompt: Sequence[int]) -> Any:
         ll = self._ll
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
@@ -319,6 +325,8 @@ class Weights(ABC):
                 p.frequency_penalty,
                 p.presence_penalty,
             )
+            for token in penalty_window(prompt, p.repeat_last_n):
+                ll.llama_sampler_accept(penalties, token)
             ll.llama_sampler_chain_add(chain, penalties)
         if p.temperature <= 0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
@@ -347,3 +355,13 @@ class Weights(ABC):
         if self._model:
             self._ll.llama_model_free(self._model)
             self._model = None
+
+
+def penalty_window(prompt: Sequence[int], last_n: int) -> list[int]:
+    """The prompt tokens a penalties sampler must have seen before the first sample, as
+    llama-server and llama-completion feed it (common_sampler_accept over the whole prompt, its
+    window keeping the last `last_n`): text tokens only (media positions, negative ids here,
+    are llama.cpp's LLAMA_TOKEN_NULL, which it skips). 0: none."""
+    if last_n <= 0:
+        return []
+    return [t for t in prompt if t >= 0][-last_n:]

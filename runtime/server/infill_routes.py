@@ -6,14 +6,13 @@ The body (input_prefix, input_suffix, input_extra [{filename, text}], prompt, an
 native sampling fields: temperature, top_k, top_p, min_p, seed, n_predict, stop, stream…)
 becomes a `TextRequest` whose `infill` the backend turns into tokens with generation/infill.py
 (llama-server's format_prompt_infill), then walks as every other request does. The answer is
-llama.cpp's native completion object (`content`, `stop`, `tokens_predicted`…); streamed, one
-`data: {…}` event per piece and a last one with `"stop": true` (no `[DONE]`, as llama-server).
+llama.cpp's native completion object (`content`, `stop`, `tokens_predicted`, `timings`…) and
+its stream (one `data: {…}` event per piece and a last one with `"stop": true`, no `[DONE]`),
+both shaped by llamacpp_protocol as /completion's are.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -22,18 +21,22 @@ from starlette.routing import Route
 
 from ..errors import OptionError
 from ..generation.infill import Infill
-from ..generation.logprobs import TokenLogprob
-from ..generation.tool_calls import ToolCall
-from ..options import from_fields
 from .access_log import record_of
 from .answer import Answer, EventStream, whole
 from .anthropic_routes import BackendError
-from .backend import Backend, FinishReason, TextRequest
-from .openai_protocol import ApiError, invalid, kind_of
+from .backend import Backend, TextRequest
+from .llamacpp_protocol import (
+    NativeRequest,
+    NativeStream,
+    generation_settings,
+    n_predict_of,
+    result,
+    sampling_of,
+)
+from .openai_protocol import ApiError, boolean, invalid, kind_of, model_name, stop_strings
 from .security import ClientGone, parse_json, read_body
 
 MAX_EXTRA = 1024  # input_extra chunks per request
-MAX_STOP = 16
 
 
 def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:
@@ -41,24 +44,21 @@ def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list
     return [Route("/infill", door.infill, methods=["POST"])]
 
 
-def parse(body: Any) -> tuple[Infill, TextRequest, bool]:
-    """An /infill body → what to fill in, the request's settings and whether to stream, or an
-    ApiError naming the field."""
+def parse(body: Any) -> NativeRequest:
+    """An /infill body → llama.cpp's native request (one TextRequest, its `infill` set), or an
+    ApiError naming the field. A body without `model` gets "": the server's first model."""
     if not isinstance(body, dict):
         raise invalid("", "the request body must be a JSON object")
+    model = model_name(body)
     prefix, suffix = _text(body, "input_prefix", None), _text(body, "input_suffix", None)
     infill = Infill(prefix, suffix, _extra(body.get("input_extra")), _text(body, "prompt", ""))
-    try:
-        sampling = dict(from_fields(body, "llama_cpp"))
-    except OptionError as e:
-        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
-    request = TextRequest(sampling=sampling, infill=infill, infill_field="input_suffix")
-    request.max_tokens = _n_predict(body)
-    request.stop = _stop(body.get("stop"))
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise invalid("stream", f"'stream' must be true or false (got {kind_of(stream)})")
-    return infill, request, stream
+    request = TextRequest(sampling=sampling_of(body), infill=infill, infill_field="input_suffix")
+    n_predict = n_predict_of(body)
+    request.max_tokens = None if n_predict < 0 else n_predict
+    request.stop = stop_strings(body, drop_empty=True)
+    stream = boolean(body, "stream")
+    settings = generation_settings(request, n_predict, stream)
+    return NativeRequest(model, [request], stream, n_predict, settings, prompts=[infill.prompt])
 
 
 def _text(body: dict[str, Any], name: str, default: str | None) -> str:
@@ -91,120 +91,18 @@ def _extra(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(chunks)
 
 
-def _n_predict(body: dict[str, Any]) -> int | None:
-    """`n_predict` (llama.cpp's name; -1: no limit) or OpenAI's `max_tokens`."""
-    name = "n_predict" if body.get("n_predict") is not None else "max_tokens"
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
-        raise invalid(name, f"'{name}' must be an integer >= -1 (got {value!r})")
-    return None if value == -1 else value
-
-
-def _stop(value: Any) -> list[str]:
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else value
-    if (
-        not isinstance(items, list)
-        or len(items) > MAX_STOP
-        or not all(isinstance(s, str) and s for s in items)
-    ):
-        raise invalid("stop", f"'stop' must be a string or at most {MAX_STOP} non-empty strings")
-    return list(items)
-
-
-def _stop_type(reason: FinishReason, stop: str | None) -> str:
-    if reason == FinishReason.LENGTH:
-        return "limit"
-    if reason == FinishReason.STOP:
-        return "word" if stop else "eos"
-    return "none"
-
-
-def completion_object(
-    model: str, content: str, reason: FinishReason, stop: str | None, prompt_n: int, n: int
-) -> dict[str, Any]:
-    """llama.cpp's native completion object, as its clients read it."""
-    return {
-        "index": 0,
-        "content": content,
-        "tokens": [],
-        "id_slot": 0,
-        "stop": True,
-        "model": model,
-        "tokens_predicted": n,
-        "tokens_evaluated": prompt_n,
-        "truncated": False,
-        "stop_type": _stop_type(reason, stop),
-        "stopping_word": stop or "",
-        "tokens_cached": 0,
-        "timings": {"prompt_n": prompt_n, "predicted_n": n},
-    }
-
-
-class _NativeStream:
-    """llama.cpp's native server-sent events (an answer.StreamShaper)."""
-
-    media_type = "text/event-stream; charset=utf-8"
-
-    def __init__(self, answer: Answer, on_error: Any) -> None:
-        self.answer, self.on_error = answer, on_error
-        self.reason, self.pieces = FinishReason.STOP, 0
-
-    def opening(self, choices: int) -> list[bytes]:
-        return []
-
-    def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
-        self.pieces += 1
-        return _event({"index": index, "content": text, "tokens": [], "stop": False})
-
-    def call(self, index: int, k: int, call: ToolCall) -> bytes:  # no tools on /infill
-        return b""
-
-    def end(self, index: int, reason: FinishReason) -> bytes:
-        self.reason = reason
-        return b""
-
-    def error(self, error: Exception) -> bytes:
-        return _event(self.on_error(error).body())
-
-    def closing(self, prompt_tokens: int, completion_tokens: int) -> list[bytes]:
-        stop = self.answer.stops.get(0)
-        last = completion_object(
-            self.answer.model, "", self.reason, stop, prompt_tokens, completion_tokens
-        )
-        return [_event(last)]
-
-
-def _event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
-
-
 class _Door:
     def __init__(self, backend: Backend, max_body: int, backend_error: BackendError) -> None:
         self.backend, self.max_body, self.backend_error = backend, max_body, backend_error
-
-    def _model(self, body: Any) -> str:
-        """The model the body names, else the first one the server was started with (a
-        llama.cpp client names none: llama-server serves one)."""
-        named = body.get("model") if isinstance(body, dict) else None
-        if isinstance(named, str) and named:
-            return named
-        loaded = [m.id for m in self.backend.models() if m.loaded]
-        if not loaded:
-            raise invalid("model", "'model' is required: no model is loaded on this server")
-        return loaded[0]
 
     async def infill(self, request: Request) -> Response:
         record = record_of(request.scope)
         try:
             body = parse_json(await read_body(request.receive, request.headers, self.max_body))
-            _, text_request, stream = parse(body)
-            record.model = model = self._model(body)
+            parsed = parse(body)
+            record.model = parsed.model
             try:
-                job = await self.backend.submit(model, text_request)
+                job = await self.backend.submit(parsed.model, parsed.requests[0])
             except OptionError as e:  # not a FIM model: name the field, as the CLI names --suffix
                 raise invalid(e.option, str(e)) from None
             except Exception as e:
@@ -214,8 +112,14 @@ class _Door:
         except ClientGone:
             return Response(status_code=400)
         answer = Answer([job], record, 1)
-        if stream:
-            shaper = _NativeStream(answer, lambda e: self.backend_error(e, record, ""))
+        if parsed.stream:
+            shaper = NativeStream(
+                parsed,
+                answer.model,
+                record,
+                answer.stops,
+                lambda e: self.backend_error(e, record, ""),
+            )
             return EventStream(answer, shaper)
 
         def failed(e: Exception) -> Response:
@@ -226,12 +130,7 @@ class _Door:
         if isinstance(choices, Response):
             return choices
         choice = choices[0]
-        body_out = completion_object(
-            answer.model,
-            choice.text,
-            choice.reason,
-            answer.stops.get(0),
-            record.prompt_tokens,
-            record.completion_tokens,
-        )
+        counts = (job.prompt_tokens, job.completion_tokens)
+        stop = answer.stops.get(0)
+        body_out = result(parsed, 0, choice.text, choice.reason, stop, answer.model, record, counts)
         return JSONResponse(body_out)

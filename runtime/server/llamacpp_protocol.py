@@ -28,10 +28,12 @@ from .openai_protocol import (
     MAX_PROMPTS,
     MAX_TOKENS_LIMIT,
     ApiError,
+    boolean,
     invalid,
     kind_of,
     llama_grammar,
     model_name,
+    stop_strings,
 )
 
 SEED_RANDOM = {-1, 0xFFFFFFFF}  # llama.cpp's LLAMA_DEFAULT_SEED: a new seed per request
@@ -39,15 +41,6 @@ SEED_RANDOM = {-1, 0xFFFFFFFF}  # llama.cpp's LLAMA_DEFAULT_SEED: a new seed per
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _boolean(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise invalid(name, f"'{name}' must be true or false (got {kind_of(value)})")
-    return value
 
 
 # --- /completion ----------------------------------------------------------------------------
@@ -104,7 +97,8 @@ def _prompts(prompt: Any) -> list[str | list[int | str]]:
     return out
 
 
-def _n_predict(body: dict[str, Any]) -> int:
+def n_predict_of(body: dict[str, Any]) -> int:
+    """`n_predict` (llama.cpp's name; -1: no limit) or OpenAI's `max_tokens`; -1 when absent."""
     name = "n_predict" if body.get("n_predict") is not None else "max_tokens"
     value = body.get(name)
     if value is None:
@@ -114,17 +108,8 @@ def _n_predict(body: dict[str, Any]) -> int:
     return int(value)
 
 
-def _stop(body: dict[str, Any]) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    items = [stop] if isinstance(stop, str) else stop
-    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise invalid("stop", "'stop' must be a string or an array of strings")
-    return [s for s in items if s]
-
-
-def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+def sampling_of(body: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp's sampling fields through the one option table (a seed of -1: random)."""
     fields = dict(body)
     if _is_int(fields.get("seed")) and fields["seed"] in SEED_RANDOM:
         del fields["seed"]
@@ -148,19 +133,19 @@ def parse_completion(body: Any) -> NativeRequest:
         lora = parse_lora(body.get("lora"))  # llama-server's per-request LoRA scales
     except OptionError as e:
         raise invalid(e.option, f"'{e.option}' {e.problem}") from None
-    sampling = _sampling(body)
+    sampling = sampling_of(body)
     grammar = llama_grammar(body)
     if grammar:
         sampling["grammar"] = grammar
-    n_predict = _n_predict(body)
+    n_predict = n_predict_of(body)
     if n_predict == 0:
         raise invalid("n_predict", "'n_predict' must be -1 (no limit) or at least 1")
-    stream = _boolean(body, "stream")
+    stream = boolean(body, "stream")
     base = TextRequest(
         sampling=sampling,
         max_tokens=None if n_predict < 0 else n_predict,
-        stop=_stop(body),
-        ignore_eos=_boolean(body, "ignore_eos"),
+        stop=stop_strings(body, drop_empty=True),
+        ignore_eos=boolean(body, "ignore_eos"),
         lora=lora,
     )
     requests = []
@@ -169,8 +154,20 @@ def parse_completion(body: Any) -> NativeRequest:
             requests.append(TextRequest(**{**base.__dict__, "prompt": p}))
         else:
             requests.append(TextRequest(**{**base.__dict__, "prompt_tokens": p}))
-    defaults = SamplingParams()
-    settings = {
+    settings = generation_settings(base, n_predict, stream)
+    fields = body.get("response_fields") or []
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise invalid("response_fields", "'response_fields' must be an array of strings")
+    texts = [p if isinstance(p, str) else "" for p in prompts]
+    return NativeRequest(
+        model, requests, stream, n_predict, settings, len(prompts) > 1, fields, texts
+    )
+
+
+def generation_settings(request: TextRequest, n_predict: int, stream: bool) -> dict[str, Any]:
+    """llama-server's `generation_settings` for a request: what it samples with."""
+    sampling, defaults = request.sampling, SamplingParams()
+    return {
         "n_predict": n_predict,
         "seed": sampling.get("seed", -1 if defaults.seed is None else defaults.seed),
         "temperature": sampling.get("temperature", defaults.temperature),
@@ -180,20 +177,13 @@ def parse_completion(body: Any) -> NativeRequest:
         "repeat_penalty": sampling.get("repeat_penalty", defaults.repeat_penalty),
         "presence_penalty": sampling.get("presence_penalty", defaults.presence_penalty),
         "frequency_penalty": sampling.get("frequency_penalty", defaults.frequency_penalty),
-        "stop": base.stop,
-        "ignore_eos": base.ignore_eos,
+        "stop": request.stop,
+        "ignore_eos": request.ignore_eos,
         "stream": stream,
         "n_probs": 0,
         "logit_bias": [],  # none applied (ignore_eos is the loop's, not a bias on EOG tokens)
-        "grammar": grammar,
+        "grammar": sampling.get("grammar", ""),
     }
-    fields = body.get("response_fields") or []
-    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-        raise invalid("response_fields", "'response_fields' must be an array of strings")
-    texts = [p if isinstance(p, str) else "" for p in prompts]
-    return NativeRequest(
-        model, requests, stream, n_predict, settings, len(prompts) > 1, fields, texts
-    )
 
 
 def only_fields(result: dict[str, Any], fields: list[str]) -> dict[str, Any]:
@@ -373,9 +363,9 @@ def parse_tokenize(body: Any) -> TokenizeRequest:
     return TokenizeRequest(
         model_name(body),
         content,
-        _boolean(body, "add_special"),
-        _boolean(body, "parse_special", default=True),
-        _boolean(body, "with_pieces"),
+        boolean(body, "add_special"),
+        boolean(body, "parse_special", default=True),
+        boolean(body, "with_pieces"),
     )
 
 

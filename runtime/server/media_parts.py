@@ -69,12 +69,15 @@ def from_base64(text: Any, kind: MediaKind, policy: MediaPolicy = NO_URLS) -> Me
     if not isinstance(text, str) or not text.strip():
         raise MediaError(f"the {kind} must be a non-empty base64 string")
     text = "".join(text.split())
+    too_large = f"the {kind} is larger than the limit of {policy.max_bytes:,} bytes"
     if len(text) > (policy.max_bytes + 2) // 3 * 4:  # refused before decoding it
-        raise MediaError(f"the {kind} is larger than the limit of {policy.max_bytes:,} bytes")
+        raise MediaError(too_large)
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise MediaError(f"the {kind} is not valid base64") from None
+    if len(data) > policy.max_bytes:  # the text's length bounds it only to 3 bytes a quad
+        raise MediaError(too_large)
     return _checked(Media(kind, data))
 
 

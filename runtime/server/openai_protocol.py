@@ -119,10 +119,11 @@ def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None
     return int(value)
 
 
-def _boolean(body: dict[str, Any], name: str) -> bool:
+def boolean(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    """A true/false field (absent or null: `default`), else a 400 naming it."""
     value = body.get(name)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise invalid(name, f"'{name}' must be true or false (got {kind_of(value)})")
     return value
@@ -150,13 +151,17 @@ def model_name(
     return model
 
 
-def _stop(body: dict[str, Any]) -> list[str]:
+def stop_strings(body: dict[str, Any], *, drop_empty: bool = False) -> list[str]:
+    """`stop`: a string or an array of at most MAX_STOP, each 1 to MAX_STOP_CHARS characters;
+    `drop_empty`: "" is left out instead (llama-server's doors drop it)."""
     stop = body.get("stop")
     if stop is None:
         return []
     items = [stop] if isinstance(stop, str) else stop
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
         raise invalid("stop", "'stop' must be a string or an array of strings")
+    if drop_empty:
+        items = [s for s in items if s]
     if len(items) > MAX_STOP:
         raise invalid("stop", f"'stop' may hold at most {MAX_STOP} strings (got {len(items)})")
     for s in items:
@@ -280,7 +285,7 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
     elif limit is None and "max_tokens" not in body:
         limit = 16  # OpenAI's default for the legacy completions endpoint
     n = _integer(body, "n", 1, MAX_CHOICES)
-    stream = _boolean(body, "stream")
+    stream = boolean(body, "stream")
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
@@ -288,15 +293,15 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
             raise invalid("stream_options", "'stream_options' is only allowed with 'stream': true")
         if not isinstance(options, dict):
             raise invalid("stream_options", "'stream_options' must be an object")
-        include_usage = _boolean(options, "include_usage")
+        include_usage = boolean(options, "include_usage")
     grammar = _response_format(body.get("response_format")) or llama_grammar(body)
     if grammar:
         sampling["grammar"] = grammar
-    request = TextRequest(sampling=sampling, max_tokens=limit, stop=_stop(body), n=n or 1)
+    request = TextRequest(sampling=sampling, max_tokens=limit, stop=stop_strings(body), n=n or 1)
     request.logprobs = shapes.openai_requested(body, completions, invalid)
     # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact
     # lengths); with no max_tokens it would run to the end of the context.
-    request.ignore_eos = _boolean(body, "ignore_eos")
+    request.ignore_eos = boolean(body, "ignore_eos")
     try:
         request.lora = parse_lora(body.get("lora"))  # llama-server's per-request LoRA scales
     except OptionError as e:
