@@ -218,7 +218,8 @@ def _params(command: str) -> set[str]:
 
 def test_chat_help_lists_only_what_applies_to_a_chat() -> None:
     """`infer chat` has its own command: `infer run`'s options less the one-shot, batch and
-    tool ones, and no PROMPT."""
+    tool ones (fill-in-the-middle and log-probabilities are one-shot: a suffix to one prompt,
+    values for the --json object), and no PROMPT."""
     assert _params("chat") == _params("run") - {
         "--json",
         "--batch",
@@ -226,6 +227,8 @@ def test_chat_help_lists_only_what_applies_to_a_chat() -> None:
         "prompt",
         "--tool",
         "--tool-choice",
+        "--suffix",
+        "--logprobs",
     }
     assert INFER
     result = subprocess.run([INFER, "chat", "--help"], capture_output=True, timeout=30,
