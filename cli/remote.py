@@ -42,7 +42,6 @@ LOCAL_ONLY = (
     "no_prompt_cache",
     "grammar",
     "mmproj",
-    "logprobs",
 )
 REMOTE_ONLY = ("api_key", "api_key_file", "timeout")
 Given = Callable[[str], bool]  # whether the user typed the option of this parameter name

@@ -41,7 +41,7 @@ def test_llamacpp_suite_renders_what_its_report_function_returns() -> None:
     assert "| `test_lora.py` | 1 | 0 |" in text
     assert "| **all** | **3** | **1** (33%) |" in text
     assert "| `test_basic.py::test_server_slots` | failed | llama-server-only | the /slots " in text
-    assert "| `test_lora.py::test_lora[1]` | not run | other-helper |" in text
+    assert "| `test_lora.py::test_lora[1]` | not run | not-run |" in text
 
 
 def test_llamacpp_suite_reuses_outcomes_of_either_shape(tmp_path: Path) -> None:
