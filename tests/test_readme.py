@@ -328,3 +328,13 @@ def test_python_api_example_runs_on_the_bundled_model(bundled_model: Path) -> No
     *answer, speed = result.stdout.decode().splitlines()
     assert "".join(answer).strip()
     assert re.fullmatch(r"\d+\.\d tok/s", speed)
+
+
+def test_the_image_limits_in_the_readme_are_the_codes() -> None:
+    """The README gives the image limits (issue #22): the ones runtime/media.py enforces."""
+    from infer.runtime import media
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert f"at most {media.MAX_BYTES // 2**20} MiB" in text
+    assert f"{media.MAX_SIDE:,} pixels a side" in text
+    assert f"{media.MAX_PIXELS // 10**6} million pixels" in text
