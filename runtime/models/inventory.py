@@ -3,6 +3,7 @@ prints them as tables or JSON). Metadata comes from GGUF headers, never from loa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -78,18 +79,23 @@ def cached_models() -> dict[str, Any]:
     }
 
 
-def _damaged_row(d: hub_cache.Damaged) -> dict[str, Any]:
-    """A manifest that does not read as one, with the fields of a model plus `damaged` (the
-    reason): `rm` removes it and `pull` repairs it, so `list` must show it."""
+def _found_size_and_time(blobs: Iterable[str], manifest: Path) -> tuple[int, str]:
+    """A damaged manifest's blobs' size on disk (those still there) and when it was written."""
     size = 0
-    for digest in d.blobs:
+    for digest in blobs:
         with suppress(OSError):
             size += blob_store.blob_path(digest).stat().st_size
     try:
-        mtime = datetime.fromtimestamp(d.path.stat().st_mtime, timezone.utc)
-        modified = mtime.isoformat(timespec="milliseconds")
+        mtime = datetime.fromtimestamp(manifest.stat().st_mtime, timezone.utc)
+        return size, mtime.isoformat(timespec="milliseconds")
     except OSError:
-        modified = ""
+        return size, ""
+
+
+def _damaged_row(d: hub_cache.Damaged) -> dict[str, Any]:
+    """A manifest that does not read as one, with the fields of a model plus `damaged` (the
+    reason): `rm` removes it and `pull` repairs it, so `list` must show it."""
+    size, modified = _found_size_and_time(d.blobs, d.path)
     return {
         "name": d.name or d.repo,
         "repo": d.repo,
@@ -133,15 +139,7 @@ def _quantized_models() -> list[dict[str, Any]]:
 
 
 def _damaged_quantized_row(d: quantized_store.DamagedQuantized) -> dict[str, Any]:
-    size = 0
-    for digest in d.blobs:
-        with suppress(OSError):
-            size += blob_store.blob_path(digest).stat().st_size
-    try:
-        mtime = datetime.fromtimestamp(d.path.stat().st_mtime, timezone.utc)
-        modified = mtime.isoformat(timespec="milliseconds")
-    except OSError:
-        modified = ""
+    size, modified = _found_size_and_time(d.blobs, d.path)
     return {
         "name": d.name or f"quantized/{d.path.stem}",
         "repo": None,
