@@ -53,13 +53,13 @@ TOPICS = [
 class Sizes:
     users: int
     turns: int
-    facts: int  # sentences of the document: ~20 tokens each
+    facts: int  # sentences of the document: ~24 tokens each (80: ~1,900, within a 2,048-cell slot)
     questions: int
     clients: int
     tokens: int  # max_tokens of every answer
 
 
-FULL = Sizes(users=8, turns=6, facts=95, questions=20, clients=4, tokens=48)
+FULL = Sizes(users=8, turns=6, facts=80, questions=20, clients=4, tokens=48)
 QUICK = Sizes(users=4, turns=2, facts=30, questions=8, clients=4, tokens=16)
 
 

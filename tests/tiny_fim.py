@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tiny_gguf import CONTROL, N_EMBD, N_FF, N_LAYER, finish, llama_writer
+from .tiny_gguf import CONTROL, finish, llama_writer, write_llama_weights
 
 FIM = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
 REPO = ["<|repo_name|>", "<|file_sep|>"]
@@ -37,18 +37,5 @@ def write_tiny_fim_gguf(path: Path, *, repo_level: bool = True, seed: int = 3) -
         w.add_uint32(key, len(CONTROL) + i)
     n_vocab = len(tokens)
 
-    def tensor(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
-
-    tensor("token_embd.weight", n_vocab, N_EMBD)
-    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    tensor("output.weight", n_vocab, N_EMBD)
-    for i in range(N_LAYER):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        for part in ("q", "k", "v", "output"):
-            tensor(f"blk.{i}.attn_{part}.weight", N_EMBD, N_EMBD)
-        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+    write_llama_weights(w, rng, n_vocab)
     return finish(w, path)

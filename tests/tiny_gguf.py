@@ -33,13 +33,28 @@ def write_tiny_gguf(
     n_vocab = len(tokens)
 
     w = llama_writer(path, tokens, types, template=template, block_count=block_count)
+    write_llama_weights(w, rng, n_vocab)
+    return finish(w, path)
+
+
+def write_llama_weights(
+    w: Any, rng: np.random.Generator, n_vocab: int, *, head_rows: Sequence[int] | None = None
+) -> None:
+    """The tiny llama's tensors, random (scale 0.3) in one fixed draw order, so a seed always
+    gives the same file. `head_rows`: only these rows of `output.weight` stay (the others are
+    zero, so only those tokens can win at temperature 0)."""
 
     def tensor(name: str, *shape: int) -> None:
         w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
 
     tensor("token_embd.weight", n_vocab, N_EMBD)
     w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    tensor("output.weight", n_vocab, N_EMBD)
+    head = (rng.standard_normal((n_vocab, N_EMBD)) * 0.3).astype(np.float32)
+    if head_rows is not None:
+        keep = np.zeros(n_vocab, dtype=bool)
+        keep[list(head_rows)] = True
+        head[~keep] = 0.0
+    w.add_tensor("output.weight", head)
     for i in range(N_LAYER):
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
@@ -48,7 +63,6 @@ def write_tiny_gguf(
         tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
         tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
         tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
-    return finish(w, path)
 
 
 def llama_writer(

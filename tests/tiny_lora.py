@@ -17,7 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .tiny_gguf import CONTROL, N_EMBD, N_FF, N_LAYER, TEMPLATE, finish, llama_writer
+from .tiny_gguf import (
+    CONTROL,
+    N_EMBD,
+    N_FF,
+    N_LAYER,
+    TEMPLATE,
+    finish,
+    llama_writer,
+    write_llama_weights,
+)
 
 PRINTABLE = range(0x20, 0x7F)
 # What an adapter adapts by default: (tensor, (out, in)) per block, and the output head.
@@ -38,24 +47,7 @@ def write_text_model(path: Path, *, seed: int = 0) -> Path:
     n_vocab = len(tokens)
     w = llama_writer(path, tokens, types, template=TEMPLATE)
 
-    def tensor(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
-
-    tensor("token_embd.weight", n_vocab, N_EMBD)
-    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    head = (rng.standard_normal((n_vocab, N_EMBD)) * 0.3).astype(np.float32)
-    keep = np.zeros(n_vocab, dtype=bool)
-    keep[[len(CONTROL) + b for b in PRINTABLE]] = True
-    head[~keep] = 0.0
-    w.add_tensor("output.weight", head)
-    for i in range(N_LAYER):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        for part in ("q", "k", "v", "output"):
-            tensor(f"blk.{i}.attn_{part}.weight", N_EMBD, N_EMBD)
-        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+    write_llama_weights(w, rng, n_vocab, head_rows=[len(CONTROL) + b for b in PRINTABLE])
     return finish(w, path)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.tiny_gguf import CONTROL, N_EMBD, N_FF, N_LAYER, TEMPLATE, finish, llama_writer
+from tests.tiny_gguf import CONTROL, N_EMBD, TEMPLATE, finish, llama_writer, write_llama_weights
 
 V_EMBD, V_HEAD, V_FF, V_LAYER = 32, 4, 48, 2
 IMAGE_SIZE, PATCH = 32, 8
@@ -98,20 +98,7 @@ def write_tiny_text_model(path: Path, *, seed: int = 0) -> Path:
     w = llama_writer(path, tokens, types, template=TEMPLATE)
     w.add_add_space_prefix(False)
 
-    def tensor(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
-
-    tensor("token_embd.weight", len(tokens), N_EMBD)
-    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    tensor("output.weight", len(tokens), N_EMBD)
-    for i in range(N_LAYER):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        for part in ("q", "k", "v", "output"):
-            tensor(f"blk.{i}.attn_{part}.weight", N_EMBD, N_EMBD)
-        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+    write_llama_weights(w, rng, len(tokens))
     return finish(w, path)
 
 
