@@ -190,6 +190,34 @@ def test_cancelling_a_prompt_read_raises_interrupted() -> None:
         s.step(cancel)
 
 
+def test_a_conversation_whose_slot_was_taken_restores_its_last_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More conversations than slots: before another prompt cuts a slot's cells, they (the
+    last turn's prompt and answer) are saved, and the conversation's next turn restores
+    them in whatever slot it gets, reading only what was added."""
+    from infer.runtime.generation.prompt_cache import PromptCache
+    from infer.runtime.models.resolve import ResolvedModel
+
+    monkeypatch.setenv("INFER_PROMPT_CACHE_MIN_TOKENS", "4")
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"weights")
+    model = FakeModel()
+    ctx = model.new_context(1, 64, 16)
+    s = Scheduler(model, ctx, PromptCache(ResolvedModel(weights, "m")))
+    s.join(request(0, "ab", max_tokens=6))  # answered "cdefgh": 7 cells (the last unread)
+    [first] = run_all(s)
+    s.join(request(1, "ZZZZZZZZ", max_tokens=1))  # another user takes the only slot
+    run_all(s)
+    assert ctx.held[0][:8] == list(b"ZZZZZZZZ")
+    turn = "ab" + first.text + "!?"  # the conversation goes on
+    seq = s.join(request(2, turn, max_tokens=1))
+    assert seq.reused == len("abcdefg")  # restored: its prompt and answer were not read again
+    ctx.decodes.clear()
+    run_all(s)
+    assert ctx.decodes[0] == [(seq.slot, len(turn) - len("abcdefg"))]
+
+
 def test_a_long_prompt_is_saved_once_read_and_restored_in_another_context(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

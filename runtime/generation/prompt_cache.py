@@ -72,6 +72,7 @@ def model_identity(model: ResolvedModel) -> dict[str, Any]:
 # between its size check and the read). llama.cpp refusing a state file is a return code, and a
 # damaged entry fails its checks: neither raises.
 EXPECTED_ERRORS = (OSError, struct.error)
+MAX_REMEMBERED = 4096  # entries whose tokens a PromptCache keeps in memory (a few MB at most)
 
 
 class PromptCache:
@@ -89,6 +90,8 @@ class PromptCache:
         self.last_error: str | None = None  # why the last restore/save gave up (debugging)
         self._base: list[int] | None = None  # tokens of the entry the last restore loaded
         self._base_path: Path | None = None
+        # What _tokens_of read of each entry: (inode, size, mtime) -> its tokens.
+        self._read: dict[Path, tuple[tuple[int, int, int], list[int] | None]] = {}
         sweep()  # temp files of runs that were killed while saving
 
     def key(self, ctx: Context) -> str:
@@ -104,23 +107,26 @@ class PromptCache:
     def folder(self, ctx: Context) -> Path:
         return root() / self.key(ctx)
 
-    def restore(self, ctx: Context, seq: int, prompt: list[int]) -> None:
-        """Fill the empty sequence `seq` from the entry sharing the longest prefix with
-        `prompt` (at least `min_tokens` of it). The caller then trims what follows the common
-        prefix and decodes only the rest of the prompt."""
+    def restore(self, ctx: Context, seq: int, prompt: list[int], least: int | None = None) -> bool:
+        """Fill sequence `seq` from the entry sharing the longest prefix with `prompt`, when
+        one shares at least `least` tokens of it (`min_tokens` unless given); True if one was
+        loaded. Without one the sequence is left as it was. The caller then trims what
+        follows the common prefix and decodes only the rest of the prompt."""
         self._base = self._base_path = None
-        if len(prompt) < self.min_tokens:
-            return
+        least = self.min_tokens if least is None else least
+        if len(prompt) < least:
+            return False
         try:
-            for path, tokens in self._candidates(ctx, prompt)[:3]:
+            for path, tokens in self._candidates(ctx, prompt, least)[:3]:
                 if self._load(ctx, seq, path, tokens):
                     self._base, self._base_path = tokens, path
-                    return
+                    return True
         except BaseException as e:
             ctx.remove(seq)  # whatever reached the KV cache: `tokens(seq)` must stay true
             if not isinstance(e, Exception):
                 raise
             self._give_up("restore", e)
+        return False
 
     def _give_up(self, doing: str, e: Exception) -> None:
         """A cache never fails a run: the expected failures (the disk, a file changed under
@@ -130,25 +136,42 @@ class PromptCache:
         if not isinstance(e, EXPECTED_ERRORS) and os.environ.get("INFER_DEBUG"):
             raise e
 
-    def _candidates(self, ctx: Context, prompt: list[int]) -> list[tuple[Path, list[int]]]:
+    def _candidates(
+        self, ctx: Context, prompt: list[int], least: int
+    ) -> list[tuple[Path, list[int]]]:
         """Usable entries, the longest common prefix first (then the most recently used)."""
         key, scored = self.key(ctx), []
         for path in self.folder(ctx).glob(f"*{SUFFIX}"):
             try:
-                with open_regular(path) as f:  # never a FIFO: it would block the run
-                    st = os.fstat(f.fileno())
-                    meta = read_meta(f, st.st_size)
-                    tokens = read_tokens(f, meta) if meta else None
+                st, tokens = self._tokens_of(path, key)
             except OSError:
                 continue  # evicted by another run meanwhile
-            if meta is None or tokens is None or meta.get("key") != key:
+            if tokens is None:
                 unlink(path)  # truncated, foreign or not ours: make room for a good one
                 continue
             usable = common_prefix(tokens, prompt, len(prompt) - 1)
-            if usable >= self.min_tokens and len(tokens) <= ctx.n_ctx_seq:
+            if usable >= least and len(tokens) <= ctx.n_ctx_seq:
                 scored.append((usable, st.st_mtime, path, tokens))
         scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
         return [(path, tokens) for _, _, path, tokens in scored]
+
+    def _tokens_of(self, path: Path, key: str) -> tuple[os.stat_result, list[int] | None]:
+        """An entry's tokens (None: not a usable entry of `key`). Entries never change once
+        published (a new one is a new file, by rename), so what was read of a file is
+        remembered by its inode, size and modification time (an inode number is reused): a
+        server looks up every joining prompt, and reads each entry's head once, not once per
+        request."""
+        with open_regular(path) as f:  # never a FIFO: it would block the run
+            st = os.fstat(f.fileno())
+            known = self._read.get(path)
+            if known is not None and known[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
+                return st, known[1]
+            meta = read_meta(f, st.st_size)
+            tokens = read_tokens(f, meta) if meta and meta.get("key") == key else None
+        if len(self._read) >= MAX_REMEMBERED:
+            self._read.clear()
+        self._read[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), tokens)
+        return st, tokens
 
     def _load(self, ctx: Context, seq: int, path: Path, tokens: list[int]) -> bool:
         private = path.with_name(f".load-{os.getpid()}-{os.urandom(4).hex()}")
@@ -181,24 +204,29 @@ class PromptCache:
                 return False
             return checksum(f, int(meta["state_bytes"])) == meta.get("crc32")
 
-    def save(self, ctx: Context, seq: int, prompt: list[int], evaluated: int) -> None:
+    def save(
+        self, ctx: Context, seq: int, prompt: list[int], evaluated: int, least: int | None = None
+    ) -> bool:
         """Save sequence `seq`, which holds exactly `prompt`, when this run evaluated enough of
-        it to be worth an entry: a run that found most of its prompt here adds little."""
-        if min(len(prompt), evaluated) < self.min_tokens or self.max_bytes <= 0:
-            return
+        it to be worth an entry (`least`, else `min_tokens`): a run that found most of its
+        prompt here adds little. True if an entry was written."""
+        least = self.min_tokens if least is None else least
+        if min(len(prompt), evaluated) < least or self.max_bytes <= 0:
+            return False
         if list(ctx.tokens(seq)) != prompt:
-            return
+            return False
         try:
             final = self._write(ctx, seq, prompt)
         except Exception as e:  # a full disk or a read-only cache dir: still answer
             self._give_up("save", e)
-            return
+            return False
         if final is None:
-            return
+            return False
         base = self._base
         if self._base_path not in (None, final) and base and prompt[: len(base)] == base:
             unlink(self._base_path)  # superseded: the new entry holds all of it and more
         evict(self.max_bytes, keep=final)
+        return True
 
     def _write(self, ctx: Context, seq: int, prompt: list[int]) -> Path | None:
         folder = self.folder(ctx)

@@ -10,7 +10,9 @@ steps (`join`), leave when they finish or are cancelled (`cancel`), and each has
 chain, stop strings and token limit. A joining prompt takes the free slot whose cells already
 hold the longest prefix of it (the rest of the slot is cut), else the lowest free slot: llama.cpp
 splits a batch over a split KV cache into micro-batches of consecutive sequence ids, so gaps cost.
-Slots keep their cells after a sequence leaves, for the next prompt that shares a prefix.
+Slots keep their cells after a sequence leaves, for the next prompt that shares a prefix; with
+a prompt cache, cells another prompt is about to cut are saved first (`_keep`), so a
+conversation whose slot was taken restores its last turn instead of reading it again.
 
 LoRA adapters: llama.cpp applies a context's adapters to a whole decode, so a step decodes the
 sequences of one set of adapter scales (`BatchRequest.lora`); with several sets running, the
@@ -61,6 +63,11 @@ if TYPE_CHECKING:
 # moves the donor's whole KV stream (llama.cpp copies split-cache streams whole), so a few
 # tokens are cheaper to read.
 MIN_SHARE = 16
+# The fewest tokens a slot's cells must hold beyond what the prompt cache has of them to be
+# saved before another prompt cuts them, and that a restore must add to what a slot holds. A
+# conversation's next turn comes back to the server: reading 32 tokens again costs ~0.1 s on a
+# CPU (a 135M model), writing or restoring a state from the page cache a few milliseconds.
+MIN_KEEP = 32
 
 
 @dataclass
@@ -175,6 +182,8 @@ class Scheduler:
         # Slots in a copy of cells since the last decode: llama.cpp moves the data at the next
         # decode, so a state restored into one now would be overwritten or copied out.
         self._copied: set[int] = set()
+        # Per slot, how many of its cells the prompt cache holds (saved or restored from it).
+        self._kept = [0] * context.n_seq_max
 
     @property
     def n_ctx_seq(self) -> int:
@@ -208,6 +217,8 @@ class Scheduler:
         `on_text` gets each piece of text as it is released."""
         lora = self.lora if req.lora is None else tuple(req.lora)
         slot, reuse = self._pick_slot(req.tokens if fork_of is None else [], lora)
+        if self.prompt_cache is not None and slot not in self._copied:
+            self._keep(slot, reuse)  # with the adapters the slot's cells were computed with
         share = len(req.tokens) if fork_of is not None else 0
         seq = self.slots[slot] = Seq(req, slot, on_text)
         if req.options.logprobs is not None:
@@ -215,11 +226,16 @@ class Scheduler:
         seq.lora = self.slot_lora[slot] = lora
         cache, prompt = self.prompt_cache, req.tokens
         restorable = fork_of is None and slot not in self._copied
-        if cache is not None and restorable and reuse < cache.min_tokens <= len(prompt):
-            self.context.remove(slot)
-            self.context.set_lora(lora)  # the cache's key names the adapters applied
-            cache.restore(self.context, slot, prompt)
-            reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
+        if cache is not None and restorable:
+            gain = min(MIN_KEEP, cache.min_tokens)
+            if reuse + gain <= len(prompt):
+                self.context.set_lora(lora)  # the cache's key names the adapters applied
+                # (the slot's cells stay unless an entry gives `gain` more of the prompt)
+                if cache.restore(self.context, slot, prompt, least=reuse + gain):
+                    self._kept[slot] = len(self.context.tokens(slot))
+                    reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
+                elif len(self.context.tokens(slot)) < reuse:  # a load that failed emptied it
+                    reuse = 0
         reuse = media_safe(reuse, prompt)  # a media chunk is held whole or not at all
         if fork_of is None:
             donor, held = self._donor(seq, lora)
@@ -230,6 +246,7 @@ class Scheduler:
                 else:  # it is reading them: wait for it, as a fork does
                     fork_of, share = donor, held
         self.context.remove(slot, reuse)
+        self._kept[slot] = min(self._kept[slot], reuse)
         self.context.set_sampler(slot, req.sampling, prompt)  # penalties see the prompt too
         if self.drafter is not None:
             self.drafter.start(slot)
@@ -238,6 +255,19 @@ class Scheduler:
             seq.parent, seq.share = fork_of, share
             fork_of.forks.append(seq)
         return seq
+
+    def _keep(self, slot: int, reuse: int) -> None:
+        """Before a prompt that shares only `reuse` of them cuts a slot's cells, save them
+        when the prompt cache lacks most of them: a conversation's last turn, its prompt and
+        answer, whose next turn then restores them in whatever slot it gets instead of
+        reading the conversation again (slots are fewer than the conversations served)."""
+        assert self.prompt_cache is not None
+        held, gain = list(self.context.tokens(slot)), min(MIN_KEEP, self.prompt_cache.min_tokens)
+        if len(held) - max(reuse, self._kept[slot]) < gain or prompt_spans(held):
+            return
+        self.context.set_lora(self.slot_lora[slot])  # the adapters the cells were computed with
+        if self.prompt_cache.save(self.context, slot, held, len(held), least=gain):
+            self._kept[slot] = len(held)
 
     def _donor(self, seq: Seq, lora: tuple[float, ...]) -> tuple[Seq | None, int]:
         """The live sequence (not itself waiting) whose prompt or cells begin with the most of
@@ -305,7 +335,9 @@ class Scheduler:
             if seq.token is None and self.prompt_cache is not None:  # its prompt is read
                 # (the context's adapters are this group's: the key names them)
                 prompt = seq.req.tokens
-                self.prompt_cache.save(self.context, seq.slot, prompt, len(prompt) - seq.reused)
+                evaluated = len(prompt) - seq.reused
+                if self.prompt_cache.save(self.context, seq.slot, prompt, evaluated):
+                    self._kept[seq.slot] = len(prompt)
             for sampling in (seq, *started):
                 result = self._advance(sampling, ignore_eog, counts)
                 sampling.row = -1  # sampled: a fork in a later slot is not sampled again
@@ -349,6 +381,7 @@ class Scheduler:
     def _copy(self, src: int, dst: int) -> None:
         self.context.copy(src, dst)
         self._copied.update((src, dst))
+        self._kept[dst] = self._kept[src]
 
     def _fill(self, active: list[Seq]) -> StepCounts:
         """Queue the next token of each generating sequence, then prompt tokens of the others

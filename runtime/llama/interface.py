@@ -149,9 +149,13 @@ class Session(Protocol):
 class PromptCache(Protocol):
     """generation/prompt_cache.py's PromptCache, as a session uses it (the model carries one)."""
 
-    def restore(self, ctx: Context, seq: int, prompt: list[int]) -> None: ...
+    def restore(
+        self, ctx: Context, seq: int, prompt: list[int], least: int | None = None
+    ) -> bool: ...
 
-    def save(self, ctx: Context, seq: int, prompt: list[int], evaluated: int) -> None: ...
+    def save(
+        self, ctx: Context, seq: int, prompt: list[int], evaluated: int, least: int | None = None
+    ) -> bool: ...
 
 
 class Context(Protocol):
