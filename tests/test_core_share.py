@@ -42,6 +42,28 @@ def test_threads_are_split_between_decoding_processes_and_given_back(runtime: Pa
     assert os.listdir(runtime) == ["epoch"]  # both registrations removed
 
 
+def test_a_follower_takes_its_leaders_share_without_an_entry_of_its_own(runtime: Path) -> None:
+    """A server's draft model decodes on its target's thread: it takes the target's share,
+    and the process counts once (an entry of its own would halve both shares)."""
+    target_log: list[int] = []
+    draft_log: list[int] = []
+    other_log: list[int] = []
+    target, draft = _share(4, target_log), _share(4, draft_log)
+    target.lead(draft)
+    other = _share(4, other_log)  # another process decoding
+    with target:
+        target.step()
+        assert (target.current, draft.current) == (4, 4)
+        with other:
+            target.step()
+            assert (target.current, draft.current, other.current) == (2, 2, 2)
+            draft.step()  # its own step changes nothing: it has no entry
+            assert draft.current == 2 and len(live_members(runtime)) == 2
+        target.step()
+        assert (target.current, draft.current) == (4, 4)
+    assert draft_log == [2, 4]
+
+
 def test_uneven_split_never_drops_below_one_thread(runtime: Path) -> None:
     shares = [_share(2, []) for _ in range(3)]
     for s in shares:

@@ -84,11 +84,13 @@ def test_the_gate_measures_both_and_keeps_the_faster() -> None:
     gate.record(False, 4, 0.1)  # 40 tok/s
     assert gate.want() is True  # then a drafted one
     gate.record(True, 12, 0.2)  # 60 tok/s
-    choices = [gate.want() for _ in range(16)]
-    assert choices.count(False) == 2 and choices.count(True) == 14  # explores every 8th step
+    choices = [gate.want() for _ in range(8 + 16 + 32 + 1)]
+    tries = [i for i, c in enumerate(choices) if not c]
+    assert tries == [8, 24, 56]  # the loser is tried again after 8, 16, then 32 steps
     for _ in range(10):
         gate.record(True, 2, 0.2)  # drafts stop paying: 10 tok/s
-    assert [gate.want() for _ in range(7)].count(True) <= 1
+    assert [gate.want() for _ in range(7)] == [False] * 7  # the new winner, at once
+    assert [gate.want() for _ in range(8)].count(True) == 1  # and drafts tried 8 steps on
 
 
 def test_a_gated_scheduler_gives_the_same_text() -> None:

@@ -52,6 +52,18 @@ class CoreShare:
         self._epoch: memoryview | None = None
         self._seen = -1
         self._next_scan = 0.0
+        self._followers: list[CoreShare | FixedCores] = []
+
+    def lead(self, follower: CoreShare | FixedCores) -> None:
+        """`follower` (another context decoded on this one's thread, between its decodes: a
+        draft model's in the server) takes this one's share from now on, instead of an entry
+        of its own: a second entry would count the process twice and halve both shares."""
+        self._followers.append(follower)
+        follower.take(self.current)
+
+    def take(self, threads: int) -> None:
+        """Use `threads` (a leader's share)."""
+        self._apply(threads)
 
     def __enter__(self) -> CoreShare:
         self._depth += 1
@@ -117,6 +129,27 @@ class CoreShare:
         if threads != self.current:
             self._set_threads(threads)
             self.current = threads
+        for follower in self._followers:
+            follower.take(threads)
+
+
+class FixedCores:
+    """A context's threads as given (--threads, one core, or sharing turned off)."""
+
+    def __enter__(self) -> FixedCores:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+    def lead(self, follower: CoreShare | FixedCores) -> None:
+        pass
+
+    def take(self, threads: int) -> None:
+        pass
 
 
 def live_members(folder: Path) -> set[str]:

@@ -105,19 +105,6 @@ def backends(info: str | None = None) -> list[str]:
     return list(dict.fromkeys(names)) or ["CPU"]
 
 
-class _FixedCores:
-    """The user chose --threads: keep them, whoever else is decoding."""
-
-    def __enter__(self) -> _FixedCores:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def step(self) -> None:
-        pass
-
-
 class _DeferredSigint:
     """Ctrl-C while llama.cpp loads a model or creates a context. Python runs a signal handler
     when the main thread next runs Python code, which during a load is inside llama.cpp's log or

@@ -29,14 +29,13 @@ from ..models.gguf import GGUFHeader
 from ..params import LoadOptions, SamplingParams, physical_cores
 from .aborts import doing
 from .bindings import bindings
-from .core_share import CoreShare
+from .core_share import CoreShare, FixedCores
 from .cpu_kernels import repack_is_safe
 from .engine import (
     ALL_LAYERS,
     _captured,
     _check_ctx_size,
     _DeferredSigint,
-    _FixedCores,
     _install_log_callback,
     default_ctx,
     system_info,
@@ -199,12 +198,12 @@ class Weights(ABC):
 
     # -- threads and Ctrl-C, for every context over this model ----------------------------------
 
-    def core_share(self, ctx: Any) -> CoreShare | _FixedCores:
+    def core_share(self, ctx: Any) -> CoreShare | FixedCores:
         """The threads of `ctx` (a context over this model), shared with other decoding infer
         processes (runtime/llama/core_share.py). A --threads choice is kept as is;
         INFER_SHARE_CORES=0 turns sharing off (for measuring the alternatives)."""
         if self._fixed_threads or self.threads <= 1 or os.environ.get("INFER_SHARE_CORES") == "0":
-            return _FixedCores()
+            return FixedCores()
         ll = self._ll
         return CoreShare(self.threads, lambda n: ll.llama_set_n_threads(ctx, n, n))
 

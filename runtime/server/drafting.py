@@ -17,21 +17,24 @@ from ..api import load
 from ..errors import InferWarning, ModelNotFoundError, UnknownDraftError, UsageError
 from ..generation.batch_draft import BatchDrafter, BatchLookup, BatchModelDrafter
 from ..generation.speculative import LOOKUP, check_compatible
-from ..llama.interface import Model
+from ..llama.interface import Context, Model
 from ..models.resolve import ResolvedModel, ensure_local, resolve
 from .backend import ServerConfig
 
 
 def make_drafter(
-    config: ServerConfig, target: ResolvedModel, engine: Model, ctx_seq: int, n_batch: int
+    config: ServerConfig, target: ResolvedModel, engine: Model, context: Context
 ) -> BatchDrafter | None:
-    """The drafter `config.draft` asks for, for `engine` (None without --draft)."""
+    """The drafter `config.draft` asks for, for `engine` decoding in `context` (None
+    without --draft). A draft model's context has the same slots, window and batch size, and
+    takes the target context's share of the cores (it decodes on the same thread)."""
     if not config.draft:
         return None
     if engine.is_recurrent:
         raise UsageError(f"--draft needs a transformer: {target.name} is recurrent")
     if config.draft == LOOKUP:
         return BatchLookup(config.parallel, config.draft_max)
+    ctx_seq, n_batch = context.n_ctx_seq, context.n_batch
     resolved = _resolve(config)
     options = replace(config.load, ctx_size=ctx_seq, prompt_cache=False, lora=())
     with warnings.catch_warnings():  # its window is the target's, not one the user chose
@@ -39,11 +42,12 @@ def make_drafter(
         draft = load(resolved, options)
     try:
         check_compatible(engine, draft, f"draft model '{resolved.name}'")
-        context = draft.new_context(config.parallel, ctx_seq, n_batch)
+        draft_context = draft.new_context(config.parallel, ctx_seq, n_batch)
     except BaseException:
         draft.close()
         raise
-    return BatchModelDrafter(draft, context, resolved.name, config.draft_max)
+    context.sharing_cores().lead(draft_context.sharing_cores())
+    return BatchModelDrafter(draft, draft_context, resolved.name, config.draft_max)
 
 
 def _resolve(config: ServerConfig) -> ResolvedModel:

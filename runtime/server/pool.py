@@ -447,9 +447,7 @@ class ModelPool:
             engine.close()
             raise
         try:  # --draft: for the models named at start
-            drafter = (
-                make_drafter(config, resolved, engine, ctx_seq, n_batch) if from_start else None
-            )
+            drafter = make_drafter(config, resolved, engine, context) if from_start else None
         except BaseException:
             context.close()
             engine.close()
