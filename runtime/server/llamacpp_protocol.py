@@ -205,7 +205,8 @@ def only_fields(result: dict[str, Any], fields: list[str]) -> dict[str, Any]:
 def timings(record: LogRecord, prompt_n: int | None = None) -> dict[str, float | int]:
     """llama-server's `timings`: prompt reading up to the first token, then generation. Taken
     from the request's own clock (submit to first token, first token to last), so the prompt's
-    time includes any wait for a slot."""
+    time includes any wait for a slot; the generation's rates are over the tokens after the
+    first."""
     prompt_n = record.prompt_tokens if prompt_n is None else prompt_n
     prompt_ms = 1000 * (record.ttft_s or 0.0)
     predicted_ms = 1000 * (record.generation_s or 0.0)
@@ -215,7 +216,9 @@ def timings(record: LogRecord, prompt_n: int | None = None) -> dict[str, float |
         return (ms / n if n else 0.0), (1000 * n / ms if ms > 0 else 0.0)
 
     prompt_per_token, prompt_per_second = rates(prompt_n, prompt_ms)
-    predicted_per_token, predicted_per_second = rates(predicted_n, predicted_ms)
+    # The first token comes with the prompt's last decode: the rate is over the steps after it
+    # (llama-server's n_gen_steps), so a one-token answer has none.
+    predicted_per_token, predicted_per_second = rates(max(0, predicted_n - 1), predicted_ms)
     return {
         "cache_n": 0,
         "prompt_n": prompt_n,

@@ -24,10 +24,17 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InferError, Interrupted
 from ..generation.batch_draft import DraftGate
 from ..generation.logprobs import TokenLogprob
-from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq, TextSink
+from ..generation.scheduler import (
+    BatchRequest,
+    BatchResult,
+    Scheduler,
+    Seq,
+    StepCounts,
+    TextSink,
+)
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
-from .backend import Finished, FinishReason, Piece
+from .backend import DecodeCounts, Finished, FinishReason, Piece, SlotInfo
 
 if TYPE_CHECKING:
     from ..generation.batch_draft import BatchDrafter
@@ -168,6 +175,7 @@ class ModelWorker:
         self.lora: tuple[float, ...] = tuple(a.scale for a in engine.adapters)
         self.slots = context.n_seq_max
         self.n_ctx_seq = context.n_ctx_seq
+        self.counts = DecodeCounts()  # the decode thread's (drafts: the scheduler's counters)
         self.waiting: deque[ServedJob] = deque()
         self.embed_waiting: deque[EmbedRequest] = deque()
         self._make_embedder = embedder
@@ -201,6 +209,36 @@ class ModelWorker:
     @property
     def busy_slots(self) -> int:
         return len(self.scheduler.running())
+
+    def slot_infos(self) -> list[SlotInfo]:
+        """Each slot now (read from the event loop while the thread decodes: a monitor's
+        view, each figure as it was when read)."""
+        speculative = self.scheduler.drafter is not None
+        out = []
+        for slot, seq in enumerate(list(self.scheduler.slots)):
+            info = SlotInfo(slot, self.n_ctx_seq, speculative)
+            if seq is not None:
+                prompt = len(seq.req.tokens)
+                info = replace(
+                    info,
+                    request=seq.req.index,
+                    prompt_tokens=prompt,
+                    cached_tokens=seq.reused,
+                    read_tokens=max(0, min(seq.n_past, prompt) - seq.reused),
+                    generated=seq.generated,
+                    max_tokens=seq.req.options.max_tokens,
+                    new_line=any("\n" in piece for piece in list(seq.pieces)),
+                    sampling=seq.req.sampling,
+                    stop=tuple(seq.req.options.stop),
+                    ignore_eos=seq.req.options.ignore_eog,
+                )
+            out.append(info)
+        return out
+
+    def decode_counts(self) -> DecodeCounts:
+        """What this model's decode thread did so far (for /metrics)."""
+        s = self.scheduler
+        return replace(self.counts, drafted=s.drafted, accepted=s.accepted, verified=s.verified)
 
     def submit_embed(self, request: EmbedRequest) -> None:
         with self._cond:
@@ -308,10 +346,29 @@ class ModelWorker:
             start += len(request.inputs)
 
     def _step(self) -> None:
-        finished, _ = self.scheduler.step()
+        busy = len(self.scheduler.running())
+        began = time.perf_counter()
+        finished, step = self.scheduler.step()
+        self._count(busy, step, time.perf_counter() - began, finished)
         for result in finished:
             self._end(result)
         self._flush()
+
+    def _count(
+        self, busy: int, step: StepCounts, spent: float, finished: list[BatchResult]
+    ) -> None:
+        """A step in llama-server's metrics: a decode of `busy` sequences, its prompt tokens
+        and time (a step that reads prompt tokens is prompt time, as llama-server times it)."""
+        counts = self.counts
+        if step.tokens:
+            counts.decodes += 1
+            counts.busy_slots += busy
+        if step.prompt_tokens:
+            counts.prompt_tokens += step.prompt_tokens
+            counts.prompt_s += spent
+        lengths = [seq.n_past for seq in self.scheduler.running()]
+        lengths += [r.prompt_tokens + r.generated_tokens for r in finished]
+        counts.max_tokens = max([counts.max_tokens, *lengths])
 
     def _between_steps(self) -> None:
         """Under the lock: cancelled jobs leave, queued jobs take the free slots."""
@@ -344,7 +401,9 @@ class ModelWorker:
 
     def _end(self, result: BatchResult) -> None:
         job, choice = self._owners.pop(result.index)
-        job.seqs.pop(choice, None)
+        seq = job.seqs.pop(choice, None)
+        if seq is not None:  # the prompt tokens its slot held, or a fork copied
+            self.counts.cached_tokens += seq.reused
         job.done_tokens += result.generated_tokens
         # "context" is a cut answer, like max_tokens; a failed step ends it like a cancel.
         reason = {"context": "length", "interrupted": "cancelled", "error": "cancelled"}.get(
