@@ -1,0 +1,171 @@
+"""llama-server's monitoring surface on the real `infer serve` with the bundled SmolLM2: the
+`llamacpp:*` series on /metrics (read with prometheus_client's own parser, names, types and
+help lines compared with llama-server's on the same model), what they count against what the
+requests' `timings` say, and GET /slots in llama-server's shape while an answer streams and
+once its client went away."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .llama_server import LlamaServer, llama_server_binary
+from .test_serve import Server
+
+PROMPT = "I believe the meaning of life is"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home: Path = tmp_path_factory.mktemp("monitor-home")
+    s = Server("smollm2", "--parallel", "2", "--ctx-size", "512", home=home).wait_ready()
+    yield s
+    assert s.stop() == 0
+
+
+def scrape(url: str) -> tuple[dict[str, tuple[str, str]], dict[str, float], httpx.Response]:
+    """/metrics parsed: each llamacpp:* family's (type, help) and each unlabelled sample."""
+    r = httpx.get(url + "/metrics", timeout=60)
+    assert r.status_code == 200
+    families, values = {}, {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if sample.name.startswith("llamacpp:") and not sample.labels:
+                families[sample.name] = (family.type, family.documentation)
+                values[sample.name] = sample.value
+    return families, values, r
+
+
+def complete(url: str, **body: Any) -> dict[str, Any]:
+    r = httpx.post(url + "/completion", json={"prompt": PROMPT, **body}, timeout=300)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_the_llamacpp_series_are_llama_servers(server: Server, bundled_model: Path) -> None:
+    llama = LlamaServer(llama_server_binary(), bundled_model, "-c", "512", "--metrics")
+    try:
+        complete(llama.url, n_predict=4)
+        theirs, _, _ = scrape(llama.url)
+    finally:
+        llama.stop()
+    complete(server.url, n_predict=4)
+    ours, _, r = scrape(server.url)
+    assert ours == theirs  # the same names, types and help lines: dashboards read both
+    assert len(ours) == 15
+    started = int(r.headers["Process-Start-Time-Unix"])
+    assert time.time() - 3600 < started <= time.time()
+    assert "infer_requests_total" in r.text  # infer's own series stay beside them
+
+
+def test_the_counts_are_what_the_requests_did(server: Server) -> None:
+    prompt = "Zebra crossings in Lisbon are painted"  # no other test's: its own slot
+    _, before, _ = scrape(server.url)
+    first = complete(server.url, prompt=prompt, n_predict=8, temperature=0)
+    _, between, _ = scrape(server.url)
+    second = complete(server.url, prompt=prompt, n_predict=8, temperature=0)
+    _, after, _ = scrape(server.url)
+
+    def grew(name: str, since: dict[str, float] = before) -> float:
+        return after[f"llamacpp:{name}"] - since[f"llamacpp:{name}"]
+
+    answers = [first["timings"], second["timings"]]
+    predicted = sum(a["predicted_n"] for a in answers)
+    assert grew("tokens_predicted_total") == predicted
+    # every prompt token was either decoded or found in a slot's cells ...
+    prompts = sum(a["prompt_n"] for a in answers)
+    assert grew("prompt_tokens_total") + grew("prompt_tokens_cached_total") == prompts
+    # ... and the second, the same prompt, found all of it but the last token in its slot
+    assert grew("prompt_tokens_cached_total", between) == answers[1]["prompt_n"] - 1
+    assert grew("prompt_tokens_total", between) == 1
+    assert grew("n_decode_total") >= predicted  # a prompt decode, then one per later token
+    assert grew("prompt_seconds_total") > 0 and grew("tokens_predicted_seconds_total") > 0
+    assert after["llamacpp:predicted_tokens_seconds"] > 0  # generation since the last scrape
+    assert after["llamacpp:prompt_tokens_seconds"] > 0
+    assert after["llamacpp:n_busy_slots_per_decode"] >= 1
+    assert after["llamacpp:requests_processing"] == 0
+    assert after["llamacpp:requests_deferred"] == 0
+    longest = answers[0]["prompt_n"] + answers[0]["predicted_n"]
+    assert after["llamacpp:n_tokens_max"] >= longest
+    _, idle, _ = scrape(server.url)  # nothing generated since the last scrape
+    assert idle["llamacpp:predicted_tokens_seconds"] == 0
+    assert idle["llamacpp:tokens_predicted_total"] == after["llamacpp:tokens_predicted_total"]
+
+
+def test_the_generation_rate_leaves_out_the_first_token(server: Server) -> None:
+    one = complete(server.url, n_predict=1)["timings"]
+    assert one["predicted_n"] == 1
+    assert one["predicted_per_second"] == 0.0 and one["predicted_per_token_ms"] == 0.0
+    many = complete(server.url, n_predict=16, ignore_eos=True)["timings"]
+    assert many["predicted_n"] == 16
+    assert many["predicted_per_second"] == pytest.approx(1e3 / many["predicted_ms"] * 15)
+    assert many["predicted_per_token_ms"] == pytest.approx(many["predicted_ms"] / 15)
+
+
+def slots(url: str, **params: str) -> list[dict[str, Any]]:
+    r = httpx.get(url + "/slots", params=params, timeout=60)
+    assert r.status_code == 200, r.text
+    return list(r.json())
+
+
+def test_slots_show_a_running_answer_then_free_the_slot_its_client_left(server: Server) -> None:
+    body = {"prompt": PROMPT, "n_predict": 400, "ignore_eos": True, "stream": True,
+            "temperature": 0.5, "top_k": 7}  # fmt: skip
+    with httpx.stream("POST", server.url + "/completion", json=body, timeout=300) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        assert json.loads(first[6:])["content"] is not None
+        [running] = [s for s in slots(server.url) if s["is_processing"]]
+        assert set(running) == {
+            "id",
+            "n_ctx",
+            "speculative",
+            "is_processing",
+            "id_task",
+            "n_prompt_tokens",
+            "n_prompt_tokens_processed",
+            "n_prompt_tokens_cache",
+            "params",
+            "next_token",
+        }  # fmt: skip  (no "prompt" or "generated": other clients' text stays theirs)
+        assert running["n_ctx"] == 512 and running["speculative"] is False
+        prompt = running["n_prompt_tokens"]
+        assert running["n_prompt_tokens_processed"] + running["n_prompt_tokens_cache"] == prompt
+        params = running["params"]
+        assert params["temperature"] == 0.5 and params["top_k"] == 7
+        assert params["n_predict"] == 400 and params["ignore_eos"] is True
+        [next_token] = running["next_token"]
+        assert next_token["has_next_token"] is True
+        assert next_token["n_decoded"] >= 1
+        assert next_token["n_remain"] + next_token["n_decoded"] == 400
+    # the client went away mid-answer: its slot is freed (llama.cpp's test_cancel_request)
+    deadline = time.monotonic() + 60
+    while any(s["is_processing"] for s in slots(server.url)):
+        assert time.monotonic() < deadline, "the slot stayed busy after its client left"
+        time.sleep(0.1)
+    for slot in slots(server.url):
+        assert set(slot) == {"id", "n_ctx", "speculative", "is_processing"}
+
+
+def test_slots_of_a_model_that_is_not_loaded_is_a_404(server: Server) -> None:
+    r = httpx.get(server.url + "/slots", params={"model": "nope"}, timeout=60)
+    assert r.status_code == 404
+    assert r.json()["error"]["param"] == "model"
+    assert len(slots(server.url, model="smollm2")) == 2
+
+
+def test_no_slots_turns_the_monitor_off(tmp_path: Path) -> None:
+    s = Server("--no-slots", home=tmp_path).wait_ready()
+    try:
+        r = httpx.get(s.url + "/slots", timeout=60)
+        assert r.status_code == 501
+        assert "--no-slots" in r.json()["error"]["message"]
+    finally:
+        assert s.stop() == 0
