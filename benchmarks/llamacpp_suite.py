@@ -57,16 +57,10 @@ REASONS: dict[str, tuple[str, str]] = {
     "test_basic.py::test_server_slots": ("llama-server-only", "the /slots endpoint"),
     "test_basic.py::test_server_props": ("llama-server-only", "/props of its own flags"),
     "test_basic.py::test_server_models": ("llama-server-only", "/models lists one model"),
-    "test_metrics.py::test_metrics_timings_on_prompt_progress": (
-        "llama-server-only",
-        "return_progress frames on /completion",
-    ),
     "test_slot_save.py::*": ("llama-server-only", "/slots save/restore"),
     "test_router.py::*": ("llama-server-only", "the multi-model router"),
     "test_sleep.py::*": ("llama-server-only", "--sleep-idle-seconds"),
-    "*::test_verbose_debug": ("llama-server-only", "the __verbose debug object"),
     "*::test_return_progress*": ("llama-server-only", "return_progress frames"),
-    "*::*with_llama_telemetry": ("llama-server-only", "timings_per_token, return_progress"),
     "*::test_ignore_eos_populates_logit_bias": (
         "llama-server-only",
         "ignore_eos done as EOG logit biases, shown in generation_settings",

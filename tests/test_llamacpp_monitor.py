@@ -169,3 +169,84 @@ def test_no_slots_turns_the_monitor_off(tmp_path: Path) -> None:
         assert "--no-slots" in r.json()["error"]["message"]
     finally:
         assert s.stop() == 0
+
+
+# --- return_progress, timings_per_token: llama-server's streaming telemetry -----------------
+def events(url: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stream's data frames, parsed (`[DONE]` left out)."""
+    out = []
+    with httpx.stream("POST", url + path, json=body, timeout=300) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                out.append(json.loads(line[6:]))
+    return out
+
+
+def progress_of(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [f["prompt_progress"] for f in frames if "prompt_progress" in f]
+
+
+def test_a_chat_stream_reports_the_prompts_reading(server: Server) -> None:
+    body = {"messages": [{"role": "user", "content": "This is a test. " * 40}],
+            "max_tokens": 4, "stream": True, "return_progress": True}  # fmt: skip
+    first = progress_of(events(server.url, "/v1/chat/completions", body))
+    assert first[0]["cache"] == first[0]["processed"]  # before any decode
+    assert first[-1]["processed"] == first[-1]["total"] > first[0]["processed"]
+    assert all(p["total"] == first[0]["total"] and p["cache"] == first[0]["cache"] for p in first)
+    done = [p["processed"] for p in first]
+    assert done == sorted(set(done))  # only when it moved on
+    # the same prompt again: its slot holds all of it but the last token
+    again = progress_of(events(server.url, "/chat/completions", body))
+    assert [(p["cache"], p["processed"]) for p in again] == [
+        (first[0]["total"] - 1, first[0]["total"] - 1),
+        (first[0]["total"] - 1, first[0]["total"]),
+    ]
+    plain = events(server.url, "/v1/chat/completions", {**body, "return_progress": False})
+    assert progress_of(plain) == []
+
+
+def test_completion_progress_carries_the_prompts_timings(server: Server) -> None:
+    body = {"prompt": "the quick brown fox jumps over the lazy dog " * 8, "n_predict": 4,
+            "stream": True, "timings_per_token": True, "return_progress": True}  # fmt: skip
+    frames = events(server.url, "/completion", body)
+    progress = [f for f in frames if "prompt_progress" in f]
+    assert progress[0]["timings"]["prompt_n"] == 0 and progress[0]["timings"]["prompt_ms"] == 0
+    last = progress[-1]
+    assert (
+        last["timings"]["prompt_n"]
+        == last["prompt_progress"]["processed"] - last["prompt_progress"]["cache"]
+    )
+    assert last["timings"]["prompt_ms"] > 0 and last["timings"]["predicted_n"] == 0
+    texts = [f for f in frames if f.get("content") and not f["stop"]]
+    assert texts and all("timings" in f for f in texts)  # timings_per_token
+    counts = [f["timings"]["predicted_n"] for f in texts]
+    assert counts == sorted(counts) and counts[-1] >= 1
+
+
+def test_a_responses_stream_carries_progress_and_timings(server: Server) -> None:
+    body = {"input": "This is a test" * 10, "max_output_tokens": 8, "stream": True,
+            "timings_per_token": True, "return_progress": True}  # fmt: skip
+    frames = events(server.url, "/v1/responses", body)
+    progress = [f for f in frames if "prompt_progress" in f]
+    assert progress and all(f["type"] == "response.in_progress" for f in progress)
+    deltas = [f for f in frames if f["type"] == "response.output_text.delta"]
+    assert deltas and all("predicted_per_second" in f["timings"] for f in deltas)
+    [completed] = [f for f in frames if f["type"] in ("response.completed", "response.incomplete")]
+    assert completed["timings"]["predicted_n"] == completed["response"]["usage"]["output_tokens"]
+
+
+def test_verbose_shows_the_prompt_the_template_made(server: Server) -> None:
+    messages = [{"role": "system", "content": "Book"},
+                {"role": "user", "content": "What is the best book"}]  # fmt: skip
+    body = {"messages": messages, "max_tokens": 2}
+    url = server.url + "/v1/chat/completions"
+    answer = httpx.post(url, json={**body, "verbose": True}, timeout=300).json()
+    rendered = httpx.post(server.url + "/apply-template", json=body, timeout=60).json()["prompt"]
+    shown = answer["__verbose"]
+    assert shown["prompt"] == rendered and "Book" in shown["prompt"]
+    assert shown["content"] == answer["choices"][0]["message"]["content"]
+    assert shown["tokens_predicted"] == answer["usage"]["completion_tokens"]
+    assert "__verbose" not in httpx.post(url, json=body, timeout=300).json()
+    refused = httpx.post(url, json={**body, "verbose": "yes"}, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "verbose"

@@ -48,6 +48,7 @@ from . import (
     rerank_routes,
     responses_routes,
     slots_routes,
+    telemetry,
 )
 from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
@@ -296,6 +297,8 @@ class _Api:
                 self._refuse_media(parsed)
             else:
                 parsed = protocol.parse_completion(body)
+            asked = telemetry.requested(body, parsed.stream)
+            parsed.request.progress = asked.progress
             record.model = parsed.model
             jobs = await self._submit(parsed, record, "messages" if chat else "prompt")
         except ApiError as e:
@@ -309,6 +312,9 @@ class _Api:
             on_error = functools.partial(backend_error, record=record, prompt_param="")
             shaper = protocol.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
             shaper.timings = functools.partial(timings, record)
+            shaper.telemetry = functools.partial(
+                telemetry.progress_fields, per_token=asked.per_token
+            )
             return EventStream(answer, shaper)
         choices = await whole(
             answer, request.receive, lambda e: _error_response(backend_error(e, record, ""))
@@ -318,6 +324,8 @@ class _Api:
         used = protocol.usage(record.prompt_tokens, record.completion_tokens)
         body = protocol.answer_object(chat, answer.model, choices, used)
         body["timings"] = timings(record)  # as llama-server adds them
+        if asked.verbose:
+            body["__verbose"] = await telemetry.verbose(self.backend, parsed, answer, choices)
         return JSONResponse(body)
 
     def _refuse_media(self, parsed: protocol.ParsedRequest) -> None:

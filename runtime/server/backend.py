@@ -77,6 +77,8 @@ class TextRequest:
     # llama-server's per-request LoRA scales, {adapter id: scale} (adapters left out: 0);
     # None: the scales the server applies now (POST /lora-adapters).
     lora: dict[int, float] | None = None
+    # llama-server's return_progress: the job's events report the prompt's reading (Progress)
+    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,18 @@ class Piece:
     index: int  # the choice
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()  # the tokens of `text`, when the request asked
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the prompt's reading is (llama-server's `prompt_progress`), for a request that
+    asked: once when its first choice takes a slot, then after each decode that read some."""
+
+    total: int  # prompt tokens
+    cache: int  # of them, found in the slot's cells
+    processed: int  # of them, in the slot's cells now (the cached ones included)
+    time_ms: int  # since the request took its slot
+    read_ms: float  # from taking the slot to the end of the last decode that read some
 
 
 class FinishReason(str, Enum):
@@ -122,8 +136,9 @@ class Job(Protocol):
     # the answer's text is parsed into calls with it.
     tools: ToolPlan | None
 
-    def events(self) -> AsyncIterator[Piece | Finished]:
-        """Pieces as they are generated, a Finished per choice; ends after the last Finished."""
+    def events(self) -> AsyncIterator[Piece | Finished | Progress]:
+        """Pieces as they are generated, a Finished per choice; ends after the last Finished.
+        With `TextRequest.progress`, Progress events while the prompt is read."""
         ...
 
     @property

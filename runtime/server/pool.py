@@ -181,6 +181,7 @@ class ModelPool:
             asyncio.get_running_loop(),
             tools=tools,
             lora=lora,
+            progress=request.progress,
         )
         worker.submit(job)
         self._served.move_to_end(served.resolved.name)

@@ -34,14 +34,14 @@ from ..generation.scheduler import (
 )
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
-from .backend import DecodeCounts, Finished, FinishReason, Piece, SlotInfo
+from .backend import DecodeCounts, Finished, FinishReason, Piece, Progress, SlotInfo
 
 if TYPE_CHECKING:
     from ..generation.batch_draft import BatchDrafter
     from ..generation.prompt_cache import PromptCache
     from ..generation.tool_plan import ToolPlan
 
-Event = Piece | Finished
+Event = Piece | Finished | Progress
 
 
 # Text generated faster than this is handed to the event loop in pieces of a few tokens: every
@@ -63,8 +63,10 @@ class ServedJob:
         loop: asyncio.AbstractEventLoop,
         tools: ToolPlan | None = None,
         lora: tuple[float, ...] | None = None,
+        progress: bool = False,
     ) -> None:
         self.model, self.tokens, self.sampling, self.options = model, tokens, sampling, options
+        self.progress = progress  # report the prompt's reading (Progress events)
         self.lora = lora  # each adapter's scale; None: the worker's scales when it starts
         self.tools = tools  # for the HTTP side, which parses the answer's calls with it
         self.prompt_tokens = len(tokens)
@@ -80,6 +82,9 @@ class ServedJob:
         self.seqs: dict[int, Seq] = {}
         self.done_tokens = 0
         self.pending: list[Event] = []
+        self.admitted = 0.0  # when its first choice took a slot
+        self.read_ms = 0.0  # ... to the end of the last decode that read its prompt
+        self.reported = -1  # the prompt tokens the last Progress said were processed
 
     @property
     def n(self) -> int:
@@ -350,6 +355,9 @@ class ModelWorker:
         began = time.perf_counter()
         finished, step = self.scheduler.step()
         self._count(busy, step, time.perf_counter() - began, finished)
+        if step.prompt_tokens:
+            for job in self._running:
+                self._report(job, read=True)
         for result in finished:
             self._end(result)
         self._flush()
@@ -397,7 +405,26 @@ class ModelWorker:
                 seq = scheduler.join(req, on_text, fork_of=parent)
                 parent = parent or seq
                 job.seqs[choice] = seq
+            job.admitted = time.perf_counter()
             self._running.append(job)
+            self._report(job)
+
+    def _report(self, job: ServedJob, *, read: bool = False) -> None:
+        """A Progress event for a job that asked, when its first choice's prompt moved on
+        (`read`: this step's decode read some of it)."""
+        seq = job.seqs.get(0)
+        if not job.progress or seq is None:
+            return
+        total = len(job.tokens)
+        processed = min(seq.n_past, total) if seq.parent is None else seq.reused
+        if processed == job.reported:
+            return
+        now = time.perf_counter()
+        if read:
+            job.read_ms = 1000 * (now - job.admitted)
+        elapsed = int(1000 * (now - job.admitted))
+        job.pending.append(Progress(total, seq.reused, processed, elapsed, job.read_ms))
+        job.reported = processed
 
     def _end(self, result: BatchResult) -> None:
         job, choice = self._owners.pop(result.index)
