@@ -31,15 +31,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def scrape(url: str) -> tuple[dict[str, tuple[str, str]], dict[str, float], httpx.Response]:
-    """/metrics parsed: each llamacpp:* family's (type, help) and each unlabelled sample."""
+    """/metrics, read by prometheus_client's parser (which refuses what Prometheus would):
+    each llamacpp:* family's (type, help); and each unlabelled llamacpp:* sample's value under
+    the name the text gives it (the parser renames a counter without `_total`)."""
     r = httpx.get(url + "/metrics", timeout=60)
     assert r.status_code == 200
-    families, values = {}, {}
-    for family in text_string_to_metric_families(r.text):
-        for sample in family.samples:
-            if sample.name.startswith("llamacpp:") and not sample.labels:
-                families[sample.name] = (family.type, family.documentation)
-                values[sample.name] = sample.value
+    families = {
+        f.name: (f.type, f.documentation)
+        for f in text_string_to_metric_families(r.text)
+        if f.name.startswith("llamacpp:")
+    }
+    values = {}
+    for line in r.text.splitlines():
+        if line.startswith("llamacpp:") and "{" not in line:
+            name, value = line.split(" ")
+            values[name] = float(value)
     return families, values, r
 
 
