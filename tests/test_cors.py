@@ -138,3 +138,14 @@ def test_a_bad_cors_origin_is_a_one_line_usage_error(
     assert done.stdout == ""
     [line] = done.stderr.strip().splitlines()
     assert "--cors-origin" in line and words in line
+
+
+def test_header_names_go_out_as_http_servers_write_them(any_origin: Server) -> None:
+    """`Access-Control-Allow-Origin`, not starlette's lowercase: a client that keeps headers in
+    a plain dict (llama.cpp's own server tests do) looks them up in this form."""
+    names = {k.decode() for k, _ in preflight(any_origin.url, "http://x.example").headers.raw}
+    wanted = {"Access-Control-Allow-Origin", "Access-Control-Allow-Methods",
+              "Access-Control-Allow-Credentials", "Content-Type", "X-Request-Id"}  # fmt: skip
+    assert wanted <= names
+    metrics = httpx.get(any_origin.url + "/metrics", timeout=30)
+    assert "Process-Start-Time-Unix" in {k.decode() for k, _ in metrics.headers.raw}
