@@ -134,6 +134,15 @@ AllowImageUrlsOpt = Annotated[
         "a 400 asking for a data: URI.",
     ),
 ]
+SlotsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--slots/--no-slots",
+        rich_help_panel=SERVER,
+        help="Answer GET /slots, llama-server's slot monitor (what each sequence slot runs: "
+        "token counts and sampling settings, never the text).",
+    ),
+]
 OfflineOpt = Annotated[
     bool,
     typer.Option(
@@ -186,8 +195,9 @@ CorsOpt = Annotated[
         "--cors-origin",
         rich_help_panel=SECURITY,
         metavar="ORIGIN",
-        help="Let web pages from ORIGIN (e.g. http://localhost:3000) call the server "
-        "(repeatable). Default: no CORS headers.",
+        help="Web pages that may call the server from a browser (repeatable): an ORIGIN "
+        "such as https://chat.example.com, 'localhost' (pages on this machine and desktop "
+        "apps: the default), '*' (every origin, as llama-server) or 'none' (no CORS headers).",
         show_default=False,
     ),
 ]
@@ -253,6 +263,7 @@ def serve(
     allow_delete: AllowDeleteOpt = False,
     any_model_name: AnyModelNameOpt = False,
     allow_image_urls: AllowImageUrlsOpt = False,
+    slots: SlotsOpt = True,
     offline: OfflineOpt = False,
     shutdown_timeout: ShutdownOpt = 10.0,
     draft: DraftOpt = None,
@@ -283,6 +294,7 @@ def serve(
     /v1/models, /health, /metrics) and Ollama's (/api/chat, /api/generate, /api/tags, ...), many
     clients decoded together."""
     from infer.runtime.server.app import HttpSettings
+    from infer.runtime.server.cors import parse_origins
     from infer.runtime.server.security import is_loopback
 
     _check_numbers(port, parallel, queue, max_models, max_body, shutdown_timeout)
@@ -298,13 +310,14 @@ def serve(
     settings = HttpSettings(
         host=host,
         api_key=key,
-        cors_origins=list(cors_origin or []),
+        cors=parse_origins(cors_origin),
         max_body=max_body,
         log_format=log_format.value,
         shutdown_timeout=shutdown_timeout,
         allow_pull=allow_pull and not offline,
         allow_delete=allow_delete,
         allow_image_urls=allow_image_urls and not offline,
+        slots=slots,
         limits=connection_limits(
             max_connections, header_timeout, write_timeout, keep_alive, max_header_size
         ),

@@ -22,6 +22,7 @@ from infer.runtime.server.backend import (
     ModelUnavailable,
     Overloaded,
     Piece,
+    SlotInfo,
     TextRequest,
     TooManyChoices,
 )
@@ -230,6 +231,15 @@ class FakeBackend:
         if model not in self.known:
             raise ModelUnavailable(model, f"'{model}' is not in the local cache")
         self.kept.append((model, seconds))
+
+    def slot_report(self, model: str | None) -> list[SlotInfo]:
+        """`slots` idle slots of 2048 tokens each, `busy_slots` of them running a request."""
+        if model is not None and model not in self.known:
+            raise ModelUnavailable(model, f"model '{model}' is not loaded on this server")
+        return [
+            SlotInfo(i, 2048, False, request=i if i < self.busy_slots else None)
+            for i in range(self.slots)
+        ]
 
     def lora_adapters(self, model: str | None) -> list[AdapterInfo]:
         if model is not None and model not in self.known:

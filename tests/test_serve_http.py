@@ -25,6 +25,7 @@ import uvicorn
 from infer.runtime.errors import InferError, TemplateError
 from infer.runtime.server.app import HttpSettings, create_app
 from infer.runtime.server.backend import Overloaded, PromptTooLong
+from infer.runtime.server.cors import parse_origins
 from infer.runtime.server.runner import bind
 
 from .fake_backend import MODEL, FakeBackend, Script
@@ -518,22 +519,34 @@ def test_host_header_on_loopback(served: Served) -> None:
         assert c.get("/health", headers={"Host": "evil.example"}).status_code == 403
 
 
-def test_no_cors_headers_by_default(served: Served) -> None:
+def test_no_cors_headers_for_a_foreign_origin_by_default(served: Served) -> None:
     origin = {"Origin": "https://evil.example"}
     with served.client() as c:
         r = c.get("/v1/models", headers=origin)
-        assert not any(h.lower().startswith("access-control-") for h in r.headers)
+        assert "access-control-allow-origin" not in r.headers
         pre = c.options(
             "/v1/chat/completions",
             headers={**origin, "Access-Control-Request-Method": "POST"},
+        )
+        assert "access-control-allow-origin" not in pre.headers
+        assert pre.status_code == 400  # Starlette's "Disallowed CORS origin"
+
+
+def test_no_cors_headers_at_all_with_cors_none() -> None:
+    local = {"Origin": "http://localhost:3000"}
+    with serving(cors=parse_origins(["none"])) as s, s.client() as c:
+        r = c.get("/v1/models", headers=local)
+        assert not any(h.lower().startswith("access-control-") for h in r.headers)
+        pre = c.options(
+            "/v1/chat/completions", headers={**local, "Access-Control-Request-Method": "POST"}
         )
         assert not any(h.lower().startswith("access-control-") for h in pre.headers)
         assert pre.status_code == 405
 
 
 def test_cors_for_an_allowed_origin() -> None:
-    allowed = "http://localhost:3000"
-    with serving(cors_origins=[allowed], api_key="k") as s, s.client() as c:
+    allowed = "https://chat.example.com"
+    with serving(cors=parse_origins([allowed]), api_key="k") as s, s.client() as c:
         pre = c.options(
             "/v1/chat/completions",
             headers={
@@ -546,10 +559,10 @@ def test_cors_for_an_allowed_origin() -> None:
         assert pre.headers["access-control-allow-origin"] == allowed
         r = c.get("/v1/models", headers={"Origin": allowed, "Authorization": "Bearer k"})
         assert r.headers["access-control-allow-origin"] == allowed
-        other = c.get(
-            "/v1/models", headers={"Origin": "https://evil.example", "Authorization": "Bearer k"}
-        )
-        assert "access-control-allow-origin" not in other.headers
+        # an explicit list replaces the local default: a page on localhost is not in it
+        for other in ("https://evil.example", "http://localhost:3000"):
+            got = c.get("/v1/models", headers={"Origin": other, "Authorization": "Bearer k"})
+            assert "access-control-allow-origin" not in got.headers, other
 
 
 # --- errors ---------------------------------------------------------------------------------

@@ -172,6 +172,7 @@ class Scheduler:
         self.model, self.context, self.prompt_cache = model, context, prompt_cache
         self.drafter, self.gate = drafter, gate
         self.drafted = self.accepted = 0  # draft tokens verified, and of those accepted
+        self.verified = 0  # verifications: a sequence's drafts checked in one decode
         self._drafting = False  # this step queued drafts
         self.slots: list[Seq | None] = [None] * context.n_seq_max
         # The adapter scales of a request that gives none (the model's), those each slot's
@@ -456,6 +457,7 @@ class Scheduler:
         if drafts:
             self.drafted += len(drafts)
             self.accepted += ok
+            self.verified += 1
             if ok < len(drafts):
                 self.context.remove(seq.slot, base + ok)
             seq.drafts = []

@@ -80,6 +80,14 @@ class LogRecord:
         return " ".join(parts)
 
 
+def canonical(name: bytes) -> bytes:
+    """A header name as HTTP/1.1 servers send it (llama-server, nginx, Go's net/http):
+    `access-control-allow-origin` → `Access-Control-Allow-Origin`. Names are case-insensitive,
+    but clients that keep headers in a plain dict (llama.cpp's own server tests do) read them
+    case-sensitively, in this form; starlette writes them lowercased."""
+    return b"-".join(part[:1].upper() + part[1:] for part in bytes(name).split(b"-"))
+
+
 def record_of(scope: Scope) -> LogRecord:
     record = scope.get(SCOPE_KEY)
     assert isinstance(record, LogRecord), "AccessLog must wrap the app"
@@ -105,12 +113,13 @@ class AccessLog:
             started=time.monotonic(),
         )
         scope[SCOPE_KEY] = record
-        request_id_header = (b"x-request-id", record.request_id.encode())
+        request_id_header = (b"X-Request-Id", record.request_id.encode())
 
         async def logged_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), request_id_header]}
+                named = [(canonical(k), v) for k, v in message.get("headers", [])]
+                message = {**message, "headers": [*named, request_id_header]}
             await send(message)
 
         try:

@@ -14,14 +14,14 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from starlette.responses import Response
 
 from ..generation.logprobs import TokenLogprob
 from ..generation.tool_calls import ToolCall, emittable
 from .access_log import LogRecord
-from .backend import Choice, Finished, FinishReason, Job, Piece
+from .backend import Choice, Finished, FinishReason, Job, Piece, Progress
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ChoiceEnd:
     reason: FinishReason  # as Choice.reason
 
 
-Delta = TextDelta | CallDelta | ChoiceEnd
+Delta = TextDelta | CallDelta | ChoiceEnd | Progress
 
 
 class StreamShaper(Protocol):
@@ -74,6 +74,14 @@ class StreamShaper(Protocol):
     def closing(self, prompt_tokens: int, completion_tokens: int) -> list[bytes]:
         """Frames after every choice ended (usage, `[DONE]`)."""
         ...
+
+
+@runtime_checkable
+class ProgressShaper(Protocol):
+    """A shaper that reports the prompt's reading (llama-server's `prompt_progress`); the
+    doors that take `return_progress` have one, the others are never asked for Progress."""
+
+    def progress(self, progress: Progress) -> bytes: ...
 
 
 class Answer:
@@ -107,7 +115,7 @@ class Answer:
             if isinstance(event, Piece):
                 texts[event.index].append(event.text)
                 logprobs[event.index].extend(event.logprobs)
-            else:
+            elif isinstance(event, Finished):
                 reasons[event.index] = event.reason
         out = [self._choice("".join(t), r) for t, r in zip(texts, reasons, strict=True)]
         if self.logprobs:
@@ -132,6 +140,9 @@ class Answer:
         # ... and the log-probabilities of tokens not sent yet (they go with the next text)
         waiting: list[tuple[TokenLogprob, ...]] = [()] * self.choices
         async for event in self.events():
+            if isinstance(event, Progress):
+                yield event
+                continue
             i = event.index
             if isinstance(event, Piece):
                 if not markers:
@@ -163,6 +174,9 @@ class Answer:
                     yield shaper.text(delta.index, delta.text, delta.logprobs)
                 elif isinstance(delta, CallDelta):
                     yield shaper.call(delta.index, delta.k, delta.call)
+                elif isinstance(delta, Progress):
+                    if isinstance(shaper, ProgressShaper):
+                        yield shaper.progress(delta)
                 else:
                     yield shaper.end(delta.index, delta.reason)
         except Exception as e:
@@ -172,7 +186,7 @@ class Answer:
         for frame in shaper.closing(self.record.prompt_tokens, self.record.completion_tokens):
             yield frame
 
-    async def events(self) -> AsyncIterator[Piece | Finished]:
+    async def events(self) -> AsyncIterator[Piece | Finished | Progress]:
         try:
             if len(self.jobs) == 1:
                 async for event in self.jobs[0].events():
@@ -186,7 +200,7 @@ class Answer:
         finally:
             self._account()
 
-    def _seen(self, event: Piece | Finished) -> None:
+    def _seen(self, event: Piece | Finished | Progress) -> None:
         if isinstance(event, Finished) and event.stop is not None:
             self.stops[event.index] = event.stop
         if self.record.ttft_s is None and isinstance(event, Piece):
@@ -201,18 +215,18 @@ class Answer:
             total = time.monotonic() - self.record.started
             self.record.generation_s = max(0.0, total - self.record.ttft_s)
 
-    async def _merged(self) -> AsyncIterator[Piece | Finished]:
-        queue: asyncio.Queue[Piece | Finished | BaseException | None] = asyncio.Queue()
+    async def _merged(self) -> AsyncIterator[Piece | Finished | Progress]:
+        queue: asyncio.Queue[Piece | Finished | Progress | BaseException | None] = asyncio.Queue()
         n = self.n
 
         async def pump(k: int, job: Job) -> None:
             try:
                 async for e in job.events():
-                    moved = (
-                        Piece(e.index + k * n, e.text, e.logprobs)
-                        if isinstance(e, Piece)
-                        else Finished(e.index + k * n, e.reason, e.stop)
-                    )
+                    moved: Piece | Finished | Progress = e  # Progress: the prompt's, unnumbered
+                    if isinstance(e, Piece):
+                        moved = Piece(e.index + k * n, e.text, e.logprobs)
+                    elif isinstance(e, Finished):
+                        moved = Finished(e.index + k * n, e.reason, e.stop)
                     queue.put_nowait(moved)
             except Exception as e:
                 queue.put_nowait(e)

@@ -1,5 +1,6 @@
 """The starlette app: OpenAI's endpoints over a `Backend`, /health and /metrics, behind the
-access log, the Host allow-list, CORS (only when asked for) and the API key.
+access log, the Host allow-list, CORS (cors.py: pages on this machine by default) and the API
+key.
 
     create_app(backend, HttpSettings(...)) -> Starlette
 
@@ -25,7 +26,6 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -47,6 +47,8 @@ from . import (
     ollama_routes,
     rerank_routes,
     responses_routes,
+    slots_routes,
+    telemetry,
 )
 from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
@@ -60,6 +62,7 @@ from .backend import (
     TooManyChoices,
 )
 from .connections import Admission, ConnectionLimits
+from .cors import CorsPolicy, cors_middleware
 from .llamacpp_protocol import timings
 from .media_parts import MediaPolicy
 from .metrics import CONTENT_TYPE, Metrics
@@ -81,7 +84,7 @@ class HttpSettings:
 
     host: str = "127.0.0.1"  # the address listened on: on loopback, the Host allow-list applies
     api_key: str | None = None  # None: no key asked for
-    cors_origins: list[str] = field(default_factory=list)  # none: no CORS headers at all
+    cors: CorsPolicy = field(default_factory=CorsPolicy)  # web pages allowed (--cors-origin)
     max_body: int = DEFAULT_MAX_BODY  # bytes
     log_format: str = "text"  # or "json": the access log
     shutdown_timeout: float = 10.0  # seconds running answers get to finish on SIGTERM/SIGINT
@@ -89,6 +92,7 @@ class HttpSettings:
     allow_pull: bool = False  # Ollama's /api/pull may download models (--allow-pull)
     allow_delete: bool = False  # Ollama's /api/delete may remove models (--allow-delete)
     allow_image_urls: bool = False  # requests' http(s) image URLs are fetched (--allow-image-urls)
+    slots: bool = True  # GET /slots, llama-server's slot monitor (--no-slots: off)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # per connection
 
     @property
@@ -145,17 +149,6 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
         yield
         await lifecycle.end()
 
-    cors = []
-    if settings.cors_origins:
-        cors = [
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["*"],
-                max_age=600,
-            )
-        ]
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", api.chat, methods=["POST"]),
@@ -177,12 +170,13 @@ def create_app(backend: Backend, settings: HttpSettings) -> Starlette:
             *infill_routes.routes(backend, settings.max_body, backend_error),
             *rerank_routes.routes(backend, settings.max_body, backend_error),
             *lora_routes.routes(backend, settings.max_body, backend_error),
+            *slots_routes.routes(backend, settings.slots, backend_error),
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics, log=settings.log, fmt=settings.log_format),
             Middleware(Admission),
             Middleware(HostCheck, enabled=is_loopback(settings.host)),
-            *cors,
+            *cors_middleware(settings.cors),
             Middleware(ApiKeyCheck, key=settings.api_key),
         ],
         exception_handlers={HTTPException: _http_exception},
@@ -246,7 +240,8 @@ class _Api:
 
     async def prometheus(self, request: Request) -> Response:
         text = self.metrics.render(self.backend.load_report())
-        return Response(text, media_type=CONTENT_TYPE)
+        started = {"Process-Start-Time-Unix": str(self.metrics.started)}  # as llama-server
+        return Response(text, media_type=CONTENT_TYPE, headers=started)
 
     async def list_models(self, request: Request) -> Response:
         data = [_model_object(m) for m in self.backend.models()]
@@ -302,6 +297,8 @@ class _Api:
                 self._refuse_media(parsed)
             else:
                 parsed = protocol.parse_completion(body)
+            asked = telemetry.requested(body, parsed.stream)
+            parsed.request.progress = asked.progress
             record.model = parsed.model
             jobs = await self._submit(parsed, record, "messages" if chat else "prompt")
         except ApiError as e:
@@ -315,6 +312,9 @@ class _Api:
             on_error = functools.partial(backend_error, record=record, prompt_param="")
             shaper = protocol.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
             shaper.timings = functools.partial(timings, record)
+            shaper.telemetry = functools.partial(
+                telemetry.progress_fields, per_token=asked.per_token
+            )
             return EventStream(answer, shaper)
         choices = await whole(
             answer, request.receive, lambda e: _error_response(backend_error(e, record, ""))
@@ -324,6 +324,8 @@ class _Api:
         used = protocol.usage(record.prompt_tokens, record.completion_tokens)
         body = protocol.answer_object(chat, answer.model, choices, used)
         body["timings"] = timings(record)  # as llama-server adds them
+        if asked.verbose:
+            body["__verbose"] = await telemetry.verbose(self.backend, parsed, answer, choices)
         return JSONResponse(body)
 
     def _refuse_media(self, parsed: protocol.ParsedRequest) -> None:

@@ -20,7 +20,7 @@ from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..generation.tool_plan import ToolPlan
-from ..params import LoadOptions
+from ..params import LoadOptions, SamplingParams
 
 
 @dataclass
@@ -77,6 +77,8 @@ class TextRequest:
     # llama-server's per-request LoRA scales, {adapter id: scale} (adapters left out: 0);
     # None: the scales the server applies now (POST /lora-adapters).
     lora: dict[int, float] | None = None
+    # llama-server's return_progress: the job's events report the prompt's reading (Progress)
+    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,18 @@ class Piece:
     index: int  # the choice
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()  # the tokens of `text`, when the request asked
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the prompt's reading is (llama-server's `prompt_progress`), for a request that
+    asked: once when its first choice takes a slot, then after each decode that read some."""
+
+    total: int  # prompt tokens
+    cache: int  # of them, found in the slot's cells
+    processed: int  # of them, in the slot's cells now (the cached ones included)
+    time_ms: int  # since the request took its slot
+    read_ms: float  # from taking the slot to the end of the last decode that read some
 
 
 class FinishReason(str, Enum):
@@ -122,8 +136,9 @@ class Job(Protocol):
     # the answer's text is parsed into calls with it.
     tools: ToolPlan | None
 
-    def events(self) -> AsyncIterator[Piece | Finished]:
-        """Pieces as they are generated, a Finished per choice; ends after the last Finished."""
+    def events(self) -> AsyncIterator[Piece | Finished | Progress]:
+        """Pieces as they are generated, a Finished per choice; ends after the last Finished.
+        With `TextRequest.progress`, Progress events while the prompt is read."""
         ...
 
     @property
@@ -169,12 +184,55 @@ class AdapterInfo:
 
 
 @dataclass(frozen=True)
+class SlotInfo:
+    """One sequence slot of a loaded model, as llama-server's GET /slots shows it: the
+    request it runs now, if any (its prompt and generation counts, what it samples with)."""
+
+    id: int
+    n_ctx: int  # tokens per sequence
+    speculative: bool  # the model drafts (--draft)
+    request: int | None = None  # the running request's id in this model's thread; None: idle
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of them, found in the slot's cells (or copied from another's)
+    read_tokens: int = 0  # of them, decoded so far
+    generated: int = 0  # tokens generated so far
+    max_tokens: int | None = None  # its limit; None: none but the context
+    new_line: bool = False  # its text so far has a line break
+    sampling: SamplingParams | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class DecodeCounts:
+    """What the decode threads did since the server started, as llama-server counts it for its
+    `llamacpp:*` metrics: written by a model's decode thread, summed for /metrics."""
+
+    decodes: int = 0  # decode steps (each one llama_decode; media and embeddings apart)
+    busy_slots: int = 0  # over those steps: the sequences running in each, summed
+    prompt_tokens: int = 0  # prompt tokens decoded (those found in a slot's cells excluded)
+    prompt_s: float = 0.0  # seconds of the steps that decoded prompt tokens
+    cached_tokens: int = 0  # prompt tokens found in a slot's cells or the prompt cache
+    max_tokens: int = 0  # the longest sequence seen (prompt + generated), in tokens
+    drafted: int = 0  # speculative decoding: draft tokens verified
+    accepted: int = 0  # ... of those, accepted
+    verified: int = 0  # ... verification steps (a sequence's drafts checked in one decode)
+
+    def plus(self, other: DecodeCounts) -> DecodeCounts:
+        """The two added up (the longest sequence: the longer)."""
+        summed = {k: v + getattr(other, k) for k, v in vars(self).items()}
+        summed["max_tokens"] = max(self.max_tokens, other.max_tokens)
+        return DecodeCounts(**summed)
+
+
+@dataclass(frozen=True)
 class LoadReport:
     """How busy the backend is: what /metrics reports besides the HTTP side's own counters."""
 
     queue_depth: int  # admitted requests waiting for a slot
     busy_slots: int  # sequences decoding now
     slots: int  # all sequences of the loaded models
+    decode: DecodeCounts = field(default_factory=DecodeCounts)  # since the server started
 
 
 class Backend(Protocol):
@@ -236,6 +294,11 @@ class Backend(Protocol):
 
     def load_report(self) -> LoadReport:
         """Queue depth and slots in use, now (for /metrics)."""
+        ...
+
+    def slot_report(self, model: str | None) -> list[SlotInfo]:
+        """The slots of a loaded `model` (None: the first named at start), now.
+        ModelUnavailable when it is not loaded."""
         ...
 
     def lora_adapters(self, model: str | None) -> list[AdapterInfo]:

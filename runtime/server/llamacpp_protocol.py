@@ -12,8 +12,9 @@ table (`options.from_fields(body, "llama_cpp")`); fields it only uses for its sl
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import OptionError
@@ -22,7 +23,7 @@ from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from ..params import SamplingParams
 from .access_log import LogRecord
-from .backend import FinishReason, TextRequest
+from .backend import FinishReason, Job, Progress, TextRequest
 from .lora_fields import parse_lora
 from .openai_protocol import (
     MAX_PROMPTS,
@@ -205,7 +206,8 @@ def only_fields(result: dict[str, Any], fields: list[str]) -> dict[str, Any]:
 def timings(record: LogRecord, prompt_n: int | None = None) -> dict[str, float | int]:
     """llama-server's `timings`: prompt reading up to the first token, then generation. Taken
     from the request's own clock (submit to first token, first token to last), so the prompt's
-    time includes any wait for a slot."""
+    time includes any wait for a slot; the generation's rates are over the tokens after the
+    first."""
     prompt_n = record.prompt_tokens if prompt_n is None else prompt_n
     prompt_ms = 1000 * (record.ttft_s or 0.0)
     predicted_ms = 1000 * (record.generation_s or 0.0)
@@ -215,7 +217,9 @@ def timings(record: LogRecord, prompt_n: int | None = None) -> dict[str, float |
         return (ms / n if n else 0.0), (1000 * n / ms if ms > 0 else 0.0)
 
     prompt_per_token, prompt_per_second = rates(prompt_n, prompt_ms)
-    predicted_per_token, predicted_per_second = rates(predicted_n, predicted_ms)
+    # The first token comes with the prompt's last decode: the rate is over the steps after it
+    # (llama-server's n_gen_steps), so a one-token answer has none.
+    predicted_per_token, predicted_per_second = rates(max(0, predicted_n - 1), predicted_ms)
     return {
         "cache_n": 0,
         "prompt_n": prompt_n,
@@ -227,6 +231,18 @@ def timings(record: LogRecord, prompt_n: int | None = None) -> dict[str, float |
         "predicted_per_token_ms": predicted_per_token,
         "predicted_per_second": predicted_per_second,
     }
+
+
+def live_timings(record: LogRecord, jobs: Sequence[Job]) -> dict[str, float | int]:
+    """`timings` mid-stream (timings_per_token): the tokens generated so far, and the time
+    since the first."""
+    started = None if record.ttft_s is None else record.started + record.ttft_s
+    now = replace(
+        record,
+        completion_tokens=sum(job.completion_tokens for job in jobs),
+        generation_s=None if started is None else max(0.0, time.monotonic() - started),
+    )
+    return timings(now)
 
 
 def stop_type(reason: FinishReason, word: str | None) -> str:
@@ -294,6 +310,10 @@ class NativeStream:
         )
         self.reasons: dict[int, FinishReason] = {}
         self.generated: dict[int, int] = {}
+        # llama-server's telemetry, set by the route when asked for (telemetry.py): a progress
+        # frame's fields, and the timings every text frame carries (timings_per_token)
+        self.telemetry: Callable[[Progress], dict[str, Any]] = lambda p: {}
+        self.per_token: Callable[[], dict[str, Any]] | None = None
 
     @staticmethod
     def _frame(data: dict[str, Any]) -> bytes:
@@ -304,17 +324,25 @@ class NativeStream:
 
     def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         self.generated[index] = self.generated.get(index, 0) + 1
-        return self._frame(
-            {
-                "index": index,
-                "content": text,
-                "tokens": [],
-                "stop": False,
-                "id_slot": -1,
-                "tokens_predicted": self.generated[index],
-                "tokens_evaluated": self.record.prompt_tokens,
-            }
-        )
+        frame = self._partial(index, text, self.generated[index])
+        if self.per_token is not None:
+            frame["timings"] = self.per_token()
+        return self._frame(frame)
+
+    def progress(self, progress: Progress) -> bytes:
+        """A frame with no text and the prompt's progress, as llama-server sends."""
+        return self._frame(self._partial(0, "", 0) | self.telemetry(progress))
+
+    def _partial(self, index: int, text: str, predicted: int) -> dict[str, Any]:
+        return {
+            "index": index,
+            "content": text,
+            "tokens": [],
+            "stop": False,
+            "id_slot": -1,
+            "tokens_predicted": predicted,
+            "tokens_evaluated": self.record.prompt_tokens,
+        }
 
     def call(self, index: int, k: int, call: ToolCall) -> bytes:
         return b""  # /completion offers no tools

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import llamacpp_protocol as protocol
-from . import openai_protocol
+from . import openai_protocol, telemetry
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend, Job, TextRequest
@@ -64,7 +64,11 @@ class _Routes:
     async def completion(self, request: Request) -> Response:
         record = record_of(request.scope)
         try:
-            parsed = protocol.parse_completion(await self._body(request))
+            body = await self._body(request)
+            parsed = protocol.parse_completion(body)
+            asked = telemetry.requested(body, parsed.stream)
+            for text_request in parsed.requests:
+                text_request.progress = asked.progress
             record.model = parsed.model
             jobs = await self._submit(parsed.model, parsed.requests, record, "prompt")
         except ApiError as e:
@@ -75,6 +79,11 @@ class _Routes:
         if parsed.stream:
             failed = functools.partial(self._failed, record=record)
             stream = protocol.NativeStream(parsed, answer.model, record, answer.stops, failed)
+            stream.telemetry = functools.partial(
+                telemetry.progress_fields, per_token=asked.per_token
+            )
+            if asked.per_token:
+                stream.per_token = functools.partial(protocol.live_timings, record, jobs)
             return EventStream(answer, stream)
         choices = await whole(answer, request.receive, lambda e: _error(self._failed(e, record)))
         if isinstance(choices, Response):

@@ -24,7 +24,7 @@ from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from . import logprobs as shapes
 from . import media_parts
-from .backend import Choice, FinishReason, TextRequest
+from .backend import Choice, FinishReason, Progress, TextRequest
 from .lora_fields import parse_lora
 from .media_parts import NO_URLS, MediaPolicy
 
@@ -657,6 +657,8 @@ class ChunkStream:
         self._offsets: dict[int, int] = {}  # completions' logprobs: each choice's text so far
         # llama-server's `timings`, added to the usage chunk when the route can tell them
         self.timings: Callable[[], dict[str, Any]] | None = None
+        # a progress frame's fields (telemetry.py), set by the route when return_progress
+        self.telemetry: Callable[[Progress], dict[str, Any]] = lambda p: {}
 
     def opening(self, choices: int) -> list[bytes]:
         if not self.chat:  # completions have no roles
@@ -689,6 +691,11 @@ class ChunkStream:
     def error(self, error: Exception) -> bytes:
         return _event(self.on_error(error).body())
 
+    def progress(self, progress: Progress) -> bytes:
+        """llama-server's progress chunk: an empty delta (the chat's role) and the fields."""
+        delta = {"role": "assistant", "content": None} if self.chat else {"content": ""}
+        return _event(self._wrap([self._choice(0, delta)]) | self.telemetry(progress))
+
     def closing(self, prompt_tokens: int, completion_tokens: int) -> list[bytes]:
         done = b"data: [DONE]\n\n"
         if not self.include_usage:
@@ -705,12 +712,19 @@ class ChunkStream:
         reason: str | None = None,
         logprobs: dict[str, Any] | None = None,
     ) -> bytes:
+        return _event(self._wrap([self._choice(index, delta, reason, logprobs)]))
+
+    def _choice(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        reason: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         if self.chat:
-            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
-        else:
-            text = delta.get("content", "")
-            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
-        return _event(self._wrap([choice]))
+            return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+        text = delta.get("content", "")
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
     def _wrap(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.chat else "text_completion"

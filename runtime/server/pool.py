@@ -50,6 +50,7 @@ from ..params import GenerateOptions, SamplingParams
 from ..tools.rerank import check_reranker
 from .backend import (
     AdapterInfo,
+    DecodeCounts,
     Embeddings,
     LoadReport,
     ModelInfo,
@@ -57,6 +58,7 @@ from .backend import (
     Overloaded,
     PromptTooLong,
     ServerConfig,
+    SlotInfo,
     TextRequest,
     TooManyChoices,
 )
@@ -86,6 +88,7 @@ class ModelPool:
         self._lock: asyncio.Lock | None = None
         self._ready = False
         self._draining = False
+        self._retired = DecodeCounts()  # what unloaded models decoded (/metrics counts it all)
 
     # -- Backend ---------------------------------------------------------------------------------
 
@@ -178,6 +181,7 @@ class ModelPool:
             asyncio.get_running_loop(),
             tools=tools,
             lora=lora,
+            progress=request.progress,
         )
         worker.submit(job)
         self._served.move_to_end(served.resolved.name)
@@ -305,10 +309,14 @@ class ModelPool:
 
     def load_report(self) -> LoadReport:
         workers = [s.worker for s in self._served.values()]
+        decode = self._retired
+        for w in workers:
+            decode = decode.plus(w.decode_counts())
         return LoadReport(
             queue_depth=sum(len(w.waiting) for w in workers),
             busy_slots=sum(w.busy_slots for w in workers),
             slots=sum(w.slots for w in workers),
+            decode=decode,
         )
 
     async def drain(self, timeout_s: float) -> None:
@@ -400,8 +408,12 @@ class ModelPool:
         for alias in [a for a, k in self._names.items() if k == key]:
             del self._names[alias]
         served.worker.stop()
+        self._retired = self._retired.plus(served.worker.decode_counts())
         served.engine.close()
         self._note(f"unloaded {key}")
+
+    def slot_report(self, model: str | None) -> list[SlotInfo]:
+        return self._loaded(model).worker.slot_infos()
 
     def lora_adapters(self, model: str | None) -> list[AdapterInfo]:
         served = self._loaded(model)

@@ -24,7 +24,7 @@ from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from . import logprobs as shapes
 from . import media_parts
-from .backend import Choice, FinishReason, TextRequest
+from .backend import Choice, FinishReason, Progress, TextRequest
 from .media_parts import NO_URLS, MediaPolicy
 from .openai_protocol import MAX_TOKENS_LIMIT, ApiError, invalid, model_name
 
@@ -465,6 +465,11 @@ class EventFrames:
         self.text_so_far = ""
         self.logprobs_so_far: list[dict[str, Any]] = []  # the open message's tokens'
         self.status = "completed"
+        # llama-server's telemetry, set by the route (telemetry.py): a progress event's fields,
+        # the timings on each text delta (timings_per_token), and those of the last event
+        self.telemetry: Callable[[Progress], dict[str, Any]] = lambda p: {}
+        self.per_token: Callable[[], dict[str, Any]] | None = None
+        self.timings: Callable[[], dict[str, Any]] | None = None
 
     def opening(self, choices: int) -> list[bytes]:
         return [self._life("response.created"), self._life("response.in_progress")]
@@ -474,8 +479,22 @@ class EventFrames:
         self.text_so_far += text
         shaped = shapes.responses(logprobs)
         self.logprobs_so_far += shaped
+        live = {"timings": self.per_token()} if self.per_token is not None else {}
         return opened + self._event(
-            "response.output_text.delta", **self._at(), content_index=0, delta=text, logprobs=shaped
+            "response.output_text.delta",
+            **self._at(),
+            content_index=0,
+            delta=text,
+            logprobs=shaped,
+            **live,
+        )
+
+    def progress(self, progress: Progress) -> bytes:
+        """llama-server's progress: a response.in_progress event with the prompt's progress."""
+        return self._event(
+            "response.in_progress",
+            response=self._response("in_progress", None),
+            **self.telemetry(progress),
         )
 
     def call(self, index: int, k: int, call: ToolCall) -> bytes:
@@ -512,7 +531,8 @@ class EventFrames:
     def closing(self, prompt_tokens: int, completion_tokens: int) -> list[bytes]:
         final = self._response(self.status, usage(prompt_tokens, completion_tokens))
         kind = "response.incomplete" if self.status == "incomplete" else "response.completed"
-        return [self._event(kind, response=final)]
+        timings = {"timings": self.timings()} if self.timings is not None else {}
+        return [self._event(kind, response=final, **timings)]
 
     # --- the pieces ---
     def _open_message(self) -> bytes:

@@ -10,6 +10,7 @@ module is imported by app.py, so it cannot import it back).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -17,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import media_parts
+from . import media_parts, telemetry
 from . import responses_protocol as protocol
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend
+from .llamacpp_protocol import live_timings, timings
 from .media_parts import NO_URLS, MediaPolicy
 from .openai_protocol import ApiError
 from .security import ClientGone, parse_json, read_body
@@ -55,7 +57,10 @@ class _Responses:
         record = record_of(request.scope)
         try:
             raw = await read_body(request.receive, request.headers, self.max_body)
-            parsed = await media_parts.parse(protocol.parse, parse_json(raw), self.media)
+            body = parse_json(raw)
+            parsed = await media_parts.parse(protocol.parse, body, self.media)
+            asked = telemetry.requested(body, parsed.stream)
+            parsed.request.progress = asked.progress
             record.model = parsed.model
             refused = media_parts.refused(self.backend, parsed.model, parsed.request.messages)
             if refused:  # images for a model that takes none
@@ -75,7 +80,14 @@ class _Responses:
             def on_error(e: Exception) -> ApiError:
                 return self.backend_error(e, record, "")
 
-            return EventStream(answer, protocol.EventFrames(answer.model, parsed.echo, on_error))
+            frames = protocol.EventFrames(answer.model, parsed.echo, on_error)
+            frames.telemetry = functools.partial(
+                telemetry.progress_fields, per_token=asked.per_token
+            )
+            frames.timings = functools.partial(timings, record)  # as llama-server's last event
+            if asked.per_token:
+                frames.per_token = functools.partial(live_timings, record, [job])
+            return EventStream(answer, frames)
         choices = await whole(
             answer, request.receive, lambda e: _error(self.backend_error(e, record, ""))
         )

@@ -24,17 +24,24 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InferError, Interrupted
 from ..generation.batch_draft import DraftGate
 from ..generation.logprobs import TokenLogprob
-from ..generation.scheduler import BatchRequest, BatchResult, Scheduler, Seq, TextSink
+from ..generation.scheduler import (
+    BatchRequest,
+    BatchResult,
+    Scheduler,
+    Seq,
+    StepCounts,
+    TextSink,
+)
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
-from .backend import Finished, FinishReason, Piece
+from .backend import DecodeCounts, Finished, FinishReason, Piece, Progress, SlotInfo
 
 if TYPE_CHECKING:
     from ..generation.batch_draft import BatchDrafter
     from ..generation.prompt_cache import PromptCache
     from ..generation.tool_plan import ToolPlan
 
-Event = Piece | Finished
+Event = Piece | Finished | Progress
 
 
 # Text generated faster than this is handed to the event loop in pieces of a few tokens: every
@@ -56,8 +63,10 @@ class ServedJob:
         loop: asyncio.AbstractEventLoop,
         tools: ToolPlan | None = None,
         lora: tuple[float, ...] | None = None,
+        progress: bool = False,
     ) -> None:
         self.model, self.tokens, self.sampling, self.options = model, tokens, sampling, options
+        self.progress = progress  # report the prompt's reading (Progress events)
         self.lora = lora  # each adapter's scale; None: the worker's scales when it starts
         self.tools = tools  # for the HTTP side, which parses the answer's calls with it
         self.prompt_tokens = len(tokens)
@@ -73,6 +82,9 @@ class ServedJob:
         self.seqs: dict[int, Seq] = {}
         self.done_tokens = 0
         self.pending: list[Event] = []
+        self.admitted = 0.0  # when its first choice took a slot
+        self.read_ms = 0.0  # ... to the end of the last decode that read its prompt
+        self.reported = -1  # the prompt tokens the last Progress said were processed
 
     @property
     def n(self) -> int:
@@ -168,6 +180,7 @@ class ModelWorker:
         self.lora: tuple[float, ...] = tuple(a.scale for a in engine.adapters)
         self.slots = context.n_seq_max
         self.n_ctx_seq = context.n_ctx_seq
+        self.counts = DecodeCounts()  # the decode thread's (drafts: the scheduler's counters)
         self.waiting: deque[ServedJob] = deque()
         self.embed_waiting: deque[EmbedRequest] = deque()
         self._make_embedder = embedder
@@ -201,6 +214,36 @@ class ModelWorker:
     @property
     def busy_slots(self) -> int:
         return len(self.scheduler.running())
+
+    def slot_infos(self) -> list[SlotInfo]:
+        """Each slot now (read from the event loop while the thread decodes: a monitor's
+        view, each figure as it was when read)."""
+        speculative = self.scheduler.drafter is not None
+        out = []
+        for slot, seq in enumerate(list(self.scheduler.slots)):
+            info = SlotInfo(slot, self.n_ctx_seq, speculative)
+            if seq is not None:
+                prompt = len(seq.req.tokens)
+                info = replace(
+                    info,
+                    request=seq.req.index,
+                    prompt_tokens=prompt,
+                    cached_tokens=seq.reused,
+                    read_tokens=max(0, min(seq.n_past, prompt) - seq.reused),
+                    generated=seq.generated,
+                    max_tokens=seq.req.options.max_tokens,
+                    new_line=any("\n" in piece for piece in list(seq.pieces)),
+                    sampling=seq.req.sampling,
+                    stop=tuple(seq.req.options.stop),
+                    ignore_eos=seq.req.options.ignore_eog,
+                )
+            out.append(info)
+        return out
+
+    def decode_counts(self) -> DecodeCounts:
+        """What this model's decode thread did so far (for /metrics)."""
+        s = self.scheduler
+        return replace(self.counts, drafted=s.drafted, accepted=s.accepted, verified=s.verified)
 
     def submit_embed(self, request: EmbedRequest) -> None:
         with self._cond:
@@ -308,10 +351,32 @@ class ModelWorker:
             start += len(request.inputs)
 
     def _step(self) -> None:
-        finished, _ = self.scheduler.step()
+        busy = len(self.scheduler.running())
+        began = time.perf_counter()
+        finished, step = self.scheduler.step()
+        self._count(busy, step, time.perf_counter() - began, finished)
+        if step.prompt_tokens:
+            for job in self._running:
+                self._report(job, read=True)
         for result in finished:
             self._end(result)
         self._flush()
+
+    def _count(
+        self, busy: int, step: StepCounts, spent: float, finished: list[BatchResult]
+    ) -> None:
+        """A step in llama-server's metrics: a decode of `busy` sequences, its prompt tokens
+        and time (a step that reads prompt tokens is prompt time, as llama-server times it)."""
+        counts = self.counts
+        if step.tokens:
+            counts.decodes += 1
+            counts.busy_slots += busy
+        if step.prompt_tokens:
+            counts.prompt_tokens += step.prompt_tokens
+            counts.prompt_s += spent
+        lengths = [seq.n_past for seq in self.scheduler.running()]
+        lengths += [r.prompt_tokens + r.generated_tokens for r in finished]
+        counts.max_tokens = max([counts.max_tokens, *lengths])
 
     def _between_steps(self) -> None:
         """Under the lock: cancelled jobs leave, queued jobs take the free slots."""
@@ -340,11 +405,32 @@ class ModelWorker:
                 seq = scheduler.join(req, on_text, fork_of=parent)
                 parent = parent or seq
                 job.seqs[choice] = seq
+            job.admitted = time.perf_counter()
             self._running.append(job)
+            self._report(job)
+
+    def _report(self, job: ServedJob, *, read: bool = False) -> None:
+        """A Progress event for a job that asked, when its first choice's prompt moved on
+        (`read`: this step's decode read some of it)."""
+        seq = job.seqs.get(0)
+        if not job.progress or seq is None:
+            return
+        total = len(job.tokens)
+        processed = min(seq.n_past, total) if seq.parent is None else seq.reused
+        if processed == job.reported:
+            return
+        now = time.perf_counter()
+        if read:
+            job.read_ms = 1000 * (now - job.admitted)
+        elapsed = int(1000 * (now - job.admitted))
+        job.pending.append(Progress(total, seq.reused, processed, elapsed, job.read_ms))
+        job.reported = processed
 
     def _end(self, result: BatchResult) -> None:
         job, choice = self._owners.pop(result.index)
-        job.seqs.pop(choice, None)
+        seq = job.seqs.pop(choice, None)
+        if seq is not None:  # the prompt tokens its slot held, or a fork copied
+            self.counts.cached_tokens += seq.reused
         job.done_tokens += result.generated_tokens
         # "context" is a cut answer, like max_tokens; a failed step ends it like a cancel.
         reason = {"context": "length", "interrupted": "cancelled", "error": "cancelled"}.get(
