@@ -41,7 +41,6 @@ from ..llama.embedder import default_ctx as embed_default_ctx
 from ..llama.engine import KV_BUDGET_BYTES, backends, default_ctx
 from ..llama.interface import Model
 from ..llama.offload import describe_split
-from ..llama.probe import check_loadable
 from ..llama.special import rerank_tokens
 from ..llama.tokens import check_ids
 from ..models.gguf import read_header
@@ -49,7 +48,7 @@ from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
 from ..options import BY_NAME, Overrides
 from ..options import sampling as layered
-from ..params import GenerateOptions, LoadOptions, SamplingParams
+from ..params import GenerateOptions, SamplingParams
 from ..tools.rerank import check_reranker
 from .backend import (
     REQUEST_ID,
@@ -444,8 +443,11 @@ class ModelPool:
         options = replace(
             config.load, ctx_size=ctx_seq, prompt_cache=False, mmproj=mmproj, lora=lora
         )
-        self._probe(resolved, options)
-        engine = load(resolved, options)
+        try:  # loaded in a child process first: a file llama.cpp aborts on fails only this
+            engine = load(resolved, options, probe=True)
+        except EngineError as e:
+            self._note(f"{resolved.name} was not loaded: {e}")
+            raise EngineError(f"model '{resolved.name}' cannot be loaded: {e}") from None
         n_batch = min(config.load.batch_size, ctx_seq)
         try:
             context = engine.new_context(parallel, ctx_seq, n_batch)
@@ -475,15 +477,6 @@ class ModelPool:
         )  # fmt: skip
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
         return _Served(resolved, engine, worker, _created(resolved))
-
-    def _probe(self, resolved: ResolvedModel, options: LoadOptions) -> None:
-        """Load the file in a child process first (llama/probe.py): a file llama.cpp aborts on
-        fails this load, not the server. Once per file identity."""
-        try:
-            check_loadable(resolved.path, options)
-        except EngineError as e:
-            self._note(f"{resolved.name} was not loaded: {e}")
-            raise EngineError(f"model '{resolved.name}' cannot be loaded: {e}") from None
 
     # -- requests --------------------------------------------------------------------------------
 
