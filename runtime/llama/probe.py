@@ -84,6 +84,7 @@ def run_probe(path: Path, options: LoadOptions) -> ProbeFailed | None:
         "lora": [[a.path, a.scale] for a in options.lora],
         "mmproj": None if options.mmproj is None else str(options.mmproj),
         "threads": options.threads,
+        "verbose": options.verbose,  # the message's hint depends on it
     }
     try:
         done = subprocess.run(
@@ -98,6 +99,8 @@ def run_probe(path: Path, options: LoadOptions) -> ProbeFailed | None:
         return ProbeFailed(f"loading {path.name} took over {TIMEOUT_S:.0f} s in a test load")
     except OSError:  # no process could be started (out of memory?): load as before, unprobed
         return None
+    if options.verbose:  # llama.cpp's log of the test load, as --verbose shows the real one's
+        sys.stderr.write(done.stderr.decode("utf-8", "replace"))
     if done.returncode == 0:
         return None
     return ProbeFailed(reason_of(done.returncode, done.stderr, path))
@@ -135,6 +138,7 @@ def _child(spec: dict[str, Any]) -> None:
     options = LoadOptions(
         ctx_size=64,  # a context is made and one token decoded: the size does not matter
         threads=spec.get("threads"),
+        verbose=bool(spec.get("verbose")),
         gpu_layers=0,
         batch_size=64,
         lora=tuple(LoraAdapter(p, s) for p, s in spec.get("lora") or ()),
