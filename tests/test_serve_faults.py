@@ -87,14 +87,14 @@ def test_a_model_llama_cpp_aborts_on_fails_alone_while_others_stream(server: Ser
         extra_body={"ignore_eos": True},
     )  # fmt: skip
     assert text == alone.choices[0].text  # undisturbed
-    # Ollama's door: its own error shape; the verdict was kept (one probe, one log line).
+    # Ollama's door: its own error shape (the verdict was kept: tests/test_probe.py).
     r = httpx.post(
         server.url + "/api/generate",
         json={"model": "me/dup-GGUF", "prompt": "hi", "stream": False},
         timeout=120,
     )
     assert r.status_code == 500 and "GGML_ASSERT" in r.json()["error"], r.text
-    assert sum("me/dup-GGUF" in ln and "was not loaded" in ln for ln in server.lines) == 1
+    assert any("me/dup-GGUF" in ln and "was not loaded" in ln for ln in server.lines)
     # A good model loads on demand as before.
     tiny = client.completions.create(model="me/tiny-GGUF", prompt="hello", max_tokens=2)
     assert tiny.usage is not None and tiny.usage.completion_tokens <= 2
