@@ -172,6 +172,22 @@ def test_request_values_never_reach_an_abort(server: Server, request: Any) -> No
     assert server.proc.poll() is None, server.lines[-5:]
 
 
+def test_values_llama_cpp_would_crash_or_allocate_on_are_bounded_first(server: Server) -> None:
+    """A grammar nested past llama.cpp's recursion (it crashed on 30,000 groups) is a 400
+    naming the field; a penalty window of 2**31 - 1 tokens, which llama.cpp would allocate
+    (8 GB), is the sequence's context."""
+    deep = "root ::= " + "(" * 30_000 + '"a"' + ")" * 30_000
+    r = httpx.post(server.url + "/completion", json={"prompt": "x", "grammar": deep}, timeout=60)
+    assert r.status_code == 400 and "grammar" in r.text and "at most" in r.text, r.text
+    body = {
+        "model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
+        "repeat_last_n": 2**31 - 1, "repeat_penalty": 1.1,
+    }  # fmt: skip
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3, r.text
+    assert server.proc.poll() is None
+
+
 # -- a decode llama.cpp refuses, and an abort no check foresaw ------------------------------------
 
 PATCHED = """
