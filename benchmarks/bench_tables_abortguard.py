@@ -19,7 +19,4 @@ def abortguard(r: Record) -> str:
             ]
         )
     header = ["model", "probe (child process), s", "load in the server, s", "probe / load"]
-    smoke = (
-        "\n\n*A smoke run (INFER_BENCH_NO_WAIT=1): not for publishing.*" if r.get("smoke") else ""
-    )
-    return measured(r) + "\n\n" + table(header, rows) + smoke
+    return measured(r) + "\n\n" + table(header, rows)
