@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 import bench_lines  # noqa: F401  (its renderers register themselves)
-import bench_tables_abortguard  # noqa: F401  (likewise)
 import bench_tables_added  # noqa: F401  (likewise)
 from bench_tables import RENDERERS, generic  # beside this script, as common.py is to the others
 
