@@ -11,7 +11,7 @@ import pytest
 
 from infer.runtime.errors import EngineError
 from infer.runtime.llama import probe
-from infer.runtime.params import LoadOptions
+from infer.runtime.params import LoadOptions, LoraAdapter
 
 from .tiny_gguf import write_tiny_gguf
 
@@ -90,3 +90,10 @@ def test_a_child_ended_by_a_signal_says_which_and_what_was_thrown() -> None:
     assert probe.reason_of(-11, b"", Path("m.gguf")).endswith("(SIGSEGV) while loading m.gguf")
     said = probe.reason_of(1, b"noise\ninfer: error: llama.cpp failed: x\n", Path("m.gguf"))
     assert said == "llama.cpp failed: x"
+
+
+def test_a_load_refused_cleanly_is_left_to_the_callers_own_load(tiny_model: Path) -> None:
+    """A bad adapter is an OptionError in the child: the probe passes, so that the caller's load
+    raises it with its own type (a usage error, exit 2), not as a failed probe."""
+    options = LoadOptions(lora=(LoraAdapter(str(tiny_model)),))
+    assert probe.run_probe(tiny_model, options) is None

@@ -35,6 +35,10 @@ from ..params import LoadOptions, LoraAdapter
 TIMEOUT_S = 600.0
 
 ERROR_PREFIX = "infer: error: "
+# The child's exit status for a load infer refused cleanly (an InferError: a bad adapter, a file
+# llama.cpp declined with an error code): the caller's own load refuses it the same way, with
+# its own error type, so the probe lets it go ahead.
+REFUSED = 3
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ def identity(path: Path, options: LoadOptions) -> tuple[Any, ...]:
 
 def check_loadable(path: Path, options: LoadOptions) -> None:
     """EngineError naming llama.cpp's reason when `path` (with `options`' adapters and
-    projector) makes llama.cpp abort or crash in a child process; nothing when it loads. Probed
+    projector) makes llama.cpp abort or crash in a child process; nothing when it loads, or when
+    infer refuses it cleanly there (the caller's load then raises that error itself). Probed
     once per file identity in this process."""
     key = identity(path, options)
     with _lock:
@@ -100,7 +105,7 @@ def run_probe(path: Path, options: LoadOptions) -> ProbeFailed | None:
         return None
     if options.verbose:  # llama.cpp's log of the test load, as --verbose shows the real one's
         sys.stderr.write(done.stderr.decode("utf-8", "replace"))
-    if done.returncode == 0:
+    if done.returncode in (0, REFUSED):
         return None
     return ProbeFailed(reason_of(done.returncode, done.stderr, path))
 
@@ -160,9 +165,9 @@ def _child(spec: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     try:
         _child(json.loads(argv[0]))
-    except InferError as e:  # refused cleanly: the server's own load would refuse it too
+    except InferError as e:  # refused cleanly: the caller's own load refuses it too
         sys.stderr.write(f"{ERROR_PREFIX}{e}\n")
-        return 1
+        return REFUSED
     return 0
 
 
