@@ -46,6 +46,7 @@ class ProbeFailed:
     """Why a probe failed: llama.cpp's own line (or the signal), without the `infer: error:`."""
 
     reason: str
+    timed_out: bool = False
 
 
 _verdicts: dict[tuple[Any, ...], ProbeFailed | None] = {}
@@ -77,7 +78,9 @@ def check_loadable(path: Path, options: LoadOptions) -> None:
         if key in _verdicts:
             verdict = _verdicts[key]
         else:
-            verdict = _verdicts[key] = run_probe(path, options)
+            verdict = run_probe(path, options)
+            if verdict is None or not verdict.timed_out:  # a busy machine may do better later
+                _verdicts[key] = verdict
     if verdict is not None:
         raise EngineError(verdict.reason)
 
@@ -100,7 +103,7 @@ def run_probe(path: Path, options: LoadOptions) -> ProbeFailed | None:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return ProbeFailed(f"loading {path.name} took over {TIMEOUT_S:.0f} s in a test load")
+        return ProbeFailed(f"loading {path.name} took over {TIMEOUT_S:.0f} s in a test load", True)
     except OSError:  # no process could be started (out of memory?): load as before, unprobed
         return None
     if options.verbose:  # llama.cpp's log of the test load, as --verbose shows the real one's
