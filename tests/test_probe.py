@@ -97,3 +97,9 @@ def test_a_load_refused_cleanly_is_left_to_the_callers_own_load(tiny_model: Path
     raises it with its own type (a usage error, exit 2), not as a failed probe."""
     options = LoadOptions(lora=(LoraAdapter(str(tiny_model)),))
     assert probe.run_probe(tiny_model, options) is None
+
+
+def test_an_embedding_model_is_probed_through_its_embedder(tmp_path: Path) -> None:
+    from .tiny_gguf import write_tiny_bert_gguf
+
+    assert probe.run_probe(write_tiny_bert_gguf(tmp_path / "bert.gguf"), LoadOptions()) is None

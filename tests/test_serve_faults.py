@@ -298,3 +298,36 @@ def test_a_prompt_cache_save_the_disk_refuses_still_answers(tmp_path: Path) -> N
         assert s.proc.poll() is None
     finally:
         assert s.stop() == 0
+
+
+# -- sizes llama.cpp asserts on when it makes a context ---------------------------------------
+
+
+def test_more_sequences_than_a_batch_holds_is_a_usage_error_not_an_abort(tmp_path: Path) -> None:
+    """llama.cpp reserves an output per sequence within a batch's outputs and GGML_ASSERTs
+    when a context has more sequences than batch rows (checked: exit 1 with its assert line)."""
+    s = Server("smollm2", "--parallel", "32", "--ctx-size", "16", home=tmp_path)
+    assert s.proc.wait(120) == 2
+    s.stop()
+    errors = [ln for ln in s.lines if ln.startswith("infer: error:")]
+    assert errors == [
+        "infer: error: --parallel must be at most the batch size, 16 tokens here (got 32)"
+    ], s.lines
+
+
+def test_embeddings_with_a_context_under_256_tokens(tmp_path: Path) -> None:
+    """The embeddings context packs up to 256 inputs per batch; with fewer tokens per batch
+    llama.cpp asserted on the first embeddings request, ending the server."""
+    from .tiny_gguf import write_tiny_bert_gguf
+
+    model = write_tiny_bert_gguf(tmp_path / "bert.gguf")
+    s = Server(str(model), "--ctx-size", "128", home=tmp_path / "home").wait_ready()
+    try:
+        r = httpx.post(
+            s.url + "/v1/embeddings", json={"input": ["one", "two"], "model": ""}, timeout=120
+        )
+        assert r.status_code == 200, r.text
+        assert [len(d["embedding"]) > 0 for d in r.json()["data"]] == [True, True]
+        assert s.proc.poll() is None
+    finally:
+        assert s.stop() == 0

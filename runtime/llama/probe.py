@@ -138,7 +138,7 @@ def reason_of(returncode: int, stderr: bytes, path: Path) -> str:
 
 def _child(spec: dict[str, Any]) -> None:
     from ..models.gguf import read_header
-    from .embedder import is_embedding_model
+    from .embedder import Embedder, embedding_tokens, is_embedding_model
     from .model import load_model
 
     path = Path(spec["path"])
@@ -155,8 +155,11 @@ def _child(spec: dict[str, Any]) -> None:
         mmproj=Path(spec["mmproj"]) if spec.get("mmproj") else None,
     )
     model = load_model(path, read_header(path), options)
-    if is_embedding_model(model):
-        return  # an encoder: the server warms up nothing for it
+    if is_embedding_model(model):  # the server computes vectors with an Embedder instead
+        with Embedder(model, pooling=None, n_ctx=64) as embedder:
+            embedder.embed([embedding_tokens(model, "a")[:64]])
+        model.close()
+        return
     context = model.new_context(1, 64, 64)
     token = max(model.bos_id, 0)
     context.add(0, [token], True)
