@@ -1,6 +1,7 @@
 """The tables of the scripts added after render.py (connections, soak, fuzz, vision,
-llamacpp_suite, serve_draft, workloads): renderers registered like bench_tables.py's, in a module
-of their own so that neither grows past a screenful of renderers per reader."""
+llamacpp_suite, serve_draft, workloads, abortguard): renderers registered like
+bench_tables.py's, in a module of their own so that neither grows past a screenful of renderers
+per reader."""
 
 from __future__ import annotations
 
@@ -257,4 +258,21 @@ def workloads(r: Record) -> str:
     header = ["workload", "infer total s", "llama-server total s", "infer / llama-server",
               "TTFT median infer / llama-server, s", "TTFT tail infer / llama-server, s",
               "prompt tokens (mean) infer / llama-server"]  # fmt: skip
+    return measured(r) + "\n\n" + table(header, rows)
+
+
+# --- abortguard.py -------------------------------------------------------------------------
+@renderer("abortguard")
+def abortguard(r: Record) -> str:
+    rows = []
+    for name, x in r["results"].items():
+        rows.append(
+            [
+                f"{name}: `{x['file']}` ({num(x['size_mb'])} MB)",
+                spread(x["probe_s"], 3),
+                spread(x["load_s"], 3),
+                ratio(x["probe_median_s"], x["load_median_s"], 2),
+            ]
+        )
+    header = ["model", "probe (child process), s", "load in the server, s", "probe / load"]
     return measured(r) + "\n\n" + table(header, rows)

@@ -31,9 +31,13 @@ if TYPE_CHECKING:  # tool_calls' ids need `secrets`, ~10 ms of hashlib at every 
     from .generation.tool_plan import ToolPlan
 
 
-def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Model:
+def load(
+    model: ResolvedModel | str, options: LoadOptions | None = None, *, probe: bool = False
+) -> Model:
     """Validate the GGUF header in Python, then load the weights through llama.cpp. The model
-    owns no context: `new_session()` for a conversation, `new_context()` for batches."""
+    owns no context: `new_session()` for a conversation, `new_context()` for batches.
+    `probe`: load it in a child process first (llama/probe.py), so that a file llama.cpp
+    aborts on is an EngineError here rather than the end of this process (a server)."""
     from .llama.model import load_model
 
     resolved = resolve(model) if isinstance(model, str) else model
@@ -46,6 +50,10 @@ def load(model: ResolvedModel | str, options: LoadOptions | None = None) -> Mode
         from .generation.prompt_cache import PromptCache
 
         cache = PromptCache(resolved)
+    if probe:
+        from .llama.probe import check_loadable
+
+        check_loadable(resolved.path, options)
     return load_model(resolved.path, header, options, prompt_cache=cache)
 
 

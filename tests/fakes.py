@@ -183,6 +183,9 @@ class FakeContext:
         self.lora: tuple[float, ...] = ()  # the adapter scales applied (set_lora)
         self.decode_lora: list[tuple[float, ...]] = []  # per decode: the scales it ran with
         self.fail_next_decode = False
+        # Tokens every decode holding them fails on, as llama.cpp refuses an id outside its
+        # vocabulary (llama_decode returns -1 and keeps nothing of the batch).
+        self.refuse: set[int] = set()
         self.step_delay = 0.0  # seconds each decode takes, for tests that act mid-answer
         self.closed = False
 
@@ -209,11 +212,12 @@ class FakeContext:
             import time
 
             time.sleep(self.step_delay)
-        if self.fail_next_decode:
+        refused = any(tok in self.refuse for _, toks, _ in queue for tok in toks)
+        if self.fail_next_decode or refused:
             self.fail_next_decode = False
             from infer.runtime.errors import EngineError
 
-            raise EngineError("llama_decode failed on a batch (code 1)")
+            raise EngineError(f"llama_decode failed on a batch (code {-1 if refused else 1})")
         if cancel is not None and cancel.is_set():
             raise Interrupted()
         self.decodes.append([(seq, len(t)) for seq, t, _ in queue])

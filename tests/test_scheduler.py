@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from infer.runtime.errors import EngineError, Interrupted
+from infer.runtime.errors import Interrupted
 from infer.runtime.generation.scheduler import BatchRequest, BatchResult, Scheduler
 from infer.runtime.params import GenerateOptions, SamplingParams
 
@@ -170,15 +170,32 @@ def test_requests_that_need_no_decode_are_answered_by_check() -> None:
     assert s.check(request(3, "a")) is None
 
 
-def test_a_failed_decode_keeps_what_the_cells_held() -> None:
+def test_a_decode_that_fails_once_is_decoded_again_and_nothing_is_lost() -> None:
     s, ctx = make()
     s.join(request(0, "abc"))
     s.step()
     held = list(ctx.tokens(0))
     ctx.fail_next_decode = True
-    with pytest.raises(EngineError):
-        s.step()
-    assert ctx.tokens(0) == held
+    finished, _ = s.step()
+    assert finished == [] and ctx.tokens(0) == [*held, ord("d")]
+    assert [r.text for r in run_all(s)] == ["defghijklmnopqrstuvwxyz"]
+
+
+def test_a_decode_refused_for_one_sequence_ends_only_that_one() -> None:
+    """A batch llama_decode refuses is decoded again one sequence at a time: the sequence it
+    refuses alone ends with the error, the others go on as if alone."""
+    solo, _ = make()
+    solo.join(request(0, "abc", max_tokens=5))
+    alone = run_all(solo)[0].text
+    s, ctx = make()
+    s.join(request(0, "abc", max_tokens=5))
+    s.join(request(1, "xQz"))
+    ctx.refuse = {ord("Q")}
+    results = {r.index: r for r in run_all(s)}
+    assert results[0].text == alone == "defgh" and results[0].finish_reason == "length"
+    assert results[1].finish_reason == "error" and "code -1" in (results[1].error or "")
+    assert ctx.tokens(1) == []  # nothing of the refused prompt stays in its cells
+    assert ctx.decodes[0] == [(0, 3)]  # the shared batch failed; then each alone
 
 
 def test_cancelling_a_prompt_read_raises_interrupted() -> None:

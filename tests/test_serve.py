@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -35,19 +35,29 @@ def free_port() -> int:
 
 
 class Server:
-    """`infer serve ARGS` on a free port; its stderr is collected in `lines`."""
+    """`infer serve ARGS` on a free port; its stderr is collected in `lines`. `command`
+    replaces the `infer` script (a Python that patches infer first, for a fault test);
+    `preexec` runs in the child before it starts (resource limits)."""
 
-    def __init__(self, *args: str, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        home: Path,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         assert INFER
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {**os.environ, "INFER_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [INFER, "serve", *args, "--port", str(self.port)],
+            [*(command or [INFER]), "serve", *args, "--port", str(self.port)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=environ,
+            preexec_fn=preexec,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

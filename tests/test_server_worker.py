@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from infer.runtime.errors import EngineError
 from infer.runtime.params import GenerateOptions, SamplingParams
 from infer.runtime.server.backend import Finished, FinishReason, Piece
 from infer.runtime.server.worker import ModelWorker, ServedJob
@@ -105,15 +108,18 @@ def test_n_choices_read_the_prompt_once() -> None:
     asyncio.run(main())
 
 
-def test_a_failed_decode_ends_the_answers_and_the_worker_goes_on() -> None:
+def test_a_refused_decode_fails_that_job_alone_and_the_worker_goes_on() -> None:
     async def main() -> None:
         w = worker()
         try:
-            fake(w).fail_next_decode = True
-            broken = job("a")
+            fake(w).refuse = {ord("Q")}
+            broken, fine = job("aQ"), job("x", max_tokens=2)
             w.submit(broken)
-            _, reasons = await collect(broken)
-            assert reasons == {0: "cancelled"}
+            w.submit(fine)
+            with pytest.raises(EngineError) as e:
+                await collect(broken)
+            assert "fake could not answer" in str(e.value) and "code -1" in str(e.value)
+            assert await collect(fine) == ({0: "yz"}, {0: "length"})
             after = job("x", max_tokens=2)
             w.submit(after)
             assert await collect(after) == ({0: "yz"}, {0: "length"})

@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, EngineError
 from ..llama.interface import Context, Model
 from ..llama.tokens import common_prefix
 from ..llama.vision import media_safe, prompt_spans
@@ -323,8 +323,52 @@ class Scheduler:
         active = self._group(self.running())
         began = time.perf_counter()
         counts = self._fill(active)
-        self.context.decode(cancel if counts.prompt_tokens else None)
+        try:
+            self.context.decode(cancel if counts.prompt_tokens else None)
+        except EngineError:
+            return self._isolate(active, cancel, ignore_eog)
         self._copied.clear()
+        finished = self._sample(active, ignore_eog, counts)
+        if self.gate is not None and not counts.prompt_tokens:  # a generation-only step
+            spent = time.perf_counter() - began
+            self.gate.record(self._drafting, counts.generated_tokens, spent)
+        return finished, counts
+
+    def _isolate(
+        self, active: list[Seq], cancel: threading.Event | None, ignore_eog: bool
+    ) -> tuple[list[BatchResult], StepCounts]:
+        """A decode failed (llama_decode returned an error: no room in the cells, an input it
+        refuses) and the context dropped its batch: each sequence is decoded alone, and only
+        one that fails alone ends, with the error; the others go on as if nothing happened."""
+        self._copied.clear()
+        for seq in active:
+            self._rewind(seq)
+        finished: list[BatchResult] = []
+        total = StepCounts()
+        for seq in active:
+            if self.slots[seq.slot] is not seq:
+                continue  # a fork that started (and was sampled) with its parent
+            counts = self._fill([seq])
+            try:
+                self.context.decode(cancel if counts.prompt_tokens else None)
+            except EngineError as e:
+                self._rewind(seq)
+                result = self._finish(seq, "error")
+                result.error = f"llama.cpp could not decode this request's tokens ({e})"
+                finished.append(result)
+                continue
+            self._copied.clear()
+            finished += self._sample([seq], ignore_eog, counts)
+            for name in ("prompt_tokens", "generated_tokens", "tokens"):
+                setattr(total, name, getattr(total, name) + getattr(counts, name))
+        return finished, total
+
+    def _rewind(self, seq: Seq) -> None:
+        """Back to what its cells hold, after a failed decode dropped what it had queued."""
+        seq.n_past, seq.row, seq.drafts = len(self.context.tokens(seq.slot)), -1, []
+
+    def _sample(self, active: list[Seq], ignore_eog: bool, counts: StepCounts) -> list[BatchResult]:
+        """After a decode: sample every sequence that has logits (forks that could start do)."""
         finished = []
         for seq in active:
             if self.slots[seq.slot] is not seq:
@@ -344,10 +388,7 @@ class Scheduler:
                 sampling.row = -1  # sampled: a fork in a later slot is not sampled again
                 if result is not None:
                     finished.append(result)
-        if self.gate is not None and not counts.prompt_tokens:  # a generation-only step
-            spent = time.perf_counter() - began
-            self.gate.record(self._drafting, counts.generated_tokens, spent)
-        return finished, counts
+        return finished
 
     def _group(self, running: list[Seq]) -> list[Seq]:
         """The sequences this step decodes: all of them when they share one set of adapter

@@ -3,7 +3,9 @@ RPC server that stopped answering) ends the process with one line on stderr and 
 of abort(): ggml would print a backtrace (attaching gdb when it finds one) and dump core.
 
 ggml calls the callback with its message just before abort(); the callback leaves first. What
-infer was doing (`doing`) makes the line say where it happened.
+infer was doing (`doing`) makes the line say where it happened; a server's decode threads say
+which requests of which model they are decoding (`serving`), so the line of an abort no check
+foresaw names them (the server still ends: llama.cpp's state is not known to be sound after it).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import contextlib
 import ctypes
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 _state: dict[str, Any] = {"doing": ""}
+_serving: dict[int, str] = {}  # thread id -> what that decode thread is doing now
 
 
 def catch_aborts(ll: Any) -> None:
@@ -32,7 +36,7 @@ def catch_aborts(ll: Any) -> None:
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()  # the answer so far stays
         # Mid-answer, the answer's line on a terminal may be open: the error starts its own.
-        start = "" if _state["doing"] else "\n"
+        start = "" if _doing_now() else "\n"
         os.write(2, (start + describe(message) + "\n").encode("utf-8", "replace"))
         os._exit(1)
 
@@ -48,7 +52,7 @@ def describe(message: bytes | None) -> str:
     reason = lines[0].split(": ", 1)[-1] if lines else "llama.cpp aborted"
     if "RPC" in reason:
         return f"infer: error: llama.cpp's RPC backend failed: {reason}"
-    doing = _state["doing"]
+    doing = _doing_now()
     where = f" while {doing}" if doing else ""
     hint = " (the model file may be damaged or of a kind this llama.cpp cannot read)"
     return f"infer: error: llama.cpp failed{where}: {reason}" + (hint if "loading" in where else "")
@@ -62,3 +66,23 @@ def doing(what: str) -> Iterator[None]:
         yield
     finally:
         _state["doing"] = before
+
+
+def serving(what: str) -> None:
+    """Say what this thread asks llama.cpp to do from now on ("" when nothing): a server's
+    decode thread names the model and the requests in its batch. One dict write: cheap enough
+    to call at every change of the batch."""
+    if what:
+        _serving[threading.get_ident()] = what
+    else:
+        _serving.pop(threading.get_ident(), None)
+
+
+def _doing_now() -> str:
+    """This thread's work if it said; else everything under way (ggml may abort on one of its
+    own worker threads, which says nothing)."""
+    mine = _serving.get(threading.get_ident())
+    if mine:
+        return mine
+    parts = [_state["doing"]] if _state["doing"] else []
+    return " or ".join([*parts, *list(_serving.values())])

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError, Interrupted
+from ..errors import EngineError, Interrupted, OptionError
 from ..params import SamplingParams
 from .lora import AdapterSet
 from .vision import prompt_spans, span_projector
@@ -32,6 +32,11 @@ class LlamaContext:
     @classmethod
     def create(cls, model: Weights, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> LlamaContext:
         ll = model._ll
+        if n_seq_max > n_batch:  # llama.cpp GGML_ASSERTs: an output per sequence in a batch
+            raise OptionError(
+                "parallel",
+                f"must be at most the batch size, {n_batch} tokens here (got {n_seq_max})",
+            )
         params = ll.llama_context_default_params()
         params.n_seq_max = n_seq_max
         params.n_ctx = n_seq_max * n_ctx_seq

@@ -100,6 +100,9 @@ class Embedder:
         params.n_ubatch = n_ctx if self.encoder_only or is_non_causal(engine) else min(512, n_ctx)
         if not 1 <= n_seq_max <= MAX_SEQ:
             raise OptionError("parallel", f"must be between 1 and {MAX_SEQ} (got {n_seq_max})")
+        # No more inputs than tokens in a batch: llama.cpp reserves an output per sequence
+        # within the batch's outputs and GGML_ASSERTs when they are more (an n_ctx under 256).
+        n_seq_max = min(n_seq_max, n_ctx)
         self.n_seq_max = n_seq_max  # inputs per batch
         params.n_seq_max = n_seq_max
         params.kv_unified = True

@@ -27,6 +27,13 @@ from .constrained import constrained_chain
 __all__ = ["constrained_chain"]  # the sampler lives in constrained.py; engines import it here
 
 MAX_GRAMMAR_BYTES = 10 * 1024 * 1024  # grammar or schema text; llama.cpp parses it per sampler
+# llama.cpp parses nested groups, checks for left recursion and expands a grammar's stacks by
+# recursion on the C stack, one level per rule (each group and repetition is a rule of its own):
+# 30,000 nested groups or a chain of 100,000 rules crashed its parser (SIGSEGV) on an 8 MB stack,
+# and a thread's stack may be 2 MB. At most this many rules, so no request can overflow it.
+MAX_GRAMMAR_RULES = 5000
+# What is not grammar structure: literals, character classes and comments.
+_NOT_STRUCTURE = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\r\n]*')
 
 # Keywords that only describe (never constrain): accepted anywhere, ignored.
 ANNOTATIONS = frozenset(
@@ -190,6 +197,7 @@ def check_grammar(text: str, what: str = "--grammar") -> str:
     llama.cpp's reason. Runs before any model loads (no vocabulary: token references such as
     `<[42]>` are refused)."""
     _check_size(text, what)
+    _check_rules(text, what)
     if not text.strip():
         raise UsageError(f"{what}: the grammar is empty")
     if "\x00" in text:
@@ -205,6 +213,18 @@ def check_grammar(text: str, what: str = "--grammar") -> str:
 def _check_size(text: str, what: str) -> None:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_GRAMMAR_BYTES:
         raise UsageError(f"{what}: larger than {MAX_GRAMMAR_BYTES // (1024 * 1024)} MB")
+
+
+def _check_rules(text: str, what: str) -> None:
+    """A UsageError when `text` makes more rules than llama.cpp's recursion can safely go
+    through (MAX_GRAMMAR_RULES): its rules, groups and repetitions, counted as it makes them."""
+    bare = _NOT_STRUCTURE.sub("", text)
+    rules = bare.count("::=") + sum(bare.count(c) for c in "(*+?{")
+    if rules > MAX_GRAMMAR_RULES:
+        raise UsageError(
+            f"{what}: the grammar makes {rules} rules (with its groups and repetitions); "
+            f"llama.cpp takes at most {MAX_GRAMMAR_RULES} here"
+        )
 
 
 _lock = threading.Lock()

@@ -43,6 +43,7 @@ from .engine import (
 from .lora import LoadedAdapter, check_adapter, load_adapters
 from .offload import default_gpu_layers, device_split, has_offload_devices
 from .rpc import add_servers, rpc_servers
+from .tokens import check_ids
 
 if TYPE_CHECKING:
     from .interface import Context, PromptCache, Session
@@ -227,7 +228,7 @@ class Weights(ABC):
     # -- the vocabulary -------------------------------------------------------------------------
 
     def token_text(self, token: int) -> str:
-        if token < 0:
+        if not 0 <= token < self.n_vocab:  # llama.cpp's .at() would throw: std::terminate
             return ""
         raw = self._ll.llama_vocab_get_text(self._vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
@@ -274,6 +275,7 @@ class Weights(ABC):
     def piece(self, token: int) -> bytes:
         cached = self._pieces.get(token)
         if cached is None:
+            check_ids(self.n_vocab, (token,), "token")  # llama.cpp's .at(): std::terminate
             n = self._ll.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
             cached = self._piece_buf.raw[: max(n, 0)]
             self._pieces[token] = cached
@@ -285,7 +287,9 @@ class Weights(ABC):
         """A sampler chain for `p`, its penalties primed with `prompt` (the tokens the answer
         follows); repeat_last_n -1 looks back over `n_ctx` tokens (the sequence's context), as
         llama.cpp's tools resolve it. Free it with free_sampler."""
-        if p.repeat_last_n < 0:
+        if p.repeat_last_n < 0 or 0 < n_ctx < p.repeat_last_n:
+            # A window past the context sees no more tokens, and llama.cpp allocates its ring
+            # buffer at the size asked: 2**31 would be an 8 GB allocation (or std::bad_alloc).
             p = replace(p, repeat_last_n=n_ctx)
         if not p.grammar:
             return self._plain_sampler(p, prompt)

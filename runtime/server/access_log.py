@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .backend import REQUEST_ID
 from .metrics import Metrics
 from .openai_protocol import ApiError
 from .security import ASGIApp, Message, Receive, Scope, Send, send_error
@@ -113,6 +114,7 @@ class AccessLog:
             started=time.monotonic(),
         )
         scope[SCOPE_KEY] = record
+        REQUEST_ID.set(record.request_id)
         request_id_header = (b"X-Request-Id", record.request_id.encode())
 
         async def logged_send(message: Message) -> None:

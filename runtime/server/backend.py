@@ -10,6 +10,7 @@ plain data: no HTTP, no llama.cpp.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -21,6 +22,10 @@ from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..generation.tool_plan import ToolPlan
 from ..params import LoadOptions, SamplingParams
+
+# The id of the HTTP request being handled (access_log sets it), read by the model half when it
+# admits a job: a decode thread names its requests in the line an unforeseen abort prints.
+REQUEST_ID: ContextVar[str] = ContextVar("infer_request_id", default="")
 
 
 @dataclass

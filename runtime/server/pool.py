@@ -22,6 +22,7 @@ from datetime import datetime
 from ..api import load, prompt_tokens
 from ..errors import (
     BadReferenceError,
+    EngineError,
     ModelFileError,
     ModelNotFoundError,
     UsageError,
@@ -41,6 +42,7 @@ from ..llama.engine import KV_BUDGET_BYTES, backends, default_ctx
 from ..llama.interface import Model
 from ..llama.offload import describe_split
 from ..llama.special import rerank_tokens
+from ..llama.tokens import check_ids
 from ..models.gguf import read_header
 from ..models.refs import PathRef, parse_ref
 from ..models.resolve import NotDownloadedError, ResolvedModel, ensure_local, resolve
@@ -49,6 +51,7 @@ from ..options import sampling as layered
 from ..params import GenerateOptions, SamplingParams
 from ..tools.rerank import check_reranker
 from .backend import (
+    REQUEST_ID,
     AdapterInfo,
     DecodeCounts,
     Embeddings,
@@ -182,6 +185,7 @@ class ModelPool:
             tools=tools,
             lora=lora,
             progress=request.progress,
+            request_id=REQUEST_ID.get(),
         )
         worker.submit(job)
         self._served.move_to_end(served.resolved.name)
@@ -205,7 +209,7 @@ class ModelPool:
     async def pieces(self, model: str, tokens: list[int]) -> list[bytes]:
         served = await self._get(model)
         engine = served.engine
-        _check_vocabulary(engine, tokens, "tokens")
+        check_ids(engine.n_vocab, tokens, "tokens")
         # Control tokens as their markup, as llama.cpp's /detokenize writes them.
         return [engine.piece(t) or engine.token_text(t).encode() for t in tokens]
 
@@ -451,7 +455,11 @@ class ModelPool:
         options = replace(
             config.load, ctx_size=ctx_seq, prompt_cache=False, mmproj=mmproj, lora=lora
         )
-        engine = load(resolved, options)
+        try:  # loaded in a child process first: a file llama.cpp aborts on fails only this
+            engine = load(resolved, options, probe=True)
+        except EngineError as e:
+            self._note(f"{resolved.name} was not loaded: {e}")
+            raise EngineError(f"model '{resolved.name}' cannot be loaded: {e}") from None
         n_batch = min(config.load.batch_size, ctx_seq)
         try:
             context = engine.new_context(parallel, ctx_seq, n_batch)
@@ -575,14 +583,6 @@ def _tool_plan(request: TextRequest, template: str | None) -> ToolPlan | None:
     )
 
 
-def _check_vocabulary(engine: Model, tokens: Sequence[int], field: str) -> None:
-    bad = next((t for t in tokens if not 0 <= t < engine.n_vocab), None)
-    if bad is not None:
-        raise UsageError(
-            f"'{field}' has token {bad}, outside the vocabulary (0..{engine.n_vocab - 1})"
-        )
-
-
 def _mixed_tokens(engine: Model, parts: Sequence[int | str]) -> list[int]:
     """llama.cpp's prompt of token ids and text: text tokenized as a completion's prompt is
     (never parsed for control tokens), ids checked against the vocabulary; BOS added before a
@@ -594,7 +594,7 @@ def _mixed_tokens(engine: Model, parts: Sequence[int | str]) -> list[int]:
             out.extend(engine.with_bos(tokens) if i == 0 else tokens)
         else:
             out.append(part)
-    _check_vocabulary(engine, out, "prompt")
+    check_ids(engine.n_vocab, out, "prompt")
     return out
 
 
@@ -606,11 +606,7 @@ def _embedding_tokens(engine: Model, inputs: Sequence[str | list[int]]) -> list[
         if isinstance(item, str):
             out.append(embedding_tokens(engine, item))
             continue
-        bad = next((t for t in item if not 0 <= t < engine.n_vocab), None)
-        if bad is not None:
-            raise UsageError(
-                f"input {i} has token {bad}, outside the vocabulary (0..{engine.n_vocab - 1})"
-            )
+        check_ids(engine.n_vocab, item, f"input[{i}]")
         out.append(list(item))
     return out
 

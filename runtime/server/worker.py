@@ -21,7 +21,7 @@ from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InferError, Interrupted
+from ..errors import EngineError, InferError, Interrupted
 from ..generation.batch_draft import DraftGate
 from ..generation.logprobs import TokenLogprob
 from ..generation.scheduler import (
@@ -32,6 +32,7 @@ from ..generation.scheduler import (
     StepCounts,
     TextSink,
 )
+from ..llama.aborts import serving
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
 from .backend import DecodeCounts, Finished, FinishReason, Piece, Progress, SlotInfo
@@ -42,6 +43,14 @@ if TYPE_CHECKING:
     from ..generation.tool_plan import ToolPlan
 
 Event = Piece | Finished | Progress
+
+
+class Failed:
+    """A choice that llama.cpp could not decode (generation/scheduler.py ends it alone): the
+    job's events() raises it, so the client gets its door's error, not a cut answer."""
+
+    def __init__(self, index: int, message: str) -> None:
+        self.index, self.message = index, message
 
 
 # Text generated faster than this is handed to the event loop in pieces of a few tokens: every
@@ -64,14 +73,16 @@ class ServedJob:
         tools: ToolPlan | None = None,
         lora: tuple[float, ...] | None = None,
         progress: bool = False,
+        request_id: str = "",
     ) -> None:
         self.model, self.tokens, self.sampling, self.options = model, tokens, sampling, options
         self.progress = progress  # report the prompt's reading (Progress events)
+        self.request_id = request_id  # the HTTP request's, for the line of an abort
         self.lora = lora  # each adapter's scale; None: the worker's scales when it starts
         self.tools = tools  # for the HTTP side, which parses the answer's calls with it
         self.prompt_tokens = len(tokens)
         self._loop = loop
-        self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+        self._queue: asyncio.Queue[list[Event | Failed]] = asyncio.Queue()
         self._submitted = time.perf_counter()
         self._first: float | None = None
         self._sent_at = 0.0  # when events last went to the event loop
@@ -81,7 +92,7 @@ class ServedJob:
         # The decode thread's: running choices, tokens of finished ones, this step's events.
         self.seqs: dict[int, Seq] = {}
         self.done_tokens = 0
-        self.pending: list[Event] = []
+        self.pending: list[Event | Failed] = []
         self.admitted = 0.0  # when its first choice took a slot
         self.read_ms = 0.0  # ... to the end of the last decode that read its prompt
         self.reported = -1  # the prompt tokens the last Progress said were processed
@@ -106,6 +117,9 @@ class ServedJob:
     async def events(self) -> AsyncIterator[Event]:
         while self._open:
             for event in await self._queue.get():
+                if isinstance(event, Failed):
+                    self._open = 0
+                    raise EngineError(event.message)
                 if isinstance(event, Finished):
                     self._open -= 1
                 yield event
@@ -120,12 +134,12 @@ class ServedJob:
             self._first = now
         if not self.pending:
             return None
-        ending = any(isinstance(e, Finished) for e in self.pending)
+        ending = any(isinstance(e, Finished | Failed) for e in self.pending)
         if now - self._sent_at < COALESCE_S and not ending:
             return None
         self._sent_at = now
         events, self.pending = self.pending, []
-        events.sort(key=lambda e: isinstance(e, Finished))  # a choice's last text first
+        events.sort(key=lambda e: isinstance(e, Finished | Failed))  # a choice's text first
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, events)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
@@ -191,6 +205,7 @@ class ModelWorker:
         self._running: list[ServedJob] = []
         self._owners: dict[int, tuple[ServedJob, int]] = {}  # request index -> (job, choice)
         self._next_index = 0
+        self._named: list[str] = []  # the request ids the abort line names now
         self._thread = threading.Thread(
             target=self._loop, args=(warm_up,), name=f"decode {name}", daemon=True
         )
@@ -283,6 +298,7 @@ class ModelWorker:
         once more threads run OpenMP teams than there are CPUs, and a second thread that had
         decoded once (a loader's) costs every later token here about 15% on 2 cores."""
         try:
+            serving(f"warming up {self.name}")
             if token is not None:
                 self.context.add(0, [token], True)
                 self.context.decode()
@@ -290,6 +306,7 @@ class ModelWorker:
         except Exception as e:  # the first request will say what is wrong
             self._note(f"{self.name}: warming up failed: {e}")
         finally:
+            serving("")
             self._started.set()
 
     def _loop(self, warm_up: int | None) -> None:
@@ -302,6 +319,7 @@ class ModelWorker:
                     self._between_steps()
                 if self._stopping and not self.scheduler.running():
                     self._embed_pending(stopping=True)
+                    serving("")
                     return
             self._embed_pending()
             try:
@@ -389,6 +407,14 @@ class ModelWorker:
                 self._end(self.scheduler.cancel(seq))
         self._admit()
         self._flush()
+        self._say_serving()
+
+    def _say_serving(self) -> None:
+        """Name the requests in the batch for the line an unforeseen abort prints."""
+        ids = [job.request_id or "?" for job in self._running]
+        if ids != self._named:
+            self._named = ids
+            serving(f"decoding requests {', '.join(ids)} of {self.name}" if ids else "")
 
     def _admit(self) -> None:
         """Queued jobs into free slots, first come first served."""
@@ -432,8 +458,12 @@ class ModelWorker:
         if seq is not None:  # the prompt tokens its slot held, or a fork copied
             self.counts.cached_tokens += seq.reused
         job.done_tokens += result.generated_tokens
-        # "context" is a cut answer, like max_tokens; a failed step ends it like a cancel.
-        reason = {"context": "length", "interrupted": "cancelled", "error": "cancelled"}.get(
+        if result.finish_reason == "error":  # llama.cpp failed on it: the client hears why
+            why = result.error or "llama.cpp failed while decoding it"
+            job.pending.append(Failed(choice, f"{self.name} could not answer: {why}"))
+            return
+        # "context" is a cut answer, like max_tokens.
+        reason = {"context": "length", "interrupted": "cancelled"}.get(
             result.finish_reason, result.finish_reason
         )
         job.pending.append(Finished(choice, FinishReason(reason), result.stop))
