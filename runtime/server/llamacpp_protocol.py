@@ -21,8 +21,11 @@ from ..generation.logprobs import TokenLogprob
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from ..params import SamplingParams
+from . import logit_bias
 from .access_log import LogRecord
 from .backend import FinishReason, TextRequest
+from .logprobs import native as probs_json
+from .logprobs import native_requested
 from .lora_fields import parse_lora
 from .openai_protocol import (
     MAX_PROMPTS,
@@ -56,6 +59,13 @@ class NativeRequest:
     several: bool = False  # a list of prompts: the answer is a list of results
     fields: list[str] = field(default_factory=list)  # response_fields: only these, by path
     prompts: list[str] = field(default_factory=list)  # each prompt's text ("" for token ids)
+    # logit_bias entries with text, until the route has it tokenized (set_logit_bias)
+    bias: logit_bias.Entries = ()
+
+    @property
+    def probs(self) -> bool:
+        """The request asked for completion_probabilities (n_probs)."""
+        return self.requests[0].logprobs is not None
 
 
 def _prompt_object(prompt: dict[str, Any]) -> str:
@@ -127,10 +137,10 @@ def parse_completion(body: Any) -> NativeRequest:
     if "prompt" not in body:
         raise invalid("prompt", "'prompt' is required")
     prompts = _prompts(body["prompt"])
-    if body.get("n_probs") not in (None, 0):
-        raise invalid("n_probs", "'n_probs' is not supported on /completion: use /v1/completions")
+    n_probs = native_requested(body, invalid)
     try:
         lora = parse_lora(body.get("lora"))  # llama-server's per-request LoRA scales
+        bias = logit_bias.parse_native(body.get("logit_bias"))
     except OptionError as e:
         raise invalid(e.option, f"'{e.option}' {e.problem}") from None
     sampling = sampling_of(body)
@@ -147,6 +157,8 @@ def parse_completion(body: Any) -> NativeRequest:
         stop=stop_strings(body, drop_empty=True),
         ignore_eos=boolean(body, "ignore_eos"),
         lora=lora,
+        logprobs=n_probs,
+        post_sampling_probs=boolean(body, "post_sampling_probs"),
     )
     requests = []
     for p in prompts:
@@ -159,9 +171,23 @@ def parse_completion(body: Any) -> NativeRequest:
     if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
         raise invalid("response_fields", "'response_fields' must be an array of strings")
     texts = [p if isinstance(p, str) else "" for p in prompts]
-    return NativeRequest(
+    parsed = NativeRequest(
         model, requests, stream, n_predict, settings, len(prompts) > 1, fields, texts
     )
+    parsed.bias = bias
+    if not logit_bias.has_text(bias):  # token ids only: no tokenizer needed
+        set_logit_bias(parsed, tuple((int(t), b) for t, b in bias))
+    return parsed
+
+
+def set_logit_bias(parsed: NativeRequest, pairs: logit_bias.Pairs) -> None:
+    """The request's logit_bias, its texts tokenized (logit_bias.resolve): in every prompt's
+    sampling, and in generation_settings as llama-server shows it."""
+    parsed.bias = ()
+    parsed.settings["logit_bias"] = logit_bias.shown(pairs)
+    if pairs:
+        for request in parsed.requests:
+            request.sampling = {**request.sampling, "logit_bias": pairs}
 
 
 def generation_settings(request: TextRequest, n_predict: int, stream: bool) -> dict[str, Any]:
@@ -180,8 +206,10 @@ def generation_settings(request: TextRequest, n_predict: int, stream: bool) -> d
         "stop": request.stop,
         "ignore_eos": request.ignore_eos,
         "stream": stream,
-        "n_probs": 0,
-        "logit_bias": [],  # none applied (ignore_eos is the loop's, not a bias on EOG tokens)
+        "n_probs": request.logprobs or 0,
+        "post_sampling_probs": request.post_sampling_probs,
+        # the request's, set by set_logit_bias (ignore_eos is the loop's, not EOG biases)
+        "logit_bias": [],
         "grammar": sampling.get("grammar", ""),
     }
 
@@ -248,10 +276,12 @@ def result(
     model: str,
     record: LogRecord,
     counts: tuple[int, int],
+    probs: Sequence[TokenLogprob] | None = None,
 ) -> dict[str, Any]:
-    """One prompt's whole answer (or a stream's last frame, with `text` "")."""
+    """One prompt's whole answer (or a stream's last frame, with `text` ""); `probs`: its
+    tokens' probabilities when the request asked (n_probs)."""
     prompt_n, predicted_n = counts
-    return {
+    answer = {
         "index": index,
         "content": text,
         "tokens": [],
@@ -269,6 +299,10 @@ def result(
         "tokens_cached": prompt_n + predicted_n,
         "timings": timings(record),
     }
+    if probs is not None and parsed.probs:
+        post = parsed.requests[0].post_sampling_probs
+        answer["completion_probabilities"] = probs_json(probs, post)
+    return answer
 
 
 class NativeStream:
@@ -304,17 +338,19 @@ class NativeStream:
 
     def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         self.generated[index] = self.generated.get(index, 0) + 1
-        return self._frame(
-            {
-                "index": index,
-                "content": text,
-                "tokens": [],
-                "stop": False,
-                "id_slot": -1,
-                "tokens_predicted": self.generated[index],
-                "tokens_evaluated": self.record.prompt_tokens,
-            }
-        )
+        frame = {
+            "index": index,
+            "content": text,
+            "tokens": [],
+            "stop": False,
+            "id_slot": -1,
+            "tokens_predicted": self.generated[index],
+            "tokens_evaluated": self.record.prompt_tokens,
+        }
+        if logprobs and self.parsed.probs:  # this frame's own tokens'
+            post = self.parsed.requests[0].post_sampling_probs
+            frame["completion_probabilities"] = probs_json(logprobs, post)
+        return self._frame(frame)
 
     def call(self, index: int, k: int, call: ToolCall) -> bytes:
         return b""  # /completion offers no tools

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import llamacpp_protocol as protocol
-from . import openai_protocol
+from . import logit_bias, openai_protocol
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend, Job, TextRequest
@@ -66,12 +66,14 @@ class _Routes:
         try:
             parsed = protocol.parse_completion(await self._body(request))
             record.model = parsed.model
+            if parsed.bias:
+                await self._tokenize_bias(parsed, record)
             jobs = await self._submit(parsed.model, parsed.requests, record, "prompt")
         except ApiError as e:
             return _error(e)
         except ClientGone:
             return Response(status_code=400)
-        answer = Answer(jobs, record, 1)
+        answer = Answer(jobs, record, 1, logprobs=parsed.probs)
         if parsed.stream:
             failed = functools.partial(self._failed, record=record)
             stream = protocol.NativeStream(parsed, answer.model, record, answer.stops, failed)
@@ -89,12 +91,28 @@ class _Routes:
                 answer.model,
                 record,
                 (jobs[i].prompt_tokens, jobs[i].completion_tokens),
+                choice.logprobs,
             )
             for i, choice in enumerate(choices)
         ]
         if parsed.fields:
             results = [protocol.only_fields(r, parsed.fields) for r in results]
         return JSONResponse(results if parsed.several else results[0])
+
+    async def _tokenize_bias(self, parsed: protocol.NativeRequest, record: LogRecord) -> None:
+        """logit_bias's texts as the served model's tokens (llama-server tokenizes them with
+        the model: no BOS, no control tokens)."""
+
+        async def tokenize(text: str) -> list[int]:
+            return await self.backend.tokenize(
+                parsed.model, text, add_special=False, parse_special=False
+            )
+
+        try:
+            pairs = await logit_bias.resolve(parsed.bias, tokenize)
+        except Exception as e:
+            raise self._failed(e, record, "logit_bias") from None
+        protocol.set_logit_bias(parsed, pairs)
 
     async def _submit(
         self, model: str, requests: list[TextRequest], record: LogRecord, param: str

@@ -24,6 +24,7 @@ from ..errors import (
     BadReferenceError,
     ModelFileError,
     ModelNotFoundError,
+    OptionError,
     UsageError,
 )
 from ..generation.infill import infill_tokens
@@ -167,6 +168,7 @@ class ModelPool:
             stop=list(request.stop),
             ignore_eog=request.ignore_eos,
             logprobs=request.logprobs,
+            post_sampling_probs=request.post_sampling_probs,
         )
         sampling = self._sampling(served, request)
         lora = None if request.lora is None else _scales(served, request.lora, "lora")
@@ -524,7 +526,15 @@ class ModelPool:
         """The request's fields over the model's models.toml defaults over infer's; one per
         choice (with a seed, choice i uses seed + i: n equal answers would be pointless)."""
         given = {k: v for k, v in request.sampling.items() if k in BY_NAME}
-        constraint = {k: v for k, v in request.sampling.items() if k not in BY_NAME}  # grammar
+        # grammar, logit_bias: not options of the table, SamplingParams fields all the same
+        constraint = {k: v for k, v in request.sampling.items() if k not in BY_NAME}
+        bias = constraint.get("logit_bias", ())
+        bad = next((t for t, _ in bias if not 0 <= t < served.engine.n_vocab), None)
+        if bad is not None:  # never handed to llama.cpp, which would write past its array
+            raise OptionError(
+                "logit_bias",
+                f"has token {bad}, outside the vocabulary (0..{served.engine.n_vocab - 1})",
+            )
         base = layered(
             Overrides.of(given),
             served.resolved.defaults.sampling,
