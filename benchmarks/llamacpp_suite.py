@@ -100,18 +100,10 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     # issue #23, done on other branches
     "*::*logprobs*": ("other-helper", "logprobs (issue #23, another branch)"),
-    "*::*n_probs*": ("other-helper", "logprobs (issue #23, another branch)"),
     "test_infill.py::*": ("other-helper", "/infill (issue #23, another branch)"),
     "test_rerank.py::*": ("other-helper", "rerank (issue #23, another branch)"),
     "test_lora.py::*": ("other-helper", "LoRA adapters (issue #23, another branch)"),
     "test_speculative.py::*": ("other-helper", "server drafts (issue #23, another branch)"),
-    # not done yet
-    "*::test_logit_bias*": ("missing-feature", "logit_bias"),
-    "test_chat_completion.py::test_completion_with_response_format"
-    "[response_format1-10-[ -3000 ]]": (
-        "missing-feature",
-        "a JSON schema's tuple-form 'items' (an array of schemas) is refused by infer's checker",
-    ),
 }
 
 

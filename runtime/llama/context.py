@@ -200,8 +200,11 @@ class LlamaContext:
         probs = left["p"]
         if not probs.any():  # a greedy chain sets no probability: its pick is certain
             return token, 1.0, [(token, 1.0)][:n]
-        order = np.argsort(-probs, kind="stable")
-        top = [(int(left["id"][i]), float(probs[i])) for i in order[:n] if probs[i] > 0]
+        k = min(n, len(probs))
+        # the k likeliest without sorting all (a chain without top-k leaves the whole vocabulary)
+        pick = np.argpartition(-probs, k - 1)[:k] if 0 < k < len(probs) else np.arange(k)
+        pick = pick[np.argsort(-probs[pick], kind="stable")]
+        top = [(int(left["id"][i]), float(probs[i])) for i in pick if probs[i] > 0]
         return token, float(probs[cur.selected]), top
 
     def remove(self, seq: int, start: int = 0) -> None:
