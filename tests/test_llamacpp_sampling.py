@@ -60,8 +60,7 @@ def chat(url: str, **extra: Any) -> Any:
         model="smollm2",
         messages=[{"role": "user", "content": QUESTION}],
         temperature=0,
-        max_tokens=16,
-        **extra,
+        **{"max_tokens": 16, **extra},
     )
 
 
