@@ -137,10 +137,8 @@ def parse_completion(body: Any) -> NativeRequest:
     if "prompt" not in body:
         raise invalid("prompt", "'prompt' is required")
     prompts = _prompts(body["prompt"])
-    n_probs = native_requested(body, invalid)
     try:
         lora = parse_lora(body.get("lora"))  # llama-server's per-request LoRA scales
-        bias = logit_bias.parse_native(body.get("logit_bias"))
     except OptionError as e:
         raise invalid(e.option, f"'{e.option}' {e.problem}") from None
     sampling = sampling_of(body)
@@ -157,9 +155,8 @@ def parse_completion(body: Any) -> NativeRequest:
         stop=stop_strings(body, drop_empty=True),
         ignore_eos=boolean(body, "ignore_eos"),
         lora=lora,
-        logprobs=n_probs,
-        post_sampling_probs=boolean(body, "post_sampling_probs"),
     )
+    bias = probs_and_bias(body, base)
     requests = []
     for p in prompts:
         if isinstance(p, str):
@@ -174,10 +171,27 @@ def parse_completion(body: Any) -> NativeRequest:
     parsed = NativeRequest(
         model, requests, stream, n_predict, settings, len(prompts) > 1, fields, texts
     )
-    parsed.bias = bias
-    if not logit_bias.has_text(bias):  # token ids only: no tokenizer needed
-        set_logit_bias(parsed, tuple((int(t), b) for t, b in bias))
+    with_bias(parsed, bias)
     return parsed
+
+
+def probs_and_bias(body: dict[str, Any], request: TextRequest) -> logit_bias.Entries:
+    """llama-server's n_probs and post_sampling_probs, set on `request` (as generation_settings
+    reads them), and its logit_bias entries (texts not yet tokenized: `with_bias`)."""
+    request.logprobs = native_requested(body, invalid)
+    request.post_sampling_probs = boolean(body, "post_sampling_probs")
+    try:
+        return logit_bias.parse_native(body.get("logit_bias"))
+    except OptionError as e:
+        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
+
+
+def with_bias(parsed: NativeRequest, entries: logit_bias.Entries) -> None:
+    """The request's logit_bias entries: set now when they are token ids, else kept for the
+    route to tokenize (`parsed.bias`, then set_logit_bias)."""
+    parsed.bias = entries
+    if not logit_bias.has_text(entries):  # token ids only: no tokenizer needed
+        set_logit_bias(parsed, tuple((int(t), b) for t, b in entries))
 
 
 def set_logit_bias(parsed: NativeRequest, pairs: logit_bias.Pairs) -> None:

@@ -45,6 +45,18 @@ def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list
     ]
 
 
+async def tokenize_bias(
+    backend: Backend, parsed: protocol.NativeRequest, failed: BackendError, record: LogRecord
+) -> None:
+    """A native request's logit_bias texts as the served model's tokens (llama-server tokenizes
+    them with the model: no BOS, no control tokens), set on its requests (/completion, /infill)."""
+    try:
+        pairs = await logit_bias.tokenized(backend, parsed.model, parsed.bias)
+    except Exception as e:
+        raise failed(e, record, "logit_bias") from None
+    protocol.set_logit_bias(parsed, pairs)
+
+
 def _error(e: ApiError) -> Response:
     return JSONResponse(e.body(), e.status, headers=e.headers)
 
@@ -67,7 +79,7 @@ class _Routes:
             parsed = protocol.parse_completion(await self._body(request))
             record.model = parsed.model
             if parsed.bias:
-                await self._tokenize_bias(parsed, record)
+                await tokenize_bias(self.backend, parsed, self._failed, record)
             jobs = await self._submit(parsed.model, parsed.requests, record, "prompt")
         except ApiError as e:
             return _error(e)
@@ -98,21 +110,6 @@ class _Routes:
         if parsed.fields:
             results = [protocol.only_fields(r, parsed.fields) for r in results]
         return JSONResponse(results if parsed.several else results[0])
-
-    async def _tokenize_bias(self, parsed: protocol.NativeRequest, record: LogRecord) -> None:
-        """logit_bias's texts as the served model's tokens (llama-server tokenizes them with
-        the model: no BOS, no control tokens)."""
-
-        async def tokenize(text: str) -> list[int]:
-            return await self.backend.tokenize(
-                parsed.model, text, add_special=False, parse_special=False
-            )
-
-        try:
-            pairs = await logit_bias.resolve(parsed.bias, tokenize)
-        except Exception as e:
-            raise self._failed(e, record, "logit_bias") from None
-        protocol.set_logit_bias(parsed, pairs)
 
     async def _submit(
         self, model: str, requests: list[TextRequest], record: LogRecord, param: str

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import OptionError
+from .backend import Backend
 
 FIELD = "logit_bias"
 OPENAI_LIMIT = 100.0  # OpenAI's range for a bias: -100..100
@@ -122,6 +123,15 @@ async def resolve(entries: Entries, tokenize: Callable[[str], Awaitable[list[int
         else:
             out.append((token, bias))
     return tuple(out)
+
+
+async def tokenized(backend: Backend, model: str, entries: Entries) -> Pairs:
+    """`resolve` with the served model's tokenizer."""
+
+    async def tokenize(text: str) -> list[int]:
+        return await backend.tokenize(model, text, add_special=False, parse_special=False)
+
+    return await resolve(entries, tokenize)
 
 
 def has_text(entries: Entries) -> bool:
