@@ -66,7 +66,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "*::*with_llama_telemetry": ("llama-server-only", "timings_per_token, return_progress"),
     "*::test_ignore_eos_populates_logit_bias": (
         "llama-server-only",
-        "ignore_eos done as EOG logit biases, shown in generation_settings",
+        "ignore_eos's end-of-generation bans listed in generation_settings (infer bans them "
+        "too, in the model's pool, and lists the request's own biases only)",
     ),
     "test_mcp_servers.py::*": ("llama-server-only", "MCP servers and tools"),
     "test_proxy.py::*": ("llama-server-only", "its CORS proxy for MCP"),

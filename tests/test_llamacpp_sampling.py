@@ -161,6 +161,20 @@ def test_bad_logit_bias_is_a_400_naming_it(
     assert post(infer.url, "/completion", {"prompt": "Hi", "n_predict": 1})["content"]
 
 
+def test_ignore_eos_bans_the_end_of_generation_as_llama_server(infer: Server, llama: str) -> None:
+    """ignore_eos: the end-of-generation tokens are never sampled (llama-server adds them to
+    logit_bias), so the answer goes on with text where it would have ended."""
+    body = {"messages": [{"role": "user", "content": "Say hi."}], "temperature": 0}
+    short = post(infer.url, "/v1/chat/completions", {**body, "max_tokens": 40})["choices"][0]
+    assert short["finish_reason"] == "stop"  # it ends on its own...
+    body.update(max_tokens=len(short["message"]["content"]) + 24, ignore_eos=True)
+    ours = post(infer.url, "/v1/chat/completions", body)
+    theirs = post(llama, "/v1/chat/completions", body)
+    assert ours["choices"][0]["finish_reason"] == "length"  # ... and now goes on, with text
+    assert ours["choices"][0]["message"]["content"] == theirs["choices"][0]["message"]["content"]
+    assert ours["usage"]["completion_tokens"] == body["max_tokens"]
+
+
 # --- n_probs ----------------------------------------------------------------------------------
 def assert_same_probs(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str) -> None:
     top = "top_logprobs" if key == "logprob" else "top_probs"

@@ -222,7 +222,8 @@ def generation_settings(request: TextRequest, n_predict: int, stream: bool) -> d
         "stream": stream,
         "n_probs": request.logprobs or 0,
         "post_sampling_probs": request.post_sampling_probs,
-        # the request's, set by set_logit_bias (ignore_eos is the loop's, not EOG biases)
+        # the request's, set by set_logit_bias (ignore_eos's bans on the end-of-generation
+        # tokens are the pool's, which knows the vocabulary: not listed here)
         "logit_bias": [],
         "grammar": sampling.get("grammar", ""),
     }

@@ -11,6 +11,7 @@ was started with --allow-pull.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from collections import OrderedDict
@@ -71,6 +72,8 @@ class _Served:
     engine: Model
     worker: ModelWorker
     created: int
+    # the vocabulary's end-of-generation tokens: what `ignore_eos` bans, as llama-server does
+    eog: tuple[int, ...] = ()
 
 
 class ModelPool:
@@ -470,7 +473,8 @@ class ModelPool:
             drafter=drafter, draft_adapt=config.draft_adapt,
         )  # fmt: skip
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
-        return _Served(resolved, engine, worker, _created(resolved))
+        eog = tuple(t for t in range(engine.n_vocab) if engine.is_eog(t))
+        return _Served(resolved, engine, worker, _created(resolved), eog)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -535,6 +539,8 @@ class ModelPool:
                 "logit_bias",
                 f"has token {bad}, outside the vocabulary (0..{served.engine.n_vocab - 1})",
             )
+        if request.ignore_eos:  # llama-server's way: never sampled, so the text goes on
+            constraint["logit_bias"] = (*bias, *((t, -math.inf) for t in served.eog))
         base = layered(
             Overrides.of(given),
             served.resolved.defaults.sampling,
