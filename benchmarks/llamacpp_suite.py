@@ -63,7 +63,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "*::test_return_progress*": ("llama-server-only", "return_progress frames"),
     "*::test_ignore_eos_populates_logit_bias": (
         "llama-server-only",
-        "ignore_eos done as EOG logit biases, shown in generation_settings",
+        "ignore_eos's end-of-generation bans listed in generation_settings (infer bans them "
+        "too, in the model's pool, and lists the request's own biases only)",
     ),
     "test_mcp_servers.py::*": ("llama-server-only", "MCP servers and tools"),
     "test_proxy.py::*": ("llama-server-only", "its CORS proxy for MCP"),
@@ -103,18 +104,10 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     # issue #23, done on other branches
     "*::*logprobs*": ("other-helper", "logprobs (issue #23, another branch)"),
-    "*::*n_probs*": ("other-helper", "logprobs (issue #23, another branch)"),
     "test_infill.py::*": ("other-helper", "/infill (issue #23, another branch)"),
     "test_rerank.py::*": ("other-helper", "rerank (issue #23, another branch)"),
     "test_lora.py::*": ("other-helper", "LoRA adapters (issue #23, another branch)"),
     "test_speculative.py::*": ("other-helper", "server drafts (issue #23, another branch)"),
-    # not done yet
-    "*::test_logit_bias*": ("missing-feature", "logit_bias"),
-    "test_chat_completion.py::test_completion_with_response_format"
-    "[response_format1-10-[ -3000 ]]": (
-        "missing-feature",
-        "a JSON schema's tuple-form 'items' (an array of schemas) is refused by infer's checker",
-    ),
 }
 
 

@@ -56,6 +56,12 @@ class SamplingParams:
     # tool_choice "auto" keeps a call's arguments valid and a plain answer free. () = the
     # grammar holds from the first token.
     grammar_triggers: tuple[GrammarTrigger, ...] = ()
+    # Added to a token's logit before any other sampler, as llama.cpp's logit-bias sampler does
+    # (first in its chain): (token id, bias) pairs, -inf = the token is never sampled. Token
+    # ids are checked against the vocabulary where a model is at hand (the server's pool; the
+    # sampler chain refuses any that slipped through, never handing llama.cpp an id past the
+    # vocabulary). () = none.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def validate(self) -> SamplingParams:
         """These parameters if every option is in its range (the table's `check`) and the
@@ -72,7 +78,28 @@ class SamplingParams:
                 "must be (word, at_start) pairs with a non-empty word "
                 f"(got {self.grammar_triggers!r})",
             )
+        bad = next((pair for pair in self.logit_bias if not _is_bias(pair)), None)
+        if bad is not None:
+            raise OptionError(
+                "logit_bias",
+                f"must be (token id, bias) pairs: an id >= 0 and a finite bias or -inf "
+                f"(got {bad!r})",
+            )
         return self
+
+
+def _is_bias(pair: object) -> bool:
+    if not (isinstance(pair, tuple) and len(pair) == 2):
+        return False
+    token, bias = pair
+    return (
+        isinstance(token, int)
+        and not isinstance(token, bool)
+        and token >= 0
+        and isinstance(bias, (int, float))
+        and not isinstance(bias, bool)
+        and (math.isfinite(bias) or bias == -math.inf)
+    )
 
 
 def _is_trigger(trigger: object) -> bool:

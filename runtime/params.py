@@ -34,6 +34,10 @@ class GenerateOptions:
     # Log-probabilities of each generated token and of its `logprobs` most likely alternatives
     # (generation/logprobs.py); None: not computed at all.
     logprobs: int | None = None
+    # With logprobs: the probabilities after the sampler chain (top-k, top-p, min-p, temperature
+    # and the rest) of the sampled token and the `logprobs` likeliest candidates the chain left,
+    # as llama-server's post_sampling_probs; the scheduler honours it.
+    post_sampling_probs: bool = False
 
     def validate(self) -> GenerateOptions:
         if self.max_tokens is not None and self.max_tokens < 0:

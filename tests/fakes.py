@@ -255,6 +255,19 @@ class FakeContext:
             nxt += rng.randrange(2)
         return EOG if nxt > ord("z") else nxt
 
+    def sample_probs(
+        self, seq: int, row: int, n: int
+    ) -> tuple[int, float, list[tuple[int, float]]]:
+        # The rule's next token is certain at temperature 0; else it and the one after are
+        # equally likely (the seeded skip of `sample`).
+        params, _ = self.samplers[seq]
+        token = self.sample(seq, row)
+        if params.temperature <= 0:
+            return token, 1.0, [(token, 1.0)][:n]
+        nxt = self.rows[max(self.rows) if row == -1 else row][-1] + 1
+        both = [EOG if t > ord("z") else t for t in (nxt, nxt + 1)]
+        return token, 0.5, [(t, 0.5) for t in both][:n]
+
     def remove(self, seq: int, start: int = 0) -> None:
         del self.held[seq][start:]
         if start == 0:

@@ -103,6 +103,31 @@ def test_infill_answers_as_llama_server(servers: tuple, case: str) -> None:
     assert set(want["timings"]) <= set(last["timings"]) and last["timings"]["predicted_n"] == 24
 
 
+def test_infill_logit_bias_and_n_probs_as_llama_server(servers: tuple) -> None:
+    """/infill reads /completion's logit_bias and n_probs (llama-server's one parser for
+    both): the first token banned, the same answer as llama-server's, and each generated
+    token's probabilities (the values before sampling: the ban does not change them)."""
+    reference, ours = servers
+    body = {**CASES["no extra"], "n_predict": 6, "temperature": 0, "n_probs": 3}
+    plain = httpx.post(ours.url + "/infill", json=body, timeout=120).json()
+    first = plain["completion_probabilities"][0]
+    body["logit_bias"] = [[first["id"], False]]
+    want = reference.post("/infill", body).json()
+    got = httpx.post(ours.url + "/infill", json=body, timeout=120).json()
+    assert got["content"] == want["content"] != plain["content"]
+    assert got["generation_settings"]["logit_bias"] == [{"bias": None, "token": first["id"]}]
+    # (llama-server leaves out tokens that end inside a UTF-8 character, which this random
+    # model writes often; infer lists every token, docs/serve.md: compared with itself here)
+    probs = got["completion_probabilities"]
+    assert len(probs) == got["tokens_predicted"]
+    # (an answer cut inside a character ends with U+FFFD that no token's text holds)
+    assert got["content"].startswith("".join(e["token"] for e in probs))
+    assert all(e["id"] != first["id"] for e in probs)
+    before, after = first["top_logprobs"], probs[0]["top_logprobs"]
+    assert [t["id"] for t in after] == [t["id"] for t in before]
+    assert all(abs(a["logprob"] - b["logprob"]) < 1e-4 for a, b in zip(after, before, strict=True))
+
+
 def test_ollama_suffix_fills_in_the_middle(servers: tuple, fim: Path) -> None:
     reference, ours = servers
     prefix, suffix = "def add(a, b):\n    ", "\n    return c\n"

@@ -41,6 +41,7 @@ FOREIGN = {
     "--ignore-eos",  # llama-completion's, in the benchmarks' notes
     "--lora-scaled",  # llama-completion's and llama-server's, in docs/run.md and the README
     "--jinja",  # llama-server's, in the comparison table
+    "--logit-bias",  # llama.cpp's, in the comparison table (infer has the server field only)
     "--prompt-cache",  # llama.cpp's, in the comparison table
     "--quantize",  # ollama create's, in the comparison table
     "--reranking",  # llama-server's, which /v1/rerank answers as

@@ -341,7 +341,13 @@ INVALID_CHAT = [
         },
         "response_format",
     ),
-    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    # logit_bias: OpenAI's {"<token id>": -100..100} (the ids' vocabulary check needs a model:
+    # test_logit_bias.py)
+    ({"logit_bias": {"50256": -101}}, "logit_bias"),
+    ({"logit_bias": {"hello": 1}}, "logit_bias"),
+    ({"logit_bias": {"5": "high"}}, "logit_bias"),
+    ({"logit_bias": {"-3": 1}}, "logit_bias"),
+    ({"logit_bias": [[5, 1]]}, "logit_bias"),
 ]
 
 

@@ -12,6 +12,7 @@ is imported when a reader is made.
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -82,6 +83,15 @@ class LogprobReader:
             )
         return float(row[token]) - lse, top
 
+    def of_probs(
+        self, prob: float, top: Sequence[tuple[int, float]]
+    ) -> tuple[float, tuple[Alternative, ...]]:
+        """(log p(token), the alternatives) from probabilities the sampler chain gave (the
+        token's and its likeliest candidates', Context.sample_probs): llama-server's
+        post_sampling_probs, kept as logarithms as `read`'s values are."""
+        alternatives = tuple(self._alternative(t, _log(p)) for t, p in top[: self.n_top])
+        return _log(prob), alternatives
+
     def _top(self, row: Any, peak: float) -> Any:
         """The ids of the n_top largest logits, most likely first, ties broken by the lower id
         (a partition alone picks among equal values arbitrarily)."""
@@ -107,6 +117,10 @@ class LogprobReader:
         return Alternative(token, text, raw, logprob)
 
 
+def _log(p: float) -> float:
+    return math.log(p) if p > 0 else -math.inf
+
+
 class Trail:
     """A sequence's token log-probabilities on their way out with its text. Text is released
     later than tokens are sampled (a UTF-8 character split over tokens, text held back while it
@@ -123,9 +137,20 @@ class Trail:
         self._decoded = 0  # characters of the answer's text decoded so far
         self._released = 0  # ... and released
 
-    def add(self, logits: Any, token: int, raw: bytes, text: str) -> None:
-        """A sampled token: its logits row, its bytes and the text they completed."""
-        logprob, top = self.reader.read(logits, token)
+    def add(
+        self,
+        logits: Any,
+        token: int,
+        raw: bytes,
+        text: str,
+        probs: tuple[float, Sequence[tuple[int, float]]] | None = None,
+    ) -> None:
+        """A sampled token: its logits row, its bytes and the text they completed; `probs`:
+        the chain's probabilities instead of the row's (post-sampling; see `of_probs`)."""
+        if probs is None:
+            logprob, top = self.reader.read(logits, token)
+        else:
+            logprob, top = self.reader.of_probs(*probs)
         self._pending.append((self._decoded, TokenLogprob(token, text, raw, logprob, top)))
         self._decoded += len(text)
 

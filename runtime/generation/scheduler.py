@@ -59,6 +59,9 @@ if TYPE_CHECKING:
     from .batch_draft import BatchDrafter, DraftGate
     from .prompt_cache import PromptCache
 
+# A token's probability after the sampler chain, and its likeliest candidates' (post-sampling)
+Probs = tuple[float, list[tuple[int, float]]]
+
 # The fewest tokens a copy of cells must save (beyond what the slot holds already). A copy
 # moves the donor's whole KV stream (llama.cpp copies split-cache streams whole), so a few
 # tokens are cheaper to read.
@@ -491,7 +494,8 @@ class Scheduler:
         while True:
             # `row` and `n_past` as for a plain step that sampled this token (what _next reads)
             seq.n_past, seq.row = base + ok, first + ok
-            result = self._next(seq, self.context.sample(seq.slot, seq.row), ignore_eog, counts)
+            token, probs = self._sample_token(seq)
+            result = self._next(seq, token, ignore_eog, counts, probs)
             if result is not None or ok == len(drafts) or seq.token != drafts[ok]:
                 break
             ok += 1  # confirmed: it is in the cells, and the row after it has the next logits
@@ -504,8 +508,22 @@ class Scheduler:
             seq.drafts = []
         return result
 
+    def _sample_token(self, seq: Seq) -> tuple[int, Probs | None]:
+        """The sequence's next token; with post-sampling probabilities asked for, also the
+        chain's probabilities (its and its likeliest candidates')."""
+        trail = seq.trail
+        if trail is None or not seq.req.options.post_sampling_probs:
+            return self.context.sample(seq.slot, seq.row), None
+        token, prob, top = self.context.sample_probs(seq.slot, seq.row, trail.reader.n_top)
+        return token, (prob, top)
+
     def _next(
-        self, seq: Seq, token: int, ignore_eog: bool, counts: StepCounts
+        self,
+        seq: Seq,
+        token: int,
+        ignore_eog: bool,
+        counts: StepCounts,
+        probs: Probs | None = None,
     ) -> BatchResult | None:
         """`token` sampled for `seq`: emitted, or the end of it (its result)."""
         model = self.model
@@ -516,7 +534,8 @@ class Scheduler:
         raw = model.piece(token)
         out = seq.stream.feed(raw)
         if seq.trail is not None:  # the row the token came from: valid until the next decode
-            seq.trail.add(self.context.logits(seq.row, 1), token, raw, seq.stream.decoded)
+            logits = self.context.logits(seq.row, 1) if probs is None else None
+            seq.trail.add(logits, token, raw, seq.stream.decoded, probs)
         if out or seq.trail is not None:
             seq.emit(out)
         if seq.stream.hit:

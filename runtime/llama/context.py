@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from .weights import Weights
 
 
+# llama_token_data as numpy sees it: {llama_token id; float logit; float p}
+_TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
+
+
 class LlamaContext:
     """Over `handle`, a llama_context of `model` with `n_seq_max` sequences (made by
     `create`, or a LlamaSession's single-sequence one), which this object frees."""
@@ -63,6 +67,7 @@ class LlamaContext:
         self._queued: list[tuple[int, Sequence[int]]] = []  # (seq, tokens) in batch order
         self._queued_len = [0] * n_seq_max
         self._n = 0  # rows filled in the batch
+        self._candidates: Any = None  # sample_probs' llama_token_data array, made on first use
         self._chains: list[Any] = [None] * n_seq_max
         # Sequences in a copy between split-cache streams that llama.cpp has enqueued: it moves
         # the data at the start of the next decode (libmtmd's included).
@@ -172,6 +177,40 @@ class LlamaContext:
 
     def sample(self, seq: int, row: int) -> int:
         return int(self._ll.llama_sampler_sample(self._chains[seq], self._handle, row))
+
+    def sample_probs(
+        self, seq: int, row: int, n: int
+    ) -> tuple[int, float, list[tuple[int, float]]]:
+        # What llama_sampler_sample does (every token a candidate, the chain applied, the pick
+        # accepted), over candidates of our own whose probabilities stay readable afterwards.
+        import numpy as np
+
+        ll, n_vocab, chain = self._ll, self._weights.n_vocab, self._chains[seq]
+        if self._candidates is None:
+            self._candidates = (ll.llama_token_data * n_vocab)()
+        view = np.frombuffer(self._candidates, dtype=_TOKEN_DATA)
+        view["id"] = np.arange(n_vocab, dtype=np.int32)  # the chain reorders them
+        view["logit"] = np.frombuffer(self.logits(row, 1), dtype=np.float32, count=n_vocab)
+        view["p"] = 0.0
+        cur = ll.llama_token_data_array(self._candidates, n_vocab, -1, False)
+        ll.llama_sampler_apply(chain, ctypes.byref(cur))
+        if not 0 <= cur.selected < cur.size:
+            raise EngineError("the sampler chain picked no token")
+        left = np.frombuffer(
+            (ll.llama_token_data * cur.size).from_address(ctypes.addressof(cur.data.contents)),
+            dtype=_TOKEN_DATA,
+        )
+        token = int(left["id"][cur.selected])
+        ll.llama_sampler_accept(chain, token)
+        probs = left["p"]
+        if not probs.any():  # a greedy chain sets no probability: its pick is certain
+            return token, 1.0, [(token, 1.0)][:n]
+        k = min(n, len(probs))
+        # the k likeliest without sorting all (a chain without top-k leaves the whole vocabulary)
+        pick = np.argpartition(-probs, k - 1)[:k] if 0 < k < len(probs) else np.arange(k)
+        pick = pick[np.argsort(-probs[pick], kind="stable")]
+        top = [(int(left["id"][i]), float(probs[i])) for i in pick if probs[i] > 0]
+        return token, float(probs[cur.selected]), top
 
     def remove(self, seq: int, start: int = 0) -> None:
         if start and start >= len(self._tokens[seq]):

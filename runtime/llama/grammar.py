@@ -325,11 +325,12 @@ def _check_schema(schema: dict[str, Any], what: str) -> None:
         if isinstance(extra, dict):
             walk(extra, f"{path}/additionalProperties")
         items = node.get("items")
-        if items is not None:
+        if items is not None and not isinstance(items, list):
             walk(items, f"{path}/items")
-        for key in ("prefixItems", "anyOf"):
+        # a list of schemas in 'items' is the tuple form before draft 2020-12's 'prefixItems'
+        for key in ("items", "prefixItems", "anyOf"):
             members = node.get(key)
-            if members is None:
+            if members is None or (key == "items" and not isinstance(members, list)):
                 continue
             if not isinstance(members, list) or not members:
                 refuse(f"{path}/{key}", f"'{key}' must be a non-empty array")
@@ -400,10 +401,15 @@ def _check_typed(
         if "properties" not in node and node.get("additionalProperties") is True:
             return
     if constraints & arrays:
+        # A tuple ('prefixItems', or 'items' as a list: llama.cpp's converter reads both as
+        # exactly those items, in order) ignores the counts, so they are refused beside one.
+        tuple_form = "prefixItems" in node or isinstance(node.get("items"), list)
         if "prefixItems" in node and constraints & {"items", "minItems", "maxItems"}:
             refuse(path, "'prefixItems' with 'items', 'minItems' or 'maxItems'")
-        if "items" in node and not isinstance(node["items"], dict):
-            refuse(f"{path}/items", "'items' must be a schema object")
+        if tuple_form and constraints & {"minItems", "maxItems"}:
+            refuse(path, "'minItems'/'maxItems' with a tuple's 'items' (an array of schemas)")
+        if "items" in node and not isinstance(node["items"], (dict, list)):
+            refuse(f"{path}/items", "'items' must be a schema object or an array of schemas")
         if constraints & {"minItems", "maxItems"} and "items" not in node:
             refuse(path, "'minItems'/'maxItems' need 'items'")
         _counts(node, ("minItems", "maxItems"), path, refuse)

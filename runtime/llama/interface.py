@@ -218,6 +218,15 @@ class Context(Protocol):
         (-1: its last row), with its chain (which records the token: penalties see it)."""
         ...
 
+    def sample_probs(
+        self, seq: int, row: int, n: int
+    ) -> tuple[int, float, list[tuple[int, float]]]:
+        """As `sample`, and the probabilities the chain gave (llama-server's
+        post_sampling_probs): (the token, its probability, the `n` likeliest candidates the
+        chain left with a probability above 0, likeliest first). A chain that only picks
+        (temperature 0) gives its pick probability 1."""
+        ...
+
     def remove(self, seq: int, start: int = 0) -> None:
         """Forget positions `start`.. of `seq` (0: all of it, and its sampler)."""
         ...

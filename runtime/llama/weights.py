@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError, InputError, Interrupted, MediaError
+from ..errors import EngineError, InputError, Interrupted, MediaError, OptionError
 from ..media import Media
 from ..models.gguf import GGUFHeader
 from ..params import LoadOptions, SamplingParams, physical_cores
@@ -297,8 +297,10 @@ class Weights(ABC):
 
         # The prompt primes the penalties only: llama.cpp's grammar sees generated tokens alone
         inner = self._plain_sampler(p, prompt)
+        # greedy: the inner chain changes no logit, so a rejected pick needs no saved copy of
+        # the candidates (a bias or a penalty would be applied twice without one)
         greedy = p.temperature <= 0 and not (
-            p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
+            p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty or p.logit_bias
         )
         chain = constrained_chain(
             self._ll,
@@ -319,7 +321,10 @@ class Weights(ABC):
 
     def _plain_sampler(self, p: SamplingParams, prompt: Sequence[int]) -> Any:
         ll = self._ll
+        bias = self._logit_bias(p.logit_bias) if p.logit_bias else None  # checked first
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if bias is not None:  # first, as common_sampler_init puts it: every later sampler sees it
+            ll.llama_sampler_chain_add(chain, bias)
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             penalties = ll.llama_sampler_init_penalties(
                 self.n_vocab,
@@ -342,6 +347,21 @@ class Weights(ABC):
         seed = 0xFFFFFFFF if p.seed is None else p.seed  # LLAMA_DEFAULT_SEED: random
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
         return chain
+
+    def _logit_bias(self, pairs: Sequence[tuple[int, float]]) -> Any:
+        """llama.cpp's logit-bias sampler for (token, bias) pairs (it copies them). An id past
+        the vocabulary would be written past llama.cpp's candidate array: refused here, the
+        last line behind the server's own check."""
+        bad = next((t for t, _ in pairs if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise OptionError(
+                "logit_bias", f"has token {bad}, outside the vocabulary (0..{self.n_vocab - 1})"
+            )
+        ll = self._ll
+        array = (ll.llama_logit_bias * len(pairs))()
+        for entry, (token, bias) in zip(array, pairs, strict=True):
+            entry.token, entry.bias = token, bias
+        return ll.llama_sampler_init_logit_bias(self.n_vocab, len(pairs), array)
 
     def media_prompt(self, pieces: Sequence[list[int] | Media]) -> list[int]:
         """Token lists and media in prompt order as one prompt (llama/vision.py)."""

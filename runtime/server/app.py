@@ -35,6 +35,7 @@ from ..errors import (
     InferError,
     InputError,
     ModelNotFoundError,
+    OptionError,
     TemplateError,
     UsageError,
 )
@@ -218,6 +219,8 @@ def backend_error(e: Exception, record: LogRecord, prompt_param: str) -> ApiErro
         return ApiError(503, str(e), code="overloaded", headers={"Retry-After": retry})
     if isinstance(e, TooManyChoices):
         return ApiError(400, str(e), param="n")
+    if isinstance(e, OptionError):  # a field only the model can check (logit_bias's tokens)
+        return ApiError(400, str(e), param=e.option)
     if isinstance(e, UsageError | TemplateError | InputError):
         return ApiError(400, str(e))
     record.error = f"{type(e).__name__}: {e}"

@@ -79,6 +79,9 @@ class TextRequest:
     # The log-probability of each generated token and of its `logprobs` most likely
     # alternatives (generation/logprobs.py); None: none computed.
     logprobs: int | None = None
+    # llama-server's post_sampling_probs: the probabilities after the sampler chain instead
+    # (of the sampled token and the `logprobs` likeliest candidates left)
+    post_sampling_probs: bool = False
     # llama-server's per-request LoRA scales, {adapter id: scale} (adapters left out: 0);
     # None: the scales the server applies now (POST /lora-adapters).
     lora: dict[int, float] | None = None

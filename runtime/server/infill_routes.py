@@ -3,7 +3,8 @@
     routes(backend, max_body, backend_error) -> [Route]   # added to app.py's list
 
 The body (input_prefix, input_suffix, input_extra [{filename, text}], prompt, and llama.cpp's
-native sampling fields: temperature, top_k, top_p, min_p, seed, n_predict, stop, stream…)
+native sampling fields: temperature, top_k, top_p, min_p, seed, n_predict, stop, stream,
+logit_bias, n_probs…)
 becomes a `TextRequest` whose `infill` the backend turns into tokens with generation/infill.py
 (llama-server's format_prompt_infill), then walks as every other request does. The answer is
 llama.cpp's native completion object (`content`, `stop`, `tokens_predicted`, `timings`…) and
@@ -30,9 +31,12 @@ from .llamacpp_protocol import (
     NativeStream,
     generation_settings,
     n_predict_of,
+    probs_and_bias,
     result,
     sampling_of,
+    with_bias,
 )
+from .llamacpp_routes import tokenize_bias
 from .openai_protocol import ApiError, boolean, invalid, kind_of, model_name, stop_strings
 from .security import ClientGone, parse_json, read_body
 
@@ -53,12 +57,15 @@ def parse(body: Any) -> NativeRequest:
     prefix, suffix = _text(body, "input_prefix", None), _text(body, "input_suffix", None)
     infill = Infill(prefix, suffix, _extra(body.get("input_extra")), _text(body, "prompt", ""))
     request = TextRequest(sampling=sampling_of(body), infill=infill, infill_field="input_suffix")
+    bias = probs_and_bias(body, request)  # n_probs, post_sampling_probs, logit_bias
     n_predict = n_predict_of(body)
     request.max_tokens = None if n_predict < 0 else n_predict
     request.stop = stop_strings(body, drop_empty=True)
     stream = boolean(body, "stream")
     settings = generation_settings(request, n_predict, stream)
-    return NativeRequest(model, [request], stream, n_predict, settings, prompts=[infill.prompt])
+    parsed = NativeRequest(model, [request], stream, n_predict, settings, prompts=[infill.prompt])
+    with_bias(parsed, bias)
+    return parsed
 
 
 def _text(body: dict[str, Any], name: str, default: str | None) -> str:
@@ -101,6 +108,8 @@ class _Door:
             body = parse_json(await read_body(request.receive, request.headers, self.max_body))
             parsed = parse(body)
             record.model = parsed.model
+            if parsed.bias:
+                await tokenize_bias(self.backend, parsed, self.backend_error, record)
             try:
                 job = await self.backend.submit(parsed.model, parsed.requests[0])
             except OptionError as e:  # not a FIM model: name the field, as the CLI names --suffix
@@ -111,7 +120,7 @@ class _Door:
             return JSONResponse(e.body(), e.status, headers=e.headers)
         except ClientGone:
             return Response(status_code=400)
-        answer = Answer([job], record, 1)
+        answer = Answer([job], record, 1, logprobs=parsed.probs)
         if parsed.stream:
             shaper = NativeStream(
                 parsed,
@@ -132,5 +141,15 @@ class _Door:
         choice = choices[0]
         counts = (job.prompt_tokens, job.completion_tokens)
         stop = answer.stops.get(0)
-        body_out = result(parsed, 0, choice.text, choice.reason, stop, answer.model, record, counts)
+        body_out = result(
+            parsed,
+            0,
+            choice.text,
+            choice.reason,
+            stop,
+            answer.model,
+            record,
+            counts,
+            choice.logprobs,
+        )
         return JSONResponse(body_out)

@@ -22,8 +22,11 @@ from ..generation.logprobs import TokenLogprob
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
 from ..params import SamplingParams
+from . import logit_bias
 from .access_log import LogRecord
 from .backend import FinishReason, Job, Progress, TextRequest
+from .logprobs import native as probs_json
+from .logprobs import native_requested
 from .lora_fields import parse_lora
 from .openai_protocol import (
     MAX_PROMPTS,
@@ -57,6 +60,13 @@ class NativeRequest:
     several: bool = False  # a list of prompts: the answer is a list of results
     fields: list[str] = field(default_factory=list)  # response_fields: only these, by path
     prompts: list[str] = field(default_factory=list)  # each prompt's text ("" for token ids)
+    # logit_bias entries with text, until the route has it tokenized (set_logit_bias)
+    bias: logit_bias.Entries = ()
+
+    @property
+    def probs(self) -> bool:
+        """The request asked for completion_probabilities (n_probs)."""
+        return self.requests[0].logprobs is not None
 
 
 def _prompt_object(prompt: dict[str, Any]) -> str:
@@ -128,8 +138,6 @@ def parse_completion(body: Any) -> NativeRequest:
     if "prompt" not in body:
         raise invalid("prompt", "'prompt' is required")
     prompts = _prompts(body["prompt"])
-    if body.get("n_probs") not in (None, 0):
-        raise invalid("n_probs", "'n_probs' is not supported on /completion: use /v1/completions")
     try:
         lora = parse_lora(body.get("lora"))  # llama-server's per-request LoRA scales
     except OptionError as e:
@@ -149,6 +157,7 @@ def parse_completion(body: Any) -> NativeRequest:
         ignore_eos=boolean(body, "ignore_eos"),
         lora=lora,
     )
+    bias = probs_and_bias(body, base)
     requests = []
     for p in prompts:
         if isinstance(p, str):
@@ -160,9 +169,40 @@ def parse_completion(body: Any) -> NativeRequest:
     if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
         raise invalid("response_fields", "'response_fields' must be an array of strings")
     texts = [p if isinstance(p, str) else "" for p in prompts]
-    return NativeRequest(
+    parsed = NativeRequest(
         model, requests, stream, n_predict, settings, len(prompts) > 1, fields, texts
     )
+    with_bias(parsed, bias)
+    return parsed
+
+
+def probs_and_bias(body: dict[str, Any], request: TextRequest) -> logit_bias.Entries:
+    """llama-server's n_probs and post_sampling_probs, set on `request` (as generation_settings
+    reads them), and its logit_bias entries (texts not yet tokenized: `with_bias`)."""
+    request.logprobs = native_requested(body, invalid)
+    request.post_sampling_probs = boolean(body, "post_sampling_probs")
+    try:
+        return logit_bias.parse_native(body.get("logit_bias"))
+    except OptionError as e:
+        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
+
+
+def with_bias(parsed: NativeRequest, entries: logit_bias.Entries) -> None:
+    """The request's logit_bias entries: set now when they are token ids, else kept for the
+    route to tokenize (`parsed.bias`, then set_logit_bias)."""
+    parsed.bias = entries
+    if not logit_bias.has_text(entries):  # token ids only: no tokenizer needed
+        set_logit_bias(parsed, tuple((int(t), b) for t, b in entries))
+
+
+def set_logit_bias(parsed: NativeRequest, pairs: logit_bias.Pairs) -> None:
+    """The request's logit_bias, its texts tokenized (logit_bias.resolve): in every prompt's
+    sampling, and in generation_settings as llama-server shows it."""
+    parsed.bias = ()
+    parsed.settings["logit_bias"] = logit_bias.shown(pairs)
+    if pairs:
+        for request in parsed.requests:
+            request.sampling = {**request.sampling, "logit_bias": pairs}
 
 
 def generation_settings(request: TextRequest, n_predict: int, stream: bool) -> dict[str, Any]:
@@ -181,8 +221,11 @@ def generation_settings(request: TextRequest, n_predict: int, stream: bool) -> d
         "stop": request.stop,
         "ignore_eos": request.ignore_eos,
         "stream": stream,
-        "n_probs": 0,
-        "logit_bias": [],  # none applied (ignore_eos is the loop's, not a bias on EOG tokens)
+        "n_probs": request.logprobs or 0,
+        "post_sampling_probs": request.post_sampling_probs,
+        # the request's, set by set_logit_bias (ignore_eos's bans on the end-of-generation
+        # tokens are the pool's, which knows the vocabulary: not listed here)
+        "logit_bias": [],
         "grammar": sampling.get("grammar", ""),
     }
 
@@ -264,10 +307,12 @@ def result(
     model: str,
     record: LogRecord,
     counts: tuple[int, int],
+    probs: Sequence[TokenLogprob] | None = None,
 ) -> dict[str, Any]:
-    """One prompt's whole answer (or a stream's last frame, with `text` "")."""
+    """One prompt's whole answer (or a stream's last frame, with `text` ""); `probs`: its
+    tokens' probabilities when the request asked (n_probs)."""
     prompt_n, predicted_n = counts
-    return {
+    answer = {
         "index": index,
         "content": text,
         "tokens": [],
@@ -285,6 +330,10 @@ def result(
         "tokens_cached": prompt_n + predicted_n,
         "timings": timings(record),
     }
+    if probs is not None and parsed.probs:
+        post = parsed.requests[0].post_sampling_probs
+        answer["completion_probabilities"] = probs_json(probs, post)
+    return answer
 
 
 class NativeStream:
@@ -327,6 +376,9 @@ class NativeStream:
         frame = self._partial(index, text, self.generated[index])
         if self.per_token is not None:
             frame["timings"] = self.per_token()
+        if logprobs and self.parsed.probs:  # this frame's own tokens'
+            post = self.parsed.requests[0].post_sampling_probs
+            frame["completion_probabilities"] = probs_json(logprobs, post)
         return self._frame(frame)
 
     def progress(self, progress: Progress) -> bytes:

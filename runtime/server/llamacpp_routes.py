@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import llamacpp_protocol as protocol
-from . import openai_protocol, telemetry
+from . import logit_bias, openai_protocol, telemetry
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend, Job, TextRequest
@@ -43,6 +43,18 @@ def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list
         Route("/embedding", doors.embeddings, methods=["POST"]),
         Route("/props", doors.props, methods=["GET"]),
     ]
+
+
+async def tokenize_bias(
+    backend: Backend, parsed: protocol.NativeRequest, failed: BackendError, record: LogRecord
+) -> None:
+    """A native request's logit_bias texts as the served model's tokens (llama-server tokenizes
+    them with the model: no BOS, no control tokens), set on its requests (/completion, /infill)."""
+    try:
+        pairs = await logit_bias.tokenized(backend, parsed.model, parsed.bias)
+    except Exception as e:
+        raise failed(e, record, "logit_bias") from None
+    protocol.set_logit_bias(parsed, pairs)
 
 
 def _error(e: ApiError) -> Response:
@@ -70,12 +82,14 @@ class _Routes:
             for text_request in parsed.requests:
                 text_request.progress = asked.progress
             record.model = parsed.model
+            if parsed.bias:
+                await tokenize_bias(self.backend, parsed, self._failed, record)
             jobs = await self._submit(parsed.model, parsed.requests, record, "prompt")
         except ApiError as e:
             return _error(e)
         except ClientGone:
             return Response(status_code=400)
-        answer = Answer(jobs, record, 1)
+        answer = Answer(jobs, record, 1, logprobs=parsed.probs)
         if parsed.stream:
             failed = functools.partial(self._failed, record=record)
             stream = protocol.NativeStream(parsed, answer.model, record, answer.stops, failed)
@@ -98,6 +112,7 @@ class _Routes:
                 answer.model,
                 record,
                 (jobs[i].prompt_tokens, jobs[i].completion_tokens),
+                choice.logprobs,
             )
             for i, choice in enumerate(choices)
         ]

@@ -15,6 +15,13 @@ Where OpenAI and llama-server differ in shape, OpenAI is followed: `logprobs: tr
 the tokens' own log-probabilities (llama-server gives none); the end-of-generation token is not
 part of the answer's text and has no entry (llama-server lists it with an empty text).
 
+llama.cpp's native /completion (llamacpp_protocol): `n_probs` N (or its alias `logprobs`, as
+llama-server reads it; up to 100) → `completion_probabilities: [{id, token, bytes, logprob,
+top_logprobs: [{id, token, bytes, logprob}]}]` on the answer and on each stream frame (its own
+tokens'). With `post_sampling_probs: true` the values are the probabilities after the sampler
+chain instead (top-k, top-p, min-p, temperature...: `prob` and `top_probs`, only candidates the
+chain left; at temperature 0 the pick alone, with probability 1), as llama-server gives them.
+
 Responses (responses_protocol): `include: ["message.output_text.logprobs"]` and `top_logprobs`
 0..20 → the output_text part's `logprobs: [{token, logprob, bytes, top_logprobs}]`, and each
 `response.output_text.delta` event's for its own text.
@@ -26,6 +33,7 @@ bytes}]}]` beside the message (each stream line: its own tokens').
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -93,6 +101,40 @@ def completion(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any
         "text_offset": offsets,
         "content": as_json(tokens),
     }
+
+
+def native_requested(body: dict[str, Any], invalid: Invalid) -> int | None:
+    """llama-server's `n_probs` (its alias `logprobs` when n_probs is absent): alternatives per
+    token, or None for none (absent or 0)."""
+    name = "n_probs" if body.get("n_probs") is not None else "logprobs"
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise invalid(name, f"'{name}' must be an integer: alternatives per token")
+    if not 0 <= value <= MAX_TOP_COMPLETIONS:
+        raise invalid(name, f"'{name}' must be between 0 and {MAX_TOP_COMPLETIONS} (got {value})")
+    return value or None
+
+
+def native(tokens: Sequence[TokenLogprob], post_sampling: bool) -> list[dict[str, Any]]:
+    """`completion_probabilities` as llama-server writes them; `post_sampling`: the chain's
+    probabilities (kept as logarithms, TokenLogprob's values) written as `prob`/`top_probs`."""
+    if not post_sampling:
+        return as_json(tokens)
+    return [
+        {
+            "id": t.token,
+            "token": t.text,
+            "bytes": list(t.raw),
+            "prob": math.exp(t.logprob),
+            "top_probs": [
+                {"id": a.token, "token": a.text, "bytes": list(a.raw), "prob": math.exp(a.logprob)}
+                for a in t.top
+            ],
+        }
+        for t in tokens
+    ]
 
 
 def ollama_requested(body: dict[str, Any], invalid: Invalid) -> int | None:

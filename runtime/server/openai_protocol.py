@@ -22,8 +22,8 @@ from ..generation.logprobs import TokenLogprob
 from ..generation.templates import Message
 from ..generation.tool_calls import ToolCall
 from ..options import from_fields
+from . import logit_bias, media_parts
 from . import logprobs as shapes
-from . import media_parts
 from .backend import Choice, FinishReason, Progress, TextRequest
 from .lora_fields import parse_lora
 from .media_parts import NO_URLS, MediaPolicy
@@ -192,8 +192,6 @@ def _refuse_unsupported(body: dict[str, Any], completions: bool) -> None:
             "add_generation_prompt",
             "'add_generation_prompt: false' is not supported by this server",
         )
-    if body.get("logit_bias") not in (None, {}):
-        raise invalid("logit_bias", "'logit_bias' is not supported by this server")
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise invalid("modalities", "only the 'text' modality is supported")
@@ -297,6 +295,12 @@ def _common(body: dict[str, Any], completions: bool) -> tuple[TextRequest, bool,
     grammar = _response_format(body.get("response_format")) or llama_grammar(body)
     if grammar:
         sampling["grammar"] = grammar
+    try:
+        bias = logit_bias.parse_openai(body.get("logit_bias"))
+    except OptionError as e:
+        raise invalid(e.option, f"'{e.option}' {e.problem}") from None
+    if bias:
+        sampling["logit_bias"] = bias
     request = TextRequest(sampling=sampling, max_tokens=limit, stop=stop_strings(body), n=n or 1)
     request.logprobs = shapes.openai_requested(body, completions, invalid)
     # llama.cpp's extension: generate past end-of-generation tokens (benchmarks want exact

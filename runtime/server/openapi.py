@@ -76,6 +76,11 @@ _GENERATION: dict[str, Schema] = {
     "n": INT,
     "stop": STOP,
     "ignore_eos": BOOL,
+    # {"<token id>": bias}, each -100..100 (server/logit_bias.py)
+    "logit_bias": {
+        "type": "object",
+        "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+    },
     **_sampling("openai"),
 }
 _CHAT = _obj(

@@ -11,6 +11,7 @@ was started with --allow-pull.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from ..errors import (
     EngineError,
     ModelFileError,
     ModelNotFoundError,
+    OptionError,
     UsageError,
 )
 from ..generation.infill import infill_tokens
@@ -75,6 +77,8 @@ class _Served:
     engine: Model
     worker: ModelWorker
     created: int
+    # the vocabulary's end-of-generation tokens: what `ignore_eos` bans, as llama-server does
+    eog: tuple[int, ...] = ()
 
 
 class ModelPool:
@@ -173,6 +177,7 @@ class ModelPool:
             stop=list(request.stop),
             ignore_eog=request.ignore_eos,
             logprobs=request.logprobs,
+            post_sampling_probs=request.post_sampling_probs,
         )
         sampling = self._sampling(served, request)
         lora = None if request.lora is None else _scales(served, request.lora, "lora")
@@ -486,7 +491,8 @@ class ModelPool:
             drafter=drafter, draft_adapt=config.draft_adapt,
         )  # fmt: skip
         self._note(f"loaded {resolved.name} in {engine.load_s:.1f} s")
-        return _Served(resolved, engine, worker, _created(resolved))
+        eog = tuple(t for t in range(engine.n_vocab) if engine.is_eog(t))
+        return _Served(resolved, engine, worker, _created(resolved), eog)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -542,7 +548,17 @@ class ModelPool:
         """The request's fields over the model's models.toml defaults over infer's; one per
         choice (with a seed, choice i uses seed + i: n equal answers would be pointless)."""
         given = {k: v for k, v in request.sampling.items() if k in BY_NAME}
-        constraint = {k: v for k, v in request.sampling.items() if k not in BY_NAME}  # grammar
+        # grammar, logit_bias: not options of the table, SamplingParams fields all the same
+        constraint = {k: v for k, v in request.sampling.items() if k not in BY_NAME}
+        bias = constraint.get("logit_bias", ())
+        bad = next((t for t, _ in bias if not 0 <= t < served.engine.n_vocab), None)
+        if bad is not None:  # never handed to llama.cpp, which would write past its array
+            raise OptionError(
+                "logit_bias",
+                f"has token {bad}, outside the vocabulary (0..{served.engine.n_vocab - 1})",
+            )
+        if request.ignore_eos:  # llama-server's way: never sampled, so the text goes on
+            constraint["logit_bias"] = (*bias, *((t, -math.inf) for t in served.eog))
         base = layered(
             Overrides.of(given),
             served.resolved.defaults.sampling,
