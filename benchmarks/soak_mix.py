@@ -99,25 +99,28 @@ def build(kind: str, model: str, prompt: str, tokens: int, rng: random.Random) -
 
 def invalid(model: str, rng: random.Random) -> Request:
     """A request every door must refuse with a 4xx (never a 5xx, never an answer)."""
+    return Request("invalid", *rng.choice(invalid_requests(model)))
+
+
+def invalid_requests(model: str) -> list[tuple[str, dict[str, Any] | bytes]]:
+    """(path, body) of each invalid request the soak sends (tests/test_soak_mix.py sends them
+    all once)."""
     messages = [{"role": "user", "content": "Say hi"}]
-    path, body = rng.choice(
-        [
-            ("/v1/chat/completions", {"model": model, "messages": "not a list"}),
-            ("/v1/chat/completions", {"model": model, "messages": messages, "temperature": -3}),
-            ("/v1/chat/completions", {"model": 7, "messages": messages}),
-            ("/v1/chat/completions", {"model": model, "messages": messages, "max_tokens": "many"}),
-            ("/v1/chat/completions", {"model": model, "messages": messages, "n": 10_000}),
-            ("/v1/chat/completions", {"model": "no-such-model", "messages": messages}),
-            ("/v1/chat/completions", b'{"model": "x", "messages": [{"role": '),
-            ("/v1/completions", {"model": model, "prompt": "hi", "max_tokens": -5}),
-            ("/v1/embeddings", {"model": model, "input": {"not": "text"}}),
-            ("/api/chat", {"model": model, "messages": "not a list"}),
-            ("/api/generate", {"model": model, "prompt": 12}),
-            ("/v1/messages", {"model": model, "messages": messages}),  # no max_tokens
-            ("/v1/responses", {"model": model, "input": 5}),
-        ]
-    )
-    return Request("invalid", path, body)
+    return [
+        ("/v1/chat/completions", {"model": model, "messages": "not a list"}),
+        ("/v1/chat/completions", {"model": model, "messages": messages, "temperature": -3}),
+        ("/v1/chat/completions", {"model": 7, "messages": messages}),
+        ("/v1/chat/completions", {"model": model, "messages": messages, "max_tokens": "many"}),
+        ("/v1/chat/completions", {"model": model, "messages": messages, "n": 10_000}),
+        ("/v1/chat/completions", {"model": "no-such-model", "messages": messages}),
+        ("/v1/chat/completions", b'{"model": "x", "messages": [{"role": '),
+        ("/v1/completions", {"model": model, "prompt": "hi", "max_tokens": -5}),
+        ("/v1/embeddings", {"model": model, "input": {"not": "text"}}),
+        ("/api/chat", {"model": model, "messages": "not a list"}),
+        ("/api/generate", {"model": model, "prompt": 12}),
+        ("/v1/messages", {"model": model, "messages": messages}),  # no max_tokens
+        ("/v1/responses", {"model": model, "input": 5}),
+    ]
 
 
 def answer_text(kind: str, data: Any) -> str | None:

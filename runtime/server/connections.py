@@ -184,8 +184,11 @@ class _Guarded(H11Protocol):
         """The transport took `size` bytes; what the kernel had no room for waits in its buffer,
         and from then on the watch runs until that buffer is empty."""
         self._written += size
-        if self._write_timer is None and self.transport.get_write_buffer_size():
-            self._drained = self._written - self.transport.get_write_buffer_size()
+        if self._write_timer is not None:
+            return
+        buffered = self.transport.get_write_buffer_size()
+        if buffered:
+            self._drained = self._written - buffered
             self._progress_at = self.loop.time()
             self._write_timer = self.loop.call_later(self._write_tick(), self._check_write)
 
