@@ -17,7 +17,7 @@ Retry-After, so it is not used; this protocol keeps four limits instead:
   seconds is disconnected (a reset, which frees the kernel's buffers at once), which cancels
   its answer (answer.EventStream) and frees its slot. "Waiting" is the transport's write buffer,
   which holds what the kernel's send buffer has no room for; the stall is measured on it
-  whatever filled it — a stream that outran its reader, or a whole answer (3 MB of embeddings)
+  whatever filled it — a stream that outran its reader, or a whole answer (megabytes of embeddings)
   written in one piece, before or after the response completed and the connection was asked
   to close (asyncio's close() would otherwise wait for that buffer to drain, forever). Until
   then what waits is bounded: a stream's sends await below the transport's 64 KiB high-water
