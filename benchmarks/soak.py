@@ -13,12 +13,13 @@ temperature-0 answer (whole or streamed) against the first answer to the same re
 of the wrong shape (a JSON-schema answer off its schema, a forced tool call missing); invalid
 requests not refused with a 4xx; p50/p99 time to first token (streams: the first piece of text)
 and total time, by kind too; the server's RSS / open files / threads at minute 2 (half-way in a
-shorter run) and at the end, with their growth in %, and every 10 s between; busy slots and
-queue depth once the clients stopped (a stuck slot stays busy); /metrics' request counts
-against the client's.
+shorter run) and a second before the end (both under load, open connections alike) with their
+growth in %, every 10 s between, and once the clients stopped; busy slots and queue depth once
+the clients stopped (a stuck slot stays busy); /metrics' request counts against the client's;
+the server log's 5xx and bug lines.
 
     python benchmarks/soak.py --clients 16 --duration 600 --max-requests 100000 \
-        [--server-args "--deterministic"]
+        [--server-args="--deterministic"]
 
 Writes benchmarks/results/soak.json (common.write_results; --json elsewhere), which
 benchmarks/render.py renders into benchmarks/README.md. A run shorter than 10 minutes (or under
@@ -209,7 +210,12 @@ def read_log(path: str) -> dict[str, Any]:
     """The server log's 5xx access-log lines and the lines of a bug (a traceback, `error=`)."""
     lines = Path(path).read_text(errors="replace").splitlines()
     status = re.compile(r'" (5\d\d) ')
-    bad = [ln for ln in lines if status.search(ln) or "Traceback" in ln or " error=" in ln]
+    loading = '"GET /health" 503'  # while the models load, before the soak begins: deliberate
+    bad = [
+        ln
+        for ln in lines
+        if (status.search(ln) and loading not in ln) or "Traceback" in ln or " error=" in ln
+    ]
     return {"lines": len(lines), "5xx_or_bug_lines": len(bad), "examples": bad[:5]}
 
 
@@ -245,17 +251,26 @@ async def drive(args: argparse.Namespace, soak: Soak, pid: int) -> dict[str, Any
     ]
     series: list[dict[str, Any]] = []
     at_checkpoint: dict[str, Any] | None = None
+    at_end: dict[str, Any] | None = None
     while not all(c.done() for c in clients):
-        await asyncio.wait(clients, timeout=SAMPLE_S)
-        now = round(time.monotonic() - start_t)
-        series.append({"s": now, **resources(pid)})
-        if at_checkpoint is None and now >= checkpoint:
+        # the end's sample is taken a second before the deadline, under the same load as the
+        # checkpoint's (its open connections included), so that their growth compares alike
+        wait = (
+            min(SAMPLE_S, max(0.0, deadline - 1 - time.monotonic())) if at_end is None else SAMPLE_S
+        )
+        await asyncio.wait(clients, timeout=wait)
+        now = time.monotonic()
+        series.append({"s": round(now - start_t), **resources(pid)})
+        if at_checkpoint is None and now - start_t >= checkpoint:
             at_checkpoint = series[-1]
+        if at_end is None and now >= deadline - 1:
+            at_end = series[-1]
     for c in clients:
         c.result()  # a bug in the client itself surfaces here
     return {
         "elapsed": time.monotonic() - start_t,
         "checkpoint": at_checkpoint or series[0],
+        "end": at_end or series[-1],
         "series": series,
     }
 
@@ -285,7 +300,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             run_ = await drive(args, soak, proc.pid)
             gauges, reads = await settle(url)
             await asyncio.sleep(1)  # the server's last access-log records
-            at_end = resources(proc.pid)
+            idle = resources(proc.pid)
             after, _ = await scrape(url)
             alive = proc.poll() is None
         finally:
@@ -294,7 +309,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return report(args, soak, run_, before, after, reads, gauges, at_end, alive, log.name)
+    return report(args, soak, run_, before, after, reads, gauges, idle, alive, log.name)
 
 
 def report(
@@ -305,7 +320,7 @@ def report(
     after: dict[str, int],
     reads: int,
     gauges: dict[str, float],
-    at_end: dict[str, Any],
+    idle: dict[str, Any],
     alive: bool,
     log: str,
 ) -> dict[str, Any]:
@@ -339,9 +354,13 @@ def report(
             k: {"p50": percentile(v, 50), "p99": percentile(v, 99)}
             for k, v in sorted(soak.total.items())
         },
-        "resources": {f"at_{checkpoint['s']}s": checkpoint, "end": at_end},
+        "resources": {
+            f"at_{checkpoint['s']}s": checkpoint,
+            f"end (at_{run_['end']['s']}s)": run_["end"],
+            "idle after": idle,
+        },
         "growth_pct": growth(
-            {k: checkpoint[k] for k in ("rss_mb", "open_files", "threads")}, at_end
+            {k: checkpoint[k] for k in ("rss_mb", "open_files", "threads")}, run_["end"]
         ),
         "resource_series": run_["series"],
         "after_clients": {

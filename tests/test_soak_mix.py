@@ -119,11 +119,12 @@ def test_the_soak_report_renders() -> None:
     tally.note_problem("tools: no tool call under tool_choice required (stop)")
     args = argparse.Namespace(clients=2, models=None)
     point = {"s": 60, "rss_mb": 500.0, "open_files": 10, "threads": 8}
-    run = {"elapsed": 120.0, "checkpoint": point, "series": [point]}
-    end = {"rss_mb": 510.0, "open_files": 10, "threads": 8}
+    end = {"s": 119, "rss_mb": 510.0, "open_files": 10, "threads": 8}
+    run = {"elapsed": 120.0, "checkpoint": point, "end": end, "series": [point, end]}
+    idle = {"rss_mb": 505.0, "open_files": 4, "threads": 8}
     log = Path(__file__)  # any readable file stands for the server log
     result = soak.report(
-        args, tally, run, {"200": 1}, {"200": 6, "400": 1}, 1, {}, end, True, str(log)
+        args, tally, run, {"200": 1}, {"200": 6, "400": 1}, 1, {}, idle, True, str(log)
     )
     assert result["metrics_vs_client"]["match"]  # 3 + the first /metrics read + 1 settle read
     assert result["growth_pct"] == {"rss_mb": 2.0, "open_files": 0.0, "threads": 0.0}
