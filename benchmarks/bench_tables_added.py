@@ -109,7 +109,8 @@ def soak(r: Record) -> str:
     resources = res.get("resources", {})
     growth = res.get("growth_pct") or {}
     slots = res.get("after_clients") or {}
-    log = res.get("server_log") or {}
+    log = res.get("server_log")
+    log = log if isinstance(log, dict) else {}  # earlier runs kept only its path
     problems = res.get("problems") or {}
     rows = [
         ["clients, duration", f"{res['clients']} clients, {num(res['duration_s'])} s"],
