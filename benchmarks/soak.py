@@ -5,8 +5,9 @@ The two models are by default the bundled SmolLM2 by its alias and the same file
 (two loaded models, each its own decode thread); --models names others. Each client loops over
 soak_mix.MIX: chat and completions (streamed and not), embeddings, JSON-schema answers, forced
 tool calls, Ollama's /api/chat and /api/generate, Anthropic's /v1/messages and the Responses
-API (each streamed and not), streams cancelled after their first piece of text, slow readers
-(0.2 s per chunk) and invalid requests over every door (each must be a 4xx).
+API (each streamed and not), streams cancelled after their first piece of text and slow readers
+(0.2 s per chunk) through any of those doors, and invalid requests over every door (each must
+be a 4xx).
 
 Reported: requests by kind and status; 5xx (and the server log's 5xx and bug lines); every
 temperature-0 answer (whole or streamed) against the first answer to the same request; answers
@@ -145,7 +146,7 @@ class Soak:
                 return str(r.status_code)
             text = ""
             async for line in r.aiter_lines():
-                piece = stream_piece(req.kind, line)
+                piece = stream_piece(req.reads_as, line)
                 if piece and not text:
                     self.ttft[req.kind].append(time.perf_counter() - t)
                 text += piece
@@ -154,8 +155,8 @@ class Soak:
                     return "cancelled"
                 if req.kind == "slow_reader":
                     await asyncio.sleep(SLOW_READ_S)
-        if req.kind != "cancel":
-            self.check_same(req.kind, model, prompt, text)
+        if req.kind != "cancel":  # a slow reader's answer is its door's streamed answer
+            self.check_same(req.reads_as, model, prompt, text)
         return "200"
 
     def check_same(self, kind: str, model: str, prompt: str, text: str | None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 PROMPTS = ["Say hi", "Name a colour", "What is 2+2?", "Translate 'Hola' to English"]
@@ -51,20 +51,33 @@ MIX = {  # kind: weight
 STRUCTURED_TOKENS = 64
 
 
+# The streamed kinds a cancel or a slow reader is made of, one door at random each time.
+STREAMS = ["chat_stream", "completion_stream", "ollama_stream", "anthropic_stream",
+           "responses_stream"]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Request:
     kind: str
     path: str
     body: dict[str, Any] | bytes  # bytes: sent as they are (a malformed body)
     stream: bool = False
+    door: str = ""  # a cancel's or slow reader's streamed kind: how its stream reads
+
+    @property
+    def reads_as(self) -> str:
+        return self.door or self.kind
 
 
 def build(kind: str, model: str, prompt: str, tokens: int, rng: random.Random) -> Request:
     """One request of `kind` (MIX's keys) at temperature 0."""
+    if kind in ("cancel", "slow_reader"):
+        door = rng.choice(STREAMS)
+        return replace(build(door, model, prompt, tokens, rng), kind=kind, door=door)
     messages = [{"role": "user", "content": prompt}]
     base = {"model": model, "temperature": 0, "max_tokens": tokens}
-    streamed = kind.endswith("_stream") or kind in ("cancel", "slow_reader")
-    if kind in ("chat", "chat_stream", "cancel", "slow_reader"):
+    streamed = kind.endswith("_stream")
+    if kind in ("chat", "chat_stream"):
         body = {**base, "messages": messages, "stream": streamed}
         return Request(kind, "/v1/chat/completions", body, streamed)
     if kind in ("completion", "completion_stream"):

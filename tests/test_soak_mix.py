@@ -133,3 +133,11 @@ def test_the_soak_report_renders() -> None:
     text = RENDERERS["soak"](record)
     assert "| growth to the end, %: RSS / open files / threads | 2.0 / 0.0 / 0.0 |" in text
     assert "tools: **1**" in text
+
+
+def test_cancels_and_slow_readers_go_through_every_streamed_door() -> None:
+    rng = random.Random(0)
+    for kind in ("cancel", "slow_reader"):
+        built = [soak_mix.build(kind, "m", "Say hi", TOKENS, rng) for _ in range(200)]
+        assert all(r.kind == kind and r.stream for r in built)
+        assert {r.reads_as for r in built} == set(soak_mix.STREAMS)
