@@ -6,7 +6,7 @@ The two models are by default the bundled SmolLM2 by its alias and the same file
 soak_mix.MIX: chat and completions (streamed and not), embeddings, JSON-schema answers, forced
 tool calls, Ollama's /api/chat and /api/generate, Anthropic's /v1/messages and the Responses
 API (each streamed and not), streams cancelled after their first piece of text and slow readers
-(0.2 s per chunk) through any of those doors, and invalid requests over every door (each must
+(0.2 s per line) through any of those doors, and invalid requests over every door (each must
 be a 4xx).
 
 Reported: requests by kind and status; 5xx (and the server log's 5xx and bug lines); every
@@ -49,7 +49,7 @@ import httpx
 from common import add_json_arg, write_results
 from soak_mix import MIX, PROMPTS, Request, answer_text, build, problem, stream_piece
 
-SLOW_READ_S = 0.2  # a slow reader's pause per chunk
+SLOW_READ_S = 0.2  # a slow reader's pause per line of its stream
 SAMPLE_S = 10.0  # the server's resources are sampled this often
 
 
