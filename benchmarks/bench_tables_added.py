@@ -108,18 +108,32 @@ def soak(r: Record) -> str:
     res = r["results"]
     t0, mvc = res["temperature_0"], res["metrics_vs_client"]
     resources = res.get("resources", {})
+    growth = res.get("growth_pct") or {}
+    slots = res.get("after_clients") or {}
+    log = res.get("server_log")
+    log = log if isinstance(log, dict) else {}  # earlier runs kept only its path
+    problems = res.get("problems") or {}
     rows = [
         ["clients, duration", f"{res['clients']} clients, {num(res['duration_s'])} s"],
         ["requests", num(res["requests"])],
         ["5xx", num(res["5xx"]) if not res["5xx"] else f"**{num(res['5xx'])}**"],
         ["temperature-0 answers equal to the first", f"{t0['same']} same, {t0['differ']} differ"],
+        ["answers of the wrong shape, invalid requests not a 4xx, client errors",
+         ", ".join(f"{k}: **{num(v)}**" for k, v in sorted(problems.items())) or "none"],
         ["time to first token p50 / p99, s",
          f"{num(res['ttft_s']['p50'], 3)} / {num(res['ttft_s']['p99'], 3)}"],
         ["total time p50 / p99, s",
          f"{num(res['total_s']['p50'], 3)} / {num(res['total_s']['p99'], 3)}"],
         *[[f"server {when_}: RSS MB / open files / threads", " / ".join(_server(x))]
           for when_, x in resources.items()],
+        *([["growth to the end, %: RSS / open files / threads",
+            " / ".join(num(growth.get(k)) for k in ("rss_mb", "open_files", "threads"))]]
+          if growth else []),
+        *([["busy slots / queue depth once the clients stopped",
+            f"{num(slots.get('busy_slots'))} / {num(slots.get('queue_depth'))}"]]
+          if slots else []),
         ["/metrics counts equal the client's", num(mvc["match"])],
+        *([["server log: 5xx or bug lines", num(log.get("5xx_or_bug_lines"))]] if log else []),
         ["server alive at the end", num(res["server_alive"])],
     ]  # fmt: skip
     kinds = sorted({s for by in res["by_kind"].values() for s in by})

@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 RENDER = BENCH / "render.py"
-HELPERS = {"common.py", "render.py", "bench_tables.py", "bench_lines.py", "bench_tables_added.py"}
+HELPERS = {"common.py", "render.py", "bench_tables.py", "bench_lines.py", "bench_tables_added.py",
+           "soak_mix.py"}  # fmt: skip
 MARKER = re.compile(r"^<!-- table:([\w.-]+)(?:/[\w.-]+)? -->$", re.M)
 
 

@@ -13,10 +13,15 @@ Retry-After, so it is not used; this protocol keeps four limits instead:
 - reading a request: its headers must arrive within `header_timeout` seconds of the first byte
   (or of the connection), and its body may pause no longer than that between reads; otherwise
   the connection is closed. The header size itself is h11's `max_incomplete_event_size`;
-- writing an answer: a client that reads nothing for `write_timeout` seconds while the socket's
-  buffers are full is disconnected, which cancels its answer (answer.EventStream) and frees its
-  slot. Until then what waits for it is bounded: the transport's 64 KiB high-water mark, then
-  the send awaits, then the answer's own tokens (at most its max_tokens);
+- writing an answer: a client that takes none of the bytes waiting for it for `write_timeout`
+  seconds is disconnected (a reset, which frees the kernel's buffers at once), which cancels
+  its answer (answer.EventStream) and frees its slot. "Waiting" is the transport's write buffer,
+  which holds what the kernel's send buffer has no room for; the stall is measured on it
+  whatever filled it — a stream that outran its reader, or a whole answer (megabytes of embeddings)
+  written in one piece, before or after the response completed and the connection was asked
+  to close (asyncio's close() would otherwise wait for that buffer to drain, forever). Until
+  then what waits is bounded: a stream's sends await below the transport's 64 KiB high-water
+  mark, a whole answer is the size it already has in memory;
   (Linux lets the kernel's send buffer of one connection grow to 4 MiB; it is set to
   SEND_BUFFER instead, so that a thousand stalled readers cannot pin gigabytes of it.)
 - idle keep-alive connections close after `keep_alive` seconds (uvicorn's timer).
@@ -29,8 +34,9 @@ import contextlib
 import json
 import resource
 import socket
+import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -90,10 +96,15 @@ class _Guarded(H11Protocol):
         super().__init__(*args, **kwargs)
         self._read_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        self._written = 0  # bytes handed to the transport
+        self._drained = 0  # of those, how many had left its buffer at the last progress seen
+        self._progress_at = 0.0  # loop time of that progress
 
     # -- the connection limit ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn writes to the transport directly: a counting wrapper is where every write,
+        # whole answer or stream piece, can start the stall watch.
+        super().connection_made(cast(asyncio.Transport, _CountingTransport(transport, self)))
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -169,25 +180,69 @@ class _Guarded(H11Protocol):
         self.transport.close()
 
     # -- writing an answer -------------------------------------------------------------------
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self._write_timer is None:
-            self._write_timer = self.loop.call_later(self.limits.write_timeout, self._write_late)
+    def wrote(self, size: int) -> None:
+        """The transport took `size` bytes; what the kernel had no room for waits in its buffer,
+        and from then on the watch runs until that buffer is empty."""
+        self._written += size
+        if self._write_timer is not None:
+            return
+        buffered = self.transport.get_write_buffer_size()
+        if buffered:
+            self._drained = self._written - buffered
+            self._progress_at = self.loop.time()
+            self._write_timer = self.loop.call_later(self._write_tick(), self._check_write)
 
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._cancel_write()
+    def _write_tick(self) -> float:
+        # a quarter of the limit: a stall is cut between 1 and 1.25 times --write-timeout
+        return self.limits.write_timeout / 4
+
+    def _check_write(self) -> None:
+        """Progress is bytes leaving the buffer (for the kernel, as the client reads), counted
+        from what was written minus what is still buffered — the buffer's size alone can
+        stay level while a client reads as fast as the answer is written."""
+        self._write_timer = None
+        buffered = self.transport.get_write_buffer_size()
+        if not buffered:
+            return  # all handed to the kernel: the next write that is held back re-arms
+        drained = self._written - buffered
+        now = self.loop.time()
+        if drained > self._drained:
+            self._drained, self._progress_at = drained, now
+        elif now - self._progress_at >= self.limits.write_timeout:
+            self._write_late()
+            return
+        self._write_timer = self.loop.call_later(self._write_tick(), self._check_write)
 
     def _write_late(self) -> None:
-        """The client read nothing for write_timeout: drop the connection (its buffered bytes
-        too). connection_lost tells the app the client is gone, which cancels the answer."""
-        self._write_timer = None
+        """The client took nothing for write_timeout: reset the connection. SO_LINGER 0 makes
+        the close a reset, so the kernel drops what it still holds for this client instead of
+        keeping an orphaned socket to deliver it; connection_lost then tells the app the client
+        is gone, which cancels the answer."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
 
     def _cancel_write(self) -> None:
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+
+
+class _CountingTransport:
+    """The connection's transport as uvicorn sees it: every call passes through, and each write
+    is reported to the protocol's stall watch."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _Guarded) -> None:
+        self._transport, self._protocol = transport, protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+        self._protocol.wrote(len(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _mark_over_limit(app: Any) -> Any:
