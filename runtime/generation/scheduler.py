@@ -163,6 +163,12 @@ class Scheduler:
     ) -> None:
         """`gate`: draft only in the steps where drafting is measured to pay (None: always)."""
         self.model, self.context, self.prompt_cache = model, context, prompt_cache
+        # Deterministic: prompts read in decodes of their own, never one token at a time, and
+        # no drafts (verifying them decodes several rows of a sequence where plain decoding
+        # decodes one: another kernel). See docs/determinism.md.
+        self.deterministic = context.deterministic
+        if self.deterministic:
+            drafter = gate = None
         self.drafter, self.gate = drafter, gate
         self.drafted = self.accepted = 0  # draft tokens verified, and of those accepted
         self._drafting = False  # this step queued drafts
@@ -220,9 +226,10 @@ class Scheduler:
             self.context.set_lora(lora)  # the cache's key names the adapters applied
             cache.restore(self.context, slot, prompt)
             reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
-        reuse = media_safe(reuse, prompt)  # a media chunk is held whole or not at all
+        reuse = media_safe(self._leave_two(reuse, prompt), prompt)  # media: whole or not at all
         if fork_of is None:
             donor, held = self._donor(seq, lora)
+            held = self._leave_two(held, prompt)
             if donor is not None and held - reuse >= MIN_SHARE:
                 if len(self.context.tokens(donor.slot)) >= held:  # in its cells: copy now
                     self._copy(donor.slot, slot)
@@ -238,6 +245,12 @@ class Scheduler:
             seq.parent, seq.share = fork_of, share
             fork_of.forks.append(seq)
         return seq
+
+    def _leave_two(self, held: int, prompt: list[int]) -> int:
+        """Of `held` prompt tokens taken from cells, how many to keep: in a deterministic
+        context not all but one, since a decode of a single row of a sequence computes its
+        attention with another kernel than a decode of several (docs/determinism.md)."""
+        return held - 1 if self.deterministic and held == len(prompt) - 1 > 0 else held
 
     def _donor(self, seq: Seq, lora: tuple[float, ...]) -> tuple[Seq | None, int]:
         """The live sequence (not itself waiting) whose prompt or cells begin with the most of
@@ -291,11 +304,41 @@ class Scheduler:
         stoppable (Interrupted); `ignore_eog` runs to max_tokens (benchmarks)."""
         active = self._group(self.running())
         began = time.perf_counter()
-        counts = self._fill(active)
-        self.context.decode(cancel if counts.prompt_tokens else None)
-        self._copied.clear()
-        finished = []
+        finished: list[BatchResult] = []
+        counts = StepCounts()
+        for part in self._parts(active):
+            done = self._fill(part)
+            self.context.decode(cancel if done.prompt_tokens else None)
+            self._copied.clear()
+            finished.extend(self._sample(part, ignore_eog, done))
+            counts.prompt_tokens += done.prompt_tokens
+            counts.generated_tokens += done.generated_tokens
+            counts.tokens += done.tokens
+        if self.gate is not None and not counts.prompt_tokens:  # a generation-only step
+            spent = time.perf_counter() - began
+            self.gate.record(self._drafting, counts.generated_tokens, spent)
+        return finished, counts
+
+    def _parts(self, active: list[Seq]) -> list[list[Seq]]:
+        """The decodes of a step: one; in a deterministic context, the generating sequences'
+        next tokens in one and each prompt chunk in one of its own (at most a batch's worth of
+        prompt tokens a step), so that no prompt row shares a decode with another sequence's
+        rows (docs/determinism.md)."""
+        if not self.deterministic:
+            return [active]
+        generating = [seq for seq in active if seq.token is not None]
+        parts, budget = [generating] if generating else [], self.context.n_batch
         for seq in active:
+            if seq.token is None and seq.parent is None and budget > 0:
+                parts.append([seq])
+                budget -= len(seq.req.tokens) - seq.n_past
+        return parts
+
+    def _sample(self, part: list[Seq], ignore_eog: bool, counts: StepCounts) -> list[BatchResult]:
+        """After a decode of `part`: sample each of its sequences that has logits (and the
+        forks that start from them); the results of those that finished."""
+        finished = []
+        for seq in part:
             if self.slots[seq.slot] is not seq:
                 continue
             # Forks whose share its cells now hold start (a prefix's while it reads on).
@@ -311,10 +354,7 @@ class Scheduler:
                 sampling.row = -1  # sampled: a fork in a later slot is not sampled again
                 if result is not None:
                     finished.append(result)
-        if self.gate is not None and not counts.prompt_tokens:  # a generation-only step
-            spent = time.perf_counter() - began
-            self.gate.record(self._drafting, counts.generated_tokens, spent)
-        return finished, counts
+        return finished
 
     def _group(self, running: list[Seq]) -> list[Seq]:
         """The sequences this step decodes: all of them when they share one set of adapter
@@ -378,7 +418,10 @@ class Scheduler:
             if room <= 0:
                 break
             end = min([s for s in spans if s > seq.n_past], default=len(prompt))
-            chunk = prompt[seq.n_past : min(seq.n_past + room, end)]
+            stop = min(seq.n_past + room, end)
+            if self.deterministic and end - stop == 1 and stop - seq.n_past > 2:
+                stop -= 1  # the last chunk gets two tokens, not one (see _leave_two)
+            chunk = prompt[seq.n_past : stop]
             if not chunk:
                 continue
             seq.n_past += len(chunk)
