@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +286,7 @@ def measure_model(path: Path, label: str, args: argparse.Namespace) -> list[dict
         model.close()
     if not args.quick:
         out.append(threads_way(path, label, args))
+    out.append({"model": label, "scheduler": scheduler_way(path, label, args)})
     return out
 
 
@@ -412,6 +413,66 @@ def threads_way(path: Path, label: str, args: argparse.Namespace) -> dict[str, A
     return {"model": label, "flash_attn": True, "threads": args.threads, "ways": outcomes}
 
 
+def scheduled(model: Any, ctx: Any, prompt: list[int], others: list[list[int]], rows: int) -> Any:
+    """`prompt`'s answer through the scheduler (log-probabilities on), after `others` joined
+    and took two steps (or alone)."""
+    from infer.runtime.generation.scheduler import BatchRequest, Scheduler
+    from infer.runtime.params import GenerateOptions, SamplingParams
+
+    greedy = SamplingParams(temperature=0)
+    s = Scheduler(model, ctx)
+    for seq in range(SEQS):
+        ctx.remove(seq)
+    for i, other in enumerate(others):
+        s.join(BatchRequest(1 + i, other, greedy, GenerateOptions(max_tokens=64)))
+    for _ in range(2 if others else 0):
+        s.step()
+    s.join(BatchRequest(0, prompt, greedy, GenerateOptions(max_tokens=rows, logprobs=2)))
+    while True:
+        for r in s.step()[0]:
+            if r.index == 0:
+                return r
+
+
+def scheduler_way(path: Path, label: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Through the scheduler that `infer serve` and `--batch` run, with and without the mode:
+    each prompt answered alone, then again after three other prompts joined and while they
+    generate (its prompt read beside their tokens); how many answers' log-probabilities (and
+    texts) differ from the alone ones. What the mode changes, shown here rather than in a test.
+    """
+    from infer.runtime.api import load
+    from infer.runtime.params import LoadOptions
+
+    out = []
+    for deterministic in (False, True):
+        opts = LoadOptions(threads=args.threads, ctx_size=SEQS * N_CTX_SEQ)
+        model = load(str(path), replace(opts, deterministic=deterministic))
+        ctx = model.new_context(SEQS, N_CTX_SEQ, N_BATCH)
+        prompts = prompts_from_docs(model, args.prompts)
+        o = Outcome(f"scheduler{' --deterministic' if deterministic else ''}", "")
+        o.what = "the answer alone, then with 3 other prompts joined before it"
+        texts = 0
+        try:
+            for i, prompt in enumerate(prompts):
+                others = [prompts[(i + k) % len(prompts)] for k in (3, 5, 7)]
+                alone = scheduled(model, ctx, prompt, [], args.tokens)
+                loaded = scheduled(model, ctx, prompt, others, args.tokens)
+                ref = np.array([[t.logprob] for t in alone.logprobs])
+                got = np.array([[t.logprob] for t in loaded.logprobs[: len(alone.logprobs)]])
+                if len(got) == len(ref):
+                    o.add(ref, got)
+                texts += alone.text != loaded.text
+        finally:
+            ctx.close()
+            model.close()
+        record = o.record()
+        record.update(texts_changed=texts, model=label)
+        out.append(record)
+        print(f"  {label} {o.name}: logprob max|d| {o.max_abs_diff:.3g}, {o.rows_differing}/"
+              f"{o.rows} logprobs differ, {texts} texts differ", file=sys.stderr)  # fmt: skip
+    return out
+
+
 def requantized(src: Path, type_name: str, folder: Path) -> Path:
     """The bundled model requantized to `type_name` by llama.cpp's quantizer (in a child
     process: its log goes to its own stdout)."""
@@ -428,6 +489,55 @@ def requantized(src: Path, type_name: str, folder: Path) -> Path:
     return out
 
 
+def cost(args: argparse.Namespace, model: Path) -> dict[str, Any]:
+    """What the mode costs: benchmarks/serve.py's workload (C clients, each a few streamed
+    completions of distinct ~64-token prompts, `--cost-tokens` out) against `infer serve` with
+    and without --deterministic, rounds interleaved; aggregate tokens/s and time to first
+    token."""
+    import asyncio
+    import statistics
+
+    from common import compile_infer, wait_quiet
+    from serve import Server, free_port, load
+    from vs_llamacpp import infer_exe
+
+    compile_infer()
+    port = free_port()
+    base = [infer_exe(), "serve", str(model), "--port", str(port), "--parallel", "8",
+            "--ctx-size", "1024", "--no-prompt-cache"]  # fmt: skip
+    commands = {"usual": base, "deterministic": [*base, "--deterministic"]}
+    tps: dict[tuple[str, int], list[float]] = {}
+    ttft: dict[tuple[str, int], list[float]] = {}
+    seed = 0
+    for rnd in range(args.cost_rounds):
+        for name in commands if rnd % 2 == 0 else reversed(commands):
+            with Server(name, commands[name], port):
+                for clients in args.cost_clients:
+                    wait_quiet()
+                    wall, flat = asyncio.run(
+                        load(port, str(model), clients, 2, 48, args.cost_tokens, seed)
+                    )
+                    seed += 1000
+                    tps.setdefault((name, clients), []).append(sum(r[1] for r in flat) / wall)
+                    ttft.setdefault((name, clients), []).extend(r[0] for r in flat)
+                    print(f"  cost round {rnd + 1} {name} clients={clients}: "
+                          f"{tps[(name, clients)][-1]:.1f} tok/s", file=sys.stderr)  # fmt: skip
+    out: dict[str, Any] = {"command": " ".join(commands["deterministic"][1:]), "clients": {}}
+    for clients in args.cost_clients:
+        row = {
+            name: {
+                "aggregate_tps": statistics.median(tps[(name, clients)]),
+                "aggregate_rounds": tps[(name, clients)],
+                "ttft_p50": statistics.median(ttft[(name, clients)]),
+            }
+            for name in commands
+        }
+        usual, det = row["usual"]["aggregate_tps"], row["deterministic"]["aggregate_tps"]
+        row["ratio"] = det / usual if usual else None
+        out["clients"][str(clients)] = row
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -441,12 +551,18 @@ def main() -> None:
     parser.add_argument("--chunks", default="1,16,63,64,200")
     parser.add_argument("--fa-only", action="store_true", help="flash attention on only")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4 prompts, 6 rows")
+    parser.add_argument("--no-logits", action="store_true", help="only the cost")
+    parser.add_argument("--no-cost", action="store_true", help="only the logits")
+    parser.add_argument("--cost-clients", default="1,4,8")
+    parser.add_argument("--cost-rounds", type=int, default=3)
+    parser.add_argument("--cost-tokens", type=int, default=128)
     add_json_arg(parser, "determinism")
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.tokens = 4, 6
     args.chunks = [int(c) for c in args.chunks.split(",") if c]
     args.other_threads = [int(c) for c in args.other_threads.split(",") if c]
+    args.cost_clients = [int(c) for c in args.cost_clients.split(",") if c]
     os.environ.setdefault("INFER_SHARE_CORES", "0")
     src = args.model or bundled_model()
     models = [(src, "SmolLM2-135M Q4_1" if args.model is None else src.name)]
@@ -455,15 +571,16 @@ def main() -> None:
         models.append(
             (requantized(src, type_name, work), f"SmolLM2-135M {type_name} (requantized)")
         )
-    results = []
+    logits: list[dict[str, Any]] = []
     try:
-        for path, label in models:
+        for path, label in models if not args.no_logits else []:
             print(f"{label}:", file=sys.stderr)
-            results.extend(measure_model(path, label, args))
+            logits.extend(measure_model(path, label, args))
     finally:
         for f in work.iterdir():
             f.unlink()
         work.rmdir()
+    results = {"logits": logits, "cost": None if args.no_cost else cost(args, src)}
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "model")}
     write_results(args.json, "determinism.py", settings, results)
 
