@@ -6,7 +6,12 @@ scheduling. The real kernels are checked end to end in test_deterministic_serve.
 
 from __future__ import annotations
 
+import threading
+
+import pytest
+
 from infer.runtime import GenerateOptions, SamplingParams
+from infer.runtime.errors import EngineError
 from infer.runtime.generation.scheduler import BatchRequest, Scheduler
 
 from .fakes import FakeContext, FakeModel
@@ -74,3 +79,25 @@ def test_no_prompt_is_read_one_token_at_a_time() -> None:
     uctx.decodes.clear()
     run(usual, {0: [request(1, text, 2)]})
     assert uctx.decodes[0] == [(0, 1)]  # what the deterministic reading avoids
+
+
+def test_a_failed_later_decode_keeps_the_results_of_the_earlier_one() -> None:
+    """A step is several decodes: one that fails after another finished a sequence still
+    hands that result out (its slot is free already); the error comes with the next step."""
+    s, ctx = make(True)
+    s.join(request(0, "abc", max_tokens=2))
+    s.step()  # its prompt read, its first token sampled
+    s.join(request(1, "klmnop"))
+    decode, calls = ctx.decode, []
+
+    def failing_second(cancel: threading.Event | None = None) -> None:
+        calls.append(cancel)
+        ctx.fail_next_decode = len(calls) == 2
+        decode(cancel)
+
+    ctx.decode = failing_second  # type: ignore[method-assign]
+    finished, _ = s.step()  # request 0's last token, then request 1's prompt: that one fails
+    assert [(r.index, r.finish_reason) for r in finished] == [(0, "length")]
+    with pytest.raises(EngineError):
+        s.step()
+    assert [seq.req.index for seq in s.running()] == [1]

@@ -170,6 +170,7 @@ class Scheduler:
         if self.deterministic:
             drafter = gate = None
         self.drafter, self.gate = drafter, gate
+        self._deferred: BaseException | None = None  # raised by the next step (see step)
         self.drafted = self.accepted = 0  # draft tokens verified, and of those accepted
         self._drafting = False  # this step queued drafts
         self.slots: list[Seq | None] = [None] * context.n_seq_max
@@ -302,13 +303,24 @@ class Scheduler:
         """Decode one batch and sample every sequence that has logits. The results of the
         sequences that finished, and what the step did. `cancel` makes a long prompt decode
         stoppable (Interrupted); `ignore_eog` runs to max_tokens (benchmarks)."""
+        if self._deferred is not None:  # a later decode of the last step failed
+            error, self._deferred = self._deferred, None
+            raise error
         active = self._group(self.running())
         began = time.perf_counter()
         finished: list[BatchResult] = []
         counts = StepCounts()
         for part in self._parts(active):
-            done = self._fill(part)
-            self.context.decode(cancel if done.prompt_tokens else None)
+            try:
+                done = self._fill(part)
+                self.context.decode(cancel if done.prompt_tokens else None)
+            except BaseException as e:
+                if not finished:
+                    raise
+                # Sequences that finished in this step's earlier decodes left their slots:
+                # their results go out now, the error with the next step.
+                self._deferred = e
+                break
             self._copied.clear()
             finished.extend(self._sample(part, ignore_eog, done))
             counts.prompt_tokens += done.prompt_tokens
