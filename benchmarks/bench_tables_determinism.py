@@ -54,7 +54,7 @@ def determinism(r: Record) -> str:
         for x in res.get("logits", []):
             if x["model"] == model and "prompts" not in x and x.get("ways"):
                 t = [[w["name"], w["what"], _rows(w), _diff(w), _flips(w)] for w in x["ways"]]
-                parts.append("Thread counts (flash attention on):")
+                parts.append("Thread counts (each against its own reference at the default count):")
                 parts.append(table(["way", "what", "rows differing", "max abs Δ", "argmax"], t))
     sched = [y for x in res.get("logits", []) for y in x.get("scheduler", [])]
     if sched:

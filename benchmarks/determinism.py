@@ -384,33 +384,38 @@ def run_ways(
 
 
 def threads_way(path: Path, label: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The reference itself at other thread counts, against `args.threads`'s."""
+    """The reference itself at other thread counts, against `args.threads`'s, flash attention
+    on and off."""
     from infer.runtime.api import load
     from infer.runtime.params import LoadOptions
 
-    rows: dict[int, list[np.ndarray]] = {}
+    rows: dict[tuple[int, bool], list[np.ndarray]] = {}
     traces: list[Trace] = []
     for threads in [args.threads, *[t for t in args.other_threads if t != args.threads]]:
         model = load(str(path), LoadOptions(threads=threads, ctx_size=SEQS * N_CTX_SEQ))
-        bench = Bench(model, True, args.tokens)
         try:
-            if not traces:
-                traces = [bench.greedy(p) for p in prompts_from_docs(model, args.prompts)]
-            rows[threads] = [bench.alone(t) for t in traces]
+            for fa in (True, False):
+                bench = Bench(model, fa, args.tokens)
+                try:
+                    if not traces:
+                        traces = [bench.greedy(p) for p in prompts_from_docs(model, args.prompts)]
+                    rows[(threads, fa)] = [bench.alone(t) for t in traces]
+                finally:
+                    bench.close()
         finally:
-            bench.close()
             model.close()
     outcomes = []
-    for threads, got in rows.items():
+    for (threads, fa), got in rows.items():
         if threads == args.threads:
             continue
-        o = Outcome(f"{threads} threads", f"alone, {threads} threads instead of {args.threads}")
-        for ref, g in zip(rows[args.threads], got, strict=True):
+        o = Outcome(f"{threads} threads, FA {'on' if fa else 'off'}",
+                    f"alone, {threads} threads instead of {args.threads}")  # fmt: skip
+        for ref, g in zip(rows[(args.threads, fa)], got, strict=True):
             o.add(ref, g)
         outcomes.append(o.record())
-        print(f"  {label} threads {threads}: max|d| {o.max_abs_diff:.3g}, argmax changed in "
+        print(f"  {label} {o.name}: max|d| {o.max_abs_diff:.3g}, argmax changed in "
               f"{o.argmax_changed}/{o.rows} rows", file=sys.stderr)  # fmt: skip
-    return {"model": label, "flash_attn": True, "threads": args.threads, "ways": outcomes}
+    return {"model": label, "threads": args.threads, "ways": outcomes}
 
 
 def scheduled(model: Any, ctx: Any, prompt: list[int], others: list[list[int]], rows: int) -> Any:
