@@ -161,20 +161,22 @@ class Bench:
     def batch_start(self, t: Trace, others: list[list[int]]) -> np.ndarray:
         """All four prompts in the same decodes, then all four generate together."""
         self.clear()
-        rows: dict[int, int] = {}
         done = {seq: 0 for seq in (TARGET, *OTHERS)}
         prompts = {TARGET: t.prompt, **dict(zip(OTHERS, others, strict=True))}
+        first = None
         while any(done[s] < len(p) for s, p in prompts.items()):
+            row = -1
             for seq, p in prompts.items():  # room shared out as the scheduler does: in order
                 n = min(len(p) - done[seq], self.ctx.room())
                 if n > 0:
                     last = done[seq] + n == len(p)
                     r = self.ctx.add(seq, p[done[seq] : done[seq] + n], last)
-                    if last:
-                        rows[seq] = r
+                    row = r if seq == TARGET and last else row
                     done[seq] += n
             self.ctx.decode()
-        first = self.row(rows[TARGET])
+            if row >= 0:  # its last prompt token was in this decode
+                first = self.row(row)
+        assert first is not None
         filler = self._filler(others)
         return self.follow(TARGET, first, t.follow, filler)
 
@@ -276,7 +278,7 @@ def measure_model(path: Path, label: str, args: argparse.Namespace) -> list[dict
     try:
         prompts = prompts_from_docs(model, args.prompts)
         others = [prompts[(i + 3) % len(prompts)] for i in range(len(prompts))]
-        for fa in (True, False) if not args.fa_only else (True,):
+        for fa in [{"on": True, "off": False}[x] for x in args.fa.split(",")]:
             bench = Bench(model, fa, args.tokens)
             try:
                 out.append(run_ways(bench, prompts, others, label, fa, args))
@@ -553,9 +555,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=12, help="rows compared per prompt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--other-threads", default="1", help="thread counts to compare with")
-    parser.add_argument("--chunks", default="1,16,63,64,200")
-    parser.add_argument("--fa-only", action="store_true", help="flash attention on only")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 4 prompts, 6 rows")
+    parser.add_argument("--chunks", default="1,2,16,64,200")
+    parser.add_argument("--fa", default="on,off", help="flash attention: on,off / on / off")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 prompts, 4 rows")
     parser.add_argument("--no-logits", action="store_true", help="only the cost")
     parser.add_argument("--no-cost", action="store_true", help="only the logits")
     parser.add_argument("--cost-clients", default="1,4,8")
@@ -564,7 +566,7 @@ def main() -> None:
     add_json_arg(parser, "determinism")
     args = parser.parse_args()
     if args.quick:
-        args.prompts, args.tokens = 4, 6
+        args.prompts, args.tokens, args.chunks = 3, 4, "2,64"
     args.chunks = [int(c) for c in args.chunks.split(",") if c]
     args.other_threads = [int(c) for c in args.other_threads.split(",") if c]
     args.cost_clients = [int(c) for c in args.cost_clients.split(",") if c]
