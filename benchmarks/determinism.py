@@ -288,7 +288,8 @@ def measure_model(path: Path, label: str, args: argparse.Namespace) -> list[dict
         model.close()
     if not args.quick:
         out.append(threads_way(path, label, args))
-    out.append({"model": label, "scheduler": scheduler_way(path, label, args)})
+    if not args.no_scheduler:
+        out.append({"model": label, "scheduler": scheduler_way(path, label, args)})
     return out
 
 
@@ -545,6 +546,20 @@ def cost(args: argparse.Namespace, model: Path) -> dict[str, Any]:
     return out
 
 
+def merge(files: list[Path], out: Path) -> None:
+    """One results file from runs made part by part (`--fa on`, `--fa off`, `--no-logits`):
+    their logits in order, the last cost, and each run's own record under `parts`."""
+    import json
+
+    records = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    logits = [x for r in records for x in r["results"].get("logits", [])]
+    costs = [r["results"]["cost"] for r in records if r["results"].get("cost")]
+    parts = [{k: r[k] for k in ("date", "commit", "settings", "smoke")} for r in records]
+    results = {"logits": logits, "cost": costs[-1] if costs else None}
+    write_results(out, "determinism.py", {"merged": [f.name for f in files]}, results,
+                  parts=parts)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -560,11 +575,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 prompts, 4 rows")
     parser.add_argument("--no-logits", action="store_true", help="only the cost")
     parser.add_argument("--no-cost", action="store_true", help="only the logits")
+    parser.add_argument("--no-scheduler", action="store_true", help="not the scheduler's part")
+    parser.add_argument("--merge", nargs="+", type=Path, help="only join these runs' JSON files")
     parser.add_argument("--cost-clients", default="1,4,8")
     parser.add_argument("--cost-rounds", type=int, default=3)
     parser.add_argument("--cost-tokens", type=int, default=128)
     add_json_arg(parser, "determinism")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.json)
     if args.quick:
         args.prompts, args.tokens, args.chunks = 3, 4, "2,64"
     args.chunks = [int(c) for c in args.chunks.split(",") if c]
