@@ -287,7 +287,7 @@ def measure_model(path: Path, label: str, args: argparse.Namespace) -> list[dict
                 bench.close()
     finally:
         model.close()
-    if not args.quick:
+    if not args.quick and args.other_threads:
         out.append(threads_way(path, label, args))
     if not args.no_scheduler:
         out.append({"model": label, "scheduler": scheduler_way(path, label, args)})
