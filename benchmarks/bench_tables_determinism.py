@@ -33,22 +33,24 @@ def determinism(r: Record) -> str:
         mine = [x for x in runs if x["model"] == model]
         by_fa = {("on" if x["flash_attn"] else "off"): x for x in mine}
         first = mine[0]
-        names = [w["name"] for w in first["ways"]]
+        names = list(dict.fromkeys(w["name"] for x in mine for w in x["ways"]))
+        whats = {w["name"]: w["what"] for x in mine for w in x["ways"]}
         header = ["way", "what"]
         for fa in by_fa:
             header += [f"FA {fa}: rows differing", "max abs Δlogit", "argmax changed"]
         rows = []
-        for i, name in enumerate(names):
-            row = [name, first["ways"][i]["what"]]
+        for name in names:
+            row = [name, whats[name]]
             for x in by_fa.values():
-                w = x["ways"][i]
-                row += [_rows(w), _diff(w), _flips(w)]
+                w = next((w for w in x["ways"] if w["name"] == name), None)
+                row += [_rows(w), _diff(w), _flips(w)] if w else ["-", "-", "-"]
             rows.append(row)
         lengths = first["prompt_tokens"]
         parts.append(
             f"**{model}**, {first['prompts']} prompts of {min(lengths)}–{max(lengths)} tokens, "
             f"{first['rows_per_prompt']} rows each (after the prompt and after each of the "
-            f"reference's greedy tokens), {first['threads']} threads:"
+            f"reference's greedy tokens), {first['threads']} threads; a way with no figure "
+            "was not part of that run:"
         )
         parts.append(table(header, rows))
         for x in res.get("logits", []):
