@@ -4,6 +4,7 @@ and what it costs in the server. Registered like bench_tables.py's renderers."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from bench_tables import Record, measured, num, ratio, renderer, table
@@ -79,7 +80,9 @@ def determinism(r: Record) -> str:
             rows.append([clients, num(u["aggregate_tps"]), num(d["aggregate_tps"]),
                          ratio(d["aggregate_tps"], u["aggregate_tps"]),
                          num(u["ttft_p50"], 3), num(d["ttft_p50"], 3)])  # fmt: skip
-        parts.append(f"What the mode costs (`infer {cost['command']}` against the same without "
+        # the model's file name, not where it was; no port (each run takes a free one)
+        command = re.sub(r"--port \d+ ", "", re.sub(r"\S+/(\S+\.gguf)", r"\1", cost["command"]))
+        parts.append(f"What the mode costs (`infer {command}` against the same without "
                      "`--deterministic`; benchmarks/serve.py's workload):")  # fmt: skip
         header = ["clients", "usual tok/s", "deterministic tok/s", "ratio", "TTFT p50 s (usual)",
                   "TTFT p50 s (deterministic)"]  # fmt: skip
