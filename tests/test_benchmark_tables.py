@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 RENDER = BENCH / "render.py"
 HELPERS = {"common.py", "render.py", "bench_tables.py", "bench_lines.py", "bench_tables_added.py"}
+HELPERS |= {"bench_tables_determinism.py", "determinism_cost.py"}  # determinism.py's
 MARKER = re.compile(r"^<!-- table:([\w.-]+)(?:/[\w.-]+)? -->$", re.M)
 
 
