@@ -279,7 +279,7 @@ def measure_model(path: Path, label: str, args: argparse.Namespace) -> list[dict
     try:
         prompts = prompts_from_docs(model, args.prompts)
         others = [prompts[(i + 3) % len(prompts)] for i in range(len(prompts))]
-        for fa in [{"on": True, "off": False}[x] for x in args.fa.split(",")]:
+        for fa in [{"on": True, "off": False}[x] for x in args.fa.split(",") if x]:
             bench = Bench(model, fa, args.tokens)
             try:
                 out.append(run_ways(bench, prompts, others, label, fa, args))
