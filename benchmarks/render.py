@@ -26,6 +26,7 @@ from pathlib import Path
 
 import bench_lines  # noqa: F401  (its renderers register themselves)
 import bench_tables_added  # noqa: F401  (likewise)
+import bench_tables_determinism  # noqa: F401  (likewise)
 from bench_tables import RENDERERS, generic  # beside this script, as common.py is to the others
 
 HERE = Path(__file__).resolve().parent

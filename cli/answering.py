@@ -49,6 +49,7 @@ class LocalFlags:
     draft_always: bool = False
     no_prompt_cache: bool = False
     mmproj: str | None = None  # the projector for images and audio (cli/media.py)
+    deterministic: bool = False  # --batch's answers independent of the batch (docs/determinism.md)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ def _execute_local(args: RunArgs) -> None:
 
     conflicts = {"--continue": args.continue_, "--markdown": args.markdown}
     batched = _check_batch(args, conflicts | {"--draft": bool(args.local.draft)})
+    if args.local.deterministic and not batched:  # one answer is decoded alone already
+        raise UsageError("--deterministic is for --batch FILE (and infer serve)")
     _check_logprobs(args, batched)
     grammar = constraint(args.json_schema, args.grammar, args.fmt)
     offered = _tools(args, constrained=bool(grammar), what="--json-schema, --grammar or --format")
@@ -216,6 +219,7 @@ def _options(args: RunArgs, defaults: ModelDefaults) -> tuple[LoadOptions, Gener
         no_prompt_cache=local.no_prompt_cache,
         rpc=local.rpc,
         lora=local.lora,
+        deterministic=local.deterministic,
     )
     options = generate_options(
         max_tokens=args.max_tokens,

@@ -97,6 +97,7 @@ def load_options(
     no_prompt_cache: bool,
     rpc: str | None = None,
     lora: list[str] | tuple[str, ...] | None = None,
+    deterministic: bool = False,
 ) -> LoadOptions:
     from infer.runtime import LoadOptions
     from infer.runtime.params import parse_endpoints, parse_lora
@@ -109,6 +110,7 @@ def load_options(
         prompt_cache=not no_prompt_cache,
         rpc=parse_endpoints(rpc),
         lora=parse_lora(lora) or defaults.lora,  # --lora replaces the models.toml list
+        deterministic=deterministic,
     ).validate()
 
 

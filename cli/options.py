@@ -237,6 +237,17 @@ OfflineOpt = Annotated[
         "(also HF_HUB_OFFLINE=1).",
     ),
 ]
+DeterministicOpt = Annotated[
+    bool,
+    typer.Option(
+        "--deterministic",
+        envvar="INFER_DETERMINISTIC",
+        rich_help_panel=HARDWARE,
+        help="Answers that do not depend on what else is decoded: a temperature-0 (or seeded) "
+        "answer is the same alone and under load. Prompts are read apart from the other "
+        "sequences' tokens, without flash attention; no --draft. See docs/determinism.md.",
+    ),
+]
 DraftOpt = Annotated[
     str | None,
     typer.Option(

@@ -40,6 +40,7 @@ LOCAL_ONLY = (
     "draft_ngram",
     "draft_always",
     "no_prompt_cache",
+    "deterministic",
     "grammar",
     "mmproj",
 )

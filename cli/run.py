@@ -20,6 +20,7 @@ from .options import (
     BatchOpt,
     ContinueOpt,
     CtxSizeOpt,
+    DeterministicOpt,
     DraftAlwaysOpt,
     DraftMaxOpt,
     DraftNgramOpt,
@@ -110,6 +111,7 @@ def run(
     no_prompt_cache: NoPromptCacheOpt = False,
     batch: BatchOpt = None,
     parallel: ParallelOpt = None,
+    deterministic: DeterministicOpt = False,
     json_schema: JsonSchemaOpt = None,
     grammar: GrammarOpt = None,
     fmt: FormatOpt = None,
@@ -152,6 +154,7 @@ def run(
         draft_always=draft_always,
         no_prompt_cache=no_prompt_cache,
         mmproj=mmproj,
+        deterministic=deterministic,
     )
     args = RunArgs(
         model=model,

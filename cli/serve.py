@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,6 +19,7 @@ from . import output
 from .options import (
     HARDWARE,
     OUTPUT,
+    DeterministicOpt,
     DraftAlwaysOpt,
     DraftMaxOpt,
     DraftOpt,
@@ -269,6 +271,7 @@ def serve(
     draft: DraftOpt = None,
     draft_max: DraftMaxOpt = None,
     draft_always: DraftAlwaysOpt = False,
+    deterministic: DeterministicOpt = False,
     api_key: ApiKeyOpt = None,
     api_key_file: ApiKeyFileOpt = None,
     insecure: InsecureOpt = False,
@@ -343,7 +346,18 @@ def serve(
 
     GenerateOptions(draft_max=draft_max).validate()  # the one check of --draft-max
     config.draft, config.draft_max, config.draft_adapt = draft, draft_max, not draft_always
+    if deterministic:
+        _check_deterministic(draft)
+        config.load = replace(config.load, deterministic=True)
     _run(config, settings, port, stats)
+
+
+def _check_deterministic(draft: str | None) -> None:
+    if draft is not None:  # verifying drafts decodes several rows of a sequence at once
+        raise UsageError(
+            "--deterministic does not combine with --draft: verifying drafts computes a "
+            "sequence's rows with other kernels than decoding them one by one"
+        )
 
 
 def _run(config: ServerConfig, settings: HttpSettings, port: int, stats: bool) -> None:

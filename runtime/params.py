@@ -69,6 +69,10 @@ class LoadOptions:
     mmproj: Path | None = None
     # LoRA adapters loaded with the model, each applied at its scale (llama/lora.py).
     lora: tuple[LoraAdapter, ...] = ()
+    # Batched decoding whose temperature-0 answers do not depend on what else is decoded
+    # (`--deterministic`; docs/determinism.md): the contexts made for it compute every row the
+    # same way whatever shares its decode.
+    deterministic: bool = False
 
     def validate(self) -> LoadOptions:
         if self.ctx_size is not None and self.ctx_size < 16:

@@ -153,7 +153,9 @@ class FakeModel:
     def is_eog(self, token: int) -> bool:
         return token == EOG
 
-    def new_context(self, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> FakeContext:
+    def new_context(
+        self, n_seq_max: int, n_ctx_seq: int, n_batch: int, *, flash_attn: bool | None = None
+    ) -> FakeContext:
         ctx = FakeContext(n_seq_max, n_ctx_seq, n_batch)
         self.contexts.append(ctx)
         return ctx
@@ -173,6 +175,7 @@ class FakeContext:
 
         self._random = random
         self.n_seq_max, self.n_ctx_seq, self.n_batch = n_seq_max, n_ctx_seq, n_batch
+        self.deterministic = False  # the scheduler's deterministic reading (tests set it)
         self.held: list[list[int]] = [[] for _ in range(n_seq_max)]
         self.queue: list[tuple[int, list[int], int]] = []  # (seq, tokens, rows with logits)
         self.rows: dict[int, list[int]] = {}  # batch row -> the sequence's tokens through it

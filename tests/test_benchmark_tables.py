@@ -19,6 +19,7 @@ BENCH = ROOT / "benchmarks"
 RENDER = BENCH / "render.py"
 HELPERS = {"common.py", "render.py", "bench_tables.py", "bench_lines.py", "bench_tables_added.py",
            "soak_mix.py"}  # fmt: skip
+HELPERS |= {"bench_tables_determinism.py", "determinism_cost.py"}  # determinism.py's
 MARKER = re.compile(r"^<!-- table:([\w.-]+)(?:/[\w.-]+)? -->$", re.M)
 
 

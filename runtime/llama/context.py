@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
 # llama_token_data as numpy sees it: {llama_token id; float logit; float p}
 _TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
+# The attention kernel of a deterministic context. Without flash attention, a row's attention is
+# a matrix product whose kernel depends only on how many rows its own sequence has in the
+# decode (1, or more), which the scheduler controls; llama.cpp's CPU flash attention also
+# switches kernels with the number of threads and of sequences decoded together
+# (docs/determinism.md has the measurements).
+DETERMINISTIC_FLASH_ATTN = False
 
 
 class LlamaContext:
@@ -34,7 +40,16 @@ class LlamaContext:
     `create`, or a LlamaSession's single-sequence one), which this object frees."""
 
     @classmethod
-    def create(cls, model: Weights, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> LlamaContext:
+    def create(
+        cls,
+        model: Weights,
+        n_seq_max: int,
+        n_ctx_seq: int,
+        n_batch: int,
+        flash_attn: bool | None = None,
+        *,
+        deterministic: bool = False,
+    ) -> LlamaContext:
         ll = model._ll
         if n_seq_max > n_batch:  # llama.cpp GGML_ASSERTs: an output per sequence in a batch
             raise OptionError(
@@ -42,6 +57,14 @@ class LlamaContext:
                 f"must be at most the batch size, {n_batch} tokens here (got {n_seq_max})",
             )
         params = ll.llama_context_default_params()
+        if deterministic and flash_attn is None:
+            flash_attn = DETERMINISTIC_FLASH_ATTN
+        if flash_attn is not None:  # None: llama.cpp's "auto" (on, on CPU)
+            params.flash_attn_type = (
+                ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if flash_attn
+                else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
         params.n_seq_max = n_seq_max
         params.n_ctx = n_seq_max * n_ctx_seq
         params.kv_unified = False
@@ -53,7 +76,9 @@ class LlamaContext:
                 f"llama.cpp could not create a context for {n_seq_max} sequences of "
                 f"{n_ctx_seq} tokens (out of memory? try a smaller --parallel or --ctx-size)"
             )
-        return cls(model, handle, n_seq_max, n_batch)
+        ctx = cls(model, handle, n_seq_max, n_batch)
+        ctx.flash_attn, ctx.deterministic = flash_attn, deterministic
+        return ctx
 
     def __init__(self, model: Weights, handle: Any, n_seq_max: int, n_batch: int):
         self._weights = model
@@ -74,6 +99,9 @@ class LlamaContext:
         self._copying: set[int] = set()
         self._cores = model.core_share(self._handle)
         self._lora = AdapterSet(ll, handle, model.adapters)  # at the scales they were given
+        self.flash_attn: bool | None = None  # as chosen (None: llama.cpp's default)
+        # The scheduler reads prompts in decodes of their own (docs/determinism.md).
+        self.deterministic = False
 
     def tokens(self, seq: int) -> Sequence[int]:
         return self._tokens[seq]
@@ -240,6 +268,8 @@ class LlamaContext:
             "n_ubatch": self.n_batch,
             "gpu_layers": e.offloaded_layers,
             "kv_type": "f16",
+            # The attention kernel, where one was chosen: the two round differently.
+            **({"flash_attn": self.flash_attn} if self.flash_attn is not None else {}),
             # The adapters applied: a state read with them is not the model's own.
             **({"lora": self._lora.identity()} if self._lora.identity() else {}),
         }

@@ -77,9 +77,13 @@ class Model(Protocol):
         """Whether `token` ends generation (EOS, EOT, …)."""
         ...
 
-    def new_context(self, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> Context:
+    def new_context(
+        self, n_seq_max: int, n_ctx_seq: int, n_batch: int, *, flash_attn: bool | None = None
+    ) -> Context:
         """A context with `n_seq_max` sequences of `n_ctx_seq` cells each, decoding at most
-        `n_batch` tokens per step. EngineError when it cannot be made (memory)."""
+        `n_batch` tokens per step. `flash_attn` chooses the attention kernel (None: the
+        backend's default); the two round differently (docs/determinism.md). EngineError when
+        it cannot be made (memory)."""
         ...
 
     def new_session(self, n_ctx: int | None = None) -> Session:
@@ -162,6 +166,10 @@ class Context(Protocol):
     n_seq_max: int
     n_ctx_seq: int  # KV cells per sequence: positions 0..n_ctx_seq-1
     n_batch: int  # most tokens one decode takes
+    # Made so that a row's logits do not depend on the other rows of its decode, provided
+    # the caller reads each prompt in decodes of its own, at least 2 tokens a decode (the
+    # scheduler does; docs/determinism.md).
+    deterministic: bool
 
     def tokens(self, seq: int) -> Sequence[int]:
         """What sequence `seq`'s KV cells hold, in order (live: do not modify)."""

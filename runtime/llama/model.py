@@ -41,10 +41,14 @@ class LlamaModel(Weights):
         self._sessions: list[LlamaSession] = []
         super().__init__(path, header, options, prompt_cache)
 
-    def new_context(self, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> LlamaContext:
+    def new_context(
+        self, n_seq_max: int, n_ctx_seq: int, n_batch: int, *, flash_attn: bool | None = None
+    ) -> LlamaContext:
         """A context with `n_seq_max` separate sequences of `n_ctx_seq` cells each
-        (llama/context.py)."""
-        return LlamaContext.create(self, n_seq_max, n_ctx_seq, n_batch)
+        (llama/context.py); deterministic when the model was loaded so."""
+        return LlamaContext.create(
+            self, n_seq_max, n_ctx_seq, n_batch, flash_attn, deterministic=self.deterministic
+        )
 
     def new_session(self, n_ctx: int | None = None) -> LlamaSession:
         """One sequence of `n_ctx` tokens (default: the window the model was loaded for), with

@@ -113,6 +113,7 @@ class Weights(ABC):
         self.threads = options.threads or physical_cores()
         self._fixed_threads = options.threads is not None
         self.batch_size = options.batch_size  # a session's n_batch: this, at most its window
+        self.deterministic = options.deterministic  # for the contexts made over it
         self.chat_template = header.chat_template
         self._cancel: threading.Event | None = None
         self._abort_cb = ll.ggml_abort_callback(self._should_abort)
@@ -175,7 +176,9 @@ class Weights(ABC):
     # -- what a Model makes (llama/model.py) ----------------------------------------------------
 
     @abstractmethod
-    def new_context(self, n_seq_max: int, n_ctx_seq: int, n_batch: int) -> Context: ...
+    def new_context(
+        self, n_seq_max: int, n_ctx_seq: int, n_batch: int, *, flash_attn: bool | None = None
+    ) -> Context: ...
 
     @abstractmethod
     def new_session(self, n_ctx: int | None = None) -> Session: ...
