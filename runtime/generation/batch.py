@@ -21,7 +21,8 @@ from ..errors import Interrupted
 from ..llama.engine import KV_BUDGET_BYTES, default_ctx
 from ..llama.interface import Model
 from ..params import DEFAULT_BATCH
-from .scheduler import BatchRequest, BatchResult, Scheduler, StepCounts
+from .batch_types import BatchRequest, BatchResult, StepCounts
+from .scheduler import Scheduler
 
 __all__ = ["BatchDecoder", "BatchRequest", "BatchResult", "BatchStats", "ctx_per_sequence"]
 

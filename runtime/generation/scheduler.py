@@ -43,24 +43,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import ContextOverflowError, EngineError
 from ..llama.interface import Context, Model
 from ..llama.tokens import common_prefix
 from ..llama.vision import media_safe, prompt_spans
-from ..params import GenerateOptions, SamplingParams
-from .logprobs import LogprobReader, TokenLogprob, Trail
-from .loop import TextStream
+from .batch_types import BatchRequest, BatchResult, Probs, Seq, StepCounts, TextSink
+from .logprobs import LogprobReader, Trail
+
+__all__ = [
+    "BatchRequest", "BatchResult", "Scheduler", "Seq", "StepCounts", "TextSink",
+]  # fmt: skip
 
 if TYPE_CHECKING:
     from .batch_draft import BatchDrafter, DraftGate
     from .prompt_cache import PromptCache
-
-# A token's probability after the sampler chain, and its likeliest candidates' (post-sampling)
-Probs = tuple[float, list[tuple[int, float]]]
 
 # The fewest tokens a copy of cells must save (beyond what the slot holds already). A copy
 # moves the donor's whole KV stream (llama.cpp copies split-cache streams whole), so a few
@@ -71,91 +69,6 @@ MIN_SHARE = 16
 # conversation's next turn comes back to the server: reading 32 tokens again costs ~0.1 s on a
 # CPU (a 135M model), writing or restoring a state from the page cache a few milliseconds.
 MIN_KEEP = 32
-
-
-@dataclass
-class BatchRequest:
-    """One prompt; `index` names it in the results (they come in finishing order)."""
-
-    index: int
-    tokens: list[int]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    options: GenerateOptions = field(default_factory=GenerateOptions)
-    # The scale of each of the model's adapters (None: the scales the model was loaded with).
-    lora: tuple[float, ...] | None = None
-
-
-@dataclass
-class BatchResult:
-    index: int
-    text: str = ""
-    # stop | length | context | interrupted (Ctrl-C) | cancelled (Scheduler.cancel) | error
-    finish_reason: str = ""
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    error: str | None = None
-    stop: str | None = None  # the stop string that ended it
-    logprobs: list[TokenLogprob] | None = None  # with options.logprobs: each released token
-
-
-@dataclass
-class StepCounts:
-    prompt_tokens: int = 0  # evaluated
-    generated_tokens: int = 0
-    tokens: int = 0  # decoded in this step
-
-
-class Seq:
-    """A request running in a slot. `n_past` counts its tokens in the slot's cells (queued
-    included); `token` is the sampled token to decode next (None while reading the prompt)."""
-
-    __slots__ = (
-        "drafts",
-        "forks",
-        "generated",
-        "lora",
-        "n_past",
-        "on_text",
-        "parent",
-        "pieces",
-        "req",
-        "reused",
-        "row",
-        "share",
-        "slot",
-        "stream",
-        "token",
-        "trail",
-    )
-
-    def __init__(self, req: BatchRequest, slot: int, on_text: TextSink | None):
-        self.req, self.slot, self.on_text = req, slot, on_text
-        self.n_past = 0
-        self.reused = 0  # prompt tokens its slot held already (or the prompt cache restored)
-        self.token: int | None = None
-        self.row = -1  # this step's batch row whose logits to sample from
-        self.generated = 0
-        self.pieces: list[str] = []
-        self.stream = TextStream(req.options.stop)
-        self.parent: Seq | None = None
-        self.forks: list[Seq] = []
-        self.share = 0  # while waiting on `parent`: the prompt tokens it will copy from it
-        self.trail: Trail | None = None  # with options.logprobs
-        self.lora: tuple[float, ...] = ()
-        self.drafts: list[int] = []  # queued after `token` in this step, to verify
-
-    def emit(self, text: str, *, end: bool = False) -> None:
-        """Release `text` (with the log-probabilities of its tokens, when asked for)."""
-        entries = self.trail.release(text, end=end) if self.trail is not None else ()
-        if text:
-            self.pieces.append(text)
-        if self.on_text is not None and (text or entries):
-            self.on_text(text, entries)
-
-
-# Gets a sequence's text as it is released, with the log-probabilities of the tokens it holds
-# (empty unless the request asked for them).
-TextSink = Callable[[str, Sequence[TokenLogprob]], None]
 
 
 class Scheduler:
@@ -352,7 +265,7 @@ class Scheduler:
                 except EngineError:  # refused: its sequences alone, only a failing one ends
                     isolated, done = self._isolate(part, cancel, ignore_eog)
                     finished.extend(isolated)
-                    _add(counts, done)
+                    counts.add(done)
                     continue
             except BaseException as e:
                 if not finished:
@@ -363,7 +276,7 @@ class Scheduler:
                 break
             self._copied.clear()
             finished.extend(self._sample(part, ignore_eog, done))
-            _add(counts, done)
+            counts.add(done)
         if self.gate is not None and not counts.prompt_tokens:  # a generation-only step
             spent = time.perf_counter() - began
             self.gate.record(self._drafting, counts.generated_tokens, spent)
@@ -394,7 +307,7 @@ class Scheduler:
                 continue
             self._copied.clear()
             finished += self._sample([seq], ignore_eog, counts)
-            _add(total, counts)
+            total.add(counts)
         return finished, total
 
     def _rewind(self, seq: Seq) -> None:
@@ -623,9 +536,3 @@ class Scheduler:
             stop=seq.stream.matched,
             logprobs=logprobs,
         )
-
-
-def _add(total: StepCounts, counts: StepCounts) -> None:
-    total.prompt_tokens += counts.prompt_tokens
-    total.generated_tokens += counts.generated_tokens
-    total.tokens += counts.tokens

@@ -23,15 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, InferError, Interrupted
 from ..generation.batch_draft import DraftGate
+from ..generation.batch_types import BatchRequest, BatchResult, Seq, StepCounts, TextSink
 from ..generation.logprobs import TokenLogprob
-from ..generation.scheduler import (
-    BatchRequest,
-    BatchResult,
-    Scheduler,
-    Seq,
-    StepCounts,
-    TextSink,
-)
+from ..generation.scheduler import Scheduler
 from ..llama.aborts import serving
 from ..llama.interface import Context, Model
 from ..params import GenerateOptions, SamplingParams
