@@ -219,7 +219,7 @@ def _params(command: str) -> set[str]:
 def test_chat_help_lists_only_what_applies_to_a_chat() -> None:
     """`infer chat` has its own command: `infer run`'s options less the one-shot, batch and
     tool ones (fill-in-the-middle and log-probabilities are one-shot: a suffix to one prompt,
-    values for the --json object), and no PROMPT."""
+    values for the --json object; --deterministic is --batch's), and no PROMPT."""
     assert _params("chat") == _params("run") - {
         "--json",
         "--batch",
@@ -229,6 +229,7 @@ def test_chat_help_lists_only_what_applies_to_a_chat() -> None:
         "--tool-choice",
         "--suffix",
         "--logprobs",
+        "--deterministic",  # a --batch option
     }
     assert INFER
     result = subprocess.run([INFER, "chat", "--help"], capture_output=True, timeout=30,
