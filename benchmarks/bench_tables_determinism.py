@@ -32,13 +32,13 @@ def determinism(r: Record) -> str:
     runs = [x for x in res.get("logits", []) if "ways" in x and "prompts" in x]
     for model in dict.fromkeys(x["model"] for x in runs):
         mine = [x for x in runs if x["model"] == model]
-        by_fa = {("on" if x["flash_attn"] else "off"): x for x in mine}
+        by_fa = {x.get("kernels", "FA on" if x["flash_attn"] else "FA off"): x for x in mine}
         first = mine[0]
         names = list(dict.fromkeys(w["name"] for x in mine for w in x["ways"]))
         whats = {w["name"]: w["what"] for x in mine for w in x["ways"]}
         header = ["way", "what"]
         for fa in by_fa:
-            header += [f"FA {fa}: rows differing", "max abs Δlogit", "argmax changed"]
+            header += [f"{fa}: rows differing", "max abs Δlogit", "argmax changed"]
         rows = []
         for name in names:
             row = [name, whats[name]]

@@ -23,7 +23,9 @@ greedy token) changed. The ways, all in one context of 4 sequences over a split 
 - fork: the prompt read by another sequence, its cells copied (seq_cp) and generation
   continued here; shared prefix: half of it copied, the rest read here;
 - chunks of N: the prompt read N tokens per decode (n_batch N);
-- and, as separate references, flash attention off and other thread counts.
+- drafts of K: the generated tokens fed K+1 a decode, as verifying speculative drafts does;
+- and, as separate references, flash attention off, the deterministic mode's cells (Q8_0,
+  flash attention: `--fa mode`) and other thread counts.
 
 What the figures mean, and the kernels behind them: docs/determinism.md.
 """
@@ -48,6 +50,9 @@ from vs_llamacpp import bundled_model
 ROOT = Path(__file__).resolve().parent.parent
 SEQS, N_CTX_SEQ, N_BATCH = 4, 1024, 512
 TARGET, OTHERS = 1, (0, 2, 3)  # the sequence compared sits between neighbours
+# The columns of the table: F16 cells with and without flash attention (llama.cpp's default,
+# and the mode's earlier choice), and `--deterministic`'s own contexts.
+KERNELS = {"on": "FA on", "off": "FA off", "mode": "--deterministic (Q8_0 cells, FA)"}
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Bench:
     rows (T x n_vocab float32)."""
 
     def __init__(self, model: Any, flash_attn: bool | None, tokens: int) -> None:
+        """`model` loaded deterministic: the mode's contexts (`flash_attn` is then moot)."""
         self.model, self.tokens = model, tokens
         self.ctx = model.new_context(SEQS, N_CTX_SEQ, N_BATCH, flash_attn=flash_attn)
         self.n_vocab = model.n_vocab
@@ -234,6 +240,20 @@ class Bench:
         assert first is not None
         return self.follow(TARGET, first, t.follow)
 
+    def drafted(self, t: Trace, k: int) -> np.ndarray:
+        """The prompt alone, then the generated tokens fed k + 1 a decode, every row's logits
+        kept: what verifying a sequence's speculative drafts decodes."""
+        self.clear()
+        first = self.read(TARGET, t.prompt)
+        assert first is not None
+        rows = [first]
+        for i in range(0, len(t.follow), k + 1):
+            part = t.follow[i : i + k + 1]
+            r = self.ctx.add(TARGET, part, len(part))
+            self.ctx.decode()
+            rows += [self.row(r + j) for j in range(len(part))]
+        return np.stack(rows)
+
     def repeat(self, t: Trace) -> np.ndarray:
         """The same prompt again in a slot that holds it: all but its last token reused."""
         self.alone(t)
@@ -275,18 +295,20 @@ def measure_model(path: Path, label: str, args: argparse.Namespace) -> list[dict
     from infer.runtime.params import LoadOptions
 
     out = []
-    model = load(str(path), LoadOptions(threads=args.threads, ctx_size=SEQS * N_CTX_SEQ))
-    try:
-        prompts = prompts_from_docs(model, args.prompts)
-        others = [prompts[(i + 3) % len(prompts)] for i in range(len(prompts))]
-        for fa in [{"on": True, "off": False}[x] for x in args.fa.split(",") if x]:
+    opts = LoadOptions(threads=args.threads, ctx_size=SEQS * N_CTX_SEQ)
+    for kernels in [x for x in args.fa.split(",") if x]:
+        fa = {"on": True, "off": False, "mode": None}[kernels]
+        model = load(str(path), replace(opts, deterministic=kernels == "mode"))
+        try:
+            prompts = prompts_from_docs(model, args.prompts)
+            others = [prompts[(i + 3) % len(prompts)] for i in range(len(prompts))]
             bench = Bench(model, fa, args.tokens)
             try:
-                out.append(run_ways(bench, prompts, others, label, fa, args))
+                out.append(run_ways(bench, prompts, others, label, kernels, args))
             finally:
                 bench.close()
-    finally:
-        model.close()
+        finally:
+            model.close()
     if not args.quick and args.other_threads:
         out.append(threads_way(path, label, args))
     if not args.no_scheduler:
@@ -299,7 +321,7 @@ def run_ways(
     prompts: list[list[int]],
     others_of: list[list[int]],
     label: str,
-    fa: bool,
+    kernels: str,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     started = time.perf_counter()
@@ -367,17 +389,21 @@ def run_ways(
     for chunk in args.chunks:
         ways.append((f"chunks of {chunk}", f"the prompt read {chunk} tokens per decode",
                      lambda t, i, c=chunk: bench.alone(t, c)))  # fmt: skip
+    for k in args.drafts:
+        ways.append((f"drafts of {k}", f"the generated tokens verified {k + 1} a decode",
+                     lambda t, i, k=k: bench.drafted(t, k)))  # fmt: skip
     outcomes = []
     for name, what, way in ways:
         o = Outcome(name, what)
         for i, (t, ref) in enumerate(zip(traces, refs, strict=True)):
             o.add(ref, way(t, i))
         outcomes.append(o.record())
-        print(f"  {label} fa={'on' if fa else 'off'} {name}: max|d| {o.max_abs_diff:.3g}, "
+        print(f"  {label} {kernels} {name}: max|d| {o.max_abs_diff:.3g}, "
               f"argmax changed in {o.argmax_changed}/{o.rows} rows", file=sys.stderr)  # fmt: skip
     return {
         "model": label,
-        "flash_attn": fa,
+        "flash_attn": kernels != "off",
+        "kernels": KERNELS[kernels],
         "threads": args.threads,
         "prompts": len(prompts),
         "prompt_tokens": [len(p) for p in prompts],
@@ -509,7 +535,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--other-threads", default="1", help="thread counts to compare with")
     parser.add_argument("--chunks", default="1,2,16,64,200")
-    parser.add_argument("--fa", default="on,off", help="flash attention: on,off / on / off")
+    parser.add_argument("--drafts", default="4", help="draft lengths verified (K: K+1 rows)")
+    parser.add_argument(
+        "--fa", default="on,off,mode", help="flash attention on, off, the deterministic mode's"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 prompts, 4 rows")
     parser.add_argument("--no-logits", action="store_true", help="only the cost")
     parser.add_argument("--no-cost", action="store_true", help="only the logits")
@@ -525,6 +554,7 @@ def main() -> None:
     if args.quick:
         args.prompts, args.tokens, args.chunks = 3, 4, "2,64"
     args.chunks = [int(c) for c in args.chunks.split(",") if c]
+    args.drafts = [int(c) for c in args.drafts.split(",") if c]
     args.other_threads = [int(c) for c in args.other_threads.split(",") if c]
     args.cost_clients = [int(c) for c in args.cost_clients.split(",") if c]
     os.environ.setdefault("INFER_SHARE_CORES", "0")

@@ -2,7 +2,8 @@
 
     python benchmarks/serve_draft.py [--model PATH] [--draft-model PATH] [--clients 4]
                                      [--tokens 128] [--paragraphs 0] [--rounds 2]
-                                     [--parallel 4] [--draft-max N] [--always] [--json FILE]
+                                     [--parallel 4] [--draft-max N] [--always]
+                                     [--deterministic] [--json FILE]
 
 Each server runs alone (started, measured, stopped) on the same model, slots and context per
 slot, plain and with drafting, on two pairs:
@@ -18,9 +19,10 @@ The load: --clients chat requests at once, each the typo-fixing task of
 benchmarks/speculative.py over one paragraph of its story (--paragraphs 0: the whole story for
 every client), greedy, at most --tokens tokens. Reported per server and mode: the aggregate
 (generated tokens / wall time of the whole load), the speed-up of drafting over the same
-server's plain decoding, and whether the drafted answers equal the plain ones (they must, for
-infer). Rounds interleave the servers; samples wait for a quiet machine (common.py). The JSON
-goes to benchmarks/results/serve_draft.json (common.write_results; --json elsewhere), which
+server's plain decoding, and whether the drafted answers equal the plain ones (with
+--deterministic they must, for infer: docs/determinism.md). Rounds interleave the servers;
+samples wait for a quiet machine (common.py). The JSON goes to
+benchmarks/results/serve_draft.json (common.write_results; --json elsewhere), which
 benchmarks/render.py renders into benchmarks/README.md.
 """
 
@@ -81,6 +83,7 @@ def commands(args: argparse.Namespace, model: Path, draft: Path, port: int) -> d
     infer = [
         infer_exe(), "serve", str(model), "--port", str(port), "--parallel", str(args.parallel),
         "--ctx-size", str(args.ctx_size), "--no-prompt-cache",
+        *(["--deterministic"] if args.deterministic else []),
     ]  # fmt: skip
     llama = [
         str(build_llama_server()), "-m", str(model), "--port", str(port),
@@ -112,6 +115,9 @@ def main() -> None:
     ap.add_argument("--ctx-size", type=int, default=2048, help="per slot")
     ap.add_argument("--draft-max", type=int, default=None, help="both sides' draft cap")
     ap.add_argument("--always", action="store_true", help="infer drafts at every step")
+    ap.add_argument(
+        "--deterministic", action="store_true", help="infer serve --deterministic, every mode"
+    )
     ap.add_argument("--modes", default="plain,lookup,model")
     ap.add_argument("--no-quiet", action="store_true", help="do not wait for a quiet machine")
     add_json_arg(ap, "serve_draft")

@@ -244,8 +244,8 @@ DeterministicOpt = Annotated[
         envvar="INFER_DETERMINISTIC",
         rich_help_panel=HARDWARE,
         help="Answers that do not depend on what else is decoded: a temperature-0 (or seeded) "
-        "answer is the same alone and under load. Prompts are read apart from the other "
-        "sequences' tokens, without flash attention; no --draft. See docs/determinism.md.",
+        "answer is the same alone, under load and with --draft. The cells are kept as 8-bit "
+        "(Q8_0) values, read by flash attention's one-row kernel. See docs/determinism.md.",
     ),
 ]
 DraftOpt = Annotated[

@@ -347,17 +347,8 @@ def serve(
     GenerateOptions(draft_max=draft_max).validate()  # the one check of --draft-max
     config.draft, config.draft_max, config.draft_adapt = draft, draft_max, not draft_always
     if deterministic:
-        _check_deterministic(draft)
         config.load = replace(config.load, deterministic=True)
     _run(config, settings, port, stats)
-
-
-def _check_deterministic(draft: str | None) -> None:
-    if draft is not None:  # verifying drafts decodes several rows of a sequence at once
-        raise UsageError(
-            "--deterministic does not combine with --draft: verifying drafts computes a "
-            "sequence's rows with other kernels than decoding them one by one"
-        )
 
 
 def _run(config: ServerConfig, settings: HttpSettings, port: int, stats: bool) -> None:

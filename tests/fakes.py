@@ -175,7 +175,6 @@ class FakeContext:
 
         self._random = random
         self.n_seq_max, self.n_ctx_seq, self.n_batch = n_seq_max, n_ctx_seq, n_batch
-        self.deterministic = False  # the scheduler's deterministic reading (tests set it)
         self.held: list[list[int]] = [[] for _ in range(n_seq_max)]
         self.queue: list[tuple[int, list[int], int]] = []  # (seq, tokens, rows with logits)
         self.rows: dict[int, list[int]] = {}  # batch row -> the sequence's tokens through it

@@ -3,7 +3,8 @@ else the server decodes (runtime/generation/scheduler.py's deterministic reading
 kernels: docs/determinism.md). One request is answered alone; then the same request many times
 while other clients stream answers to prompts of other lengths: each time it reuses the cells
 its slot holds (the rest read apart), or forks a copy of the same request still being read —
-every answer is the first one token for token, log-probabilities included.
+every answer is the first one token for token, log-probabilities included; and with drafts
+(--draft), the answer plain decoding gives.
 
 What differs without the mode is shown by benchmarks/determinism.py, bit for bit."""
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 
 from .conftest import run_infer
@@ -124,13 +126,62 @@ def test_n_choices_and_a_seeded_sample_are_the_same_under_load(server: Server) -
     assert [c.message.content for c in forked.choices] == [greedy, greedy]
 
 
-def test_deterministic_refuses_draft_and_a_run_without_batch() -> None:
-    r = run_infer("serve", "smollm2", "--deterministic", "--draft", "lookup")
-    assert r.returncode == 2, r.stderr
-    assert b"--deterministic does not combine with --draft" in r.stderr
+def test_deterministic_run_without_batch_is_refused() -> None:
     r = run_infer("run", "smollm2", "hi", "--deterministic")
     assert r.returncode == 2 and b"--deterministic is for --batch" in r.stderr
     assert r.stdout == b"" and len(r.stderr.splitlines()) == 1
+
+
+# A long, repetitive answer: lookup drafts are accepted, and it runs past 256 cells, where a
+# token decoded alone over F16 cells would take flash attention's split-KV kernel.
+COUNT = "Count from 1 to 120, the numbers separated by commas."
+
+
+def counted(server: Server) -> tuple[str, list[tuple[str, float]]]:
+    answer = server.client().chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": COUNT}],
+        max_tokens=300,
+        temperature=0,
+        logprobs=True,
+    )
+    choice = answer.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    return choice.message.content or "", [(t.token, t.logprob) for t in choice.logprobs.content]
+
+
+def accepted_drafts(server: Server) -> float:
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    line = next(x for x in metrics.splitlines() if x.startswith(ACCEPTED))
+    return float(line.split()[-1])
+
+
+ACCEPTED = "llamacpp:spec_decode_num_accepted_tokens_total"
+
+
+@pytest.mark.parametrize("draft", ["lookup", "smollm2"])
+def test_drafted_answers_are_the_plain_answers(
+    server: Server, draft: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`--deterministic --draft`: the answer, each token and its log-probability, is the one
+    plain decoding gives, alone and under load, though the drafts' verification decodes a
+    sequence's rows several at a time (a lookup draft, and the model drafting for itself)."""
+    plain = counted(server)
+    assert len(plain[1]) > 250, plain[0]  # past 256 cells with its prompt
+    home = tmp_path_factory.mktemp(f"draft-{draft}-home")
+    args = ("--parallel", "4", "--ctx-size", "1024", "--deterministic")
+    drafted = Server("smollm2", *args, "--draft", draft, "--draft-always", home=home)
+    drafted.wait_ready()
+    try:
+        assert counted(drafted) == plain
+        assert accepted_drafts(drafted) > 50  # the drafts were verified, many of them kept
+        load = Load(drafted, clients=2)
+        try:
+            assert counted(drafted) == plain
+        finally:
+            assert load.close() > 0
+    finally:
+        assert drafted.stop() == 0
 
 
 def test_run_batch_deterministic_answers_do_not_depend_on_parallel() -> None:

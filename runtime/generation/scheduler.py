@@ -86,14 +86,7 @@ class Scheduler:
     ) -> None:
         """`gate`: draft only in the steps where drafting is measured to pay (None: always)."""
         self.model, self.context, self.prompt_cache = model, context, prompt_cache
-        # Deterministic: prompts read in decodes of their own, never one token at a time, and
-        # no drafts (verifying them decodes several rows of a sequence where plain decoding
-        # decodes one: another kernel). See docs/determinism.md.
-        self.deterministic = context.deterministic
-        if self.deterministic:
-            drafter = gate = None
         self.drafter, self.gate = drafter, gate
-        self._deferred: BaseException | None = None  # raised by the next step (see step)
         self.drafted = self.accepted = 0  # draft tokens verified, and of those accepted
         self.verified = 0  # verifications: a sequence's drafts checked in one decode
         self._drafting = False  # this step queued drafts
@@ -160,10 +153,9 @@ class Scheduler:
                     reuse = common_prefix(self.context.tokens(slot), prompt, len(prompt) - 1)
                 elif len(self.context.tokens(slot)) < reuse:  # a load that failed emptied it
                     reuse = 0
-        reuse = media_safe(self._leave_two(reuse, prompt), prompt)  # media: whole or not at all
+        reuse = media_safe(reuse, prompt)  # media: whole or not at all
         if fork_of is None:
             donor, held = self._donor(seq, lora)
-            held = self._leave_two(held, prompt)
             if donor is not None and held - reuse >= MIN_SHARE:
                 if len(self.context.tokens(donor.slot)) >= held:  # in its cells: copy now
                     self._copy(donor.slot, slot)
@@ -193,12 +185,6 @@ class Scheduler:
         self.context.set_lora(self.slot_lora[slot])  # the adapters the cells were computed with
         if self.prompt_cache.save(self.context, slot, held, len(held), least=gain):
             self._kept[slot] = len(held)
-
-    def _leave_two(self, held: int, prompt: list[int]) -> int:
-        """Of `held` prompt tokens taken from cells, how many to keep: in a deterministic
-        context not all but one, since a decode of a single row of a sequence computes its
-        attention with another kernel than a decode of several (docs/determinism.md)."""
-        return held - 1 if self.deterministic and held == len(prompt) - 1 > 0 else held
 
     def _donor(self, seq: Seq, lora: tuple[float, ...]) -> tuple[Seq | None, int]:
         """The live sequence (not itself waiting) whose prompt or cells begin with the most of
@@ -250,33 +236,16 @@ class Scheduler:
         """Decode one batch and sample every sequence that has logits. The results of the
         sequences that finished, and what the step did. `cancel` makes a long prompt decode
         stoppable (Interrupted); `ignore_eog` runs to max_tokens (benchmarks)."""
-        if self._deferred is not None:  # a later decode of the last step failed
-            error, self._deferred = self._deferred, None
-            raise error
         active = self._group(self.running())
         began = time.perf_counter()
-        finished: list[BatchResult] = []
-        counts = StepCounts()
-        for part in self._parts(active):
-            try:
-                done = self._fill(part)
-                try:
-                    self.context.decode(cancel if done.prompt_tokens else None)
-                except EngineError:  # refused: its sequences alone, only a failing one ends
-                    isolated, done = self._isolate(part, cancel, ignore_eog)
-                    finished.extend(isolated)
-                    counts.add(done)
-                    continue
-            except BaseException as e:
-                if not finished:
-                    raise
-                # Sequences that finished in this step's earlier decodes left their slots:
-                # their results go out now, the error with the next step.
-                self._deferred = e
-                break
+        counts = self._fill(active)
+        try:
+            self.context.decode(cancel if counts.prompt_tokens else None)
+        except EngineError:  # refused: its sequences alone, only a failing one ends
+            finished, counts = self._isolate(active, cancel, ignore_eog)
+        else:
             self._copied.clear()
-            finished.extend(self._sample(part, ignore_eog, done))
-            counts.add(done)
+            finished = self._sample(active, ignore_eog, counts)
         if self.gate is not None and not counts.prompt_tokens:  # a generation-only step
             spent = time.perf_counter() - began
             self.gate.record(self._drafting, counts.generated_tokens, spent)
@@ -314,26 +283,11 @@ class Scheduler:
         """Back to what its cells hold, after a failed decode dropped what it had queued."""
         seq.n_past, seq.row, seq.drafts = len(self.context.tokens(seq.slot)), -1, []
 
-    def _parts(self, active: list[Seq]) -> list[list[Seq]]:
-        """The decodes of a step: one; in a deterministic context, the generating sequences'
-        next tokens in one and each prompt chunk in one of its own (at most a batch's worth of
-        prompt tokens a step), so that no prompt row shares a decode with another sequence's
-        rows (docs/determinism.md)."""
-        if not self.deterministic:
-            return [active]
-        generating = [seq for seq in active if seq.token is not None]
-        parts, budget = [generating] if generating else [], self.context.n_batch
-        for seq in active:
-            if seq.token is None and seq.parent is None and budget > 0:
-                parts.append([seq])
-                budget -= len(seq.req.tokens) - seq.n_past
-        return parts
-
-    def _sample(self, part: list[Seq], ignore_eog: bool, counts: StepCounts) -> list[BatchResult]:
-        """After a decode of `part`: sample each of its sequences that has logits (and the
+    def _sample(self, active: list[Seq], ignore_eog: bool, counts: StepCounts) -> list[BatchResult]:
+        """After a decode of `active`: sample each sequence that has logits (and the
         forks that start from them); the results of those that finished."""
         finished = []
-        for seq in part:
+        for seq in active:
             if self.slots[seq.slot] is not seq:
                 continue
             # Forks whose share its cells now hold start (a prefix's while it reads on).
@@ -417,8 +371,6 @@ class Scheduler:
                 break
             end = min([s for s in spans if s > seq.n_past], default=len(prompt))
             stop = min(seq.n_past + room, end)
-            if self.deterministic and end - stop == 1 and stop - seq.n_past > 2:
-                stop -= 1  # the last chunk gets two tokens, not one (see _leave_two)
             chunk = prompt[seq.n_past : stop]
             if not chunk:
                 continue

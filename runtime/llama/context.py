@@ -27,12 +27,14 @@ if TYPE_CHECKING:
 
 # llama_token_data as numpy sees it: {llama_token id; float logit; float p}
 _TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
-# The attention kernel of a deterministic context. Without flash attention, a row's attention is
-# a matrix product whose kernel depends only on how many rows its own sequence has in the
-# decode (1, or more), which the scheduler controls; llama.cpp's CPU flash attention also
-# switches kernels with the number of threads and of sequences decoded together
-# (docs/determinism.md has the measurements).
-DETERMINISTIC_FLASH_ATTN = False
+# The cells of a deterministic context: 8-bit (Q8_0) keys and values, read by flash attention.
+# llama.cpp's CPU flash attention has a tiled kernel (64 query rows of a sequence or more) and a
+# split-KV one (one row alone over 512 cells or more) only for F16/F32 cells; with Q8_0 cells
+# every row runs the one-row kernel, so a row's attention no longer depends on the rows decoded
+# beside it: a prompt read whole or in chunks, a token generated alone, beside other sequences
+# or verified among drafts gives the same bits (docs/determinism.md has the measurements).
+DETERMINISTIC_KV_TYPE = "q8_0"
+KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml_type values
 
 
 class LlamaContext:
@@ -57,8 +59,10 @@ class LlamaContext:
                 f"must be at most the batch size, {n_batch} tokens here (got {n_seq_max})",
             )
         params = ll.llama_context_default_params()
-        if deterministic and flash_attn is None:
-            flash_attn = DETERMINISTIC_FLASH_ATTN
+        kv_type = "f16"
+        if deterministic:
+            flash_attn, kv_type = True, DETERMINISTIC_KV_TYPE
+        params.type_k = params.type_v = KV_TYPES[kv_type]
         if flash_attn is not None:  # None: llama.cpp's "auto" (on, on CPU)
             params.flash_attn_type = (
                 ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -77,7 +81,7 @@ class LlamaContext:
                 f"{n_ctx_seq} tokens (out of memory? try a smaller --parallel or --ctx-size)"
             )
         ctx = cls(model, handle, n_seq_max, n_batch)
-        ctx.flash_attn, ctx.deterministic = flash_attn, deterministic
+        ctx.flash_attn, ctx.kv_type = flash_attn, kv_type
         return ctx
 
     def __init__(self, model: Weights, handle: Any, n_seq_max: int, n_batch: int):
@@ -100,8 +104,7 @@ class LlamaContext:
         self._cores = model.core_share(self._handle)
         self._lora = AdapterSet(ll, handle, model.adapters)  # at the scales they were given
         self.flash_attn: bool | None = None  # as chosen (None: llama.cpp's default)
-        # The scheduler reads prompts in decodes of their own (docs/determinism.md).
-        self.deterministic = False
+        self.kv_type = "f16"  # the cells' type: Q8_0 in a deterministic context
 
     def tokens(self, seq: int) -> Sequence[int]:
         return self._tokens[seq]
@@ -267,7 +270,7 @@ class LlamaContext:
             # The micro-batch size and where layers run change the KV values' rounding.
             "n_ubatch": self.n_batch,
             "gpu_layers": e.offloaded_layers,
-            "kv_type": "f16",
+            "kv_type": self.kv_type,
             # The attention kernel, where one was chosen: the two round differently.
             **({"flash_attn": self.flash_attn} if self.flash_attn is not None else {}),
             # The adapters applied: a state read with them is not the model's own.

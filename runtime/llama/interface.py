@@ -166,10 +166,6 @@ class Context(Protocol):
     n_seq_max: int
     n_ctx_seq: int  # KV cells per sequence: positions 0..n_ctx_seq-1
     n_batch: int  # most tokens one decode takes
-    # Made so that a row's logits do not depend on the other rows of its decode, provided
-    # the caller reads each prompt in decodes of its own, at least 2 tokens a decode (the
-    # scheduler does; docs/determinism.md).
-    deterministic: bool
 
     def tokens(self, seq: int) -> Sequence[int]:
         """What sequence `seq`'s KV cells hold, in order (live: do not modify)."""
