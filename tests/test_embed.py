@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,8 @@ import numpy as np
 import pytest
 
 from .conftest import run_infer
+from .llama_server import llama_server_binary
+from .test_serve import free_port
 from .tiny_gguf import write_tiny_bert_gguf
 
 TEXTS = [
@@ -50,10 +50,7 @@ def llama_server() -> Path:
     reference rather than llama-embedding, which computes the same vectors (the same batch
     code and common_embd_normalize) but prints them through llama.cpp's logger thread, which
     loses some or all of its output at exit: 4 whole arrays in 20 runs here."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp
-
-    return Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
+    return llama_server_binary()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +71,7 @@ def reference(
     embedded on its own as llama-server does: compare with `infer embed --parallel 1` (a
     quantized model's numbers depend slightly on how many rows a batch holds: 0.9995 cosine
     for one text of 20 packed together against the same alone)."""
-    port = _free_port()
+    port = free_port()
     flags = ["--pooling", pooling] if pooling else []
     proc = subprocess.Popen(
         [str(server), "-m", str(model), "--embeddings", "--port", str(port), "-t", "2",
@@ -100,12 +97,6 @@ def reference(
     finally:
         proc.terminate()
         proc.wait(30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cosine(a: list[float], b: list[float]) -> float:
