@@ -24,7 +24,7 @@ from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend
 from .media_parts import NO_URLS, MediaPolicy
-from .openai_protocol import ApiError
+from .request_fields import ApiError
 from .security import ClientGone, parse_json, read_body
 
 # app.backend_error: a backend's exception as the ApiError it deserves (passed in, as app.py

@@ -23,7 +23,7 @@ from ..errors import OptionError
 from .access_log import LogRecord, record_of
 from .backend import Backend
 from .lora_fields import parse_lora
-from .openai_protocol import ApiError, invalid, kind_of
+from .request_fields import ApiError, invalid, kind_of
 from .security import ClientGone, parse_json, read_body
 
 BackendError = Callable[[Exception, LogRecord, str], ApiError]

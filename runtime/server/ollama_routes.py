@@ -43,7 +43,7 @@ from .ollama_protocol import (
     parse_embed,
     parse_generate,
 )
-from .openai_protocol import ApiError
+from .request_fields import ApiError
 from .security import ClientGone, parse_json, read_body
 
 # app.backend_error (passed in: app imports this module): a backend's exception → ApiError

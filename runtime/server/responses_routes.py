@@ -25,7 +25,7 @@ from .answer import Answer, EventStream, whole
 from .backend import Backend
 from .llamacpp_protocol import live_timings, timings
 from .media_parts import NO_URLS, MediaPolicy
-from .openai_protocol import ApiError
+from .request_fields import ApiError
 from .security import ClientGone, parse_json, read_body
 
 BackendError = Callable[[Exception, LogRecord, str], ApiError]

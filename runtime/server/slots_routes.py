@@ -29,7 +29,7 @@ from starlette.routing import Route
 from ..options import OPTIONS
 from .access_log import LogRecord, record_of
 from .backend import Backend, SlotInfo
-from .openai_protocol import ApiError
+from .request_fields import ApiError
 
 BackendError = Callable[[Exception, LogRecord, str], ApiError]
 
