@@ -65,11 +65,12 @@ from .backend import (
 )
 from .connections import Admission, ConnectionLimits
 from .cors import CorsPolicy, cors_middleware
+from .door import refuse_media
 from .llamacpp_protocol import timings
 from .media_parts import MediaPolicy
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import openapi_route
-from .request_fields import ApiError, invalid
+from .request_fields import ApiError
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -300,7 +301,7 @@ class _Api:
                 parsed = await media_parts.parse(
                     openai_requests.parse_chat, body, self.settings.media
                 )
-                self._refuse_media(parsed)
+                refuse_media(self.backend, parsed)
             else:
                 parsed = openai_requests.parse_completion(body)
             asked = telemetry.requested(body, parsed.stream)
@@ -333,12 +334,6 @@ class _Api:
         if asked.verbose:
             body["__verbose"] = await telemetry.verbose(self.backend, parsed, answer, choices)
         return JSONResponse(body)
-
-    def _refuse_media(self, parsed: openai_requests.ParsedRequest) -> None:
-        """Images or audio for a model that takes none: a 400 naming the message part."""
-        refused = media_parts.refused(self.backend, parsed.model, parsed.request.messages)
-        if refused:
-            raise invalid(*refused)
 
     async def _submit(
         self, parsed: openai_requests.ParsedRequest, record: LogRecord, param: str

@@ -9,7 +9,9 @@ the access log, and images or audio refused with a 400 naming the part when the 
 none (no projector, or one without that encoder). `submit`: the backend's refusal (unknown
 model, overloaded...) as the ApiError app.py's `backend_error` makes of it, naming the door's
 prompt field. Every refusal is an `ApiError`; each door renders it in its own error shape, and
-a client gone mid-body (`security.ClientGone`) is left to the door too.
+a client gone mid-body (`security.ClientGone`) is left to the door too. The chat door (app.py)
+reads completions without media, so it calls `refuse_media` alone; `BackendError` is the type
+of the mapping every routes module is handed.
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ class Parsed(Protocol):
 P = TypeVar("P", bound=Parsed)
 
 
+def refuse_media(backend: Backend, parsed: Parsed) -> None:
+    """Images or audio for a model that takes none: a 400 naming the message part."""
+    refused = media_parts.refused(backend, parsed.model, parsed.request.messages)
+    if refused:
+        raise invalid(*refused)
+
+
 @dataclass(frozen=True)
 class Door:
     """A door's server-wide settings: the backend, the body limit, app.py's mapping of backend
@@ -63,9 +72,7 @@ class Door:
         body = parse_json(await read_body(request.receive, request.headers, self.max_body))
         parsed = await media_parts.parse(parse, body, self.media)
         record.model = parsed.model
-        refused = media_parts.refused(self.backend, parsed.model, parsed.request.messages)
-        if refused:
-            raise invalid(*refused)
+        refuse_media(self.backend, parsed)
         return body, parsed
 
     async def submit(self, parsed: Parsed, record: LogRecord, param: str) -> Job:

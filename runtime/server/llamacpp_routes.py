@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -23,10 +22,9 @@ from . import logit_bias, openai_requests, telemetry
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend, Job, TextRequest
+from .door import BackendError
 from .request_fields import ApiError
 from .security import ClientGone, parse_json, read_body
-
-BackendError = Callable[[Exception, LogRecord, str], ApiError]
 
 
 def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:
