@@ -7,16 +7,13 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from .conftest import run_infer
-from .llama_server import llama_server_binary
-from .test_serve import free_port
+from .llama_server import LlamaServer, llama_server_binary
 from .tiny_gguf import write_tiny_bert_gguf
 
 TEXTS = [
@@ -71,32 +68,16 @@ def reference(
     embedded on its own as llama-server does: compare with `infer embed --parallel 1` (a
     quantized model's numbers depend slightly on how many rows a batch holds: 0.9995 cosine
     for one text of 20 packed together against the same alone)."""
-    port = free_port()
     flags = ["--pooling", pooling] if pooling else []
-    proc = subprocess.Popen(
-        [str(server), "-m", str(model), "--embeddings", "--port", str(port), "-t", "2",
-         "-c", str(ctx), "-b", str(ctx), "-ub", str(ctx), "-np", "1", *flags],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    args = ["--embeddings", "-c", str(ctx), "-b", str(ctx), "-ub", str(ctx), "-np", "1", *flags]
+    reference_server = LlamaServer(server, model, *args)
     try:
-        deadline, answer = time.monotonic() + 120, "no answer"
-        while True:
-            try:
-                r = httpx.post(
-                    f"http://127.0.0.1:{port}/v1/embeddings", json={"input": texts}, timeout=120
-                )
-                if r.status_code == 200:
-                    break
-                answer = f"{r.status_code} {r.text[:300]}"
-            except httpx.HTTPError as e:
-                answer = repr(e)
-            assert proc.poll() is None and time.monotonic() < deadline, answer
-            time.sleep(0.1)
+        r = reference_server.post("/v1/embeddings", {"input": texts})
+        assert r.status_code == 200, r.text[:300]
         data = sorted(r.json()["data"], key=lambda d: d["index"])
         return [d["embedding"] for d in data]
     finally:
-        proc.terminate()
-        proc.wait(30)
+        reference_server.stop()
 
 
 def cosine(a: list[float], b: list[float]) -> float:
