@@ -237,10 +237,12 @@ class ChecksumError(HubError):
 class DiskFullError(InferError):
     """Not enough free space for a download."""
 
+    needs = "the download needs"  # what is written, as the message words it
+
     def __init__(self, where: object, needed: int, free: int) -> None:
         self.where, self.needed, self.free = where, needed, free
         super().__init__(
-            f"not enough disk space in {where}: the download needs {needed / 1e6:,.1f} MB, "
+            f"not enough disk space in {where}: {self.needs} {needed / 1e6:,.1f} MB, "
             f"{free / 1e6:,.1f} MB free"
         )
 
@@ -279,15 +281,10 @@ class QuantizeError(InferError):
     """llama.cpp's quantizer failed; nothing was added to the cache."""
 
 
-class NotEnoughSpaceError(InferError):
+class NotEnoughSpaceError(DiskFullError):
     """Not enough free space for a quantized model (an estimate made before starting)."""
 
-    def __init__(self, where: object, needed: int, free: int) -> None:
-        self.where, self.needed, self.free = where, needed, free
-        super().__init__(
-            f"not enough disk space in {where}: the quantized model needs about "
-            f"{needed / 1e6:,.1f} MB, {free / 1e6:,.1f} MB free"
-        )
+    needs = "the quantized model needs about"
 
 
 class TextTooShortError(InputError):

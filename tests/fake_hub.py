@@ -29,10 +29,13 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .tiny_gguf import write_tiny_gguf
+
+if TYPE_CHECKING:
+    import pytest
 
 TOKEN = "hf_fake_token"
 
@@ -351,3 +354,17 @@ def split_gguf(seed: int = 0) -> tuple[bytes, ...]:
     finally:
         gguf.GGUFWriter = original  # type: ignore[misc]
     return tuple(p.read_bytes() for p in sorted(out.glob("tiny-*-of-*.gguf")))
+
+
+def point_env_at(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The environment pointed at `hub` for the test (`monkeypatch`'s): online, no
+    token, and huggingface_hub's import-time globals set so that no telemetry request goes out
+    and no real saved token is read."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", hf_constants.HF_HUB_OFFLINE)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))

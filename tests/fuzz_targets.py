@@ -312,14 +312,14 @@ def check_parsers(body: Any) -> None:
         anthropic_protocol,
         embeddings,
         ollama_protocol,
-        openai_protocol,
+        openai_requests,
         responses_protocol,
     )
     from infer.runtime.server.ollama_protocol import OllamaError
-    from infer.runtime.server.openai_protocol import ApiError
+    from infer.runtime.server.request_fields import ApiError
 
     parsers = [
-        openai_protocol.parse_chat, openai_protocol.parse_completion, embeddings.parse,
+        openai_requests.parse_chat, openai_requests.parse_completion, embeddings.parse,
         anthropic_protocol.parse_messages, anthropic_protocol.parse_count,
         ollama_protocol.parse_chat, ollama_protocol.parse_generate,
         lambda b: ollama_protocol.parse_embed(b, False), responses_protocol.parse,

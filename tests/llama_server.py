@@ -1,29 +1,35 @@
-"""llama.cpp's own llama-server as a reference for tests that compare answers with it: built
-once from the installed llama-cpp-python's sdist (benchmarks/vs_llamacpp.py's build_llamacpp,
-cached under ~/.cache/infer-bench), started on a free port, ready when /health says so."""
+"""llama.cpp's own tools as references for tests that compare answers with them: built once
+from the installed llama-cpp-python's sdist (benchmarks/vs_llamacpp.py's build_llamacpp, cached
+under ~/.cache/infer-bench). `LlamaServer` is llama-server started on a free port, ready when
+/health says so; `running_llama_server` and `running_infer_server` are the bodies of the
+module-scoped fixtures that compare `infer serve` with it; `post_json` is the one JSON POST
+those tests make."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from .test_serve import Server, free_port
 
-def llama_server_binary() -> Path:
+
+def llamacpp_tool(name: str) -> Path:
+    """The path of one of llama.cpp's tools (llama-server, llama-completion, llama-mtmd-cli),
+    built on first use."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from vs_llamacpp import build_llamacpp
 
-    return Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
+    return Path(build_llamacpp(targets=(name,))) / name
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def llama_server_binary() -> Path:
+    return llamacpp_tool("llama-server")
 
 
 class LlamaServer:
@@ -57,3 +63,28 @@ class LlamaServer:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def running_llama_server(model: Path, *args: str) -> Iterator[str]:
+    """A fixture's body: llama-server on `model` with ARGS while the fixture lives; its URL."""
+    server = LlamaServer(llama_server_binary(), model, *args)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def running_infer_server(home: Path, *args: str) -> Iterator[Server]:
+    """A fixture's body: `infer serve smollm2` with 2 slots of 1024 cells (the shape the
+    comparisons with llama-server use; ARGS add to it) while the fixture lives; it must stop
+    cleanly."""
+    s = Server("smollm2", "--parallel", "2", "--ctx-size", "1024", *args, home=home).wait_ready()
+    yield s
+    assert s.stop() == 0
+
+
+def post_json(url: str, path: str, body: dict[str, Any], status: int = 200) -> Any:
+    """POST `body` to `url + path`; the answer's JSON, once its status is `status`."""
+    r = httpx.post(url + path, json=body, timeout=300)
+    assert r.status_code == status, r.text
+    return r.json()

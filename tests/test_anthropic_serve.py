@@ -10,13 +10,13 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import jsonschema
 import pytest
 
+from .llama_server import running_infer_server
 from .test_serve import Server
 
 SYSTEM = "You are a geography teacher."
@@ -32,10 +32,7 @@ TOOL: Any = {"name": "get_weather", "description": "Weather in a city", "input_s
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home: Path = tmp_path_factory.mktemp("anthropic-home")
-    s = Server("smollm2", "--parallel", "2", "--ctx-size", "1024", home=home).wait_ready()
-    yield s
-    assert s.stop() == 0
+    yield from running_infer_server(tmp_path_factory.mktemp("anthropic-home"))
 
 
 def claude(s: Server) -> anthropic.Anthropic:

@@ -22,7 +22,7 @@ from infer.runtime.models.quantized_store import QuantizedModel
 from infer.runtime.models.refs import HubRef
 
 from .conftest import run_infer
-from .fake_hub import FakeHub, tiny_gguf
+from .fake_hub import FakeHub, point_env_at, tiny_gguf
 
 REPO = "me/tiny-GGUF"
 DEAD_PID = 2**22 + 7  # above the default pid_max: never a live process
@@ -31,16 +31,9 @@ DEAD_PID = 2**22 + 7  # above the default pid_max: never a live process
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
     """A fake hub with one repository (Q4_K_M = tiny_gguf(0)), the environment pointing at it."""
-    import huggingface_hub.constants as hf_constants
-
     with FakeHub() as h:
         h.add_repo(REPO, {"tiny-Q4_K_M.gguf": tiny_gguf(0)})
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
-        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", hf_constants.HF_HUB_OFFLINE)
-        monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        point_env_at(h, monkeypatch, tmp_path)
         yield h
 
 

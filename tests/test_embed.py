@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from .conftest import run_infer
+from .llama_server import LlamaServer, llama_server_binary
 from .tiny_gguf import write_tiny_bert_gguf
 
 TEXTS = [
@@ -50,10 +47,7 @@ def llama_server() -> Path:
     reference rather than llama-embedding, which computes the same vectors (the same batch
     code and common_embd_normalize) but prints them through llama.cpp's logger thread, which
     loses some or all of its output at exit: 4 whole arrays in 20 runs here."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp
-
-    return Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
+    return llama_server_binary()
 
 
 @pytest.fixture(scope="module")
@@ -74,38 +68,16 @@ def reference(
     embedded on its own as llama-server does: compare with `infer embed --parallel 1` (a
     quantized model's numbers depend slightly on how many rows a batch holds: 0.9995 cosine
     for one text of 20 packed together against the same alone)."""
-    port = _free_port()
     flags = ["--pooling", pooling] if pooling else []
-    proc = subprocess.Popen(
-        [str(server), "-m", str(model), "--embeddings", "--port", str(port), "-t", "2",
-         "-c", str(ctx), "-b", str(ctx), "-ub", str(ctx), "-np", "1", *flags],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    args = ["--embeddings", "-c", str(ctx), "-b", str(ctx), "-ub", str(ctx), "-np", "1", *flags]
+    reference_server = LlamaServer(server, model, *args)
     try:
-        deadline, answer = time.monotonic() + 120, "no answer"
-        while True:
-            try:
-                r = httpx.post(
-                    f"http://127.0.0.1:{port}/v1/embeddings", json={"input": texts}, timeout=120
-                )
-                if r.status_code == 200:
-                    break
-                answer = f"{r.status_code} {r.text[:300]}"
-            except httpx.HTTPError as e:
-                answer = repr(e)
-            assert proc.poll() is None and time.monotonic() < deadline, answer
-            time.sleep(0.1)
+        r = reference_server.post("/v1/embeddings", {"input": texts})
+        assert r.status_code == 200, r.text[:300]
         data = sorted(r.json()["data"], key=lambda d: d["index"])
         return [d["embedding"] for d in data]
     finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        reference_server.stop()
 
 
 def cosine(a: list[float], b: list[float]) -> float:

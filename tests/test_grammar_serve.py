@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -13,6 +12,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from .llama_server import running_infer_server
 from .test_serve import Server
 
 PERSON = {
@@ -32,10 +32,7 @@ ASK: list[ChatCompletionMessageParam] = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home: Path = tmp_path_factory.mktemp("grammar-serve")
-    s = Server("smollm2", "--parallel", "2", "--ctx-size", "1024", home=home).wait_ready()
-    yield s
-    assert s.stop() == 0
+    yield from running_infer_server(tmp_path_factory.mktemp("grammar-serve"))
 
 
 def test_json_schema_answer_validates(server: Server) -> None:

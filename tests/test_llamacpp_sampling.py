@@ -22,7 +22,8 @@ from infer.runtime.generation.scheduler import BatchRequest, Scheduler
 from infer.runtime.params import GenerateOptions, SamplingParams
 
 from .fakes import FakeModel
-from .llama_server import LlamaServer, llama_server_binary
+from .llama_server import post_json as post
+from .llama_server import running_infer_server, running_llama_server
 from .test_serve import Server
 
 QUESTION = "Name a famous book."
@@ -33,25 +34,12 @@ N_VOCAB = 49152  # SmolLM2's
 
 @pytest.fixture(scope="module")
 def infer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home: Path = tmp_path_factory.mktemp("sampling-home")
-    s = Server("smollm2", "--parallel", "2", "--ctx-size", "1024", home=home).wait_ready()
-    yield s
-    assert s.stop() == 0
+    yield from running_infer_server(tmp_path_factory.mktemp("sampling-home"))
 
 
 @pytest.fixture(scope="module")
 def llama(bundled_model: Path) -> Iterator[str]:
-    server = LlamaServer(llama_server_binary(), bundled_model, "-c", "2048", "-np", "2", "--jinja")
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-def post(url: str, path: str, body: dict[str, Any], status: int = 200) -> Any:
-    r = httpx.post(url + path, json=body, timeout=300)
-    assert r.status_code == status, r.text
-    return r.json()
+    yield from running_llama_server(bundled_model, "-c", "2048", "-np", "2", "--jinja")
 
 
 def chat(url: str, **extra: Any) -> Any:

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .llama_server import LlamaServer, llama_server_binary
+from .llama_server import post_json as post
+from .llama_server import running_infer_server, running_llama_server
 from .test_serve import Server
 
 GREEDY = {"temperature": 0}
@@ -38,25 +39,12 @@ CONVERSATIONS: list[list[dict[str, str]]] = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home: Path = tmp_path_factory.mktemp("llamacpp-home")
-    s = Server("smollm2", "--parallel", "2", "--ctx-size", "1024", home=home).wait_ready()
-    yield s
-    assert s.stop() == 0
+    yield from running_infer_server(tmp_path_factory.mktemp("llamacpp-home"))
 
 
 @pytest.fixture(scope="module")
 def llama_server(bundled_model: Path) -> Iterator[str]:
-    server = LlamaServer(llama_server_binary(), bundled_model, "-c", "1024", "-np", "1", "--jinja")
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-def post(url: str, path: str, body: dict[str, Any], status: int = 200) -> Any:
-    r = httpx.post(url + path, json=body, timeout=300)
-    assert r.status_code == status, r.text
-    return r.json()
+    yield from running_llama_server(bundled_model, "-c", "1024", "-np", "1", "--jinja")
 
 
 # --- tokens, compared with llama-server -----------------------------------------------------

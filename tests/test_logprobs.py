@@ -17,7 +17,8 @@ import openai
 import pytest
 from openai.types.responses import Response, ResponseOutputText
 
-from .llama_server import LlamaServer, llama_server_binary
+from .llama_server import post_json as post
+from .llama_server import running_infer_server, running_llama_server
 from .test_serve import Server
 
 QUESTIONS = [
@@ -35,20 +36,14 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def infer(home: Path) -> Iterator[Server]:
-    s = Server("smollm2", "--parallel", "2", "--ctx-size", "1024", home=home).wait_ready()
-    yield s
-    assert s.stop() == 0
+    yield from running_infer_server(home)
 
 
 @pytest.fixture(scope="module")
 def llama(bundled_model: Path) -> Iterator[str]:
     """llama-server from the vendored source (benchmarks/vs_llamacpp.py builds it once), on the
     same model with the same slots and cells per slot."""
-    server = LlamaServer(llama_server_binary(), bundled_model, "-c", "2048", "-np", "2")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from running_llama_server(bundled_model, "-c", "2048", "-np", "2")
 
 
 def chat_body(question: str, **extra: Any) -> dict[str, Any]:
@@ -59,12 +54,6 @@ def chat_body(question: str, **extra: Any) -> dict[str, Any]:
         "max_tokens": 24,
         **extra,
     }
-
-
-def post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    r = httpx.post(url + path, json=body, timeout=300)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def without_end(entries: list[dict[str, Any]], finish: str) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ The server's side is in tests/test_lora_serve.py."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from infer.runtime.models.registry import load_registry
 from infer.runtime.params import LoraAdapter, parse_lora
 
 from .conftest import run_infer
+from .llama_server import llamacpp_tool
 from .tiny_lora import write_lora_for, write_text_model, write_tiny_lora
 
 PROMPT = "hello"
@@ -26,10 +26,7 @@ N = 24
 def llama_completion() -> Path:
     """llama.cpp's llama-completion from the installed llama-cpp-python's sdist, built once and
     cached (~/.cache/infer-bench), as benchmarks/vs_llamacpp.py builds its tools."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp
-
-    return Path(build_llamacpp(targets=("llama-completion",))) / "llama-completion"
+    return llamacpp_tool("llama-completion")
 
 
 @pytest.fixture(scope="module")

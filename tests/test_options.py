@@ -109,7 +109,8 @@ BAD = [("temperature", 500, "--temperature", "must be between 0 and 100 (got 500
 def test_the_same_value_gets_the_same_verdict_everywhere(
     name: str, value: int, flag: str, problem: str, infer_home: Path
 ) -> None:
-    from infer.runtime.server.openai_protocol import ApiError, parse_chat
+    from infer.runtime.server.openai_requests import parse_chat
+    from infer.runtime.server.request_fields import ApiError
 
     from .conftest import run_infer
 

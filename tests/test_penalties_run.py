@@ -6,12 +6,12 @@ against llama-server the same way."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from .conftest import run_infer
+from .llama_server import llamacpp_tool
 
 # Repeats "a" and "little": penalising the prompt moves the greedy answer within a few tokens.
 PROMPT = "Once upon a time, there was a little dragon who"
@@ -26,10 +26,7 @@ PENALTIES = [
 
 @pytest.fixture(scope="module")
 def llama_completion() -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp
-
-    return Path(build_llamacpp(targets=("llama-completion",))) / "llama-completion"
+    return llamacpp_tool("llama-completion")
 
 
 def reference(exe: Path, model: Path, *flags: str) -> str:

@@ -19,7 +19,8 @@ from infer.runtime.models.registry import load_registry
 from infer.runtime.progress import NullProgress
 
 from .conftest import run_infer
-from .fake_hub import FakeHub, tiny_gguf
+from .fake_hub import FakeHub, point_env_at, tiny_gguf
+from .test_store import cache_files
 from .tiny_projector import projector_bytes, write_header_projector
 
 REPO = "me/see-GGUF"
@@ -40,8 +41,6 @@ def mm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 def hub(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, infer_home: Path, mm: dict[str, bytes]
 ) -> Iterator[FakeHub]:
-    import huggingface_hub.constants as hf_constants
-
     with FakeHub() as h:
         h.add_repo(
             REPO,
@@ -53,12 +52,7 @@ def hub(
             },
         )
         h.add_repo(TEXT_REPO, {"text-Q4_K_M.gguf": tiny_gguf(2)})
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
-        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", hf_constants.HF_HUB_OFFLINE)
-        monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        point_env_at(h, monkeypatch, tmp_path)
         yield h
 
 
@@ -66,16 +60,6 @@ def ref(text: str) -> HubRef:
     r = parse_ref(text)
     assert isinstance(r, HubRef)
     return r
-
-
-def cache_files() -> list[str]:
-    root = cache.root()
-    return sorted(
-        str(p.relative_to(root))
-        for sub in ("manifests", "blobs")
-        for p in (root / sub).rglob("*")
-        if p.is_file()
-    )
 
 
 # --- which projector (pure, as common/download.cpp find_best_sibling) -------------------------

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pexpect
 import pytest
 
 from .conftest import INFER, run_infer
+from .llama_server import running_infer_server, running_llama_server
 from .test_serve import CAPITAL, Server, free_port
 
 
@@ -35,10 +35,7 @@ def busy_slots(url: str) -> int:
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("remote-home")
-    s = Server("smollm2", "--parallel", "2", "--ctx-size", "1024", home=home).wait_ready()
-    yield s
-    assert s.stop() == 0
+    yield from running_infer_server(tmp_path_factory.mktemp("remote-home"))
 
 
 def one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -157,31 +154,7 @@ def test_ctrl_c_closes_the_request_and_the_slot_frees(serve: Server) -> None:
 # --- against llama.cpp's llama-server -----------------------------------------------------
 @pytest.fixture(scope="module")
 def llama_server(bundled_model: Path) -> Iterator[str]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp
-
-    binary = Path(build_llamacpp(targets=("llama-server",))) / "llama-server"
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "-m", str(bundled_model), "--port", str(port), "-t", "2", "-c", "1024",
-         "-np", "1", "--jinja"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "llama-server not up"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    yield from running_llama_server(bundled_model, "-c", "1024", "-np", "1", "--jinja")
 
 
 def test_run_against_llama_server(llama_server: str, bundled_model: Path) -> None:

@@ -14,6 +14,7 @@ import jsonschema
 import openai
 import pytest
 
+from .llama_server import running_infer_server
 from .test_serve import Server
 
 ASK = "Name a large city in Europe."
@@ -27,10 +28,7 @@ TOOLS: Any = [{"type": "function", "name": "weather", "parameters": PARAMS}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("responses-home")
-    s = Server("smollm2", "--parallel", "2", "--ctx-size", "1024", home=home).wait_ready()
-    yield s
-    assert s.stop() == 0
+    yield from running_infer_server(tmp_path_factory.mktemp("responses-home"))
 
 
 def _chat(s: Server, messages: list[Any], tokens: int) -> Any:

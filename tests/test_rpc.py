@@ -22,15 +22,10 @@ from infer.runtime.llama.offload import DeviceShare, describe_split, device_spli
 from infer.runtime.params import LoadOptions, parse_endpoints, split_endpoint
 
 from .conftest import INFER, run_infer
+from .test_serve import free_port
 
 PROMPT = "Which city is the capital of France?"
 GREEDY = ("--temperature", "0", "--max-tokens", "24", "--seed", "1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_rpc_server(*args: str) -> tuple[subprocess.Popen[bytes], int]:

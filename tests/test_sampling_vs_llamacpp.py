@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .llama_server import LlamaServer, llama_server_binary
+from .llama_server import running_llama_server
 from .test_serve import Server
 
 PROMPT = "Once upon a time, there was a little dragon who"
@@ -37,13 +37,9 @@ def infer_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def llama_url(bundled_model: Path) -> Iterator[str]:
-    server = LlamaServer(
-        llama_server_binary(), bundled_model, "-t", "1", "-c", "1024", "-np", "1", "--no-webui"
+    yield from running_llama_server(
+        bundled_model, "-t", "1", "-c", "1024", "-np", "1", "--no-webui"
     )
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def complete(url: str, **fields: Any) -> str:

@@ -18,7 +18,7 @@ from infer.runtime.models import resolve as store
 from infer.runtime.models.refs import HubRef, parse_ref
 from infer.runtime.progress import NullProgress
 
-from .fake_hub import TOKEN, FakeHub, split_gguf, tiny_gguf
+from .fake_hub import TOKEN, FakeHub, point_env_at, split_gguf, tiny_gguf
 
 REPO = "me/tiny-GGUF"
 
@@ -26,21 +26,13 @@ REPO = "me/tiny-GGUF"
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
     """A fake hub with one three-quant repository, and the environment pointing at it."""
-    import huggingface_hub.constants as hf_constants
-
     with FakeHub() as h:
         h.add_repo(
             REPO,
             {"tiny-Q4_K_M.gguf": tiny_gguf(0), "tiny-Q8_0.gguf": tiny_gguf(1), "README.md": b"hi"},
             license="apache-2.0",
         )
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        # The library's import-time globals: no telemetry request, no real saved token.
-        monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
-        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", hf_constants.HF_HUB_OFFLINE)
-        monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        point_env_at(h, monkeypatch, tmp_path)
         yield h
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from .conftest import run_infer
+from .llama_server import llamacpp_tool
 from .test_remote import StandIn
 from .test_remote import standin as standin  # the stand-in OpenAI server (a fixture)
 from .tiny_gguf import CONTROL
@@ -54,10 +54,7 @@ def vision(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def mtmd_cli() -> Path:
     """llama.cpp's llama-mtmd-cli from the installed llama-cpp-python's sdist, built once into
     the cached build folder (benchmarks/vs_llamacpp.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from vs_llamacpp import build_llamacpp
-
-    return Path(build_llamacpp(targets=("llama-mtmd-cli",))) / "llama-mtmd-cli"
+    return llamacpp_tool("llama-mtmd-cli")
 
 
 def infer_image(v: dict[str, Path], *images: str, prompt: str = "What is this?") -> str:

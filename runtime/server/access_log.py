@@ -15,7 +15,7 @@ from typing import Any
 
 from .backend import REQUEST_ID
 from .metrics import Metrics
-from .openai_protocol import ApiError
+from .request_fields import ApiError
 from .security import ASGIApp, Message, Receive, Scope, Send, send_error
 
 SCOPE_KEY = "infer.log"

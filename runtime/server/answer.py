@@ -3,7 +3,7 @@ text, tool calls and finish reason, whole (`Answer.collect`) or as they come
 (`Answer.deltas`), with the request's usage figures kept in its access-log record; and the
 streamed response that cancels the jobs the moment the client disconnects (`EventStream`).
 
-A protocol module (openai_protocol) shapes what comes out of here into its own objects and
+A protocol module (openai_answers) shapes what comes out of here into its own objects and
 stream frames; nothing here knows a wire format.
 """
 

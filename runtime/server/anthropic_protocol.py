@@ -27,7 +27,7 @@ from ..options import from_fields
 from . import media_parts
 from .backend import Choice, FinishReason, TextRequest
 from .media_parts import NO_URLS, MediaPolicy
-from .openai_protocol import (
+from .request_fields import (
     MAX_STOP,
     MAX_STOP_CHARS,
     MAX_TOKENS_LIMIT,

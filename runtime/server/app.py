@@ -7,9 +7,9 @@ key.
 Layers, outermost first: AccessLog (request id, one line per request, a bug becomes a 500
 here and never kills the server) → HostCheck → CORS → ApiKeyCheck → routes.
 
-A generation request walks one way: route → protocol.parse_* (the body into TextRequests) →
-backend.submit (Jobs) → answer.Answer (their events into choices), shaped by the protocol
-(protocol.answer_object, or protocol.ChunkStream frames through answer.EventStream).
+A generation request walks one way: route → openai_requests.parse_* (the body into
+TextRequests) → backend.submit (Jobs) → answer.Answer (their events into choices), shaped by
+openai_answers (answer_object, or ChunkStream frames through answer.EventStream).
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ from . import (
     lora_routes,
     media_parts,
     ollama_routes,
+    openai_answers,
+    openai_requests,
     rerank_routes,
     responses_routes,
     slots_routes,
     telemetry,
 )
-from . import openai_protocol as protocol
 from .access_log import AccessLog, LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import (
@@ -64,11 +65,12 @@ from .backend import (
 )
 from .connections import Admission, ConnectionLimits
 from .cors import CorsPolicy, cors_middleware
+from .door import refuse_media
 from .llamacpp_protocol import timings
 from .media_parts import MediaPolicy
 from .metrics import CONTENT_TYPE, Metrics
-from .openai_protocol import ApiError
 from .openapi import openapi_route
+from .request_fields import ApiError
 from .security import ApiKeyCheck, ClientGone, HostCheck, is_loopback, parse_json, read_body
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -296,10 +298,12 @@ class _Api:
             raw = await read_body(request.receive, request.headers, self.settings.max_body)
             body = parse_json(raw)
             if chat:
-                parsed = await media_parts.parse(protocol.parse_chat, body, self.settings.media)
-                self._refuse_media(parsed)
+                parsed = await media_parts.parse(
+                    openai_requests.parse_chat, body, self.settings.media
+                )
+                refuse_media(self.backend, parsed)
             else:
-                parsed = protocol.parse_completion(body)
+                parsed = openai_requests.parse_completion(body)
             asked = telemetry.requested(body, parsed.stream)
             parsed.request.progress = asked.progress
             record.model = parsed.model
@@ -313,7 +317,7 @@ class _Api:
         )
         if parsed.stream:
             on_error = functools.partial(backend_error, record=record, prompt_param="")
-            shaper = protocol.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
+            shaper = openai_answers.ChunkStream(answer.model, chat, parsed.include_usage, on_error)
             shaper.timings = functools.partial(timings, record)
             shaper.telemetry = functools.partial(
                 telemetry.progress_fields, per_token=asked.per_token
@@ -324,21 +328,15 @@ class _Api:
         )
         if isinstance(choices, Response):
             return choices
-        used = protocol.usage(record.prompt_tokens, record.completion_tokens)
-        body = protocol.answer_object(chat, answer.model, choices, used)
+        used = openai_answers.usage(record.prompt_tokens, record.completion_tokens)
+        body = openai_answers.answer_object(chat, answer.model, choices, used)
         body["timings"] = timings(record)  # as llama-server adds them
         if asked.verbose:
             body["__verbose"] = await telemetry.verbose(self.backend, parsed, answer, choices)
         return JSONResponse(body)
 
-    def _refuse_media(self, parsed: protocol.ParsedRequest) -> None:
-        """Images or audio for a model that takes none: a 400 naming the message part."""
-        refused = media_parts.refused(self.backend, parsed.model, parsed.request.messages)
-        if refused:
-            raise protocol.invalid(*refused)
-
     async def _submit(
-        self, parsed: protocol.ParsedRequest, record: LogRecord, param: str
+        self, parsed: openai_requests.ParsedRequest, record: LogRecord, param: str
     ) -> list[Job]:
         jobs: list[Job] = []
         record.started = time.monotonic()

@@ -41,7 +41,7 @@ from typing import Any, cast
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .openai_protocol import ApiError
+from .request_fields import ApiError
 from .security import ASGIApp, Receive, Scope, Send, send_error
 
 # The kernel's send buffer per connection. Ample for streamed text (256 KiB in flight covers a

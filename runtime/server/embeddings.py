@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backend import Embeddings
-from .openai_protocol import invalid, model_name
+from .request_fields import invalid, model_name
 
 MAX_INPUTS = 2048  # as OpenAI's limit on one request
 

@@ -37,7 +37,7 @@ from .llamacpp_protocol import (
     with_bias,
 )
 from .llamacpp_routes import tokenize_bias
-from .openai_protocol import ApiError, boolean, invalid, kind_of, model_name, stop_strings
+from .request_fields import ApiError, boolean, invalid, kind_of, model_name, stop_strings
 from .security import ClientGone, parse_json, read_body
 
 MAX_EXTRA = 1024  # input_extra chunks per request

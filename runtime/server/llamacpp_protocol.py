@@ -28,14 +28,14 @@ from .backend import FinishReason, Job, Progress, TextRequest
 from .logprobs import native as probs_json
 from .logprobs import native_requested
 from .lora_fields import parse_lora
-from .openai_protocol import (
+from .openai_requests import llama_grammar
+from .request_fields import (
     MAX_PROMPTS,
     MAX_TOKENS_LIMIT,
     ApiError,
     boolean,
     invalid,
     kind_of,
-    llama_grammar,
     model_name,
     stop_strings,
 )

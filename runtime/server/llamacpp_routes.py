@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -19,14 +18,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import llamacpp_protocol as protocol
-from . import logit_bias, openai_protocol, telemetry
+from . import logit_bias, openai_requests, telemetry
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend, Job, TextRequest
-from .openai_protocol import ApiError
+from .door import BackendError
+from .request_fields import ApiError
 from .security import ClientGone, parse_json, read_body
-
-BackendError = Callable[[Exception, LogRecord, str], ApiError]
 
 
 def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:
@@ -180,7 +178,7 @@ class _Routes:
             generation_prompt = True
             if isinstance(body, dict):  # here a rendering choice, not a generation's
                 generation_prompt = body.pop("add_generation_prompt", True) is not False
-            parsed = openai_protocol.parse_chat(body)
+            parsed = openai_requests.parse_chat(body)
             try:
                 prompt = await self.backend.render(
                     parsed.model, parsed.request, add_generation_prompt=generation_prompt
@@ -197,7 +195,7 @@ class _Routes:
         """The prompt tokens a chat request would take: {"input_tokens": n}."""
         record = record_of(request.scope)
         try:
-            parsed = openai_protocol.parse_chat(await self._body(request))
+            parsed = openai_requests.parse_chat(await self._body(request))
             try:
                 n = await self.backend.count_tokens(parsed.model, parsed.request)
             except Exception as e:

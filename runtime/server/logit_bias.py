@@ -2,7 +2,7 @@
 (`SamplingParams.logit_bias`: (token id, bias) pairs, -inf = never sampled), and shown back as
 llama-server shows it in `generation_settings`.
 
-OpenAI (openai_protocol: /v1/chat/completions, /v1/completions): `{"<token id>": bias}`, each
+OpenAI (openai_requests: /v1/chat/completions, /v1/completions): `{"<token id>": bias}`, each
 bias -100..100, added to the token's logit (-100 all but bans a token, as with OpenAI, vLLM and
 llama-server, which add it too).
 

@@ -2,7 +2,7 @@
 log-probabilities (generation/logprobs.py) shaped as each door answers them. The values are
 llama-server's on every door (the log-softmax of the raw logits, before sampling).
 
-OpenAI (openai_protocol):
+OpenAI (openai_requests, openai_answers):
 - /v1/chat/completions: `logprobs: true` and `top_logprobs` 0..20 (OpenAI's range; without
   `logprobs: true` a 400, as OpenAI and llama-server answer) →
   `choices[].logprobs = {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob,
@@ -39,7 +39,7 @@ from typing import Any
 
 from ..generation.logprobs import MAX_TOP, MAX_TOP_COMPLETIONS, TokenLogprob, as_json
 
-# A door's 400 for a field: invalid(field, message) (openai_protocol.invalid, ollama's...).
+# A door's 400 for a field: invalid(field, message) (request_fields.invalid, ollama's...).
 Invalid = Callable[[str, str], Exception]
 
 

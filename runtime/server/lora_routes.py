@@ -13,20 +13,17 @@ than ignored. `?model=NAME` picks another loaded model than the first one named 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import OptionError
-from .access_log import LogRecord, record_of
+from .access_log import record_of
 from .backend import Backend
+from .door import BackendError
 from .lora_fields import parse_lora
-from .openai_protocol import ApiError, invalid, kind_of
+from .request_fields import ApiError, invalid, kind_of
 from .security import ClientGone, parse_json, read_body
-
-BackendError = Callable[[Exception, LogRecord, str], ApiError]
 
 
 def routes(backend: Backend, max_body: int, backend_error: BackendError) -> list[Route]:

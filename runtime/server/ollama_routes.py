@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from starlette.requests import Request
@@ -24,6 +24,7 @@ from . import media_parts
 from .access_log import LogRecord, record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend, Job, ModelInfo
+from .door import BackendError
 from .ollama_models import facts, find, process, show, tag
 from .ollama_protocol import (
     MEDIA_TYPE,
@@ -43,11 +44,8 @@ from .ollama_protocol import (
     parse_embed,
     parse_generate,
 )
-from .openai_protocol import ApiError
+from .request_fields import ApiError
 from .security import ClientGone, parse_json, read_body
-
-# app.backend_error (passed in: app imports this module): a backend's exception → ApiError
-ErrorMap = Callable[[Exception, LogRecord, str], ApiError]
 
 
 class Settings(Protocol):
@@ -58,7 +56,7 @@ class Settings(Protocol):
     allow_delete: bool
 
 
-def routes(backend: Backend, settings: Settings, backend_error: ErrorMap) -> list[Route]:
+def routes(backend: Backend, settings: Settings, backend_error: BackendError) -> list[Route]:
     """The Ollama API's routes. /api/pull and /api/delete change the model store: each only
     when `infer serve` allows it (--allow-pull, --allow-delete), else a 403."""
     api = _OllamaApi(
@@ -92,7 +90,7 @@ class _OllamaApi:
         self,
         backend: Backend,
         max_body: int,
-        backend_error: ErrorMap,
+        backend_error: BackendError,
         allow_pull: bool,
         allow_delete: bool,
     ) -> None:

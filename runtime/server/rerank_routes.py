@@ -28,7 +28,7 @@ from ..tools.rerank import ranked
 from .access_log import record_of
 from .anthropic_routes import BackendError
 from .backend import Backend
-from .openai_protocol import ApiError, invalid, kind_of
+from .request_fields import ApiError, invalid, kind_of
 from .security import ClientGone, parse_json, read_body
 
 MAX_DOCUMENTS = 1024

@@ -4,7 +4,7 @@
 
 Stateless: nothing is stored, so `previous_response_id`, `background` and the other fields that
 need a stored response are refused with a 400 naming them; `store` is accepted and does
-nothing. As in openai_protocol, a field the server cannot honour is refused, one it does not
+nothing. As in openai_requests, a field the server cannot honour is refused, one it does not
 know is ignored, and errors are OpenAI's error shape (`ApiError`).
 """
 
@@ -26,7 +26,7 @@ from . import logprobs as shapes
 from . import media_parts
 from .backend import Choice, FinishReason, Progress, TextRequest
 from .media_parts import NO_URLS, MediaPolicy
-from .openai_protocol import MAX_TOKENS_LIMIT, ApiError, invalid, model_name
+from .request_fields import MAX_TOKENS_LIMIT, ApiError, invalid, model_name
 
 MAX_TOOLS = 128
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}

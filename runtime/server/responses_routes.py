@@ -11,24 +11,21 @@ module is imported by app.py, so it cannot import it back).
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import media_parts, telemetry
 from . import responses_protocol as protocol
-from .access_log import LogRecord, record_of
+from . import telemetry
+from .access_log import record_of
 from .answer import Answer, EventStream, whole
 from .backend import Backend
+from .door import BackendError, Door
 from .llamacpp_protocol import live_timings, timings
 from .media_parts import NO_URLS, MediaPolicy
-from .openai_protocol import ApiError
-from .security import ClientGone, parse_json, read_body
-
-BackendError = Callable[[Exception, LogRecord, str], ApiError]
+from .request_fields import ApiError
+from .security import ClientGone
 
 
 def routes(
@@ -46,30 +43,14 @@ def _error(error: ApiError) -> Response:
     return JSONResponse(error.body(), error.status, headers=error.headers)
 
 
-class _Responses:
-    def __init__(
-        self, backend: Backend, max_body: int, backend_error: BackendError, media: MediaPolicy
-    ) -> None:
-        self.backend, self.max_body, self.backend_error = backend, max_body, backend_error
-        self.media = media
-
+class _Responses(Door):
     async def create(self, request: Request) -> Response:
         record = record_of(request.scope)
         try:
-            raw = await read_body(request.receive, request.headers, self.max_body)
-            body = parse_json(raw)
-            parsed = await media_parts.parse(protocol.parse, body, self.media)
+            body, parsed = await self.read(request, record, protocol.parse)
             asked = telemetry.requested(body, parsed.stream)
             parsed.request.progress = asked.progress
-            record.model = parsed.model
-            refused = media_parts.refused(self.backend, parsed.model, parsed.request.messages)
-            if refused:  # images for a model that takes none
-                raise protocol.invalid(*refused)
-            record.started = time.monotonic()
-            try:
-                job = await self.backend.submit(parsed.model, parsed.request)
-            except Exception as e:
-                raise self.backend_error(e, record, "input") from None
+            job = await self.submit(parsed, record, "input")
         except ApiError as e:
             return _error(e)
         except ClientGone:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .anthropic_protocol import error_body
-from .openai_protocol import ApiError
+from .request_fields import ApiError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

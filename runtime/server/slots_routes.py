@@ -19,7 +19,6 @@ conversations here. `?fail_on_no_slot=1` answers 503 when every slot is busy, as
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -27,11 +26,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..options import OPTIONS
-from .access_log import LogRecord, record_of
+from .access_log import record_of
 from .backend import Backend, SlotInfo
-from .openai_protocol import ApiError
-
-BackendError = Callable[[Exception, LogRecord, str], ApiError]
+from .door import BackendError
+from .request_fields import ApiError
 
 
 def routes(backend: Backend, enabled: bool, backend_error: BackendError) -> list[Route]:

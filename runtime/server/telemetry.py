@@ -1,7 +1,7 @@
 """llama-server's streaming telemetry, on the doors that stream: `return_progress` (a frame per
 step of the prompt's reading, `prompt_progress`: total, cache, processed, time_ms) and
 `timings_per_token` (the `timings` object on each frame, not only the last), read from a
-request body and shaped here; each door's stream shaper (openai_protocol's chunks,
+request body and shaped here; each door's stream shaper (openai_answers' chunks,
 /completion's frames, the Responses events) gets `progress_fields` from its route and adds them
 to a frame of its own kind.
 
@@ -21,7 +21,8 @@ from typing import Any
 from .answer import Answer
 from .backend import Backend, Choice, Progress
 from .llamacpp_protocol import stop_type, timings
-from .openai_protocol import ParsedRequest, boolean
+from .openai_requests import ParsedRequest
+from .request_fields import boolean
 
 
 @dataclass(frozen=True)
