@@ -267,11 +267,17 @@ def workloads(r: Record) -> str:
                 f"{i['ttft_p50']:.3f} / {s['ttft_p50']:.3f}",
                 f"{ttft(i)} / {ttft(s)}",
                 f"{i['prompt_tokens_mean']:,.0f} / {s['prompt_tokens_mean']:,.0f}",
+                *(
+                    f"{i[k]:,.0f} / {s[k]:,.0f}" if k in i and k in s else "-"
+                    for k in ("prompt_tokens_read", "decodes")
+                ),
             ]
         )
     header = ["workload", "infer total s", "llama-server total s", "infer / llama-server",
               "TTFT median infer / llama-server, s", "TTFT tail infer / llama-server, s",
-              "prompt tokens (mean) infer / llama-server"]  # fmt: skip
+              "prompt tokens (mean) infer / llama-server",
+              "prompt tokens read (median of rounds) infer / llama-server",
+              "decodes infer / llama-server"]  # fmt: skip
     return measured(r) + "\n\n" + table(header, rows)
 
 

@@ -9,7 +9,7 @@ Each server runs alone (started, measured, stopped) on the same model, slots and
 slot, plain and with drafting, on two pairs:
 
   lookup   infer `--draft lookup`               llama-server `--spec-type ngram-simple`
-  model    infer `--draft DRAFT`                llama-server `-md DRAFT`
+  model    infer `--draft DRAFT`                llama-server `-md DRAFT --spec-type draft-simple`
 
 There is one real model here (the bundled SmolLM2-135M), so the draft model defaults to the
 same file: every draft is accepted, which measures the machinery (drafting, verification,
@@ -99,7 +99,15 @@ def commands(args: argparse.Namespace, model: Path, draft: Path, port: int) -> d
         "infer model": [*infer, "--draft", str(draft), *infer_max],
         "llama-server plain": llama,
         "llama-server lookup": [*llama, "--spec-type", "ngram-simple", *llama_max],
-        "llama-server model": [*llama, "-md", str(draft), *llama_max],
+        # -md alone loads the draft model but drafts nothing: --spec-type defaults to none
+        "llama-server model": [
+            *llama,
+            "-md",
+            str(draft),
+            "--spec-type",
+            "draft-simple",
+            *llama_max,
+        ],
     }
 
 

@@ -1,7 +1,8 @@
 """Workloads where a server's prompt cache decides the speed: `infer serve` against llama-server.
 
     python benchmarks/workloads.py [--model PATH] [--rounds 3] [--parallel 4] [--ctx-size 2048]
-                                   [--quick] [--json FILE]
+                                   [--workloads chat,document,restart]
+                                   [--llama-server-args="--cache-ram 0"] [--quick] [--json FILE]
 
 (a) chat: 8 users × 6 turns each, every user's conversation growing by its question and the
     answer each turn (the users at once, each user's turns one after another);
@@ -17,8 +18,11 @@ prompt cache (its default) under a home of its own per round, llama-server's
 Requests are streamed /v1/chat/completions at temperature 0. Reported per workload and server:
 the total time (the median of the rounds) and the time to first token over every request of
 every round: the 95th percentile when the pool holds at least MIN_P95 requests, else the maximum
-(`ttft_stat` says which). Rounds interleave the servers (A B, B A …). `--quick` is a smoke run
-(small counts, one round): its figures are not measurements.
+(`ttft_stat` says which), and what each server says it did on its `/metrics` (llama-server's
+`llamacpp:*` series, which infer serves too): the prompt tokens it read (not those its caches
+gave) and its decodes. Rounds interleave the servers (A B, B A …). `--llama-server-args` adds
+flags to llama-server's (`--cache-ram 0`: its cache in its slots only). `--quick` is a smoke
+run (small counts, one round): its figures are not measurements.
 """
 
 from __future__ import annotations
@@ -113,6 +117,14 @@ async def ask(
 
 
 Samples = tuple[float, list[float], list[int]]  # wall time, TTFTs, prompt tokens
+# What a server says it did, from its /metrics: prompt tokens read, decodes.
+WORK = {"prompt_tokens_read": "llamacpp:prompt_tokens_total", "decodes": "llamacpp:n_decode_total"}
+
+
+def work(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("llamacpp:"))
+    return {name: float(values[series]) for name, series in WORK.items()}
 
 
 async def chat(port: int, model: str, sizes: Sizes) -> Samples:
@@ -176,7 +188,8 @@ def commands(
         "llama-server": [
             str(server), "-m", str(model), "--port", str(port), "-np", str(args.parallel),
             "-c", str(args.ctx_size * args.parallel), "--no-webui",
-            "--cache-reuse", "256", "-sps", "0.10",
+            "--cache-reuse", "256", "-sps", "0.10", "--metrics",
+            *args.llama_server_args.split(),
         ],
     }  # fmt: skip
 
@@ -188,6 +201,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=4, help="slots of each server")
     ap.add_argument("--ctx-size", type=int, default=2048, help="cells per slot")
     ap.add_argument("--quick", action="store_true", help="a smoke run: small counts, one round")
+    ap.add_argument("--workloads", default="chat,document,restart", help="restart: after document")
+    ap.add_argument("--llama-server-args", default="", help="more flags for llama-server")
     add_json_arg(ap, "workloads")
     args = ap.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -200,30 +215,37 @@ def main() -> None:
     walls: dict[tuple[str, str], list[float]] = {}
     ttfts: dict[tuple[str, str], list[float]] = {}
     prompts: dict[tuple[str, str], list[int]] = {}
+    did: dict[tuple[str, str], list[dict[str, float]]] = {}
+    chosen = args.workloads.split(",")
+    runs = [
+        w for w in ("chat", "document") if w in chosen or (w == "document" and "restart" in chosen)
+    ]
 
     def record(name: str, workload: str, samples: Samples) -> None:
         wall, ttft, prompt = samples
         walls.setdefault((name, workload), []).append(wall)
         ttfts.setdefault((name, workload), []).extend(ttft)
         prompts.setdefault((name, workload), []).extend(prompt)
-        print(f"{name:12} {workload:9} {wall:7.2f} s  max ttft {max(ttft):.2f} s", file=sys.stderr)
+        did.setdefault((name, workload), []).append(work(port))
+        print(f"{name:12} {workload:9} {wall:7.2f} s  max ttft {max(ttft):.2f} s  "
+              f"{did[(name, workload)][-1]}", file=sys.stderr)  # fmt: skip
 
     for rnd in range(rounds):
         for name in cmds if rnd % 2 == 0 else list(reversed(cmds)):
             with tempfile.TemporaryDirectory(prefix="workloads-home-") as home:
                 # infer's prompt cache lives in its home: fresh each round, kept over (c)'s restart
                 os.environ["INFER_HOME"] = home
-                with Server(name, cmds[name], port):
-                    wait_quiet()
-                    record(name, "chat", asyncio.run(chat(port, str(model), sizes)))
-                with Server(name, cmds[name], port):
-                    wait_quiet()
-                    record(name, "document", asyncio.run(questions(port, str(model), sizes)))
-                with Server(name, cmds[name], port):  # restarted: (c)
-                    wait_quiet()
-                    record(name, "restart", asyncio.run(questions(port, str(model), sizes)))
+                for workload in runs:
+                    with Server(name, cmds[name], port):
+                        wait_quiet()
+                        go = chat if workload == "chat" else questions
+                        record(name, workload, asyncio.run(go(port, str(model), sizes)))
+                if "restart" in chosen:
+                    with Server(name, cmds[name], port):  # restarted: (c)
+                        wait_quiet()
+                        record(name, "restart", asyncio.run(questions(port, str(model), sizes)))
     results: dict[str, dict[str, object]] = {}
-    for workload in ("chat", "document", "restart"):
+    for workload in [w for w in ("chat", "document", "restart") if w in chosen]:
         results[workload] = {}
         for name in cmds:
             key = (name, workload)
@@ -237,6 +259,7 @@ def main() -> None:
                 "ttft_p50": statistics.median(pool),
                 "ttft_n": len(pool),
                 "prompt_tokens_mean": statistics.mean(prompts[key]),
+                **{k: statistics.median(d[k] for d in did[key]) for k in WORK},
             }
         i, s = results[workload]["infer"], results[workload]["llama-server"]
         print(f"{workload}: infer {i}\n  llama-server {s}")
@@ -247,7 +270,7 @@ def main() -> None:
         "parallel": args.parallel,
         "ctx_size": args.ctx_size,
         **{f: getattr(sizes, f) for f in Sizes.__dataclass_fields__},
-        "llama_server_flags": "--cache-reuse 256 -sps 0.10",
+        "llama_server_flags": " ".join(["--cache-reuse 256 -sps 0.10", args.llama_server_args]),
     }
     write_results(args.json, "workloads.py", settings, results, min_p95=MIN_P95)
 
