@@ -250,6 +250,7 @@ WORKLOADS = {
 
 
 @renderer("workloads")
+@renderer("workloads_slots")  # --llama-server-args="--cache-ram 0": its cache in its slots
 def workloads(r: Record) -> str:
     rows = []
     for workload, sides in r["results"].items():
