@@ -3,14 +3,14 @@ from the installed llama-cpp-python's sdist (benchmarks/vs_llamacpp.py's build_l
 under ~/.cache/infer-bench). `LlamaServer` is llama-server started on a free port, ready when
 /health says so; `running_llama_server` and `running_infer_server` are the bodies of the
 module-scoped fixtures that compare `infer serve` with it; `post_json` is the one JSON POST
-those tests make."""
+those tests make; `whole_output` runs a command-line tool until its answer is whole."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,26 @@ def llamacpp_tool(name: str) -> Path:
     from vs_llamacpp import build_llamacpp
 
     return Path(build_llamacpp(targets=(name,))) / name
+
+
+# llama.cpp's command-line tools print their answer through llama.cpp's logger thread, which
+# at exit can lose the end of it or all of it (llama-mtmd-cli: 3 empty outputs in 30 runs on
+# this machine). A tool's output is therefore taken again until it is whole: TRIES runs make
+# a lost one as likely as 0.1 ** TRIES.
+TRIES = 8
+
+
+def whole_output(cmd: list[str], whole: Callable[[bytes], bool], timeout: float = 300) -> bytes:
+    """The stdout of `cmd` (which must succeed), run again until `whole` says it is complete;
+    AssertionError with what was seen after TRIES runs."""
+    seen: list[bytes] = []
+    for _ in range(TRIES):
+        result = subprocess.run(cmd, capture_output=True, timeout=timeout)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+        if whole(result.stdout):
+            return result.stdout
+        seen.append(result.stdout)
+    raise AssertionError(f"{Path(cmd[0]).name} printed no whole answer in {TRIES} runs: {seen}")
 
 
 def llama_server_binary() -> Path:

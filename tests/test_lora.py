@@ -5,7 +5,6 @@ The server's side is in tests/test_lora_serve.py."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from infer.runtime.models.registry import load_registry
 from infer.runtime.params import LoraAdapter, parse_lora
 
 from .conftest import run_infer
-from .llama_server import llamacpp_tool
+from .llama_server import llamacpp_tool, whole_output
 from .tiny_lora import write_lora_for, write_text_model, write_tiny_lora
 
 PROMPT = "hello"
@@ -45,17 +44,10 @@ def reference(exe: Path, model: Path, adapters: list[tuple[Path, float]]) -> str
     cmd += ["-no-cnv", "--no-display-prompt"]
     for path, scale in adapters:
         cmd += ["--lora-scaled", f"{path}:{scale}"]
-    # Its answer goes through llama.cpp's logger thread, which can lose the end of it at exit
-    # (all of it, or the last tokens, on a busy machine). Every token of this model is one
-    # printable byte and it never ends early, so a whole answer is exactly N characters.
-    seen = []
-    for _ in range(6):
-        result = subprocess.run(cmd, capture_output=True, timeout=120, check=True)
-        text = result.stdout.decode().rstrip("\n")
-        if len(text) == N:
-            return text
-        seen.append(text)
-    raise AssertionError(f"llama-completion printed no whole answer: {seen}")
+    # Every token of this model is one printable byte and it never ends early, so a whole
+    # answer is exactly N characters (whole_output: the logger thread can lose some).
+    out = whole_output(cmd, lambda out: len(out.decode().rstrip("\n")) == N, 120)
+    return out.decode().rstrip("\n")
 
 
 def answer(model: Path, *flags: str, env: dict[str, str] | None = None) -> str:

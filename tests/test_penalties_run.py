@@ -5,13 +5,12 @@ against llama-server the same way."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from .conftest import run_infer
-from .llama_server import llamacpp_tool
+from .llama_server import llamacpp_tool, whole_output
 
 # Repeats "a" and "little": penalising the prompt moves the greedy answer within a few tokens.
 PROMPT = "Once upon a time, there was a little dragon who"
@@ -33,11 +32,7 @@ def reference(exe: Path, model: Path, *flags: str) -> str:
     """llama-completion's greedy answer (its prompt: BOS + the text, as `infer run --raw`)."""
     cmd = [str(exe), "-m", str(model), "-p", PROMPT, "-n", str(N), "--temp", "0", "-t", "1"]
     cmd += ["-no-cnv", "--no-display-prompt", *flags]
-    for _ in range(3):  # its answer goes through llama.cpp's logger thread, which can lose it
-        result = subprocess.run(cmd, capture_output=True, timeout=120, check=True)
-        if result.stdout.strip():
-            return result.stdout.decode().rstrip("\n")
-    raise AssertionError("llama-completion printed no answer")
+    return whole_output(cmd, lambda out: bool(out.strip()), 120).decode().rstrip("\n")
 
 
 def answer(*flags: str) -> str:

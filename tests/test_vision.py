@@ -6,14 +6,13 @@ before decoding with one line and exit 2."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
 from .conftest import run_infer
-from .llama_server import llamacpp_tool
+from .llama_server import llamacpp_tool, whole_output
 from .test_remote import StandIn
 from .test_remote import standin as standin  # the stand-in OpenAI server (a fixture)
 from .tiny_gguf import CONTROL
@@ -77,17 +76,9 @@ def reference(cli: Path, v: dict[str, Path], *images: str, prompt: str = "What i
 
 
 def _reference_output(args: list[str]) -> str:
-    # It prints through llama.cpp's logger thread, which at exit may drop the tail of what it
-    # was given (seen: 1 run in 20 cut short; as llama-embedding's in test_embed.py). A whole
-    # answer ends with the two newlines it prints after the last token; nothing else differs
-    # between runs, so a cut one is run again (at most three times, the longest kept).
-    outputs: list[bytes] = []
-    while len(outputs) < 3 and not (outputs and outputs[-1].endswith(b"\n\n")):
-        result = subprocess.run(args, capture_output=True, timeout=300)
-        assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
-        outputs.append(result.stdout)
-    longest = max(outputs, key=len)
-    assert all(longest.startswith(o) for o in outputs)
+    # A whole answer ends with the two newlines it prints after the last token (whole_output:
+    # its logger thread can lose the end or all of it).
+    longest = whole_output(args, lambda out: out.endswith(b"\n\n"))
     # It prints each token's bytes as they come (invalid UTF-8 included) framed by newlines, and
     # control tokens as their markup; infer decodes the same bytes with U+FFFD for the invalid
     # ones and shows no control token.
