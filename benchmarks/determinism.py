@@ -414,33 +414,34 @@ def run_ways(
 
 
 def threads_way(path: Path, label: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The reference itself at other thread counts, against `args.threads`'s, flash attention
-    on and off."""
+    """The reference itself at other thread counts, against `args.threads`'s, with each of
+    `--fa`'s kernels."""
     from infer.runtime.api import load
     from infer.runtime.params import LoadOptions
 
-    rows: dict[tuple[int, bool], list[np.ndarray]] = {}
+    rows: dict[tuple[int, str], list[np.ndarray]] = {}
     traces: list[Trace] = []
     for threads in [args.threads, *[t for t in args.other_threads if t != args.threads]]:
-        model = load(str(path), LoadOptions(threads=threads, ctx_size=SEQS * N_CTX_SEQ))
-        try:
-            for fa in (True, False):
-                bench = Bench(model, fa, args.tokens)
+        for kernels in [x for x in args.fa.split(",") if x]:
+            opts = LoadOptions(threads=threads, ctx_size=SEQS * N_CTX_SEQ)
+            model = load(str(path), replace(opts, deterministic=kernels == "mode"))
+            try:
+                bench = Bench(model, {"on": True, "off": False}.get(kernels), args.tokens)
                 try:
                     if not traces:
                         traces = [bench.greedy(p) for p in prompts_from_docs(model, args.prompts)]
-                    rows[(threads, fa)] = [bench.alone(t) for t in traces]
+                    rows[(threads, kernels)] = [bench.alone(t) for t in traces]
                 finally:
                     bench.close()
-        finally:
-            model.close()
+            finally:
+                model.close()
     outcomes = []
-    for (threads, fa), got in rows.items():
+    for (threads, kernels), got in rows.items():
         if threads == args.threads:
             continue
-        o = Outcome(f"{threads} threads, FA {'on' if fa else 'off'}",
+        o = Outcome(f"{threads} threads, {KERNELS[kernels]}",
                     f"alone, {threads} threads instead of {args.threads}")  # fmt: skip
-        for ref, g in zip(rows[(args.threads, fa)], got, strict=True):
+        for ref, g in zip(rows[(args.threads, kernels)], got, strict=True):
             o.add(ref, g)
         outcomes.append(o.record())
         print(f"  {label} {o.name}: max|d| {o.max_abs_diff:.3g}, argmax changed in "
