@@ -28,11 +28,14 @@ def llamacpp_tool(name: str) -> Path:
     return Path(build_llamacpp(targets=(name,))) / name
 
 
-# llama.cpp's command-line tools print their answer through llama.cpp's logger thread, which
-# at exit can lose the end of it or all of it (llama-mtmd-cli: 3 empty outputs in 30 runs on
-# this machine). A tool's output is therefore taken again until it is whole: TRIES runs make
-# a lost one as likely as 0.1 ** TRIES.
-TRIES = 8
+# llama.cpp's command-line tools print their answer through llama.cpp's logger thread, whose
+# singleton is leaked on purpose (common/log.cpp: "this design may cause logs to be lost if
+# not flushed before the program exits"): a short answer is often lost whole. Measured here,
+# llama-mtmd-cli on test_vision's tiny model printed nothing in 15 of 30 runs for an 8-byte
+# answer and in 3 of 30 for a 27-byte one (`--poll 0` did not change it). A tool's output is
+# therefore taken again until it is whole: TRIES runs (about 0.3 s each) make a lost
+# reference as likely as 0.5 ** TRIES.
+TRIES = 30
 
 
 def whole_output(cmd: list[str], whole: Callable[[bytes], bool], timeout: float = 300) -> bytes:
