@@ -327,6 +327,10 @@ def run_ways(
     started = time.perf_counter()
     traces = [bench.greedy(p) for p in prompts]
     refs = [bench.alone(t) for t in traces]
+
+    def neighbours(i: int) -> list[list[int]]:  # the 3 prompts decoded beside prompt i
+        return [others_of[(i + k) % len(prompts)] for k in range(3)]
+
     ways: list[tuple[str, str, Callable[[Trace, int], np.ndarray]]] = [
         ("alone again", "the reference once more", lambda t, i: bench.alone(t)),
         (
@@ -334,11 +338,7 @@ def run_ways(
             "3 other prompts read and generated in the same decodes",
             lambda t, i: bench.batch_start(
                 t,
-                [
-                    others_of[i],
-                    others_of[(i + 1) % len(prompts)],
-                    others_of[(i + 2) % len(prompts)],
-                ],
+                neighbours(i),
             ),
         ),
         (
@@ -346,11 +346,7 @@ def run_ways(
             "other prompts read in this sequence's generation steps",
             lambda t, i: bench.batch_join(
                 t,
-                [
-                    others_of[i],
-                    others_of[(i + 1) % len(prompts)],
-                    others_of[(i + 2) % len(prompts)],
-                ],
+                neighbours(i),
             ),
         ),
         (
@@ -358,11 +354,7 @@ def run_ways(
             "this prompt read 37 tokens a step beside 3 generating sequences",
             lambda t, i: bench.read_under_load(
                 t,
-                [
-                    others_of[i],
-                    others_of[(i + 1) % len(prompts)],
-                    others_of[(i + 2) % len(prompts)],
-                ],
+                neighbours(i),
             ),
         ),
         (

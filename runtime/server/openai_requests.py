@@ -114,7 +114,6 @@ def _response_format(fmt: Any) -> str:
     kind = fmt["type"]
     if kind == "text":
         return ""
-    from ..errors import UsageError
     from ..llama.grammar import constraint
 
     if kind == "json_object":
@@ -123,10 +122,7 @@ def _response_format(fmt: Any) -> str:
             return constraint(format="json")
         if not isinstance(schema, dict):
             raise invalid(param, "'response_format.schema' must be a JSON schema object")
-        try:
-            return constraint(json_schema=schema, names=("response_format.schema", "", ""))
-        except UsageError as e:
-            raise invalid(param, str(e)) from None
+        return _schema(schema, "response_format.schema", param)
     if kind != "json_schema":
         raise invalid(
             param,
@@ -143,8 +139,16 @@ def _response_format(fmt: Any) -> str:
     schema = spec.get("schema")
     if not isinstance(schema, dict):
         raise invalid(param, "'response_format.json_schema.schema' must be a JSON schema object")
+    return _schema(schema, "response_format.json_schema.schema", param)
+
+
+def _schema(schema: dict[str, Any], name: str, param: str) -> str:
+    """The grammar of a response_format's JSON schema; a 400 naming `param` if it has none."""
+    from ..errors import UsageError
+    from ..llama.grammar import constraint
+
     try:
-        return constraint(json_schema=schema, names=("response_format.json_schema.schema", "", ""))
+        return constraint(json_schema=schema, names=(name, "", ""))
     except UsageError as e:
         raise invalid(param, str(e)) from None
 
